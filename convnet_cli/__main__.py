@@ -1,0 +1,3 @@
+from convnet_cli.cli import main
+
+main()

@@ -1,0 +1,168 @@
+"""The layer contract.
+
+A layer type is one class in one module of this package, registered with `@register`. The class declares
+its config keys (`keys`), how many inputs it takes, and which of its parameters are learned. The parser
+(`convnet_cli.config.layer_def`) checks a layer's YAML against `keys` and hands the class a validated
+`props` namespace; the class then infers its output shape (raising `self.error(...)` when the input does
+not fit) and provides, cs231n style:
+
+    init_params(rng)                     -> {name: host array}            (numpy, float32)
+    forward(xs, params, ctx)             -> (out, cache)
+    backward(dout, cache, params, ctx)   -> (dxs, grads)                  (dxs: one per input, or None)
+
+Shapes: a layer's output shape is given per case as (C, H, W), as in cuda-convnet. Activations are held
+in NHWC layout, `x: (N, H, W, C)`, because im2col by strided views and the GEMM that follows want the
+channels last (measured: see benchmarks/). Labels (a data layer with dataIdx 1) are `(N,)` int arrays,
+shape (1, 1, 1). Layers compute in the dtype of their input (float32 in training, float64 in gradient
+checks) and take `xp` from `ctx.xp`.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, ClassVar
+
+from convnet_cli.errors import ConfigError
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key of a layer type.
+
+    kind: 'int', 'float', 'pair' (int or [h, w] -> (h, w)), 'str', 'bool' (0/1/true/false),
+          'floats' (number or list of numbers), 'int_or_all' (an int or the word 'all'), 'any'.
+    """
+
+    kind: str
+    default: Any = REQUIRED
+    choices: tuple = ()
+    legacy: tuple = ()  # other spellings accepted for this key (cuda-convnet, convnet2)
+    min: float | None = None
+    doc: str = ""
+
+
+@dataclass
+class Context:
+    """What a forward or backward pass may need besides its inputs."""
+
+    xp: Any
+    train: bool = False
+    rng: Any = None  # device random generator (dropout masks)
+    extra: dict = field(default_factory=dict)
+
+
+class Layer:
+    type: ClassVar[str] = ""
+    keys: ClassVar[dict] = {}
+    min_inputs: ClassVar[int] = 1
+    max_inputs: ClassVar[int | None] = 1
+    learned: ClassVar[tuple] = ()  # names of learned params; 'weights*' take epsW/momW/wc, the rest epsB/momB
+    is_cost: ClassVar[bool] = False
+    # Keys of the layer-params file this type reads at run time (coeff, keep, scale, ...): see `hyper`.
+    hyper_keys: ClassVar[tuple] = ()
+
+    def __init__(self, name: str, props: SimpleNamespace, in_shapes: list, in_names: list, source: str = ""):
+        self.name = name
+        self.props = props
+        self.in_shapes = [tuple(s) for s in in_shapes]
+        self.in_names = list(in_names)
+        self.source = source  # file name for error messages, e.g. 'layers.yaml'
+        # Run-time settings from the params file (coeff, keep, scale, pow, minDiv); refreshed on resume.
+        self.hyper = SimpleNamespace()
+        self.out_shape = tuple(self.infer_shape())
+
+    # -- configuration ---------------------------------------------------------------------------
+    def error(self, message: str) -> ConfigError:
+        prefix = f"{self.source}: " if self.source else ""
+        return ConfigError(f"{prefix}layer '{self.name}': {message}")
+
+    def infer_shape(self) -> tuple:
+        """(C, H, W) of the output per case; raise self.error(...) when the inputs do not fit."""
+        return self.in_shapes[0]
+
+    def set_hyper(self, values: dict):
+        """Take this layer's run-time settings from the (re-)read params file."""
+        self.hyper = SimpleNamespace(**values)
+
+    # -- compute -----------------------------------------------------------------------------------
+    def init_params(self, rng) -> dict:
+        """rng: numpy.random.Generator (host). Returns {name: float32 numpy array}."""
+        return {}
+
+    def forward(self, xs: list, params: dict, ctx: Context):
+        raise NotImplementedError
+
+    def backward(self, dout, cache, params: dict, ctx: Context):
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.name!r} {self.in_shapes} -> {self.out_shape}>"
+
+
+class CostLayer(Layer):
+    """A cost: forward returns ((cost, metrics), cache) where cost is the mean over the minibatch
+    (unweighted by coeff) and metrics maps names ('logprob', 'error', 'topk_error') to floats.
+    backward(coeff, cache, params, ctx) gets the weight of this cost in place of dout."""
+
+    is_cost = True
+    hyper_keys = ("coeff",)
+    max_inputs = 2
+    min_inputs = 2
+
+    def infer_shape(self):
+        return (1, 1, 1)
+
+
+_REGISTRY: dict = {}
+_ALIASES: dict = {}
+
+
+def register(cls=None, *, aliases: tuple = ()):
+    """Class decorator: make a layer class available under its `type` (and legacy aliases)."""
+
+    def wrap(c):
+        if not c.type:
+            raise TypeError(f"{c.__name__} has no type name")
+        _REGISTRY[c.type] = c
+        for a in aliases:
+            _ALIASES[a] = c.type
+        return c
+
+    return wrap(cls) if cls is not None else wrap
+
+
+def layer_class(type_name: str):
+    """The class for a type name, or None."""
+    from convnet_cli.layers import registry  # noqa: F401  (imports every layer module once)
+
+    type_name = _ALIASES.get(type_name, type_name)
+    return _REGISTRY.get(type_name)
+
+
+def layer_types() -> list:
+    from convnet_cli.layers import registry  # noqa: F401
+
+    return sorted(_REGISTRY)
+
+
+def did_you_mean(word: str, options) -> str:
+    """' (did you mean 'x'?)' or ''."""
+    options = list(options)
+    lower = {o.lower(): o for o in options}
+    if word.lower() in lower:
+        return f" (did you mean '{lower[word.lower()]}'?)"
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+# -- shape helpers shared by conv, local and pool ---------------------------------------------------
+def conv_out_size(size: int, filt: int, pad: int, stride: int) -> int:
+    return (size + 2 * pad - filt) // stride + 1
+
+
+def fmt_hw(shape) -> str:
+    """'HxW' of a (C, H, W) shape, as error messages print it."""
+    return f"{shape[1]}x{shape[2]}"
