@@ -166,3 +166,7 @@ def conv_out_size(size: int, filt: int, pad: int, stride: int) -> int:
 def fmt_hw(shape) -> str:
     """'HxW' of a (C, H, W) shape, as error messages print it."""
     return f"{shape[1]}x{shape[2]}"
+
+
+# Weight initializers (see init.py); the `init` key of conv, local, fc and recurrent layers takes one.
+INIT_KINDS = ("gaussian", "uniform", "glorot_uniform", "glorot_normal", "kaiming_normal", "orthogonal", "constant")

@@ -1,0 +1,81 @@
+"""`fc`: fully connected, one weight matrix per input.
+
+weights (or weights.i for input i): (outputs, inputs_i) with each input flattened in (C, H, W) order, so
+a PyTorch `nn.Linear` takes them as they are after `x.flatten(1)` of an NCHW tensor. Output (outputs, 1, 1).
+"""
+from convnet_cli.layers.base import INIT_KINDS, Key, Layer, register
+
+
+def flatten_chw(x):
+    """x: (N, H, W, C) -> (N, C*H*W) in (C, H, W) order (a view when H = W = 1)."""
+    n, h, w, c = x.shape
+    if h == 1 and w == 1:
+        return x.reshape(n, c)
+    return x.transpose(0, 3, 1, 2).reshape(n, c * h * w)
+
+
+def unflatten_chw(d, shape_nhwc):
+    """Inverse of flatten_chw: (N, C*H*W) -> (N, H, W, C)."""
+    n, h, w, c = shape_nhwc
+    if h == 1 and w == 1:
+        return d.reshape(n, 1, 1, c)
+    return d.reshape(n, c, h, w).transpose(0, 2, 3, 1)
+
+
+@register
+class FCLayer(Layer):
+    type = "fc"
+    keys = {
+        "outputs": Key("int", min=1, doc="number of output units"),
+        "initW": Key("floats", [0.01]),
+        "initB": Key("float", 0.0),
+        "init": Key("str", "gaussian", choices=INIT_KINDS),
+    }
+    max_inputs = None
+
+    def infer_shape(self):
+        return (self.props.outputs, 1, 1)
+
+    @property
+    def weight_names(self):
+        n = len(self.in_shapes)
+        return ["weights"] if n == 1 else [f"weights.{i}" for i in range(n)]
+
+    @property
+    def learned(self):
+        return tuple(self.weight_names) + ("biases",)
+
+    def init_params(self, rng):
+        import numpy as np
+
+        from convnet_cli.layers.init import init_weights
+
+        out = {}
+        fan_in_total = sum(c * h * w for c, h, w in self.in_shapes)
+        init_w = self.props.initW
+        if len(init_w) not in (1, len(self.in_shapes)):
+            raise self.error(f"initW has {len(init_w)} values for {len(self.in_shapes)} inputs; give one or one per input")
+        for i, (name, (c, h, w)) in enumerate(zip(self.weight_names, self.in_shapes)):
+            scale = init_w[min(i, len(init_w) - 1)]
+            out[name] = init_weights(rng, self.props.init, (self.props.outputs, c * h * w),
+                                     fan_in=fan_in_total, fan_out=self.props.outputs, scale=scale)
+        out["biases"] = np.full((self.props.outputs,), self.props.initB, dtype=np.float32)
+        return out
+
+    def forward(self, xs, params, ctx):
+        flats = [flatten_chw(x) for x in xs]
+        out = flats[0] @ params[self.weight_names[0]].T
+        for f, name in zip(flats[1:], self.weight_names[1:]):
+            out += f @ params[name].T
+        out += params["biases"]
+        return out.reshape(out.shape[0], 1, 1, -1), (flats, [x.shape for x in xs])
+
+    def backward(self, dout, cache, params, ctx):
+        flats, shapes = cache
+        d = dout.reshape(dout.shape[0], -1)
+        grads = {"biases": d.sum(axis=0)}
+        dxs = []
+        for f, shape, name in zip(flats, shapes, self.weight_names):
+            grads[name] = d.T @ f
+            dxs.append(unflatten_chw(d @ params[name], shape))
+        return dxs, grads

@@ -1,0 +1,249 @@
+"""A network: the layers of a layer definition as a DAG in file order, with forward, backward and update.
+
+The Python API a notebook user calls:
+
+    net = Net.from_files("layers.yaml", "params.yaml", data_shape=(1, 64, 101))
+    costs = net.forward({0: x, 1: y}, train=True)   # x: (N, H, W, C) float32, y: (N,) int
+    grads = net.backward()
+    net.update(grads, progress=0.1, epoch=0.5)
+    probs = net.forward({0: x}, train=False); net.outputs["probs"]
+    arrays = net.get_arrays(); net.set_arrays(arrays)
+
+Arrays are on the net's backend (numpy or cupy); `get_arrays` returns host copies named as in
+checkpoints: `<layer>/<param>` and `<layer>/<param>/<state>`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from convnet_cli.backend import CPU, Backend, to_host
+from convnet_cli.config.layer_def import build_layers, parse_layer_def_text
+from convnet_cli.config.layer_params import parse_layer_params_text
+from convnet_cli.config.yamlio import display_name, read_text
+from convnet_cli.errors import ConfigError, DataError
+from convnet_cli.layers.base import Context
+from convnet_cli.updaters import update_layer
+
+
+class Net:
+    def __init__(self, layers: list, learn: dict, backend: Backend = CPU):
+        self.layers = layers
+        self.by_name = {l.name: l for l in layers}
+        self.backend = backend
+        self.xp = backend.xp
+        self.params = {l.name: {} for l in layers}
+        self.states = {l.name: {} for l in layers}  # updater state: layer -> param -> {name: array}
+        self.consumers = {l.name: [] for l in layers}
+        for l in layers:
+            for i in l.in_names:
+                self.consumers[i].append(l.name)
+        self.data_layers = [l for l in layers if l.type == "data"]
+        self.cost_layers = [l for l in layers if l.is_cost]
+        # cost.logreg on a softmax (without a neuron): compute log-softmax and its gradient together.
+        self.fused = {}
+        for l in self.cost_layers:
+            if l.type == "cost.logreg":
+                src = self.by_name[l.in_names[1]]
+                if src.type == "softmax" and getattr(src, "neuron", None) is None:
+                    self.fused[l.name] = src.name
+        self.set_learning(learn)
+        self.outputs = {}
+        self._caches = {}
+        self._ncaches = {}
+        self._ctx = None
+
+    # -- construction --------------------------------------------------------------------------------
+    @classmethod
+    def from_text(cls, layer_def_text: str, params_text: str | None, data_shape, backend: Backend = CPU,
+                  seed: int = 0, layer_def_path: str = "layers.yaml", params_path: str = "params.yaml"):
+        specs = parse_layer_def_text(layer_def_text, layer_def_path)
+        layers = build_layers(specs, tuple(data_shape), display_name(layer_def_path))
+        learn = parse_params(params_text or "", params_path, layers)
+        net = cls(layers, learn, backend)
+        net.init_params(seed)
+        return net
+
+    @classmethod
+    def from_files(cls, layer_def: str, layer_params: str | None, data_shape, backend: Backend = CPU,
+                   seed: int = 0):
+        params_text = read_text(layer_params, "layer params") if layer_params else ""
+        return cls.from_text(read_text(layer_def, "layer definition"), params_text, data_shape, backend, seed,
+                             layer_def, layer_params or "params.yaml")
+
+    def set_learning(self, learn: dict):
+        """Install (re-read) params-file settings: learning rates, updaters and run-time layer settings."""
+        self.learn = learn
+        for l in self.layers:
+            spec = learn[l.name]
+            l.set_hyper({k: spec.hyper[k] for k in l.hyper_keys if k in spec.hyper})
+
+    def init_params(self, seed: int = 0):
+        """Draw initial weights on the host from `seed` (identical on CPU and GPU), then move them."""
+        rng = np.random.default_rng(seed)
+        for l in self.layers:
+            self.params[l.name] = {k: self.backend.asarray(v) for k, v in l.init_params(rng).items()}
+            self.states[l.name] = {}
+
+    # -- compute ---------------------------------------------------------------------------------------
+    def forward(self, data: dict, train: bool = False, rng=None, check_finite: bool = False) -> dict:
+        """data: {dataIdx: array}; index 0 features (N, H, W, C), 1 labels (N,) or (N, K).
+
+        Returns {cost layer: (cost, metrics)}; cost layers are skipped when labels are not given.
+        Every layer's output stays in `self.outputs` until the next call."""
+        xp = self.xp
+        ctx = Context(xp=xp, train=train, rng=rng)
+        self._ctx = ctx
+        outs, caches, ncaches = {}, {}, {}
+        costs = {}
+        have_labels = 1 in data and data[1] is not None
+        for l in self.layers:
+            if l.type == "data":
+                if l.props.dataIdx not in data:
+                    outs[l.name] = None
+                    continue
+                outs[l.name] = data[l.props.dataIdx]
+                continue
+            if l.is_cost:
+                if not have_labels and l.type != "cost.sum2":
+                    continue
+                if l.name in self.fused:
+                    sm = self.by_name[self.fused[l.name]]
+                    val, caches[l.name] = l.forward_fused(outs[l.in_names[0]], outs[sm.in_names[0]], ctx)
+                else:
+                    val, caches[l.name] = l.forward([outs[i] for i in l.in_names], self.params[l.name], ctx)
+                costs[l.name] = val
+                continue
+            xs = [outs[i] for i in l.in_names]
+            out, caches[l.name] = l.forward(xs, self.params[l.name], ctx)
+            if l.neuron is not None:
+                out, ncaches[l.name] = l.neuron.forward(out, xp)
+            outs[l.name] = out
+        self.outputs, self._caches, self._ncaches = outs, caches, ncaches
+        return costs
+
+    def first_nonfinite(self) -> str | None:
+        """Name of the first layer (in order) whose last output holds NaN or inf."""
+        xp = self.xp
+        for l in self.layers:
+            out = self.outputs.get(l.name)
+            if out is not None and l.type != "data" and not l.is_cost and not bool(xp.isfinite(out).all()):
+                return l.name
+        return None
+
+    def backward(self) -> dict:
+        """Gradients of sum(coeff * cost) for the last forward: {layer: {param: array}}."""
+        ctx = self._ctx
+        douts = {}
+        grads = {}
+
+        def add(name, d):
+            if d is None:
+                return
+            douts[name] = d if name not in douts else douts[name] + d
+
+        for l in reversed(self.layers):
+            if l.type == "data":
+                continue
+            if l.is_cost:
+                if l.name not in self._caches:
+                    continue
+                coeff = l.hyper.coeff
+                if l.name in self.fused:
+                    sm = self.by_name[self.fused[l.name]]
+                    add(sm.in_names[0], l.backward_fused(coeff, self._caches[l.name], ctx))
+                    continue
+                dxs, _ = l.backward(coeff, self._caches[l.name], self.params[l.name], ctx)
+                for name, d in zip(l.in_names, dxs):
+                    add(name, d)
+                continue
+            dout = douts.pop(l.name, None)
+            if dout is None:
+                continue
+            if l.neuron is not None:
+                dout = l.neuron.backward(dout, self._ncaches[l.name], self.xp)
+            dxs, g = l.backward(dout, self._caches[l.name], self.params[l.name], ctx)
+            if g:
+                grads[l.name] = g
+            for name, d in zip(l.in_names, dxs):
+                if self.by_name[name].type != "data":
+                    add(name, d)
+        return grads
+
+    def update(self, grads: dict, progress: float = 0.0, epoch: float = 0.0) -> dict:
+        """Apply the updaters; returns {layer: epsW used now} for the log."""
+        rates = {}
+        for name, g in grads.items():
+            layer = self.by_name[name]
+            learned = {k: v for k, v in g.items() if k in layer.learned}
+            r = update_layer(self.params[name], learned, self.states[name], self.learn[name], progress, epoch)
+            w = [v for k, v in r.items() if k.startswith("weight") or k == "gamma"]
+            rates[name] = w[0] if w else next(iter(r.values()), None)
+        return rates
+
+    # -- parameters ------------------------------------------------------------------------------------
+    def get_arrays(self) -> dict:
+        """Host copies of every parameter, running statistic and updater state, named for checkpoints."""
+        out = {}
+        for lname, ps in self.params.items():
+            for pname, a in ps.items():
+                out[f"{lname}/{pname}"] = to_host(a)
+            for pname, st in self.states[lname].items():
+                for sname, a in st.items():
+                    out[f"{lname}/{pname}/{sname}"] = to_host(a)
+        return out
+
+    def set_arrays(self, arrays: dict, source: str = "checkpoint", strict: bool = True):
+        """Load arrays named `<layer>/<param>[/<state>]`; shapes must match the net's."""
+        for key, a in arrays.items():
+            if key.startswith("__"):
+                continue
+            parts = key.split("/")
+            lname, pname = parts[0], parts[1] if len(parts) > 1 else None
+            if lname not in self.params or pname is None:
+                if strict:
+                    raise DataError(f"{source}: array '{key}' names no layer of this network; "
+                                    f"the checkpoint belongs to another layer definition")
+                continue
+            if len(parts) == 2:
+                have = self.params[lname].get(pname)
+                if have is None:
+                    if strict:
+                        raise DataError(f"{source}: layer '{lname}' has no parameter '{pname}'")
+                    continue
+                if tuple(have.shape) != tuple(a.shape):
+                    raise DataError(f"{source}: '{key}' has shape {tuple(a.shape)}, the network needs "
+                                    f"{tuple(have.shape)}; the layer definition changed since it was saved")
+                self.params[lname][pname] = self.backend.asarray(a, dtype=have.dtype)
+            else:
+                self.states[lname].setdefault(pname, {})["/".join(parts[2:])] = self.backend.asarray(
+                    a, dtype=np.asarray(a).dtype)
+        missing = [f"{l}/{p}" for l, ps in self.params.items() for p in ps if f"{l}/{p}" not in arrays]
+        if strict and missing:
+            raise DataError(f"{source}: no array for {', '.join(missing[:3])}; the checkpoint belongs to another "
+                            f"layer definition")
+
+    def num_params(self) -> int:
+        return sum(int(a.size) for l in self.layers for k, a in self.params[l.name].items() if k in l.learned)
+
+    def describe(self) -> str:
+        """One line per layer: name, type, output shape (C, H, W), parameter count."""
+        lines = []
+        for l in self.layers:
+            n = sum(int(a.size) for k, a in self.params[l.name].items() if k in l.learned)
+            shape = "x".join(str(s) for s in l.out_shape)
+            neuron = f" +{l.neuron!r}" if l.neuron is not None else ""
+            lines.append(f"  {l.name:<14} {l.type:<12} {shape:>14}{neuron}  {n:,} params" if n else
+                         f"  {l.name:<14} {l.type:<12} {shape:>14}{neuron}")
+        return "\n".join(lines)
+
+
+def weight_counts(layers) -> dict:
+    """{layer: number of weight matrices}, to check per-input lists in the params file."""
+    return {l.name: (len(l.in_shapes) if l.type == "fc" else 1) for l in layers}
+
+
+def parse_params(params_text: str, params_path: str, layers) -> dict:
+    return parse_layer_params_text(params_text, params_path, [l.name for l in layers], weight_counts(layers))
+
+
+__all__ = ["Net", "parse_params", "ConfigError"]
