@@ -185,7 +185,8 @@ class LeakyRelu(Neuron):
         return xp.where(x > 0, x, self.args[0] * x), x
 
     def backward(self, dy, x, xp):
-        return dy * xp.where(x > 0, 1, self.args[0])
+        # where(x > 0, 1, a) would be float64 (Python scalars on both sides) and promote dy
+        return xp.where(x > 0, dy, self.args[0] * dy)
 
 
 NEURONS = {c.name: c for c in (Ident, Relu, Logistic, Tanh, Abs, SoftRelu, Square, Sqrt, BRelu, Linear, Elu,

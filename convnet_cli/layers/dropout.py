@@ -1,0 +1,44 @@
+"""`dropout`: inverted dropout. Training keeps each unit with probability `keep` (from the layer-params
+file, default 0.5) and scales the kept ones by 1/keep, so the test-time pass is the identity."""
+from __future__ import annotations
+
+from convnet_cli.layers.base import Layer, register
+
+
+@register
+class Dropout(Layer):
+    type = "dropout"
+    keys = {}
+    hyper_keys = ("keep",)
+    hyper_defaults = {"keep": 0.5}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.set_hyper({})
+
+    def set_hyper(self, values: dict):
+        merged = dict(self.hyper_defaults)
+        merged.update({k: v for k, v in values.items() if v is not None})
+        keep = float(merged["keep"])
+        if not 0 < keep <= 1:
+            raise self.error(f"keep {keep:g} must be in (0, 1] (the probability of keeping a unit); "
+                             f"set keep in the layer-params file, e.g. 0.5")
+        merged["keep"] = keep
+        super().set_hyper(merged)
+
+    def forward(self, xs, params, ctx):
+        """x: (N, H, W, C) -> out of the same shape; cache: the scaled mask (None when nothing dropped)."""
+        x = xs[0]
+        keep = self.hyper.keep
+        if not ctx.train or keep == 1:
+            return x, None
+        if ctx.rng is None:
+            raise RuntimeError(f"dropout layer '{self.name}': training needs a random generator in ctx.rng")
+        # the generator of the device the activations live on (numpy or cupy), never the global state
+        mask = (ctx.rng.random(x.shape, dtype=x.dtype) < keep).astype(x.dtype)
+        mask *= 1.0 / keep
+        return x * mask, mask
+
+    def backward(self, dout, cache, params, ctx):
+        mask = cache
+        return [dout if mask is None else dout * mask], {}
