@@ -191,13 +191,16 @@ def parse_layer_def(doc, source: str = "layers.yaml") -> list:
                     f"at least {cls.min_inputs}" if cls.max_inputs is None else f"{cls.min_inputs} to {cls.max_inputs}")
                 raise ConfigError(f"{prefix}layer '{name}': a {cls.type} layer takes {want} input(s), got {n}{_at(klines.get('inputs'))}")
         neuron = None
-        if "neuron" in raw and cls.type != "neuron":
+        # A type that owns its neuron (the `neuron` layer; `rnn`, whose cell nonlinearity it is) gets the
+        # key in its props; for every other type the net applies it to the layer's output.
+        owns_neuron = cls.type == "neuron" or getattr(cls, "own_neuron", False)
+        if "neuron" in raw and not owns_neuron:
             if cls.type == "data":
                 raise ConfigError(f"{prefix}layer '{name}': a data layer takes no neuron{_at(klines.get('neuron'))}")
             neuron = _check_neuron(raw["neuron"], name, prefix, klines.get("neuron"))
         checks = {k: raw[k] for k in CHECKED_KEYS if k in raw and k not in cls.keys}
         own = {k: v for k, v in raw.items()
-               if k not in ("type", "inputs") and not (k == "neuron" and cls.type != "neuron")
+               if k not in ("type", "inputs") and not (k == "neuron" and not owns_neuron)
                and k not in checks and k not in IGNORED_KEYS}
         own = Located(own)
         own.line = line
@@ -221,6 +224,9 @@ def _check_neuron(value, name, prefix, line) -> str:
 
 
 def _check_all_used(specs, prefix):
+    # A missing cost is the real mistake when the last layer feeds nothing; say that, not "unused".
+    if not any(s.cls.is_cost for s in specs):
+        raise ConfigError(f"{prefix}no cost layer; add one, e.g. 'logprob: {{type: cost.logreg, inputs: [labels, probs]}}'")
     used = {i for s in specs for i in s.inputs}
     for s in specs:
         if s.name not in used and not s.cls.is_cost:
@@ -228,8 +234,6 @@ def _check_all_used(specs, prefix):
                 f"{prefix}layer '{s.name}': is not used as input by any layer below it; "
                 f"remove it or name it in a later layer's inputs{_at(s.line)}"
             )
-    if not any(s.cls.is_cost for s in specs):
-        raise ConfigError(f"{prefix}no cost layer; add one, e.g. 'logprob: {{type: cost.logreg, inputs: [labels, probs]}}'")
 
 
 def load_layer_def(path: str) -> tuple:

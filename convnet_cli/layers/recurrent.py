@@ -1,0 +1,597 @@
+"""Recurrent layers `rnn`, `lstm`, `gru` (each one-way, `reverse` or `bidirectional`) and `seqpool`.
+
+A recurrent layer reads its input `(C, H, W)` per case as a sequence over W (time, the spectrogram's
+frames) with C*H features per step, ordered as a PyTorch user flattens an NCHW tensor:
+step t of case n is `x_nchw[n, :, :, t].reshape(C*H)`. Its output is `(outputs, 1, W)`: the hidden state
+at every step, so recurrent layers stack; `(2*outputs, 1, W)` when bidirectional, the forward direction's
+units first, then the backward one's (as `torch.nn.LSTM(bidirectional=True)` concatenates them).
+`seqpool` then turns `(C, 1, W)` into `(C, 1, 1)` for the fc layers above.
+
+The cells are PyTorch's, gate for gate, so weights move between the two unchanged:
+
+    rnn   h' = act(W_ih x + b_ih + W_hh h + b_hh)                   act: the layer's `neuron`, tanh or relu
+    lstm  i, f, g, o = sig, sig, tanh, sig (W_ih x + b_ih + W_hh h + b_hh)      (gate blocks in that order)
+          c' = f c + i g;   h' = o tanh(c')
+    gru   r, z = sig(W_ir x + b_ir + W_hr h + b_hr), sig(W_iz x + b_iz + W_hz h + b_hz)
+          n = tanh(W_in x + b_in + r (W_hn h + b_hn));   h' = (1 - z) n + z h
+
+Parameters, named as in `torch.nn.RNN/LSTM/GRU` state dicts without the `_l0`: `weight_ih` (G*outputs,
+C*H), `weight_hh` (G*outputs, outputs), `bias_ih`, `bias_hh` (G*outputs,), G = 1, 4, 3 gates; the backward
+direction of a bidirectional layer has the same four with the suffix `_reverse`. A one-way `reverse: 1`
+layer keeps the plain names: it is a torch module run on the time-flipped sequence. The initial hidden
+(and cell) state is zero for every case; training backpropagates through the whole sequence.
+
+Initial weights: `weight_ih` by `init` (glorot_uniform by default, fans C*H and G*outputs; `initW` is the
+scale of gaussian/uniform/constant), `weight_hh` by `initHidden` (orthogonal, gain 1, by default), drawn
+one outputs x outputs gate block at a time so every gate gets its own orthogonal matrix; `bias_ih` =
+`initB`, `bias_hh` = 0 (the two always add up, except inside GRU's n gate).
+
+Cost: the input projection of all steps is one GEMM, then a loop over steps does the (N, outputs) x
+(outputs, G*outputs) recurrent GEMM and the cell update; the cell update of `lstm` and `gru` is one fused
+element-wise CUDA kernel on CuPy (`*_cupy`), with a NumPy twin of the same name (`*_numpy`) that is the
+reference. Backward loops the steps in reverse for the state gradients only; the weight gradients are
+GEMMs over all steps at the end.
+"""
+from __future__ import annotations
+
+import functools
+from typing import ClassVar
+
+from convnet_cli.backend import get_array_module
+from convnet_cli.layers.base import INIT_KINDS, Key, Layer, register
+from convnet_cli.layers.neurons import parse_neuron
+
+
+# == fused cell updates ==================================================================================
+# Each cell function works on one time step of the whole minibatch. Gate pre-activations are (N, G*O)
+# rows holding the G gate blocks of O units one after the other (PyTorch's layout); states are (N, O).
+# `act` holds the activated gates, which is what the backward step needs.
+
+def _is_cupy(a) -> bool:
+    return type(a).__module__.startswith("cupy")
+
+
+@functools.lru_cache(maxsize=64)
+def _lstm_gate_consts(xp, units: int, dtype_str: str):
+    """Per-column constants that turn one tanh into LSTM's four activations.
+
+    sigmoid(x) = 0.5 tanh(0.5 x) + 0.5, so act = tanh(s x) s + b with s = 0.5 for i, f, o and 1 for g,
+    b = 0.5 for i, f, o and 0 for g; and the derivative (of either) is (1 - act)(act + d), d = 0 for
+    the sigmoids and 1 for the tanh."""
+    def cols(i, f, g, o):
+        return xp.repeat(xp.asarray([i, f, g, o], dtype=dtype_str), units)
+
+    return cols(0.5, 0.5, 1.0, 0.5), cols(0.5, 0.5, 0.0, 0.5), cols(0.0, 0.0, 1.0, 0.0)
+
+
+def _sigmoid(x, xp):
+    # tanh form: no overflow warnings for large |x| in float32, and the same formula as the CUDA kernels
+    return xp.tanh(x * 0.5) * 0.5 + 0.5
+
+
+def lstm_cell_forward_numpy(pre, c_prev):
+    """pre: (N, 4O) gate pre-activations (i, f, g, o blocks); c_prev: (N, O) -> (h, c, act).
+
+    act: (N, 4O) the activated gates, kept for lstm_cell_backward."""
+    xp = get_array_module(pre)
+    units = c_prev.shape[1]
+    scale, shift, _ = _lstm_gate_consts(xp, units, pre.dtype.str)
+    act = xp.tanh(pre * scale)
+    act *= scale
+    act += shift
+    i, f, g, o = (act[:, k * units:(k + 1) * units] for k in range(4))
+    c = f * c_prev
+    c += i * g
+    h = o * xp.tanh(c)
+    return h, c, act
+
+
+def lstm_cell_backward_numpy(act, c, c_prev, dh, dc_next):
+    """One LSTM step backward. act: (N, 4O) from forward; c, c_prev, dh, dc_next: (N, O).
+
+    dh is the whole gradient reaching h at this step (from above and from step t+1); dc_next the gradient
+    reaching c from step t+1. Returns (dpre (N, 4O), dc_prev (N, O))."""
+    xp = get_array_module(act)
+    units = c.shape[1]
+    _, _, tanh_col = _lstm_gate_consts(xp, units, act.dtype.str)
+    i, f, g, o = (act[:, k * units:(k + 1) * units] for k in range(4))
+    tc = xp.tanh(c)
+    dc = dh * o
+    dc *= 1 - tc * tc
+    dc += dc_next
+    dact = xp.concatenate([dc * g, dc * c_prev, dc * i, dh * tc], axis=1)
+    dpre = dact * (1 - act) * (act + tanh_col)
+    return dpre, dc * f
+
+
+def gru_cell_forward_numpy(xg, hg, h_prev):
+    """xg = W_ih x + b_ih and hg = W_hh h_prev + b_hh: (N, 3O) (r, z, n blocks); h_prev: (N, O).
+
+    Returns (h, act, hn): act (N, 3O) the gates r, z, n; hn (N, O) = W_hn h_prev + b_hn (r's gradient
+    needs it)."""
+    xp = get_array_module(xg)
+    units = h_prev.shape[1]
+    two = 2 * units
+    rz = _sigmoid(xg[:, :two] + hg[:, :two], xp)
+    r, z = rz[:, :units], rz[:, units:]
+    hn = hg[:, two:]
+    n = xp.tanh(xg[:, two:] + r * hn)
+    h = h_prev - n
+    h *= z
+    h += n
+    return h, xp.concatenate([rz, n], axis=1), xp.ascontiguousarray(hn)
+
+
+def gru_cell_backward_numpy(act, hn, h_prev, dh):
+    """One GRU step backward. act: (N, 3O) from forward; hn, h_prev, dh: (N, O).
+
+    Returns (dxg, dhg, dh_direct): gradients of xg and hg (N, 3O) and the part of dh_prev that does not
+    go through W_hh (z dh); the caller adds dhg @ W_hh."""
+    xp = get_array_module(act)
+    units = hn.shape[1]
+    r, z, n = (act[:, k * units:(k + 1) * units] for k in range(3))
+    dn = dh * (1 - z) * (1 - n * n)
+    dz = dh * (h_prev - n) * z * (1 - z)
+    dr = dn * hn * r * (1 - r)
+    dxg = xp.concatenate([dr, dz, dn], axis=1)
+    dhg = xp.concatenate([dr, dz, dn * r], axis=1)
+    return dxg, dhg, dh * z
+
+
+# The CUDA twins: one thread per (case, unit); gate k of that unit sits at row * G*O + k*O + unit in the
+# raw (C-contiguous) gate arrays. Compiled on first use, only when the arrays are CuPy's.
+_CUDA_PREAMBLE = """
+template <typename T> __device__ T cn_sigmoid(T x) {
+    const T half = 0.5;
+    return tanh(x * half) * half + half;
+}
+"""
+
+_CUDA_SOURCES = {
+    "lstm_fwd": (
+        "raw T pre, T c_prev, int32 O",
+        "T h, T c, raw T act",
+        """
+        const ptrdiff_t row = i / O, unit = i % O;
+        const ptrdiff_t b = row * 4 * O + unit;
+        const T ai = cn_sigmoid(pre[b]);
+        const T af = cn_sigmoid(pre[b + O]);
+        const T ag = tanh(pre[b + 2 * O]);
+        const T ao = cn_sigmoid(pre[b + 3 * O]);
+        act[b] = ai;
+        act[b + O] = af;
+        act[b + 2 * O] = ag;
+        act[b + 3 * O] = ao;
+        c = af * c_prev + ai * ag;
+        h = ao * tanh(c);
+        """,
+    ),
+    "lstm_bwd": (
+        "raw T act, T c, T c_prev, T dh, T dc_next, int32 O",
+        "raw T dpre, T dc_prev",
+        """
+        const ptrdiff_t row = i / O, unit = i % O;
+        const ptrdiff_t b = row * 4 * O + unit;
+        const T one = 1;
+        const T ai = act[b], af = act[b + O], ag = act[b + 2 * O], ao = act[b + 3 * O];
+        const T tc = tanh(c);
+        const T dc = dc_next + dh * ao * (one - tc * tc);
+        dpre[b] = dc * ag * ai * (one - ai);
+        dpre[b + O] = dc * c_prev * af * (one - af);
+        dpre[b + 2 * O] = dc * ai * (one - ag * ag);
+        dpre[b + 3 * O] = dh * tc * ao * (one - ao);
+        dc_prev = dc * af;
+        """,
+    ),
+    "gru_fwd": (
+        "raw T xg, raw T hg, T h_prev, int32 O",
+        "T h, raw T act, T hn",
+        """
+        const ptrdiff_t row = i / O, unit = i % O;
+        const ptrdiff_t b = row * 3 * O + unit;
+        const T r = cn_sigmoid(xg[b] + hg[b]);
+        const T z = cn_sigmoid(xg[b + O] + hg[b + O]);
+        const T hnv = hg[b + 2 * O];
+        const T nv = tanh(xg[b + 2 * O] + r * hnv);
+        act[b] = r;
+        act[b + O] = z;
+        act[b + 2 * O] = nv;
+        hn = hnv;
+        h = nv + z * (h_prev - nv);
+        """,
+    ),
+    "gru_bwd": (
+        "raw T act, T hn, T h_prev, T dh, int32 O",
+        "raw T dxg, raw T dhg, T dh_direct",
+        """
+        const ptrdiff_t row = i / O, unit = i % O;
+        const ptrdiff_t b = row * 3 * O + unit;
+        const T one = 1;
+        const T r = act[b], z = act[b + O], nv = act[b + 2 * O];
+        const T dn = dh * (one - z) * (one - nv * nv);
+        const T dz = dh * (h_prev - nv) * z * (one - z);
+        const T dr = dn * hn * r * (one - r);
+        dxg[b] = dr;
+        dxg[b + O] = dz;
+        dxg[b + 2 * O] = dn;
+        dhg[b] = dr;
+        dhg[b + O] = dz;
+        dhg[b + 2 * O] = dn * r;
+        dh_direct = dh * z;
+        """,
+    ),
+}
+_CUDA_KERNELS: dict = {}
+
+
+def _cuda_kernel(name: str):
+    kernel = _CUDA_KERNELS.get(name)
+    if kernel is None:
+        import cupy
+
+        in_params, out_params, body = _CUDA_SOURCES[name]
+        kernel = cupy.ElementwiseKernel(in_params, out_params, body, f"convnet_{name}", preamble=_CUDA_PREAMBLE)
+        _CUDA_KERNELS[name] = kernel
+    return kernel
+
+
+def lstm_cell_forward_cupy(pre, c_prev):
+    """CUDA twin of lstm_cell_forward_numpy (same arguments and results)."""
+    import cupy
+
+    pre = cupy.ascontiguousarray(pre)
+    c_prev = cupy.ascontiguousarray(c_prev, dtype=pre.dtype)
+    h = cupy.empty_like(c_prev)
+    c = cupy.empty_like(c_prev)
+    act = cupy.empty_like(pre)
+    _cuda_kernel("lstm_fwd")(pre, c_prev, c_prev.shape[1], h, c, act)
+    return h, c, act
+
+
+def lstm_cell_backward_cupy(act, c, c_prev, dh, dc_next):
+    """CUDA twin of lstm_cell_backward_numpy."""
+    import cupy
+
+    act = cupy.ascontiguousarray(act)
+    dpre = cupy.empty_like(act)
+    dc_prev = cupy.empty(c.shape, dtype=act.dtype)
+    _cuda_kernel("lstm_bwd")(act, c, c_prev, dh, dc_next, c.shape[1], dpre, dc_prev)
+    return dpre, dc_prev
+
+
+def gru_cell_forward_cupy(xg, hg, h_prev):
+    """CUDA twin of gru_cell_forward_numpy."""
+    import cupy
+
+    xg = cupy.ascontiguousarray(xg)
+    hg = cupy.ascontiguousarray(hg, dtype=xg.dtype)
+    h = cupy.empty(h_prev.shape, dtype=xg.dtype)
+    hn = cupy.empty_like(h)
+    act = cupy.empty_like(xg)
+    _cuda_kernel("gru_fwd")(xg, hg, h_prev, h_prev.shape[1], h, act, hn)
+    return h, act, hn
+
+
+def gru_cell_backward_cupy(act, hn, h_prev, dh):
+    """CUDA twin of gru_cell_backward_numpy."""
+    import cupy
+
+    act = cupy.ascontiguousarray(act)
+    dxg = cupy.empty_like(act)
+    dhg = cupy.empty_like(act)
+    dh_direct = cupy.empty(hn.shape, dtype=act.dtype)
+    _cuda_kernel("gru_bwd")(act, hn, h_prev, dh, hn.shape[1], dxg, dhg, dh_direct)
+    return dxg, dhg, dh_direct
+
+
+def lstm_cell_forward(pre, c_prev):
+    return (lstm_cell_forward_cupy if _is_cupy(pre) else lstm_cell_forward_numpy)(pre, c_prev)
+
+
+def lstm_cell_backward(act, c, c_prev, dh, dc_next):
+    return (lstm_cell_backward_cupy if _is_cupy(act) else lstm_cell_backward_numpy)(act, c, c_prev, dh, dc_next)
+
+
+def gru_cell_forward(xg, hg, h_prev):
+    return (gru_cell_forward_cupy if _is_cupy(xg) else gru_cell_forward_numpy)(xg, hg, h_prev)
+
+
+def gru_cell_backward(act, hn, h_prev, dh):
+    return (gru_cell_backward_cupy if _is_cupy(act) else gru_cell_backward_numpy)(act, hn, h_prev, dh)
+
+
+# == layout helpers =====================================================================================
+
+def to_sequence(x):
+    """x: (N, H, W, C) -> (W, N, C*H), step t = x_nchw[:, :, :, t] flattened in (C, H) order."""
+    n, h, w, c = x.shape
+    return x.transpose(2, 0, 3, 1).reshape(w, n, c * h)
+
+
+def from_sequence(d, shape_nhwc):
+    """Inverse of to_sequence: (W, N, C*H) -> (N, H, W, C)."""
+    n, h, w, c = shape_nhwc
+    return d.reshape(w, n, c, h).transpose(1, 3, 0, 2)
+
+
+# == the layers =========================================================================================
+
+class RecurrentLayer(Layer):
+    """What rnn, lstm and gru share: keys, shapes, parameters, directions and the layout changes.
+
+    Subclasses give `gates` and the pair `_run(seq, p, xp) -> (hs, cache)` /
+    `_back(dhs, cache, p, xp) -> (dseq, grads)` for one direction over a (T, N, F) sequence, where `p`
+    maps the plain names (weight_ih, ...) to this direction's arrays in the compute dtype."""
+
+    gates: ClassVar[int] = 1
+    keys = {
+        "outputs": Key("int", min=1, doc="hidden units (per direction)"),
+        "reverse": Key("bool", False, doc="1 = read the sequence from its last step to its first"),
+        "bidirectional": Key("bool", False, doc="1 = a forward and a backward pass, outputs concatenated"),
+        "init": Key("str", "glorot_uniform", choices=INIT_KINDS, doc="initializer of the input weights"),
+        "initHidden": Key("str", "orthogonal", choices=INIT_KINDS, doc="initializer of the recurrent weights"),
+        "initW": Key("float", 0.01, doc="scale of a gaussian/uniform/constant init"),
+        "initB": Key("float", 0.0, doc="initial bias_ih"),
+    }
+    NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+    def infer_shape(self):
+        c, h, w = self.in_shapes[0]
+        p = self.props
+        if p.reverse and p.bidirectional:
+            raise self.error("reverse: 1 and bidirectional: 1 together; a bidirectional layer already reads "
+                             "both ways, remove one of them")
+        self.features = c * h
+        self.suffixes = ("", "_reverse") if p.bidirectional else ("",)
+        self.learned = tuple(n + s for s in self.suffixes for n in self.NAMES)
+        return (p.outputs * len(self.suffixes), 1, w)
+
+    def init_params(self, rng):
+        import numpy as np
+
+        from convnet_cli.layers.init import DEFAULT_INIT_W, init_weights
+
+        p = self.props
+        units, rows = p.outputs, self.gates * p.outputs
+        # An orthogonal recurrent matrix wants gain 1 whatever initW says about the input weights.
+        hidden_scale = DEFAULT_INIT_W if p.initHidden == "orthogonal" else p.initW
+        out = {}
+        for s in self.suffixes:
+            out["weight_ih" + s] = init_weights(rng, p.init, (rows, self.features), self.features, rows, p.initW)
+            out["weight_hh" + s] = np.concatenate(
+                [init_weights(rng, p.initHidden, (units, units), units, units, hidden_scale)
+                 for _ in range(self.gates)], axis=0)
+            out["bias_ih" + s] = np.full((rows,), p.initB, dtype=np.float32)
+            out["bias_hh" + s] = np.zeros((rows,), dtype=np.float32)
+        return out
+
+    def _directions(self):
+        """(name suffix, runs backwards in time) of each direction, in output-channel order."""
+        if self.props.bidirectional:
+            return (("", False), ("_reverse", True))
+        return (("", bool(self.props.reverse)),)
+
+    def _params(self, params, suffix, dtype):
+        return {n: params[n + suffix].astype(dtype, copy=False) for n in self.NAMES}
+
+    def forward(self, xs, params, ctx):
+        """xs[0]: (N, H, W, C) -> (N, 1, W, D*outputs), D = 2 when bidirectional."""
+        xp = ctx.xp
+        x = xs[0]
+        seq = to_sequence(x)
+        outs, caches = [], []
+        for suffix, backwards in self._directions():
+            s = seq[::-1] if backwards else seq
+            hs, cache = self._run(xp.ascontiguousarray(s), self._params(params, suffix, x.dtype), xp)
+            outs.append(hs[::-1] if backwards else hs)
+            caches.append(cache)
+        hs = outs[0] if len(outs) == 1 else xp.concatenate(outs, axis=2)
+        out = xp.ascontiguousarray(hs.transpose(1, 0, 2))[:, None]
+        return out, (x.shape, caches)
+
+    def backward(self, dout, cache, params, ctx):
+        xp = ctx.xp
+        shape, caches = cache
+        units = self.props.outputs
+        d = dout[:, 0].transpose(1, 0, 2)  # (T, N, D*outputs)
+        dseq = None
+        grads = {}
+        for k, ((suffix, backwards), c) in enumerate(zip(self._directions(), caches)):
+            dhs = d[:, :, k * units:(k + 1) * units]
+            if backwards:
+                dhs = dhs[::-1]
+            ds, g = self._back(xp.ascontiguousarray(dhs), c, self._params(params, suffix, dout.dtype), xp)
+            if backwards:
+                ds = ds[::-1]
+            dseq = ds if dseq is None else dseq + ds
+            grads.update({n + suffix: v for n, v in g.items()})
+        return [xp.ascontiguousarray(from_sequence(dseq, shape))], grads
+
+    # -- shared pieces of _run / _back ------------------------------------------------------------
+    @staticmethod
+    def _project(seq, w, b):
+        """All steps' input projection in one GEMM: (T, N, F) -> (T, N, rows)."""
+        t, n, f = seq.shape
+        out = (seq.reshape(t * n, f) @ w.T).reshape(t, n, -1)
+        out += b
+        return out
+
+    @staticmethod
+    def _weight_grads(seq, dpre_x, hs, dpre_h, p):
+        """Weight and bias gradients over all steps.
+
+        dpre_x: (T, N, rows) gradient of the input projection; dpre_h: of the recurrent projection
+        (the same array for rnn and lstm); hs: (T, N, O) the hidden states (step t reads hs[t-1])."""
+        t, n, f = seq.shape
+        rows = dpre_x.shape[2]
+        units = hs.shape[2]
+        dx2 = dpre_x.reshape(t * n, rows)
+        grads = {
+            "weight_ih": dx2.T @ seq.reshape(t * n, f),
+            "bias_ih": dx2.sum(axis=0),
+            "bias_hh": dpre_h.reshape(t * n, rows).sum(axis=0),
+        }
+        if t > 1:
+            grads["weight_hh"] = dpre_h[1:].reshape(-1, rows).T @ hs[:-1].reshape(-1, units)
+        else:
+            grads["weight_hh"] = p["weight_hh"] * 0
+        dseq = (dx2 @ p["weight_ih"]).reshape(t, n, f)
+        return dseq, grads
+
+
+@register
+class RNNLayer(RecurrentLayer):
+    """`rnn`: the Elman cell of torch.nn.RNN; its `neuron` (tanh or relu) is the cell's nonlinearity."""
+
+    type = "rnn"
+    gates = 1
+    # The parser hands `neuron` to this layer instead of applying it to the output (see layer_def.py).
+    own_neuron = True
+    keys = dict(RecurrentLayer.keys, neuron=Key(
+        "str", "tanh", choices=("tanh", "relu"), legacy=("nonlinearity",),
+        doc="the cell's nonlinearity, as torch.nn.RNN's nonlinearity; not applied again to the output"))
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fn = parse_neuron(self.props.neuron)
+
+    def _run(self, seq, p, xp):
+        steps, n, _ = seq.shape
+        pre = self._project(seq, p["weight_ih"], p["bias_ih"] + p["bias_hh"])
+        hs = xp.empty((steps, n, self.props.outputs), dtype=seq.dtype)
+        whh_t = p["weight_hh"].T
+        h = None
+        for t in range(steps):
+            a = pre[t] if h is None else pre[t] + h @ whh_t
+            h, _ = self.fn.forward(a, xp)  # relu and tanh keep their output as the cache
+            hs[t] = h
+        return hs, (seq, hs)
+
+    def _back(self, dhs, cache, p, xp):
+        seq, hs = cache
+        dpre = xp.empty_like(hs)
+        whh = p["weight_hh"]
+        dh_next = None
+        for t in range(hs.shape[0] - 1, -1, -1):
+            dh = dhs[t] if dh_next is None else dhs[t] + dh_next
+            dpre[t] = self.fn.backward(dh, hs[t], xp)
+            dh_next = dpre[t] @ whh
+        return self._weight_grads(seq, dpre, hs, dpre, p)
+
+
+@register
+class LSTMLayer(RecurrentLayer):
+    """`lstm`: the cell of torch.nn.LSTM (gates i, f, g, o)."""
+
+    type = "lstm"
+    gates = 4
+
+    def _run(self, seq, p, xp):
+        steps, n, _ = seq.shape
+        units = self.props.outputs
+        pre = self._project(seq, p["weight_ih"], p["bias_ih"] + p["bias_hh"])
+        hs = xp.empty((steps, n, units), dtype=seq.dtype)
+        cs = xp.empty_like(hs)
+        whh_t = p["weight_hh"].T
+        h = None
+        c = xp.zeros((n, units), dtype=seq.dtype)
+        for t in range(steps):
+            g = pre[t] if h is None else pre[t] + h @ whh_t
+            # step t's pre-activations are used up: its activated gates take their place (one big array
+            # less to allocate, and fresh large arrays cost page faults on every batch)
+            h, c, pre[t] = lstm_cell_forward(g, c)
+            hs[t] = h
+            cs[t] = c
+        return hs, (seq, hs, cs, pre)
+
+    def _back(self, dhs, cache, p, xp):
+        seq, hs, cs, acts = cache
+        dpre = xp.empty_like(acts)
+        whh = p["weight_hh"]
+        zeros = xp.zeros_like(hs[0])
+        dh_next, dc = None, zeros
+        for t in range(hs.shape[0] - 1, -1, -1):
+            dh = dhs[t] if dh_next is None else dhs[t] + dh_next
+            dpre[t], dc = lstm_cell_backward(acts[t], cs[t], cs[t - 1] if t else zeros, dh, dc)
+            dh_next = dpre[t] @ whh
+        return self._weight_grads(seq, dpre, hs, dpre, p)
+
+
+@register
+class GRULayer(RecurrentLayer):
+    """`gru`: the cell of torch.nn.GRU (gates r, z, n; b_hn inside the reset gate's product)."""
+
+    type = "gru"
+    gates = 3
+
+    def _run(self, seq, p, xp):
+        steps, n, _ = seq.shape
+        units = self.props.outputs
+        xgs = self._project(seq, p["weight_ih"], p["bias_ih"])
+        hs = xp.empty((steps, n, units), dtype=seq.dtype)
+        hns = xp.empty_like(hs)
+        whh_t, bhh = p["weight_hh"].T, p["bias_hh"]
+        h = xp.zeros((n, units), dtype=seq.dtype)
+        for t in range(steps):
+            hg = xp.broadcast_to(bhh, (n, bhh.shape[0])) if t == 0 else h @ whh_t + bhh
+            # the gates replace step t's input projection, used up (as in LSTMLayer._run)
+            h, xgs[t], hns[t] = gru_cell_forward(xgs[t], hg, h)
+            hs[t] = h
+        return hs, (seq, hs, hns, xgs)
+
+    def _back(self, dhs, cache, p, xp):
+        seq, hs, hns, acts = cache
+        dxg = xp.empty_like(acts)
+        dhg = xp.empty_like(acts)
+        whh = p["weight_hh"]
+        zeros = xp.zeros_like(hs[0])
+        dh_next = None
+        for t in range(hs.shape[0] - 1, -1, -1):
+            dh = dhs[t] if dh_next is None else dhs[t] + dh_next
+            dxg[t], dhg[t], direct = gru_cell_backward(acts[t], hns[t], hs[t - 1] if t else zeros, dh)
+            dh_next = direct + dhg[t] @ whh
+        return self._weight_grads(seq, dxg, hs, dhg, p)
+
+
+@register
+class SeqPoolLayer(Layer):
+    """`seqpool`: (C, H, W) -> (C, H, 1) over the sequence axis W; normally (C, 1, W) -> (C, 1, 1).
+
+    `last` takes step W-1 as stored, also after a reversed or bidirectional recurrent layer (as neon's
+    RecurrentLast does): for a backward direction that is the state after reading one step only, so put a
+    forward-reading layer last, or pool with `mean`/`max`, when the backward half should see everything."""
+
+    type = "seqpool"
+    keys = {"pool": Key("str", choices=("last", "mean", "sum", "max"), doc="last, mean, sum or max over W")}
+
+    def infer_shape(self):
+        c, h, _ = self.in_shapes[0]
+        return (c, h, 1)
+
+    def forward(self, xs, params, ctx):
+        x = xs[0]
+        kind = self.props.pool
+        if kind == "last":
+            return x[:, :, -1:, :].copy(), x.shape
+        if kind == "sum":
+            return x.sum(axis=2, keepdims=True), x.shape
+        if kind == "mean":
+            return x.mean(axis=2, keepdims=True), x.shape
+        idx = x.argmax(axis=2)[:, :, None, :]
+        return ctx.xp.take_along_axis(x, idx, axis=2), (x.shape, idx)
+
+    def backward(self, dout, cache, params, ctx):
+        xp = ctx.xp
+        kind = self.props.pool
+        if kind == "max":
+            shape, idx = cache
+            steps = xp.arange(shape[2]).reshape(1, 1, -1, 1)
+            return [xp.where(steps == idx, dout, xp.zeros((), dtype=dout.dtype))], {}
+        shape = cache
+        if kind == "last":
+            dx = xp.zeros(shape, dtype=dout.dtype)
+            dx[:, :, -1:, :] = dout
+            return [dx], {}
+        if kind == "mean":
+            dout = dout / shape[2]
+        return [xp.ascontiguousarray(xp.broadcast_to(dout, shape))], {}
