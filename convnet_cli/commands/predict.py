@@ -1,0 +1,54 @@
+"""`convnet predict`: a CSV of class probabilities from a checkpoint, on batch files or on audio."""
+from __future__ import annotations
+
+import os
+
+import click
+
+from convnet_cli.errors import ConfigError
+from convnet_cli.predict.predict import predict_audio, predict_batches, write_csv, write_report
+from convnet_cli.train.trainer import parse_range
+
+
+@click.command("predict")
+@click.option("-f", "checkpoint", required=True, type=click.Path(),
+              help="Checkpoint file, or a run directory (then best.npz, else the newest).")
+@click.argument("audio", nargs=-1, type=click.Path())
+@click.option("--data-path", type=click.Path(), help="Batch folder to predict (instead of audio).")
+@click.option("--test-range", help="Batches to predict, e.g. 5-6.  [default: the run's test range]")
+@click.option("--out", "out", required=True, type=click.Path(), help="CSV file to write.")
+@click.option("--report", is_flag=True, help="Print and write report.json (needs true labels).")
+@click.option("--multiview", is_flag=True, help="Average predictions over time-shifted crops.")
+@click.option("--views", type=click.IntRange(min=2), default=5, show_default=True, help="Views for --multiview.")
+@click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Cases (or audio files) per forward pass; bounds memory.")
+@click.option("--topk", type=click.IntRange(min=1), default=5, show_default=True, help="k of top-k accuracy.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, gpu, gpu:N or auto.")
+@click.option("--jobs", type=click.IntRange(min=1), help="Processes decoding audio.  [default: 1]")
+@click.option("--quiet", is_flag=True, help="Print only errors.")
+def command(checkpoint, audio, data_path, test_range, out, report, multiview, views, batch, topk, device, jobs, quiet):
+    """Predict with a trained network.
+
+    \b
+    convnet predict -f RUNS/ConvNet__... --data-path BATCHES --out preds.csv --report
+    convnet predict -f RUNS/ConvNet__.../best.npz recordings/ --out preds.csv
+    """
+    if audio and data_path:
+        raise ConfigError("give either audio files/folders or --data-path, not both")
+    n_views = views if multiview else 1
+    if audio:
+        preds = predict_audio(checkpoint, list(audio), device=device, batch=batch, views=n_views, jobs=jobs)
+        for path, reason in preds.skipped:
+            click.echo(f"skipped {path}: {reason}", err=True)
+    else:
+        batches = parse_range(test_range, "--test-range") if test_range else None
+        preds = predict_batches(checkpoint, data_path, batches, device=device, batch=batch, views=n_views)
+    path = write_csv(preds, out)
+    if not quiet:
+        click.echo(f"wrote {len(preds.filenames)} predictions to {path}")
+    if report:
+        from convnet_cli.predict.metrics import format_report
+
+        rep, rpath = write_report(preds, os.path.dirname(os.path.abspath(out)), topk=topk)
+        click.echo(format_report(rep))
+        click.echo(f"wrote {rpath}")

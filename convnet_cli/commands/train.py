@@ -1,0 +1,48 @@
+"""`convnet train`: a new run, or `-f RUN` to resume one."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from convnet_cli.train.trainer import TrainOptions, parse_augment, parse_range, resume, start
+
+
+@click.command("train")
+@click.option("-f", "resume_path", type=click.Path(), help="Resume from a run directory or checkpoint file.")
+@click.option("--data-path", type=click.Path(), help="Batch folder made by 'convnet make-batches'.")
+@click.option("--save-path", type=click.Path(), help="Folder that receives the run directory.")
+@click.option("--layer-def", type=click.Path(), help="Layer definition (YAML, or a cuda-convnet .cfg).")
+@click.option("--layer-params", type=click.Path(), help="Layer learning settings (YAML or .cfg).")
+@click.option("--train-range", help="Training batches, e.g. 1-4 (default: from batches.meta).")
+@click.option("--test-range", help="Test batches, e.g. 5 (default: from batches.meta).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Total epochs (not extra ones).  [default: 10]")
+@click.option("--mini", type=click.IntRange(min=1), help="Minibatch size.  [default: 128]")
+@click.option("--test-freq", type=click.IntRange(min=1),
+              help="Test and checkpoint every N training batches.  [default: each epoch]")
+@click.option("--device", help="cpu, gpu, gpu:N or auto.  [default: cpu]")
+@click.option("--seed", type=int, help="Seed for initial weights, shuffling, augmentation, dropout.  [default: 0]")
+@click.option("--max-checkpoints", type=click.IntRange(min=1), help="Keep the newest K checkpoints plus best.npz.")
+@click.option("--augment", help="Comma list of timeshift, freqmask, timemask, mixup.")
+@click.option("--early-stop", type=click.IntRange(min=1), help="Stop after N tests without improvement.")
+@click.option("--quiet", is_flag=True, default=None, help="No progress bar or summary lines.")
+def command(resume_path, **flags):
+    """Train a network (or resume one with -f RUN).
+
+    \b
+    convnet train --data-path BATCHES --save-path RUNS --layer-def layers.yaml --layer-params params.yaml
+    convnet train -f RUNS/ConvNet__2026-11-23_10.00.00 --epochs 20
+    """
+    explicit = {k: v for k, v in flags.items() if v is not None}
+    if "train_range" in explicit:
+        explicit["train_range"] = parse_range(explicit["train_range"], "--train-range")
+    if "test_range" in explicit:
+        explicit["test_range"] = parse_range(explicit["test_range"], "--test-range")
+    if "augment" in explicit:
+        explicit["augment"] = parse_augment(explicit["augment"])
+    if resume_path:
+        rc = resume(resume_path, explicit)
+    else:
+        rc = start(TrainOptions(**explicit))
+    if rc:
+        sys.exit(rc)

@@ -1,0 +1,239 @@
+"""Predictions from a checkpoint, on batch files or on raw audio (features computed as at training time).
+
+Memory stays bounded: cases go through the net `batch` at a time and only the (n, K) probabilities are
+kept (plus, when asked, the first `max_cases` inputs for plots).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from convnet_cli.backend import get_backend, to_host
+from convnet_cli.config.layer_def import build_layers, parse_layer_def_text
+from convnet_cli.errors import ConfigError, DataError
+from convnet_cli.layers.base import did_you_mean
+from convnet_cli.net import Net, parse_params
+from convnet_cli.train.checkpoint import load_checkpoint
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif")
+
+
+@dataclass
+class Predictions:
+    probs: np.ndarray            # (n, K) float32
+    labels: np.ndarray           # (n,) int, -1 where unknown
+    filenames: list
+    label_names: list
+    inputs: np.ndarray | None = None  # (m, C, H, W) raw features of the first m cases, when asked
+    skipped: list = field(default_factory=list)  # [(path, reason)] audio that could not be read
+
+    @property
+    def labels_known(self) -> bool:
+        return len(self.labels) > 0 and bool((self.labels >= 0).all())
+
+
+def load_model(checkpoint, device: str = "cpu"):
+    """(net, checkpoint) ready for inference on `device`."""
+    ckpt = checkpoint if hasattr(checkpoint, "arrays") else load_checkpoint(checkpoint)
+    st = ckpt.state
+    backend = get_backend(device)
+    name = st.get("layer_def_name", "layers.yaml")
+    layers = build_layers(parse_layer_def_text(st["layer_def"], name), tuple(st["data_shape"]), name)
+    learn = parse_params(st.get("layer_params", ""), "params.yaml", layers)
+    net = Net(layers, learn, backend)
+    net.init_params(0)  # gives every parameter its shape; the checkpoint's values replace them
+    net.set_arrays(ckpt.arrays, source=ckpt.path)
+    return net, ckpt
+
+
+def output_layer(net: Net, layer: str | None = None) -> str:
+    """The layer whose output is the class probabilities: the given one, or the input of the first cost."""
+    if layer:
+        if layer not in net.by_name:
+            raise ConfigError(f"layer '{layer}' is not in the network{did_you_mean(layer, net.by_name)}")
+        return layer
+    for l in net.cost_layers:
+        if l.type in ("cost.logreg", "cost.bce"):
+            return l.in_names[1]
+    raise ConfigError("the network has no cost.logreg or cost.bce layer; name the output layer to predict with")
+
+
+class _Runner:
+    """Normalizes raw (n, C, H, W) features and runs them through the net in chunks."""
+
+    def __init__(self, net, ckpt, layer, batch, views):
+        shape = tuple(ckpt.state["data_shape"])
+        self.net, self.layer, self.batch, self.views = net, layer, max(1, int(batch)), max(1, int(views))
+        self.mean = ckpt.data_mean.reshape(shape)
+        std = ckpt.data_std.reshape(shape)
+        self.std = np.maximum(std, 1e-6)
+        self.shape = shape
+
+    def shifts(self):
+        """Time offsets of the views: 0 and symmetric shifts up to 10% of the frames."""
+        w = self.shape[2]
+        if self.views == 1 or w < 2:
+            return [0]
+        span = max(1, int(round(0.1 * w)))
+        return [int(round(s)) for s in np.linspace(-span, span, self.views)]
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        """raw: (n, C, H, W) -> probabilities (n, K), averaged over views."""
+        out = []
+        for i in range(0, raw.shape[0], self.batch):
+            chunk = raw[i:i + self.batch].astype(np.float32, copy=False)
+            acc = None
+            for s in self.shifts():
+                view = np.roll(chunk, s, axis=3) if s else chunk
+                x = ((view - self.mean) / self.std).transpose(0, 2, 3, 1)
+                self.net.forward({0: self.net.backend.asarray(np.ascontiguousarray(x))}, train=False)
+                p = to_host(self.net.outputs[self.layer]).reshape(chunk.shape[0], -1).astype(np.float32)
+                acc = p if acc is None else acc + p
+            out.append(acc / len(self.shifts()))
+        k = len(out[0][0]) if out else 0
+        return np.concatenate(out) if out else np.zeros((0, k), np.float32)
+
+
+def predict_batches(checkpoint, data_path: str | None = None, batches=None, layer: str | None = None,
+                    max_cases: int | None = None, device: str = "cpu", batch: int = 256, views: int = 1,
+                    keep_inputs: int = 0) -> Predictions:
+    """Predict the cases of batch files (default: the run's data path and test range)."""
+    from convnet_cli.data.batch_files import BatchSet
+
+    net, ckpt = load_model(checkpoint, device)
+    st = ckpt.state
+    data_path = data_path or st.get("data_path") or st["options"].get("data_path")
+    if not data_path:
+        raise ConfigError("--data-path is required: the checkpoint does not name its batch folder")
+    bs = BatchSet(data_path)
+    if list(bs.data_shape) != list(st["data_shape"]):
+        raise DataError(f"{data_path}: cases have shape {list(bs.data_shape)} but the network was trained on "
+                        f"{list(st['data_shape'])}; make the batches with the features of the training run")
+    batches = list(batches or st["options"].get("test_range") or bs.test_range)
+    layer = output_layer(net, layer)
+    run = _Runner(net, ckpt, layer, batch, views)
+    probs, labels, names, kept = [], [], [], []
+    remaining = max_cases
+    for b in batches:
+        data, lab, fn = bs.load_batch(b)
+        if remaining is not None:
+            data, lab, fn = data[:remaining], lab[:remaining], fn[:remaining]
+            remaining -= len(lab)
+        raw = data.reshape((-1,) + tuple(bs.data_shape))
+        probs.append(run(raw))
+        labels.append(np.asarray(lab, dtype=np.int64))
+        names.extend(fn)
+        have = sum(len(k) for k in kept)
+        if keep_inputs and have < keep_inputs:
+            kept.append(raw[:keep_inputs - have].astype(np.float32))
+        if remaining is not None and remaining <= 0:
+            break
+    return Predictions(np.concatenate(probs) if probs else np.zeros((0, 0), np.float32),
+                       np.concatenate(labels) if labels else np.zeros((0,), np.int64), names,
+                       list(st["label_names"]), np.concatenate(kept) if kept else None)
+
+
+def collect_audio(inputs) -> list:
+    """[(path, display name, label name or None)] for audio files and folders (recursively)."""
+    out = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = []
+            for root, dirs, files in os.walk(item):
+                dirs.sort()
+                for f in sorted(files):
+                    if f.lower().endswith(AUDIO_EXTENSIONS):
+                        p = os.path.join(root, f)
+                        rel = os.path.relpath(p, item)
+                        parent = os.path.basename(os.path.dirname(p)) if os.path.dirname(rel) else None
+                        found.append((p, rel.replace(os.sep, "/"), parent))
+            if not found:
+                raise DataError(f"{item}: no audio files (.wav, .flac, .ogg, .aiff) in this folder")
+            out.extend(found)
+        elif os.path.isfile(item):
+            out.append((item, os.path.basename(item), None))
+        else:
+            raise DataError(f"{item}: no such audio file or folder")
+    return out
+
+
+def predict_audio(checkpoint, inputs, layer: str | None = None, device: str = "cpu", batch: int = 256,
+                  views: int = 1, jobs: int | None = None) -> Predictions:
+    """Predict audio files and folders with the checkpoint's feature settings.
+
+    Files in class-named subfolders (yes/clip.wav with a class 'yes') get that class as their true label
+    when every file does; otherwise labels are unknown (-1)."""
+    from convnet_cli.ingest.features import FeatureSpec
+    from convnet_cli.ingest.make_batches import features_for_files
+
+    net, ckpt = load_model(checkpoint, device)
+    st = ckpt.state
+    if not st.get("features"):
+        raise DataError(f"{ckpt.path}: the network was trained on batches without feature settings (not made "
+                        f"from audio); predict from batch files with --data-path")
+    spec = FeatureSpec.from_dict(st["features"], ckpt.path)
+    items = collect_audio(inputs)
+    label_names = list(st["label_names"])
+    index = {n: i for i, n in enumerate(label_names)}
+    known = all(lbl in index for _, _, lbl in items)
+    layer = output_layer(net, layer)
+    run = _Runner(net, ckpt, layer, batch, views)
+    probs, labels, names, skipped = [], [], [], []
+    chunk = max(1, int(batch))
+    for i in range(0, len(items), chunk):
+        part = items[i:i + chunk]
+        feats, ok_paths, bad = features_for_files([p for p, _, _ in part], spec, jobs=jobs or 1)
+        skipped.extend(bad)
+        ok = set(ok_paths)
+        kept = [t for t in part if t[0] in ok]
+        if len(kept):
+            probs.append(run(np.asarray(feats, dtype=np.float32)))
+            names.extend(d for _, d, _ in kept)
+            labels.extend(index[lbl] if known else -1 for _, _, lbl in kept)
+    if not names:
+        reason = f" ({skipped[0][1]})" if skipped else ""
+        raise DataError(f"none of the {len(items)} audio file(s) could be read{reason}")
+    return Predictions(np.concatenate(probs), np.asarray(labels, dtype=np.int64), names, label_names,
+                       skipped=skipped)
+
+
+def write_csv(preds: Predictions, path: str) -> str:
+    """filename,predicted,<label 1>,...,<label K>[,true] with probabilities to 6 decimals; atomic."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp")
+    with_true = preds.labels_known
+    names = preds.label_names
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "predicted"] + list(names) + (["true"] if with_true else []))
+        pred = preds.probs.argmax(axis=1) if len(preds.probs) else []
+        for i, fn in enumerate(preds.filenames):
+            row = [fn, names[pred[i]]] + [f"{p:.6f}" for p in preds.probs[i]]
+            if with_true:
+                row.append(names[preds.labels[i]])
+            w.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def write_report(preds: Predictions, folder: str, topk: int = 5) -> tuple:
+    """(report dict, path of report.json). Needs known labels."""
+    from convnet_cli.predict.metrics import classification_report
+
+    if not preds.labels_known:
+        raise DataError("--report needs the true labels, and these cases have none (unlabeled batches or "
+                        "audio outside class-named folders)")
+    report = classification_report(preds.probs, preds.labels, preds.label_names, topk=topk)
+    path = os.path.join(folder, "report.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    os.replace(tmp, path)
+    return report, path

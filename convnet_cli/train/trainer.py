@@ -1,0 +1,483 @@
+"""The training loop: epochs over the train range's batch files, minibatches within them, a test and a
+checkpoint every `test_freq` batch files, resumable at any checkpoint with identical results.
+
+Every random draw (batch order, shuffles, augmentation, dropout masks) comes from a generator seeded by
+(seed, epoch, batch[, minibatch]) rather than from one running stream, so a run restarted from a
+checkpoint sees exactly the data and masks the uninterrupted run would have seen.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import click
+import numpy as np
+
+from convnet_cli.backend import get_backend
+from convnet_cli.config.layer_def import build_layers, parse_layer_def_text
+from convnet_cli.config.yamlio import display_name, read_text
+from convnet_cli.errors import ConfigError, DataError, NonFiniteError
+from convnet_cli.net import Net, parse_params
+from convnet_cli.train.checkpoint import (load_checkpoint, newest_checkpoint, prune_checkpoints, resolve_checkpoint,
+                                          save_checkpoint)
+
+AUGMENTS = ("timeshift", "freqmask", "timemask", "mixup")
+
+
+@dataclass
+class TrainOptions:
+    data_path: str = None
+    save_path: str = None
+    layer_def: str = None
+    layer_params: str = None
+    train_range: list = None
+    test_range: list = None
+    epochs: int = 10
+    mini: int = 128
+    test_freq: int | None = None  # None: once per epoch
+    device: str = "cpu"
+    seed: int = 0
+    max_checkpoints: int | None = None
+    augment: list = field(default_factory=list)
+    early_stop: int | None = None
+    quiet: bool = False
+
+
+def parse_range(text, flag: str) -> list:
+    """'1-4' -> [1, 2, 3, 4]; '5' -> [5]; '1-3,6' -> [1, 2, 3, 6]."""
+    if text is None:
+        return None
+    if isinstance(text, (list, tuple)):
+        return [int(t) for t in text]
+    out = []
+    try:
+        for part in str(text).split(","):
+            part = part.strip()
+            if "-" in part:
+                a, b = (int(p) for p in part.split("-", 1))
+                if b < a:
+                    raise ValueError
+                out.extend(range(a, b + 1))
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: expected a batch range like 1-4 or 5") from None
+    if not out:
+        raise ConfigError(f"{flag} {text!r}: expected a batch range like 1-4 or 5")
+    return out
+
+
+def parse_augment(text) -> list:
+    if not text:
+        return []
+    items = [a.strip() for a in (text if isinstance(text, (list, tuple)) else str(text).split(",")) if a.strip()]
+    from convnet_cli.layers.base import did_you_mean
+
+    for a in items:
+        if a not in AUGMENTS:
+            raise ConfigError(f"--augment: unknown augmentation '{a}'{did_you_mean(a, AUGMENTS)}; "
+                              f"choose from {', '.join(AUGMENTS)}")
+    return items
+
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from several integers (same on every machine and device)."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def new_run_dir(save_path: str) -> str:
+    stamp = datetime.datetime.now().strftime("ConvNet__%Y-%m-%d_%H.%M.%S")
+    os.makedirs(save_path, exist_ok=True)
+    path = os.path.join(save_path, stamp)
+    n = 2
+    while os.path.exists(path):
+        path = os.path.join(save_path, f"{stamp}_{n}")
+        n += 1
+    os.makedirs(path)
+    return path
+
+
+class _Interrupt:
+    """SIGINT sets a flag; the loop checkpoints at the next minibatch boundary and exits 130."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            if self.requested:  # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self.requested = True
+
+        try:
+            self._old = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not in the main thread (e.g. a notebook worker)
+            self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+class Trainer:
+    def __init__(self, options: TrainOptions, run_dir: str, net: Net, batchset, state: dict, echo=None):
+        from convnet_cli.data.provider import DataProvider
+
+        self.o = options
+        self.run_dir = run_dir
+        self.net = net
+        self.batchset = batchset
+        self.state = state
+        self.echo = echo or (lambda msg: click.echo(msg, err=True))
+        self.train_provider = DataProvider(batchset, options.train_range, options.mini, net.backend,
+                                           seed=options.seed, train=True, augment=tuple(options.augment))
+        self.test_provider = DataProvider(batchset, options.test_range, options.mini, net.backend,
+                                          seed=options.seed, train=False)
+        self.log_path = os.path.join(run_dir, "train_log.jsonl")
+        self.batches_per_epoch = len(options.train_range)
+        self.total_batches = self.batches_per_epoch * options.epochs
+        self.started = time.time() - state.get("seconds", 0.0)
+
+    # -- state -------------------------------------------------------------------------------------
+    def _checkpoint(self, name: str) -> str:
+        path = os.path.join(self.run_dir, name)
+        self.state["seconds"] = round(time.time() - self.started, 3)
+        return save_checkpoint(path, self.net.get_arrays(), self.state)
+
+    def _log(self, record: dict):
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- loop ---------------------------------------------------------------------------------------
+    def run(self) -> int:
+        s = self.state
+        # Overflow is caught by the NaN/inf check with a message naming the layer; numpy's own warnings
+        # would only repeat it, once per array.
+        with _Interrupt() as intr, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            while s["epoch"] <= self.o.epochs:
+                epoch = s["epoch"]
+                done_in_epoch = s["batch_in_epoch"]
+                n_batches = self.batches_per_epoch
+                bar = None
+                if not self.o.quiet:
+                    bar = click.progressbar(length=n_batches, label=f"epoch {epoch}/{self.o.epochs}",
+                                            file=sys.stderr, show_pos=True)
+                    bar.__enter__()
+                    bar.update(done_in_epoch)
+                try:
+                    for batchnum, minibatches in self.train_provider.iter_epoch(epoch, skip=done_in_epoch):
+                        stopped = self._train_batch(epoch, batchnum, minibatches, intr)
+                        if stopped:
+                            return self._interrupted(epoch, batchnum)
+                        s["batch_in_epoch"] += 1
+                        s["batches_done"] += 1
+                        s["batchnum"] = batchnum
+                        s["minibatch"] = 0
+                        if bar is not None:
+                            bar.update(1)
+                        last_of_epoch = s["batch_in_epoch"] == n_batches
+                        due = (self.o.test_freq and s["batches_done"] % self.o.test_freq == 0) or (
+                            not self.o.test_freq and last_of_epoch)
+                        if last_of_epoch:
+                            s["epoch"] += 1
+                            s["batch_in_epoch"] = 0
+                        if due or (last_of_epoch and s["epoch"] > self.o.epochs):
+                            if bar is not None:
+                                bar.__exit__(None, None, None)
+                                bar = None
+                            if self._test_and_save(epoch, batchnum):
+                                return 0
+                finally:
+                    if bar is not None:
+                        bar.__exit__(None, None, None)
+        return 0
+
+    def _train_batch(self, epoch, batchnum, minibatches, intr) -> bool:
+        """Train on one batch file; True when interrupted (the state then points inside this batch)."""
+        s = self.state
+        net = self.net
+        start = time.time()
+        totals, cases = {}, 0
+        skip = s.get("minibatch", 0)
+        rates = {}
+        for m, mb in enumerate(minibatches):
+            if m < skip:
+                continue
+            if intr.requested:
+                s["minibatch"] = m
+                return True
+            progress = s["batches_done"] / max(self.total_batches, 1)
+            ep = (epoch - 1) + s["batch_in_epoch"] / max(self.batches_per_epoch, 1)
+            rng = net.backend.rng(derive_seed(self.o.seed, epoch, batchnum, m))
+            costs = net.forward({0: mb.x, 1: mb.labels}, train=True, rng=rng)
+            self._check_finite(costs, epoch, batchnum)
+            grads = net.backward()
+            rates = net.update(grads, progress, ep)
+            n = mb.x.shape[0]
+            cases += n
+            _accumulate(totals, costs, n)
+        s["minibatch"] = 0
+        record = _record("train", epoch, batchnum, s, totals, cases, time.time() - start, net, rates,
+                         self.batches_per_epoch)
+        self._log(record)
+        s["history"].append({k: record[k] for k in ("type", "epoch", "batch", "progress", "cost", "error")})
+        return False
+
+    def _check_finite(self, costs, epoch, batchnum):
+        bad = [name for name, (c, _) in costs.items() if not math.isfinite(c)]
+        if not bad:
+            return
+        layer = self.net.first_nonfinite() or bad[0]
+        last = newest_checkpoint(self.run_dir)
+        keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+        raise NonFiniteError(
+            f"the cost went non-finite at epoch {epoch}, batch {batchnum}: layer '{layer}' was the first whose "
+            f"output was NaN or inf; {keep}; lower epsW/epsB in the params file (or add clip/clipNorm) and "
+            f"resume with: convnet train -f {self.run_dir}")
+
+    def test(self) -> tuple:
+        """(cost, error, per-layer metrics, cases) over the test range, in test mode."""
+        totals, cases = {}, 0
+        for _, minibatches in self.test_provider.iter_epoch(0):
+            for mb in minibatches:
+                costs = self.net.forward({0: mb.x, 1: mb.labels}, train=False)
+                n = mb.x.shape[0]
+                cases += n
+                _accumulate(totals, costs, n)
+        return totals, cases
+
+    def _test_and_save(self, epoch, batchnum) -> bool:
+        """Test, log, checkpoint; True when early stopping says stop."""
+        s = self.state
+        start = time.time()
+        totals, cases = self.test()
+        record = _record("test", epoch, batchnum, s, totals, cases, time.time() - start, self.net, {},
+                         self.batches_per_epoch)
+        self._log(record)
+        s["history"].append({k: record[k] for k in ("type", "epoch", "batch", "progress", "cost", "error")})
+        metric = record["error"] if record["error"] is not None else record["cost"]
+        improved = s.get("best") is None or (metric is not None and metric < s["best"]["metric"])
+        if improved:
+            s["best"] = {"metric": metric, "epoch": epoch, "batch": batchnum}
+            s["tests_without_improvement"] = 0
+        else:
+            s["tests_without_improvement"] = s.get("tests_without_improvement", 0) + 1
+        path = self._checkpoint(f"{epoch}.{batchnum}.npz")
+        if improved:
+            shutil.copyfile(path, os.path.join(self.run_dir, ".best.tmp"))
+            os.replace(os.path.join(self.run_dir, ".best.tmp"), os.path.join(self.run_dir, "best.npz"))
+        prune_checkpoints(self.run_dir, self.o.max_checkpoints)
+        train = _train_since_last_test(s["history"])
+        lr = next(iter(self.net_rates().values()), None)
+        parts = [f"{epoch}.{batchnum}"]
+        if train:
+            parts.append(f"cost {train['cost']:.4f}" + (f" err {train['error']:.3f}" if train["error"] is not None else ""))
+        parts.append(f"test cost {record['cost']:.4f}" + (f" err {record['error']:.3f}" if record["error"] is not None else ""))
+        if lr is not None:
+            parts.append(f"lr {lr:.3g}")
+        parts.append(f"{time.time() - self.started:.1f}s")
+        if improved:
+            parts.append("best")
+        if not self.o.quiet:
+            self.echo("  ".join(parts))
+        if self.o.early_stop and s["tests_without_improvement"] >= self.o.early_stop:
+            if not self.o.quiet:
+                self.echo(f"early stop: no improvement in {self.o.early_stop} tests")
+            s["stopped_early"] = True
+            self._checkpoint(f"{epoch}.{batchnum}.npz")
+            return True
+        return False
+
+    def net_rates(self) -> dict:
+        progress = self.state["batches_done"] / max(self.total_batches, 1)
+        out = {}
+        for l in self.net.layers:
+            if l.learned and self.net.params[l.name]:
+                out[l.name] = self.net.learn[l.name].epsW[0](progress, progress * self.o.epochs)
+        return out
+
+    def _interrupted(self, epoch, batchnum) -> int:
+        path = self._checkpoint(f"{epoch}.{batchnum}.npz")
+        self.echo(f"\ninterrupted: checkpoint written to {path}; resume with: convnet train -f {self.run_dir}")
+        return 130
+
+
+def _accumulate(totals, costs, n):
+    for name, (cost, metrics) in costs.items():
+        t = totals.setdefault(name, {})
+        for k, v in metrics.items():
+            if v is not None:
+                t[k] = t.get(k, 0.0) + v * n
+            else:
+                t.setdefault(k, None)
+
+
+def _record(kind, epoch, batchnum, s, totals, cases, seconds, net, rates, per_epoch) -> dict:
+    costs = {name: {k: (v / cases if v is not None and cases else None) for k, v in t.items()}
+             for name, t in totals.items()}
+    weighted = sum(net.by_name[name].hyper.coeff * c["cost"] for name, c in costs.items() if c.get("cost") is not None)
+    first = next(iter(costs.values()), {})
+    return {"type": kind, "epoch": epoch, "batch": batchnum,
+            "progress": round(s["batches_done"] / max(per_epoch, 1), 6), "cases": cases,
+            "cost": weighted, "error": first.get("error"), "costs": costs, "seconds": round(seconds, 4),
+            "lr": {k: v for k, v in rates.items() if v is not None}}
+
+
+def _train_since_last_test(history):
+    """Mean cost and error of the training batches logged since the test before the latest one."""
+    recs = []
+    for h in reversed(history[:-1]):
+        if h["type"] == "test":
+            break
+        recs.append(h)
+    if not recs:
+        return None
+    errors = [r["error"] for r in recs if r["error"] is not None]
+    return {"cost": sum(r["cost"] for r in recs) / len(recs),
+            "error": sum(errors) / len(errors) if errors else None}
+
+
+# -- entry points -----------------------------------------------------------------------------------
+def _load_batchset(path):
+    from convnet_cli.data.batch_files import BatchSet
+
+    if not path:
+        raise ConfigError("--data-path is required: the folder made by 'convnet make-batches'")
+    return BatchSet(path)
+
+
+def _check_ranges(o: TrainOptions, batchset):
+    present = set(batchset.batch_numbers)
+    for flag, rng in (("--train-range", o.train_range), ("--test-range", o.test_range)):
+        if not rng:
+            raise ConfigError(f"{flag}: empty range; batches.meta names none and none was given")
+        missing = [b for b in rng if b not in present]
+        if missing:
+            raise ConfigError(f"{flag}: batch {missing[0]} is not in {o.data_path} (it has "
+                              f"{min(present)}-{max(present)}); fix the range")
+
+
+def start(o: TrainOptions, echo=None) -> int:
+    """A new run."""
+    for flag, v in (("--save-path", o.save_path), ("--layer-def", o.layer_def)):
+        if not v:
+            raise ConfigError(f"{flag} is required for a new run (or resume one with -f RUN)")
+    batchset = _load_batchset(o.data_path)
+    o.train_range = o.train_range or list(batchset.train_range)
+    o.test_range = o.test_range or list(batchset.test_range)
+    _check_ranges(o, batchset)
+    backend = get_backend(o.device)
+    layer_def_text = read_text(o.layer_def, "layer definition")
+    params_text = read_text(o.layer_params, "layer params") if o.layer_params else ""
+    net = _build_net(layer_def_text, o.layer_def, params_text, o.layer_params, batchset, backend)
+    net.init_params(o.seed)
+    run_dir = new_run_dir(o.save_path)
+    for src in (o.layer_def, o.layer_params):
+        if src:
+            shutil.copyfile(src, os.path.join(run_dir, os.path.basename(src)))
+    state = _initial_state(o, batchset, layer_def_text, params_text)
+    echo = echo or (lambda msg: click.echo(msg, err=True))
+    if not o.quiet:
+        echo(f"run directory: {run_dir}")
+        echo(f"device {backend.name}; {net.num_params():,} parameters; train batches {_fmt_range(o.train_range)}, "
+             f"test batches {_fmt_range(o.test_range)}; {o.epochs} epochs of minibatches of {o.mini}")
+        echo(net.describe())
+    return _run(o, run_dir, net, batchset, state, echo)
+
+
+def resume(path: str, explicit: dict, echo=None) -> int:
+    """Resume from a run directory (its newest checkpoint) or a checkpoint file; explicit flags override."""
+    ckpt = load_checkpoint(resolve_checkpoint(path, prefer_best=False))
+    state = ckpt.state
+    run_dir = os.path.dirname(os.path.abspath(ckpt.path))
+    o = TrainOptions(**{k: v for k, v in state["options"].items() if k in TrainOptions.__dataclass_fields__})
+    if "layer_def" in explicit and explicit["layer_def"]:
+        new_text = read_text(explicit["layer_def"], "layer definition")
+        if new_text != state["layer_def"]:
+            raise ConfigError(f"--layer-def cannot change on resume ({explicit['layer_def']} differs from the run's "
+                              f"layer definition); start a new run instead")
+    for k, v in explicit.items():
+        if k != "layer_def":
+            setattr(o, k, v)
+    batchset = _load_batchset(o.data_path)
+    _check_ranges(o, batchset)
+    backend = get_backend(o.device)
+    # The params file is re-read so an edited learning rate takes effect; the run keeps a copy.
+    params_text = state["layer_params"]
+    if o.layer_params and os.path.exists(o.layer_params):
+        params_text = read_text(o.layer_params, "layer params")
+        shutil.copyfile(o.layer_params, os.path.join(run_dir, os.path.basename(o.layer_params)))
+    net = _build_net(state["layer_def"], state.get("layer_def_name", "layers.yaml"), params_text,
+                     o.layer_params or "params.yaml", batchset, backend)
+    net.init_params(o.seed)  # shapes to check the checkpoint's arrays against; its values replace these
+    net.set_arrays(ckpt.arrays, source=ckpt.path)
+    state["options"] = asdict(o)
+    state["layer_params"] = params_text
+    echo = echo or (lambda msg: click.echo(msg, err=True))
+    if state["epoch"] > o.epochs or state.get("stopped_early") and "epochs" not in explicit:
+        if not o.quiet:
+            echo(f"{ckpt.path}: training already reached epoch {state['epoch'] - 1} of {o.epochs}; "
+                 f"raise --epochs to train on")
+        return 0
+    state.pop("stopped_early", None)
+    if not o.quiet:
+        echo(f"resuming {run_dir} at epoch {state['epoch']}, batch {state['batch_in_epoch'] + 1} of the epoch")
+    return _run(o, run_dir, net, batchset, state, echo)
+
+
+def _run(o, run_dir, net, batchset, state, echo) -> int:
+    state["options"] = asdict(o)
+    rc = Trainer(o, run_dir, net, batchset, state, echo).run()
+    if rc == 0 and not o.quiet:
+        best = state.get("best")
+        if best:
+            echo(f"done: best test {'error' if best['metric'] is not None else 'cost'} "
+                 f"{best['metric']:.4f} at {best['epoch']}.{best['batch']}; checkpoints in {run_dir}")
+    return rc
+
+
+def _build_net(layer_def_text, layer_def_path, params_text, params_path, batchset, backend) -> Net:
+    source = display_name(layer_def_path)
+    specs = parse_layer_def_text(layer_def_text, layer_def_path)
+    layers = build_layers(specs, tuple(batchset.data_shape), source)
+    learn = parse_params(params_text, params_path or "params.yaml", layers)
+    k = len(batchset.label_names)
+    for l in layers:
+        if l.type == "cost.logreg":
+            got = l.in_shapes[1][0]
+            if k and got != k:
+                raise ConfigError(f"{source}: layer '{l.name}': its input '{l.in_names[1]}' has {got} outputs but the "
+                                  f"data has {k} classes ({', '.join(batchset.label_names[:5])}...); set outputs: {k} "
+                                  f"on the fc layer feeding it")
+    return Net(layers, learn, backend)
+
+
+def _initial_state(o, batchset, layer_def_text, params_text) -> dict:
+    return {
+        "epoch": 1, "batch_in_epoch": 0, "batchnum": 0, "minibatch": 0, "batches_done": 0,
+        "options": asdict(o), "layer_def": layer_def_text, "layer_params": params_text,
+        "layer_def_name": os.path.basename(o.layer_def), "label_names": list(batchset.label_names),
+        "data_shape": list(batchset.data_shape),
+        "data_mean": [float(v) for v in np.asarray(batchset.data_mean, dtype=np.float32).reshape(-1)],
+        "data_std": [float(v) for v in np.asarray(batchset.data_std, dtype=np.float32).reshape(-1)],
+        "features": batchset.features, "data_path": os.path.abspath(o.data_path),
+        "rng": {"seed": o.seed, "scheme": "derived per (seed, epoch, batch, minibatch)"},
+        "history": [], "best": None, "seconds": 0.0,
+    }
+
+
+def _fmt_range(r):
+    if not r:
+        return "-"
+    if r == list(range(r[0], r[-1] + 1)):
+        return f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0])
+    return ",".join(str(x) for x in r)
