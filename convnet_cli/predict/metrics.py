@@ -1,0 +1,176 @@
+"""Classification metrics on host arrays (NumPy only): what `predict --report` prints and writes.
+
+Every function takes plain arrays: probs (n, K) class probabilities, y_true (n,) int labels in [0, K).
+Cases with an unknown label (-1) are the caller's to drop before calling these.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+LOG_LOSS_EPS = 1e-15
+
+
+def confusion_matrix(y_true, y_pred, k: int) -> np.ndarray:
+    """(k, k) int64 counts; rows = true class, columns = predicted class."""
+    y_true = np.asarray(y_true, dtype=np.int64).reshape(-1)
+    y_pred = np.asarray(y_pred, dtype=np.int64).reshape(-1)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true has {y_true.size} labels but y_pred has {y_pred.size}")
+    for name, y in (("y_true", y_true), ("y_pred", y_pred)):
+        if y.size and (y.min() < 0 or y.max() >= k):
+            raise ValueError(f"{name} holds a class outside 0..{k - 1}")
+    conf = np.zeros((k, k), dtype=np.int64)
+    np.add.at(conf, (y_true, y_pred), 1)
+    return conf
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks of x; tied values share the mean of the ranks they span."""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    # boundaries of runs of equal values in the sorted array
+    starts = np.r_[0, np.flatnonzero(xs[1:] != xs[:-1]) + 1]
+    ends = np.r_[starts[1:], xs.size]
+    avg = (starts + ends + 1) / 2.0  # mean of ranks starts+1 .. ends
+    ranks = np.empty(x.size, dtype=np.float64)
+    ranks[order] = np.repeat(avg, ends - starts)
+    return ranks
+
+
+def roc_auc(scores, y_true) -> float:
+    """Area under the ROC curve for a binary problem, by the Mann-Whitney U statistic.
+
+    scores: (n,) higher = more likely class 1; y_true: (n,) 0/1. A tie between a positive and a negative
+    counts one half (average ranks). ValueError when only one class is present.
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = np.asarray(y_true).reshape(-1)
+    if scores.shape != y.shape:
+        raise ValueError(f"{scores.size} scores but {y.size} labels")
+    pos = y == 1
+    n_pos = int(pos.sum())
+    n_neg = int((y == 0).sum())
+    if n_pos + n_neg != y.size:
+        raise ValueError("roc_auc needs labels 0 and 1 only")
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("roc_auc is undefined when only one class is present")
+    ranks = _average_ranks(scores)
+    u = ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def log_loss(probs, y_true) -> float:
+    """Mean of -log p(true class), each probability clipped to [1e-15, 1 - 1e-15]."""
+    probs = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(y_true, dtype=np.int64).reshape(-1)
+    if probs.ndim != 2 or probs.shape[0] != y.size:
+        raise ValueError(f"probs must be (n, K) with n = {y.size}, got {probs.shape}")
+    if y.size == 0:
+        return float("nan")
+    p = np.clip(probs[np.arange(y.size), y], LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
+    return float(-np.mean(np.log(p)))
+
+
+def topk_accuracy(probs, y_true, k: int) -> float:
+    """Fraction of cases whose true class is among the k most probable.
+
+    Ties at the k-th place are broken by class order (a stable sort of -probs), so the count never
+    exceeds k classes per case.
+    """
+    probs = np.asarray(probs)
+    y = np.asarray(y_true, dtype=np.int64).reshape(-1)
+    if y.size == 0:
+        return float("nan")
+    k = max(1, min(int(k), probs.shape[1]))
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return float(np.mean(np.any(top == y[:, None], axis=1)))
+
+
+def per_class_prf(conf) -> tuple:
+    """(precision, recall, f1, support), each (K,), from a confusion matrix (rows = true).
+
+    A ratio whose denominator is 0 is reported as 0 (a class never predicted has precision 0).
+    """
+    conf = np.asarray(conf, dtype=np.float64)
+    tp = np.diag(conf)
+    predicted = conf.sum(axis=0)
+    support = conf.sum(axis=1)
+
+    def ratio(a, b):
+        out = np.zeros_like(a)
+        np.divide(a, b, out=out, where=b > 0)
+        return out
+
+    precision = ratio(tp, predicted)
+    recall = ratio(tp, support)
+    f1 = ratio(2 * precision * recall, precision + recall)
+    return precision, recall, f1, support.astype(np.int64)
+
+
+def classification_report(probs, y_true, label_names, topk: int = 5) -> dict:
+    """Everything `predict --report` shows, as a JSON-ready dict.
+
+    probs: (n, K); y_true: (n,) ints in [0, K); label_names: K names.
+    Keys: cases, accuracy, topk {k: acc} with k = min(topk, K), log_loss, per_class
+    {name: {precision, recall, f1, support}}, confusion_matrix (rows = true), labels, and roc_auc for
+    K == 2 (score = probability of class 1; null when one class is missing).
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(y_true, dtype=np.int64).reshape(-1)
+    n, k = probs.shape
+    names = [str(s) for s in label_names]
+    if len(names) != k:
+        raise ValueError(f"{len(names)} label names for {k} classes")
+    pred = np.argmax(probs, axis=1) if n else np.zeros(0, dtype=np.int64)
+    conf = confusion_matrix(y, pred, k)
+    precision, recall, f1, support = per_class_prf(conf)
+    kk = max(1, min(int(topk), k))
+    report = {
+        "cases": int(n),
+        "accuracy": float(np.mean(pred == y)) if n else float("nan"),
+        "topk": {kk: topk_accuracy(probs, y, kk)},
+        "log_loss": log_loss(probs, y),
+        "per_class": {
+            names[c]: {
+                "precision": float(precision[c]),
+                "recall": float(recall[c]),
+                "f1": float(f1[c]),
+                "support": int(support[c]),
+            }
+            for c in range(k)
+        },
+        "confusion_matrix": conf.tolist(),
+        "labels": names,
+    }
+    if k == 2:
+        try:
+            report["roc_auc"] = roc_auc(probs[:, 1], y)
+        except ValueError:
+            report["roc_auc"] = None
+    return report
+
+
+def format_report(report: dict) -> str:
+    """A readable text table of a classification_report dict."""
+    lines = [f"cases     {report['cases']}", f"accuracy  {report['accuracy']:.4f}"]
+    for k, acc in report["topk"].items():
+        lines.append(f"top-{k}".ljust(10) + f"{acc:.4f}")
+    lines.append(f"log-loss  {report['log_loss']:.4f}")
+    if "roc_auc" in report:
+        auc = report["roc_auc"]
+        lines.append(f"ROC AUC   {'n/a (one class only)' if auc is None else format(auc, '.4f')}")
+    names = list(report["labels"])
+    width = max([5] + [len(n) for n in names])
+    lines.append("")
+    lines.append(f"{'class'.ljust(width)}  precision  recall  f1      support")
+    for name in names:
+        r = report["per_class"][name]
+        lines.append(f"{name.ljust(width)}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:6.4f}  {r['support']:7d}")
+    lines.append("")
+    lines.append("confusion matrix (rows = true, columns = predicted)")
+    conf = report["confusion_matrix"]
+    cell = max([len(str(v)) for row in conf for v in row] + [len(n) for n in names] + [1])
+    lines.append(" " * width + "  " + " ".join(n.rjust(cell) for n in names))
+    for name, row in zip(names, conf):
+        lines.append(name.ljust(width) + "  " + " ".join(str(v).rjust(cell) for v in row))
+    return "\n".join(lines)

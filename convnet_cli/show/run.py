@@ -1,0 +1,131 @@
+"""What `convnet show` reads from a run: its log, its checkpoint's filters, predictions on its test data.
+
+The plots themselves are in plots.py; this module turns a run directory into the arrays they take and
+turns what can go wrong (no run there, an unknown layer, a layer without filters) into ConfigErrors.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+
+from convnet_cli.errors import ConfigError, DataError
+from convnet_cli.layers.base import did_you_mean
+
+LOG_NAME = "train_log.jsonl"
+
+
+class RunPaths:
+    """-f RUN: a run directory or one checkpoint file in it."""
+
+    def __init__(self, path: str):
+        if not os.path.exists(path):
+            raise ConfigError(f"{path}: no such run directory or checkpoint; give -f RUNS/<run> as made by "
+                              f"'convnet train'")
+        if os.path.isdir(path):
+            self.run_dir, self.checkpoint_path = path, None
+        else:
+            self.run_dir, self.checkpoint_path = os.path.dirname(os.path.abspath(path)) or ".", path
+        self.given = path
+        self._ckpt = None
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.run_dir, LOG_NAME)
+
+    def checkpoint(self):
+        """The Checkpoint (arrays, state): the file given, or best.npz, else the newest in the run."""
+        if self._ckpt is None:
+            from convnet_cli.train.checkpoint import load_checkpoint
+
+            try:
+                self._ckpt = load_checkpoint(self.checkpoint_path or self.run_dir)
+            except DataError as exc:
+                raise ConfigError(str(exc)) from None
+        return self._ckpt
+
+
+def read_log(path: str) -> list:
+    """The records of a train_log.jsonl. A line that is not JSON (the torn last line of a run still
+    writing) is skipped."""
+    records = []
+    with open(path, "r", encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and rec.get("type") in ("train", "test"):
+                records.append(rec)
+    return records
+
+
+def cost_records(run: RunPaths) -> list:
+    """Log records of the run; when the log is missing, the history kept in the checkpoint."""
+    if os.path.exists(run.log_path):
+        records = read_log(run.log_path)
+    else:
+        records = list(run.checkpoint().state.get("history") or [])
+    if not records:
+        raise ConfigError(f"{run.run_dir}: no training or test records yet (in {LOG_NAME} or the checkpoint); "
+                          f"train for at least one batch first")
+    return records
+
+
+def _built_layers(ckpt):
+    from convnet_cli.config.layer_def import build_layers, parse_layer_def_text
+
+    st = ckpt.state
+    name = st.get("layer_def_name", "layers.yaml")
+    specs = parse_layer_def_text(st["layer_def"], name)
+    return build_layers(specs, tuple(st["data_shape"]), name)
+
+
+def filter_weights(ckpt, layer: str) -> tuple:
+    """(weights (F, C, fh, fw), description) of a conv, local or fc layer of the checkpoint.
+
+    fc weights are shown as filters over the layer's input, (outputs, C, H, W); local layers have a
+    filter bank per output position: the one at the center of the output is shown."""
+    layers = {l.name: l for l in _built_layers(ckpt)}
+    if layer not in layers:
+        raise ConfigError(f"layer '{layer}' is not in the network{did_you_mean(layer, layers)}; "
+                          f"layers: {', '.join(layers)}")
+    lay = layers[layer]
+    arrays = ckpt.arrays
+    key = f"{layer}/weights" if f"{layer}/weights" in arrays else f"{layer}/weights.0"
+    with_filters = [n for n, l in layers.items() if l.type in ("conv", "local", "fc")]
+    if lay.type not in ("conv", "local", "fc") or key not in arrays:
+        raise ConfigError(f"layer '{layer}' ({lay.type}) has no filters to show; --filters takes a conv, local or "
+                          f"fc layer: {', '.join(with_filters) or 'the network has none'}")
+    w = np.asarray(arrays[key], dtype=np.float32)
+    c, h, wd = lay.in_shapes[0]
+    if lay.type == "conv":
+        return w, f"{layer} (conv, {w.shape[0]} filters)"
+    if lay.type == "local":
+        fh, fw = lay.props.filterSize
+        groups = getattr(lay.props, "groups", 1) or 1
+        _, ho, wo = lay.out_shape
+        center = (ho // 2) * wo + wo // 2
+        bank = w[center].reshape(w.shape[1], c // groups, fh, fw)
+        return bank, f"{layer} (local, the filters at output position {ho // 2},{wo // 2})"
+    if w.shape[1] != c * h * wd:
+        raise ConfigError(f"layer '{layer}': weights {w.shape} do not match its input {lay.in_shapes[0]}")
+    return w.reshape(w.shape[0], c, h, wd), f"{layer} (fc, {w.shape[0]} units over its {c}x{h}x{wd} input)"
+
+
+def predictions(run: RunPaths, layer: str | None, data_path: str | None, max_cases: int | None,
+                keep_inputs: int = 0):
+    """Predictions of the checkpoint on its test batches (or the batches at data_path)."""
+    from convnet_cli.predict.predict import predict_batches
+
+    return predict_batches(run.checkpoint(), data_path, None, layer=layer, max_cases=max_cases,
+                           keep_inputs=keep_inputs)
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", text).strip("_") or "layer"
