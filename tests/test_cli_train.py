@@ -290,3 +290,69 @@ def test_bad_flags_and_configs_exit_2(workspace, tmp_path):
     assert r.exit_code == 2 and "--device" in r.output
     r = invoke(["--debug", *args])
     assert r.exit_code == 2 and "Traceback" in r.output
+
+
+LAYERS_CFG = """\
+[data]
+type=data
+dataIdx=0
+
+[labels]
+type=data
+dataIdx=1
+
+[conv1]
+type=conv
+inputs=data
+filters=4
+filterSize=3
+padding=1
+neuron=relu
+partialSum=4
+
+[pool1]
+type=pool
+inputs=conv1
+pool=max
+sizeX=2
+
+[fc2]
+type=fc
+inputs=pool1
+outputs=2
+
+[probs]
+type=softmax
+inputs=fc2
+
+[logprob]
+type=cost.logreg
+inputs=labels,probs
+"""
+PARAMS_CFG = """\
+[DEFAULT]
+epsW=0.001
+epsB=0.002
+momW=0.9
+momB=0.9
+wc=0.0001
+
+[logprob]
+coeff=1
+"""
+
+
+def test_train_and_predict_from_cuda_convnet_cfg(workspace, tmp_path):
+    (tmp_path / "layers.cfg").write_text(LAYERS_CFG)
+    (tmp_path / "params.cfg").write_text(PARAMS_CFG)
+    args = train_args(workspace, tmp_path / "runs", "--epochs", "1")
+    args[args.index("--layer-def") + 1] = str(tmp_path / "layers.cfg")
+    args[args.index("--layer-params") + 1] = str(tmp_path / "params.cfg")
+    r = invoke(args)
+    assert r.exit_code == 0, r.output
+    run = only_run(tmp_path / "runs")
+    r = invoke(["predict", "-f", run, "--out", str(tmp_path / "p.csv")])
+    assert r.exit_code == 0, r.output
+    assert read_csv(tmp_path / "p.csv")[0][:2] == ["filename", "predicted"]
+    r = invoke(["train", "-f", run, "--epochs", "2", "--quiet"])
+    assert r.exit_code == 0, r.output

@@ -43,7 +43,7 @@ def load_model(checkpoint, device: str = "cpu"):
     backend = get_backend(device)
     name = st.get("layer_def_name", "layers.yaml")
     layers = build_layers(parse_layer_def_text(st["layer_def"], name), tuple(st["data_shape"]), name)
-    learn = parse_params(st.get("layer_params", ""), "params.yaml", layers)
+    learn = parse_params(st.get("layer_params", ""), st.get("layer_params_name", "params.yaml"), layers)
     net = Net(layers, learn, backend)
     net.init_params(0)  # gives every parameter its shape; the checkpoint's values replace them
     net.set_arrays(ckpt.arrays, source=ckpt.path)

@@ -226,8 +226,9 @@ class Trainer:
             cases += n
             _accumulate(totals, costs, n)
         s["minibatch"] = 0
-        record = _record("train", epoch, batchnum, s, totals, cases, time.time() - start, net, rates,
-                         self.batches_per_epoch)
+        # this batch counts as done in the record (the state's counter moves on after it returns)
+        record = _record("train", epoch, batchnum, s["batches_done"] + 1, totals, cases, time.time() - start, net,
+                         rates, self.batches_per_epoch)
         self._log(record)
         s["history"].append({k: record[k] for k in ("type", "epoch", "batch", "progress", "cost", "error")})
         return False
@@ -260,8 +261,8 @@ class Trainer:
         s = self.state
         start = time.time()
         totals, cases = self.test()
-        record = _record("test", epoch, batchnum, s, totals, cases, time.time() - start, self.net, {},
-                         self.batches_per_epoch)
+        record = _record("test", epoch, batchnum, s["batches_done"], totals, cases, time.time() - start, self.net,
+                         {}, self.batches_per_epoch)
         self._log(record)
         s["history"].append({k: record[k] for k in ("type", "epoch", "batch", "progress", "cost", "error")})
         metric = record["error"] if record["error"] is not None else record["cost"]
@@ -321,13 +322,13 @@ def _accumulate(totals, costs, n):
                 t.setdefault(k, None)
 
 
-def _record(kind, epoch, batchnum, s, totals, cases, seconds, net, rates, per_epoch) -> dict:
+def _record(kind, epoch, batchnum, batches_done, totals, cases, seconds, net, rates, per_epoch) -> dict:
     costs = {name: {k: (v / cases if v is not None and cases else None) for k, v in t.items()}
              for name, t in totals.items()}
     weighted = sum(net.by_name[name].hyper.coeff * c["cost"] for name, c in costs.items() if c.get("cost") is not None)
     first = next(iter(costs.values()), {})
     return {"type": kind, "epoch": epoch, "batch": batchnum,
-            "progress": round(s["batches_done"] / max(per_epoch, 1), 6), "cases": cases,
+            "progress": round(batches_done / max(per_epoch, 1), 6), "cases": cases,
             "cost": weighted, "error": first.get("error"), "costs": costs, "seconds": round(seconds, 4),
             "lr": {k: v for k, v in rates.items() if v is not None}}
 
@@ -412,16 +413,16 @@ def resume(path: str, explicit: dict, echo=None) -> int:
     _check_ranges(o, batchset)
     backend = get_backend(o.device)
     # The params file is re-read so an edited learning rate takes effect; the run keeps a copy.
-    params_text = state["layer_params"]
+    params_text, params_name = state["layer_params"], state.get("layer_params_name", "params.yaml")
     if o.layer_params and os.path.exists(o.layer_params):
-        params_text = read_text(o.layer_params, "layer params")
-        shutil.copyfile(o.layer_params, os.path.join(run_dir, os.path.basename(o.layer_params)))
-    net = _build_net(state["layer_def"], state.get("layer_def_name", "layers.yaml"), params_text,
-                     o.layer_params or "params.yaml", batchset, backend)
+        params_text, params_name = read_text(o.layer_params, "layer params"), os.path.basename(o.layer_params)
+        shutil.copyfile(o.layer_params, os.path.join(run_dir, params_name))
+    net = _build_net(state["layer_def"], state.get("layer_def_name", "layers.yaml"), params_text, params_name,
+                     batchset, backend)
     net.init_params(o.seed)  # shapes to check the checkpoint's arrays against; its values replace these
     net.set_arrays(ckpt.arrays, source=ckpt.path)
     state["options"] = asdict(o)
-    state["layer_params"] = params_text
+    state["layer_params"], state["layer_params_name"] = params_text, params_name
     echo = echo or (lambda msg: click.echo(msg, err=True))
     if state["epoch"] > o.epochs or state.get("stopped_early") and "epochs" not in explicit:
         if not o.quiet:
@@ -465,7 +466,9 @@ def _initial_state(o, batchset, layer_def_text, params_text) -> dict:
     return {
         "epoch": 1, "batch_in_epoch": 0, "batchnum": 0, "minibatch": 0, "batches_done": 0,
         "options": asdict(o), "layer_def": layer_def_text, "layer_params": params_text,
-        "layer_def_name": os.path.basename(o.layer_def), "label_names": list(batchset.label_names),
+        "layer_def_name": os.path.basename(o.layer_def),
+        "layer_params_name": os.path.basename(o.layer_params) if o.layer_params else "params.yaml",
+        "label_names": list(batchset.label_names),
         "data_shape": list(batchset.data_shape),
         "data_mean": [float(v) for v in np.asarray(batchset.data_mean, dtype=np.float32).reshape(-1)],
         "data_std": [float(v) for v in np.asarray(batchset.data_std, dtype=np.float32).reshape(-1)],
