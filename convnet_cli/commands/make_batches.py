@@ -1,0 +1,111 @@
+"""`convnet make-batches AUDIO_DIR BATCH_DIR`: audio folders (or a folder + CSV) -> cuda-convnet batch files."""
+from __future__ import annotations
+
+import os
+
+import click
+
+from convnet_cli.errors import ConfigError
+from convnet_cli.ingest.features import KINDS, WINDOWS, FeatureSpec
+from convnet_cli.ingest.make_batches import DTYPES, make_batches
+
+
+def load_feature_spec(features_file=None, overrides=None) -> FeatureSpec:
+    """--features FILE.yaml (its keys at the top, or under a `features:` key), then the flags on top."""
+    from convnet_cli.config.yamlio import load_yaml_text, read_text
+
+    values, source = {}, "features flags"
+    if features_file:
+        source = os.path.basename(features_file)
+        doc = load_yaml_text(read_text(features_file, "features"), source)
+        if doc is None:
+            doc = {}
+        if isinstance(doc, dict) and set(doc) == {"features"} and isinstance(doc["features"], dict):
+            doc = doc["features"]
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{source}: must be a mapping of feature keys (sample_rate, kind, n_mels, …)")
+        FeatureSpec.from_dict(doc, source)  # errors with the file's line numbers before flags mix in
+        values = dict(doc)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if given:
+        source = f"{source} + flags" if features_file else "features flags"
+    values.update(given)
+    return FeatureSpec.from_dict(values, source)
+
+
+def _fmax(value):
+    if value is None:
+        return None
+    if value.strip().lower() in ("null", "none", "nyquist"):
+        return "null"
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"--fmax {value!r}: expected a frequency in Hz, or null for the Nyquist frequency") from None
+
+
+@click.command("make-batches")
+@click.argument("audio_dir")
+@click.argument("batch_dir")
+@click.option("--labels", "labels_csv", metavar="FILE.csv",
+              help="Flat folder + CSV: a header and columns clip_name,label (or filename,label).")
+@click.option("--file-col", metavar="NAME", help="CSV column with the file names (default: clip_name or filename).")
+@click.option("--label-col", metavar="NAME", help="CSV column with the labels (default: label).")
+@click.option("--no-labels", is_flag=True, help="Unlabeled set (for prediction): labels stored as -1.")
+@click.option("--label-names", metavar="A,B,…",
+              help="Fix the classes and their order (e.g. those of a training set); other labels are an error.")
+@click.option("--features", "features_file", metavar="FILE.yaml", help="Feature settings (keys of the flags below).")
+@click.option("--sample-rate", type=int, help="Resample every clip to this rate, Hz [16000].")
+@click.option("--duration", type=float, help="Seconds per clip: longer center-cropped, shorter zero-padded [2.0].")
+@click.option("--kind", type=click.Choice(KINDS), help="Feature kind [logmel].")
+@click.option("--n-fft", type=int, help="STFT window, samples [512].")
+@click.option("--hop", type=int, help="STFT hop, samples [160].")
+@click.option("--window", type=click.Choice(WINDOWS), help="Window function [hann].")
+@click.option("--n-mels", type=int, help="Mel bands [64].")
+@click.option("--fmin", type=float, help="Lowest mel band edge, Hz [0].")
+@click.option("--fmax", metavar="HZ|null", help="Highest mel band edge, Hz [null = Nyquist].")
+@click.option("--n-mfcc", type=int, help="MFCC coefficients for --kind mfcc [20].")
+@click.option("--batch-size", type=int, default=1000, show_default=True, help="Cases per batch file.")
+@click.option("--test-fraction", type=float, default=None,
+              help="The last ceil(F*K) batches form the test range [0.2; 0 with --no-labels].")
+@click.option("--split-by", metavar="REGEX",
+              help="Keep clips whose names share the regex's first group on one side of the split.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the shuffle and split.")
+@click.option("--jobs", type=int, default=None, help="Decoding processes [all cores].")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
+              help="Stored data type; uint8 is scaled per batch (data_offset + data_scale * q).")
+@click.option("--overwrite", is_flag=True, help="Replace the batch files already in BATCH_DIR.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def command(audio_dir, batch_dir, labels_csv, file_col, label_col, no_labels, label_names, features_file,
+            sample_rate, duration, kind, n_fft, hop, window, n_mels, fmin, fmax, n_mfcc, batch_size, test_fraction,
+            split_by, seed, jobs, dtype, overwrite, quiet):
+    """Turn AUDIO_DIR (a folder per class, or a flat folder with --labels) into batch files in BATCH_DIR."""
+    fmax = _fmax(fmax)
+    spec = load_feature_spec(features_file, dict(
+        sample_rate=sample_rate, duration=duration, kind=kind, n_fft=n_fft, hop=hop, window=window,
+        n_mels=n_mels, fmin=fmin, fmax=fmax, n_mfcc=n_mfcc))
+    if test_fraction is None:
+        test_fraction = 0.0 if no_labels else 0.2
+    names = [n.strip() for n in label_names.split(",")] if label_names else None
+    s = make_batches(audio_dir, batch_dir, labels_csv=labels_csv, file_col=file_col, label_col=label_col,
+                     no_labels=no_labels, features=spec, batch_size=batch_size, test_fraction=test_fraction,
+                     split_by=split_by, seed=seed, jobs=jobs, dtype=dtype, overwrite=overwrite,
+                     progress=not quiet, label_names=names)
+    click.echo(summary_line(s))
+
+
+def _range(r, cases):
+    if not r:
+        return "none"
+    return f"{r[0]}-{r[1]} ({cases} cases)"
+
+
+def summary_line(s: dict) -> str:
+    shape = "x".join(str(v) for v in s["shape"])
+    line = (f"make-batches: {s['read']} files read, {s['skipped']} skipped, {s['classes']} classes, "
+            f"{s['batches']} batches (train {_range(s['train_range'], s['train_cases'])}, "
+            f"test {_range(s['test_range'], s['test_cases'])}), case shape {shape}, "
+            f"{s['seconds']:.1f} s -> {s['batch_dir']}")
+    if s["skipped"]:
+        line += f"; skipped files listed in {os.path.join(s['batch_dir'], 'skipped.txt')}"
+    return line

@@ -1,0 +1,226 @@
+"""Stream the batch files of a range as minibatches: seeded order, normalisation, augmentation, prefetch.
+
+`DataProvider.iter_epoch(epoch, skip=0)` yields (batchnum, minibatches); each minibatch is a
+`Minibatch(x, labels, filenames)` with x: (N, H, W, C) float32 on the backend (the case's (C, H, W) array
+transposed to NHWC), normalised as (x - data_mean) / max(data_std, 1e-6) with the batches.meta statistics,
+and labels: (N,) int32 on the backend — or (N, K) float32 soft targets when mixup is on. The last
+minibatch of a batch file may hold fewer than `mini` cases.
+
+Randomness never comes from a running generator, so a run resumed at a batch boundary sees the same data:
+with train=True the order of batch files is drawn from default_rng([seed, epoch]), the shuffle of cases
+inside batch b from default_rng([seed, epoch, b]), and its augmentations from default_rng([seed, epoch, b, 1]).
+With train=False: ascending batch numbers, no shuffle, no augmentation.
+
+Memory: the next batch file is read and converted in one background thread while the current one is
+consumed, never more than one ahead; the previous batch is released (its minibatch iterator closed) before
+the next is taken. So about two batches live at once — three for a moment while the next is converted.
+
+Augmentations (train only, applied per case after normalisation, in this order):
+- `timeshift`: circular roll along W by a uniform integer in [-m, m], m = max(1, round(0.1 W));
+- `freqmask`: SpecAugment frequency mask — zero a band of f ~ U{0..F} rows (F = max(1, floor(0.15 H)))
+  starting at a uniform row; zero is the mean after normalisation;
+- `timemask`: the same along W (up to floor(0.15 W) columns);
+- `mixup`: within each minibatch, case i becomes lam_i x_i + (1 - lam_i) x_p(i) for a random pairing p,
+  lam_i = max(l, 1 - l), l ~ Beta(0.2, 0.2) (so the case keeps its own file name as the larger part);
+  the targets mix the same way.
+"""
+from __future__ import annotations
+
+import difflib
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from convnet_cli.errors import ConfigError, DataError
+
+AUGMENTATIONS = ("timeshift", "freqmask", "timemask", "mixup")
+STD_FLOOR = 1e-6
+MIXUP_ALPHA = 0.2
+SHIFT_FRACTION = 0.1
+MASK_FRACTION = 0.15
+
+
+@dataclass
+class Minibatch:
+    x: object           # (N, H, W, C) float32 device array
+    labels: object      # (N,) int32 device array, or (N, K) float32 soft targets (mixup)
+    filenames: list
+
+
+def parse_augment(augment) -> tuple:
+    """'timeshift,mixup' or an iterable of names -> a tuple of checked names (ConfigError otherwise)."""
+    if augment is None:
+        return ()
+    if isinstance(augment, str):
+        augment = [a for a in (p.strip() for p in augment.split(",")) if a]
+    names = []
+    for a in augment:
+        a = str(a).strip().lower()
+        if a not in AUGMENTATIONS:
+            close = difflib.get_close_matches(a, AUGMENTATIONS, n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"--augment: unknown augmentation '{a}'{hint}; choose from {', '.join(AUGMENTATIONS)}")
+        if a not in names:
+            names.append(a)
+    return tuple(names)
+
+
+def _rng(*words):
+    return np.random.default_rng([int(w) & 0xFFFFFFFFFFFFFFFF for w in words])
+
+
+class DataProvider:
+    """Minibatches of batch files `batches` of a BatchSet (see the module docstring)."""
+
+    def __init__(self, batchset, batches, mini: int, backend, *, seed=0, train=True, augment=(), normalize=True):
+        self.batchset = batchset
+        self.batches = [int(b) for b in batches]
+        present = set(batchset.batch_numbers)
+        missing = [b for b in self.batches if b not in present]
+        if missing:
+            have = batchset.batch_numbers
+            raise DataError(f"{batchset.batch_dir}: batch {missing[0]} is not there (it holds "
+                            f"{'batches ' + str(have[0]) + '-' + str(have[-1]) if have else 'none'}); "
+                            "check --train-range / --test-range")
+        if int(mini) < 1:
+            raise ConfigError(f"--mini {mini}: must be at least 1")
+        self.mini = int(mini)
+        self.backend = backend
+        self.seed = int(seed)
+        self.train = bool(train)
+        self.augment = parse_augment(augment) if self.train else ()
+        self.normalize = bool(normalize)
+        self.num_classes = len(batchset.label_names)
+        if "mixup" in self.augment and self.num_classes == 0:
+            raise ConfigError("--augment mixup needs labeled batches (batches.meta has no label_names)")
+        c, h, w = batchset.data_shape
+        self.data_shape = (c, h, w)
+        if self.normalize:
+            mean = np.asarray(batchset.data_mean, np.float32).reshape(c, h, w).transpose(1, 2, 0)
+            std = np.asarray(batchset.data_std, np.float32).reshape(c, h, w).transpose(1, 2, 0)
+            self._mean = np.ascontiguousarray(mean)
+            self._inv_std = np.ascontiguousarray(1.0 / np.maximum(std, STD_FLOOR)).astype(np.float32)
+        self.loader_threads = set()   # idents of threads that prepared batches (for tests)
+
+    # ---- sizes and order --------------------------------------------------------------------------
+    def num_cases(self) -> int:
+        return int(sum(self.batchset.num_cases(b) for b in self.batches))
+
+    def num_minibatches(self) -> int:
+        return int(sum(-(-self.batchset.num_cases(b) // self.mini) for b in self.batches))
+
+    def epoch_order(self, epoch: int) -> list:
+        """The batch numbers of `epoch` in the order they are served."""
+        if not self.train:
+            return sorted(self.batches)
+        return [self.batches[i] for i in _rng(self.seed, epoch).permutation(len(self.batches))]
+
+    # ---- iteration --------------------------------------------------------------------------------
+    def iter_epoch(self, epoch: int, skip: int = 0):
+        """Yield (batchnum, iterator of Minibatch) for each batch file of the epoch, after the first `skip`."""
+        order = self.epoch_order(epoch)[int(skip):]
+        if not order:
+            return
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convnet-batch-loader")
+        future = pool.submit(self._prepare, epoch, order[0])
+        current = None
+        try:
+            for k, bnum in enumerate(order):
+                if current is not None:
+                    current.close()      # frees the previous batch even if the consumer left it half-read
+                    current = None
+                prepared = future.result()
+                future = pool.submit(self._prepare, epoch, order[k + 1]) if k + 1 < len(order) else None
+                current = self._minibatches(prepared)
+                del prepared
+                yield bnum, current
+        finally:
+            if current is not None:
+                current.close()
+            if future is not None:
+                future.cancel()
+            pool.shutdown(wait=True)
+
+    def _minibatches(self, prepared):
+        x, y, names = prepared
+        del prepared
+        be = self.backend
+        on_host = not getattr(be, "is_gpu", False)
+        soft = y.ndim == 2
+        try:
+            for a in range(0, x.shape[0], self.mini):
+                xb = x[a:a + self.mini]
+                # a copy on the CPU, so a kept minibatch does not pin the whole batch
+                xb = be.asarray(xb.copy() if on_host else xb, dtype=np.float32)
+                yb = be.asarray(y[a:a + self.mini], dtype=np.float32 if soft else np.int32)
+                yield Minibatch(xb, yb, names[a:a + self.mini])
+        finally:
+            del x, y, names
+
+    # ---- one batch file, in the loader thread ----------------------------------------------------
+    def _prepare(self, epoch, bnum):
+        """Batch bnum -> (x (n, H, W, C) float32 host, labels (n,) int64 or (n, K) float32, filenames)."""
+        self.loader_threads.add(threading.get_ident())
+        raw, scale, y, names = self.batchset.read_raw(bnum)
+        n = raw.shape[0]
+        c, h, w = self.data_shape
+        view = raw.reshape(n, c, h, w).transpose(0, 2, 3, 1)          # NHWC view, no copy yet
+        if self.train:
+            perm = _rng(self.seed, epoch, bnum).permutation(n)
+            x = view[perm]                                              # the one copy
+            y = y[perm]
+            names = [names[i] for i in perm]
+        else:
+            x = np.ascontiguousarray(view)
+            if not x.flags.writeable or np.shares_memory(x, raw):
+                x = x.copy()  # never normalise the file's own buffer in place
+        del raw, view
+        if x.dtype != np.float32:
+            x = x.astype(np.float32)
+        if scale is not None:
+            x *= np.float32(scale[1])
+            x += np.float32(scale[0])
+        if self.normalize:
+            x -= self._mean
+            x *= self._inv_std
+        if self.augment:
+            x, y = self._augment(x, y, _rng(self.seed, epoch, bnum, 1))
+        return x, y, names
+
+    def _augment(self, x, y, rng):
+        n, h, w, _ = x.shape
+        if "timeshift" in self.augment and w > 1:
+            m = max(1, int(round(SHIFT_FRACTION * w)))
+            shift = rng.integers(-m, m + 1, size=n)
+            idx = (np.arange(w)[None, :] - shift[:, None]) % w                      # out[t] = in[t - shift]
+            x = np.take_along_axis(x, idx[:, None, :, None], axis=2)
+        if "freqmask" in self.augment:
+            x *= _band_keep(rng, n, h)[:, :, None, None]
+        if "timemask" in self.augment:
+            x *= _band_keep(rng, n, w)[:, None, :, None]
+        if "mixup" in self.augment:
+            if y.size and y.min() < 0:
+                raise DataError(f"{self.batchset.batch_dir}: mixup needs every case labeled, but some labels are -1")
+            onehot = np.zeros((n, self.num_classes), np.float32)
+            onehot[np.arange(n), y] = 1.0
+            y = onehot.copy()
+            for a in range(0, n, self.mini):
+                b = min(n, a + self.mini)
+                m = b - a
+                pair = a + rng.permutation(m)
+                lam = rng.beta(MIXUP_ALPHA, MIXUP_ALPHA, size=m).astype(np.float32)
+                lam = np.maximum(lam, 1 - lam)
+                x[a:b] = lam[:, None, None, None] * x[a:b] + (1 - lam)[:, None, None, None] * x[pair]
+                y[a:b] = lam[:, None] * onehot[a:b] + (1 - lam)[:, None] * onehot[pair]
+        return x, y
+
+
+def _band_keep(rng, n, size):
+    """(n, size) float32: 0 on one random band per case of up to MASK_FRACTION * size, 1 elsewhere."""
+    most = max(1, int(MASK_FRACTION * size))
+    width = rng.integers(0, most + 1, size=n)
+    start = rng.integers(0, size - width + 1)
+    pos = np.arange(size)[None, :]
+    return ~((pos >= start[:, None]) & (pos < (start + width)[:, None])) * np.float32(1)

@@ -1,0 +1,116 @@
+"""Audio files -> fixed-length mono float32 clips at the feature sample rate (host only, NumPy).
+
+Steps, each its own function so the batch maker can time them: `read_audio` (decode with soundfile:
+wav, flac, ogg, aiff; multichannel mixed to mono by averaging), `resample` (scipy.signal.resample_poly by
+the reduced ratio of the rates), `fit_length` (center-crop when longer, zero-pad at the end when shorter).
+Every failure is a DataError naming the file and the reason, so callers can skip the file and list it.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+
+import numpy as np
+
+from convnet_cli.errors import DataError
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif")
+
+# libsndfile's header log: "data : 16000 (should be 7978)" when the file ends before its data chunk does.
+_SHORT_CHUNK = re.compile(r"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+
+
+class AudioError(DataError):
+    """An audio file that cannot be used; `reason` is the message without the path."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def is_audio_name(name: str) -> bool:
+    return name.lower().endswith(AUDIO_EXTENSIONS) and not os.path.basename(name).startswith(".")
+
+
+def _truncation(log: str):
+    """A reason string when libsndfile's log shows a file cut short, else None."""
+    for m in _SHORT_CHUNK.finditer(log or ""):
+        declared, present = int(m.group(2)), int(m.group(3))
+        if declared > present:
+            return f"truncated: the header promises {declared} bytes of audio, the file holds {present}"
+    if "> file length" in (log or "") or "ended unexpectedly" in (log or ""):
+        return "truncated: the file ends before its audio data does"
+    return None
+
+
+def read_audio(path: str, crop_to=None):
+    """Decode `path` -> ((samples,) float32 mono, sample rate). AudioError (a DataError) on any failure.
+
+    crop_to=(rate, n): when the file is already at `rate` and longer than n samples, only its center n
+    samples are decoded (the same samples `fit_length` would keep; saves decoding long recordings).
+    """
+    import soundfile as sf
+
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise AudioError(path, f"cannot read ({exc.strerror or exc})") from None
+    if size == 0:
+        raise AudioError(path, "empty file (0 bytes)")
+    try:
+        with sf.SoundFile(path) as f:
+            sr = int(f.samplerate)
+            frames = -1
+            if crop_to is not None and sr == int(crop_to[0]) and f.seekable() and f.frames > int(crop_to[1]):
+                frames = int(crop_to[1])
+                f.seek((f.frames - frames) // 2)
+            data = f.read(frames, dtype="float32", always_2d=True)
+            log = f.extra_info
+    except (RuntimeError, sf.SoundFileError) as exc:  # LibsndfileError is a RuntimeError
+        msg = str(exc).replace(f"Error opening {path!r}: ", "").strip().rstrip(".")
+        msg = re.sub(r"^Error\s*:\s*", "", msg)
+        if "Format not recognised" in msg:
+            msg = "not an audio file soundfile can read (format not recognised)"
+        raise AudioError(path, f"cannot decode: {msg}") from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise AudioError(path, f"cannot decode: {exc}") from None
+    reason = _truncation(log)
+    if reason:
+        raise AudioError(path, reason)
+    if data.shape[0] == 0:
+        raise AudioError(path, "zero-length clip (no samples)")
+    if sr <= 0:
+        raise AudioError(path, f"invalid sample rate {sr}")
+    mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+    if not np.isfinite(mono).all():
+        raise AudioError(path, "holds NaN or infinite samples")
+    return np.ascontiguousarray(mono, dtype=np.float32), sr
+
+
+def resample(x, sr_in: int, sr_out: int):
+    """(samples,) float32 at sr_in -> float32 at sr_out (polyphase, Kaiser-windowed FIR of resample_poly)."""
+    if sr_in == sr_out:
+        return x
+    from scipy.signal import resample_poly
+
+    g = math.gcd(int(sr_in), int(sr_out))
+    return resample_poly(x, sr_out // g, sr_in // g).astype(np.float32, copy=False)
+
+
+def fit_length(x, n: int):
+    """Center-crop to n samples, or zero-pad at the end."""
+    if x.shape[0] == n:
+        return x
+    if x.shape[0] > n:
+        start = (x.shape[0] - n) // 2
+        return x[start:start + n]
+    out = np.zeros(n, dtype=np.float32)
+    out[:x.shape[0]] = x
+    return out
+
+
+def load_clip(path: str, spec):
+    """Decode, mix to mono, resample to spec.sample_rate, crop/pad to spec.num_samples -> (samples,) float32."""
+    x, sr = read_audio(path, crop_to=(spec.sample_rate, spec.num_samples))
+    return fit_length(resample(x, sr, spec.sample_rate), spec.num_samples)

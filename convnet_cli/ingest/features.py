@@ -1,0 +1,362 @@
+"""Spectrogram features of fixed-length clips, computed on `xp` (NumPy on the CPU, CuPy on a GPU).
+
+`compute_features(signals, spec, xp)`: signals (n, samples) float32 -> (n, 1, H, W) float32, where
+W = 1 + (samples - n_fft) // hop frames taken without padding (frame t covers samples
+[t*hop, t*hop + n_fft)), and H is the frequency axis with the lowest frequency at row 0.
+
+Choices (fixed; they are part of what a trained net has seen):
+- window: periodic (DFT-even) `hann`, `hamming` or `blackman`, as scipy.signal.get_window(name, n_fft)
+  and torch.hann_window(n_fft) (periodic=True) make them.
+- `spec`: STFT magnitude |X|, H = n_fft // 2 + 1.  `logspec`: log(|X| + 1e-6) (natural log).
+- `mel`: an HTK-scale mel filterbank (mel = 2595 log10(1 + f/700)) applied to the power spectrum |X|^2:
+  `n_mels` triangles with peak 1 (no area normalisation), their corners equally spaced in mel from
+  `fmin` to `fmax` (Nyquist when null), evaluated at the FFT bin frequencies k * sample_rate / n_fft —
+  the same matrix as torchaudio.functional.melscale_fbanks(norm=None, mel_scale='htk').
+  H = n_mels.  `logmel`: log(mel + 1e-6) (natural log).
+- `mfcc`: the type-II DCT with orthonormal scaling (scipy.fft.dct(type=2, norm='ortho')) of the logmel
+  column, first `n_mfcc` coefficients; H = n_mfcc.
+- No pre-emphasis, no centering, no per-clip normalisation (the batch meta's mean/std does that).
+
+FeatureSpec is the validated form of the `features` section (SPEC section 2); every consumer gets one,
+never a raw dict.
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+from dataclasses import asdict, dataclass
+
+import numpy
+
+from convnet_cli.errors import ConfigError
+
+KINDS = ("logmel", "mel", "logspec", "spec", "mfcc")
+WINDOWS = ("hann", "hamming", "blackman")
+LOG_FLOOR = 1e-6
+# Clips per FFT call: the (chunk, W, n_fft) frame tensor is kept near this size. On the host ~2 MiB keeps
+# frames, spectrum and power in cache (twice as fast as 48 MiB chunks); a GPU wants big launches.
+_FRAME_BYTES = 2 * 2 ** 20
+_GPU_FRAME_BYTES = 256 * 2 ** 20
+
+
+def _did_you_mean(word, options) -> str:
+    close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """How a clip becomes a (1, H, W) array. Build it with `from_dict` (validates) or the defaults."""
+
+    sample_rate: int = 16000
+    duration: float = 2.0
+    kind: str = "logmel"
+    n_fft: int = 512
+    hop: int = 160
+    window: str = "hann"
+    n_mels: int = 64
+    fmin: float = 0.0
+    fmax: float | None = None
+    n_mfcc: int = 20
+
+    # ---- derived sizes -------------------------------------------------------------------------
+    @property
+    def num_samples(self) -> int:
+        """Samples per clip after resampling and crop/pad."""
+        return int(round(self.duration * self.sample_rate))
+
+    @property
+    def num_frames(self) -> int:
+        """W: STFT frames per clip, taken without padding."""
+        return 1 + (self.num_samples - self.n_fft) // self.hop
+
+    @property
+    def num_bins(self) -> int:
+        """H: rows of the feature image."""
+        if self.kind in ("spec", "logspec"):
+            return self.n_fft // 2 + 1
+        if self.kind == "mfcc":
+            return self.n_mfcc
+        return self.n_mels
+
+    @property
+    def shape(self) -> tuple:
+        """(1, H, W) of one case."""
+        return (1, self.num_bins, self.num_frames)
+
+    @property
+    def fmax_hz(self) -> float:
+        return float(self.sample_rate) / 2 if self.fmax is None else float(self.fmax)
+
+    def to_dict(self) -> dict:
+        """Plain dict of the SPEC section 2 keys (what batches.meta and checkpoints store)."""
+        d = asdict(self)
+        d["duration"] = float(d["duration"])
+        d["fmin"] = float(d["fmin"])
+        d["fmax"] = None if d["fmax"] is None else float(d["fmax"])
+        return d
+
+    # ---- parsing -------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d, source: str = "features") -> "FeatureSpec":
+        """Validate a mapping of section 2 keys (missing keys take their defaults).
+
+        Errors are ConfigError naming `source` (the YAML file or '--features flags'), the key, its line
+        when `d` came from convnet_cli.config.yamlio, and the fix.
+        """
+        if d is None:
+            d = {}
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: features must be a mapping of keys ({', '.join(_KEYS)}), "
+                              f"not {type(d).__name__}")
+        lines = getattr(d, "lines", {}) or {}
+
+        def at(key):
+            line = lines.get(key)
+            return f" (line {line})" if line else ""
+
+        for key in d:
+            if key not in _KEYS:
+                raise ConfigError(f"{source}: unknown features key '{key}'{_did_you_mean(key, _KEYS)}{at(key)}; "
+                                  f"keys: {', '.join(_KEYS)}")
+        values = {}
+        for key, (kind, lo, choices) in _KEYS.items():
+            if key not in d:
+                continue
+            v = d[key]
+            try:
+                values[key] = _convert(v, kind, lo, choices)
+            except ValueError as exc:
+                raise ConfigError(f"{source}: {key} {v!r} {exc}{at(key)}") from None
+        spec = cls(**values)
+        spec._check(source, at)
+        return spec
+
+    def _check(self, source, at=lambda key: ""):
+        nyquist = self.sample_rate / 2
+        if self.num_samples < self.n_fft:
+            raise ConfigError(
+                f"{source}: duration {self.duration:g} s at {self.sample_rate} Hz is {self.num_samples} samples, "
+                f"fewer than n_fft {self.n_fft}{at('duration')}; raise duration or lower n_fft")
+        if self.kind in ("mel", "logmel", "mfcc"):
+            if self.fmin >= nyquist:
+                raise ConfigError(f"{source}: fmin {self.fmin:g} Hz is not below the Nyquist frequency "
+                                  f"{nyquist:g} Hz{at('fmin')}; lower fmin")
+            if self.fmax is not None and self.fmax > nyquist:
+                raise ConfigError(f"{source}: fmax {self.fmax:g} Hz is above the Nyquist frequency {nyquist:g} Hz "
+                                  f"of sample_rate {self.sample_rate}{at('fmax')}; lower fmax or use null")
+            if self.fmax_hz <= self.fmin:
+                raise ConfigError(f"{source}: fmax {self.fmax_hz:g} Hz must be above fmin {self.fmin:g} Hz"
+                                  f"{at('fmax')}")
+            empty = numpy.flatnonzero(mel_filterbank(self).max(axis=0) <= 0)
+            if empty.size:
+                raise ConfigError(
+                    f"{source}: n_mels {self.n_mels} is too many for n_fft {self.n_fft} between {self.fmin:g} and "
+                    f"{self.fmax_hz:g} Hz: mel band {int(empty[0])} covers no FFT bin{at('n_mels')}; "
+                    "lower n_mels, raise n_fft or widen fmin..fmax")
+        if self.kind == "mfcc" and self.n_mfcc > self.n_mels:
+            raise ConfigError(f"{source}: n_mfcc {self.n_mfcc} is more than n_mels {self.n_mels}{at('n_mfcc')}; "
+                              "lower n_mfcc or raise n_mels")
+
+
+# key -> (kind, minimum, choices)
+_KEYS = {
+    "sample_rate": ("int", 100, None),
+    "duration": ("float", 1e-9, None),
+    "kind": ("str", None, KINDS),
+    "n_fft": ("int", 4, None),
+    "hop": ("int", 1, None),
+    "window": ("str", None, WINDOWS),
+    "n_mels": ("int", 1, None),
+    "fmin": ("float", 0.0, None),
+    "fmax": ("float_or_null", 1e-9, None),
+    "n_mfcc": ("int", 1, None),
+}
+KEYS = tuple(_KEYS)
+
+
+def _convert(v, kind, lo, choices):
+    if kind == "float_or_null":
+        if v is None or (isinstance(v, str) and v.strip().lower() in ("null", "none", "nyquist", "")):
+            return None
+        kind = "float"
+    if kind == "str":
+        if not isinstance(v, str):
+            raise ValueError("must be one of " + ", ".join(choices))
+        if v not in choices:
+            raise ValueError("must be one of " + ", ".join(choices) + _did_you_mean(v, choices))
+        return v
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError("must be a number" if kind == "float" else "must be an integer")
+    if not math.isfinite(v):
+        raise ValueError("must be a finite number")
+    if kind == "int":
+        if v != int(v):
+            raise ValueError("must be an integer")
+        v = int(v)
+        if v < lo:
+            raise ValueError(f"must be at least {int(lo)}")
+        return v
+    v = float(v)
+    if v < lo:
+        raise ValueError("must be positive" if lo > 0 else f"must be at least {lo:g}")
+    return v
+
+
+# ---- constant tables (host, built once per spec; small) -------------------------------------------
+
+def hz_to_mel(f):
+    """HTK mel scale."""
+    return 2595.0 * numpy.log10(1.0 + numpy.asarray(f, dtype=numpy.float64) / 700.0)
+
+
+def mel_to_hz(m):
+    return 700.0 * (10.0 ** (numpy.asarray(m, dtype=numpy.float64) / 2595.0) - 1.0)
+
+
+@functools.lru_cache(maxsize=32)
+def _window(name: str, n: int):
+    k = numpy.arange(n, dtype=numpy.float64) * (2 * numpy.pi / n)  # periodic: denominator n, not n - 1
+    if name == "hann":
+        w = 0.5 - 0.5 * numpy.cos(k)
+    elif name == "hamming":
+        w = 0.54 - 0.46 * numpy.cos(k)
+    elif name == "blackman":
+        w = 0.42 - 0.5 * numpy.cos(k) + 0.08 * numpy.cos(2 * k)
+    else:
+        raise ValueError(name)
+    return w.astype(numpy.float32)
+
+
+def window(spec: FeatureSpec):
+    """(n_fft,) float32 host array."""
+    return _window(spec.window, spec.n_fft)
+
+
+@functools.lru_cache(maxsize=32)
+def _mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax):
+    n_freqs = n_fft // 2 + 1
+    freqs = numpy.arange(n_freqs, dtype=numpy.float64) * (sample_rate / n_fft)
+    edges = mel_to_hz(numpy.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    lower, center, upper = edges[:-2], edges[1:-1], edges[2:]
+    rising = (freqs[:, None] - lower) / (center - lower)
+    falling = (upper - freqs[:, None]) / (upper - center)
+    fb = numpy.maximum(0.0, numpy.minimum(rising, falling))
+    return fb.astype(numpy.float32)
+
+
+def mel_filterbank(spec: FeatureSpec):
+    """(n_fft//2 + 1, n_mels) float32 host array: power spectrum row-vector @ this = mel energies."""
+    return _mel_filterbank(spec.sample_rate, spec.n_fft, spec.n_mels, float(spec.fmin), spec.fmax_hz)
+
+
+@functools.lru_cache(maxsize=32)
+def _dct_matrix(n_in: int, n_out: int):
+    n = numpy.arange(n_in, dtype=numpy.float64)
+    k = numpy.arange(n_out, dtype=numpy.float64)
+    m = numpy.cos(numpy.pi / n_in * (n[:, None] + 0.5) * k[None, :]) * numpy.sqrt(2.0 / n_in)
+    m[:, 0] *= numpy.sqrt(0.5)
+    return m.astype(numpy.float32)
+
+
+def dct_matrix(spec: FeatureSpec):
+    """(n_mels, n_mfcc) float32 host array: orthonormal DCT-II, logmel row-vector @ this = mfcc."""
+    return _dct_matrix(spec.n_mels, spec.n_mfcc)
+
+
+@functools.lru_cache(maxsize=32)
+def _mel_bands(sample_rate, n_fft, n_mels, fmin, fmax):
+    """[(first bin, last bin + 1, weights)] of each triangle: the filterbank without its zeros."""
+    fb = _mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
+    bands = []
+    for b in range(n_mels):
+        nz = numpy.flatnonzero(fb[:, b])
+        lo, hi = (int(nz[0]), int(nz[-1]) + 1) if nz.size else (0, 0)
+        bands.append((lo, hi, numpy.ascontiguousarray(fb[lo:hi, b])))
+    return bands
+
+
+# ---- compute -------------------------------------------------------------------------------------
+
+def _mel_project(power, spec, fb, xp):
+    """(m, W, F) power -> (m, W, n_mels).
+
+    On the GPU a dense matmul. On the host each triangle is summed over its own few bins with einsum
+    (~2 F multiply-adds per frame instead of F * n_mels): as fast as single-threaded BLAS, immune to BLAS
+    thread oversubscription on a busy machine, and a clip's result never depends on the other clips of its
+    chunk (BLAS blocking would make it so).
+    """
+    if fb is not None:
+        return power @ fb
+    bands = _mel_bands(spec.sample_rate, spec.n_fft, spec.n_mels, float(spec.fmin), spec.fmax_hz)
+    out = numpy.empty(power.shape[:-1] + (len(bands),), dtype=numpy.float32)
+    for b, (lo, hi, w) in enumerate(bands):
+        out[..., b] = numpy.einsum("mwf,f->mw", power[..., lo:hi], w)
+    return out
+
+
+def _dct(logmel, spec, dct, xp):
+    """(m, W, n_mels) -> (m, W, n_mfcc): orthonormal DCT-II (scipy.fft on the host, a matmul on the GPU)."""
+    if dct is not None:
+        return logmel @ dct
+    import scipy.fft
+
+    return scipy.fft.dct(logmel, type=2, norm="ortho", axis=-1)[..., :spec.n_mfcc].astype(numpy.float32)
+
+
+
+def _rfft(xp):
+    """The fastest real FFT for the array module: scipy.fft on the host (numpy.fft is ~5x slower on float32)."""
+    if xp is numpy:
+        import scipy.fft
+
+        return scipy.fft.rfft
+    return xp.fft.rfft
+
+
+def compute_features(signals, spec: FeatureSpec, xp):
+    """signals: (n, samples) float32 on xp -> (n, 1, H, W) float32 on xp. See the module docstring.
+
+    `samples` may differ from spec.num_samples (W follows it) but must be at least n_fft.
+    """
+    signals = xp.ascontiguousarray(xp.asarray(signals, dtype=xp.float32))
+    if signals.ndim == 1:
+        signals = signals[None, :]
+    n, samples = signals.shape
+    if samples < spec.n_fft:
+        raise ValueError(f"signals of {samples} samples are shorter than n_fft {spec.n_fft}")
+    n_frames = 1 + (samples - spec.n_fft) // spec.hop
+    h = spec.num_bins
+    out = xp.empty((n, 1, h, n_frames), dtype=xp.float32)
+    if n == 0:
+        return out
+    win = xp.asarray(window(spec))
+    on_host = xp is numpy
+    fb = xp.asarray(mel_filterbank(spec)) if spec.kind in ("mel", "logmel", "mfcc") and not on_host else None
+    dct = xp.asarray(dct_matrix(spec)) if spec.kind == "mfcc" and not on_host else None
+    rfft = _rfft(xp)
+    step = max(1, (_FRAME_BYTES if on_host else _GPU_FRAME_BYTES) // (n_frames * spec.n_fft * 4))
+    item = signals.itemsize
+    for a in range(0, n, step):
+        chunk = signals[a:a + step]
+        m = chunk.shape[0]
+        # (m, W, n_fft) view of overlapping frames; the window product makes the one copy.
+        frames = xp.lib.stride_tricks.as_strided(
+            chunk, shape=(m, n_frames, spec.n_fft), strides=(samples * item, spec.hop * item, item))
+        spectrum = rfft(frames * win, axis=-1)                        # (m, W, F) complex64
+        power = spectrum.real ** 2
+        power += spectrum.imag ** 2
+        del spectrum
+        if spec.kind in ("spec", "logspec"):
+            feat = xp.sqrt(power)
+            if spec.kind == "logspec":
+                feat = xp.log(feat + xp.float32(LOG_FLOOR))
+        else:
+            feat = _mel_project(power, spec, fb, xp)                  # (m, W, n_mels)
+            if spec.kind != "mel":
+                feat = xp.log(feat + xp.float32(LOG_FLOOR))
+            if spec.kind == "mfcc":
+                feat = _dct(feat, spec, dct, xp)
+        out[a:a + m, 0] = feat.transpose(0, 2, 1)                     # (m, H, W): frequency on rows
+    return out

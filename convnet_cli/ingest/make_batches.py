@@ -1,0 +1,498 @@
+"""Audio folders -> cuda-convnet batch files (SPEC sections 2 and 3).
+
+The plan is made before any audio is decoded: clips are split into train and test (stratified by class, or
+by `--split-by` group), shuffled with `--seed`, and dealt class by class round-robin into K batches so every
+batch holds every class where possible. Then batch after batch is decoded (in `--jobs` processes), turned
+into features and written, so memory holds about one batch whatever the size of the set. The training
+range's per-feature mean and std are accumulated as its batches go by (Chan's pairwise update, float64).
+
+Test range: the last ceil(F * K) of the K = ceil(n / batch_size) batches (at least one batch each side
+when F > 0 and there are two clips or more); the clips are dealt evenly, so no batch exceeds batch_size.
+
+Nothing is written in place: files go to a hidden staging folder inside BATCH_DIR, and only when every
+batch is written are they renamed over the old ones (batches.meta last). A failure (a disk that runs full,
+Ctrl-C) removes the staging folder and leaves what was there before untouched.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections import deque
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from convnet_cli.data.batch_files import META, encode_batch, write_pickle_atomic, write_text_atomic
+from convnet_cli.errors import ConfigError, DataError
+from convnet_cli.ingest.audio import AudioError, fit_length, read_audio, resample
+from convnet_cli.ingest.features import FeatureSpec, compute_features
+from convnet_cli.ingest.sources import collect_dataset
+
+DTYPES = ("float32", "float16", "uint8")
+CHUNK = 32          # clips per task handed to a worker process
+SKIPPED = "skipped.txt"
+_BATCH_FILE = re.compile(r"^data_batch_\d+$")
+
+
+class NothingReadError(DataError):
+    """Not one audio file could be decoded: the run produced nothing (exit 1, SPEC section 2)."""
+
+    exit_code = 1
+
+
+# ---- the worker (module level so 'spawn' / 'forkserver' processes can import it) ------------------
+
+def extract_chunk(paths, spec_dict, compute=True):
+    """Decode, resample, crop/pad and (when `compute`) featurize `paths` on the host.
+
+    Returns (array or None, ok positions, [(position, reason)], (decode s, resample s, features s, imports s)).
+    The array is (m, 1, H, W) float32 features, or (m, samples) float32 clips when not `compute`.
+    The first call in a process imports soundfile / scipy; that time is counted apart ("imports").
+    """
+    t_import = _import_once("soundfile", "scipy.fft")
+    spec = FeatureSpec(**spec_dict)
+    n = spec.num_samples
+    clips, ok, skipped = [], [], []
+    t_decode = t_resample = 0.0
+    for j, path in enumerate(paths):
+        t0 = time.perf_counter()
+        try:
+            x, sr = read_audio(path, crop_to=(spec.sample_rate, n))
+        except AudioError as exc:
+            skipped.append((j, exc.reason))
+            t_decode += time.perf_counter() - t0
+            continue
+        t_decode += time.perf_counter() - t0
+        if sr != spec.sample_rate:
+            t_import += _import_once("scipy.signal")
+        t1 = time.perf_counter()
+        clips.append(fit_length(resample(x, sr, spec.sample_rate), n))
+        ok.append(j)
+        t_resample += time.perf_counter() - t1
+    t2 = time.perf_counter()
+    out = None
+    if clips:
+        out = np.stack(clips)
+        if compute:
+            out = compute_features(out, spec, np)
+    return out, ok, skipped, (t_decode, t_resample, time.perf_counter() - t2, t_import)
+
+
+def _import_once(*modules) -> float:
+    """Seconds spent importing those of `modules` not imported yet."""
+    import importlib
+
+    t0 = time.perf_counter()
+    for m in modules:
+        if m not in sys.modules:
+            importlib.import_module(m)
+    return time.perf_counter() - t0
+
+
+@contextmanager
+def _single_threaded_children():
+    """Worker processes inherit these: one BLAS/OpenMP thread each, since the processes are the parallelism."""
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    old = {k: os.environ.get(k) for k in names}
+    for k in names:
+        os.environ[k] = "1"
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _mp_context(multiprocessing):
+    """'spawn' (safe beside threads and GPUs); 'fork' only where spawn cannot re-import the main script
+    (a program read from stdin, whose __main__.__file__ is '<stdin>')."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if getattr(main, "__spec__", None) is None and path is not None and not os.path.exists(path) \
+            and "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+def run_chunks(chunks, spec: FeatureSpec, jobs: int, compute=True):
+    """chunks: [(key, paths)] -> yield (key, paths, extract_chunk result) in order.
+
+    `jobs` > 1 runs them in that many 'spawn' processes, at most a few chunks in flight per process
+    (bounded memory, results consumed in order).
+    """
+    spec_dict = spec.to_dict()
+    chunks = list(chunks)
+    jobs = max(1, min(int(jobs), len(chunks)))
+    if jobs == 1:
+        for key, paths in chunks:
+            yield key, paths, extract_chunk(paths, spec_dict, compute)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = _mp_context(multiprocessing)
+    pending = deque()
+    it = iter(chunks)
+    with _single_threaded_children():
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
+        try:
+            def submit():
+                c = next(it, None)
+                if c is not None:
+                    pending.append((c, pool.submit(extract_chunk, c[1], spec_dict, compute)))
+
+            for _ in range(3 * jobs):
+                submit()
+            while pending:
+                c, fut = pending.popleft()
+                try:
+                    res = fut.result()
+                except BrokenProcessPool:
+                    raise DataError(f"a worker process died while reading one of {c[1][0]} … {c[1][-1]} (out of "
+                                    "memory, or a file that crashes the decoder); run with --jobs 1 to find "
+                                    "out which") from None
+                submit()
+                yield c[0], c[1], res
+        finally:
+            for _, fut in pending:
+                fut.cancel()
+            pool.shutdown(wait=True)
+
+
+def features_for_files(paths, spec: FeatureSpec, jobs=1, backend=None):
+    """Features of audio files as make-batches computes them (for `convnet predict` on raw audio).
+
+    Returns (array (n, 1, H, W) float32, ok_paths, skipped [(path, reason)]). The array is a host numpy
+    array, or a device array when `backend` is a GPU backend (decoding stays on the host; the features
+    are computed on the GPU).
+    """
+    paths = [os.fspath(p) for p in paths]
+    on_gpu = backend is not None and getattr(backend, "is_gpu", False)
+    chunks = [(a, paths[a:a + CHUNK]) for a in range(0, len(paths), CHUNK)]
+    parts, ok_paths, skipped = [], [], []
+    for _, chunk, (arr, ok, bad, _) in run_chunks(chunks, spec, jobs or 1, compute=not on_gpu):
+        if arr is not None:
+            parts.append(compute_features(backend.asarray(arr), spec, backend.xp) if on_gpu else arr)
+        ok_paths.extend(chunk[j] for j in ok)
+        skipped.extend((chunk[j], reason) for j, reason in bad)
+    xp = backend.xp if on_gpu else np
+    if parts:
+        out = xp.concatenate(parts) if len(parts) > 1 else parts[0]
+    else:
+        out = xp.zeros((0,) + spec.shape, dtype=xp.float32)
+    return out, ok_paths, skipped
+
+
+# ---- planning ------------------------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    batches: list        # index arrays into the dataset, batch 1 first
+    num_train: int       # batches[:num_train] are the training range
+
+
+def split_groups(names, regex: str):
+    """Group key of each name: the regex's first group (the whole match if it has none).
+
+    A name the regex does not match is a group of its own. ConfigError for a bad regex or no match at all.
+    """
+    try:
+        rx = re.compile(regex)
+    except re.error as exc:
+        raise ConfigError(f"--split-by {regex!r}: not a valid regular expression ({exc})") from None
+    keys, matched = [], 0
+    for name in names:
+        m = rx.search(name)
+        if m is None:
+            keys.append("\0" + name)
+            continue
+        matched += 1
+        keys.append(m.group(1) if rx.groups else m.group(0))
+    if matched == 0:
+        raise ConfigError(f"--split-by {regex!r} matches none of the {len(names)} file names "
+                          f"(e.g. '{names[0]}'); its first group should capture the recording or tape id")
+    return keys
+
+
+def _deal(idx, labels, k, rng):
+    """Split idx into k near-equal batches, each class dealt round-robin so every batch holds every class."""
+    k = min(k, len(idx))
+    if k <= 0:
+        return []
+    lab = labels[idx]
+    order = np.concatenate([rng.permutation(idx[lab == c]) for c in np.unique(lab)])
+    return [rng.permutation(order[b::k]) for b in range(k)]
+
+
+def plan_batches(labels, batch_size: int, test_fraction: float, seed: int, groups=None) -> Plan:
+    """Decide which clips go in which batch, before anything is decoded. labels: int64 (n,)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    n = labels.shape[0]
+    rng = np.random.default_rng(seed)
+    k = max(1, math.ceil(n / batch_size))
+    k_test = 0
+    if test_fraction > 0 and n >= 2:
+        k = max(k, 2)
+        k_test = min(max(math.ceil(test_fraction * k - 1e-9), 1), k - 1)
+    test = np.zeros(n, dtype=bool)
+    if k_test:
+        share = k_test / k
+        if groups is None:
+            for c in np.unique(labels):
+                idx = rng.permutation(np.flatnonzero(labels == c))
+                test[idx[:int(round(len(idx) * share))]] = True
+            if not test.any():
+                test[rng.integers(n)] = True
+            if test.all():
+                test[rng.integers(n)] = False
+        else:
+            found = {}
+            for i, g in enumerate(groups):
+                found.setdefault(g, []).append(i)
+            uniq = sorted(found)
+            if len(uniq) < 2:
+                raise ConfigError(f"--split-by: all {n} clips fall in one group ('{uniq[0]}'); a train/test split "
+                                  "needs two groups or more (or use --test-fraction 0)")
+            members = {g: np.asarray(found[g], dtype=np.int64) for g in uniq}
+            target, count = int(round(n * share)), 0
+            for gi in rng.permutation(len(uniq)):
+                g = uniq[gi]
+                if count + len(members[g]) <= target:
+                    test[members[g]] = True
+                    count += len(members[g])
+            if count == 0:
+                smallest = min(uniq, key=lambda g: (len(members[g]), g))
+                test[members[smallest]] = True
+    train_idx, test_idx = np.flatnonzero(~test), np.flatnonzero(test)
+    train_batches = _deal(train_idx, labels, k - k_test, rng)
+    test_batches = _deal(test_idx, labels, k_test, rng)
+    return Plan(train_batches + test_batches, len(train_batches))
+
+
+# ---- running statistics -------------------------------------------------------------------------
+
+class _Moments:
+    """Per-feature count/mean/M2 over column-batches (num_vis, n), merged with Chan's update in float64."""
+
+    def __init__(self, num_vis):
+        self.count = 0
+        self.mean = np.zeros(num_vis, np.float64)
+        self.m2 = np.zeros(num_vis, np.float64)
+
+    def add(self, cols):
+        n = cols.shape[1]
+        if n == 0:
+            return
+        x = cols.astype(np.float64)
+        bm = x.mean(axis=1)
+        bm2 = ((x - bm[:, None]) ** 2).sum(axis=1)
+        total = self.count + n
+        delta = bm - self.mean
+        self.mean += delta * (n / total)
+        self.m2 += bm2 + delta ** 2 * (self.count * n / total)
+        self.count = total
+
+    def result(self):
+        std = np.sqrt(self.m2 / max(self.count, 1))
+        return self.mean.astype(np.float32).reshape(-1, 1), std.astype(np.float32).reshape(-1, 1)
+
+
+# ---- the command's body -------------------------------------------------------------------------
+
+def existing_batch_files(batch_dir) -> list:
+    if not os.path.isdir(batch_dir):
+        return []
+    return sorted(n for n in os.listdir(batch_dir) if n == META or _BATCH_FILE.match(n))
+
+
+def _progress(enabled, length):
+    if not enabled:
+        return _NoBar()
+    import click
+
+    return click.progressbar(length=length, label="make-batches", file=sys.stderr, show_pos=True,
+                             show_eta=True, width=30)
+
+
+class _NoBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+    def update(self, n):
+        pass
+
+
+def _check_options(batch_size, test_fraction, dtype, jobs, seed):
+    if int(batch_size) < 1:
+        raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
+    if not (0.0 <= float(test_fraction) < 1.0):
+        raise ConfigError(f"--test-fraction {test_fraction}: must be at least 0 and below 1")
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if jobs is not None and int(jobs) < 1:
+        raise ConfigError(f"--jobs {jobs}: must be at least 1")
+    if int(seed) < 0:
+        raise ConfigError(f"--seed {seed}: must be 0 or more")
+
+
+def make_batches(audio_dir, batch_dir, *, labels_csv=None, file_col=None, label_col=None, no_labels=False,
+                 features: FeatureSpec = None, batch_size=1000, test_fraction=0.2, split_by=None, seed=0,
+                 jobs=None, dtype="float32", overwrite=False, progress=True, label_names=None) -> dict:
+    """Write BATCH_DIR/data_batch_1..K, batches.meta and skipped.txt from the audio of AUDIO_DIR.
+
+    Returns a summary dict: files, read, skipped, classes, batches, train_range, test_range, train_cases,
+    test_cases, shape, batch_dir, seconds, timings {decode, resample, features, imports, write} (seconds;
+    decode, resample, features and imports are summed over worker processes).
+    """
+    t_start = time.perf_counter()
+    spec = features if features is not None else FeatureSpec()
+    _check_options(batch_size, test_fraction, dtype, jobs, seed)
+    batch_dir = os.fspath(batch_dir)
+    if jobs is None:
+        from convnet_cli.backend import default_threads
+
+        jobs = default_threads()
+    if os.path.exists(batch_dir) and not os.path.isdir(batch_dir):
+        raise DataError(f"{batch_dir}: is a file; BATCH_DIR must be a folder (new or empty)")
+    old = existing_batch_files(batch_dir)
+    if old and not overwrite:
+        raise DataError(f"{batch_dir}: already holds batch files ({', '.join(old[:3])}{' …' if len(old) > 3 else ''}); "
+                        "pass --overwrite to replace them, or choose another folder")
+    ds = collect_dataset(audio_dir, labels_csv, file_col, label_col, no_labels, label_names)
+    groups = split_groups(ds.names, split_by) if split_by else None
+    plan = plan_batches(ds.labels, int(batch_size), float(test_fraction), int(seed), groups)
+
+    created = not os.path.exists(batch_dir)
+    try:
+        os.makedirs(batch_dir, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".make-batches-", dir=batch_dir)
+    except OSError as exc:
+        raise DataError(f"{batch_dir}: cannot create the batch folder ({exc.strerror or exc})") from None
+    try:
+        summary = _write_all(ds, plan, spec, staging, jobs, dtype, progress)
+        _install(staging, batch_dir, summary.pop("_files"))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            try:
+                os.rmdir(batch_dir)
+            except OSError:
+                pass
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    summary.update(batch_dir=batch_dir, files=len(ds), classes=len(ds.label_names),
+                   label_names=list(ds.label_names), seconds=time.perf_counter() - t_start)
+    return summary
+
+
+def _write_all(ds, plan, spec, staging, jobs, dtype, progress) -> dict:
+    num_vis = int(np.prod(spec.shape))
+    chunks = []           # ((planned batch index, dataset indices), paths)
+    for b, idx in enumerate(plan.batches):
+        for a in range(0, len(idx), CHUNK):
+            part = idx[a:a + CHUNK]
+            chunks.append(((b, part), [ds.paths[i] for i in part]))
+    remaining = [len(idx) for idx in plan.batches]
+    moments = _Moments(num_vis)
+    parts, skipped, sizes = [], [], []
+    written, n_train_written = 0, 0
+    timings = np.zeros(4)
+    t_write = 0.0
+    files = []
+    with _progress(progress, len(ds)) as bar, closing(run_chunks(chunks, spec, jobs)) as results:
+        for (b, part), chunk, (arr, ok, bad, times) in results:
+            timings += times
+            for j, reason in bad:
+                skipped.append((ds.names[part[j]], reason))
+            if arr is not None:
+                parts.append((arr, [part[j] for j in ok]))
+            remaining[b] -= len(chunk)
+            bar.update(len(chunk))
+            if remaining[b]:
+                continue
+            # batch b complete
+            if not parts:
+                continue
+            t0 = time.perf_counter()
+            feats = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+            index = [i for p in parts for i in p[1]]
+            parts = []
+            cols = feats.reshape(feats.shape[0], num_vis).T          # (num_vis, n): one case per column
+            del feats
+            batch, seen = encode_batch(cols, ds.labels[index], [ds.names[i] for i in index], dtype)
+            written += 1
+            name = f"data_batch_{written}"
+            write_pickle_atomic(os.path.join(staging, name), batch)
+            files.append(name)
+            sizes.append(len(index))
+            if b < plan.num_train:
+                moments.add(seen)
+                n_train_written = written
+            del batch, seen, cols
+            t_write += time.perf_counter() - t0
+    read = sum(sizes)
+    if read == 0:
+        first = "; ".join(f"{n}: {r}" for n, r in skipped[:3])
+        raise NothingReadError(f"{ds.audio_dir}: none of the {len(ds)} audio files could be read ({first}"
+                               f"{' …' if len(skipped) > 3 else ''}); nothing was written")
+    if moments.count == 0:
+        raise DataError(f"{ds.audio_dir}: none of the clips planned for the training range could be read "
+                        f"({len(skipped)} skipped); see the reasons with --jobs 1, or use --test-fraction 0")
+    mean, std = moments.result()
+    train_range = [1, n_train_written] if n_train_written else []
+    test_range = [n_train_written + 1, written] if written > n_train_written else []
+    meta = {
+        "label_names": list(ds.label_names),
+        "num_vis": num_vis,
+        "data_shape": list(spec.shape),
+        "num_cases_per_batch": max(sizes),
+        "num_batches": written,
+        "train_range": train_range,
+        "test_range": test_range,
+        "data_mean": mean,
+        "data_std": std,
+        "features": spec.to_dict(),
+        "skipped": len(skipped),
+        "batch_cases": sizes,
+        "dtype": dtype,
+    }
+    t0 = time.perf_counter()
+    write_text_atomic(os.path.join(staging, SKIPPED), "".join(f"{n}\t{r}\n" for n, r in skipped))
+    write_pickle_atomic(os.path.join(staging, META), meta)
+    t_write += time.perf_counter() - t0
+    return {
+        "read": read, "skipped": len(skipped), "batches": written,
+        "train_range": train_range, "test_range": test_range,
+        "train_cases": int(sum(sizes[:n_train_written])), "test_cases": int(sum(sizes[n_train_written:])),
+        "shape": tuple(spec.shape),
+        "timings": {"decode": float(timings[0]), "resample": float(timings[1]), "features": float(timings[2]),
+                    "imports": float(timings[3]), "write": t_write},
+        "_files": files + [SKIPPED, META],
+    }
+
+
+def _install(staging, batch_dir, files):
+    """Rename the staged files into place (batches.meta last), then drop batch files the new set lacks."""
+    keep = set(files)
+    try:
+        for name in files:
+            if name == META:  # last: a reader never sees a meta whose batches are not in place
+                for old in os.listdir(batch_dir):
+                    if _BATCH_FILE.match(old) and old not in keep:
+                        os.remove(os.path.join(batch_dir, old))
+            os.replace(os.path.join(staging, name), os.path.join(batch_dir, name))
+    except OSError as exc:
+        raise DataError(f"{batch_dir}: cannot move the new batch files into place ({exc.strerror or exc})") from None
