@@ -39,6 +39,10 @@ class Net:
                 self.consumers[i].append(l.name)
         self.data_layers = [l for l in layers if l.type == "data"]
         self.cost_layers = [l for l in layers if l.is_cost]
+        # A layer that reads only data layers owes no input gradient (backward drops it); conv skips it.
+        for l in layers:
+            if l.in_names and hasattr(l, "input_grads"):
+                l.input_grads = not all(self.by_name[i].type == "data" for i in l.in_names)
         # cost.logreg on a softmax (without a neuron): compute log-softmax and its gradient together.
         self.fused = {}
         for l in self.cost_layers:
@@ -183,13 +187,18 @@ class Net:
     # -- parameters ------------------------------------------------------------------------------------
     def get_arrays(self) -> dict:
         """Host copies of every parameter, running statistic and updater state, named for checkpoints."""
+        # Copies, also on the CPU (where to_host returns the live array): updates change params in place,
+        # and a snapshot (the best model so far, a checkpoint being written) must not change with them.
+        def copy(a):
+            return a.copy() if isinstance(a, np.ndarray) else to_host(a)
+
         out = {}
         for lname, ps in self.params.items():
             for pname, a in ps.items():
-                out[f"{lname}/{pname}"] = to_host(a)
+                out[f"{lname}/{pname}"] = copy(a)
             for pname, st in self.states[lname].items():
                 for sname, a in st.items():
-                    out[f"{lname}/{pname}/{sname}"] = to_host(a)
+                    out[f"{lname}/{pname}/{sname}"] = copy(a)
         return out
 
     def set_arrays(self, arrays: dict, source: str = "checkpoint", strict: bool = True):
@@ -213,9 +222,10 @@ class Net:
                 if tuple(have.shape) != tuple(a.shape):
                     raise DataError(f"{source}: '{key}' has shape {tuple(a.shape)}, the network needs "
                                     f"{tuple(have.shape)}; the layer definition changed since it was saved")
-                self.params[lname][pname] = self.backend.asarray(a, dtype=have.dtype)
+                # xp.array copies (asarray would keep the caller's numpy array, which updates then change)
+                self.params[lname][pname] = self.xp.array(a, dtype=have.dtype)
             else:
-                self.states[lname].setdefault(pname, {})["/".join(parts[2:])] = self.backend.asarray(
+                self.states[lname].setdefault(pname, {})["/".join(parts[2:])] = self.xp.array(
                     a, dtype=np.asarray(a).dtype)
         missing = [f"{l}/{p}" for l, ps in self.params.items() for p in ps if f"{l}/{p}" not in arrays]
         if strict and missing:

@@ -33,6 +33,14 @@ def classification_errors(p, labels, topk, xp):
     return top1, float((rank >= k).sum()) / n
 
 
+def _labels_first(layer):
+    """The error for a cost layer whose first input is not the labels, with the fix spelt out."""
+    first, second = layer.in_names
+    fix = (f"the inputs are swapped; write inputs: [{second}, {first}]" if layer.in_shapes[1] == (1, 1, 1)
+           else "name the labels first: inputs: [labels, <scores>]")
+    return layer.error(f"its first input '{first}' must be the labels (a data layer with dataIdx: 1); {fix}")
+
+
 @register(aliases=("cost.crossent",))
 class LogregCost(CostLayer):
     """Multinomial logistic regression: -log p(true class). inputs: [labels, probs].
@@ -46,7 +54,7 @@ class LogregCost(CostLayer):
     def infer_shape(self):
         lab, probs = self.in_shapes
         if lab != (1, 1, 1):
-            raise self.error(f"its first input '{self.in_names[0]}' must be the labels (a data layer with dataIdx: 1)")
+            raise _labels_first(self)
         if probs[1:] != (1, 1):
             raise self.error(f"its second input '{self.in_names[1]}' must be class scores of shape (K, 1, 1), "
                              f"got {probs}; put an fc layer and a softmax before it")
@@ -101,7 +109,7 @@ class BCECost(CostLayer):
     def infer_shape(self):
         lab, out = self.in_shapes
         if lab != (1, 1, 1):
-            raise self.error(f"its first input '{self.in_names[0]}' must be the labels (a data layer with dataIdx: 1)")
+            raise _labels_first(self)
         if out[1:] != (1, 1):
             raise self.error(f"its second input '{self.in_names[1]}' must have shape (K, 1, 1), got {out}")
         return (1, 1, 1)
