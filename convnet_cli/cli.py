@@ -63,8 +63,13 @@ def main(argv=None):
     except click.exceptions.Abort:
         click.echo("convnet: aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:
+        # one line, like every other user error: what is wrong and where to look
+        cmd = exc.ctx.command_path if exc.ctx is not None else "convnet"
+        click.echo(f"{cmd}: error: {exc.format_message()} (see '{cmd} --help')", err=True)
+        sys.exit(2)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"convnet: error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
