@@ -1,0 +1,378 @@
+"""`conv` (shared weights) and `local` (one filter bank per output position) layers, by im2col + GEMM.
+
+Activations are NHWC. For a window of fh x fw pixels the columns hold the pixels in (fh, fw, C) order, so
+one window of an NHWC image is a run of fw*C contiguous floats per row, and `cols @ Wmat` gives the output
+directly in NHWC: out (N*Ho*Wo, F) = cols (N*Ho*Wo, fh*fw*C) @ Wmat (fh*fw*C, F).
+
+What was measured (2 threads of an AMD EPYC with AVX-512, OpenBLAS 0.3.31, float32, N = 128; ms for the
+whole batch; the machine was shared, so take differences under ~10% as noise; see
+benchmarks/bench_layers.py for the end-to-end numbers against PyTorch):
+
+  * im2col from a strided view (as_strided, like sliding_window_view, then one copy) beats a loop over the
+    fh*fw window offsets that copies one strided slice each: (32,32,50) 3x3: 5.8 vs 10.8; (3,32,32) 5x5:
+    2.6 vs 14.9. With one input channel the copy into (rows, fh*fw) has an inner run of fw floats and is
+    slow (17 for (1,64,101) 5x5); building the transposed columns (fh*fw, rows) copies whole image rows
+    instead: 2.1. So a layer with one channel per group uses the transposed layout ("rows" mode below),
+    every other layer the (rows, K) layout ("cols" mode).
+  * Chunks of a few cases, so that a chunk's columns stay in the cache (~4 MiB; 1-4 MiB measure the same,
+    8 is slower), are the largest single win: forward+backward of (32,32,50)->64 3x3 went from 500 to 155
+    and (1,64,101)->32 5x5 from 470 to ~65. The columns of the whole batch (up to hundreds of MB) are never
+    held: the backward pass rebuilds each chunk's columns, as fast as keeping them (215 vs 215) and
+    without the memory. In the cache, OpenBLAS runs these GEMMs at ~200 GFLOP/s (150 on whole-batch ones).
+  * col2im (the input gradient), per chunk: (a) one GEMM dcols = dout @ Wmat.T and fh*fw strided adds of
+    its slices, or (b) one GEMM per window offset, dout @ W[i, j].T -> (rows, C), added into the shifted
+    input. (b) wins everywhere measured: (32,20,49)->48 3x3 72 vs 81, (32,32,50)->64 134 vs 153,
+    (64,16,25)->128 103 vs 109, (3,32,32)->32 5x5 28 vs 55 (whole backward pass). With one channel (b) is
+    a GEMV per offset; there the transposed layout, Wmat @ dout.T -> (fh*fw, rows), wins: 16 vs 25.
+    Convolution as the transposed correlation of dout with flipped filters is far slower (an im2col over
+    the F channels of dout: 146-551).
+  * Where the time goes, backward of (32,20,49)->48 3x3 (62 in all): dW GEMM 19, dx GEMMs 20, dx adds 15,
+    im2col 6, bias gradient 1. The forward pass is one im2col, the GEMM and the bias add, done while the
+    chunk's output is in the cache. PyTorch's oneDNN kernels beat OpenBLAS's GEMM on the same FLOPs; that
+    is most of the remaining gap on layers with many channels.
+  * einsum vs matmul: the same BLAS call (45.8 vs 50.0, noise); matmul kept for its out= argument. The
+    transposed GEMMs (out.T = Wmat.T @ cols.T, dW.T = dout.T @ cols) are not faster (within ~5%, or slower).
+  * Groups: one GEMM per group on column slices (numpy passes strided operands to BLAS as leading
+    dimensions): no copies of the per-group operands.
+  * Two Python threads each running half of the chunks were slower than one (184 vs 153): BLAS already
+    uses both cores, and the threads fight over them.
+  * 1x1 convolutions with stride 1 and no padding, and unpadded filters as large as the input, need no
+    im2col at all: the input itself, reshaped, is the column matrix.
+  * The bias gradient as a GEMV (ones @ dout) instead of dout.sum(0): 3.7 vs 12.7 for (827k, 32) (done per
+    chunk, where the chunk of dout is in the cache for the other GEMMs anyway).
+
+The input gradient is skipped when the net says none is needed (`layer.input_grads = False`, set on
+layers fed by the data layer): then backward returns [None].
+
+Weight layouts (fixed, so a model moves to PyTorch by copying arrays):
+  conv   weights (filters, channels/groups, fh, fw)        = torch.nn.Conv2d.weight
+         biases (filters,), or (filters, Ho, Wo) when sharedBiases is 0 (one bias per output, cuda-convnet)
+  local  weights (Ho*Wo, filters, channels/groups*fh*fw), the last axis in (channel, row, column) order,
+         which is the order of torch.nn.functional.unfold: out[n, f, p] = sum_k W[p, f, k] *
+         unfold(x)[n, k, p] (per group); the filters of group g read channels g*C/groups .. (g+1)*C/groups.
+         biases (filters, Ho, Wo), or (filters,) when sharedBiases is 1
+"""
+from __future__ import annotations
+
+from convnet_cli.layers.base import Key, Layer, conv_out_size, fmt_hw, register
+from convnet_cli.layers.init import INIT_KINDS, init_weights
+
+# Columns of one chunk of cases are kept around this size so that they stay in the cache. On a GPU there
+# is no cache to fit: chunks only bound the memory that the columns take.
+CHUNK_BYTES = 4 << 20
+GPU_CHUNK_BYTES = 512 << 20
+
+CONV_KEYS = {
+    "filters": Key("int", min=1, doc="number of output channels"),
+    "filterSize": Key("pair", min=1, doc="an int or [h, w]"),
+    "padding": Key("pair", (0, 0), min=0, doc="zeros added on each side, an int or [h, w]"),
+    "stride": Key("pair", (1, 1), min=1),
+    "groups": Key("int", 1, min=1, doc="filters of group g see only the channels of group g"),
+    "sharedBiases": Key("bool", True, doc="0: one bias per output position (C, H, W)"),
+    "initW": Key("float", 0.01),
+    "initB": Key("float", 0.0),
+    "init": Key("str", "gaussian", choices=INIT_KINDS),
+}
+
+
+def _hw(pair) -> str:
+    h, w = pair
+    return str(h) if h == w else f"{h}x{w}"
+
+
+# -- im2col / col2im on NHWC arrays --------------------------------------------------------------------------
+def pad_nhwc(x, ph: int, pw: int, xp):
+    """x: (N, H, W, C) -> (N, H+2ph, W+2pw, C) with zero borders (x itself when no padding)."""
+    if ph == 0 and pw == 0:
+        return x
+    n, h, w, c = x.shape
+    out = xp.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=x.dtype)
+    out[:, ph:ph + h, pw:pw + w, :] = x
+    return out
+
+
+def windows(xpad, fh, fw, sh, sw, ho, wo, xp, order="cols"):
+    """A strided view of every filter window of xpad (N, Hp, Wp, C), no copy.
+
+    order 'cols': (N, Ho, Wo, fh, fw, C); order 'rows': (fh, fw, C, N, Ho, Wo).
+    """
+    n, _, _, c = xpad.shape
+    s_n, s_h, s_w, s_c = xpad.strides
+    as_strided = xp.lib.stride_tricks.as_strided
+    if order == "cols":
+        return as_strided(xpad, (n, ho, wo, fh, fw, c), (s_n, s_h * sh, s_w * sw, s_h, s_w, s_c))
+    return as_strided(xpad, (fh, fw, c, n, ho, wo), (s_h, s_w, s_c, s_n, s_h * sh, s_w * sw))
+
+
+def _window_slice(i, j, sh, sw, ho, wo):
+    """The index of the input pixels that window offset (i, j) touches, for every output position."""
+    return (slice(None), slice(i, i + sh * (ho - 1) + 1, sh), slice(j, j + sw * (wo - 1) + 1, sw))
+
+
+class _Geometry:
+    """Sizes of one conv/local layer, per case: input (C, H, W) -> output (F, Ho, Wo)."""
+
+    def __init__(self, layer, in_shape, props):
+        c, h, w = in_shape
+        (fh, fw), (ph, pw), (sh, sw) = props.filterSize, props.padding, props.stride
+        g, f = props.groups, props.filters
+        if fh > h + 2 * ph or fw > w + 2 * pw:
+            padded = f" with padding {_hw((ph, pw))}" if ph or pw else ""
+            raise layer.error(f"filterSize {_hw((fh, fw))} is larger than its input ({fmt_hw(in_shape)}){padded}; "
+                              f"use a smaller filterSize or more padding")
+        if c % g:
+            raise layer.error(f"its input's {c} channels are not divisible by groups {g}; "
+                              f"use a groups value that divides {c}")
+        if f % g:
+            raise layer.error(f"filters {f} is not divisible by groups {g}; use a multiple of {g}")
+        ho, wo = conv_out_size(h, fh, ph, sh), conv_out_size(w, fw, pw, sw)
+        if ho < 1 or wo < 1:
+            raise layer.error(f"output would be empty ({ho}x{wo}) for input {fmt_hw(in_shape)}")
+        self.c, self.h, self.w, self.f, self.g = c, h, w, f, g
+        self.fh, self.fw, self.ph, self.pw, self.sh, self.sw = fh, fw, ph, pw, sh, sw
+        self.ho, self.wo = ho, wo
+        self.cg, self.fg = c // g, f // g
+        self.k = fh * fw * self.cg  # column length per group
+        # One channel per group: transposed columns (see the measurements above).
+        self.mode = "rows" if self.cg == 1 else "cols"
+
+    def chunk_cases(self, n, itemsize, xp):
+        per_case = self.ho * self.wo * self.k * itemsize
+        budget = CHUNK_BYTES if xp.__name__ == "numpy" else GPU_CHUNK_BYTES
+        return max(1, min(n, budget // max(per_case, 1)))
+
+    def direct(self):
+        """True when the (unpadded) input, reshaped, is already the column matrix."""
+        if self.g != 1 or self.ph or self.pw:
+            return False
+        one_by_one = self.fh == 1 and self.fw == 1 and self.sh == 1 and self.sw == 1
+        full = self.fh == self.h and self.fw == self.w
+        return one_by_one or full
+
+
+class _ConvBase(Layer):
+    keys = CONV_KEYS
+    learned = ("weights", "biases")
+    input_grads = True  # the net sets False when no input gradient is wanted (first layer)
+
+    def infer_shape(self):
+        self.geo = _Geometry(self, self.in_shapes[0], self.props)
+        return (self.geo.f, self.geo.ho, self.geo.wo)
+
+    def _fans(self):
+        geo = self.geo
+        return geo.cg * geo.fh * geo.fw, geo.fg * geo.fh * geo.fw
+
+    def _init_biases(self, shared):
+        import numpy as np  # host-side init
+
+        geo = self.geo
+        shape = (geo.f,) if shared else (geo.f, geo.ho, geo.wo)
+        return np.full(shape, self.props.initB, dtype=np.float32)
+
+
+@register
+class ConvLayer(_ConvBase):
+    """Convolution with weights shared across positions; x: (N, H, W, C) -> (N, Ho, Wo, F)."""
+
+    type = "conv"
+
+    def init_params(self, rng):
+        geo = self.geo
+        fan_in, fan_out = self._fans()
+        w = init_weights(rng, self.props.init, (geo.f, geo.cg, geo.fh, geo.fw), fan_in, fan_out, self.props.initW)
+        return {"weights": w, "biases": self._init_biases(self.props.sharedBiases)}
+
+    # weights (F, Cg, fh, fw) <-> per-group GEMM matrices (g, fh*fw*Cg, Fg)
+    def _wmats(self, w, dtype):
+        geo = self.geo
+        w = w.reshape(geo.g, geo.fg, geo.cg, geo.fh, geo.fw).transpose(0, 3, 4, 2, 1)
+        return w.reshape(geo.g, geo.k, geo.fg).astype(dtype)  # astype copies: contiguous
+
+    def _from_wmats(self, dw):
+        geo = self.geo
+        dw = dw.reshape(geo.g, geo.fh, geo.fw, geo.cg, geo.fg).transpose(0, 4, 3, 1, 2)
+        return dw.reshape(geo.f, geo.cg, geo.fh, geo.fw).copy()  # contiguous, like the weights
+
+    def _im2col(self, xpad, buf, xp):
+        """Columns of the cases in xpad for every group: [(m, K) or, in 'rows' mode, (K, m)]."""
+        geo = self.geo
+        n = xpad.shape[0]
+        m = n * geo.ho * geo.wo
+        out = []
+        for gi in range(geo.g):
+            src = xpad if geo.g == 1 else xpad[..., gi * geo.cg:(gi + 1) * geo.cg]
+            view = windows(src, geo.fh, geo.fw, geo.sh, geo.sw, geo.ho, geo.wo, xp, geo.mode)
+            cols = buf[gi, :m * geo.k]
+            cols.reshape(view.shape)[...] = view
+            out.append(cols.reshape(m, geo.k) if geo.mode == "cols" else cols.reshape(geo.k, m))
+        return out
+
+    def forward(self, xs, params, ctx):
+        xp, x, geo = ctx.xp, xs[0], self.geo
+        n = x.shape[0]
+        p = geo.ho * geo.wo
+        wm = self._wmats(params["weights"], x.dtype)
+        out = xp.empty((n, geo.ho, geo.wo, geo.f), dtype=x.dtype)
+        out2 = out.reshape(n * p, geo.f)
+        b = params["biases"].astype(x.dtype, copy=False)
+        b = b if b.ndim == 1 else b.transpose(1, 2, 0)  # (F,) or (Ho, Wo, F)
+        if geo.direct():
+            xp.matmul(x.reshape(n * p, geo.k), wm[0], out=out2)
+            out += b
+            return out, (x, x)
+        xpad = pad_nhwc(x, geo.ph, geo.pw, xp)
+        nc = geo.chunk_cases(n, x.dtype.itemsize, xp)
+        buf = xp.empty((geo.g, nc * p * geo.k), dtype=x.dtype)
+        for n0 in range(0, n, nc):
+            n1 = min(n, n0 + nc)
+            rows = slice(n0 * p, n1 * p)
+            for gi, cols in enumerate(self._im2col(xpad[n0:n1], buf, xp)):
+                lhs = cols if geo.mode == "cols" else cols.T
+                xp.matmul(lhs, wm[gi], out=out2[rows, gi * geo.fg:(gi + 1) * geo.fg])
+            out[n0:n1] += b  # while the chunk's output is in the cache
+        return out, (x, xpad)
+
+    def backward(self, dout, cache, params, ctx):
+        xp, geo = ctx.xp, self.geo
+        x, xpad = cache
+        n = x.shape[0]
+        p = geo.ho * geo.wo
+        dtype = x.dtype
+        d2 = dout.reshape(n * p, geo.f)
+        wm = self._wmats(params["weights"], dtype)
+        want_dx = self.input_grads
+        shared = params["biases"].ndim == 1
+        if not shared:  # one bias per output: (F, Ho, Wo)
+            db = (xp.ones(n, dtype=dtype) @ dout.reshape(n, p * geo.f)).reshape(geo.ho, geo.wo, geo.f)
+            db = db.transpose(2, 0, 1).copy()
+        if geo.direct():
+            cols = x.reshape(n * p, geo.k)
+            dw = (cols.T @ d2)[None]
+            dx = (d2 @ wm[0].T).reshape(x.shape) if want_dx else None
+            if shared:
+                db = xp.ones(n * p, dtype=dtype) @ d2
+            return [dx], {"weights": self._from_wmats(dw), "biases": db}
+        if shared:
+            db = xp.zeros(geo.f, dtype=dtype)
+
+        dw = xp.zeros((geo.g, geo.k, geo.fg), dtype=dtype)
+        dxpad = xp.zeros(xpad.shape, dtype=dtype) if want_dx else None
+        nc = geo.chunk_cases(n, dtype.itemsize, xp)
+        buf = xp.empty((geo.g, nc * p * geo.k), dtype=dtype)
+        dbuf = xp.empty(nc * p * (geo.k if geo.mode == "rows" else geo.cg), dtype=dtype) if want_dx else None
+        ones = xp.ones(nc * p, dtype=dtype)
+        if want_dx and geo.mode == "cols":
+            # per window offset: (Fg, Cg) matrices, W[i, j].T of each group
+            wo_t = wm.reshape(geo.g, geo.fh, geo.fw, geo.cg, geo.fg).transpose(0, 1, 2, 4, 3).copy()
+        for n0 in range(0, n, nc):
+            n1 = min(n, n0 + nc)
+            m = (n1 - n0) * p
+            rows = slice(n0 * p, n1 * p)
+            if shared:  # a GEMV while the chunk of dout is in the cache
+                db += ones[:m] @ d2[rows]
+            for gi, cols in enumerate(self._im2col(xpad[n0:n1], buf, xp)):
+                d = d2[rows, gi * geo.fg:(gi + 1) * geo.fg]
+                dw[gi] += (cols.T if geo.mode == "cols" else cols) @ d
+                if not want_dx:
+                    continue
+                dx5 = dxpad[n0:n1].reshape(n1 - n0, *xpad.shape[1:3], geo.g, geo.cg)[..., gi, :]
+                if geo.mode == "rows":
+                    dcols = dbuf[:m * geo.k].reshape(geo.k, m)
+                    xp.matmul(wm[gi], d.T, out=dcols)
+                    dcols = dcols.reshape(geo.fh, geo.fw, n1 - n0, geo.ho, geo.wo)
+                    for i in range(geo.fh):
+                        for j in range(geo.fw):
+                            dx5[_window_slice(i, j, geo.sh, geo.sw, geo.ho, geo.wo) + (0,)] += dcols[i, j]
+                else:
+                    part = dbuf[:m * geo.cg].reshape(m, geo.cg)
+                    for i in range(geo.fh):
+                        for j in range(geo.fw):
+                            xp.matmul(d, wo_t[gi, i, j], out=part)
+                            dx5[_window_slice(i, j, geo.sh, geo.sw, geo.ho, geo.wo)] += part.reshape(
+                                n1 - n0, geo.ho, geo.wo, geo.cg)
+        dx = None
+        if want_dx:
+            dx = dxpad[:, geo.ph:geo.ph + geo.h, geo.pw:geo.pw + geo.w, :] if (geo.ph or geo.pw) else dxpad
+        return [dx], {"weights": self._from_wmats(dw), "biases": db}
+
+
+@register
+class LocalLayer(_ConvBase):
+    """Locally connected: like conv, but every output position has its own filters (no weight sharing).
+
+    x: (N, H, W, C) -> (N, Ho, Wo, F). weights (Ho*Wo, F, C/groups*fh*fw), the last axis in (channel, row,
+    column) order; biases (F, Ho, Wo), or (F,) with sharedBiases 1. The columns of the whole batch are
+    built once, as (groups, Ho*Wo, N, fh*fw*C/groups), and kept for the backward pass; one batched matmul
+    over the (group, position) pairs does the rest.
+    """
+
+    type = "local"
+    keys = dict(CONV_KEYS, sharedBiases=Key("bool", False, doc="1: one bias per filter, shared by positions"))
+
+    def init_params(self, rng):
+        geo = self.geo
+        fan_in, fan_out = self._fans()
+        w = init_weights(rng, self.props.init, (geo.ho * geo.wo, geo.f, geo.k), fan_in, fan_out, self.props.initW)
+        return {"weights": w, "biases": self._init_biases(self.props.sharedBiases)}
+
+    # weights (P, F, Cg*fh*fw) in (c, i, j) order <-> (g, P, fh*fw*Cg, Fg) GEMM matrices in (i, j, c) order
+    def _wmats(self, w, dtype):
+        geo = self.geo
+        p = geo.ho * geo.wo
+        w = w.reshape(p, geo.g, geo.fg, geo.cg, geo.fh, geo.fw).transpose(1, 0, 4, 5, 3, 2)
+        return w.reshape(geo.g, p, geo.k, geo.fg).astype(dtype)
+
+    def _from_wmats(self, dw):
+        geo = self.geo
+        p = geo.ho * geo.wo
+        dw = dw.reshape(geo.g, p, geo.fh, geo.fw, geo.cg, geo.fg).transpose(1, 0, 5, 4, 2, 3)
+        return dw.reshape(p, geo.f, geo.k)  # reshape of a transposed array: a contiguous copy
+
+    def _windows(self, xpad, xp):
+        """(g, Ho, Wo, N, fh, fw, Cg) view of every window of xpad."""
+        geo = self.geo
+        s_n, s_h, s_w, s_c = xpad.strides
+        return xp.lib.stride_tricks.as_strided(
+            xpad, (geo.g, geo.ho, geo.wo, xpad.shape[0], geo.fh, geo.fw, geo.cg),
+            (s_c * geo.cg, s_h * geo.sh, s_w * geo.sw, s_n, s_h, s_w, s_c))
+
+    def forward(self, xs, params, ctx):
+        xp, x, geo = ctx.xp, xs[0], self.geo
+        n = x.shape[0]
+        p = geo.ho * geo.wo
+        xpad = pad_nhwc(x, geo.ph, geo.pw, xp)
+        cols = xp.empty((geo.g, p, n, geo.k), dtype=x.dtype)
+        cols.reshape(geo.g, geo.ho, geo.wo, n, geo.fh, geo.fw, geo.cg)[...] = self._windows(xpad, xp)
+        y = xp.matmul(cols, self._wmats(params["weights"], x.dtype))  # (g, P, N, Fg)
+        out = xp.empty((n, geo.ho, geo.wo, geo.f), dtype=x.dtype)
+        out.reshape(n, p, geo.g, geo.fg)[...] = y.transpose(2, 1, 0, 3)
+        b = params["biases"].astype(x.dtype, copy=False)
+        out += b if b.ndim == 1 else b.transpose(1, 2, 0)
+        return out, (x.shape, xpad.shape, cols)
+
+    def backward(self, dout, cache, params, ctx):
+        xp, geo = ctx.xp, self.geo
+        x_shape, pad_shape, cols = cache
+        n = x_shape[0]
+        p = geo.ho * geo.wo
+        dtype = cols.dtype
+        dy = dout.reshape(n, p, geo.g, geo.fg).transpose(2, 1, 0, 3)  # (g, P, N, Fg), a view
+        dw = self._from_wmats(xp.matmul(cols.transpose(0, 1, 3, 2), dy))
+        if params["biases"].ndim == 1:
+            db = xp.ones(n * p, dtype=dtype) @ dout.reshape(n * p, geo.f)
+        else:
+            db = (xp.ones(n, dtype=dtype) @ dout.reshape(n, p * geo.f)).reshape(geo.ho, geo.wo, geo.f)
+            db = db.transpose(2, 0, 1).copy()
+        dx = None
+        if self.input_grads:
+            dcols = xp.matmul(dy, self._wmats(params["weights"], dtype).transpose(0, 1, 3, 2))  # (g, P, N, K)
+            dcols = dcols.reshape(geo.g, geo.ho, geo.wo, n, geo.fh, geo.fw, geo.cg)
+            dxpad = xp.zeros(pad_shape, dtype=dtype)
+            dx5 = dxpad.reshape(*pad_shape[:3], geo.g, geo.cg)
+            for i in range(geo.fh):
+                for j in range(geo.fw):
+                    dx5[_window_slice(i, j, geo.sh, geo.sw, geo.ho, geo.wo)] += dcols[:, :, :, :, i, j, :].transpose(
+                        3, 1, 2, 0, 4)
+            dx = dxpad[:, geo.ph:geo.ph + geo.h, geo.pw:geo.pw + geo.w, :] if (geo.ph or geo.pw) else dxpad
+        return [dx], {"weights": dw, "biases": db}

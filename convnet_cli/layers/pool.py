@@ -1,0 +1,301 @@
+"""`pool`: max or average pooling over sizeX windows, cuda-convnet's output rule ("ceil mode").
+
+Geometry, per axis (h and w separately; an int key means the same for both):
+  outputs = ceil((size - start - sizeX) / stride) + 1 when outputsX is 0 (cuda-convnet's rule), so the last
+  window may run off the end of the input; it is truncated to the pixels that exist. (When stride > sizeX
+  the rule can count a window that would start past the end; such windows are dropped.) `start` may be
+  negative, which pads the beginning the same way. A given outputsX (an int or [h, w]) overrides the rule.
+  sizeX 'all' pools each channel over its whole map (global pooling): output (C, 1, 1).
+Average pooling divides each window by the number of its pixels inside the input, as cuda-convnet does for
+truncated windows (= PyTorch's avg_pool2d with count_include_pad=False). Max pooling routes the gradient to
+the first maximum of each window in row-major order (= PyTorch; cuda-convnet sent it to every tie).
+
+What was measured (2 threads of a shared AMD EPYC, NHWC float32, (32, 64, 101) max 3x3 stride 2, N = 128,
+ms; see benchmarks/bench_layers.py for the comparison with PyTorch):
+  * the max over the kh*kw strided slices of the window offsets: 41 on the whole batch at once, 24 in
+    chunks of 8 cases (in the cache), 14 with the chunks split over 2 threads (numpy releases the GIL in
+    its loops, and no BLAS runs here to compete for the cores). Chunks of 2-4 MiB measure best.
+  * non-overlapping windows by reshaping, x.reshape(n, oh, kh, ow, kw, C).max(axis=(2, 4)), is 4-5x slower
+    than the slices on the same chunk (0.89 vs 0.18 per 4 cases of (32, 64, 100) 2x2; sums 0.64 vs 0.19),
+    so stride == size takes the same path as every other window.
+  * the argmax, kept as a uint8 per output and updated by arithmetic (idx += (k - idx) * (x > out)), costs
+    2-5 per slice; masked stores (copyto(where=), putmask, boolean indexing) cost 25-36. Finding the
+    argmax again in backward from x == out instead (first hit per window) makes forward cheaper but
+    backward dearer: 12 + 53 against 24 + 31.
+  * windows truncated at the border need no padded copy of the input: each window offset (i, j) updates
+    only the outputs whose window still has row i and column j inside the input.
+  * global pooling: one reduction over the (H*W) axis per chunk of cases.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from convnet_cli.layers.base import Key, Layer, fmt_hw, register
+
+# Cases per chunk are chosen so that a chunk's input is about this size (stays in the cache).
+CHUNK_BYTES = 2 << 20
+
+
+# -- running chunks of cases on several threads (numpy only) -------------------------------------------------
+_POOL = None
+_POOL_PID = None
+_POOL_LOCK = threading.Lock()
+
+
+def compute_threads() -> int:
+    """Threads for element-wise work: the BLAS thread setting if one is given, else the usable cores."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        v = os.environ.get(var, "").strip()
+        if v.isdigit() and int(v) > 0:
+            return int(v)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _executor(threads):
+    global _POOL, _POOL_PID
+    with _POOL_LOCK:
+        if _POOL is None or _POOL_PID != os.getpid() or _POOL._max_workers != threads:
+            _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="convnet-pool")
+            _POOL_PID = os.getpid()
+        return _POOL
+
+
+def run_chunks(fn, n: int, per_case_bytes: int, xp):
+    """Call fn(n0, n1) for chunks of the n cases that fit CHUNK_BYTES; on several threads with numpy.
+
+    The chunks must write disjoint parts of their outputs.
+    """
+    if xp.__name__ != "numpy":  # a GPU: one launch per operation over the whole batch
+        fn(0, n)
+        return
+    nc = max(1, min(n, CHUNK_BYTES // max(per_case_bytes, 1)))
+    bounds = [(n0, min(n, n0 + nc)) for n0 in range(0, n, nc)]
+    threads = compute_threads()
+    if threads <= 1 or len(bounds) == 1 or threading.current_thread().name.startswith("convnet-pool"):
+        for b in bounds:
+            fn(*b)
+        return
+    for f in [_executor(threads).submit(fn, *b) for b in bounds]:
+        f.result()
+
+
+# -- geometry ------------------------------------------------------------------------------------------------
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def axis_outputs(size: int, k: int, stride: int, start: int, given: int) -> int:
+    """Outputs along one axis (cuda-convnet's rule, windows starting past the end dropped)."""
+    if given:
+        return given
+    n = _ceil_div(size - start - k, stride) + 1
+    return max(1, min(n, _ceil_div(size - start, stride)))
+
+
+def offset_range(size: int, k_off: int, stride: int, start: int, outs: int):
+    """(lo, hi): outputs o whose window pixel start + o*stride + k_off lies in [0, size)."""
+    first = start + k_off
+    lo = 0 if first >= 0 else _ceil_div(-first, stride)
+    hi = min(outs, _ceil_div(size - first, stride)) if size - first > 0 else 0
+    return lo, max(lo, hi)
+
+
+def window_counts(size: int, k: int, stride: int, start: int, outs: int):
+    """Pixels inside the input for each window along one axis (a host list)."""
+    return [min(size, start + o * stride + k) - max(0, start + o * stride) for o in range(outs)]
+
+
+@register
+class PoolLayer(Layer):
+    """x: (N, H, W, C) -> (N, Ho, Wo, C)."""
+
+    type = "pool"
+    keys = {
+        "pool": Key("str", choices=("max", "avg"), doc="max or avg"),
+        "sizeX": Key("int_or_all", doc="window size, an int, [h, w], or 'all' for global pooling"),
+        "stride": Key("pair", None, min=1, doc="default: sizeX (windows do not overlap)"),
+        "start": Key("int", 0, doc="offset of the first window; negative pads the start"),
+        "outputsX": Key("pair", (0, 0), min=0, doc="0 = cuda-convnet's rule ceil((size-start-sizeX)/stride)+1"),
+    }
+
+    def infer_shape(self):
+        c, h, w = self.in_shapes[0]
+        p = self.props
+        self.is_global = p.sizeX == "all"
+        if self.is_global:
+            self.size, self.stride, self.start = (h, w), (h, w), 0
+            return (c, 1, 1)
+        kh, kw = p.sizeX
+        if kh > h or kw > w:
+            label = str(kh) if kh == kw else f"{kh}x{kw}"
+            raise self.error(f"sizeX {label} is larger than its input ({fmt_hw(self.in_shapes[0])}); "
+                             f"use a smaller sizeX, or 'all' to pool the whole map")
+        sh, sw = p.stride if p.stride is not None else (kh, kw)
+        start = p.start
+        if start <= -min(kh, kw) or start >= min(h, w):
+            raise self.error(f"start {start} leaves the first window outside the input ({fmt_hw(self.in_shapes[0])}); "
+                             f"use a start from {1 - min(kh, kw)} to {min(h, w) - 1}")
+        gh, gw = p.outputsX
+        oh = axis_outputs(h, kh, sh, start, gh)
+        ow = axis_outputs(w, kw, sw, start, gw)
+        for size, s, o, axis in ((h, sh, oh, "rows"), (w, sw, ow, "columns")):
+            if start + (o - 1) * s >= size:
+                raise self.error(f"outputsX {o} puts windows past the end of the input's {size} {axis} "
+                                 f"(stride {s}, start {start}); use at most {_ceil_div(size - start, s)}, "
+                                 f"or 0 for the rule")
+        self.size, self.stride, self.start = (kh, kw), (sh, sw), start
+        # Global in effect: one window covering the whole map.
+        self.is_global = (oh, ow) == (1, 1) and (kh, kw) == (h, w) and start == 0
+        self.offsets = self._offsets((h, w), (oh, ow))
+        return (c, oh, ow)
+
+    # -- helpers -------------------------------------------------------------------------------------------
+    def _offsets(self, in_hw, out_hw):
+        """[(k, (lo_h, hi_h), (lo_w, hi_w), in_rows slice, in_cols slice)] for each window offset (i, j):
+        k = i * kw + j, the outputs [lo_h, hi_h) x [lo_w, hi_w) whose window has that pixel inside the input,
+        and the input pixels they take."""
+        (h, w), (oh, ow) = in_hw, out_hw
+        (kh, kw), (sh, sw), st = self.size, self.stride, self.start
+        out = []
+        for i in range(kh):
+            lh, hh = offset_range(h, i, sh, st, oh)
+            if hh <= lh:
+                continue
+            for j in range(kw):
+                lw, hw = offset_range(w, j, sw, st, ow)
+                if hw <= lw:
+                    continue
+                r0, c0 = st + lh * sh + i, st + lw * sw + j
+                out.append((i * kw + j, (lh, hh), (lw, hw),
+                            slice(r0, r0 + (hh - lh - 1) * sh + 1, sh), slice(c0, c0 + (hw - lw - 1) * sw + 1, sw)))
+        return out
+
+    def _inv_count(self, xp, dtype):
+        """1 / (pixels inside the input) per window: a python float when every window is whole, else
+        an (Ho, Wo, 1) array."""
+        _, h, w = self.in_shapes[0]
+        _, oh, ow = self.out_shape
+        (kh, kw), (sh, sw), st = self.size, self.stride, self.start
+        ch = window_counts(h, kh, sh, st, oh)
+        cw = window_counts(w, kw, sw, st, ow)
+        if all(c == kh for c in ch) and all(c == kw for c in cw):
+            return 1.0 / (kh * kw)
+        import numpy as np  # host-side table of a few numbers
+
+        table = 1.0 / (np.asarray(ch, dtype=np.float64)[:, None] * np.asarray(cw, dtype=np.float64)[None, :])
+        return xp.asarray(table[:, :, None], dtype=dtype)
+
+    # -- forward / backward ----------------------------------------------------------------------------------
+    def forward(self, xs, params, ctx):
+        xp, x = ctx.xp, xs[0]
+        n, h, w, c = x.shape
+        _, oh, ow = self.out_shape
+        is_max = self.props.pool == "max"
+        out = xp.empty((n, oh, ow, c), dtype=x.dtype)
+        per_case = h * w * c * x.dtype.itemsize
+        if self.is_global:
+            x3 = x.reshape(n, h * w, c)
+            o2 = out.reshape(n, c)
+            if is_max:
+                idx = xp.empty((n, c), dtype=xp.int64)
+
+                def chunk(n0, n1):
+                    idx[n0:n1] = x3[n0:n1].argmax(axis=1)
+                    o2[n0:n1] = xp.take_along_axis(x3[n0:n1], idx[n0:n1, None, :], axis=1)[:, 0, :]
+            else:
+                idx = None
+                scale = 1.0 / (h * w)
+
+                def chunk(n0, n1):
+                    xp.multiply(x3[n0:n1].sum(axis=1), scale, out=o2[n0:n1])
+            run_chunks(chunk, n, per_case, xp)
+            return out, (x.shape, idx)
+
+        offsets = self.offsets
+        if is_max:
+            kk = self.size[0] * self.size[1]
+            idx = xp.zeros((n, oh, ow, c), dtype=xp.uint8 if kk < 256 else xp.int32)
+            full0 = offsets[0][1] == (0, oh) and offsets[0][2] == (0, ow)
+
+            def chunk(n0, n1):
+                o, a, xc = out[n0:n1], idx[n0:n1], x[n0:n1]
+                first = 0
+                if full0:  # the first offset is inside every window: start from it
+                    k, _, _, rs, cs = offsets[0]
+                    o[...] = xc[:, rs, cs, :]
+                    first = 1
+                else:
+                    o.fill(-xp.inf)
+                for k, (lh, hh), (lw, hw), rs, cs in offsets[first:]:
+                    v = xc[:, rs, cs, :]
+                    ov = o[:, lh:hh, lw:hw, :]
+                    av = a[:, lh:hh, lw:hw, :]
+                    better = v > ov  # strict: the first maximum wins ties
+                    xp.maximum(ov, v, out=ov)
+                    # av = where(better, k, av), by arithmetic (masked stores are slow): av < k always
+                    step = xp.subtract(k, av, dtype=av.dtype)
+                    step *= better
+                    av += step
+        else:
+            idx = None
+            inv = self._inv_count(xp, x.dtype)
+
+            def chunk(n0, n1):
+                o, xc = out[n0:n1], x[n0:n1]
+                k, (lh, hh), (lw, hw), rs, cs = offsets[0]
+                if (lh, hh, lw, hw) != (0, oh, 0, ow):
+                    o.fill(0)
+                    o[:, lh:hh, lw:hw, :] += xc[:, rs, cs, :]
+                else:
+                    o[...] = xc[:, rs, cs, :]
+                for k, (lh, hh), (lw, hw), rs, cs in offsets[1:]:
+                    o[:, lh:hh, lw:hw, :] += xc[:, rs, cs, :]
+                o *= inv
+
+        run_chunks(chunk, n, per_case, xp)
+        return out, (x.shape, idx)
+
+    def backward(self, dout, cache, params, ctx):
+        xp = ctx.xp
+        shape, idx = cache
+        n, h, w, c = shape
+        _, oh, ow = self.out_shape
+        is_max = self.props.pool == "max"
+        dx = xp.empty(shape, dtype=dout.dtype) if self.is_global else xp.zeros(shape, dtype=dout.dtype)
+        per_case = h * w * c * dout.dtype.itemsize
+        if self.is_global:
+            dx3 = dx.reshape(n, h * w, c)
+            d2 = dout.reshape(n, c)
+            if is_max:
+                pos = xp.arange(h * w).reshape(1, h * w, 1)
+
+                def chunk(n0, n1):
+                    xp.multiply(pos == idx[n0:n1, None, :], d2[n0:n1, None, :], out=dx3[n0:n1])
+            else:
+                scale = 1.0 / (h * w)
+
+                def chunk(n0, n1):
+                    dx3[n0:n1] = d2[n0:n1, None, :] * scale
+            run_chunks(chunk, n, per_case, xp)
+            return [dx], {}
+
+        offsets = self.offsets
+        if is_max:
+            def chunk(n0, n1):
+                dc, d, a = dx[n0:n1], dout[n0:n1], idx[n0:n1]
+                for k, (lh, hh), (lw, hw), rs, cs in offsets:
+                    g = d[:, lh:hh, lw:hw, :] * (a[:, lh:hh, lw:hw, :] == k)
+                    dc[:, rs, cs, :] += g
+        else:
+            inv = self._inv_count(xp, dout.dtype)
+
+            def chunk(n0, n1):
+                dc = dx[n0:n1]
+                g = dout[n0:n1] * inv
+                for k, (lh, hh), (lw, hw), rs, cs in offsets:
+                    dc[:, rs, cs, :] += g[:, lh:hh, lw:hw, :]
+
+        run_chunks(chunk, n, per_case, xp)
+        return [dx], {}
