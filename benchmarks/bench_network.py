@@ -1,0 +1,222 @@
+"""One whole training step (forward + backward + update) of a network: convnet (NumPy, CPU) against the same
+network in PyTorch CPU.
+
+    python benchmarks/bench_network.py [--threads 2] [--batch 128] [--steps 10] [--warmup 2]
+                                       [--nets upcall,cifar18] [--norm]
+
+Two networks, both written below in our layer-def YAML and in torch.nn:
+  upcall   input (1, 64, 48), logmel-like: conv 32 5x5 pad 2 relu, pool max 3/2, conv 32 5x5 pad 2 relu,
+           pool max 3/2, conv 64 3x3 pad 1 relu, pool avg over the whole map, fc 2, softmax, logreg
+  cifar18  cuda-convnet's CIFAR-10 "18%" net, input (3, 32, 32): conv 32 5x5 pad 2, pool max 3/2, relu,
+           conv 32 5x5 pad 2 relu, pool avg 3/2, conv 64 5x5 pad 2 relu, pool avg 3/2, fc 10, softmax, logreg
+           (its rnorm layers are left out on both sides; --norm adds cmrnorm size 3 after pool1 and pool2,
+           torch.nn.LocalResponseNorm on the torch side)
+
+Both sides: float32, sgd with momentum 0.9 and weight decay on the weights, the same thread count (BLAS and
+OpenMP threads for NumPy, torch.set_num_threads for PyTorch), random data of the same shapes (torch NCHW,
+ours NHWC). Each time is the median of --steps steps after --warmup steps; the two sides take turns step
+by step, so that on a shared machine both see the same load. ratio = convnet / torch (above
+1: convnet is slower). cuda-convnet's pools round the output size up (outputsX 0); torch's pools run with
+ceil_mode=True so that both compute maps of the same sizes.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _threads_from_argv(argv) -> int:
+    """--threads N / --threads=N, read before numpy is imported (its BLAS fixes the count at import)."""
+    for i, a in enumerate(argv):
+        if a == "--threads" and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if a.startswith("--threads="):
+            return int(a.split("=", 1)[1])
+    return 2
+
+
+_THREADS = _threads_from_argv(sys.argv[1:])
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ[_var] = str(_THREADS)
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+UPCALL = """\
+data: {type: data, dataIdx: 0}
+labels: {type: data, dataIdx: 1}
+conv1: {type: conv, inputs: data, filters: 32, filterSize: 5, padding: 2, initW: 0.01, neuron: relu}
+pool1: {type: pool, inputs: conv1, pool: max, sizeX: 3, stride: 2}
+conv2: {type: conv, inputs: pool1, filters: 32, filterSize: 5, padding: 2, initW: 0.01, neuron: relu}
+pool2: {type: pool, inputs: conv2, pool: max, sizeX: 3, stride: 2}
+conv3: {type: conv, inputs: pool2, filters: 64, filterSize: 3, padding: 1, initW: 0.01, neuron: relu}
+pool3: {type: pool, inputs: conv3, pool: avg, sizeX: all}
+fc2: {type: fc, inputs: pool3, outputs: 2, initW: 0.01}
+probs: {type: softmax, inputs: fc2}
+logprob: {type: cost.logreg, inputs: [labels, probs]}
+"""
+
+CIFAR18 = """\
+data: {type: data, dataIdx: 0}
+labels: {type: data, dataIdx: 1}
+conv1: {type: conv, inputs: data, filters: 32, filterSize: 5, padding: 2, initW: 0.0001}
+pool1: {type: pool, inputs: conv1, pool: max, sizeX: 3, stride: 2, neuron: relu}
+NORM1
+conv2: {type: conv, inputs: NORM1_OUT, filters: 32, filterSize: 5, padding: 2, initW: 0.01, neuron: relu}
+pool2: {type: pool, inputs: conv2, pool: avg, sizeX: 3, stride: 2}
+NORM2
+conv3: {type: conv, inputs: NORM2_OUT, filters: 64, filterSize: 5, padding: 2, initW: 0.01, neuron: relu}
+pool3: {type: pool, inputs: conv3, pool: avg, sizeX: 3, stride: 2}
+fc10: {type: fc, inputs: pool3, outputs: 10, initW: 0.01}
+probs: {type: softmax, inputs: fc10}
+logprob: {type: cost.logreg, inputs: [labels, probs]}
+"""
+
+PARAMS = """\
+DEFAULT: {updater: sgd, epsW: 0.001, epsB: 0.002, momW: 0.9, momB: 0.9, wc: 0.004}
+NORMS
+"""
+
+
+def cifar18_yaml(norm: bool) -> str:
+    text = CIFAR18
+    for i, src in ((1, "pool1"), (2, "pool2")):
+        text = text.replace(f"NORM{i}_OUT", f"rnorm{i}" if norm else src)
+        text = text.replace(f"NORM{i}\n", f"rnorm{i}: {{type: cmrnorm, inputs: {src}, size: 3}}\n" if norm else "")
+    return text
+
+
+def params_yaml(norm: bool) -> str:
+    norms = ("rnorm1: {scale: 0.00005, pow: 0.75}\nrnorm2: {scale: 0.00005, pow: 0.75}\n" if norm else "")
+    return PARAMS.replace("NORMS\n", norms)
+
+
+def torch_upcall(torch):
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),
+        nn.Conv2d(32, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(64, 2))
+
+
+def torch_cifar18(torch, norm: bool):
+    nn = torch.nn
+
+    def lrn():
+        return [nn.LocalResponseNorm(3, alpha=0.00005, beta=0.75, k=1.0)] if norm else []
+
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 5, padding=2), nn.MaxPool2d(3, 2, ceil_mode=True), nn.ReLU(), *lrn(),
+        nn.Conv2d(32, 32, 5, padding=2), nn.ReLU(), nn.AvgPool2d(3, 2, ceil_mode=True), *lrn(),
+        nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.AvgPool2d(3, 2, ceil_mode=True),
+        nn.Flatten(), nn.Linear(64 * 4 * 4, 10))
+
+
+def timed_medians(steps_fns, warmup: int, steps: int) -> list:
+    """Median ms of each step function; the functions take turns, step by step, so that both see the same
+    load on a machine shared with other work."""
+    for fn in steps_fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in steps_fns]
+    for _ in range(steps):
+        for fn, t in zip(steps_fns, times):
+            t0 = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - t0)
+    return [1000 * statistics.median(t) for t in times]
+
+
+def ours_step(np, Net, layer_def, params, shape, classes, batch):
+    net = Net.from_text(layer_def, params, shape, seed=0)
+    c, h, w = shape
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, h, w, c)).astype(np.float32)
+    y = rng.integers(0, classes, batch)
+    step_no = [0]
+
+    def step():
+        costs = net.forward({0: x, 1: y}, train=True)
+        grads = net.backward()
+        net.update(grads, progress=step_no[0] / 1000, epoch=0.0)
+        step_no[0] += 1
+        return costs
+
+    return step, net
+
+
+def torch_step(torch, model, shape, classes, batch):
+    c, h, w = shape
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, c, h, w, generator=g)
+    y = torch.randint(0, classes, (batch,), generator=g)
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    biases = [p for n, p in model.named_parameters() if not n.endswith("weight")]
+    opt = torch.optim.SGD([{"params": weights, "lr": 0.001, "weight_decay": 0.004},
+                           {"params": biases, "lr": 0.002, "weight_decay": 0.0}], lr=0.001, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2, help="threads for both NumPy's BLAS and PyTorch")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--nets", default="upcall,cifar18")
+    ap.add_argument("--norm", action="store_true", help="cifar18 with its cmrnorm layers (LocalResponseNorm)")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads != _THREADS:  # main() called with an argv other than the command line's
+        raise SystemExit("--threads must be given on the command line (it is read before numpy is imported)")
+    import numpy as np
+    import torch
+
+    from convnet_cli.net import Net
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    nets = {
+        "upcall": (UPCALL, PARAMS.replace("NORMS\n", ""), (1, 64, 48), 2, lambda: torch_upcall(torch)),
+        "cifar18": (cifar18_yaml(args.norm), params_yaml(args.norm), (3, 32, 32), 10,
+                    lambda: torch_cifar18(torch, args.norm)),
+    }
+    print(f"one training step (forward + backward + sgd update), float32, batch {args.batch}, "
+          f"{args.threads} thread(s); numpy {np.__version__}, torch {torch.__version__}; "
+          f"median of {args.steps} steps after {args.warmup}")
+    header = f"{'network':<16}{'ours ms/step':>14}{'torch ms/step':>15}{'ratio':>8}"
+    print(header)
+    print("-" * len(header))
+    for name in [n.strip() for n in args.nets.split(",") if n.strip()]:
+        if name not in nets:
+            raise SystemExit(f"--nets: unknown network '{name}'; choose from {', '.join(nets)}")
+        layer_def, params, shape, classes, make_torch = nets[name]
+        ours_fn, net = ours_step(np, Net, layer_def, params, shape, classes, args.batch)
+        model = make_torch()
+        n_ours = net.num_params()
+        n_torch = sum(p.numel() for p in model.parameters())
+        assert n_ours == n_torch, f"{name}: {n_ours} parameters here, {n_torch} in the torch model"
+        ours, theirs = timed_medians([ours_fn, torch_step(torch, model, shape, classes, args.batch)],
+                                     args.warmup, args.steps)
+        label = name + ("+norm" if name == "cifar18" and args.norm else "")
+        print(f"{label:<16}{ours:>14.1f}{theirs:>15.1f}{ours / theirs:>8.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
