@@ -2,15 +2,17 @@
 network in PyTorch CPU.
 
     python benchmarks/bench_network.py [--threads 2] [--batch 128] [--steps 10] [--warmup 2]
-                                       [--nets upcall,cifar18] [--norm]
+                                       [--nets upcall,cifar18,keywords] [--norm]
 
-Two networks, both written below in our layer-def YAML and in torch.nn:
+Three networks, written in our layer-def YAML (keywords: the packaged layer_configs/keywords.yaml) and in torch.nn:
   upcall   input (1, 64, 48), logmel-like: conv 32 5x5 pad 2 relu, pool max 3/2, conv 32 5x5 pad 2 relu,
            pool max 3/2, conv 64 3x3 pad 1 relu, pool avg over the whole map, fc 2, softmax, logreg
   cifar18  cuda-convnet's CIFAR-10 "18%" net, input (3, 32, 32): conv 32 5x5 pad 2, pool max 3/2, relu,
            conv 32 5x5 pad 2 relu, pool avg 3/2, conv 64 5x5 pad 2 relu, pool avg 3/2, fc 10, softmax, logreg
            (its rnorm layers are left out on both sides; --norm adds cmrnorm size 3 after pool1 and pool2,
            torch.nn.LocalResponseNorm on the torch side)
+  keywords input (1, 40, 98): conv 3x3 + batchnorm + relu + max pool 2, three times (32, 48, 64 filters),
+           conv 96 3x3 + batchnorm + relu, global average pool, dropout, fc 10, softmax, logreg
 
 Both sides: float32, sgd with momentum 0.9 and weight decay on the weights, the same thread count (BLAS and
 OpenMP threads for NumPy, torch.set_num_threads for PyTorch), random data of the same shapes (torch NCHW,
@@ -116,6 +118,25 @@ def torch_cifar18(torch, norm: bool):
         nn.Flatten(), nn.Linear(64 * 4 * 4, 10))
 
 
+def keywords_yaml() -> str:
+    """The packaged layer_configs/keywords.yaml (conv-bn-relu-pool x3, conv-bn-relu, global pool, dropout)."""
+    from convnet_cli.demo import config_path
+
+    with open(config_path("keywords.yaml"), encoding="utf-8") as f:
+        return f.read()
+
+
+def torch_keywords(torch):
+    nn = torch.nn
+
+    def block(cin, cout, pool=True):
+        layers = [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout, momentum=0.1), nn.ReLU()]
+        return layers + ([nn.MaxPool2d(2, 2, ceil_mode=True)] if pool else [])
+
+    return nn.Sequential(*block(1, 32), *block(32, 48), *block(48, 64), *block(64, 96, pool=False),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3), nn.Linear(96, 10))
+
+
 def timed_medians(steps_fns, warmup: int, steps: int) -> list:
     """Median ms of each step function; the functions take turns, step by step, so that both see the same
     load on a machine shared with other work."""
@@ -140,7 +161,8 @@ def ours_step(np, Net, layer_def, params, shape, classes, batch):
     step_no = [0]
 
     def step():
-        costs = net.forward({0: x, 1: y}, train=True)
+        # a fresh generator per step, as the trainer seeds one per minibatch (dropout masks)
+        costs = net.forward({0: x, 1: y}, train=True, rng=np.random.default_rng(step_no[0]))
         grads = net.backward()
         net.update(grads, progress=step_no[0] / 1000, epoch=0.0)
         step_no[0] += 1
@@ -176,7 +198,7 @@ def parse_args(argv=None):
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--nets", default="upcall,cifar18")
+    ap.add_argument("--nets", default="upcall,cifar18,keywords")
     ap.add_argument("--norm", action="store_true", help="cifar18 with its cmrnorm layers (LocalResponseNorm)")
     return ap.parse_args(argv)
 
@@ -196,6 +218,8 @@ def main(argv=None):
         "upcall": (UPCALL, PARAMS.replace("NORMS\n", ""), (1, 64, 48), 2, lambda: torch_upcall(torch)),
         "cifar18": (cifar18_yaml(args.norm), params_yaml(args.norm), (3, 32, 32), 10,
                     lambda: torch_cifar18(torch, args.norm)),
+        "keywords": (keywords_yaml(), PARAMS.replace("NORMS\n", "drop: {keep: 0.7}\n"), (1, 40, 98), 10,
+                     lambda: torch_keywords(torch)),
     }
     print(f"one training step (forward + backward + sgd update), float32, batch {args.batch}, "
           f"{args.threads} thread(s); numpy {np.__version__}, torch {torch.__version__}; "
