@@ -15,7 +15,7 @@ from convnet_cli.demo import config_path, make_upcall_dataset
 @click.option("--batches", "batch_dir", default=os.path.join("data_batches", "upcall"), show_default=True,
               type=click.Path(), help="Where the demo writes its batch files.")
 @click.option("--clips", default=300, show_default=True, type=click.IntRange(min=20), help="Clips per class.")
-@click.option("--epochs", default=12, show_default=True, type=click.IntRange(min=1))
+@click.option("--epochs", default=20, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="cpu", show_default=True, help="cpu, gpu, gpu:N or auto.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--quiet", is_flag=True)
