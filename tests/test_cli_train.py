@@ -288,6 +288,11 @@ def test_bad_flags_and_configs_exit_2(workspace, tmp_path):
     assert "bad.yaml: layer 'conv1': unknown key 'filtersize' (did you mean 'filterSize'?)" in r.output
     r = invoke(train_args(workspace, tmp_path, "--device", "gpu:x"))
     assert r.exit_code == 2 and "--device" in r.output
+    try:
+        import cupy  # noqa: F401
+    except Exception:  # no CuPy here: asking for the GPU is a one-line user error naming the fix
+        r = invoke(train_args(workspace, tmp_path, "--device", "gpu"))
+        assert r.exit_code == 2 and "pip install 'convnet[gpu]'" in r.output and "Traceback" not in r.output
     r = invoke(["--debug", *args])
     assert r.exit_code == 2 and "Traceback" in r.output
 
