@@ -53,14 +53,21 @@ class Backend:
         return self.xp is not numpy
 
     def asarray(self, a, dtype=None):
-        """Move a host array to the device (float32 unless `dtype` says otherwise)."""
-        if dtype is None and numpy.asarray(a).dtype.kind == "f":
+        """Move a host array to the device (float32 unless `dtype` says otherwise); a device array is
+        kept (or cast) where it is."""
+        # numpy.asarray of a CuPy array raises (no implicit device-to-host copies): ask its dtype directly
+        kind = a.dtype.kind if hasattr(a, "dtype") else numpy.asarray(a).dtype.kind
+        if dtype is None and kind == "f":
             dtype = DTYPE
         return self.xp.asarray(a, dtype=dtype)
 
     def rng(self, seed: int):
-        """A random generator that lives on the device (dropout masks, augmentations)."""
-        return self.xp.random.default_rng(seed)
+        """A random generator that lives on the device (dropout masks): numpy's default_rng on the CPU;
+        on a GPU a DeviceRandom, because cupy.random.default_rng sets up a cuRAND state per thread of the
+        whole device at construction, and the trainer makes a fresh generator for every minibatch."""
+        if self.xp is numpy:
+            return numpy.random.default_rng(seed)
+        return DeviceRandom(seed)
 
     def synchronize(self):
         if self.is_gpu:
@@ -71,6 +78,53 @@ class Backend:
 
 
 CPU = Backend(numpy, "cpu")
+
+
+# A counter-based generator for the GPU: draw k of the stream of `seed` is splitmix64(seed + k * golden),
+# so a generator costs nothing to make and a draw is one element-wise kernel. Compiled on first use.
+_RANDOM_SOURCE = (
+    "uint64 seed, uint64 offset",
+    "T r",
+    """
+    unsigned long long z = seed + (offset + (unsigned long long)i) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    // the top 24 (float32) or 53 (float64) bits, scaled exactly into [0, 1)
+    if (sizeof(T) == 4) {
+        r = (T)(z >> 40) * (T)5.9604644775390625e-08;
+    } else {
+        r = (T)(z >> 11) * (T)1.1102230246251565e-16;
+    }
+    """,
+)
+_RANDOM_KERNEL = []
+
+
+class DeviceRandom:
+    """The part of numpy.random.Generator that compute code uses (`random`), on a CuPy device.
+
+    Deterministic for a seed; each call continues the stream where the previous one stopped."""
+
+    def __init__(self, seed: int):
+        self.seed = int(seed) & 0x7FFFFFFFFFFFFFFF  # a Python int that fits int64 as well
+        self.offset = 0
+
+    def random(self, size=None, dtype=numpy.float64):
+        """Uniform floats in [0, 1) of shape `size` (float32 or float64), as Generator.random."""
+        import cupy
+
+        if not _RANDOM_KERNEL:
+            _RANDOM_KERNEL.append(cupy.ElementwiseKernel(*_RANDOM_SOURCE, "convnet_uniform"))
+        dtype = numpy.dtype(dtype)
+        if dtype not in (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64)):
+            raise TypeError(f"DeviceRandom.random: dtype {dtype} is not float32 or float64")
+        shape = () if size is None else (tuple(size) if hasattr(size, "__len__") else (int(size),))
+        out = cupy.empty(shape, dtype=dtype)
+        if out.size:
+            _RANDOM_KERNEL[0](self.seed, self.offset, out)
+        self.offset += int(out.size)
+        return out
 
 
 def gpu_count() -> int:

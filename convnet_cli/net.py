@@ -226,7 +226,7 @@ class Net:
                 self.params[lname][pname] = self.xp.array(a, dtype=have.dtype)
             else:
                 self.states[lname].setdefault(pname, {})["/".join(parts[2:])] = self.xp.array(
-                    a, dtype=np.asarray(a).dtype)
+                    a, dtype=a.dtype if hasattr(a, "dtype") else np.asarray(a).dtype)
         missing = [f"{l}/{p}" for l, ps in self.params.items() for p in ps if f"{l}/{p}" not in arrays]
         if strict and missing:
             raise DataError(f"{source}: no array for {', '.join(missing[:3])}; the checkpoint belongs to another "

@@ -15,6 +15,12 @@ Memory: the next batch file is read and converted in one background thread while
 consumed, never more than one ahead; the previous batch is released (its minibatch iterator closed) before
 the next is taken. So about two batches live at once — three for a moment while the next is converted.
 
+On a GPU backend the loader thread copies each batch file to the device once, in its stored dtype, through
+pinned host memory on a non-blocking side stream, while the previous batch trains; the conversion to
+float32, normalisation and augmentation run there on the device, and minibatches are slices of the device
+copy. The random draws stay on the host (the same numbers as on the CPU). Before the side stream writes a
+new batch it waits for the training stream to finish with the memory the previous batch released.
+
 Augmentations (train only, applied per case after normalisation, in this order):
 - `timeshift`: circular roll along W by a uniform integer in [-m, m], m = max(1, round(0.1 W));
 - `freqmask`: SpecAugment frequency mask — zero a band of f ~ U{0..F} rows (F = max(1, floor(0.15 H)))
@@ -124,7 +130,7 @@ class DataProvider:
         if not order:
             return
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convnet-batch-loader")
-        future = pool.submit(self._prepare, epoch, order[0])
+        future = pool.submit(self._prepare, epoch, order[0], self._training_point())
         current = None
         try:
             for k, bnum in enumerate(order):
@@ -132,7 +138,8 @@ class DataProvider:
                     current.close()      # frees the previous batch even if the consumer left it half-read
                     current = None
                 prepared = future.result()
-                future = pool.submit(self._prepare, epoch, order[k + 1]) if k + 1 < len(order) else None
+                future = (pool.submit(self._prepare, epoch, order[k + 1], self._training_point())
+                          if k + 1 < len(order) else None)
                 current = self._minibatches(prepared)
                 del prepared
                 yield bnum, current
@@ -143,12 +150,25 @@ class DataProvider:
                 future.cancel()
             pool.shutdown(wait=True)
 
+    def _training_point(self):
+        """On a GPU: an event on the training (current) stream, recorded after everything queued so far."""
+        if not getattr(self.backend, "is_gpu", False):
+            return None
+        return self.backend.xp.cuda.get_current_stream().record()
+
     def _minibatches(self, prepared):
         x, y, names = prepared
         del prepared
         be = self.backend
         on_host = not getattr(be, "is_gpu", False)
         soft = y.ndim == 2
+        if not on_host:  # x and y are on the device already: slices, no copies
+            try:
+                for a in range(0, x.shape[0], self.mini):
+                    yield Minibatch(x[a:a + self.mini], y[a:a + self.mini], names[a:a + self.mini])
+            finally:
+                del x, y, names
+            return
         try:
             for a in range(0, x.shape[0], self.mini):
                 xb = x[a:a + self.mini]
@@ -160,8 +180,12 @@ class DataProvider:
             del x, y, names
 
     # ---- one batch file, in the loader thread ----------------------------------------------------
-    def _prepare(self, epoch, bnum):
-        """Batch bnum -> (x (n, H, W, C) float32 host, labels (n,) int64 or (n, K) float32, filenames)."""
+    def _prepare(self, epoch, bnum, after=None):
+        """Batch bnum -> (x (n, H, W, C) float32 host, labels (n,) int64 or (n, K) float32, filenames).
+
+        On a GPU backend: the same on the device (labels int32 or float32), see _prepare_gpu."""
+        if getattr(self.backend, "is_gpu", False):
+            return self._prepare_gpu(epoch, bnum, after)
         self.loader_threads.add(threading.get_ident())
         raw, scale, y, names = self.batchset.read_raw(bnum)
         n = raw.shape[0]
@@ -189,17 +213,76 @@ class DataProvider:
             x, y = self._augment(x, y, _rng(self.seed, epoch, bnum, 1))
         return x, y, names
 
-    def _augment(self, x, y, rng):
+    def _prepare_gpu(self, epoch, bnum, after):
+        """_prepare on the device: gather the cases in their shuffled order into pinned host memory (in the
+        stored dtype), copy them on the side stream, convert, normalise and augment there. `after`: an event
+        of the training stream; nothing is written to the device before it (the memory a released batch
+        gave back may still be read by queued training kernels). Returns when the batch is on the device."""
+        import cupy
+        import cupyx
+
+        self.loader_threads.add(threading.get_ident())
+        raw, scale, y, names = self.batchset.read_raw(bnum)
+        n = raw.shape[0]
+        c, h, w = self.data_shape
+        with cupy.cuda.Device(self.backend.device_id or 0):
+            stream = self._side_stream()
+            pinned = cupyx.empty_pinned(raw.shape, dtype=raw.dtype)
+            if self.train:
+                perm = _rng(self.seed, epoch, bnum).permutation(n)
+                np.take(raw, perm, axis=0, out=pinned)                     # the one host copy
+                y = y[perm]
+                names = [names[i] for i in perm]
+            else:
+                pinned[...] = raw
+            del raw
+            with stream:
+                if after is not None:
+                    stream.wait_event(after)
+                stored = cupy.empty(pinned.shape, dtype=pinned.dtype)
+                stored.set(pinned, stream=stream)
+                x = cupy.ascontiguousarray(stored.reshape(n, c, h, w).transpose(0, 2, 3, 1), dtype=cupy.float32)
+                del stored
+                if scale is not None:
+                    x *= np.float32(scale[1])
+                    x += np.float32(scale[0])
+                if self.normalize:
+                    mean, inv_std = self._device_stats(cupy)
+                    x -= mean
+                    x *= inv_std
+                if self.augment:
+                    x, y = self._augment(x, y, _rng(self.seed, epoch, bnum, 1), cupy)
+                y = cupy.asarray(y, dtype=np.float32 if y.ndim == 2 else np.int32)
+                stream.synchronize()  # blocks this loader thread only
+            del pinned
+        return x, y, names
+
+    def _side_stream(self):
+        stream = getattr(self, "_stream", None)
+        if stream is None:
+            import cupy
+
+            stream = self._stream = cupy.cuda.Stream(non_blocking=True)
+        return stream
+
+    def _device_stats(self, cupy):
+        stats = getattr(self, "_stats_on_device", None)
+        if stats is None:
+            stats = self._stats_on_device = (cupy.asarray(self._mean), cupy.asarray(self._inv_std))
+        return stats
+
+    def _augment(self, x, y, rng, xp=np):
+        """x: (n, H, W, C) float32 on xp; y: host labels. The random draws are on the host either way."""
         n, h, w, _ = x.shape
         if "timeshift" in self.augment and w > 1:
             m = max(1, int(round(SHIFT_FRACTION * w)))
             shift = rng.integers(-m, m + 1, size=n)
             idx = (np.arange(w)[None, :] - shift[:, None]) % w                      # out[t] = in[t - shift]
-            x = np.take_along_axis(x, idx[:, None, :, None], axis=2)
+            x = xp.take_along_axis(x, xp.asarray(idx[:, None, :, None]), axis=2)
         if "freqmask" in self.augment:
-            x *= _band_keep(rng, n, h)[:, :, None, None]
+            x *= xp.asarray(_band_keep(rng, n, h)[:, :, None, None])
         if "timemask" in self.augment:
-            x *= _band_keep(rng, n, w)[:, None, :, None]
+            x *= xp.asarray(_band_keep(rng, n, w)[:, None, :, None])
         if "mixup" in self.augment:
             if y.size and y.min() < 0:
                 raise DataError(f"{self.batchset.batch_dir}: mixup needs every case labeled, but some labels are -1")
@@ -212,7 +295,8 @@ class DataProvider:
                 pair = a + rng.permutation(m)
                 lam = rng.beta(MIXUP_ALPHA, MIXUP_ALPHA, size=m).astype(np.float32)
                 lam = np.maximum(lam, 1 - lam)
-                x[a:b] = lam[:, None, None, None] * x[a:b] + (1 - lam)[:, None, None, None] * x[pair]
+                lx = xp.asarray(lam)
+                x[a:b] = lx[:, None, None, None] * x[a:b] + (1 - lx)[:, None, None, None] * x[xp.asarray(pair)]
                 y[a:b] = lam[:, None] * onehot[a:b] + (1 - lam)[:, None] * onehot[pair]
         return x, y
 

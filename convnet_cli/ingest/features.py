@@ -306,6 +306,19 @@ def _dct(logmel, spec, dct, xp):
 
 
 
+_DEVICE_TABLES: dict = {}
+
+
+def _on_device(make, spec: FeatureSpec, xp):
+    """make(spec) (a host table: window, mel filterbank, DCT matrix) copied to the current device once and
+    kept there, per (table, spec, device)."""
+    key = (make.__name__, spec, xp.__name__, xp.cuda.Device().id)
+    table = _DEVICE_TABLES.get(key)
+    if table is None:
+        table = _DEVICE_TABLES[key] = xp.asarray(make(spec))
+    return table
+
+
 def _rfft(xp):
     """The fastest real FFT for the array module: scipy.fft on the host (numpy.fft is ~5x slower on float32)."""
     if xp is numpy:
@@ -331,10 +344,10 @@ def compute_features(signals, spec: FeatureSpec, xp):
     out = xp.empty((n, 1, h, n_frames), dtype=xp.float32)
     if n == 0:
         return out
-    win = xp.asarray(window(spec))
     on_host = xp is numpy
-    fb = xp.asarray(mel_filterbank(spec)) if spec.kind in ("mel", "logmel", "mfcc") and not on_host else None
-    dct = xp.asarray(dct_matrix(spec)) if spec.kind == "mfcc" and not on_host else None
+    win = window(spec) if on_host else _on_device(window, spec, xp)
+    fb = _on_device(mel_filterbank, spec, xp) if spec.kind in ("mel", "logmel", "mfcc") and not on_host else None
+    dct = _on_device(dct_matrix, spec, xp) if spec.kind == "mfcc" and not on_host else None
     rfft = _rfft(xp)
     step = max(1, (_FRAME_BYTES if on_host else _GPU_FRAME_BYTES) // (n_frames * spec.n_fft * 4))
     item = signals.itemsize

@@ -41,6 +41,12 @@ benchmarks/bench_layers.py for the end-to-end numbers against PyTorch):
   * The bias gradient as a GEMV (ones @ dout) instead of dout.sum(0): 3.7 vs 12.7 for (827k, 32) (done per
     chunk, where the chunk of dout is in the cache for the other GEMMs anyway).
 
+On CuPy (not measured: no GPU was available where this was written) the columns come from one CUDA kernel
+that reads the unpadded input (zeros outside it), the GEMMs are cuBLAS calls on whole-batch chunks of up to
+GPU_CHUNK_BYTES of columns (kept for backward when they fit in one chunk), and col2im gathers: one thread per
+input pixel sums the column entries that came from it, in a fixed order (no atomics, deterministic). The
+NumPy twins im2col_nhwc_numpy / col2im_nhwc_numpy state what both compute.
+
 The input gradient is skipped when the net says none is needed (`layer.input_grads = False`, set on
 layers fed by the data layer): then backward returns [None].
 
@@ -54,6 +60,7 @@ Weight layouts (fixed, so a model moves to PyTorch by copying arrays):
 """
 from __future__ import annotations
 
+from convnet_cli.backend import get_array_module
 from convnet_cli.layers.base import Key, Layer, conv_out_size, fmt_hw, register
 from convnet_cli.layers.init import INIT_KINDS, init_weights
 
@@ -221,6 +228,8 @@ class ConvLayer(_ConvBase):
             xp.matmul(x.reshape(n * p, geo.k), wm[0], out=out2)
             out += b
             return out, (x, x)
+        if _is_cupy(x):
+            return self._forward_cupy(x, wm, b, out, ctx)
         xpad = pad_nhwc(x, geo.ph, geo.pw, xp)
         nc = geo.chunk_cases(n, x.dtype.itemsize, xp)
         buf = xp.empty((geo.g, nc * p * geo.k), dtype=x.dtype)
@@ -252,6 +261,11 @@ class ConvLayer(_ConvBase):
             dx = (d2 @ wm[0].T).reshape(x.shape) if want_dx else None
             if shared:
                 db = xp.ones(n * p, dtype=dtype) @ d2
+            return [dx], {"weights": self._from_wmats(dw), "biases": db}
+        if _is_cupy(x):
+            dw, dx = self._backward_cupy(x, xpad, d2, wm, want_dx)
+            if shared:
+                db = d2.sum(axis=0)
             return [dx], {"weights": self._from_wmats(dw), "biases": db}
         if shared:
             db = xp.zeros(geo.f, dtype=dtype)
@@ -295,6 +309,183 @@ class ConvLayer(_ConvBase):
         if want_dx:
             dx = dxpad[:, geo.ph:geo.ph + geo.h, geo.pw:geo.pw + geo.w, :] if (geo.ph or geo.pw) else dxpad
         return [dx], {"weights": self._from_wmats(dw), "biases": db}
+
+
+    # -- CuPy: im2col by a kernel, one cuBLAS GEMM per chunk and group, col2im by a gathering kernel --------
+    def _forward_cupy(self, x, wm, b, out, ctx):
+        import cupy
+
+        geo = self.geo
+        x = cupy.ascontiguousarray(x)
+        n = x.shape[0]
+        p = geo.ho * geo.wo
+        out2 = out.reshape(n * p, geo.f)
+        nc = geo.chunk_cases(n, x.dtype.itemsize, cupy)
+        kept = None
+        for n0 in range(0, n, nc):
+            n1 = min(n, n0 + nc)
+            rows = slice(n0 * p, n1 * p)
+            for gi in range(geo.g):
+                cols = im2col_nhwc_cupy(x[n0:n1], geo, gi)
+                if geo.g == 1:
+                    cupy.matmul(cols, wm[0], out=out2[rows])
+                else:
+                    out2[rows, gi * geo.fg:(gi + 1) * geo.fg] = cols @ wm[gi]
+                if nc >= n and geo.g == 1 and ctx.train:
+                    kept = cols  # one chunk: backward reuses the columns instead of building them again
+        out += b
+        return out, (x, kept)
+
+    def _backward_cupy(self, x, kept, d2, wm, want_dx):
+        """(dW as (g, K, Fg) GEMM matrices, dx or None) on CuPy; `kept` the forward's columns or None."""
+        import cupy
+
+        geo = self.geo
+        n = x.shape[0]
+        p = geo.ho * geo.wo
+        dw = cupy.zeros((geo.g, geo.k, geo.fg), dtype=x.dtype)
+        dx = cupy.empty(x.shape, dtype=x.dtype) if want_dx else None
+        nc = geo.chunk_cases(n, x.dtype.itemsize, cupy)
+        for n0 in range(0, n, nc):
+            n1 = min(n, n0 + nc)
+            rows = slice(n0 * p, n1 * p)
+            for gi in range(geo.g):
+                cols = kept if kept is not None else im2col_nhwc_cupy(x[n0:n1], geo, gi)
+                d = d2[rows, gi * geo.fg:(gi + 1) * geo.fg]
+                dw[gi] += cols.T @ d
+                if want_dx:
+                    _col2im_cupy(d @ wm[gi].T, geo, gi, dx[n0:n1])
+        return dw, dx
+
+
+# == im2col / col2im on NHWC: the NumPy reference and the CUDA twins =======================================
+# The CPU path above builds its columns from strided views in chunks (and in 'rows' mode for one channel);
+# these functions state what every path computes, for one group g of channels:
+#   cols[(n, oy, ox), (i, j, c)] = xpad[n, oy*sh + i, ox*sw + j, g*Cg + c]          (N*Ho*Wo, fh*fw*Cg)
+#   dx[n, y, x, c] = sum over (oy, ox, i, j) with oy*sh + i = y + ph, ox*sw + j = x + pw of dcols[...]
+# The CUDA col2im gathers (one thread per input pixel, offsets in (i, j) order, as the NumPy loop adds
+# them): no atomics, deterministic, and the same rounding as im2col's NumPy twin.
+
+def _is_cupy(a) -> bool:
+    return type(a).__module__.startswith("cupy")
+
+
+def im2col_nhwc_numpy(x, geo, group: int = 0):
+    """x: (N, H, W, C) -> cols (N*Ho*Wo, fh*fw*Cg) of channel group `group`; geo: a conv layer's geometry."""
+    xp = get_array_module(x)
+    xpad = pad_nhwc(x, geo.ph, geo.pw, xp)
+    src = xpad[..., group * geo.cg:(group + 1) * geo.cg]
+    view = windows(src, geo.fh, geo.fw, geo.sh, geo.sw, geo.ho, geo.wo, xp, "cols")
+    return xp.ascontiguousarray(view).reshape(x.shape[0] * geo.ho * geo.wo, geo.k)
+
+
+def col2im_nhwc_numpy(dcols, geo, n: int):
+    """dcols (N*Ho*Wo, fh*fw*Cg) -> dx (N, H, W, Cg): the transpose of im2col_nhwc_numpy."""
+    xp = get_array_module(dcols)
+    dxpad = xp.zeros((n, geo.h + 2 * geo.ph, geo.w + 2 * geo.pw, geo.cg), dtype=dcols.dtype)
+    d = dcols.reshape(n, geo.ho, geo.wo, geo.fh, geo.fw, geo.cg)
+    for i in range(geo.fh):
+        for j in range(geo.fw):
+            dxpad[_window_slice(i, j, geo.sh, geo.sw, geo.ho, geo.wo)] += d[:, :, :, i, j, :]
+    return xp.ascontiguousarray(dxpad[:, geo.ph:geo.ph + geo.h, geo.pw:geo.pw + geo.w, :])
+
+
+_CONV_GEOMETRY = ("int32 H, int32 W, int32 C, int32 Ho, int32 Wo, int32 fh, int32 fw, int32 sh, int32 sw, "
+                  "int32 ph, int32 pw, int32 c0, int32 cg")
+_CUDA_SOURCES = {
+    # one thread per element of cols (m, K); x is read through a raw argument, zero outside the input
+    "im2col_nhwc": (
+        "raw T x, " + _CONV_GEOMETRY,
+        "T col",
+        """
+        const int K = fh * fw * cg;
+        const ptrdiff_t row = i / K;
+        const int k = (int)(i % K);
+        const int c = k % cg;
+        const int b = (k / cg) % fw;
+        const int a = k / (cg * fw);
+        const int ox = (int)(row % Wo);
+        const int oy = (int)((row / Wo) % Ho);
+        const ptrdiff_t img = row / ((ptrdiff_t)Wo * Ho);
+        const int yy = oy * sh - ph + a;
+        const int xx = ox * sw - pw + b;
+        col = (yy >= 0 && yy < H && xx >= 0 && xx < W) ? (T)x[((img * H + yy) * W + xx) * C + c0 + c] : (T)0;
+        """,
+    ),
+    # one thread per input element (img, y, x, c) of the group's Cg channels; writes dx[..., c0 + c]
+    "col2im_nhwc": (
+        "raw T dcols, " + _CONV_GEOMETRY,
+        "raw T dx",
+        """
+        const int K = fh * fw * cg;
+        const int c = (int)(i % cg);
+        const ptrdiff_t pix = i / cg;
+        const int px = (int)(pix % W);
+        const int py = (int)((pix / W) % H);
+        const ptrdiff_t img = pix / ((ptrdiff_t)W * H);
+        T s = 0;
+        for (int a = 0; a < fh; ++a) {
+            const int ty = py + ph - a;
+            if (ty < 0 || ty % sh != 0) continue;
+            const int oy = ty / sh;
+            if (oy >= Ho) continue;
+            for (int b = 0; b < fw; ++b) {
+                const int tx = px + pw - b;
+                if (tx < 0 || tx % sw != 0) continue;
+                const int ox = tx / sw;
+                if (ox >= Wo) continue;
+                s += dcols[((img * Ho + oy) * Wo + ox) * K + (a * fw + b) * cg + c];
+            }
+        }
+        dx[pix * C + c0 + c] = s;
+        """,
+    ),
+}
+_CUDA_KERNELS: dict = {}
+
+
+def _cuda_kernel(name: str):
+    kernel = _CUDA_KERNELS.get(name)
+    if kernel is None:
+        import cupy
+
+        in_params, out_params, body = _CUDA_SOURCES[name]
+        kernel = cupy.ElementwiseKernel(in_params, out_params, body, f"convnet_{name}")
+        _CUDA_KERNELS[name] = kernel
+    return kernel
+
+
+def _geometry_args(geo, c, group):
+    return (geo.h, geo.w, c, geo.ho, geo.wo, geo.fh, geo.fw, geo.sh, geo.sw, geo.ph, geo.pw, group * geo.cg, geo.cg)
+
+
+def im2col_nhwc_cupy(x, geo, group: int = 0):
+    """CUDA twin of im2col_nhwc_numpy."""
+    import cupy
+
+    x = cupy.ascontiguousarray(x)
+    cols = cupy.empty((x.shape[0] * geo.ho * geo.wo, geo.k), dtype=x.dtype)
+    _cuda_kernel("im2col_nhwc")(x, *_geometry_args(geo, x.shape[3], group), cols)
+    return cols
+
+
+def _col2im_cupy(dcols, geo, group, dx):
+    """Write the gradient of group `group` into the channels it owns of dx (n, H, W, C), a C-contiguous view."""
+    import cupy
+
+    dcols = cupy.ascontiguousarray(dcols)
+    n = dx.shape[0]
+    _cuda_kernel("col2im_nhwc")(dcols, *_geometry_args(geo, dx.shape[3], group), dx,
+                                size=n * geo.h * geo.w * geo.cg)
+
+
+def col2im_nhwc_cupy(dcols, geo, n: int):
+    """CUDA twin of col2im_nhwc_numpy."""
+    import cupy
+
+    dx = cupy.empty((n, geo.h, geo.w, geo.cg), dtype=dcols.dtype)
+    _col2im_cupy(dcols, geo, 0, dx)
+    return dx
 
 
 @register

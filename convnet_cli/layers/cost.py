@@ -41,6 +41,121 @@ def _labels_first(layer):
     return layer.error(f"its first input '{first}' must be the labels (a data layer with dataIdx: 1); {fix}")
 
 
+# == softmax + log-loss, fused ============================================================================
+# The NumPy reference is LogregCost.forward_fused / backward_fused above with xp = numpy (log_softmax, exp,
+# _metrics, then (coeff / N) * (p - t)); softmax_logloss_*_numpy below are that code as functions, for the
+# GPU tests to compare the kernels against. On CuPy one thread per case computes the row's softmax, its
+# loss and whether it is a top-1 / top-k error, and the three sums come to the host in one transfer.
+
+def _is_cupy(a) -> bool:
+    return type(a).__module__.startswith("cupy")
+
+
+def softmax_logloss_forward_numpy(z, labels, topk: int):
+    """z: (N, K) logits, labels: (N,) int -> (p (N, K), cost, top-1 error, top-k error) as LogregCost."""
+    import numpy as np
+
+    logp = log_softmax(z, np)
+    p = np.exp(logp)
+    t = _targets(labels, p.shape[1], np, p.dtype)
+    n = p.shape[0]
+    cost = -float((t * logp).sum()) / n
+    top1, topk_err = classification_errors(p, labels, topk, np)
+    return p, cost, top1, topk_err
+
+
+def softmax_logloss_backward_numpy(p, labels, coeff: float):
+    """(coeff / N) * (p - onehot(labels)): the gradient with respect to the logits."""
+    import numpy as np
+
+    t = _targets(labels, p.shape[1], np, p.dtype)
+    return (coeff / p.shape[0]) * (p - t)
+
+
+_CUDA_SOURCES = {
+    # one thread per row i of z (N, K); p written through the raw pointer
+    "softmax_logloss_fwd": (
+        "raw T z, raw I y, int32 K, int32 topk",
+        "raw T p, T loss, T err1, T errk",
+        """
+        const ptrdiff_t base = (ptrdiff_t)i * K;
+        int yi = (int)y[i];
+        if (yi < 0) yi += K;  // as numpy's indexing by -1 does
+        if (yi < 0 || yi >= K) {  // a label that names no class: the non-finite cost stops the run
+            loss = (T)__int_as_float(0x7fffffff);
+            err1 = 1;
+            errk = 1;
+            for (int k = 0; k < K; ++k) p[base + k] = (T)__int_as_float(0x7fffffff);
+        } else {
+            T mx = z[base];
+            for (int k = 1; k < K; ++k) mx = max(mx, (T)z[base + k]);
+            T s = 0;
+            for (int k = 0; k < K; ++k) s += exp((T)z[base + k] - mx);
+            const T lse = log(s);
+            loss = -(((T)z[base + yi] - mx) - lse);
+            int am = 0;
+            T best = 0;
+            for (int k = 0; k < K; ++k) {
+                const T pk = exp(((T)z[base + k] - mx) - lse);
+                p[base + k] = pk;
+                if (k == 0 || pk > best) { best = pk; am = k; }
+            }
+            const T py = p[base + yi];
+            int rank = 0;
+            for (int k = 0; k < K; ++k) rank += (T)p[base + k] > py;
+            err1 = am != yi ? (T)1 : (T)0;
+            errk = topk <= 1 ? err1 : (rank >= min(topk, K) ? (T)1 : (T)0);
+        }
+        """,
+    ),
+    # one thread per element of p (N, K)
+    "softmax_logloss_bwd": (
+        "T p, raw I y, int32 K, T scale",
+        "T d",
+        """
+        const int col = (int)(i % K);
+        int yi = (int)y[i / K];
+        if (yi < 0) yi += K;
+        const T t = col == yi ? (T)1 : (T)0;
+        d = scale * (p - t);
+        """,
+    ),
+}
+_CUDA_KERNELS: dict = {}
+
+
+def _cuda_kernel(name: str):
+    kernel = _CUDA_KERNELS.get(name)
+    if kernel is None:
+        import cupy
+
+        in_params, out_params, body = _CUDA_SOURCES[name]
+        kernel = cupy.ElementwiseKernel(in_params, out_params, body, f"convnet_{name}")
+        _CUDA_KERNELS[name] = kernel
+    return kernel
+
+
+def softmax_logloss_forward_cupy(z, labels, topk: int):
+    """CUDA twin of softmax_logloss_forward_numpy (labels: (N,) int on the device)."""
+    import cupy
+
+    z = cupy.ascontiguousarray(z)
+    n, k = z.shape
+    p = cupy.empty_like(z)
+    loss = cupy.empty(n, dtype=z.dtype)
+    err1 = cupy.empty(n, dtype=z.dtype)
+    errk = cupy.empty(n, dtype=z.dtype)
+    _cuda_kernel("softmax_logloss_fwd")(z, labels, k, int(topk), p, loss, err1, errk)
+    sums = cupy.stack([loss.sum(dtype=cupy.float64), err1.sum(dtype=cupy.float64),
+                       errk.sum(dtype=cupy.float64)]).get()  # the one wait for the GPU in a training step
+    return p, float(sums[0]) / n, float(sums[1]) / n, float(sums[2]) / n
+
+
+def softmax_logloss_backward_cupy(p, labels, coeff: float):
+    """CUDA twin of softmax_logloss_backward_numpy."""
+    return _cuda_kernel("softmax_logloss_bwd")(p, labels, p.shape[1], coeff / p.shape[0])
+
+
 @register(aliases=("cost.crossent",))
 class LogregCost(CostLayer):
     """Multinomial logistic regression: -log p(true class). inputs: [labels, probs].
@@ -85,6 +200,10 @@ class LogregCost(CostLayer):
         xp = ctx.xp
         shape = logits.shape
         z = logits.reshape(shape[0], -1)
+        if _is_cupy(z) and labels.ndim == 1:
+            # one kernel for softmax, log-loss and both error counts; the cache keeps the int labels
+            p, cost, top1, topk = softmax_logloss_forward_cupy(z, labels, self.props.topk)
+            return (cost, {"cost": cost, "error": top1, "topk_error": topk}), (p, labels, shape)
         logp = log_softmax(z, xp)
         p = xp.exp(logp)
         cost, metrics, t = self._metrics(logp, p, labels, xp)
@@ -93,6 +212,8 @@ class LogregCost(CostLayer):
     def backward_fused(self, coeff, cache, ctx):
         """Gradient with respect to the softmax's input (logits)."""
         p, t, shape = cache
+        if t.ndim == 1:  # int labels: the CUDA path of forward_fused
+            return softmax_logloss_backward_cupy(p, t, coeff).reshape(shape)
         return ((coeff / p.shape[0]) * (p - t)).reshape(shape)
 
 

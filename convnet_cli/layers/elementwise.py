@@ -70,7 +70,10 @@ class EltMax(_SameShape):
         for i, x in enumerate(xs[1:], 1):
             bigger = x > out
             out = xp.where(bigger, x, out)
-            which[bigger] = i
+            if xp.__name__ == "numpy":
+                which[bigger] = i
+            else:  # a masked store on CuPy counts the mask first (a wait for the GPU); a select does not
+                which = xp.where(bigger, which.dtype.type(i), which)
         return out, which
 
     def backward(self, dout, cache, params, ctx):

@@ -44,6 +44,142 @@ def _window_sum(a, axis: int, before: int, after: int):
     return s
 
 
+def _is_cupy(a) -> bool:
+    return type(a).__module__.startswith("cupy")
+
+
+# == response normalization: the NumPy code and its CUDA twin =============================================
+# kind 'rnorm' sums over a size x size patch of (H, W), 'cmrnorm' over `size` neighbouring channels;
+# n = the window's size (size^2 or size), as in the module docstring.
+_RNORM_AXES = {"rnorm": (1, 2), "cmrnorm": (3,)}
+
+
+def _window_sums(a, kind: str, size: int, adjoint: bool = False):
+    before, after = size // 2, size - 1 - size // 2
+    if adjoint:  # the transpose of the window sum: each position gives to the windows that read it
+        before, after = after, before
+    for axis in _RNORM_AXES[kind]:
+        a = _window_sum(a, axis, before, after)
+    return a
+
+
+def response_norm_forward_numpy(x, kind: str, size: int, min_div: float, scale: float, n: int, power: float):
+    """x: (N, H, W, C) -> (out, denom): denom = minDiv + scale/n * (window sum of x^2), out = x denom^-pow."""
+    denom = min_div + (scale / n) * _window_sums(x * x, kind, size)
+    return x * denom ** (-power), denom
+
+
+def response_norm_backward_numpy(x, denom, out, dout, kind: str, size: int, scale: float, n: int, power: float):
+    """dx of response_norm_forward_numpy.
+
+    out_i = x_i d_i^-p with d_i = k + a/n sum_{j in win(i)} x_j^2, so
+    dx_j = dout_j d_j^-p - 2 p a/n x_j sum_{i: j in win(i)} dout_i x_i d_i^(-p-1)."""
+    back = _window_sums(dout * out / denom, kind, size, adjoint=True)
+    return dout * denom ** (-power) - (2 * power * scale / n) * x * back
+
+
+# One thread per element (n, y, x, c) of the NHWC arrays; the window is read through a raw argument.
+# cn_window_sum sums src (squared when `square`) over offsets lo..hi along C (cmrnorm) or along both H and
+# W (rnorm) around the element's position, positions outside the map counting as zero.
+_RNORM_PREAMBLE = """
+template <typename T, typename A>
+__device__ T cn_window_sum(const A& src, ptrdiff_t idx, int H, int W, int C, int spatial, int lo, int hi,
+                           int square) {
+    const int ch = (int)(idx % C);
+    const ptrdiff_t pix = idx / C;
+    T s = 0;
+    if (spatial) {
+        const int px = (int)(pix % W);
+        const int py = (int)((pix / W) % H);
+        const ptrdiff_t img = pix / ((ptrdiff_t)W * H);
+        for (int oy = lo; oy <= hi; ++oy) {
+            const int y2 = py + oy;
+            if (y2 < 0 || y2 >= H) continue;
+            for (int ox = lo; ox <= hi; ++ox) {
+                const int x2 = px + ox;
+                if (x2 < 0 || x2 >= W) continue;
+                const T v = src[((img * H + y2) * W + x2) * C + ch];
+                s += square ? v * v : v;
+            }
+        }
+    } else {
+        for (int oc = lo; oc <= hi; ++oc) {
+            const int c2 = ch + oc;
+            if (c2 < 0 || c2 >= C) continue;
+            const T v = src[pix * C + c2];
+            s += square ? v * v : v;
+        }
+    }
+    return s;
+}
+"""
+
+_RNORM_SOURCES = {
+    "rnorm_fwd": (
+        "raw T xr, T x, int32 H, int32 W, int32 C, int32 spatial, int32 lo, int32 hi, T min_div, T scale_n, "
+        "T power",
+        "T out, T denom",
+        """
+        const T d = min_div + scale_n * cn_window_sum<T>(xr, i, H, W, C, spatial, lo, hi, 1);
+        denom = d;
+        out = x * pow(d, -power);
+        """,
+    ),
+    # t = dout * out / denom, computed before; the adjoint window sum of t gives the second term
+    "rnorm_bwd": (
+        "raw T t, T x, T denom, T dout, int32 H, int32 W, int32 C, int32 spatial, int32 lo, int32 hi, "
+        "T coef, T power",
+        "T dx",
+        """
+        const T back = cn_window_sum<T>(t, i, H, W, C, spatial, lo, hi, 0);
+        dx = dout * pow(denom, -power) - coef * x * back;
+        """,
+    ),
+}
+_CUDA_KERNELS: dict = {}
+
+
+def _cuda_kernel(sources: dict, name: str, preamble: str = ""):
+    kernel = _CUDA_KERNELS.get(name)
+    if kernel is None:
+        import cupy
+
+        in_params, out_params, body = sources[name]
+        kernel = cupy.ElementwiseKernel(in_params, out_params, body, f"convnet_{name}", preamble=preamble)
+        _CUDA_KERNELS[name] = kernel
+    return kernel
+
+
+def response_norm_forward_cupy(x, kind: str, size: int, min_div: float, scale: float, n: int, power: float):
+    """CUDA twin of response_norm_forward_numpy."""
+    import cupy
+
+    x = cupy.ascontiguousarray(x)
+    _, h, w, c = x.shape
+    before, after = size // 2, size - 1 - size // 2
+    out = cupy.empty_like(x)
+    denom = cupy.empty_like(x)
+    _cuda_kernel(_RNORM_SOURCES, "rnorm_fwd", _RNORM_PREAMBLE)(
+        x, x, h, w, c, int(kind == "rnorm"), -before, after, float(min_div), float(scale / n), float(power),
+        out, denom)
+    return out, denom
+
+
+def response_norm_backward_cupy(x, denom, out, dout, kind: str, size: int, scale: float, n: int, power: float):
+    """CUDA twin of response_norm_backward_numpy."""
+    import cupy
+
+    _, h, w, c = x.shape
+    before, after = size // 2, size - 1 - size // 2
+    t = cupy.ascontiguousarray(dout * out / denom)
+    dx = cupy.empty(x.shape, dtype=x.dtype)
+    # the adjoint window: position j receives from the windows of positions j - after .. j + before
+    _cuda_kernel(_RNORM_SOURCES, "rnorm_bwd", _RNORM_PREAMBLE)(
+        t, x, denom, dout, h, w, c, int(kind == "rnorm"), -after, before, float(2 * power * scale / n),
+        float(power), dx)
+    return dx
+
+
 class _ResponseNorm(Layer):
     keys = {"size": Key("int", min=1, doc="width of the normalization window, e.g. 5")}
     hyper_keys = ("scale", "pow", "minDiv")
@@ -72,31 +208,19 @@ class _ResponseNorm(Layer):
         """n in scale / n: the number of positions a full window covers."""
         return self.props.size ** len(self.axes)
 
-    def _sum(self, a, adjoint=False):
-        size = self.props.size
-        before, after = size // 2, size - 1 - size // 2
-        if adjoint:  # the transpose of the window sum: each position gives to the windows that read it
-            before, after = after, before
-        for axis in self.axes:
-            a = _window_sum(a, axis, before, after)
-        return a
-
     def forward(self, xs, params, ctx):
         """x: (N, H, W, C) -> out of the same shape."""
         x = xs[0]
         h = self.hyper
-        denom = h.minDiv + (h.scale / self.window_count) * self._sum(x * x)
-        out = x * denom ** (-h.pow)
+        fn = response_norm_forward_cupy if _is_cupy(x) else response_norm_forward_numpy
+        out, denom = fn(x, self.type, self.props.size, h.minDiv, h.scale, self.window_count, h.pow)
         return out, (x, denom, out)
 
     def backward(self, dout, cache, params, ctx):
-        # out_i = x_i d_i^-p with d_i = k + a/n sum_{j in win(i)} x_j^2, so
-        # dx_j = dout_j d_j^-p - 2 p a/n x_j sum_{i: j in win(i)} dout_i x_i d_i^(-p-1)
         x, denom, out = cache
         h = self.hyper
-        back = self._sum(dout * out / denom, adjoint=True)
-        dx = dout * denom ** (-h.pow) - (2 * h.pow * h.scale / self.window_count) * x * back
-        return [dx], {}
+        fn = response_norm_backward_cupy if _is_cupy(x) else response_norm_backward_numpy
+        return [fn(x, denom, out, dout, self.type, self.props.size, h.scale, self.window_count, h.pow)], {}
 
 
 @register
@@ -161,6 +285,8 @@ class BatchNorm(Layer):
         xp = ctx.xp
         gamma = params["gamma"].astype(x.dtype, copy=False)
         beta = params["beta"].astype(x.dtype, copy=False)
+        if _is_cupy(x):
+            return self._forward_cupy(x, params, gamma, beta, ctx)
         if ctx.train:
             count = x.size // x.shape[-1]
             mean = x.mean(axis=self.stat_axes)
@@ -179,14 +305,129 @@ class BatchNorm(Layer):
         xhat = centered * inv_std
         return xhat * gamma + beta, (xhat, inv_std, gamma, bool(ctx.train))
 
+    def _forward_cupy(self, x, params, gamma, beta, ctx):
+        """forward on CuPy: the statistics by reductions, the normalization by one fused kernel."""
+        import cupy
+
+        x = cupy.ascontiguousarray(x)
+        eps = float(self.props.epsilon)
+        running_mean, running_var = params["running_mean"], params["running_var"]
+        if ctx.train:
+            count = x.size // x.shape[-1]
+            mean = x.mean(axis=self.stat_axes)
+            sqdev = _cuda_reduction("bn_sqdev")(x, mean, axis=self.stat_axes)
+            m = float(self.props.momentum)
+            unbias = count / max(count - 1, 1)
+            if running_mean.dtype == x.dtype and running_var.dtype == x.dtype:
+                # variance, running averages and 1/std of all channels in one small kernel
+                inv_std = cupy.empty_like(mean)
+                _cuda_kernel(_BN_SOURCES, "bn_stats")(mean, sqdev, float(count), m, 1 - m, unbias, eps,
+                                                      running_mean, running_var, inv_std)
+            else:  # float64 gradient checks with float32 running statistics
+                var = sqdev / count
+                running_mean[...] = m * running_mean + (1 - m) * mean.astype(running_mean.dtype, copy=False)
+                unbiased = var * unbias
+                running_var[...] = m * running_var + (1 - m) * unbiased.astype(running_var.dtype, copy=False)
+                inv_std = 1 / cupy.sqrt(var + eps)
+        else:
+            mean = running_mean.astype(x.dtype, copy=False)
+            inv_std = 1 / cupy.sqrt(running_var.astype(x.dtype, copy=False) + eps)
+        out, xhat = batchnorm_forward_cupy(x, mean, inv_std, gamma, beta)
+        return out, (xhat, inv_std, gamma, bool(ctx.train))
+
     def backward(self, dout, cache, params, ctx):
         xhat, inv_std, gamma, train = cache
-        dbeta = dout.sum(axis=self.stat_axes)
-        dgamma = (dout * xhat).sum(axis=self.stat_axes)
-        if train:
-            # the batch mean and variance depend on x too (cs231n's batchnorm_backward, simplified)
-            count = dout.size // dout.shape[-1]
-            dx = (gamma * inv_std / count) * (count * dout - dbeta - xhat * dgamma)
-        else:
-            dx = dout * (gamma * inv_std)
+        fn = batchnorm_backward_cupy if _is_cupy(dout) else batchnorm_backward_numpy
+        dx, dgamma, dbeta = fn(dout, xhat, inv_std, gamma, train)
         return [dx], {"gamma": dgamma, "beta": dbeta}
+
+
+# == batchnorm: the element-wise parts, NumPy and CUDA ====================================================
+# Statistics are over every axis but the last (channels, NHWC); per-channel arrays (C,) broadcast.
+
+def batchnorm_forward_numpy(x, mean, inv_std, gamma, beta):
+    """x: (N, H, W, C) -> (out, xhat): xhat = (x - mean) * inv_std, out = xhat * gamma + beta (the same
+    operations as BatchNorm.forward on the CPU, which keeps x - mean for the variance as well)."""
+    xhat = (x - mean) * inv_std
+    return xhat * gamma + beta, xhat
+
+
+def batchnorm_backward_numpy(dout, xhat, inv_std, gamma, train: bool):
+    """(dx, dgamma, dbeta). In training the batch mean and variance depend on x too (cs231n's
+    batchnorm_backward, simplified); in test mode they are constants."""
+    axes = tuple(range(dout.ndim - 1))
+    dbeta = dout.sum(axis=axes)
+    dgamma = (dout * xhat).sum(axis=axes)
+    if train:
+        count = dout.size // dout.shape[-1]
+        dx = (gamma * inv_std / count) * (count * dout - dbeta - xhat * dgamma)
+    else:
+        dx = dout * (gamma * inv_std)
+    return dx, dgamma, dbeta
+
+
+_BN_SOURCES = {
+    # per channel, from the batch mean and the sum of squared deviations: the running averages (as numpy
+    # computes them, scalars rounded to T first) and 1 / sqrt(var + eps)
+    "bn_stats": (
+        "T mean, T sqdev, T count, T m, T one_minus_m, T unbias, T eps",
+        "T running_mean, T running_var, T inv_std",
+        """
+        const T var = sqdev / count;
+        running_mean = m * running_mean + one_minus_m * mean;
+        running_var = m * running_var + one_minus_m * (var * unbias);
+        inv_std = (T)1 / sqrt(var + eps);
+        """,
+    ),
+    "bn_fwd": (
+        "T x, T mean, T inv_std, T gamma, T beta",
+        "T out, T xhat",
+        """
+        const T h = (x - mean) * inv_std;
+        xhat = h;
+        out = h * gamma + beta;
+        """,
+    ),
+    "bn_bwd": (
+        "T dout, T xhat, T scale, T dbeta, T dgamma, T count",
+        "T dx",
+        "dx = scale * (count * dout - dbeta - xhat * dgamma);",
+    ),
+}
+# ReductionKernel sources: (in, out, map, reduce, post-map, identity)
+_BN_REDUCTIONS = {
+    "bn_sqdev": ("T x, T mean", "T y", "(x - mean) * (x - mean)", "a + b", "y = a", "0"),
+    "bn_dot": ("T u, T v", "T y", "u * v", "a + b", "y = a", "0"),
+}
+
+
+def _cuda_reduction(name: str):
+    kernel = _CUDA_KERNELS.get(name)
+    if kernel is None:
+        import cupy
+
+        in_params, out_params, map_expr, reduce_expr, post_map, identity = _BN_REDUCTIONS[name]
+        kernel = cupy.ReductionKernel(in_params, out_params, map_expr, reduce_expr, post_map, identity,
+                                      f"convnet_{name}")
+        _CUDA_KERNELS[name] = kernel
+    return kernel
+
+
+def batchnorm_forward_cupy(x, mean, inv_std, gamma, beta):
+    """CUDA twin of batchnorm_forward_numpy (one pass over x)."""
+    return _cuda_kernel(_BN_SOURCES, "bn_fwd")(x, mean.astype(x.dtype, copy=False),
+                                               inv_std.astype(x.dtype, copy=False),
+                                               gamma.astype(x.dtype, copy=False), beta.astype(x.dtype, copy=False))
+
+
+def batchnorm_backward_cupy(dout, xhat, inv_std, gamma, train: bool):
+    """CUDA twin of batchnorm_backward_numpy: two reductions and one fused kernel for dx."""
+    axes = tuple(range(dout.ndim - 1))
+    dbeta = dout.sum(axis=axes)
+    dgamma = _cuda_reduction("bn_dot")(dout, xhat, axis=axes)
+    if not train:
+        return dout * (gamma * inv_std), dgamma, dbeta
+    count = dout.size // dout.shape[-1]
+    scale = gamma * inv_std / count
+    dx = _cuda_kernel(_BN_SOURCES, "bn_bwd")(dout, xhat, scale, dbeta, dgamma, float(count))
+    return dx, dgamma, dbeta

@@ -25,6 +25,11 @@ ms; see benchmarks/bench_layers.py for the comparison with PyTorch):
   * windows truncated at the border need no padded copy of the input: each window offset (i, j) updates
     only the outputs whose window still has row i and column j inside the input.
   * global pooling: one reduction over the (H*W) axis per chunk of cases.
+
+On CuPy, windowed pooling is one CUDA kernel per direction (pool_forward_cupy / pool_backward_cupy, twins of
+pool_forward_numpy / pool_backward_numpy): forward one thread per output, backward one thread per input pixel
+gathering from the windows that hold it, both in the NumPy code's order of window offsets, so ties, NaNs and
+the rounding of the sums come out as on the CPU. Global pooling runs the same reductions as on the CPU.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from convnet_cli.backend import get_array_module
 from convnet_cli.layers.base import Key, Layer, fmt_hw, register
 
 # Cases per chunk are chosen so that a chunk's input is about this size (stays in the cache).
@@ -190,112 +196,295 @@ class PoolLayer(Layer):
     # -- forward / backward ----------------------------------------------------------------------------------
     def forward(self, xs, params, ctx):
         xp, x = ctx.xp, xs[0]
-        n, h, w, c = x.shape
-        _, oh, ow = self.out_shape
         is_max = self.props.pool == "max"
-        out = xp.empty((n, oh, ow, c), dtype=x.dtype)
-        per_case = h * w * c * x.dtype.itemsize
-        if self.is_global:
-            x3 = x.reshape(n, h * w, c)
-            o2 = out.reshape(n, c)
-            if is_max:
-                idx = xp.empty((n, c), dtype=xp.int64)
-
-                def chunk(n0, n1):
-                    idx[n0:n1] = x3[n0:n1].argmax(axis=1)
-                    o2[n0:n1] = xp.take_along_axis(x3[n0:n1], idx[n0:n1, None, :], axis=1)[:, 0, :]
-            else:
-                idx = None
-                scale = 1.0 / (h * w)
-
-                def chunk(n0, n1):
-                    xp.multiply(x3[n0:n1].sum(axis=1), scale, out=o2[n0:n1])
-            run_chunks(chunk, n, per_case, xp)
+        if not self.is_global:
+            fn = pool_forward_cupy if _is_cupy(x) else pool_forward_numpy
+            out, idx = fn(x, self, is_max)
             return out, (x.shape, idx)
-
-        offsets = self.offsets
+        n, h, w, c = x.shape
+        out = xp.empty((n, 1, 1, c), dtype=x.dtype)
+        per_case = h * w * c * x.dtype.itemsize
+        x3 = x.reshape(n, h * w, c)
+        o2 = out.reshape(n, c)
         if is_max:
-            kk = self.size[0] * self.size[1]
-            idx = xp.zeros((n, oh, ow, c), dtype=xp.uint8 if kk < 256 else xp.int32)
-            full0 = offsets[0][1] == (0, oh) and offsets[0][2] == (0, ow)
+            idx = xp.empty((n, c), dtype=xp.int64)
 
             def chunk(n0, n1):
-                o, a, xc = out[n0:n1], idx[n0:n1], x[n0:n1]
-                first = 0
-                if full0:  # the first offset is inside every window: start from it
-                    k, _, _, rs, cs = offsets[0]
-                    o[...] = xc[:, rs, cs, :]
-                    first = 1
-                else:
-                    o.fill(-xp.inf)
-                for k, (lh, hh), (lw, hw), rs, cs in offsets[first:]:
-                    v = xc[:, rs, cs, :]
-                    ov = o[:, lh:hh, lw:hw, :]
-                    av = a[:, lh:hh, lw:hw, :]
-                    better = v > ov  # strict: the first maximum wins ties
-                    xp.maximum(ov, v, out=ov)
-                    # av = where(better, k, av), by arithmetic (masked stores are slow): av < k always
-                    step = xp.subtract(k, av, dtype=av.dtype)
-                    step *= better
-                    av += step
+                idx[n0:n1] = x3[n0:n1].argmax(axis=1)
+                o2[n0:n1] = xp.take_along_axis(x3[n0:n1], idx[n0:n1, None, :], axis=1)[:, 0, :]
         else:
             idx = None
-            inv = self._inv_count(xp, x.dtype)
+            scale = 1.0 / (h * w)
 
             def chunk(n0, n1):
-                o, xc = out[n0:n1], x[n0:n1]
-                k, (lh, hh), (lw, hw), rs, cs = offsets[0]
-                if (lh, hh, lw, hw) != (0, oh, 0, ow):
-                    o.fill(0)
-                    o[:, lh:hh, lw:hw, :] += xc[:, rs, cs, :]
-                else:
-                    o[...] = xc[:, rs, cs, :]
-                for k, (lh, hh), (lw, hw), rs, cs in offsets[1:]:
-                    o[:, lh:hh, lw:hw, :] += xc[:, rs, cs, :]
-                o *= inv
-
+                xp.multiply(x3[n0:n1].sum(axis=1), scale, out=o2[n0:n1])
         run_chunks(chunk, n, per_case, xp)
         return out, (x.shape, idx)
 
     def backward(self, dout, cache, params, ctx):
         xp = ctx.xp
         shape, idx = cache
-        n, h, w, c = shape
-        _, oh, ow = self.out_shape
         is_max = self.props.pool == "max"
-        dx = xp.empty(shape, dtype=dout.dtype) if self.is_global else xp.zeros(shape, dtype=dout.dtype)
+        if not self.is_global:
+            fn = pool_backward_cupy if _is_cupy(dout) else pool_backward_numpy
+            return [fn(dout, idx, self, is_max, shape)], {}
+        n, h, w, c = shape
+        dx = xp.empty(shape, dtype=dout.dtype)
         per_case = h * w * c * dout.dtype.itemsize
-        if self.is_global:
-            dx3 = dx.reshape(n, h * w, c)
-            d2 = dout.reshape(n, c)
-            if is_max:
-                pos = xp.arange(h * w).reshape(1, h * w, 1)
-
-                def chunk(n0, n1):
-                    xp.multiply(pos == idx[n0:n1, None, :], d2[n0:n1, None, :], out=dx3[n0:n1])
-            else:
-                scale = 1.0 / (h * w)
-
-                def chunk(n0, n1):
-                    dx3[n0:n1] = d2[n0:n1, None, :] * scale
-            run_chunks(chunk, n, per_case, xp)
-            return [dx], {}
-
-        offsets = self.offsets
+        dx3 = dx.reshape(n, h * w, c)
+        d2 = dout.reshape(n, c)
         if is_max:
+            pos = xp.arange(h * w).reshape(1, h * w, 1)
+
             def chunk(n0, n1):
-                dc, d, a = dx[n0:n1], dout[n0:n1], idx[n0:n1]
-                for k, (lh, hh), (lw, hw), rs, cs in offsets:
-                    g = d[:, lh:hh, lw:hw, :] * (a[:, lh:hh, lw:hw, :] == k)
-                    dc[:, rs, cs, :] += g
+                xp.multiply(pos == idx[n0:n1, None, :], d2[n0:n1, None, :], out=dx3[n0:n1])
         else:
-            inv = self._inv_count(xp, dout.dtype)
+            scale = 1.0 / (h * w)
 
             def chunk(n0, n1):
-                dc = dx[n0:n1]
-                g = dout[n0:n1] * inv
-                for k, (lh, hh), (lw, hw), rs, cs in offsets:
-                    dc[:, rs, cs, :] += g[:, lh:hh, lw:hw, :]
-
+                dx3[n0:n1] = d2[n0:n1, None, :] * scale
         run_chunks(chunk, n, per_case, xp)
         return [dx], {}
+
+
+# == windowed pooling: the NumPy code and its CUDA twin ==================================================
+# `geo` is the PoolLayer (its size, stride, start, offsets, out_shape and _inv_count). Returns and caches
+# agree between the two: out (N, Ho, Wo, C); idx the window offset k = i*kw + j of each output's (first)
+# maximum, or None for avg.
+
+def _is_cupy(a) -> bool:
+    return type(a).__module__.startswith("cupy")
+
+
+def pool_forward_numpy(x, geo, is_max: bool):
+    """x: (N, H, W, C) -> (out, idx), by slices of the window offsets over chunks of cases (threads)."""
+    xp = get_array_module(x)
+    n, h, w, c = x.shape
+    _, oh, ow = geo.out_shape
+    out = xp.empty((n, oh, ow, c), dtype=x.dtype)
+    per_case = h * w * c * x.dtype.itemsize
+    offsets = geo.offsets
+    if is_max:
+        kk = geo.size[0] * geo.size[1]
+        idx = xp.zeros((n, oh, ow, c), dtype=xp.uint8 if kk < 256 else xp.int32)
+        full0 = offsets[0][1] == (0, oh) and offsets[0][2] == (0, ow)
+
+        def chunk(n0, n1):
+            o, a, xc = out[n0:n1], idx[n0:n1], x[n0:n1]
+            first = 0
+            if full0:  # the first offset is inside every window: start from it
+                k, _, _, rs, cs = offsets[0]
+                o[...] = xc[:, rs, cs, :]
+                first = 1
+            else:
+                o.fill(-xp.inf)
+            for k, (lh, hh), (lw, hw), rs, cs in offsets[first:]:
+                v = xc[:, rs, cs, :]
+                ov = o[:, lh:hh, lw:hw, :]
+                av = a[:, lh:hh, lw:hw, :]
+                better = v > ov  # strict: the first maximum wins ties
+                xp.maximum(ov, v, out=ov)
+                # av = where(better, k, av), by arithmetic (masked stores are slow): av < k always
+                step = xp.subtract(k, av, dtype=av.dtype)
+                step *= better
+                av += step
+    else:
+        idx = None
+        inv = geo._inv_count(xp, x.dtype)
+
+        def chunk(n0, n1):
+            o, xc = out[n0:n1], x[n0:n1]
+            k, (lh, hh), (lw, hw), rs, cs = offsets[0]
+            if (lh, hh, lw, hw) != (0, oh, 0, ow):
+                o.fill(0)
+                o[:, lh:hh, lw:hw, :] += xc[:, rs, cs, :]
+            else:
+                o[...] = xc[:, rs, cs, :]
+            for k, (lh, hh), (lw, hw), rs, cs in offsets[1:]:
+                o[:, lh:hh, lw:hw, :] += xc[:, rs, cs, :]
+            o *= inv
+
+    run_chunks(chunk, n, per_case, xp)
+    return out, idx
+
+
+def pool_backward_numpy(dout, idx, geo, is_max: bool, x_shape):
+    """dx (N, H, W, C) of pool_forward_numpy: each output's gradient added to the pixels of its window
+    (max: to the pixel idx names), one window offset at a time."""
+    xp = get_array_module(dout)
+    n, h, w, c = x_shape
+    dx = xp.zeros(x_shape, dtype=dout.dtype)
+    per_case = h * w * c * dout.dtype.itemsize
+    offsets = geo.offsets
+    if is_max:
+        def chunk(n0, n1):
+            dc, d, a = dx[n0:n1], dout[n0:n1], idx[n0:n1]
+            for k, (lh, hh), (lw, hw), rs, cs in offsets:
+                g = d[:, lh:hh, lw:hw, :] * (a[:, lh:hh, lw:hw, :] == k)
+                dc[:, rs, cs, :] += g
+    else:
+        inv = geo._inv_count(xp, dout.dtype)
+
+        def chunk(n0, n1):
+            dc = dx[n0:n1]
+            g = dout[n0:n1] * inv
+            for k, (lh, hh), (lw, hw), rs, cs in offsets:
+                dc[:, rs, cs, :] += g[:, lh:hh, lw:hw, :]
+
+    run_chunks(chunk, n, per_case, xp)
+    return dx
+
+
+# The CUDA twins. Forward: one thread per output (n, oy, ox, c) walks its window's offsets k = a*kw + b in
+# the order the NumPy code takes them (strict > keeps the first maximum; a NaN sticks, as numpy.maximum's).
+# Backward gathers instead of scattering (no atomics, deterministic): one thread per input pixel adds, in
+# the same offset order, the gradients of the windows that hold it (max: only where idx names the pixel).
+# The sums therefore round exactly as the NumPy ones. Compiled on first use, only for CuPy arrays.
+_POOL_PREAMBLE = """
+// 1 / (pixels of window (oy, ox) inside the input), rounded once from double as numpy's table is
+template <typename T>
+__device__ T cn_inv_count(int oy, int ox, int H, int W, int kh, int kw, int sh, int sw, int start) {
+    const int y0 = start + oy * sh, x0 = start + ox * sw;
+    const int ch = min(H, y0 + kh) - max(0, y0);
+    const int cw = min(W, x0 + kw) - max(0, x0);
+    return (T)(1.0 / ((double)ch * (double)cw));
+}
+"""
+_POOL_GEOMETRY = "int32 H, int32 W, int32 C, int32 Ho, int32 Wo, int32 kh, int32 kw, int32 sh, int32 sw, int32 start"
+_POOL_SOURCES = {
+    "maxpool_fwd": (
+        "raw T x, " + _POOL_GEOMETRY,
+        "T out, int32 idx",
+        """
+        const int c = (int)(i % C);
+        const ptrdiff_t r = i / C;
+        const int ox = (int)(r % Wo);
+        const int oy = (int)((r / Wo) % Ho);
+        const ptrdiff_t img = r / ((ptrdiff_t)Wo * Ho);
+        const int y0 = start + oy * sh, x0 = start + ox * sw;
+        T best = -(T)__int_as_float(0x7f800000);
+        int arg = 0;
+        for (int a = 0; a < kh; ++a) {
+            const int yy = y0 + a;
+            if (yy < 0 || yy >= H) continue;
+            for (int b = 0; b < kw; ++b) {
+                const int xx = x0 + b;
+                if (xx < 0 || xx >= W) continue;
+                const T v = x[((img * H + yy) * W + xx) * C + c];
+                if (v > best) {
+                    best = v;
+                    arg = a * kw + b;
+                } else if (v != v) {
+                    best = v;
+                }
+            }
+        }
+        out = best;
+        idx = arg;
+        """,
+    ),
+    "avgpool_fwd": (
+        "raw T x, " + _POOL_GEOMETRY,
+        "T out",
+        """
+        const int c = (int)(i % C);
+        const ptrdiff_t r = i / C;
+        const int ox = (int)(r % Wo);
+        const int oy = (int)((r / Wo) % Ho);
+        const ptrdiff_t img = r / ((ptrdiff_t)Wo * Ho);
+        const int y0 = start + oy * sh, x0 = start + ox * sw;
+        T s = 0;
+        for (int a = 0; a < kh; ++a) {
+            const int yy = y0 + a;
+            if (yy < 0 || yy >= H) continue;
+            for (int b = 0; b < kw; ++b) {
+                const int xx = x0 + b;
+                if (xx < 0 || xx >= W) continue;
+                s += x[((img * H + yy) * W + xx) * C + c];
+            }
+        }
+        out = s * cn_inv_count<T>(oy, ox, H, W, kh, kw, sh, sw, start);
+        """,
+    ),
+    # is_max 1: raw idx is read; 0: avg (idx is a dummy)
+    "pool_bwd": (
+        "raw T dout, raw int32 idx, int32 is_max, " + _POOL_GEOMETRY,
+        "T dx",
+        """
+        const int c = (int)(i % C);
+        const ptrdiff_t r = i / C;
+        const int px = (int)(r % W);
+        const int py = (int)((r / W) % H);
+        const ptrdiff_t img = r / ((ptrdiff_t)W * H);
+        T s = 0;
+        for (int a = 0; a < kh; ++a) {
+            const int ty = py - start - a;  // = oy * sh for a window oy holding this row at offset a
+            if (ty < 0 || ty % sh != 0) continue;
+            const int oy = ty / sh;
+            if (oy >= Ho) continue;
+            for (int b = 0; b < kw; ++b) {
+                const int tx = px - start - b;
+                if (tx < 0 || tx % sw != 0) continue;
+                const int ox = tx / sw;
+                if (ox >= Wo) continue;
+                const ptrdiff_t o = ((img * Ho + oy) * Wo + ox) * C + c;
+                if (is_max) {
+                    if (idx[o] == a * kw + b) s += dout[o];
+                } else {
+                    s += dout[o] * cn_inv_count<T>(oy, ox, H, W, kh, kw, sh, sw, start);
+                }
+            }
+        }
+        dx = s;
+        """,
+    ),
+}
+_CUDA_KERNELS: dict = {}
+
+
+def _cuda_kernel(name: str):
+    kernel = _CUDA_KERNELS.get(name)
+    if kernel is None:
+        import cupy
+
+        in_params, out_params, body = _POOL_SOURCES[name]
+        kernel = cupy.ElementwiseKernel(in_params, out_params, body, f"convnet_{name}", preamble=_POOL_PREAMBLE)
+        _CUDA_KERNELS[name] = kernel
+    return kernel
+
+
+def _geometry_args(geo, x_shape):
+    _, h, w, c = x_shape
+    _, oh, ow = geo.out_shape
+    (kh, kw), (sh, sw) = geo.size, geo.stride
+    return h, w, c, oh, ow, kh, kw, sh, sw, int(geo.start)
+
+
+def pool_forward_cupy(x, geo, is_max: bool):
+    """CUDA twin of pool_forward_numpy (idx is int32 here)."""
+    import cupy
+
+    x = cupy.ascontiguousarray(x)
+    _, oh, ow = geo.out_shape
+    out = cupy.empty((x.shape[0], oh, ow, x.shape[3]), dtype=x.dtype)
+    args = _geometry_args(geo, x.shape)
+    if is_max:
+        idx = cupy.empty(out.shape, dtype=cupy.int32)
+        _cuda_kernel("maxpool_fwd")(x, *args, out, idx)
+        return out, idx
+    _cuda_kernel("avgpool_fwd")(x, *args, out)
+    return out, None
+
+
+def pool_backward_cupy(dout, idx, geo, is_max: bool, x_shape):
+    """CUDA twin of pool_backward_numpy."""
+    import cupy
+
+    dout = cupy.ascontiguousarray(dout)
+    dx = cupy.empty(x_shape, dtype=dout.dtype)
+    if idx is None:
+        idx = cupy.empty((1,), dtype=cupy.int32)  # not read for avg
+    else:
+        idx = cupy.ascontiguousarray(idx, dtype=cupy.int32)
+    _cuda_kernel("pool_bwd")(dout, idx, int(is_max), *_geometry_args(geo, x_shape), dx)
+    return dx

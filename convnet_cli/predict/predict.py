@@ -81,8 +81,11 @@ class _Runner:
         span = max(1, int(round(0.1 * w)))
         return [int(round(s)) for s in np.linspace(-span, span, self.views)]
 
-    def __call__(self, raw: np.ndarray) -> np.ndarray:
-        """raw: (n, C, H, W) -> probabilities (n, K), averaged over views."""
+    def __call__(self, raw) -> np.ndarray:
+        """raw: (n, C, H, W), host or (audio features computed on the GPU) device -> probabilities (n, K)
+        on the host, averaged over views."""
+        if self.net.backend.is_gpu:
+            return self._on_device(raw)
         out = []
         for i in range(0, raw.shape[0], self.batch):
             chunk = raw[i:i + self.batch].astype(np.float32, copy=False)
@@ -94,6 +97,24 @@ class _Runner:
                 p = to_host(self.net.outputs[self.layer]).reshape(chunk.shape[0], -1).astype(np.float32)
                 acc = p if acc is None else acc + p
             out.append(acc / len(self.shifts()))
+        k = len(out[0][0]) if out else 0
+        return np.concatenate(out) if out else np.zeros((0, k), np.float32)
+
+    def _on_device(self, raw) -> np.ndarray:
+        """__call__ on a GPU: each chunk goes to the device once; shifts and normalisation happen there."""
+        xp = self.net.xp
+        mean, std = xp.asarray(self.mean), xp.asarray(self.std)
+        out = []
+        for i in range(0, raw.shape[0], self.batch):
+            chunk = xp.asarray(raw[i:i + self.batch], dtype=xp.float32)
+            acc = None
+            for s in self.shifts():
+                view = xp.roll(chunk, s, axis=3) if s else chunk
+                x = xp.ascontiguousarray(((view - mean) / std).transpose(0, 2, 3, 1))
+                self.net.forward({0: x}, train=False)
+                p = self.net.outputs[self.layer].reshape(chunk.shape[0], -1).astype(xp.float32)
+                acc = p if acc is None else acc + p
+            out.append(to_host(acc / len(self.shifts())))
         k = len(out[0][0]) if out else 0
         return np.concatenate(out) if out else np.zeros((0, k), np.float32)
 
@@ -186,12 +207,14 @@ def predict_audio(checkpoint, inputs, layer: str | None = None, device: str = "c
     chunk = max(1, int(batch))
     for i in range(0, len(items), chunk):
         part = items[i:i + chunk]
-        feats, ok_paths, bad = features_for_files([p for p, _, _ in part], spec, jobs=jobs or 1)
+        # on a GPU the spectrograms are computed there (decoding stays on the host) and stay for the net
+        feats, ok_paths, bad = features_for_files([p for p, _, _ in part], spec, jobs=jobs or 1,
+                                                  backend=net.backend)
         skipped.extend(bad)
         ok = set(ok_paths)
         kept = [t for t in part if t[0] in ok]
         if len(kept):
-            probs.append(run(np.asarray(feats, dtype=np.float32)))
+            probs.append(run(feats if net.backend.is_gpu else np.asarray(feats, dtype=np.float32)))
             names.extend(d for _, d, _ in kept)
             labels.extend(index[lbl] if known else -1 for _, _, lbl in kept)
     if not names:

@@ -5,22 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-cupy = pytest.importorskip("cupy", reason="CuPy not installed: the GPU kernel tests need it")
-
-
-def _gpu_visible() -> bool:
-    try:
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
-
-
-if not _gpu_visible():
-    pytest.skip("no NVIDIA GPU visible to CuPy: the GPU kernel tests need one", allow_module_level=True)
-
-from convnet_cli.layers import recurrent as R  # noqa: E402
-from convnet_cli.layers.base import Context  # noqa: E402
-from tests.helpers import make_layer, nhwc  # noqa: E402
+from convnet_cli.layers import recurrent as R
+from convnet_cli.layers.base import Context
+from tests.gpu.device import CUPY as cupy  # None without a GPU: conftest.py skips every test then
+from tests.helpers import make_layer, nhwc
 
 DTYPES = [(np.float32, 2e-6), (np.float64, 1e-12)]
 
