@@ -287,11 +287,18 @@ class BatchNorm(Layer):
         beta = params["beta"].astype(x.dtype, copy=False)
         if _is_cupy(x):
             return self._forward_cupy(x, params, gamma, beta, ctx)
+        # On the CPU the (N, H, W, C) maps are seen as (N*H*W, C) matrices: per-channel sums as one GEMV
+        # and one einsum, and in-place arithmetic, because each pass over a map of tens of MB (and each
+        # fresh allocation of one) costs more than the arithmetic (measured: 190 -> 45 ms for the first
+        # batchnorm of keywords.yaml, forward + backward, batch 128).
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        count = x2.shape[0]
         if ctx.train:
-            count = x.size // x.shape[-1]
-            mean = x.mean(axis=self.stat_axes)
-            centered = x - mean
-            var = (centered * centered).mean(axis=self.stat_axes)
+            ones = _ones(count, x.dtype)
+            mean = (ones @ x2) / count
+            xhat = x2 - mean
+            var = np.einsum("ij,ij->j", xhat, xhat) / count
             m = self.props.momentum
             running_mean, running_var = params["running_mean"], params["running_var"]
             running_mean[...] = m * running_mean + (1 - m) * mean.astype(running_mean.dtype, copy=False)
@@ -300,10 +307,12 @@ class BatchNorm(Layer):
         else:
             mean = params["running_mean"].astype(x.dtype, copy=False)
             var = params["running_var"].astype(x.dtype, copy=False)
-            centered = x - mean
-        inv_std = 1 / xp.sqrt(var + self.props.epsilon)
-        xhat = centered * inv_std
-        return xhat * gamma + beta, (xhat, inv_std, gamma, bool(ctx.train))
+            xhat = x2 - mean
+        inv_std = (1 / xp.sqrt(var + self.props.epsilon)).astype(x.dtype, copy=False)
+        xhat *= inv_std
+        out = xhat * gamma
+        out += beta
+        return out.reshape(shape), (xhat.reshape(shape), inv_std, gamma, bool(ctx.train))
 
     def _forward_cupy(self, x, params, gamma, beta, ctx):
         """forward on CuPy: the statistics by reductions, the normalization by one fused kernel."""
@@ -355,15 +364,34 @@ def batchnorm_forward_numpy(x, mean, inv_std, gamma, beta):
 def batchnorm_backward_numpy(dout, xhat, inv_std, gamma, train: bool):
     """(dx, dgamma, dbeta). In training the batch mean and variance depend on x too (cs231n's
     batchnorm_backward, simplified); in test mode they are constants."""
-    axes = tuple(range(dout.ndim - 1))
-    dbeta = dout.sum(axis=axes)
-    dgamma = (dout * xhat).sum(axis=axes)
+    shape = dout.shape
+    d2 = dout.reshape(-1, shape[-1])
+    xh = xhat.reshape(-1, shape[-1])
+    count = d2.shape[0]
+    dbeta = _ones(count, dout.dtype) @ d2
+    dgamma = np.einsum("ij,ij->j", d2, xh)
     if train:
-        count = dout.size // dout.shape[-1]
-        dx = (gamma * inv_std / count) * (count * dout - dbeta - xhat * dgamma)
+        # gamma * inv_std * (dout - dbeta / count - xhat * dgamma / count), in one allocation
+        dx = xh * (-dgamma / count)
+        dx += d2
+        dx -= dbeta / count
+        dx *= gamma * inv_std
     else:
-        dx = dout * (gamma * inv_std)
-    return dx, dgamma, dbeta
+        dx = d2 * (gamma * inv_std)
+    return dx.reshape(shape), dgamma, dbeta
+
+
+_ONES = {}
+
+
+def _ones(n: int, dtype):
+    """A cached vector of n ones: per-channel sums of an (n, C) matrix as one GEMV."""
+    key = (n, np.dtype(dtype).str)
+    if key not in _ONES:
+        if len(_ONES) > 16:
+            _ONES.clear()
+        _ONES[key] = np.ones(n, dtype)
+    return _ONES[key]
 
 
 _BN_SOURCES = {
