@@ -169,3 +169,22 @@ def get_backend(device: str = "cpu") -> Backend:
 
 def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+_KERNELS: dict = {}
+
+
+def cuda_elementwise(sources: dict, name: str, preamble: str = "", prefix: str = "convnet_"):
+    """A CuPy ElementwiseKernel made once from sources[name] = (in_params, out_params, body).
+
+    Every module that has CUDA twins of its NumPy hot loops keeps their sources in such a dict and gets the
+    compiled kernels here, on first use (CuPy compiles for the current device when the kernel first runs)."""
+    key = (prefix + name, preamble)
+    kernel = _KERNELS.get(key)
+    if kernel is None:
+        import cupy
+
+        in_params, out_params, body = sources[name]
+        kernel = cupy.ElementwiseKernel(in_params, out_params, body, prefix + name, preamble=preamble)
+        _KERNELS[key] = kernel
+    return kernel

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from convnet_cli.backend import get_array_module
+from convnet_cli.backend import cuda_elementwise, get_array_module
 
 
 def _zeros(state, key, w):
@@ -186,18 +186,10 @@ _CUDA_SOURCES = {
         """,
     ),
 }
-_CUDA_KERNELS: dict = {}
 
 
 def _cuda_kernel(name: str):
-    kernel = _CUDA_KERNELS.get(name)
-    if kernel is None:
-        import cupy
-
-        in_params, out_params, body = _CUDA_SOURCES[name]
-        kernel = cupy.ElementwiseKernel(in_params, out_params, body, f"convnet_update_{name}")
-        _CUDA_KERNELS[name] = kernel
-    return kernel
+    return cuda_elementwise(_CUDA_SOURCES, name, prefix="convnet_update_")
 
 
 def _grad_like(g, w):

@@ -253,7 +253,12 @@ logprob: {coeff: 2}
     assert fc1.wc == [0.0]  # overridden
     assert fc1.momW == [0.5] and fc1.epsB(0.3) == 0.1 and fc1.momB == 0.6 and fc1.updater == "adam"  # DEFAULT
     assert fc2.epsW[0](0.0) == 0.05 and fc2.wc == [0.001] and fc2.updater == "adam"
-    assert specs["logprob"].hyper["coeff"] == 2.0 and specs["probs"].hyper["coeff"] == 1.0
+    assert specs["logprob"].hyper["coeff"] == 2.0 and "coeff" not in specs["probs"].hyper
+    # a setting nobody gives takes the layer class's default when the net installs the params
+    from convnet_cli.layers.base import layer_class
+
+    assert layer_class("cost.logreg").hyper_defaults["coeff"] == 1.0
+    assert layer_class("dropout").hyper_defaults["keep"] == 0.5
 
 
 def test_defaults_without_a_params_file():

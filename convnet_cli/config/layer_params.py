@@ -17,14 +17,14 @@ UPDATERS = ("sgd", "adam", "rmsprop", "adagrad", "adadelta")
 DEFAULT_LR = {"sgd": 0.01, "adam": 0.001, "rmsprop": 0.001, "adagrad": 0.01, "adadelta": 1.0}
 DEFAULT_MOM = {"sgd": 0.9, "adam": 0.9, "rmsprop": 0.0, "adagrad": 0.0, "adadelta": 0.0}
 
-# key -> kind; the values a layer may read at run time are in HYPER_DEFAULTS.
+# key -> kind; HYPER_KEYS are read by layers at run time (their defaults are the layer classes').
 KEYS = {
     "epsW": "schedules", "epsB": "schedule", "momW": "floats", "momB": "float", "wc": "floats",
     "updater": "updater", "clip": "float", "clipNorm": "float",
     "beta2": "float", "epsilon": "float", "rho": "float",
     "coeff": "float", "keep": "float", "scale": "float", "pow": "float", "minDiv": "float",
 }
-HYPER_DEFAULTS = {"coeff": 1.0, "keep": 0.5, "scale": 0.0001, "pow": 0.75, "minDiv": 1.0}
+HYPER_KEYS = ("coeff", "keep", "scale", "pow", "minDiv")
 # cuda-convnet / convnet2 keys with no meaning here; accepted so old files load.
 IGNORED = ("wball", "updatePeriod", "sumWidth", "dropout")
 UPDATER_DEFAULTS = {"beta2": 0.999, "epsilon": None, "rho": None}
@@ -146,8 +146,7 @@ def parse_layer_params(doc, layer_names: list, source: str = "params.yaml", n_we
                 at = f" (line {lines[name]})" if name in lines else ""
                 raise ConfigError(f"{prefix}layer '{name}': {key} has {len(lst)} values but the layer has {nw} "
                                   f"inputs; give one value or one per input{at}")
-        hyper = dict(HYPER_DEFAULTS)
-        hyper.update({k: given[k] for k in HYPER_DEFAULTS if k in given})
+        hyper = {k: given[k] for k in HYPER_KEYS if k in given}
         specs[name] = LearnSpec(
             epsW=eps_w, epsB=given.get("epsB", Schedule("const", lr, text=f"{lr:g}")), momW=mom_w,
             momB=given.get("momB", mom), wc=wc, updater=updater, clip=given.get("clip"),

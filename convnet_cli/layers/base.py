@@ -61,8 +61,10 @@ class Layer:
     max_inputs: ClassVar[int | None] = 1
     learned: ClassVar[tuple] = ()  # names of learned params; 'weights*' take epsW/momW/wc, the rest epsB/momB
     is_cost: ClassVar[bool] = False
-    # Keys of the layer-params file this type reads at run time (coeff, keep, scale, ...): see `hyper`.
+    # Keys of the layer-params file this type reads at run time (coeff, keep, scale, ...): see `hyper`,
+    # and their values when the params file gives none.
     hyper_keys: ClassVar[tuple] = ()
+    hyper_defaults: ClassVar[dict] = {}
 
     def __init__(self, name: str, props: SimpleNamespace, in_shapes: list, in_names: list, source: str = ""):
         self.name = name
@@ -71,8 +73,8 @@ class Layer:
         self.in_names = list(in_names)
         self.source = source  # file name for error messages, e.g. 'layers.yaml'
         # Run-time settings from the params file (coeff, keep, scale, pow, minDiv); refreshed on resume.
-        self.hyper = SimpleNamespace()
         self.out_shape = tuple(self.infer_shape())
+        self.set_hyper({})
 
     # -- configuration ---------------------------------------------------------------------------
     def error(self, message: str) -> ConfigError:
@@ -84,8 +86,14 @@ class Layer:
         return self.in_shapes[0]
 
     def set_hyper(self, values: dict):
-        """Take this layer's run-time settings from the (re-)read params file."""
-        self.hyper = SimpleNamespace(**values)
+        """Take this layer's run-time settings from the (re-)read params file (defaults where absent)."""
+        merged = dict(self.hyper_defaults)
+        merged.update({k: v for k, v in values.items() if v is not None})
+        self.check_hyper(merged)
+        self.hyper = SimpleNamespace(**merged)
+
+    def check_hyper(self, hyper: dict):
+        """Convert and check run-time settings in place; raise self.error(...) for a value out of range."""
 
     # -- compute -----------------------------------------------------------------------------------
     def init_params(self, rng) -> dict:
@@ -109,6 +117,7 @@ class CostLayer(Layer):
 
     is_cost = True
     hyper_keys = ("coeff",)
+    hyper_defaults = {"coeff": 1.0}
     max_inputs = 2
     min_inputs = 2
 

@@ -60,7 +60,7 @@ Weight layouts (fixed, so a model moves to PyTorch by copying arrays):
 """
 from __future__ import annotations
 
-from convnet_cli.backend import get_array_module
+from convnet_cli.backend import cuda_elementwise, get_array_module
 from convnet_cli.layers.base import Key, Layer, conv_out_size, fmt_hw, register
 from convnet_cli.layers.init import INIT_KINDS, init_weights
 
@@ -441,18 +441,10 @@ _CUDA_SOURCES = {
         """,
     ),
 }
-_CUDA_KERNELS: dict = {}
 
 
 def _cuda_kernel(name: str):
-    kernel = _CUDA_KERNELS.get(name)
-    if kernel is None:
-        import cupy
-
-        in_params, out_params, body = _CUDA_SOURCES[name]
-        kernel = cupy.ElementwiseKernel(in_params, out_params, body, f"convnet_{name}")
-        _CUDA_KERNELS[name] = kernel
-    return kernel
+    return cuda_elementwise(_CUDA_SOURCES, name)
 
 
 def _geometry_args(geo, c, group):

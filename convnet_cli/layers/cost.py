@@ -2,6 +2,7 @@
 gradient by the layer's `coeff` (params file). Labels are int class indices (N,) or, with mixup, soft
 targets (N, K).
 """
+from convnet_cli.backend import cuda_elementwise
 from convnet_cli.layers.base import CostLayer, Key, register
 from convnet_cli.layers.softmax import log_softmax
 
@@ -121,18 +122,10 @@ _CUDA_SOURCES = {
         """,
     ),
 }
-_CUDA_KERNELS: dict = {}
 
 
 def _cuda_kernel(name: str):
-    kernel = _CUDA_KERNELS.get(name)
-    if kernel is None:
-        import cupy
-
-        in_params, out_params, body = _CUDA_SOURCES[name]
-        kernel = cupy.ElementwiseKernel(in_params, out_params, body, f"convnet_{name}")
-        _CUDA_KERNELS[name] = kernel
-    return kernel
+    return cuda_elementwise(_CUDA_SOURCES, name)
 
 
 def softmax_logloss_forward_cupy(z, labels, topk: int):

@@ -12,19 +12,11 @@ class Dropout(Layer):
     hyper_keys = ("keep",)
     hyper_defaults = {"keep": 0.5}
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.set_hyper({})
-
-    def set_hyper(self, values: dict):
-        merged = dict(self.hyper_defaults)
-        merged.update({k: v for k, v in values.items() if v is not None})
-        keep = float(merged["keep"])
+    def check_hyper(self, hyper: dict):
+        keep = hyper["keep"] = float(hyper["keep"])
         if not 0 < keep <= 1:
             raise self.error(f"keep {keep:g} must be in (0, 1] (the probability of keeping a unit); "
                              f"set keep in the layer-params file, e.g. 0.5")
-        merged["keep"] = keep
-        super().set_hyper(merged)
 
     def forward(self, xs, params, ctx):
         """x: (N, H, W, C) -> out of the same shape; cache: the scaled mask (None when nothing dropped)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np  # host arrays for init_params only; compute takes ctx.xp
 
+from convnet_cli.backend import cuda_elementwise
 from convnet_cli.layers.base import Key, Layer, register
 
 
@@ -136,18 +137,11 @@ _RNORM_SOURCES = {
         """,
     ),
 }
-_CUDA_KERNELS: dict = {}
+_CUDA_REDUCTIONS: dict = {}
 
 
 def _cuda_kernel(sources: dict, name: str, preamble: str = ""):
-    kernel = _CUDA_KERNELS.get(name)
-    if kernel is None:
-        import cupy
-
-        in_params, out_params, body = sources[name]
-        kernel = cupy.ElementwiseKernel(in_params, out_params, body, f"convnet_{name}", preamble=preamble)
-        _CUDA_KERNELS[name] = kernel
-    return kernel
+    return cuda_elementwise(sources, name, preamble=preamble)
 
 
 def response_norm_forward_cupy(x, kind: str, size: int, min_div: float, scale: float, n: int, power: float):
@@ -186,22 +180,15 @@ class _ResponseNorm(Layer):
     hyper_defaults = {"scale": 0.0001, "pow": 0.75, "minDiv": 1.0}
     axes: tuple = ()  # activation axes the window runs along (NHWC)
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.set_hyper({})
-
-    def set_hyper(self, values: dict):
-        merged = dict(self.hyper_defaults)
-        merged.update({k: v for k, v in values.items() if v is not None})
+    def check_hyper(self, hyper: dict):
         for k in self.hyper_keys:
-            merged[k] = float(merged[k])
-        if merged["scale"] < 0:
-            raise self.error(f"scale {merged['scale']:g} must not be negative; set scale in the layer-params file "
+            hyper[k] = float(hyper[k])
+        if hyper["scale"] < 0:
+            raise self.error(f"scale {hyper['scale']:g} must not be negative; set scale in the layer-params file "
                              f"(cuda-convnet's usual value is 0.0001)")
-        if merged["minDiv"] <= 0:
-            raise self.error(f"minDiv {merged['minDiv']:g} must be positive (the denominator's constant term); "
+        if hyper["minDiv"] <= 0:
+            raise self.error(f"minDiv {hyper['minDiv']:g} must be positive (the denominator's constant term); "
                              f"set minDiv in the layer-params file, e.g. 1 or 2")
-        super().set_hyper(merged)
 
     @property
     def window_count(self) -> int:
@@ -430,14 +417,14 @@ _BN_REDUCTIONS = {
 
 
 def _cuda_reduction(name: str):
-    kernel = _CUDA_KERNELS.get(name)
+    kernel = _CUDA_REDUCTIONS.get(name)
     if kernel is None:
         import cupy
 
         in_params, out_params, map_expr, reduce_expr, post_map, identity = _BN_REDUCTIONS[name]
         kernel = cupy.ReductionKernel(in_params, out_params, map_expr, reduce_expr, post_map, identity,
                                       f"convnet_{name}")
-        _CUDA_KERNELS[name] = kernel
+        _CUDA_REDUCTIONS[name] = kernel
     return kernel
 
 

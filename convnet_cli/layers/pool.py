@@ -37,7 +37,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from convnet_cli.backend import get_array_module
+from convnet_cli.backend import cuda_elementwise, get_array_module
 from convnet_cli.layers.base import Key, Layer, fmt_hw, register
 
 # Cases per chunk are chosen so that a chunk's input is about this size (stays in the cache).
@@ -439,18 +439,10 @@ _POOL_SOURCES = {
         """,
     ),
 }
-_CUDA_KERNELS: dict = {}
 
 
 def _cuda_kernel(name: str):
-    kernel = _CUDA_KERNELS.get(name)
-    if kernel is None:
-        import cupy
-
-        in_params, out_params, body = _POOL_SOURCES[name]
-        kernel = cupy.ElementwiseKernel(in_params, out_params, body, f"convnet_{name}", preamble=_POOL_PREAMBLE)
-        _CUDA_KERNELS[name] = kernel
-    return kernel
+    return cuda_elementwise(_POOL_SOURCES, name, preamble=_POOL_PREAMBLE)
 
 
 def _geometry_args(geo, x_shape):

@@ -37,7 +37,7 @@ from __future__ import annotations
 import functools
 from typing import ClassVar
 
-from convnet_cli.backend import get_array_module
+from convnet_cli.backend import cuda_elementwise, get_array_module
 from convnet_cli.layers.base import INIT_KINDS, Key, Layer, register
 from convnet_cli.layers.neurons import parse_neuron
 
@@ -221,18 +221,10 @@ _CUDA_SOURCES = {
         """,
     ),
 }
-_CUDA_KERNELS: dict = {}
 
 
 def _cuda_kernel(name: str):
-    kernel = _CUDA_KERNELS.get(name)
-    if kernel is None:
-        import cupy
-
-        in_params, out_params, body = _CUDA_SOURCES[name]
-        kernel = cupy.ElementwiseKernel(in_params, out_params, body, f"convnet_{name}", preamble=_CUDA_PREAMBLE)
-        _CUDA_KERNELS[name] = kernel
-    return kernel
+    return cuda_elementwise(_CUDA_SOURCES, name, preamble=_CUDA_PREAMBLE)
 
 
 def lstm_cell_forward_cupy(pre, c_prev):

@@ -23,7 +23,7 @@ import numpy as np
 from convnet_cli.backend import get_backend
 from convnet_cli.config.layer_def import build_layers, parse_layer_def_text
 from convnet_cli.config.yamlio import display_name, read_text
-from convnet_cli.errors import ConfigError, DataError, NonFiniteError
+from convnet_cli.errors import ConfigError, NonFiniteError
 from convnet_cli.net import Net, parse_params
 from convnet_cli.train.checkpoint import (load_checkpoint, newest_checkpoint, prune_checkpoints, resolve_checkpoint,
                                           save_checkpoint)
