@@ -361,3 +361,45 @@ def test_train_and_predict_from_cuda_convnet_cfg(workspace, tmp_path):
     assert read_csv(tmp_path / "p.csv")[0][:2] == ["filename", "predicted"]
     r = invoke(["train", "-f", run, "--epochs", "2", "--quiet"])
     assert r.exit_code == 0, r.output
+
+
+def test_resume_after_interrupt_mid_batch_is_bit_identical(workspace, tmp_path, monkeypatch):
+    """An interrupt lands between minibatches of a batch file; resuming from that checkpoint replays the
+    rest of the batch exactly (shuffles, dropout masks and updater state all come back)."""
+    from convnet_cli.train import trainer as tr
+    from convnet_cli.train.checkpoint import newest_checkpoint
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert invoke(train_args(workspace, a, "--epochs", "2", "--seed", "5")).exit_code == 0
+
+    real_forward = tr.Net.forward
+    calls = {"n": 0}
+
+    class FiresAfterFiveMinibatches(tr._Interrupt):
+        @property
+        def requested(self):
+            return calls["n"] >= 5
+
+        @requested.setter
+        def requested(self, value):
+            pass
+
+    def counting_forward(self, data, train=False, **kw):
+        if train:
+            calls["n"] += 1
+        return real_forward(self, data, train=train, **kw)
+
+    monkeypatch.setattr(tr, "_Interrupt", FiresAfterFiveMinibatches)
+    monkeypatch.setattr(tr.Net, "forward", counting_forward)
+    r = invoke(train_args(workspace, b, "--epochs", "2", "--seed", "5"))
+    assert r.exit_code == 130, r.output
+    monkeypatch.undo()
+    run_b = only_run(b)
+    state = json.loads(str(np.load(newest_checkpoint(run_b), allow_pickle=False)["__state__"]))
+    assert state["minibatch"] == 1  # 8 cases a batch, minibatches of 4: the 5th is the 2nd of batch 3
+    r = invoke(["train", "-f", run_b, "--quiet"])
+    assert r.exit_code == 0, r.output
+    wa, wb = arrays(newest_checkpoint(only_run(a))), arrays(newest_checkpoint(run_b))
+    assert set(wa) == set(wb)
+    for k in wa:
+        assert np.array_equal(wa[k], wb[k]), k
