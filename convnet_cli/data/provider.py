@@ -173,7 +173,7 @@ class DataProvider:
             for a in range(0, x.shape[0], self.mini):
                 xb = x[a:a + self.mini]
                 # a copy on the CPU, so a kept minibatch does not pin the whole batch
-                xb = be.asarray(xb.copy() if on_host else xb, dtype=np.float32)
+                xb = be.asarray(xb.copy(), dtype=np.float32)
                 yb = be.asarray(y[a:a + self.mini], dtype=np.float32 if soft else np.int32)
                 yield Minibatch(xb, yb, names[a:a + self.mini])
         finally:
