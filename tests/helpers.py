@@ -8,6 +8,24 @@ from convnet_cli.layers.base import Context, layer_class
 from convnet_cli.layers.neurons import parse_neuron
 
 
+class _Main:
+    """convnet_cli.cli.main (which ends in sys.exit) in the shape CliRunner invokes."""
+
+    name = "convnet"
+
+    def main(self, args=None, prog_name=None, standalone_mode=True, **extra):
+        from convnet_cli.cli import main
+
+        main(list(args or []))
+
+
+def invoke(args, **kw):
+    """Run the CLI in-process the way `convnet` runs (one-line errors, exit codes); a click Result."""
+    from click.testing import CliRunner
+
+    return CliRunner().invoke(_Main(), args, catch_exceptions=False, **kw)
+
+
 def make_layer(type_name: str, in_shapes, name: str = "L", neuron: str | None = None, hyper: dict | None = None,
                **props):
     """A layer of `type_name` built through the real key parser. in_shapes: [(C, H, W), ...]."""

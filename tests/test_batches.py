@@ -9,7 +9,6 @@ import shutil
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from convnet_cli.data.batch_files import BatchSet, restricted_load
 from convnet_cli.errors import ConfigError, DataError
@@ -18,6 +17,7 @@ from convnet_cli.ingest.features import FeatureSpec, compute_features
 from convnet_cli.ingest.make_batches import NothingReadError, make_batches, plan_batches
 from tests.audio_fixtures import make_flat_dataset, make_tone_dataset, write_bad_files
 from tests.conftest import TINY_FEATURES
+from tests.helpers import invoke
 
 SPEC = FeatureSpec.from_dict(TINY_FEATURES, "test")
 KEYWORDS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "audio", "keywords")
@@ -28,19 +28,6 @@ def run(audio, out, **kw):
     kw.setdefault("jobs", 1)
     kw.setdefault("progress", False)
     return make_batches(audio, out, **kw)
-
-
-def invoke(args):
-    """The CLI in-process as `convnet` runs it (one-line errors, exit codes)."""
-    from convnet_cli.cli import main
-
-    class _Main:
-        name = "convnet"
-
-        def main(self, args=None, **_):
-            main(list(args or []))
-
-    return CliRunner().invoke(_Main(), args, catch_exceptions=False)
 
 
 def snapshot(folder):

@@ -12,10 +12,9 @@ import time
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from convnet_cli.cli import cli
 from convnet_cli.demo import SR, make_clip
+from tests.helpers import invoke
 
 LAYERS = """\
 data:   {type: data, dataIdx: 0}
@@ -33,25 +32,6 @@ DEFAULT: {updater: adam, epsW: 0.003, epsB: 0.003, wc: 0.0001}
 drop: {keep: 0.8}
 """
 FEATURES = "sample_rate: 2000\nduration: 2.0\nkind: logmel\nn_fft: 256\nhop: 100\nn_mels: 16\nfmin: 20\nfmax: 600\n"
-
-
-def invoke(args, **kw):
-    """Run the CLI in-process the way `convnet` runs (errors -> one line, exit codes)."""
-    from convnet_cli.cli import main
-
-    runner = CliRunner()
-    return runner.invoke(_Main(main), args, catch_exceptions=False, **kw)
-
-
-class _Main:
-    """Adapts convnet_cli.cli.main (which calls sys.exit) to CliRunner."""
-
-    def __init__(self, main):
-        self.main_fn = main
-        self.name = "convnet"
-
-    def main(self, args=None, prog_name=None, standalone_mode=True, **extra):
-        self.main_fn(list(args or []))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import os
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
 from convnet_cli.config.layer_def import load_layer_def, parse_layer_def, parse_layer_def_text
 from convnet_cli.config.layer_params import load_layer_params, parse_layer_params, parse_layer_params_text
@@ -25,6 +24,7 @@ from convnet_cli.config.legacy_cfg import (
     split_top,
 )
 from convnet_cli.errors import ConfigError
+from tests.helpers import invoke
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -338,16 +338,7 @@ def test_split_top_respects_brackets():
 
 
 # -- the CLI -----------------------------------------------------------------------------------------------
-def run_cli(args):
-    from convnet_cli.cli import main
-
-    class _Main:
-        name = "convnet"
-
-        def main(self, args=None, prog_name=None, standalone_mode=True, **extra):
-            main(list(args or []))
-
-    return CliRunner().invoke(_Main(), args, catch_exceptions=False)
+run_cli = invoke
 
 
 def test_cli_writes_both_files_and_refuses_to_overwrite(tmp_path):

@@ -5,7 +5,7 @@ import csv
 import json
 import os
 
-from tests.test_cli_train import invoke
+from tests.helpers import invoke
 
 
 def test_demo_runs_end_to_end(tmp_path):

@@ -13,9 +13,9 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from convnet_cli.errors import ConfigError
+from tests.helpers import invoke
 
 pytest.importorskip("matplotlib")
 
@@ -194,18 +194,6 @@ logprob: {type: cost.logreg, inputs: [labels, probs]}
 """
 PARAMS = "DEFAULT: {updater: adam, epsW: 0.003, epsB: 0.003}\n"
 SHAPE = (1, 8, 12)
-
-
-def invoke(args):
-    from convnet_cli.cli import main
-
-    class _Main:
-        name = "convnet"
-
-        def main(self, args=None, prog_name=None, standalone_mode=True, **extra):
-            main(list(args or []))
-
-    return CliRunner().invoke(_Main(), args, catch_exceptions=False)
 
 
 def write_batches(folder, rng, n_batches=4, per_batch=12, k=3):

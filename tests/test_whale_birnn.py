@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from convnet_cli.demo import config_path, make_upcall_dataset
-from tests.test_cli_train import invoke, only_run
+from tests.helpers import invoke
+from tests.test_cli_train import only_run
 
 
 @pytest.mark.slow

@@ -8,9 +8,9 @@ import os
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from convnet_cli.backend import CPU, get_backend
+from tests.helpers import invoke as invoke_cli
 from tests.gpu.device import CUPY as cupy  # None without a GPU: conftest.py skips every test then
 
 LAYERS = """\
@@ -45,15 +45,7 @@ PLAIN_PARAMS = "DEFAULT: {updater: sgd, epsW: 0.01, epsB: 0.01, momW: 0.9, wc: 0
 
 
 def invoke(args):
-    from convnet_cli.cli import main
-
-    class _Main:  # convnet_cli.cli.main (which calls sys.exit) as CliRunner wants it
-        name = "convnet"
-
-        def main(self, args=None, prog_name=None, standalone_mode=True, **extra):
-            main(list(args or []))
-
-    r = CliRunner().invoke(_Main(), args, catch_exceptions=False)
+    r = invoke_cli(args)
     assert r.exit_code == 0, r.output
     return r
 
