@@ -48,7 +48,8 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from convnet_cli.config.layer_def import parse_props  # noqa: E402
-from convnet_cli.layers.base import Context, layer_class  # noqa: E402
+from convnet_cli.layers.base import Context
+from convnet_cli.layers.registry import layer_class  # noqa: E402
 
 
 # -- torch references -------------------------------------------------------------------------------------

@@ -39,7 +39,8 @@ def main(argv=None):
     import torch
 
     from convnet_cli.config.layer_def import parse_props
-    from convnet_cli.layers.base import Context, layer_class
+    from convnet_cli.layers.base import Context
+    from convnet_cli.layers.registry import layer_class
 
     torch.set_num_threads(args.threads)
     ctx = Context(xp=np, train=True)

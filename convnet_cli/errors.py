@@ -1,4 +1,8 @@
-"""Errors a user can cause. The CLI prints their message as one line and exits with `exit_code`."""
+"""Errors a user can cause. The CLI prints their message as one line and exits with `exit_code`.
+
+`did_you_mean` is the one spelling hint every error message uses.
+"""
+import difflib
 
 
 class ConvnetError(Exception):
@@ -19,3 +23,14 @@ class NonFiniteError(ConvnetError):
     """Training produced NaN or inf; the message names the first layer whose output went non-finite."""
 
     exit_code = 1
+
+
+def did_you_mean(word, options) -> str:
+    """' (did you mean 'x'?)' for the option closest to `word` (a case-only difference first), or ''."""
+    word = str(word)
+    options = [str(o) for o in options]
+    lower = {o.lower(): o for o in options}
+    if word.lower() in lower:
+        return f" (did you mean '{lower[word.lower()]}'?)"
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

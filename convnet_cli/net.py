@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from convnet_cli.backend import CPU, Backend, to_host
-from convnet_cli.config.layer_def import build_layers, parse_layer_def_text
-from convnet_cli.config.layer_params import parse_layer_params_text
+from convnet_cli.config.layer_def import build_layers
+from convnet_cli.config.loader import parse_layer_def_text, parse_layer_params_text
 from convnet_cli.config.yamlio import display_name, read_text
 from convnet_cli.errors import ConfigError, DataError
 from convnet_cli.layers.base import Context

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from convnet_cli.config.layer_def import parse_props
-from convnet_cli.layers.base import Context, layer_class
+from convnet_cli.layers.base import Context
+from convnet_cli.layers.registry import layer_class
 from convnet_cli.layers.neurons import parse_neuron
 
 

@@ -13,13 +13,13 @@ import os
 import pytest
 import yaml
 
-from convnet_cli.config.layer_def import load_layer_def, parse_layer_def, parse_layer_def_text
-from convnet_cli.config.layer_params import load_layer_params, parse_layer_params, parse_layer_params_text
+from convnet_cli.config.convert import convert_files, convert_texts
+from convnet_cli.config.layer_def import parse_layer_def
+from convnet_cli.config.layer_params import parse_layer_params
+from convnet_cli.config.loader import load_layer_def, load_layer_params, parse_layer_def_text, parse_layer_params_text
 from convnet_cli.config.legacy_cfg import (
     cfg_to_layer_def,
     cfg_to_layer_params,
-    convert_files,
-    convert_texts,
     read_ini,
     split_top,
 )

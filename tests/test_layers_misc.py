@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from convnet_cli.config.layer_def import parse_layer_def_text, parse_props
+from convnet_cli.config.layer_def import parse_props
+from convnet_cli.config.loader import parse_layer_def_text
 from convnet_cli.errors import ConfigError
-from convnet_cli.layers.base import Context, layer_class
+from convnet_cli.layers.base import Context
+from convnet_cli.layers.registry import layer_class
 from convnet_cli.layers.neurons import NEURONS, parse_neuron
 from tests.helpers import gradcheck, make_layer, nhwc
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from convnet_cli.config.layer_def import build_layers, parse_layer_def_text
+from convnet_cli.config.layer_def import build_layers
+from convnet_cli.config.loader import parse_layer_def_text
 from convnet_cli.errors import ConfigError
 from convnet_cli.layers.base import Context
 from convnet_cli.layers.recurrent import (from_sequence, gru_cell_backward_numpy, gru_cell_forward_numpy,

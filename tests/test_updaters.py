@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from convnet_cli.config.layer_params import LearnSpec, parse_layer_params, parse_layer_params_text
+from convnet_cli.config.layer_params import LearnSpec, parse_layer_params
+from convnet_cli.config.loader import parse_layer_params_text
 from convnet_cli.config.schedules import Schedule, parse_schedule
 from convnet_cli.net import Net
 from convnet_cli.updaters import UPDATERS, clip_gradients, update_layer
@@ -255,7 +256,7 @@ logprob: {coeff: 2}
     assert fc2.epsW[0](0.0) == 0.05 and fc2.wc == [0.001] and fc2.updater == "adam"
     assert specs["logprob"].hyper["coeff"] == 2.0 and "coeff" not in specs["probs"].hyper
     # a setting nobody gives takes the layer class's default when the net installs the params
-    from convnet_cli.layers.base import layer_class
+    from convnet_cli.layers.registry import layer_class
 
     assert layer_class("cost.logreg").hyper_defaults["coeff"] == 1.0
     assert layer_class("dropout").hyper_defaults["keep"] == 0.5

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from convnet_cli.config.legacy_cfg import convert_paths, write_conversion
+from convnet_cli.config.convert import convert_paths, write_conversion
 
 
 @click.command(name="convert-cfg")

@@ -5,7 +5,8 @@ import sys
 
 import click
 
-from convnet_cli.train.trainer import TrainOptions, parse_augment, parse_range, resume, start
+from convnet_cli.data.augment import parse_augment
+from convnet_cli.train.trainer import TrainOptions, parse_range, resume, start
 
 
 @click.command("train")
@@ -39,7 +40,7 @@ def command(resume_path, **flags):
     if "test_range" in explicit:
         explicit["test_range"] = parse_range(explicit["test_range"], "--test-range")
     if "augment" in explicit:
-        explicit["augment"] = parse_augment(explicit["augment"])
+        explicit["augment"] = list(parse_augment(explicit["augment"]))
     if resume_path:
         rc = resume(resume_path, explicit)
     else:

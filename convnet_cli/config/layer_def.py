@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-from convnet_cli.config.yamlio import Located, display_name, load_yaml_text, read_text
-from convnet_cli.errors import ConfigError
-from convnet_cli.layers.base import REQUIRED, Key, did_you_mean, layer_class, layer_types
+from convnet_cli.config.yamlio import Located
+from convnet_cli.errors import ConfigError, did_you_mean
+from convnet_cli.layers.base import REQUIRED, Key
+from convnet_cli.layers.registry import layer_class, layer_types
 
 # Keys every layer with inputs may carry, besides those of its type.
 COMMON_KEYS = ("type", "inputs", "neuron")
@@ -234,23 +235,6 @@ def _check_all_used(specs, prefix):
                 f"{prefix}layer '{s.name}': is not used as input by any layer below it; "
                 f"remove it or name it in a later layer's inputs{_at(s.line)}"
             )
-
-
-def load_layer_def(path: str) -> tuple:
-    """(specs, yaml_text) of a layer-def file (.yaml, or a cuda-convnet .cfg)."""
-    text = read_text(path, "layer definition")
-    return parse_layer_def_text(text, path), text
-
-
-def parse_layer_def_text(text: str, path: str = "layers.yaml") -> list:
-    source = display_name(path)
-    if path.endswith(".cfg"):
-        from convnet_cli.config.legacy_cfg import cfg_to_layer_def
-
-        doc = cfg_to_layer_def(text, source)
-    else:
-        doc = load_yaml_text(text, source)
-    return parse_layer_def(doc, source)
 
 
 def build_layers(specs: list, data_shape, source: str = "layers.yaml") -> list:

@@ -8,9 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from convnet_cli.config.schedules import Schedule, parse_schedule
-from convnet_cli.config.yamlio import Located, display_name, load_yaml_text, read_text
-from convnet_cli.errors import ConfigError
-from convnet_cli.layers.base import did_you_mean
+from convnet_cli.config.yamlio import Located
+from convnet_cli.errors import ConfigError, did_you_mean
 
 UPDATERS = ("sgd", "adam", "rmsprop", "adagrad", "adadelta")
 # Learning rate and momentum (beta1 for adam) when the params file gives none.
@@ -153,19 +152,3 @@ def parse_layer_params(doc, layer_names: list, source: str = "params.yaml", n_we
             clipNorm=given.get("clipNorm"), beta2=given.get("beta2", 0.999), epsilon=given.get("epsilon"),
             rho=given.get("rho"), hyper=hyper)
     return specs
-
-
-def parse_layer_params_text(text: str, path: str, layer_names: list, n_weights: dict | None = None) -> dict:
-    source = display_name(path)
-    if path.endswith(".cfg"):
-        from convnet_cli.config.legacy_cfg import cfg_to_layer_params
-
-        doc = cfg_to_layer_params(text, source)
-    else:
-        doc = load_yaml_text(text, source)
-    return parse_layer_params(doc, layer_names, source, n_weights)
-
-
-def load_layer_params(path: str, layer_names: list, n_weights: dict | None = None) -> tuple:
-    text = read_text(path, "layer params")
-    return parse_layer_params_text(text, path, layer_names, n_weights), text

@@ -2,7 +2,10 @@
 
     cfg_to_layer_def(text, source)     -> Located {layer: Located {key: value}}   (what --layer-def loads)
     cfg_to_layer_params(text, source)  -> Located {layer or 'DEFAULT': Located {key: value}}
-    convert_files(layers_cfg, params_cfg, out_dir) -> (layers_yaml, params_yaml)   (convnet convert-cfg)
+    translate_texts(layers_text, params_text, ...) -> Conversion (both files as commented YAML)
+
+A pure translator: it reads no files and parses no YAML. config/loader.py picks it or YAML for a path;
+config/convert.py reads, checks and writes for `convnet convert-cfg`.
 
 The mappings carry the INI line numbers in `.lines`, so the YAML parsers' errors point into the .cfg file.
 
@@ -39,16 +42,15 @@ straight from such a .cfg pair stops with an error that says to convert.
 """
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 
 import yaml
 
-from convnet_cli.config.yamlio import Located, display_name, read_text
-from convnet_cli.errors import ConfigError
-from convnet_cli.layers.base import did_you_mean, layer_class, layer_types
+from convnet_cli.config import layer_def, layer_params
+from convnet_cli.config.yamlio import Located
+from convnet_cli.errors import ConfigError, did_you_mean
+from convnet_cli.layers.registry import layer_class, layer_types
 
 # cuda-convnet / convnet2 type -> this tool's type, with the reason written into the YAML.
 TYPE_MAP = {
@@ -91,16 +93,15 @@ DROPPED_PARAM_KEYS = {
     "enable": "dropout is on unless keep is 1",
 }
 # Keys of the layer-params file (also recognized, and moved there, when found in layers.cfg).
-PARAM_KEYS = ("epsW", "epsB", "momW", "momB", "wc", "updater", "clip", "clipNorm", "beta2", "epsilon", "rho",
-              "coeff", "keep", "scale", "pow", "minDiv")
+PARAM_KEYS = tuple(layer_params.KEYS)
 PARAM_PER_INPUT = ("epsW", "momW", "wc", "wball")
 # Layer keys holding one value per input in cuda-convnet.
 LAYER_PER_INPUT = ("channels", "padding", "stride", "filterSize", "filterChannels", "groups", "randSparse",
                    "initW", "imgSize")
 # Keys whose comma list (or cuda-convnet list) may also mean [h, w] here.
 HW_KEYS = ("filterSize", "padding", "stride", "sizeX", "imgSize")
-COMMON_KEYS = ("type", "inputs", "neuron")
-CHECKED_KEYS = ("channels", "imgSize")
+COMMON_KEYS = layer_def.COMMON_KEYS
+CHECKED_KEYS = layer_def.CHECKED_KEYS
 
 _KEY_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*[=:]")
 _SECTION = re.compile(r"^\s*\[([^\]]*)\]\s*$")
@@ -521,9 +522,9 @@ def _dropout_name(base: str, taken) -> str:
     return name
 
 
-def convert_texts(layers_text: str, params_text: str, layers_source: str = "layers.cfg",
-                  params_source: str = "layer-params.cfg", check: bool = True) -> Conversion:
-    """Both INI texts -> commented YAML texts and their mappings, checked with the YAML parsers."""
+def translate_texts(layers_text: str, params_text: str, layers_source: str = "layers.cfg",
+                    params_source: str = "layer-params.cfg") -> Conversion:
+    """Both INI texts -> commented YAML texts and their mappings (unchecked: see config/convert.py)."""
     lres = _convert_layers(layers_text, layers_source)
     pres = _convert_params(params_text, params_source)
     layers = lres.layers
@@ -581,8 +582,6 @@ def convert_texts(layers_text: str, params_text: str, layers_source: str = "laye
 
     layer_def = _to_located(layers)
     layer_params = _to_located(kept_params)
-    if check:
-        _check(layer_def, layer_params, layers_source, params_source)
     not_carried = ([h for h in lres.header if "not carried over" in h]
                    + [it.comment for lay in layers for it in lay.items if it.comment and "not carried over" in it.comment]
                    + [it.comment for lay in kept_params for it in lay.items
@@ -591,66 +590,6 @@ def convert_texts(layers_text: str, params_text: str, layers_source: str = "laye
     layers_yaml = _emit(layers, layers_source, "layer definition", lres.header)
     params_yaml = _emit(kept_params, params_source, "layer params", header_params)
     return Conversion(layers_yaml, params_yaml, layer_def, layer_params, not_carried)
-
-
-def _check(layer_def, layer_params, layers_source, params_source):
-    from convnet_cli.config.layer_def import parse_layer_def
-
-    specs = parse_layer_def(layer_def, layers_source)
-    try:
-        from convnet_cli.config.layer_params import parse_layer_params
-    except ImportError:  # pragma: no cover - the params parser ships with the package
-        return
-    parse_layer_params(layer_params, [s.name for s in specs], params_source,
-                       {s.name: len(s.inputs) for s in specs})
-
-
-def convert_files(layers_cfg: str, params_cfg: str, out_dir: str, overwrite: bool = False) -> tuple:
-    """Write OUT_DIR/<stem>.yaml and OUT_DIR/<stem>-params.yaml (stem of layers_cfg); return both paths."""
-    conv = convert_paths(layers_cfg, params_cfg)
-    return write_conversion(conv, layers_cfg, out_dir, overwrite)
-
-
-def convert_paths(layers_cfg: str, params_cfg: str) -> Conversion:
-    for path in (layers_cfg, params_cfg):
-        if not path.endswith(".cfg"):
-            raise ConfigError(f"{path}: expected a cuda-convnet .cfg file")
-    return convert_texts(read_text(layers_cfg, "layer definition"), read_text(params_cfg, "layer params"),
-                         display_name(layers_cfg), display_name(params_cfg))
-
-
-def output_paths(layers_cfg: str, out_dir: str) -> tuple:
-    stem = os.path.splitext(os.path.basename(layers_cfg))[0]
-    return os.path.join(out_dir, f"{stem}.yaml"), os.path.join(out_dir, f"{stem}-params.yaml")
-
-
-def write_conversion(conv: Conversion, layers_cfg: str, out_dir: str, overwrite: bool = False) -> tuple:
-    layers_yaml, params_yaml = output_paths(layers_cfg, out_dir)
-    if not overwrite:
-        for path in (layers_yaml, params_yaml):
-            if os.path.exists(path):
-                raise ConfigError(f"{path}: already exists; pass --overwrite to replace it, or pick another OUT_DIR")
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ConfigError(f"{out_dir}: is a file; OUT_DIR must be a folder")
-    os.makedirs(out_dir, exist_ok=True)
-    for path, text in ((layers_yaml, conv.layers_yaml), (params_yaml, conv.params_yaml)):
-        _write_atomic(path, text)
-    return layers_yaml, params_yaml
-
-
-def _write_atomic(path: str, text: str):
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".convert-cfg-", suffix=".yaml", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import os
 import yaml
 
 from convnet_cli.errors import ConfigError
+from convnet_cli.fileio import open_error
 
 
 class Located(dict):
@@ -62,14 +63,8 @@ def read_text(path: str, what: str) -> str:
     try:
         with open(path, "r", encoding="utf-8") as f:
             return f.read()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} file not found; check the path") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder; {what} must be a YAML file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: is not a UTF-8 text file; {what} must be YAML text") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise open_error(path, exc, f"{what} file", f"{what} must be a YAML file", error=ConfigError) from None
 
 
 def display_name(path: str) -> str:

@@ -22,20 +22,19 @@ containers, numbers and strings — never code.
 """
 from __future__ import annotations
 
-import errno
 import os
 import pickle
 import re
-import secrets
 
 import numpy as np
 
 from convnet_cli.errors import DataError
+# The writers live in fileio.py; imported here too for the callers that import them with the reader.
+from convnet_cli.fileio import PICKLE_PROTOCOL, open_error, write_pickle_atomic, write_text_atomic  # noqa: F401
 
 META = "batches.meta"
 _BATCH_RE = re.compile(r"^data_batch_(\d+)$")
 CIFAR_TEST = "test_batch"
-PICKLE_PROTOCOL = 5  # arrays come back as views of one bytearray: reading a batch costs one copy, not two
 
 _REFUSED = "batch files may only hold arrays, lists, numbers and strings"
 _TRUNCATED = "truncated batch file (ended early); re-create it with convnet make-batches"
@@ -115,12 +114,8 @@ def restricted_load(file_or_path, name: str | None = None):
         try:
             with open(path, "rb") as f:
                 return restricted_load(f, name or path)
-        except FileNotFoundError:
-            raise DataError(f"{path}: file not found") from None
-        except IsADirectoryError:
-            raise DataError(f"{path}: is a folder, not a batch file") from None
-        except PermissionError:
-            raise DataError(f"{path}: permission denied; check the file's permissions") from None
+        except OSError as exc:
+            raise open_error(path, exc, "batch file", "expected a batch file") from None
     f = file_or_path
     label = name or getattr(f, "name", None) or "<batch file>"
     try:
@@ -137,67 +132,6 @@ def restricted_load(file_or_path, name: str | None = None):
             raise DataError(f"{label}: {_TRUNCATED}") from None
         raise DataError(f"{label}: not a readable batch file (corrupt or truncated: {reason}); "
                         "re-create it with convnet make-batches") from None
-
-
-# ---- atomic writers -------------------------------------------------------------------------------
-
-def _fsync_dir(folder):
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_error(path, exc):
-    if getattr(exc, "errno", None) in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-        return DataError(f"{path}: disk full while writing ({exc.strerror or exc}); free some space and run again "
-                         "(the file was not written; nothing already there was replaced)")
-    return DataError(f"{path}: cannot write ({getattr(exc, 'strerror', None) or exc}); "
-                     "nothing already there was replaced")
-
-
-def _atomic_write(path, write):
-    """Write through `write(fileobj)` to a temp file beside `path`, fsync, then rename over `path`."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = None
-    try:
-        tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        # os.open with 0o666 lets the umask decide the permissions, as a plain open() would
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_dir(folder)
-    except OSError as exc:
-        raise _write_error(path, exc) from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-
-
-def write_pickle_atomic(path, obj):
-    """Pickle `obj` to `path` atomically: a reader sees the old file or the whole new one, never a torn one.
-
-    On failure (ENOSPC: 'disk full') the temp file is removed and DataError names the path.
-    """
-    _atomic_write(path, lambda f: pickle.dump(obj, f, protocol=PICKLE_PROTOCOL))
-
-
-def write_text_atomic(path, text: str):
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def batch_path(batch_dir, i: int) -> str:

@@ -21,31 +21,20 @@ float32, normalisation and augmentation run there on the device, and minibatches
 copy. The random draws stay on the host (the same numbers as on the CPU). Before the side stream writes a
 new batch it waits for the training stream to finish with the memory the previous batch released.
 
-Augmentations (train only, applied per case after normalisation, in this order):
-- `timeshift`: circular roll along W by a uniform integer in [-m, m], m = max(1, round(0.1 W));
-- `freqmask`: SpecAugment frequency mask — zero a band of f ~ U{0..F} rows (F = max(1, floor(0.15 H)))
-  starting at a uniform row; zero is the mean after normalisation;
-- `timemask`: the same along W (up to floor(0.15 W) columns);
-- `mixup`: within each minibatch, case i becomes lam_i x_i + (1 - lam_i) x_p(i) for a random pairing p,
-  lam_i = max(l, 1 - l), l ~ Beta(0.2, 0.2) (so the case keeps its own file name as the larger part);
-  the targets mix the same way.
+Augmentations (train only, after normalisation): see data/augment.py, which holds their registry.
 """
 from __future__ import annotations
 
-import difflib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from convnet_cli.data.augment import AugmentContext, apply_augmentations, check_labels, parse_augment
 from convnet_cli.errors import ConfigError, DataError
 
-AUGMENTATIONS = ("timeshift", "freqmask", "timemask", "mixup")
 STD_FLOOR = 1e-6
-MIXUP_ALPHA = 0.2
-SHIFT_FRACTION = 0.1
-MASK_FRACTION = 0.15
 
 
 @dataclass
@@ -53,24 +42,6 @@ class Minibatch:
     x: object           # (N, H, W, C) float32 device array
     labels: object      # (N,) int32 device array, or (N, K) float32 soft targets (mixup)
     filenames: list
-
-
-def parse_augment(augment) -> tuple:
-    """'timeshift,mixup' or an iterable of names -> a tuple of checked names (ConfigError otherwise)."""
-    if augment is None:
-        return ()
-    if isinstance(augment, str):
-        augment = [a for a in (p.strip() for p in augment.split(",")) if a]
-    names = []
-    for a in augment:
-        a = str(a).strip().lower()
-        if a not in AUGMENTATIONS:
-            close = difflib.get_close_matches(a, AUGMENTATIONS, n=1, cutoff=0.6)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"--augment: unknown augmentation '{a}'{hint}; choose from {', '.join(AUGMENTATIONS)}")
-        if a not in names:
-            names.append(a)
-    return tuple(names)
 
 
 def _rng(*words):
@@ -99,8 +70,8 @@ class DataProvider:
         self.augment = parse_augment(augment) if self.train else ()
         self.normalize = bool(normalize)
         self.num_classes = len(batchset.label_names)
-        if "mixup" in self.augment and self.num_classes == 0:
-            raise ConfigError("--augment mixup needs labeled batches (batches.meta has no label_names)")
+        check_labels(self.augment, self.num_classes)
+        self._aug_ctx = AugmentContext(self.mini, self.num_classes, str(batchset.batch_dir))
         c, h, w = batchset.data_shape
         self.data_shape = (c, h, w)
         if self.normalize:
@@ -210,7 +181,7 @@ class DataProvider:
             x -= self._mean
             x *= self._inv_std
         if self.augment:
-            x, y = self._augment(x, y, _rng(self.seed, epoch, bnum, 1))
+            x, y = apply_augmentations(self.augment, x, y, _rng(self.seed, epoch, bnum, 1), np, self._aug_ctx)
         return x, y, names
 
     def _prepare_gpu(self, epoch, bnum, after):
@@ -251,7 +222,7 @@ class DataProvider:
                     x -= mean
                     x *= inv_std
                 if self.augment:
-                    x, y = self._augment(x, y, _rng(self.seed, epoch, bnum, 1), cupy)
+                    x, y = apply_augmentations(self.augment, x, y, _rng(self.seed, epoch, bnum, 1), cupy, self._aug_ctx)
                 y = cupy.asarray(y, dtype=np.float32 if y.ndim == 2 else np.int32)
                 stream.synchronize()  # blocks this loader thread only
             del pinned
@@ -270,41 +241,3 @@ class DataProvider:
         if stats is None:
             stats = self._stats_on_device = (cupy.asarray(self._mean), cupy.asarray(self._inv_std))
         return stats
-
-    def _augment(self, x, y, rng, xp=np):
-        """x: (n, H, W, C) float32 on xp; y: host labels. The random draws are on the host either way."""
-        n, h, w, _ = x.shape
-        if "timeshift" in self.augment and w > 1:
-            m = max(1, int(round(SHIFT_FRACTION * w)))
-            shift = rng.integers(-m, m + 1, size=n)
-            idx = (np.arange(w)[None, :] - shift[:, None]) % w                      # out[t] = in[t - shift]
-            x = xp.take_along_axis(x, xp.asarray(idx[:, None, :, None]), axis=2)
-        if "freqmask" in self.augment:
-            x *= xp.asarray(_band_keep(rng, n, h)[:, :, None, None])
-        if "timemask" in self.augment:
-            x *= xp.asarray(_band_keep(rng, n, w)[:, None, :, None])
-        if "mixup" in self.augment:
-            if y.size and y.min() < 0:
-                raise DataError(f"{self.batchset.batch_dir}: mixup needs every case labeled, but some labels are -1")
-            onehot = np.zeros((n, self.num_classes), np.float32)
-            onehot[np.arange(n), y] = 1.0
-            y = onehot.copy()
-            for a in range(0, n, self.mini):
-                b = min(n, a + self.mini)
-                m = b - a
-                pair = a + rng.permutation(m)
-                lam = rng.beta(MIXUP_ALPHA, MIXUP_ALPHA, size=m).astype(np.float32)
-                lam = np.maximum(lam, 1 - lam)
-                lx = xp.asarray(lam)
-                x[a:b] = lx[:, None, None, None] * x[a:b] + (1 - lx)[:, None, None, None] * x[xp.asarray(pair)]
-                y[a:b] = lam[:, None] * onehot[a:b] + (1 - lam)[:, None] * onehot[pair]
-        return x, y
-
-
-def _band_keep(rng, n, size):
-    """(n, size) float32: 0 on one random band per case of up to MASK_FRACTION * size, 1 elsewhere."""
-    most = max(1, int(MASK_FRACTION * size))
-    width = rng.integers(0, most + 1, size=n)
-    start = rng.integers(0, size - width + 1)
-    pos = np.arange(size)[None, :]
-    return ~((pos >= start[:, None]) & (pos < (start + width)[:, None])) * np.float32(1)

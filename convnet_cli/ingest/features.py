@@ -22,14 +22,13 @@ never a raw dict.
 """
 from __future__ import annotations
 
-import difflib
 import functools
 import math
 from dataclasses import asdict, dataclass
 
 import numpy
 
-from convnet_cli.errors import ConfigError
+from convnet_cli.errors import ConfigError, did_you_mean
 
 KINDS = ("logmel", "mel", "logspec", "spec", "mfcc")
 WINDOWS = ("hann", "hamming", "blackman")
@@ -38,11 +37,6 @@ LOG_FLOOR = 1e-6
 # frames, spectrum and power in cache (twice as fast as 48 MiB chunks); a GPU wants big launches.
 _FRAME_BYTES = 2 * 2 ** 20
 _GPU_FRAME_BYTES = 256 * 2 ** 20
-
-
-def _did_you_mean(word, options) -> str:
-    close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 @dataclass(frozen=True)
@@ -118,7 +112,7 @@ class FeatureSpec:
 
         for key in d:
             if key not in _KEYS:
-                raise ConfigError(f"{source}: unknown features key '{key}'{_did_you_mean(key, _KEYS)}{at(key)}; "
+                raise ConfigError(f"{source}: unknown features key '{key}'{did_you_mean(key, _KEYS)}{at(key)}; "
                                   f"keys: {', '.join(_KEYS)}")
         values = {}
         for key, (kind, lo, choices) in _KEYS.items():
@@ -185,7 +179,7 @@ def _convert(v, kind, lo, choices):
         if not isinstance(v, str):
             raise ValueError("must be one of " + ", ".join(choices))
         if v not in choices:
-            raise ValueError("must be one of " + ", ".join(choices) + _did_you_mean(v, choices))
+            raise ValueError("must be one of " + ", ".join(choices) + did_you_mean(v, choices))
         return v
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ValueError("must be a number" if kind == "float" else "must be an integer")

@@ -8,13 +8,13 @@ is an integer, so the Kaggle whale labels 0/1 keep their meaning as indices); or
 from __future__ import annotations
 
 import csv
-import difflib
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from convnet_cli.errors import ConfigError, DataError
+from convnet_cli.errors import ConfigError, DataError, did_you_mean
+from convnet_cli.fileio import open_error
 from convnet_cli.ingest.audio import AUDIO_EXTENSIONS, is_audio_name
 
 FILE_COLUMNS = ("clip_name", "filename", "file", "fname", "path")
@@ -35,11 +35,6 @@ class Dataset:
 
     def __len__(self):
         return len(self.paths)
-
-
-def _hint(word, options):
-    close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def find_audio(root: str) -> list:
@@ -64,7 +59,7 @@ def _check_names(found, label_names, where):
     for value, place in found:
         if value not in index:
             raise DataError(f"{place}: label '{value}' is not one of the label names "
-                            f"({', '.join(label_names)}){_hint(value, label_names)}; {where}")
+                            f"({', '.join(label_names)}){did_you_mean(value, label_names)}; {where}")
     return index
 
 
@@ -128,7 +123,7 @@ def _pick_column(header, given, defaults, csv_path, flag, what):
     if given:
         if given not in header:
             raise DataError(f"{csv_path}: no column '{given}' in the header ({', '.join(header)})"
-                            f"{_hint(given, header)}; fix {flag}")
+                            f"{did_you_mean(given, header)}; fix {flag}")
         return header.index(given)
     for name in defaults:
         if name in header:
@@ -141,16 +136,11 @@ def _from_csv(audio_dir, csv_path, file_col, label_col, label_names) -> Dataset:
     try:
         with open(csv_path, "r", encoding="utf-8-sig", newline="") as f:
             rows = list(csv.reader(f))
-    except FileNotFoundError:
-        raise DataError(f"{csv_path}: labels file not found; check the --labels path") from None
-    except IsADirectoryError:
-        raise DataError(f"{csv_path}: is a folder; --labels must be a CSV file") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{csv_path}: is not UTF-8 text; --labels must be a CSV file with a header line") from None
     except csv.Error as exc:
         raise DataError(f"{csv_path}: not a readable CSV ({exc})") from None
-    except OSError as exc:
-        raise DataError(f"{csv_path}: cannot read ({exc.strerror or exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise open_error(csv_path, exc, "labels file", "--labels must be a CSV file with a header line",
+                         "check the --labels path") from None
     if not rows or not any(c.strip() for c in rows[0]):
         raise DataError(f"{csv_path}: empty; expected a header line such as clip_name,label and one row per clip")
     header = [c.strip() for c in rows[0]]

@@ -18,7 +18,6 @@ checks) and take `xp` from `ctx.xp`.
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -143,30 +142,6 @@ def register(cls=None, *, aliases: tuple = ()):
     return wrap(cls) if cls is not None else wrap
 
 
-def layer_class(type_name: str):
-    """The class for a type name, or None."""
-    from convnet_cli.layers import registry  # noqa: F401  (imports every layer module once)
-
-    type_name = _ALIASES.get(type_name, type_name)
-    return _REGISTRY.get(type_name)
-
-
-def layer_types() -> list:
-    from convnet_cli.layers import registry  # noqa: F401
-
-    return sorted(_REGISTRY)
-
-
-def did_you_mean(word: str, options) -> str:
-    """' (did you mean 'x'?)' or ''."""
-    options = list(options)
-    lower = {o.lower(): o for o in options}
-    if word.lower() in lower:
-        return f" (did you mean '{lower[word.lower()]}'?)"
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 # -- shape helpers shared by conv, local and pool ---------------------------------------------------
 def conv_out_size(size: int, filt: int, pad: int, stride: int) -> int:
     return (size + 2 * pad - filt) // stride + 1
@@ -176,6 +151,3 @@ def fmt_hw(shape) -> str:
     """'HxW' of a (C, H, W) shape, as error messages print it."""
     return f"{shape[1]}x{shape[2]}"
 
-
-# Weight initializers (see init.py); the `init` key of conv, local, fc and recurrent layers takes one.
-INIT_KINDS = ("gaussian", "uniform", "glorot_uniform", "glorot_normal", "kaiming_normal", "orthogonal", "constant")

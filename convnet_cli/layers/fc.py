@@ -3,7 +3,8 @@
 weights (or weights.i for input i): (outputs, inputs_i) with each input flattened in (C, H, W) order, so
 a PyTorch `nn.Linear` takes them as they are after `x.flatten(1)` of an NCHW tensor. Output (outputs, 1, 1).
 """
-from convnet_cli.layers.base import INIT_KINDS, Key, Layer, register
+from convnet_cli.layers.base import Key, Layer, register
+from convnet_cli.layers.init import INIT_KINDS
 
 
 def flatten_chw(x):

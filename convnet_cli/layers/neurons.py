@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+from convnet_cli.errors import did_you_mean
 from convnet_cli.layers.base import Key, Layer, register
 
 _SYNTAX = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)\s*(?:\[([^\]]*)\])?\s*$")
@@ -204,8 +205,6 @@ def parse_neuron(text: str) -> Neuron:
     key = ALIASES.get(name.lower(), name.lower())
     cls = NEURONS.get(key)
     if cls is None:
-        from convnet_cli.layers.base import did_you_mean
-
         raise ValueError(f"unknown neuron '{name}'{did_you_mean(name, NEURONS)}; neurons: {', '.join(NEURONS)}")
     args = []
     if argtext is not None and argtext.strip():

@@ -38,7 +38,8 @@ import functools
 from typing import ClassVar
 
 from convnet_cli.backend import cuda_elementwise, get_array_module
-from convnet_cli.layers.base import INIT_KINDS, Key, Layer, register
+from convnet_cli.layers.base import Key, Layer, register
+from convnet_cli.layers.init import INIT_KINDS
 from convnet_cli.layers.neurons import parse_neuron
 
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from convnet_cli.backend import get_backend, to_host
-from convnet_cli.config.layer_def import build_layers, parse_layer_def_text
-from convnet_cli.errors import ConfigError, DataError
-from convnet_cli.layers.base import did_you_mean
+from convnet_cli.config.layer_def import build_layers
+from convnet_cli.config.loader import parse_layer_def_text
+from convnet_cli.errors import ConfigError, DataError, did_you_mean
 from convnet_cli.net import Net, parse_params
 from convnet_cli.train.checkpoint import load_checkpoint
 

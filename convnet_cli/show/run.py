@@ -11,8 +11,7 @@ import re
 
 import numpy as np
 
-from convnet_cli.errors import ConfigError, DataError
-from convnet_cli.layers.base import did_you_mean
+from convnet_cli.errors import ConfigError, DataError, did_you_mean
 
 LOG_NAME = "train_log.jsonl"
 
@@ -78,7 +77,8 @@ def cost_records(run: RunPaths) -> list:
 
 
 def _built_layers(ckpt):
-    from convnet_cli.config.layer_def import build_layers, parse_layer_def_text
+    from convnet_cli.config.layer_def import build_layers
+    from convnet_cli.config.loader import parse_layer_def_text
 
     st = ckpt.state
     name = st.get("layer_def_name", "layers.yaml")

@@ -9,13 +9,13 @@ import errno
 import json
 import os
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass
 
 import numpy as np
 
 from convnet_cli.errors import DataError
+from convnet_cli.fileio import atomic_write
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^(\d+)\.(\d+)\.npz$")
@@ -36,28 +36,19 @@ class Checkpoint:
         return np.asarray(self.state["data_std"], dtype=np.float32).reshape(-1, 1)
 
 
+def _save_error(path, exc):
+    if exc.errno == errno.ENOSPC:
+        return DataError(f"{path}: disk full while writing the checkpoint; free space and resume "
+                         f"(the previous checkpoint is intact)")
+    return exc
+
+
 def save_checkpoint(path: str, arrays: dict, state: dict) -> str:
     """Write atomically; on failure (disk full, ...) the previous file at `path` is untouched."""
     state = dict(state, version=FORMAT_VERSION)
     payload = dict(arrays)
     payload["__state__"] = np.array(json.dumps(state))
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if exc.errno == errno.ENOSPC:
-            raise DataError(f"{path}: disk full while writing the checkpoint; free space and resume "
-                            f"(the previous checkpoint is intact)") from None
-        raise
+    atomic_write(path, lambda f: np.savez(f, **payload), on_error=_save_error)
     return path
 
 

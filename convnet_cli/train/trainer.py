@@ -21,15 +21,13 @@ import click
 import numpy as np
 
 from convnet_cli.backend import get_backend
-from convnet_cli.config.layer_def import build_layers, parse_layer_def_text
+from convnet_cli.config.layer_def import build_layers
+from convnet_cli.config.loader import parse_layer_def_text
 from convnet_cli.config.yamlio import display_name, read_text
 from convnet_cli.errors import ConfigError, NonFiniteError
 from convnet_cli.net import Net, parse_params
 from convnet_cli.train.checkpoint import (load_checkpoint, newest_checkpoint, prune_checkpoints, resolve_checkpoint,
                                           save_checkpoint)
-
-AUGMENTS = ("timeshift", "freqmask", "timemask", "mixup")
-
 
 @dataclass
 class TrainOptions:
@@ -72,19 +70,6 @@ def parse_range(text, flag: str) -> list:
     if not out:
         raise ConfigError(f"{flag} {text!r}: expected a batch range like 1-4 or 5")
     return out
-
-
-def parse_augment(text) -> list:
-    if not text:
-        return []
-    items = [a.strip() for a in (text if isinstance(text, (list, tuple)) else str(text).split(",")) if a.strip()]
-    from convnet_cli.layers.base import did_you_mean
-
-    for a in items:
-        if a not in AUGMENTS:
-            raise ConfigError(f"--augment: unknown augmentation '{a}'{did_you_mean(a, AUGMENTS)}; "
-                              f"choose from {', '.join(AUGMENTS)}")
-    return items
 
 
 def derive_seed(*parts) -> int:

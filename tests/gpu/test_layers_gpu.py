@@ -169,7 +169,7 @@ def build(type_name, shapes, keys, hyper):
     if type_name != "neuron":
         return make_layer(type_name, shapes, hyper=hyper, **keys)
     from convnet_cli.config.layer_def import parse_props
-    from convnet_cli.layers.base import layer_class
+    from convnet_cli.layers.registry import layer_class
 
     cls = layer_class("neuron")
     layer = cls("L", parse_props(cls, dict(keys), "L", "test.yaml"), shapes, ["in0"], "test.yaml")
