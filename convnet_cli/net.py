@@ -79,7 +79,7 @@ class Net:
         self.learn = learn
         for l in self.layers:
             spec = learn[l.name]
-            l.set_hyper({k: spec.hyper[k] for k in l.hyper_keys if k in spec.hyper})
+            l.set_hyper({k: spec.hyper[k] for k in l.hyper_defaults if k in spec.hyper})
 
     def init_params(self, seed: int = 0):
         """Draw initial weights on the host from `seed` (identical on CPU and GPU), then move them."""

@@ -35,9 +35,7 @@ def make_layer(type_name: str, in_shapes, name: str = "L", neuron: str | None = 
     layer = cls(name, parse_props(cls, props, name, "test.yaml"), [tuple(s) for s in in_shapes],
                 [f"in{i}" for i in range(len(in_shapes))], "test.yaml")
     layer.neuron = parse_neuron(neuron) if neuron else None
-    defaults = {"coeff": 1.0, "keep": 0.5, "scale": 0.001, "pow": 0.75, "minDiv": 1.0}
-    defaults.update(hyper or {})
-    layer.set_hyper({k: defaults[k] for k in layer.hyper_keys if k in defaults} | (hyper or {}))
+    layer.set_hyper(hyper or {})  # the type's own hyper_defaults where `hyper` gives none
     return layer
 
 

@@ -307,3 +307,30 @@ fc2: {epsW: [0.1, 0.3], epsB: 0.7}
     assert rates["fc2"] == 0.1 and rates["fc1"] == 0.01
     for k, lr in (("weights.0", 0.1), ("weights.1", 0.3), ("biases", 0.7)):
         np.testing.assert_allclose(net.params["fc2"][k], before[k] - lr * grads["fc2"][k], rtol=1e-5, atol=1e-8)
+
+
+def test_a_new_updater_is_one_registered_class():
+    # the params parser takes updater names, defaults and settings from the registry in updaters.py
+    from convnet_cli import updaters as U
+
+    @U.register_updater
+    class Halve(U.UpdateRule):
+        name = "halve"
+        lr = 0.5
+        mom = 0.0
+        hyperparams = {"epsilon": 0.25}
+
+        def update_cpu(self, w, g, state, lr, mom, wc, spec):
+            w -= lr * (g + self.hyper(spec, "epsilon"))
+
+    try:
+        specs = parse_layer_params({"fc1": {"updater": "halve"}}, NAMES)
+        s = specs["fc1"]
+        assert s.updater == "halve" and s.epsW[0](0) == 0.5 and s.epsilon == 0.25
+        params = {"weights": np.ones(2, np.float32)}
+        update_layer(params, {"weights": np.ones(2, np.float32)}, {}, s, 0.0, 0.0)
+        np.testing.assert_allclose(params["weights"], [1 - 0.5 * 1.25] * 2)
+    finally:
+        del U.UPDATERS["halve"]
+    with pytest.raises(Exception, match="must be one of sgd, adam, rmsprop, adagrad, adadelta"):
+        parse_layer_params({"fc1": {"updater": "halve"}}, NAMES)

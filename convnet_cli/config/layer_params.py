@@ -10,23 +10,28 @@ from dataclasses import dataclass, field
 from convnet_cli.config.schedules import Schedule, parse_schedule
 from convnet_cli.config.yamlio import Located
 from convnet_cli.errors import ConfigError, did_you_mean
+from convnet_cli.layers.registry import REGISTRY
+from convnet_cli.updaters import UPDATERS, hyperparam_keys
 
-UPDATERS = ("sgd", "adam", "rmsprop", "adagrad", "adadelta")
-# Learning rate and momentum (beta1 for adam) when the params file gives none.
-DEFAULT_LR = {"sgd": 0.01, "adam": 0.001, "rmsprop": 0.001, "adagrad": 0.01, "adadelta": 1.0}
-DEFAULT_MOM = {"sgd": 0.9, "adam": 0.9, "rmsprop": 0.0, "adagrad": 0.0, "adadelta": 0.0}
+def _hyper_keys() -> tuple:
+    """Run-time layer settings (coeff, keep, scale, ...): the keys of the registered layers' hyper_defaults."""
+    keys = {}
+    for cls in sorted(REGISTRY.values(), key=lambda c: c.__module__):
+        keys.update(dict.fromkeys(cls.hyper_defaults))
+    return tuple(keys)
 
-# key -> kind; HYPER_KEYS are read by layers at run time (their defaults are the layer classes').
+
+# Read by layers at run time; their defaults are the layer classes' (hyper_defaults).
+HYPER_KEYS = _hyper_keys()
+# key -> kind. Updater names, their defaults and their settings (beta2, epsilon, rho) come from updaters.py.
 KEYS = {
     "epsW": "schedules", "epsB": "schedule", "momW": "floats", "momB": "float", "wc": "floats",
     "updater": "updater", "clip": "float", "clipNorm": "float",
-    "beta2": "float", "epsilon": "float", "rho": "float",
-    "coeff": "float", "keep": "float", "scale": "float", "pow": "float", "minDiv": "float",
+    **{k: "float" for k in hyperparam_keys()},
+    **{k: "float" for k in HYPER_KEYS},
 }
-HYPER_KEYS = ("coeff", "keep", "scale", "pow", "minDiv")
 # cuda-convnet / convnet2 keys with no meaning here; accepted so old files load.
 IGNORED = ("wball", "updatePeriod", "sumWidth", "dropout")
-UPDATER_DEFAULTS = {"beta2": 0.999, "epsilon": None, "rho": None}
 
 
 @dataclass
@@ -41,8 +46,9 @@ class LearnSpec:
     updater: str = "sgd"
     clip: float | None = None
     clipNorm: float | None = None
-    beta2: float = 0.999
-    epsilon: float | None = None  # None: the updater's own default
+    # The updater's own settings; None: the updater's default (see updaters.py)
+    beta2: float | None = None
+    epsilon: float | None = None
     rho: float | None = None
     hyper: dict = field(default_factory=dict)
 
@@ -80,7 +86,8 @@ def _convert(kind, key, value):
     if kind == "updater":
         v = str(value).strip().lower()
         if v not in UPDATERS:
-            raise ValueError(f"must be one of {', '.join(UPDATERS)}{did_you_mean(str(value), UPDATERS)}")
+            names = list(UPDATERS)
+            raise ValueError(f"must be one of {', '.join(names)}{did_you_mean(str(value), names)}")
         return v
     raise AssertionError(kind)
 
@@ -135,8 +142,8 @@ def parse_layer_params(doc, layer_names: list, source: str = "params.yaml", n_we
         given.update(_check_entry(name, doc.get(name), source, lines))
         updater = given.get("updater", "sgd")
         nw = (n_weights or {}).get(name, 1) or 1
-        lr = DEFAULT_LR[updater]
-        mom = DEFAULT_MOM[updater]
+        rule = UPDATERS[updater]
+        lr, mom = rule.lr, rule.mom
         eps_w = given.get("epsW", [Schedule("const", lr, text=f"{lr:g}")])
         mom_w = given.get("momW", [mom])
         wc = given.get("wc", [0.0])
@@ -149,6 +156,6 @@ def parse_layer_params(doc, layer_names: list, source: str = "params.yaml", n_we
         specs[name] = LearnSpec(
             epsW=eps_w, epsB=given.get("epsB", Schedule("const", lr, text=f"{lr:g}")), momW=mom_w,
             momB=given.get("momB", mom), wc=wc, updater=updater, clip=given.get("clip"),
-            clipNorm=given.get("clipNorm"), beta2=given.get("beta2", 0.999), epsilon=given.get("epsilon"),
-            rho=given.get("rho"), hyper=hyper)
+            clipNorm=given.get("clipNorm"), hyper=hyper,
+            **{k: given.get(k, rule.hyperparams.get(k)) for k in hyperparam_keys()})
     return specs

@@ -60,9 +60,8 @@ class Layer:
     max_inputs: ClassVar[int | None] = 1
     learned: ClassVar[tuple] = ()  # names of learned params; 'weights*' take epsW/momW/wc, the rest epsB/momB
     is_cost: ClassVar[bool] = False
-    # Keys of the layer-params file this type reads at run time (coeff, keep, scale, ...): see `hyper`,
-    # and their values when the params file gives none.
-    hyper_keys: ClassVar[tuple] = ()
+    # The layer-params keys this type reads at run time (coeff, keep, scale, ...) and their values when the
+    # params file gives none; see `set_hyper`. The params parser accepts the keys of every registered type.
     hyper_defaults: ClassVar[dict] = {}
 
     def __init__(self, name: str, props: SimpleNamespace, in_shapes: list, in_names: list, source: str = ""):
@@ -115,7 +114,6 @@ class CostLayer(Layer):
     backward(coeff, cache, params, ctx) gets the weight of this cost in place of dout."""
 
     is_cost = True
-    hyper_keys = ("coeff",)
     hyper_defaults = {"coeff": 1.0}
     max_inputs = 2
     min_inputs = 2

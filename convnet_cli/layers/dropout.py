@@ -9,7 +9,6 @@ from convnet_cli.layers.base import Layer, register
 class Dropout(Layer):
     type = "dropout"
     keys = {}
-    hyper_keys = ("keep",)
     hyper_defaults = {"keep": 0.5}
 
     def check_hyper(self, hyper: dict):

@@ -176,12 +176,11 @@ def response_norm_backward_cupy(x, denom, out, dout, kind: str, size: int, scale
 
 class _ResponseNorm(Layer):
     keys = {"size": Key("int", min=1, doc="width of the normalization window, e.g. 5")}
-    hyper_keys = ("scale", "pow", "minDiv")
     hyper_defaults = {"scale": 0.0001, "pow": 0.75, "minDiv": 1.0}
     axes: tuple = ()  # activation axes the window runs along (NHWC)
 
     def check_hyper(self, hyper: dict):
-        for k in self.hyper_keys:
+        for k in self.hyper_defaults:
             hyper[k] = float(hyper[k])
         if hyper["scale"] < 0:
             raise self.error(f"scale {hyper['scale']:g} must not be negative; set scale in the layer-params file "
