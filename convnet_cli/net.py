@@ -37,18 +37,19 @@ class Net:
         for l in layers:
             for i in l.in_names:
                 self.consumers[i].append(l.name)
-        self.data_layers = [l for l in layers if l.type == "data"]
+        self.data_layers = [l for l in layers if l.is_data]
         self.cost_layers = [l for l in layers if l.is_cost]
         # A layer that reads only data layers owes no input gradient (backward drops it); conv skips it.
         for l in layers:
-            if l.in_names and hasattr(l, "input_grads"):
-                l.input_grads = not all(self.by_name[i].type == "data" for i in l.in_names)
-        # cost.logreg on a softmax (without a neuron): compute log-softmax and its gradient together.
+            if l.in_names and l.skips_input_grads:
+                l.input_grads = not all(self.by_name[i].is_data for i in l.in_names)
+        # A cost that fuses with the layer feeding it (cost.logreg on a softmax without a neuron): the cost
+        # computes that layer's output and its gradient together.
         self.fused = {}
         for l in self.cost_layers:
-            if l.type == "cost.logreg":
+            if l.fuses_with:
                 src = self.by_name[l.in_names[1]]
-                if src.type == "softmax" and getattr(src, "neuron", None) is None:
+                if src.type == l.fuses_with and getattr(src, "neuron", None) is None:
                     self.fused[l.name] = src.name
         self.set_learning(learn)
         self.outputs = {}
@@ -59,12 +60,37 @@ class Net:
     # -- construction --------------------------------------------------------------------------------
     @classmethod
     def from_text(cls, layer_def_text: str, params_text: str | None, data_shape, backend: Backend = CPU,
-                  seed: int = 0, layer_def_path: str = "layers.yaml", params_path: str = "params.yaml"):
+                  seed: int = 0, layer_def_path: str = "layers.yaml", params_path: str = "params.yaml",
+                  check=None):
+        """A net with weights drawn from `seed`. check(layers): called on the built layers before the net
+        is made (to raise a ConfigError about them)."""
         specs = parse_layer_def_text(layer_def_text, layer_def_path)
         layers = build_layers(specs, tuple(data_shape), display_name(layer_def_path))
-        learn = parse_params(params_text or "", params_path, layers)
+        learn = parse_params(params_text or "", params_path or "params.yaml", layers)
+        if check is not None:
+            check(layers)
         net = cls(layers, learn, backend)
         net.init_params(seed)
+        return net
+
+    @classmethod
+    def from_checkpoint(cls, ckpt, backend: Backend = CPU, *, params_text: str | None = None,
+                        params_path: str | None = None, data_shape=None, seed: int = 0, check=None,
+                        load_arrays: bool = True):
+        """The net a checkpoint (train/checkpoint.py's Checkpoint) was saved from, with its arrays loaded.
+
+        params_text/params_path: a layer-params file to use instead of the copy in the checkpoint (a resume
+        re-reads it); data_shape: the (C, H, W) of the data now (default: the saved one); seed: only
+        gives the arrays their shapes before the checkpoint's values replace them; check: as in from_text;
+        load_arrays=False: only the structure (layers, shapes), for a caller that reads ckpt.arrays itself.
+        """
+        st = ckpt.state
+        if params_text is None:
+            params_text, params_path = st.get("layer_params", ""), st.get("layer_params_name", "params.yaml")
+        net = cls.from_text(st["layer_def"], params_text, data_shape or st["data_shape"], backend, seed,
+                            st.get("layer_def_name", "layers.yaml"), params_path, check)
+        if load_arrays:
+            net.set_arrays(ckpt.arrays, source=ckpt.path)
         return net
 
     @classmethod
@@ -101,7 +127,7 @@ class Net:
         costs = {}
         have_labels = 1 in data and data[1] is not None
         for l in self.layers:
-            if l.type == "data":
+            if l.is_data:
                 if l.props.dataIdx not in data:
                     outs[l.name] = None
                     continue
@@ -130,7 +156,7 @@ class Net:
         xp = self.xp
         for l in self.layers:
             out = self.outputs.get(l.name)
-            if out is not None and l.type != "data" and not l.is_cost and not bool(xp.isfinite(out).all()):
+            if out is not None and not l.is_data and not l.is_cost and not bool(xp.isfinite(out).all()):
                 return l.name
         return None
 
@@ -146,7 +172,7 @@ class Net:
             douts[name] = d if name not in douts else douts[name] + d
 
         for l in reversed(self.layers):
-            if l.type == "data":
+            if l.is_data:
                 continue
             if l.is_cost:
                 if l.name not in self._caches:
@@ -169,7 +195,7 @@ class Net:
             if g:
                 grads[l.name] = g
             for name, d in zip(l.in_names, dxs):
-                if self.by_name[name].type != "data":
+                if not self.by_name[name].is_data:
                     add(name, d)
         return grads
 
@@ -249,7 +275,7 @@ class Net:
 
 def weight_counts(layers) -> dict:
     """{layer: number of weight matrices}, to check per-input lists in the params file."""
-    return {l.name: (len(l.in_shapes) if l.type == "fc" else 1) for l in layers}
+    return {l.name: (len(l.in_shapes) if l.weights_per_input else 1) for l in layers}
 
 
 def parse_params(params_text: str, params_path: str, layers) -> dict:

@@ -170,7 +170,7 @@ def parse_layer_def(doc, source: str = "layers.yaml") -> list:
                 f"{prefix}layer '{name}': unknown type '{type_name}'{did_you_mean(str(type_name), layer_types())}; "
                 f"types: {', '.join(layer_types())}{_at(klines.get('type'))}"
             )
-        if cls.type == "data":
+        if cls.is_data:
             inputs = []
             if "inputs" in raw:
                 raise ConfigError(f"{prefix}layer '{name}': a data layer has no inputs; remove 'inputs'{_at(klines.get('inputs'))}")
@@ -194,9 +194,9 @@ def parse_layer_def(doc, source: str = "layers.yaml") -> list:
         neuron = None
         # A type that owns its neuron (the `neuron` layer; `rnn`, whose cell nonlinearity it is) gets the
         # key in its props; for every other type the net applies it to the layer's output.
-        owns_neuron = cls.type == "neuron" or getattr(cls, "own_neuron", False)
+        owns_neuron = cls.owns_neuron
         if "neuron" in raw and not owns_neuron:
-            if cls.type == "data":
+            if cls.is_data:
                 raise ConfigError(f"{prefix}layer '{name}': a data layer takes no neuron{_at(klines.get('neuron'))}")
             neuron = _check_neuron(raw["neuron"], name, prefix, klines.get("neuron"))
         checks = {k: raw[k] for k in CHECKED_KEYS if k in raw and k not in cls.keys}
@@ -245,12 +245,12 @@ def build_layers(specs: list, data_shape, source: str = "layers.yaml") -> list:
     layers = {}
     out = []
     for s in specs:
-        if s.type == "data":
+        if s.cls.is_data:
             in_shapes = [tuple(data_shape)]
         else:
             in_shapes = [layers[i].out_shape for i in s.inputs]
         layer = s.cls(s.name, s.props, in_shapes, list(s.inputs), source)
-        if s.type != "data":
+        if not s.cls.is_data:
             _check_given_shape(s, in_shapes[0], prefix)
         layer.neuron = parse_neuron(s.neuron) if s.neuron else None
         layer.line = s.line

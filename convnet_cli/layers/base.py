@@ -10,6 +10,10 @@ not fit) and provides, cs231n style:
     forward(xs, params, ctx)             -> (out, cache)
     backward(dout, cache, params, ctx)   -> (dxs, grads)                  (dxs: one per input, or None)
 
+Besides `keys`, a class declares what the net and the parser need to know about it as class attributes
+(`is_data`, `is_cost`, `weights_per_input`, `owns_neuron`, `skips_input_grads`, `fuses_with`, `learned`,
+`hyper_defaults`); see `Layer`.
+
 Shapes: a layer's output shape is given per case as (C, H, W), as in cuda-convnet. Activations are held
 in NHWC layout, `x: (N, H, W, C)`, because im2col by strided views and the GEMM that follows want the
 channels last (measured: see benchmarks/). Labels (a data layer with dataIdx 1) are `(N,)` int arrays,
@@ -60,6 +64,17 @@ class Layer:
     max_inputs: ClassVar[int | None] = 1
     learned: ClassVar[tuple] = ()  # names of learned params; 'weights*' take epsW/momW/wc, the rest epsB/momB
     is_cost: ClassVar[bool] = False
+    # What the net and the parser read from the class (never from the type name):
+    is_data: ClassVar[bool] = False            # a data layer: no inputs, no gradient flows into it
+    weights_per_input: ClassVar[bool] = False  # one weight array per input (fc): epsW/momW/wc lists per input
+    owns_neuron: ClassVar[bool] = False        # takes the `neuron` key itself instead of the net applying it
+    # True: the layer can skip its input gradient; the net sets `input_grads = False` on an instance whose
+    # inputs are all data layers (backward then returns None for them).
+    skips_input_grads: ClassVar[bool] = False
+    input_grads: bool = True
+    # A cost that can take over the layer of this type feeding its second input (when that layer has no
+    # neuron): the net then calls forward_fused(labels, that layer's input, ctx) / backward_fused.
+    fuses_with: ClassVar[str | None] = None
     # The layer-params keys this type reads at run time (coeff, keep, scale, ...) and their values when the
     # params file gives none; see `set_hyper`. The params parser accepts the keys of every registered type.
     hyper_defaults: ClassVar[dict] = {}

@@ -160,7 +160,7 @@ class _Geometry:
 class _ConvBase(Layer):
     keys = CONV_KEYS
     learned = ("weights", "biases")
-    input_grads = True  # the net sets False when no input gradient is wanted (first layer)
+    skips_input_grads = True  # the net sets input_grads False when no input gradient is wanted (first layer)
 
     def infer_shape(self):
         self.geo = _Geometry(self, self.in_shapes[0], self.props)

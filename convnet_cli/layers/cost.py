@@ -43,7 +43,7 @@ def _labels_first(layer):
 
 
 # == softmax + log-loss, fused ============================================================================
-# The NumPy reference is LogregCost.forward_fused / backward_fused above with xp = numpy (log_softmax, exp,
+# The NumPy reference is LogregCost.forward_fused / backward_fused below with xp = numpy (log_softmax, exp,
 # _metrics, then (coeff / N) * (p - t)); softmax_logloss_*_numpy below are that code as functions, for the
 # GPU tests to compare the kernels against. On CuPy one thread per case computes the row's softmax, its
 # loss and whether it is a top-1 / top-k error, and the three sums come to the host in one transfer.
@@ -157,6 +157,7 @@ class LogregCost(CostLayer):
     computing log-probabilities stably and the gradient as (p - y) / N, as cuda-convnet does."""
 
     type = "cost.logreg"
+    fuses_with = "softmax"
     keys = {"topk": Key("int", 1, min=1)}
 
     def infer_shape(self):

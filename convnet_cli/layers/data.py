@@ -5,6 +5,7 @@ from convnet_cli.layers.base import Key, Layer, register
 @register
 class DataLayer(Layer):
     type = "data"
+    is_data = True
     keys = {"dataIdx": Key("int", 0, min=0, doc="0 = features, 1 = labels")}
     min_inputs = 0
     max_inputs = 0

@@ -26,6 +26,7 @@ def unflatten_chw(d, shape_nhwc):
 @register
 class FCLayer(Layer):
     type = "fc"
+    weights_per_input = True
     keys = {
         "outputs": Key("int", min=1, doc="number of output units"),
         "initW": Key("floats", [0.01]),

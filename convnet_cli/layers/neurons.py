@@ -224,6 +224,7 @@ class NeuronLayer(Layer):
     """A layer that only applies its `neuron`."""
 
     type = "neuron"
+    owns_neuron = True
     keys = {"neuron": Key("str", doc="e.g. relu, tanh[1,1], leakyrelu[0.1]")}
 
     def __init__(self, *args, **kwargs):

@@ -439,7 +439,7 @@ class RNNLayer(RecurrentLayer):
     type = "rnn"
     gates = 1
     # The parser hands `neuron` to this layer instead of applying it to the output (see layer_def.py).
-    own_neuron = True
+    owns_neuron = True
     keys = dict(RecurrentLayer.keys, neuron=Key(
         "str", "tanh", choices=("tanh", "relu"), legacy=("nonlinearity",),
         doc="the cell's nonlinearity, as torch.nn.RNN's nonlinearity; not applied again to the output"))

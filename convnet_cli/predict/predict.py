@@ -13,10 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from convnet_cli.backend import get_backend, to_host
-from convnet_cli.config.layer_def import build_layers
-from convnet_cli.config.loader import parse_layer_def_text
 from convnet_cli.errors import ConfigError, DataError, did_you_mean
-from convnet_cli.net import Net, parse_params
+from convnet_cli.net import Net
 from convnet_cli.train.checkpoint import load_checkpoint
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif")
@@ -39,15 +37,7 @@ class Predictions:
 def load_model(checkpoint, device: str = "cpu"):
     """(net, checkpoint) ready for inference on `device`."""
     ckpt = checkpoint if hasattr(checkpoint, "arrays") else load_checkpoint(checkpoint)
-    st = ckpt.state
-    backend = get_backend(device)
-    name = st.get("layer_def_name", "layers.yaml")
-    layers = build_layers(parse_layer_def_text(st["layer_def"], name), tuple(st["data_shape"]), name)
-    learn = parse_params(st.get("layer_params", ""), st.get("layer_params_name", "params.yaml"), layers)
-    net = Net(layers, learn, backend)
-    net.init_params(0)  # gives every parameter its shape; the checkpoint's values replace them
-    net.set_arrays(ckpt.arrays, source=ckpt.path)
-    return net, ckpt
+    return Net.from_checkpoint(ckpt, get_backend(device)), ckpt
 
 
 def output_layer(net: Net, layer: str | None = None) -> str:

@@ -77,13 +77,9 @@ def cost_records(run: RunPaths) -> list:
 
 
 def _built_layers(ckpt):
-    from convnet_cli.config.layer_def import build_layers
-    from convnet_cli.config.loader import parse_layer_def_text
+    from convnet_cli.net import Net
 
-    st = ckpt.state
-    name = st.get("layer_def_name", "layers.yaml")
-    specs = parse_layer_def_text(st["layer_def"], name)
-    return build_layers(specs, tuple(st["data_shape"]), name)
+    return Net.from_checkpoint(ckpt, load_arrays=False).layers
 
 
 def filter_weights(ckpt, layer: str) -> tuple:

@@ -8,6 +8,7 @@ checkpoint sees exactly the data and masks the uninterrupted run would have seen
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import math
 import os
@@ -21,11 +22,9 @@ import click
 import numpy as np
 
 from convnet_cli.backend import get_backend
-from convnet_cli.config.layer_def import build_layers
-from convnet_cli.config.loader import parse_layer_def_text
 from convnet_cli.config.yamlio import display_name, read_text
 from convnet_cli.errors import ConfigError, NonFiniteError
-from convnet_cli.net import Net, parse_params
+from convnet_cli.net import Net
 from convnet_cli.train.checkpoint import (load_checkpoint, newest_checkpoint, prune_checkpoints, resolve_checkpoint,
                                           save_checkpoint)
 
@@ -364,8 +363,9 @@ def start(o: TrainOptions, echo=None) -> int:
     backend = get_backend(o.device)
     layer_def_text = read_text(o.layer_def, "layer definition")
     params_text = read_text(o.layer_params, "layer params") if o.layer_params else ""
-    net = _build_net(layer_def_text, o.layer_def, params_text, o.layer_params, batchset, backend)
-    net.init_params(o.seed)
+    net = Net.from_text(layer_def_text, params_text, batchset.data_shape, backend, o.seed, o.layer_def,
+                        o.layer_params, check=functools.partial(_check_classes, batchset=batchset,
+                                                                 source=display_name(o.layer_def)))
     run_dir = new_run_dir(o.save_path)
     for src in (o.layer_def, o.layer_params):
         if src:
@@ -402,10 +402,10 @@ def resume(path: str, explicit: dict, echo=None) -> int:
     if o.layer_params and os.path.exists(o.layer_params):
         params_text, params_name = read_text(o.layer_params, "layer params"), os.path.basename(o.layer_params)
         shutil.copyfile(o.layer_params, os.path.join(run_dir, params_name))
-    net = _build_net(state["layer_def"], state.get("layer_def_name", "layers.yaml"), params_text, params_name,
-                     batchset, backend)
-    net.init_params(o.seed)  # shapes to check the checkpoint's arrays against; its values replace these
-    net.set_arrays(ckpt.arrays, source=ckpt.path)
+    net = Net.from_checkpoint(ckpt, backend, params_text=params_text, params_path=params_name,
+                              data_shape=batchset.data_shape, seed=o.seed,
+                              check=functools.partial(_check_classes, batchset=batchset,
+                                                      source=display_name(state.get("layer_def_name", "layers.yaml"))))
     state["options"] = asdict(o)
     state["layer_params"], state["layer_params_name"] = params_text, params_name
     echo = echo or (lambda msg: click.echo(msg, err=True))
@@ -431,11 +431,8 @@ def _run(o, run_dir, net, batchset, state, echo) -> int:
     return rc
 
 
-def _build_net(layer_def_text, layer_def_path, params_text, params_path, batchset, backend) -> Net:
-    source = display_name(layer_def_path)
-    specs = parse_layer_def_text(layer_def_text, layer_def_path)
-    layers = build_layers(specs, tuple(batchset.data_shape), source)
-    learn = parse_params(params_text, params_path or "params.yaml", layers)
+def _check_classes(layers, batchset, source):
+    """ConfigError when a cost.logreg's scores do not have one entry per class of the data."""
     k = len(batchset.label_names)
     for l in layers:
         if l.type == "cost.logreg":
@@ -444,7 +441,6 @@ def _build_net(layer_def_text, layer_def_path, params_text, params_path, batchse
                 raise ConfigError(f"{source}: layer '{l.name}': its input '{l.in_names[1]}' has {got} outputs but the "
                                   f"data has {k} classes ({', '.join(batchset.label_names[:5])}...); set outputs: {k} "
                                   f"on the fc layer feeding it")
-    return Net(layers, learn, backend)
 
 
 def _initial_state(o, batchset, layer_def_text, params_text) -> dict:
