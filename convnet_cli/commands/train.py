@@ -1,12 +1,22 @@
 """`convnet train`: a new run, or `-f RUN` to resume one."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import click
 
-from convnet_cli.data.augment import parse_augment
+from convnet_cli.data.augment import AUGMENTATIONS, parse_augment
 from convnet_cli.train.trainer import TrainOptions, parse_range, resume, start
+
+# Flags default to None so a resume can tell the ones given from the run's own; the help shows the defaults
+# of a new run, which TrainOptions holds.
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainOptions)}
+
+
+def _default(name: str) -> str:
+    return f"  [default: {_DEFAULTS[name]}]"
+
 
 
 @click.command("train")
@@ -17,14 +27,14 @@ from convnet_cli.train.trainer import TrainOptions, parse_range, resume, start
 @click.option("--layer-params", type=click.Path(), help="Layer learning settings (YAML or .cfg).")
 @click.option("--train-range", help="Training batches, e.g. 1-4 (default: from batches.meta).")
 @click.option("--test-range", help="Test batches, e.g. 5 (default: from batches.meta).")
-@click.option("--epochs", type=click.IntRange(min=1), help="Total epochs (not extra ones).  [default: 10]")
-@click.option("--mini", type=click.IntRange(min=1), help="Minibatch size.  [default: 128]")
+@click.option("--epochs", type=click.IntRange(min=1), help="Total epochs (not extra ones)." + _default("epochs"))
+@click.option("--mini", type=click.IntRange(min=1), help="Minibatch size." + _default("mini"))
 @click.option("--test-freq", type=click.IntRange(min=1),
               help="Test and checkpoint every N training batches.  [default: each epoch]")
-@click.option("--device", help="cpu, gpu, gpu:N or auto.  [default: cpu]")
-@click.option("--seed", type=int, help="Seed for initial weights, shuffling, augmentation, dropout.  [default: 0]")
+@click.option("--device", help="cpu, gpu, gpu:N or auto." + _default("device"))
+@click.option("--seed", type=int, help="Seed for initial weights, shuffling, augmentation, dropout." + _default("seed"))
 @click.option("--max-checkpoints", type=click.IntRange(min=1), help="Keep the newest K checkpoints plus best.npz.")
-@click.option("--augment", help="Comma list of timeshift, freqmask, timemask, mixup.")
+@click.option("--augment", help=f"Comma list of {', '.join(AUGMENTATIONS)}.")
 @click.option("--early-stop", type=click.IntRange(min=1), help="Stop after N tests without improvement.")
 @click.option("--quiet", is_flag=True, default=None, help="No progress bar or summary lines.")
 def command(resume_path, **flags):

@@ -10,7 +10,7 @@ import json
 import os
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -22,10 +22,55 @@ _NAME = re.compile(r"^(\d+)\.(\d+)\.npz$")
 
 
 @dataclass
+class RunState:
+    """Everything a resume or a prediction needs besides the arrays; saved as the checkpoint's `__state__` JSON.
+
+    The trainer moves the position fields (epoch .. batches_done) as it goes; a resume starts at minibatch
+    `minibatch` of batch file `batch_in_epoch` (0-based, in the epoch's order) of epoch `epoch`.
+    """
+
+    epoch: int = 1               # the epoch being trained (1-based); epochs + 1 once all are done
+    batch_in_epoch: int = 0      # batch files of this epoch done
+    batchnum: int = 0            # the batch file number trained last
+    minibatch: int = 0           # minibatches of the current batch file done (non-zero only after an interrupt)
+    batches_done: int = 0        # batch files done over the whole run
+    options: dict = field(default_factory=dict)  # the TrainOptions, as a dict
+    layer_def: str = ""          # the layer definition's text, and its file name
+    layer_params: str = ""
+    layer_def_name: str = "layers.yaml"
+    layer_params_name: str = "params.yaml"
+    label_names: list = field(default_factory=list)
+    data_shape: list = field(default_factory=list)   # (C, H, W) of a case
+    data_mean: list = field(default_factory=list)    # the training statistics, flat
+    data_std: list = field(default_factory=list)
+    features: dict | None = None  # how make-batches computed the features (predict recomputes them so)
+    data_path: str = ""
+    rng: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)      # {type, epoch, batch, progress, cost, error} per record
+    best: dict | None = None     # {metric, epoch, batch} of the best test so far
+    seconds: float = 0.0         # training time so far
+    tests_without_improvement: int = 0
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunState":
+        """From a checkpoint's state (keys this version does not know, such as `version`, are left out)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
 class Checkpoint:
     path: str
     arrays: dict  # layer arrays, host numpy
-    state: dict   # the JSON state
+    state: dict   # the JSON state (RunState.to_dict() plus `version`)
+
+    @property
+    def run_state(self) -> RunState:
+        return RunState.from_dict(self.state)
 
     @property
     def data_mean(self):
@@ -43,9 +88,10 @@ def _save_error(path, exc):
     return exc
 
 
-def save_checkpoint(path: str, arrays: dict, state: dict) -> str:
-    """Write atomically; on failure (disk full, ...) the previous file at `path` is untouched."""
-    state = dict(state, version=FORMAT_VERSION)
+def save_checkpoint(path: str, arrays: dict, state) -> str:
+    """Write arrays and state (a RunState, or its dict) atomically; on failure (disk full, ...) the previous
+    file at `path` is untouched."""
+    state = dict(state.to_dict() if isinstance(state, RunState) else state, version=FORMAT_VERSION)
     payload = dict(arrays)
     payload["__state__"] = np.array(json.dumps(state))
     atomic_write(path, lambda f: np.savez(f, **payload), on_error=_save_error)

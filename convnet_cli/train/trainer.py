@@ -25,8 +25,8 @@ from convnet_cli.backend import get_backend
 from convnet_cli.config.yamlio import display_name, read_text
 from convnet_cli.errors import ConfigError, NonFiniteError
 from convnet_cli.net import Net
-from convnet_cli.train.checkpoint import (load_checkpoint, newest_checkpoint, prune_checkpoints, resolve_checkpoint,
-                                          save_checkpoint)
+from convnet_cli.train.checkpoint import (RunState, load_checkpoint, newest_checkpoint, prune_checkpoints,
+                                          resolve_checkpoint, save_checkpoint)
 
 @dataclass
 class TrainOptions:
@@ -113,7 +113,7 @@ class _Interrupt:
 
 
 class Trainer:
-    def __init__(self, options: TrainOptions, run_dir: str, net: Net, batchset, state: dict, echo=None):
+    def __init__(self, options: TrainOptions, run_dir: str, net: Net, batchset, state: RunState, echo=None):
         from convnet_cli.data.provider import DataProvider
 
         self.o = options
@@ -129,12 +129,12 @@ class Trainer:
         self.log_path = os.path.join(run_dir, "train_log.jsonl")
         self.batches_per_epoch = len(options.train_range)
         self.total_batches = self.batches_per_epoch * options.epochs
-        self.started = time.time() - state.get("seconds", 0.0)
+        self.started = time.time() - state.seconds
 
     # -- state -------------------------------------------------------------------------------------
     def _checkpoint(self, name: str) -> str:
         path = os.path.join(self.run_dir, name)
-        self.state["seconds"] = round(time.time() - self.started, 3)
+        self.state.seconds = round(time.time() - self.started, 3)
         return save_checkpoint(path, self.net.get_arrays(), self.state)
 
     def _log(self, record: dict):
@@ -147,9 +147,9 @@ class Trainer:
         # Overflow is caught by the NaN/inf check with a message naming the layer; numpy's own warnings
         # would only repeat it, once per array.
         with _Interrupt() as intr, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            while s["epoch"] <= self.o.epochs:
-                epoch = s["epoch"]
-                done_in_epoch = s["batch_in_epoch"]
+            while s.epoch <= self.o.epochs:
+                epoch = s.epoch
+                done_in_epoch = s.batch_in_epoch
                 n_batches = self.batches_per_epoch
                 bar = None
                 if not self.o.quiet:
@@ -162,19 +162,19 @@ class Trainer:
                         stopped = self._train_batch(epoch, batchnum, minibatches, intr)
                         if stopped:
                             return self._interrupted(epoch, batchnum)
-                        s["batch_in_epoch"] += 1
-                        s["batches_done"] += 1
-                        s["batchnum"] = batchnum
-                        s["minibatch"] = 0
+                        s.batch_in_epoch += 1
+                        s.batches_done += 1
+                        s.batchnum = batchnum
+                        s.minibatch = 0
                         if bar is not None:
                             bar.update(1)
-                        last_of_epoch = s["batch_in_epoch"] == n_batches
-                        due = (self.o.test_freq and s["batches_done"] % self.o.test_freq == 0) or (
+                        last_of_epoch = s.batch_in_epoch == n_batches
+                        due = (self.o.test_freq and s.batches_done % self.o.test_freq == 0) or (
                             not self.o.test_freq and last_of_epoch)
                         if last_of_epoch:
-                            s["epoch"] += 1
-                            s["batch_in_epoch"] = 0
-                        if due or (last_of_epoch and s["epoch"] > self.o.epochs):
+                            s.epoch += 1
+                            s.batch_in_epoch = 0
+                        if due or (last_of_epoch and s.epoch > self.o.epochs):
                             if bar is not None:
                                 bar.__exit__(None, None, None)
                                 bar = None
@@ -191,16 +191,16 @@ class Trainer:
         net = self.net
         start = time.time()
         totals, cases = {}, 0
-        skip = s.get("minibatch", 0)
+        skip = s.minibatch
         rates = {}
         for m, mb in enumerate(minibatches):
             if m < skip:
                 continue
             if intr.requested:
-                s["minibatch"] = m
+                s.minibatch = m
                 return True
-            progress = s["batches_done"] / max(self.total_batches, 1)
-            ep = (epoch - 1) + s["batch_in_epoch"] / max(self.batches_per_epoch, 1)
+            progress = s.batches_done / max(self.total_batches, 1)
+            ep = (epoch - 1) + s.batch_in_epoch / max(self.batches_per_epoch, 1)
             rng = net.backend.rng(derive_seed(self.o.seed, epoch, batchnum, m))
             costs = net.forward({0: mb.x, 1: mb.labels}, train=True, rng=rng)
             self._check_finite(costs, epoch, batchnum)
@@ -209,12 +209,12 @@ class Trainer:
             n = mb.x.shape[0]
             cases += n
             _accumulate(totals, costs, n)
-        s["minibatch"] = 0
+        s.minibatch = 0
         # this batch counts as done in the record (the state's counter moves on after it returns)
-        record = _record("train", epoch, batchnum, s["batches_done"] + 1, totals, cases, time.time() - start, net,
+        record = _record("train", epoch, batchnum, s.batches_done + 1, totals, cases, time.time() - start, net,
                          rates, self.batches_per_epoch)
         self._log(record)
-        s["history"].append({k: record[k] for k in ("type", "epoch", "batch", "progress", "cost", "error")})
+        s.history.append({k: record[k] for k in ("type", "epoch", "batch", "progress", "cost", "error")})
         return False
 
     def _check_finite(self, costs, epoch, batchnum):
@@ -245,23 +245,23 @@ class Trainer:
         s = self.state
         start = time.time()
         totals, cases = self.test()
-        record = _record("test", epoch, batchnum, s["batches_done"], totals, cases, time.time() - start, self.net,
+        record = _record("test", epoch, batchnum, s.batches_done, totals, cases, time.time() - start, self.net,
                          {}, self.batches_per_epoch)
         self._log(record)
-        s["history"].append({k: record[k] for k in ("type", "epoch", "batch", "progress", "cost", "error")})
+        s.history.append({k: record[k] for k in ("type", "epoch", "batch", "progress", "cost", "error")})
         metric = record["error"] if record["error"] is not None else record["cost"]
-        improved = s.get("best") is None or (metric is not None and metric < s["best"]["metric"])
+        improved = s.best is None or (metric is not None and metric < s.best["metric"])
         if improved:
-            s["best"] = {"metric": metric, "epoch": epoch, "batch": batchnum}
-            s["tests_without_improvement"] = 0
+            s.best = {"metric": metric, "epoch": epoch, "batch": batchnum}
+            s.tests_without_improvement = 0
         else:
-            s["tests_without_improvement"] = s.get("tests_without_improvement", 0) + 1
+            s.tests_without_improvement += 1
         path = self._checkpoint(f"{epoch}.{batchnum}.npz")
         if improved:
             shutil.copyfile(path, os.path.join(self.run_dir, ".best.tmp"))
             os.replace(os.path.join(self.run_dir, ".best.tmp"), os.path.join(self.run_dir, "best.npz"))
         prune_checkpoints(self.run_dir, self.o.max_checkpoints)
-        train = _train_since_last_test(s["history"])
+        train = _train_since_last_test(s.history)
         lr = next(iter(self.net_rates().values()), None)
         parts = [f"{epoch}.{batchnum}"]
         if train:
@@ -274,16 +274,16 @@ class Trainer:
             parts.append("best")
         if not self.o.quiet:
             self.echo("  ".join(parts))
-        if self.o.early_stop and s["tests_without_improvement"] >= self.o.early_stop:
+        if self.o.early_stop and s.tests_without_improvement >= self.o.early_stop:
             if not self.o.quiet:
                 self.echo(f"early stop: no improvement in {self.o.early_stop} tests")
-            s["stopped_early"] = True
+            s.stopped_early = True
             self._checkpoint(f"{epoch}.{batchnum}.npz")
             return True
         return False
 
     def net_rates(self) -> dict:
-        progress = self.state["batches_done"] / max(self.total_batches, 1)
+        progress = self.state.batches_done / max(self.total_batches, 1)
         out = {}
         for l in self.net.layers:
             if l.learned and self.net.params[l.name]:
@@ -383,12 +383,12 @@ def start(o: TrainOptions, echo=None) -> int:
 def resume(path: str, explicit: dict, echo=None) -> int:
     """Resume from a run directory (its newest checkpoint) or a checkpoint file; explicit flags override."""
     ckpt = load_checkpoint(resolve_checkpoint(path, prefer_best=False))
-    state = ckpt.state
+    state = ckpt.run_state
     run_dir = os.path.dirname(os.path.abspath(ckpt.path))
-    o = TrainOptions(**{k: v for k, v in state["options"].items() if k in TrainOptions.__dataclass_fields__})
+    o = TrainOptions(**{k: v for k, v in state.options.items() if k in TrainOptions.__dataclass_fields__})
     if "layer_def" in explicit and explicit["layer_def"]:
         new_text = read_text(explicit["layer_def"], "layer definition")
-        if new_text != state["layer_def"]:
+        if new_text != state.layer_def:
             raise ConfigError(f"--layer-def cannot change on resume ({explicit['layer_def']} differs from the run's "
                               f"layer definition); start a new run instead")
     for k, v in explicit.items():
@@ -398,33 +398,33 @@ def resume(path: str, explicit: dict, echo=None) -> int:
     _check_ranges(o, batchset)
     backend = get_backend(o.device)
     # The params file is re-read so an edited learning rate takes effect; the run keeps a copy.
-    params_text, params_name = state["layer_params"], state.get("layer_params_name", "params.yaml")
+    params_text, params_name = state.layer_params, state.layer_params_name
     if o.layer_params and os.path.exists(o.layer_params):
         params_text, params_name = read_text(o.layer_params, "layer params"), os.path.basename(o.layer_params)
         shutil.copyfile(o.layer_params, os.path.join(run_dir, params_name))
     net = Net.from_checkpoint(ckpt, backend, params_text=params_text, params_path=params_name,
                               data_shape=batchset.data_shape, seed=o.seed,
                               check=functools.partial(_check_classes, batchset=batchset,
-                                                      source=display_name(state.get("layer_def_name", "layers.yaml"))))
-    state["options"] = asdict(o)
-    state["layer_params"], state["layer_params_name"] = params_text, params_name
+                                                      source=display_name(state.layer_def_name)))
+    state.options = asdict(o)
+    state.layer_params, state.layer_params_name = params_text, params_name
     echo = echo or (lambda msg: click.echo(msg, err=True))
-    if state["epoch"] > o.epochs or state.get("stopped_early") and "epochs" not in explicit:
+    if state.epoch > o.epochs or state.stopped_early and "epochs" not in explicit:
         if not o.quiet:
-            echo(f"{ckpt.path}: training already reached epoch {state['epoch'] - 1} of {o.epochs}; "
+            echo(f"{ckpt.path}: training already reached epoch {state.epoch - 1} of {o.epochs}; "
                  f"raise --epochs to train on")
         return 0
-    state.pop("stopped_early", None)
+    state.stopped_early = False
     if not o.quiet:
-        echo(f"resuming {run_dir} at epoch {state['epoch']}, batch {state['batch_in_epoch'] + 1} of the epoch")
+        echo(f"resuming {run_dir} at epoch {state.epoch}, batch {state.batch_in_epoch + 1} of the epoch")
     return _run(o, run_dir, net, batchset, state, echo)
 
 
 def _run(o, run_dir, net, batchset, state, echo) -> int:
-    state["options"] = asdict(o)
+    state.options = asdict(o)
     rc = Trainer(o, run_dir, net, batchset, state, echo).run()
     if rc == 0 and not o.quiet:
-        best = state.get("best")
+        best = state.best
         if best:
             echo(f"done: best test {'error' if best['metric'] is not None else 'cost'} "
                  f"{best['metric']:.4f} at {best['epoch']}.{best['batch']}; checkpoints in {run_dir}")
@@ -443,20 +443,18 @@ def _check_classes(layers, batchset, source):
                                   f"on the fc layer feeding it")
 
 
-def _initial_state(o, batchset, layer_def_text, params_text) -> dict:
-    return {
-        "epoch": 1, "batch_in_epoch": 0, "batchnum": 0, "minibatch": 0, "batches_done": 0,
-        "options": asdict(o), "layer_def": layer_def_text, "layer_params": params_text,
-        "layer_def_name": os.path.basename(o.layer_def),
-        "layer_params_name": os.path.basename(o.layer_params) if o.layer_params else "params.yaml",
-        "label_names": list(batchset.label_names),
-        "data_shape": list(batchset.data_shape),
-        "data_mean": [float(v) for v in np.asarray(batchset.data_mean, dtype=np.float32).reshape(-1)],
-        "data_std": [float(v) for v in np.asarray(batchset.data_std, dtype=np.float32).reshape(-1)],
-        "features": batchset.features, "data_path": os.path.abspath(o.data_path),
-        "rng": {"seed": o.seed, "scheme": "derived per (seed, epoch, batch, minibatch)"},
-        "history": [], "best": None, "seconds": 0.0,
-    }
+def _initial_state(o, batchset, layer_def_text, params_text) -> RunState:
+    return RunState(
+        options=asdict(o), layer_def=layer_def_text, layer_params=params_text,
+        layer_def_name=os.path.basename(o.layer_def),
+        layer_params_name=os.path.basename(o.layer_params) if o.layer_params else "params.yaml",
+        label_names=list(batchset.label_names),
+        data_shape=list(batchset.data_shape),
+        data_mean=[float(v) for v in np.asarray(batchset.data_mean, dtype=np.float32).reshape(-1)],
+        data_std=[float(v) for v in np.asarray(batchset.data_std, dtype=np.float32).reshape(-1)],
+        features=batchset.features, data_path=os.path.abspath(o.data_path),
+        rng={"seed": o.seed, "scheme": "derived per (seed, epoch, batch, minibatch)"},
+    )
 
 
 def _fmt_range(r):
