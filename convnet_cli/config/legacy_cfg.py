@@ -348,91 +348,105 @@ def _layer_error(source, line, name, message):
 
 
 def _convert_layer(sec, default, source, res, default_used) -> _Layer:
-    name = sec.name
-    lay = _Layer(name, sec.line)
+    """One [section] of layers.cfg -> a _Layer of YAML items (and comments for what is not carried over)."""
+    lay = _Layer(sec.name, sec.line)
+    cls, given_type, our_type = _layer_type(sec, default, source, lay)
+    own = _type_keys(cls)
+    known = list(own) + list(COMMON_KEYS) + list(CHECKED_KEYS) + list(DROPPED_LAYER_KEYS) + list(PARAM_KEYS)
+    entries = _entries_with_default(sec, default, cls, own, known, lay, default_used)
+    inputs_entry = next((e for e in entries if e.key.lower() == "inputs"), None)
+    n_inputs = len([t for t in split_top(inputs_entry.value) if t]) if inputs_entry else 0
+    if n_inputs > 1 and cls.max_inputs == 1 and cls.type in ("conv", "local"):
+        raise _layer_error(source, inputs_entry.line, sec.name,
+                           f"a {cls.type} layer with {n_inputs} inputs (cuda-convnet summed one convolution per "
+                           f"input); convnet's {cls.type} takes one input: join them with a concat layer first")
+    for e in entries:
+        key = _canonical(e.key, known)
+        key = own.get(key, key)  # a legacy spelling is written under the key's own name
+        if key == "type":
+            lay.items.append(_Item("type", our_type, given_type, e.line))
+        else:
+            _convert_entry(e, key, cls, own, n_inputs, source, res, lay)
+    return lay
+
+
+def _layer_type(sec, default, source, lay) -> tuple:
+    """(layer class, type as written, this tool's type name) of a section; notes a renamed type on `lay`."""
     type_entry = sec.entries.get("type") or (default.entries.get("type") if default else None)
     if type_entry is None:
-        raise _layer_error(source, sec.line, name, "has no type=; add e.g. type=conv")
+        raise _layer_error(source, sec.line, sec.name, "has no type=; add e.g. type=conv")
     given_type = type_entry.value.strip()
     our_type, why = TYPE_MAP.get(given_type, (given_type, None))
     cls = layer_class(our_type)
     if cls is None:
         hint = TYPE_HINTS.get(given_type)
         hint = f" ({hint})" if hint else did_you_mean(given_type, layer_types())
-        raise _layer_error(source, type_entry.line, name,
+        raise _layer_error(source, type_entry.line, sec.name,
                            f"convnet has no layer type '{given_type}'{hint}; its types: {', '.join(layer_types())}")
     if why:
         lay.notes.append(f"type {given_type} -> {our_type}: {why}")
-    own = _type_keys(cls)
-    known = list(own) + list(COMMON_KEYS) + list(CHECKED_KEYS) + list(DROPPED_LAYER_KEYS) + list(PARAM_KEYS)
+    return cls, given_type, our_type
 
+
+def _entries_with_default(sec, default, cls, own, known, lay, default_used) -> list:
+    """The section's entries plus the [DEFAULT] keys its type has (and it does not set)."""
     entries = list(sec.entries.values())
     if default is not None:
         for lower, e in default.entries.items():
             canon = _canonical(e.key, known)
             if lower in sec.entries:
                 continue
-            if canon in own or (canon == "neuron" and cls.type == "neuron"):
+            if canon in own or (canon == "neuron" and cls.owns_neuron):
                 entries.append(e)
                 default_used.add(lower)
                 lay.notes.append(f"{canon} from [DEFAULT] (line {e.line})")
+    return entries
 
-    inputs_entry = next((e for e in entries if e.key.lower() == "inputs"), None)
-    n_inputs = len([t for t in split_top(inputs_entry.value) if t]) if inputs_entry else 0
-    if n_inputs > 1 and cls.max_inputs == 1 and cls.type in ("conv", "local"):
-        raise _layer_error(source, inputs_entry.line, name,
-                           f"a {cls.type} layer with {n_inputs} inputs (cuda-convnet summed one convolution per "
-                           f"input); convnet's {cls.type} takes one input: join them with a concat layer first")
 
-    for e in entries:
-        key = _canonical(e.key, known)
-        key = own.get(key, key)  # a legacy spelling is written under the key's own name
-        raw = e.value
-        if key == "type":
-            lay.items.append(_Item("type", our_type, given_type, e.line))
-            continue
-        if key in DROPPED_LAYER_KEYS and key not in own:
-            if key == "randSparse" and scalar(raw) not in (0, "0"):
-                raise _layer_error(source, e.line, name, f"randSparse={raw}: random sparse connectivity is not "
-                                                         f"supported; use groups, or set randSparse=0")
-            lay.items.append(_Item(None, comment=_note(e.key, raw, DROPPED_LAYER_KEYS[key]), line=e.line))
-            continue
-        if key in PARAM_KEYS and key not in own:
-            res.moved.setdefault(name, []).append((key, raw, e.line))
-            lay.items.append(_Item(None, comment=f"moved to the params file: {e.key}={raw}", line=e.line))
-            continue
-        if raw == "":
-            raise _layer_error(source, e.line, name, f"key '{e.key}' has no value; give one or remove the line")
-        if key == "inputs":
-            toks = [t for t in split_top(raw) if t]
-            lay.items.append(_Item("inputs", toks[0] if len(toks) == 1 else toks, raw, e.line))
-            continue
-        if key == "neuron":
-            lay.items.append(_Item("neuron", raw.strip(), raw, e.line))
-            continue
-        if key == "channels" and "," in raw:  # checked against the input's shape as written
-            lay.items.append(_Item(key, raw.replace(" ", ""), raw, e.line))
-            continue
-        toks = split_top(raw)
-        if len(toks) > 1 and key in LAYER_PER_INPUT:
-            key_kind = cls.keys[own[key]].kind if key in own else None
-            values = [scalar(t) for t in toks]
-            if len(toks) == n_inputs and key_kind != "floats":
-                if len(set(map(str, values))) == 1:
-                    lay.items.append(_Item(key, values[0], toks[0], e.line))
-                    continue
-                if key in CHECKED_KEYS:
-                    lay.items.append(_Item(key, raw.replace(" ", ""), raw, e.line))
-                    continue
-                raise _layer_error(source, e.line, name,
-                                   f"{e.key}={raw} has a different value per input; convnet's {cls.type} layer "
-                                   f"takes one {key}: use one value")
-            if not (key_kind == "floats" or (key in HW_KEYS and len(toks) == 2)):
-                raise _layer_error(source, e.line, name,
-                                   f"{e.key}={raw} has {len(toks)} values but the layer has {n_inputs} input(s); "
-                                   f"give one value per input")
-        lay.items.append(_Item(key, _list_value(toks), toks if len(toks) > 1 else toks[0], e.line))
-    return lay
+def _convert_entry(e, key, cls, own, n_inputs, source, res, lay):
+    """One `key=value` of a layer section (key: its name here) -> an item, or a comment, on `lay`."""
+    name, raw = lay.name, e.value
+    if key in DROPPED_LAYER_KEYS and key not in own:
+        if key == "randSparse" and scalar(raw) not in (0, "0"):
+            raise _layer_error(source, e.line, name, f"randSparse={raw}: random sparse connectivity is not "
+                                                     f"supported; use groups, or set randSparse=0")
+        lay.items.append(_Item(None, comment=_note(e.key, raw, DROPPED_LAYER_KEYS[key]), line=e.line))
+        return
+    if key in PARAM_KEYS and key not in own:
+        res.moved.setdefault(name, []).append((key, raw, e.line))
+        lay.items.append(_Item(None, comment=f"moved to the params file: {e.key}={raw}", line=e.line))
+        return
+    if raw == "":
+        raise _layer_error(source, e.line, name, f"key '{e.key}' has no value; give one or remove the line")
+    if key == "inputs":
+        toks = [t for t in split_top(raw) if t]
+        lay.items.append(_Item("inputs", toks[0] if len(toks) == 1 else toks, raw, e.line))
+        return
+    if key == "neuron":
+        lay.items.append(_Item("neuron", raw.strip(), raw, e.line))
+        return
+    if key == "channels" and "," in raw:  # checked against the input's shape as written
+        lay.items.append(_Item(key, raw.replace(" ", ""), raw, e.line))
+        return
+    toks = split_top(raw)
+    if len(toks) > 1 and key in LAYER_PER_INPUT:
+        key_kind = cls.keys[own[key]].kind if key in own else None
+        values = [scalar(t) for t in toks]
+        if len(toks) == n_inputs and key_kind != "floats":
+            if len(set(map(str, values))) == 1:
+                lay.items.append(_Item(key, values[0], toks[0], e.line))
+                return
+            if key in CHECKED_KEYS:
+                lay.items.append(_Item(key, raw.replace(" ", ""), raw, e.line))
+                return
+            raise _layer_error(source, e.line, name,
+                               f"{e.key}={raw} has a different value per input; convnet's {cls.type} layer "
+                               f"takes one {key}: use one value")
+        if not (key_kind == "floats" or (key in HW_KEYS and len(toks) == 2)):
+            raise _layer_error(source, e.line, name,
+                               f"{e.key}={raw} has {len(toks)} values but the layer has {n_inputs} input(s); "
+                               f"give one value per input")
+    lay.items.append(_Item(key, _list_value(toks), toks if len(toks) > 1 else toks[0], e.line))
 
 
 def cfg_to_layer_def(text: str, source: str = "layers.cfg") -> Located:

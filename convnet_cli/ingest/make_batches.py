@@ -383,8 +383,8 @@ def make_batches(audio_dir, batch_dir, *, labels_csv=None, file_col=None, label_
     except OSError as exc:
         raise DataError(f"{batch_dir}: cannot create the batch folder ({exc.strerror or exc})") from None
     try:
-        summary = _write_all(ds, plan, spec, staging, jobs, dtype, progress)
-        _install(staging, batch_dir, summary.pop("_files"))
+        summary, files = _write_all(ds, plan, spec, staging, jobs, dtype, progress)
+        _install(staging, batch_dir, files)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if created:
@@ -399,7 +399,71 @@ def make_batches(audio_dir, batch_dir, *, labels_csv=None, file_col=None, label_
     return summary
 
 
-def _write_all(ds, plan, spec, staging, jobs, dtype, progress) -> dict:
+@dataclass
+class _Written:
+    """What `_write_batches` wrote into the staging folder."""
+
+    files: list = None       # batch file names, in order
+    sizes: list = None       # cases per batch file
+    n_train: int = 0         # the first n_train batch files form the training range
+    skipped: list = None     # (file name, reason) of the audio that could not be read
+    moments: "_Moments" = None  # statistics of the training batches, as a reader will see them
+    timings: np.ndarray = None  # decode, resample, features, imports (summed over workers)
+    t_write: float = 0.0
+
+
+def _write_all(ds, plan, spec, staging, jobs, dtype, progress) -> tuple:
+    """Write the batch files, skipped.txt and batches.meta into `staging`: (summary, names of the files)."""
+    w = _write_batches(ds, plan, spec, staging, jobs, dtype, progress)
+    _check_read(ds, w)
+    train_range = [1, w.n_train] if w.n_train else []
+    test_range = [w.n_train + 1, len(w.files)] if len(w.files) > w.n_train else []
+    mean, std = w.moments.result()
+    meta = {
+        "label_names": list(ds.label_names),
+        "num_vis": int(np.prod(spec.shape)),
+        "data_shape": list(spec.shape),
+        "num_cases_per_batch": max(w.sizes),
+        "num_batches": len(w.files),
+        "train_range": train_range,
+        "test_range": test_range,
+        "data_mean": mean,
+        "data_std": std,
+        "features": spec.to_dict(),
+        "skipped": len(w.skipped),
+        "batch_cases": w.sizes,
+        "dtype": dtype,
+    }
+    t0 = time.perf_counter()
+    write_text_atomic(os.path.join(staging, SKIPPED), "".join(f"{n}\t{r}\n" for n, r in w.skipped))
+    write_pickle_atomic(os.path.join(staging, META), meta)
+    w.t_write += time.perf_counter() - t0
+    summary = {
+        "read": sum(w.sizes), "skipped": len(w.skipped), "batches": len(w.files),
+        "train_range": train_range, "test_range": test_range,
+        "train_cases": int(sum(w.sizes[:w.n_train])), "test_cases": int(sum(w.sizes[w.n_train:])),
+        "shape": tuple(spec.shape),
+        "timings": {"decode": float(w.timings[0]), "resample": float(w.timings[1]),
+                    "features": float(w.timings[2]), "imports": float(w.timings[3]), "write": w.t_write},
+    }
+    return summary, w.files + [SKIPPED, META]
+
+
+def _check_read(ds, w: _Written):
+    """DataError when nothing, or nothing of the training range, could be read."""
+    if sum(w.sizes) == 0:
+        first = "; ".join(f"{n}: {r}" for n, r in w.skipped[:3])
+        raise NothingReadError(f"{ds.audio_dir}: none of the {len(ds)} audio files could be read ({first}"
+                               f"{' …' if len(w.skipped) > 3 else ''}); nothing was written")
+    if w.moments.count == 0:
+        raise DataError(f"{ds.audio_dir}: none of the clips planned for the training range could be read "
+                        f"({len(w.skipped)} skipped); see the reasons with --jobs 1, or use --test-fraction 0")
+
+
+def _write_batches(ds, plan, spec, staging, jobs, dtype, progress) -> _Written:
+    """Compute the features of the planned batches in chunks (in `jobs` processes) and write each batch file
+    as soon as all its chunks are in; clips that cannot be read are skipped (a batch file may come out
+    smaller, or not at all)."""
     num_vis = int(np.prod(spec.shape))
     chunks = []           # ((planned batch index, dataset indices), paths)
     for b, idx in enumerate(plan.batches):
@@ -407,82 +471,42 @@ def _write_all(ds, plan, spec, staging, jobs, dtype, progress) -> dict:
             part = idx[a:a + CHUNK]
             chunks.append(((b, part), [ds.paths[i] for i in part]))
     remaining = [len(idx) for idx in plan.batches]
-    moments = _Moments(num_vis)
-    parts, skipped, sizes = [], [], []
-    written, n_train_written = 0, 0
-    timings = np.zeros(4)
-    t_write = 0.0
-    files = []
+    w = _Written(files=[], sizes=[], skipped=[], moments=_Moments(num_vis), timings=np.zeros(4))
+    parts = []
     with _progress(progress, len(ds)) as bar, closing(run_chunks(chunks, spec, jobs)) as results:
         for (b, part), chunk, (arr, ok, bad, times) in results:
-            timings += times
+            w.timings += times
             for j, reason in bad:
-                skipped.append((ds.names[part[j]], reason))
+                w.skipped.append((ds.names[part[j]], reason))
             if arr is not None:
                 parts.append((arr, [part[j] for j in ok]))
             remaining[b] -= len(chunk)
             bar.update(len(chunk))
-            if remaining[b]:
+            if remaining[b] or not parts:
                 continue
             # batch b complete
-            if not parts:
-                continue
             t0 = time.perf_counter()
-            feats = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
-            index = [i for p in parts for i in p[1]]
-            parts = []
-            cols = feats.reshape(feats.shape[0], num_vis).T          # (num_vis, n): one case per column
-            del feats
-            batch, seen = encode_batch(cols, ds.labels[index], [ds.names[i] for i in index], dtype)
-            written += 1
-            name = f"data_batch_{written}"
-            write_pickle_atomic(os.path.join(staging, name), batch)
-            files.append(name)
-            sizes.append(len(index))
-            if b < plan.num_train:
-                moments.add(seen)
-                n_train_written = written
-            del batch, seen, cols
-            t_write += time.perf_counter() - t0
-    read = sum(sizes)
-    if read == 0:
-        first = "; ".join(f"{n}: {r}" for n, r in skipped[:3])
-        raise NothingReadError(f"{ds.audio_dir}: none of the {len(ds)} audio files could be read ({first}"
-                               f"{' …' if len(skipped) > 3 else ''}); nothing was written")
-    if moments.count == 0:
-        raise DataError(f"{ds.audio_dir}: none of the clips planned for the training range could be read "
-                        f"({len(skipped)} skipped); see the reasons with --jobs 1, or use --test-fraction 0")
-    mean, std = moments.result()
-    train_range = [1, n_train_written] if n_train_written else []
-    test_range = [n_train_written + 1, written] if written > n_train_written else []
-    meta = {
-        "label_names": list(ds.label_names),
-        "num_vis": num_vis,
-        "data_shape": list(spec.shape),
-        "num_cases_per_batch": max(sizes),
-        "num_batches": written,
-        "train_range": train_range,
-        "test_range": test_range,
-        "data_mean": mean,
-        "data_std": std,
-        "features": spec.to_dict(),
-        "skipped": len(skipped),
-        "batch_cases": sizes,
-        "dtype": dtype,
-    }
-    t0 = time.perf_counter()
-    write_text_atomic(os.path.join(staging, SKIPPED), "".join(f"{n}\t{r}\n" for n, r in skipped))
-    write_pickle_atomic(os.path.join(staging, META), meta)
-    t_write += time.perf_counter() - t0
-    return {
-        "read": read, "skipped": len(skipped), "batches": written,
-        "train_range": train_range, "test_range": test_range,
-        "train_cases": int(sum(sizes[:n_train_written])), "test_cases": int(sum(sizes[n_train_written:])),
-        "shape": tuple(spec.shape),
-        "timings": {"decode": float(timings[0]), "resample": float(timings[1]), "features": float(timings[2]),
-                    "imports": float(timings[3]), "write": t_write},
-        "_files": files + [SKIPPED, META],
-    }
+            _write_batch(ds, parts, num_vis, dtype, staging, w, is_train=b < plan.num_train)  # empties parts
+            w.t_write += time.perf_counter() - t0
+    return w
+
+
+def _write_batch(ds, parts, num_vis, dtype, staging, w: _Written, is_train: bool):
+    """One batch file from its chunks' features `parts` [(features, dataset indices)], which it empties;
+    updates `w`."""
+    feats = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+    index = [i for p in parts for i in p[1]]
+    parts.clear()  # the caller's list: the chunks' arrays are freed before the batch is encoded
+    cols = feats.reshape(feats.shape[0], num_vis).T          # (num_vis, n): one case per column
+    del feats
+    batch, seen = encode_batch(cols, ds.labels[index], [ds.names[i] for i in index], dtype)
+    name = f"data_batch_{len(w.files) + 1}"
+    write_pickle_atomic(os.path.join(staging, name), batch)
+    w.files.append(name)
+    w.sizes.append(len(index))
+    if is_train:
+        w.moments.add(seen)
+        w.n_train = len(w.files)
 
 
 def _install(staging, batch_dir, files):
