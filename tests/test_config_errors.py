@@ -1,5 +1,6 @@
 """Every user mistake in a layer-def or layer-params file is a ConfigError whose one-line message names the
-file, the layer, the key and the fix (SPEC section 10); the cuda-convnet spellings still load."""
+file, the layer, the key and the fix (README.md, the paragraph on user errors); the cuda-convnet spellings
+still load."""
 from __future__ import annotations
 
 import numpy as np

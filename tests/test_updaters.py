@@ -1,5 +1,5 @@
-"""Updaters against torch.optim, clipping against torch.nn.utils, every schedule of SPEC section 5 by hand,
-and how the params file (DEFAULT, per-layer settings, per-input lists) reaches the updates."""
+"""Updaters against torch.optim, clipping against torch.nn.utils, every schedule of docs/CONFIG.md
+('Layer params') by hand, and how the params file (DEFAULT, per-layer settings, per-input lists) reaches the updates."""
 from __future__ import annotations
 
 import math
@@ -187,7 +187,7 @@ def test_clip_then_clip_norm_in_an_update():
         np.testing.assert_allclose(ours[k], want[k], rtol=1e-5, atol=1e-7)
 
 
-# -- schedules (SPEC section 5) ---------------------------------------------------------------------------
+# -- schedules (docs/CONFIG.md, 'Layer params') ------------------------------------------------------------------------
 SCHEDULES = [
     # (text, [(progress, epoch, expected)])
     ("0.01", [(0.0, 0, 0.01), (0.5, 3, 0.01), (1.0, 9, 0.01)]),

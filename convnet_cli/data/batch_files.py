@@ -1,8 +1,9 @@
-"""cuda-convnet batch files: a safe reader, atomic writers, and `BatchSet` (one validated batch directory).
+"""cuda-convnet batch files: a safe reader and `BatchSet` (one validated batch directory); the atomic writers
+are in fileio.py.
 
-Layout (SPEC section 3): `data_batch_1 … data_batch_K`, each a pickled dict with `data` (num_vis, n) —
-one case per column, the case's (C, H, W) array in C order — `labels` (n ints) and `filenames` (n strings);
-and `batches.meta` with `label_names`, `num_vis`, `data_shape`, `num_cases_per_batch`, `num_batches`,
+Layout (cuda-convnet's, as `convnet make-batches` writes it): `data_batch_1 … data_batch_K`, each a
+pickled dict with `data` (num_vis, n) — one case per column, the case's (C, H, W) array in C order —
+`labels` (n ints) and `filenames` (n strings); and `batches.meta` with `label_names`, `num_vis`, `data_shape`, `num_cases_per_batch`, `num_batches`,
 `train_range`/`test_range` (inclusive [first, last]; [] when empty), `data_mean`/`data_std` (float32
 (num_vis, 1), training range only), `features` and `skipped`.
 

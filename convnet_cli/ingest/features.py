@@ -17,7 +17,7 @@ Choices (fixed; they are part of what a trained net has seen):
   column, first `n_mfcc` coefficients; H = n_mfcc.
 - No pre-emphasis, no centering, no per-clip normalisation (the batch meta's mean/std does that).
 
-FeatureSpec is the validated form of the `features` section (SPEC section 2); every consumer gets one,
+FeatureSpec is the validated form of the `features` section (docs/CONFIG.md, 'Features'); every consumer gets one,
 never a raw dict.
 """
 from __future__ import annotations
@@ -84,7 +84,7 @@ class FeatureSpec:
         return float(self.sample_rate) / 2 if self.fmax is None else float(self.fmax)
 
     def to_dict(self) -> dict:
-        """Plain dict of the SPEC section 2 keys (what batches.meta and checkpoints store)."""
+        """Plain dict of the features keys (docs/CONFIG.md) (what batches.meta and checkpoints store)."""
         d = asdict(self)
         d["duration"] = float(d["duration"])
         d["fmin"] = float(d["fmin"])

@@ -1,4 +1,5 @@
-"""Audio folders -> cuda-convnet batch files (SPEC sections 2 and 3).
+"""Audio folders -> cuda-convnet batch files (the audio layouts: README.md, 'From a folder of audio to a CSV';
+the batch file format: data/batch_files.py).
 
 The plan is made before any audio is decoded: clips are split into train and test (stratified by class, or
 by `--split-by` group), shuffled with `--seed`, and dealt class by class round-robin into K batches so every
@@ -42,7 +43,7 @@ _BATCH_FILE = re.compile(r"^data_batch_\d+$")
 
 
 class NothingReadError(DataError):
-    """Not one audio file could be decoded: the run produced nothing (exit 1, SPEC section 2)."""
+    """Not one audio file could be decoded: the run produced nothing (exit 1)."""
 
     exit_code = 1
 

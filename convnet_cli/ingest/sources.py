@@ -76,7 +76,8 @@ def _sorted_labels(values):
 
 def collect_dataset(audio_dir, labels_csv=None, file_col=None, label_col=None, no_labels=False,
                     label_names=None) -> Dataset:
-    """List the clips of AUDIO_DIR and their labels (SPEC section 2 layouts). ConfigError/DataError on bad input."""
+    """List the clips of AUDIO_DIR and their labels (the layouts of README.md, 'From a folder of audio to a
+    CSV'). ConfigError/DataError on bad input."""
     audio_dir = os.fspath(audio_dir)
     if not os.path.exists(audio_dir):
         raise DataError(f"{audio_dir}: no such folder; give the folder that holds the audio")

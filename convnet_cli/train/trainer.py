@@ -230,7 +230,8 @@ class Trainer:
             f"resume with: convnet train -f {self.run_dir}")
 
     def test(self) -> tuple:
-        """(cost, error, per-layer metrics, cases) over the test range, in test mode."""
+        """(totals, cases) over the test range, in test mode: totals {cost layer: {metric: sum over cases}}
+        (see _accumulate; _record turns them into means), cases the number of test cases."""
         totals, cases = {}, 0
         for _, minibatches in self.test_provider.iter_epoch(0):
             for mb in minibatches:
