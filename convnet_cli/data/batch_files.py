@@ -3,9 +3,10 @@ are in fileio.py.
 
 Layout (cuda-convnet's, as `convnet make-batches` writes it): `data_batch_1 … data_batch_K`, each a
 pickled dict with `data` (num_vis, n) — one case per column, the case's (C, H, W) array in C order —
-`labels` (n ints) and `filenames` (n strings); and `batches.meta` with `label_names`, `num_vis`, `data_shape`, `num_cases_per_batch`, `num_batches`,
-`train_range`/`test_range` (inclusive [first, last]; [] when empty), `data_mean`/`data_std` (float32
-(num_vis, 1), training range only), `features` and `skipped`.
+`labels` (n ints) and `filenames` (n strings); and `batches.meta` with `label_names`, `num_vis`,
+`data_shape`, `num_cases_per_batch`, `num_batches`, `train_range`/`test_range` (inclusive [first, last];
+[] when empty), `data_mean`/`data_std` (float32 (num_vis, 1), training range only), `features` and
+`skipped`.
 
 Extras written by `convnet make-batches` and understood here:
 - `batch_cases` in the meta: the number of cases in each batch file (list, batch 1 first).
