@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from convnet_cli.data import batch_files as bf
-from convnet_cli.data.batch_files import BatchSet, restricted_load, write_pickle_atomic
+from convnet_cli.data.batch_files import BatchSet, restricted_load
 from convnet_cli.errors import DataError
+from convnet_cli.fileio import write_pickle_atomic
 
 
 class Evil:

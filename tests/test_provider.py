@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from convnet_cli.backend import CPU
-from convnet_cli.data.batch_files import BatchSet, encode_batch, write_pickle_atomic
+from convnet_cli.data.batch_files import BatchSet, encode_batch
+from convnet_cli.fileio import write_pickle_atomic
 from convnet_cli.data.provider import DataProvider
 from convnet_cli.errors import ConfigError, DataError
 

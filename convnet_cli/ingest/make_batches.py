@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from convnet_cli.data.batch_files import META, encode_batch
-from convnet_cli.fileio import write_pickle_atomic, write_text_atomic
 from convnet_cli.errors import ConfigError, DataError
+from convnet_cli.fileio import write_pickle_atomic, write_text_atomic
 from convnet_cli.ingest.audio import AudioError, fit_length, read_audio, resample
 from convnet_cli.ingest.features import FeatureSpec, compute_features
 from convnet_cli.ingest.sources import collect_dataset
