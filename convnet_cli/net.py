@@ -49,7 +49,7 @@ class Net:
         for l in self.cost_layers:
             if l.fuses_with:
                 src = self.by_name[l.in_names[1]]
-                if src.type == l.fuses_with and getattr(src, "neuron", None) is None:
+                if src.type == l.fuses_with and src.neuron is None:
                     self.fused[l.name] = src.name
         self.set_learning(learn)
         self.outputs = {}

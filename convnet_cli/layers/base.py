@@ -75,6 +75,7 @@ class Layer:
     # A cost that can take over the layer of this type feeding its second input (when that layer has no
     # neuron): the net then calls forward_fused(labels, that layer's input, ctx) / backward_fused.
     fuses_with: ClassVar[str | None] = None
+    neuron: Any = None  # set by the parser: the Neuron the net applies to this layer's output, or None
     # The layer-params keys this type reads at run time (coeff, keep, scale, ...) and their values when the
     # params file gives none; see `set_hyper`. The params parser accepts the keys of every registered type.
     hyper_defaults: ClassVar[dict] = {}
