@@ -1,4 +1,5 @@
-"""`--layer-def` YAML -> validated layer specs -> Layer objects with inferred shapes.
+"""`--layer-def` mapping (YAML or .cfg, read by config/loader.py) -> validated layer specs -> Layer objects
+with inferred shapes.
 
 All checking of the layer definition happens here (and in each Layer's `infer_shape`); nothing past this
 module sees an unchecked dict. Errors name the file, the layer, the key, the line and the fix.

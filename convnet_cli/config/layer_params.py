@@ -1,4 +1,4 @@
-"""`--layer-params` YAML -> one LearnSpec per layer.
+"""`--layer-params` mapping (YAML or .cfg, read by config/loader.py) -> one LearnSpec per layer.
 
 A mapping layer name -> settings; a `DEFAULT` entry applies to every layer that does not set a key, as an
 INI DEFAULT section does. Re-read on every resume, so editing a learning rate takes effect with `train -f`.
@@ -12,6 +12,7 @@ from convnet_cli.config.yamlio import Located
 from convnet_cli.errors import ConfigError, did_you_mean
 from convnet_cli.layers.registry import REGISTRY
 from convnet_cli.updaters import UPDATERS, hyperparam_keys
+
 
 def _hyper_keys() -> tuple:
     """Run-time layer settings (coeff, keep, scale, ...): the keys of the registered layers' hyper_defaults."""
