@@ -115,32 +115,40 @@ def collect_recordings(recordings_dir, tables, label_col=None, warn=print):
 def plan_windows(recs, spec: FeatureSpec, hop_s, min_overlap=0.5, background="background", background_ratio=None,
                  seed=0, label_names=None) -> WindowPlan:
     """Which windows become cases, and their labels (SPEC 11)."""
-    recs_i, wins, labs = [], [], []
+    recs_i, wins, codes = [], [], []
+    code = {}                     # label -> provisional id (ints per window, not strings: months of audio fit)
     left_out = 0
     for i, r in enumerate(recs):
         starts = window_starts(r.duration, spec.duration, hop_s)
         lab = label_windows(starts, spec.duration, r.selections, min_overlap, background)
-        keep = np.array([v is not None for v in lab], dtype=bool)
-        left_out += int((~keep).sum())
-        idx = np.flatnonzero(keep)
+        c = np.fromiter((-1 if v is None else code.setdefault(v, len(code)) for v in lab), dtype=np.int64,
+                        count=len(lab))
+        del lab
+        idx = np.flatnonzero(c >= 0)
+        left_out += int(c.size - idx.size)
         recs_i.append(np.full(idx.size, i, dtype=np.int64))
         wins.append(idx.astype(np.int64))
-        labs.extend(lab[k] for k in idx)
+        codes.append(c[idx])
     rec = np.concatenate(recs_i) if recs_i else np.zeros(0, np.int64)
     win = np.concatenate(wins) if wins else np.zeros(0, np.int64)
-    found = sorted(set(labs) - {background})
+    prov = np.concatenate(codes) if codes else np.zeros(0, np.int64)
+    present = [c for c in code if (prov == code[c]).any()]
+    found = sorted(set(present) - {background})
     if label_names is None:
-        names = ([background] if background in labs else []) + found
+        names = ([background] if background in present else []) + found
     else:
         names = list(label_names)
-        missing = [c for c in sorted(set(labs)) if c not in names]
+        missing = [c for c in sorted(present) if c not in names]
         if missing:
             where = next((f"{s.source} line {s.line}" for r in recs for s in r.selections if s.label == missing[0]),
                          "--background")
             raise DataError(f"{where}: label '{missing[0]}' is not one of the label names ({', '.join(names)}); "
                             "fix the table or --label-names (the background label counts too)")
     index = {c: j for j, c in enumerate(names)}
-    labels = np.array([index[v] for v in labs], dtype=np.int64)
+    remap = np.zeros(max(len(code), 1), dtype=np.int64)
+    for c, j in code.items():
+        remap[j] = index.get(c, -1)
+    labels = remap[prov]
     dropped = 0
     if background_ratio is not None and background in index:
         bg = np.flatnonzero(labels == index[background])
