@@ -171,13 +171,17 @@ def test_unreadable_recordings_are_skipped(survey, tmp_path):
     (root / "features.yaml").write_text(FEATURES)
     write_raven(str(root / "tables" / "good.Table.1.selections.txt"), [(1.0, 2.0, "upcall", 0, 1)])
     write_raven(str(root / "tables" / "bad.Table.1.selections.txt"), [(1.0, 2.0, "upcall", 0, 1)])
+    write_recording(str(root / "rec" / "short.flac"), 1.5, seed=6)
+    write_raven(str(root / "tables" / "short.Table.1.selections.txt"), [(0.5, 1.0, "upcall", 0, 1)])
     r = run(root, tmp_path / "b", "--test-fraction", "0")
     assert r.exit_code == 0, r.output
-    assert "bad.flac\tcannot decode" in (tmp_path / "b" / "skipped.txt").read_text()
+    skipped = (tmp_path / "b" / "skipped.txt").read_text()
+    assert "bad.flac\tcannot decode" in skipped
+    assert "short.flac\tshorter (1.500 s) than one window (2 s)" in skipped
     os.remove(root / "rec" / "good.flac")
     (root / "rec" / "good.flac").write_bytes(b"")
     r = run(root, tmp_path / "c", "--test-fraction", "0")
-    assert r.exit_code == 1 and "none of the 2 recordings could be used" in r.output
+    assert r.exit_code == 1 and "none of the 3 recordings could be used" in r.output
     assert not (tmp_path / "c").exists()
 
 

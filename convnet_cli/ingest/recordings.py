@@ -415,6 +415,11 @@ def make_batches_from_annotations(recordings_dir, batch_dir, tables, *, features
         raise DataError(f"{batch_dir}: already holds batch files ({', '.join(old[:3])}{' …' if len(old) > 3 else ''}); "
                         "pass --overwrite to replace them, or choose another folder")
     recs, skipped = collect_recordings(recordings_dir, tables, label_col, warn)
+    short = [r for r in recs if window_starts(r.duration, spec.duration, hop_s).size == 0]
+    for r in short:
+        skipped.append((r.rel, f"shorter ({r.duration:.3f} s) than one window ({spec.duration:g} s)"))
+    recs = [r for r in recs if r not in short]
+    skipped.sort()
     if not recs:
         first = "; ".join(f"{n}: {r}" for n, r in skipped[:3])
         raise NothingReadError(f"{recordings_dir}: none of the {len(skipped)} recordings could be used ({first}"
