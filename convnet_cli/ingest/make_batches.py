@@ -358,6 +358,8 @@ def make_batches(audio_dir, batch_dir, *, labels_csv=None, file_col=None, label_
     Returns a summary dict: files, read, skipped, classes, batches, train_range, test_range, train_cases,
     test_cases, shape, batch_dir, seconds, timings {decode, resample, features, imports, write} (seconds;
     decode, resample, features and imports are summed over worker processes).
+
+    Long recordings with annotation tables take convnet_cli/ingest/recordings.py instead.
     """
     t_start = time.perf_counter()
     spec = features if features is not None else FeatureSpec()
