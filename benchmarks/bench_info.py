@@ -5,8 +5,8 @@ each file with `restricted_load` (what training does: the whole file, the data a
     python benchmarks/bench_info.py [--batches 4] [--cases 4000] [--num-vis 4000] [--protocol 5]
 
 Writes a temporary batch folder of float32 batches (num_vis x cases each), then runs each reader in a fresh
-Python process (so its peak resident memory is its own) over all the batch files, twice (the second pass
-with the files in the page cache). Prints per reader: seconds per pass, peak RSS growth over the process
+Python process (so its peak resident memory is its own) over all the batch files, twice (both passes find
+the files in the page cache: they were just written). Prints per reader: seconds per pass, peak RSS growth over the process
 after imports (VmHWM, reset through /proc/self/clear_refs: Linux only), and the bytes the process read through read()/readinto() (/proc/self/io rchar,
 Linux only).
 """
@@ -105,7 +105,7 @@ def main():
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
             r = json.loads(out.stdout)
             read = "n/a" if r["read_bytes"] is None else f"{r['read_bytes'] / 1e6:8.2f} MB"
-            print(f"  {method:<16} {r['first'] * 1e3:8.1f} ms first pass {r['second'] * 1e3:8.1f} ms cached  "
+            print(f"  {method:<16} {r['first'] * 1e3:8.1f} ms pass 1 {r['second'] * 1e3:8.1f} ms pass 2  "
                   f"peak RSS +{r['rss_kb'] / 1024:7.1f} MiB  read {read} a pass  ({r['cases']} cases)")
 
 
