@@ -399,3 +399,16 @@ def test_onnx_without_the_onnx_package(tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_model, "_onnx", lambda: None)
     (tmp_path / "m.onnx").write_bytes(b"\x08\x08")
     one_line_error(invoke(["info", str(tmp_path / "m.onnx")]), "onnx package", "export")
+
+
+def test_foreign_meta_values_print(tmp_path):
+    """A batches.meta from another writer may hold numpy scalars and bytes: text and JSON still print."""
+    b, _ = encode_batch(np.zeros((6, 2)), [0, 1], ["a", "b"])
+    _write_folder(tmp_path / "b", [b, b], {"label_names": [b"no", b"yes"], "data_shape": [1, 2, 3],
+                                           "train_range": [1, 1], "test_range": [2, 2], "skipped": np.int64(0),
+                                           "features": {"sample_rate": np.int64(8000), "kind": b"logmel"}})
+    d = info_json(tmp_path / "b")
+    assert d["features"] == {"sample_rate": 8000, "kind": "logmel"} and d["label_names"] == ["no", "yes"]
+    r = invoke(["info", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    assert "sample_rate 8000" in r.output

@@ -28,6 +28,8 @@ def command(path, as_json):
     convnet info model.onnx
     """
     from convnet_cli.info import describe, render
+    from convnet_cli.info.text import plain
 
     info = describe(path, progress=not as_json)
-    click.echo(json.dumps(info, indent=2) if as_json else render(info))
+    click.echo(json.dumps(info, indent=2, default=plain) if as_json else render(info))
+

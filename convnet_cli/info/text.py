@@ -33,8 +33,17 @@ def _shape(shape) -> str:
     return " x ".join("?" if s is None else str(s) for s in shape) if shape else "-"
 
 
+def plain(value):
+    """JSON for what a foreign batches.meta may hold: numpy scalars and arrays, bytes."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("latin1")
+    return str(value)
+
+
 def _value(v) -> str:
-    text = v if isinstance(v, str) else json.dumps(v)
+    text = v if isinstance(v, str) else json.dumps(v, default=plain)
     if len(text) > _MAX_VALUE:
         text = f"{text[:_MAX_VALUE]}… ({len(text)} characters; --json shows all)"
     return text
