@@ -6,9 +6,9 @@ each file with `restricted_load` (what training does: the whole file, the data a
 
 Writes a temporary batch folder of float32 batches (num_vis x cases each), then runs each reader in a fresh
 Python process (so its peak resident memory is its own) over all the batch files, twice (both passes find
-the files in the page cache: they were just written). Prints per reader: seconds per pass, peak RSS growth over the process
-after imports (VmHWM, reset through /proc/self/clear_refs: Linux only), and the bytes the process read through read()/readinto() (/proc/self/io rchar,
-Linux only).
+the files in the page cache: they were just written). Prints per reader: milliseconds per pass, the growth
+of peak resident memory over the process after imports (VmHWM, reset through /proc/self/clear_refs), and
+the bytes the process read through read()/readinto() (/proc/self/io rchar). Linux only.
 """
 from __future__ import annotations
 

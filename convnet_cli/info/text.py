@@ -224,7 +224,8 @@ def _onnx(d) -> str:
     ops = ", ".join(f"{op} {n}" for op, n in d["operators"].items())
     lines = [
         _line("ONNX model", f"{d['path']} ({_size(d['bytes'])})"),
-        _line("format", f"IR {d['ir_version']}; opset {opsets}" + (f"; producer {d['producer']}" if d["producer"] else "")),
+        _line("format", f"IR {d['ir_version']}; opset {opsets}"
+                        + (f"; producer {d['producer']}" if d["producer"] else "")),
     ]
     for label, items in (("inputs", d["inputs"]), ("outputs", d["outputs"])):
         for i, v in enumerate(items or [None]):
