@@ -5,6 +5,7 @@ Each command lives in convnet_cli/commands/<name>.py as a click command called `
 from __future__ import annotations
 
 import importlib
+import keyword
 import sys
 import traceback
 
@@ -13,16 +14,22 @@ import click
 from convnet_cli import __version__
 from convnet_cli.errors import ConvnetError
 
-COMMANDS = ("make_batches", "train", "predict", "show", "convert_cfg", "demo")
+# Module names; a command whose name is a Python keyword lives in `<name>_.py` (continue_).
+COMMANDS = ("make_batches", "train", "continue_", "predict", "show", "info", "convert_cfg", "demo")
+
+
+def _module_name(command: str) -> str:
+    mod_name = command.replace("-", "_")
+    return mod_name + "_" if keyword.iskeyword(mod_name) else mod_name
 
 
 class _Group(click.Group):
     def list_commands(self, ctx):
-        return [c.replace("_", "-") for c in COMMANDS]
+        return [c.rstrip("_").replace("_", "-") for c in COMMANDS]
 
     def get_command(self, ctx, name):
-        mod_name = name.replace("-", "_")
-        if mod_name not in COMMANDS:
+        mod_name = _module_name(name)
+        if mod_name not in COMMANDS or name.endswith("_"):
             return None
         try:
             mod = importlib.import_module(f"convnet_cli.commands.{mod_name}")

@@ -104,24 +104,24 @@ class _Refused(pickle.UnpicklingError):
         self.what = what
 
 
-def restricted_load(file_or_path, name: str | None = None):
+def restricted_load(file_or_path, name: str | None = None, unpickler=None):
     """Unpickle a batch file or a meta file without running code.
 
     Admits numpy arrays, scalars and dtypes and plain containers/numbers/strings. Python 2 pickles
     (CIFAR-10) are read with encoding='latin1'. DataError, naming the file, for anything refused, truncated
-    or corrupt.
+    or corrupt. `unpickler`: a subclass of the restricted unpickler to use instead (see data/batch_labels.py).
     """
     if isinstance(file_or_path, (str, os.PathLike)):
         path = os.fspath(file_or_path)
         try:
             with open(path, "rb") as f:
-                return restricted_load(f, name or path)
+                return restricted_load(f, name or path, unpickler)
         except OSError as exc:
             raise open_error(path, exc, "batch file", "expected a batch file") from None
     f = file_or_path
     label = name or getattr(f, "name", None) or "<batch file>"
     try:
-        return _RestrictedUnpickler(f, encoding="latin1").load()
+        return (unpickler or _RestrictedUnpickler)(f, encoding="latin1").load()
     except _Refused as exc:
         raise DataError(f"{label}: refused to unpickle '{exc.what}': {_REFUSED}") from None
     except EOFError:

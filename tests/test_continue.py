@@ -1,0 +1,145 @@
+"""`convnet continue RUN [flags]` is `convnet train -f RUN [flags]`: the same weights after a resume from the
+same checkpoint, the same flags in --help, the same errors."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.helpers import invoke
+
+LAYERS = """\
+data:   {type: data, dataIdx: 0}
+labels: {type: data, dataIdx: 1}
+conv1:  {type: conv, inputs: data, filters: 4, filterSize: 3, padding: 1, neuron: relu}
+pool1:  {type: pool, inputs: conv1, pool: max, sizeX: 2}
+drop:   {type: dropout, inputs: pool1}
+fc2:    {type: fc, inputs: drop, outputs: 2}
+probs:  {type: softmax, inputs: fc2}
+logprob: {type: cost.logreg, inputs: [labels, probs]}
+"""
+PARAMS = "DEFAULT: {updater: adam, epsW: 0.003, epsB: 0.003, wc: 0.0001}\ndrop: {keep: 0.8}\n"
+
+
+@pytest.fixture(scope="module")
+def first_epoch(tiny_batches, tmp_path_factory):
+    """A run trained for one epoch (seed 5), to be copied before each resume."""
+    root = tmp_path_factory.mktemp("continue")
+    (root / "layers.yaml").write_text(LAYERS)
+    (root / "params.yaml").write_text(PARAMS)
+    r = invoke(["train", "--data-path", str(tiny_batches), "--save-path", str(root / "runs"), "--layer-def",
+                str(root / "layers.yaml"), "--layer-params", str(root / "params.yaml"), "--mini", "4",
+                "--epochs", "1", "--seed", "5", "--quiet"])
+    assert r.exit_code == 0, r.output
+    (run,) = os.listdir(root / "runs")
+    return root, root / "runs" / run
+
+
+def _copy(run, dest):
+    shutil.copytree(run, dest)
+    return dest
+
+
+def _arrays(path):
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files if k != "__state__"}
+
+
+def _newest(run):
+    from convnet_cli.train.checkpoint import newest_checkpoint
+
+    return newest_checkpoint(str(run))
+
+
+def test_continue_and_train_f_give_the_same_weights(first_epoch, tmp_path):
+    _, run = first_epoch
+    a, b = _copy(run, tmp_path / "a"), _copy(run, tmp_path / "b")
+    ra = invoke(["train", "-f", str(a), "--epochs", "3", "--quiet"])
+    rb = invoke(["continue", str(b), "--epochs", "3", "--quiet"])
+    assert ra.exit_code == rb.exit_code == 0, (ra.output, rb.output)
+    assert os.path.basename(_newest(a)) == os.path.basename(_newest(b))
+    wa, wb = _arrays(_newest(a)), _arrays(_newest(b))
+    assert set(wa) == set(wb) and wa
+    for k in wa:
+        assert np.array_equal(wa[k], wb[k]), k
+    # the resume really trained: the weights moved from those of the first epoch
+    w1 = _arrays(_newest(run))
+    assert not np.array_equal(w1["conv1/weights"], wa["conv1/weights"])
+    assert sorted(os.listdir(a)) == sorted(os.listdir(b))
+
+
+def test_continue_from_a_checkpoint_file_with_flags(first_epoch, tmp_path):
+    _, run = first_epoch
+    a, b = _copy(run, tmp_path / "a"), _copy(run, tmp_path / "b")
+    name = os.path.basename(_newest(run))
+    ra = invoke(["train", "-f", str(a / name), "--epochs", "2", "--test-freq", "1", "--quiet"])
+    rb = invoke(["continue", str(b / name), "--quiet", "--test-freq", "1", "--epochs", "2"])
+    assert ra.exit_code == rb.exit_code == 0, (ra.output, rb.output)
+    wa, wb = _arrays(_newest(a)), _arrays(_newest(b))
+    for k in wa:
+        assert np.array_equal(wa[k], wb[k]), k
+
+
+def test_continue_help_shows_the_train_flags():
+    from convnet_cli.commands.train import command as train
+
+    r = invoke(["continue", "--help"])
+    assert r.exit_code == 0, r.output
+    assert "Usage: convnet continue [OPTIONS] RUN" in r.output
+    assert "train -f RUN" in r.output
+    flags = [o for p in train.params if p.name != "resume_path" for o in p.opts]
+    assert "--epochs" in flags and "--layer-params" in flags
+    for flag in flags:
+        assert flag in r.output, flag
+    options = r.output.split("Options:")[1]
+    assert "-f " not in options  # RUN is the argument, not an option
+
+
+def _norm(output, cmd):
+    return output.replace(f"convnet {cmd}", "convnet CMD")
+
+
+@pytest.mark.parametrize("extra", [
+    ["--epochs", "0"],
+    ["--train-range", "x-y"],
+    ["--augment", "timeshfit"],
+    ["--device", "tpu"],
+    ["--bogus"],
+])
+def test_continue_and_train_f_fail_alike(first_epoch, tmp_path, extra):
+    _, run = first_epoch
+    a, b = _copy(run, tmp_path / "a"), _copy(run, tmp_path / "b")
+    ra = invoke(["train", "-f", str(a), *extra, "--quiet"])
+    rb = invoke(["continue", str(b), *extra, "--quiet"])
+    assert ra.exit_code == rb.exit_code == 2, (ra.output, rb.output)
+    assert _norm(ra.output, "train").replace(str(a), "RUN") == _norm(rb.output, "continue").replace(str(b), "RUN")
+    assert len(rb.output.strip().splitlines()) == 1 and "Traceback" not in rb.output
+
+
+def test_continue_refuses_a_new_layer_def_and_a_missing_run(first_epoch, tmp_path):
+    root, run = first_epoch
+    other = tmp_path / "other.yaml"
+    other.write_text(LAYERS.replace("filters: 4", "filters: 6"))
+    for args in (["--layer-def", str(other)], []):
+        target = str(run) if args else str(tmp_path / "no-such-run")
+        ra = invoke(["train", "-f", target, *args, "--quiet"])
+        rb = invoke(["continue", target, *args, "--quiet"])
+        assert ra.exit_code == rb.exit_code == 2
+        assert ra.output == rb.output
+    assert "cannot change on resume" in invoke(["continue", str(run), "--layer-def", str(other)]).output
+
+
+def test_continue_needs_a_run():
+    r = invoke(["continue"])
+    assert r.exit_code == 2
+    assert "Missing argument 'RUN'" in r.output
+
+
+def test_command_names():
+    r = invoke(["--help"])
+    assert r.exit_code == 0
+    listed = [line.split()[0] for line in r.output.split("Commands:")[1].splitlines() if line.strip()]
+    assert "continue" in listed and "info" in listed and "continue_" not in listed
+    assert "No such command" in invoke(["continue_", "x"]).output
