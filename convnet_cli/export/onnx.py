@@ -434,6 +434,9 @@ def write_model(model, path: str) -> str:
 
     if os.path.isdir(path):
         raise DataError(f"{path}: is a folder; give --out a file name such as model.onnx")
+    if model.ByteSize() >= 2 ** 31:
+        raise DataError(f"{path}: the model is {model.ByteSize() / 2 ** 30:.1f} GiB, beyond the 2 GiB that one ONNX "
+                        f"file can hold; export a smaller network")
     data = model.SerializeToString()
     _atomic_write(path, lambda f: f.write(data))
     return path
