@@ -1,0 +1,1 @@
+"""Export a trained network to standard runtimes (ONNX: `convnet_cli.export.onnx`)."""
