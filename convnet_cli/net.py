@@ -56,6 +56,10 @@ class Net:
         self._caches = {}
         self._ncaches = {}
         self._ctx = None
+        # Data-parallel hooks (train/data_parallel.py), inert in one process: the share of the minibatch's
+        # cost gradient this process owes, and a sum over the processes of batchnorm's per-channel sums.
+        self.grad_scale = 1.0
+        self.sync = None
 
     # -- construction --------------------------------------------------------------------------------
     @classmethod
@@ -121,7 +125,7 @@ class Net:
         Returns {cost layer: (cost, metrics)}; cost layers are skipped when labels are not given.
         Every layer's output stays in `self.outputs` until the next call."""
         xp = self.xp
-        ctx = Context(xp=xp, train=train, rng=rng)
+        ctx = Context(xp=xp, train=train, rng=rng, allreduce=self.sync if train else None)
         self._ctx = ctx
         outs, caches, ncaches = {}, {}, {}
         costs = {}
@@ -177,7 +181,7 @@ class Net:
             if l.is_cost:
                 if l.name not in self._caches:
                     continue
-                coeff = l.hyper.coeff
+                coeff = l.hyper.coeff * self.grad_scale
                 if l.name in self.fused:
                     sm = self.by_name[self.fused[l.name]]
                     add(sm.in_names[0], l.backward_fused(coeff, self._caches[l.name], ctx))

@@ -54,6 +54,8 @@ class Context:
     xp: Any
     train: bool = False
     rng: Any = None  # device random generator (dropout masks)
+    # training split over processes: sums a small float64 array over them (batchnorm statistics); else None
+    allreduce: Any = None
     extra: dict = field(default_factory=dict)
 
 

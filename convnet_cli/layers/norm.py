@@ -271,6 +271,8 @@ class BatchNorm(Layer):
         xp = ctx.xp
         gamma = params["gamma"].astype(x.dtype, copy=False)
         beta = params["beta"].astype(x.dtype, copy=False)
+        if ctx.train and ctx.allreduce is not None:
+            return self._forward_split(x, params, gamma, beta, ctx)
         if _is_cupy(x):
             return self._forward_cupy(x, params, gamma, beta, ctx)
         # On the CPU the (N, H, W, C) maps are seen as (N*H*W, C) matrices: per-channel sums as one GEMV
@@ -330,8 +332,58 @@ class BatchNorm(Layer):
         out, xhat = batchnorm_forward_cupy(x, mean, inv_std, gamma, beta)
         return out, (xhat, inv_std, gamma, bool(ctx.train))
 
+    def _forward_split(self, x, params, gamma, beta, ctx):
+        """Training forward when the minibatch is split over processes (train/data_parallel.py): each
+        process's per-channel sum and sum of squares go through ctx.allreduce, so mean and variance are the
+        whole minibatch's. The sums are taken around the running mean (the same on every process) and
+        added in float64, which keeps the one-pass variance within float32 rounding of the two-pass one."""
+        xp = ctx.xp
+        shape = x.shape
+        c = shape[-1]
+        x2 = x.reshape(-1, c)
+        running_mean, running_var = params["running_mean"], params["running_var"]
+        shift = running_mean.astype(x.dtype)
+        d = x2 - shift
+        local = xp.concatenate([d.sum(axis=0, dtype=xp.float64), (d * d).sum(axis=0, dtype=xp.float64),
+                                xp.full(1, x2.shape[0], dtype=xp.float64)])
+        total = ctx.allreduce(local)
+        count = float(total[-1])
+        m1 = total[:c] / count
+        var64 = xp.maximum(total[c:2 * c] / count - m1 * m1, 0.0)
+        mean = (shift.astype(xp.float64) + m1).astype(x.dtype)
+        var = var64.astype(x.dtype)
+        m = self.props.momentum
+        running_mean[...] = m * running_mean + (1 - m) * mean.astype(running_mean.dtype, copy=False)
+        unbiased = var * (count / max(count - 1, 1))
+        running_var[...] = m * running_var + (1 - m) * unbiased.astype(running_var.dtype, copy=False)
+        inv_std = (1 / xp.sqrt(var + self.props.epsilon)).astype(x.dtype, copy=False)
+        xhat = (x2 - mean) * inv_std
+        out = xhat * gamma + beta
+        return out.reshape(shape), (xhat.reshape(shape), inv_std, gamma, True)
+
+    def _backward_split(self, dout, xhat, inv_std, gamma, ctx):
+        """Training backward of _forward_split: dx needs the whole minibatch's sums of dout and dout*xhat
+        (summed over the processes); the parameter gradients stay this process's own (the trainer sums
+        every gradient over the processes afterwards)."""
+        xp = ctx.xp
+        shape = dout.shape
+        c = shape[-1]
+        d2 = dout.reshape(-1, c)
+        xh = xhat.reshape(-1, c)
+        dbeta = d2.sum(axis=0)
+        dgamma = (d2 * xh).sum(axis=0)
+        total = ctx.allreduce(xp.concatenate([dbeta.astype(xp.float64), dgamma.astype(xp.float64),
+                                              xp.full(1, d2.shape[0], dtype=xp.float64)]))
+        count = float(total[-1])
+        sum_dbeta = total[:c].astype(dout.dtype)
+        sum_dgamma = total[c:2 * c].astype(dout.dtype)
+        dx = (d2 - sum_dbeta / count - xh * (sum_dgamma / count)) * (gamma * inv_std)
+        return [dx.reshape(shape)], {"gamma": dgamma, "beta": dbeta}
+
     def backward(self, dout, cache, params, ctx):
         xhat, inv_std, gamma, train = cache
+        if train and ctx.allreduce is not None:
+            return self._backward_split(dout, xhat, inv_std, gamma, ctx)
         fn = batchnorm_backward_cupy if _is_cupy(dout) else batchnorm_backward_numpy
         dx, dgamma, dbeta = fn(dout, xhat, inv_std, gamma, train)
         return [dx], {"gamma": dgamma, "beta": dbeta}

@@ -16,7 +16,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import click
 import numpy as np
@@ -25,8 +25,10 @@ from convnet_cli.backend import get_backend
 from convnet_cli.config.yamlio import display_name, read_text
 from convnet_cli.errors import ConfigError, NonFiniteError
 from convnet_cli.net import Net
+from convnet_cli.parallel import get_world, rank_device
 from convnet_cli.train.checkpoint import (RunState, load_checkpoint, newest_checkpoint, prune_checkpoints,
                                           resolve_checkpoint, save_checkpoint)
+from convnet_cli.train.data_parallel import DataParallel
 
 @dataclass
 class TrainOptions:
@@ -130,14 +132,19 @@ class Trainer:
         self.batches_per_epoch = len(options.train_range)
         self.total_batches = self.batches_per_epoch * options.epochs
         self.started = time.time() - state.seconds
+        self.dp = DataParallel(get_world(), net)  # under MPI: shares, sums; rank 0 alone writes files
 
     # -- state -------------------------------------------------------------------------------------
     def _checkpoint(self, name: str) -> str:
+        if not self.dp.is_root:
+            return None
         path = os.path.join(self.run_dir, name)
         self.state.seconds = round(time.time() - self.started, 3)
         return save_checkpoint(path, self.net.get_arrays(), self.state)
 
     def _log(self, record: dict):
+        if not self.dp.is_root:
+            return
         with open(self.log_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -196,15 +203,18 @@ class Trainer:
         for m, mb in enumerate(minibatches):
             if m < skip:
                 continue
-            if intr.requested:
+            if self.dp.stop_requested(intr):
                 s.minibatch = m
                 return True
             progress = s.batches_done / max(self.total_batches, 1)
             ep = (epoch - 1) + s.batch_in_epoch / max(self.batches_per_epoch, 1)
             rng = net.backend.rng(derive_seed(self.o.seed, epoch, batchnum, m))
-            costs = net.forward({0: mb.x, 1: mb.labels}, train=True, rng=rng)
-            self._check_finite(costs, epoch, batchnum)
+            x, labels, rng = self.dp.share(mb, rng)
+            costs = net.forward({0: x, 1: labels}, train=True, rng=rng)
             grads = net.backward()
+            # under MPI one Allreduce: gradients, costs and Ctrl-C flags of all processes
+            costs = self.dp.combine(grads, costs, mb.x.shape[0], intr)
+            self._check_finite(costs, epoch, batchnum)
             rates = net.update(grads, progress, ep)
             n = mb.x.shape[0]
             cases += n
@@ -221,7 +231,7 @@ class Trainer:
         bad = [name for name, (c, _) in costs.items() if not math.isfinite(c)]
         if not bad:
             return
-        layer = self.net.first_nonfinite() or bad[0]
+        layer = self.dp.first_nonfinite() or bad[0]
         last = newest_checkpoint(self.run_dir)
         keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
         raise NonFiniteError(
@@ -235,11 +245,11 @@ class Trainer:
         totals, cases = {}, 0
         for _, minibatches in self.test_provider.iter_epoch(0):
             for mb in minibatches:
-                costs = self.net.forward({0: mb.x, 1: mb.labels}, train=False)
-                n = mb.x.shape[0]
+                x, labels, n = self.dp.test_share(mb)
+                costs = self.net.forward({0: x, 1: labels}, train=False)
                 cases += n
                 _accumulate(totals, costs, n)
-        return totals, cases
+        return self.dp.sum_totals(totals, cases)
 
     def _test_and_save(self, epoch, batchnum) -> bool:
         """Test, log, checkpoint; True when early stopping says stop."""
@@ -258,10 +268,11 @@ class Trainer:
         else:
             s.tests_without_improvement += 1
         path = self._checkpoint(f"{epoch}.{batchnum}.npz")
-        if improved:
+        if improved and path:
             shutil.copyfile(path, os.path.join(self.run_dir, ".best.tmp"))
             os.replace(os.path.join(self.run_dir, ".best.tmp"), os.path.join(self.run_dir, "best.npz"))
-        prune_checkpoints(self.run_dir, self.o.max_checkpoints)
+        if path:
+            prune_checkpoints(self.run_dir, self.o.max_checkpoints)
         train = _train_since_last_test(s.history)
         lr = next(iter(self.net_rates().values()), None)
         parts = [f"{epoch}.{batchnum}"]
@@ -293,7 +304,8 @@ class Trainer:
 
     def _interrupted(self, epoch, batchnum) -> int:
         path = self._checkpoint(f"{epoch}.{batchnum}.npz")
-        self.echo(f"\ninterrupted: checkpoint written to {path}; resume with: convnet train -f {self.run_dir}")
+        if self.dp.is_root:
+            self.echo(f"\ninterrupted: checkpoint written to {path}; resume with: convnet train -f {self.run_dir}")
         return 130
 
 
@@ -361,23 +373,26 @@ def start(o: TrainOptions, echo=None) -> int:
     o.train_range = o.train_range or list(batchset.train_range)
     o.test_range = o.test_range or list(batchset.test_range)
     _check_ranges(o, batchset)
-    backend = get_backend(o.device)
+    world = get_world()
+    backend = get_backend(rank_device(o.device, world))
     layer_def_text = read_text(o.layer_def, "layer definition")
     params_text = read_text(o.layer_params, "layer params") if o.layer_params else ""
     net = Net.from_text(layer_def_text, params_text, batchset.data_shape, backend, o.seed, o.layer_def,
                         o.layer_params, check=functools.partial(_check_classes, batchset=batchset,
                                                                  source=display_name(o.layer_def)))
-    run_dir = new_run_dir(o.save_path)
-    for src in (o.layer_def, o.layer_params):
+    run_dir = world.bcast(new_run_dir(o.save_path) if world.is_root else None)
+    for src in (o.layer_def, o.layer_params) if world.is_root else ():
         if src:
             shutil.copyfile(src, os.path.join(run_dir, os.path.basename(src)))
     state = _initial_state(o, batchset, layer_def_text, params_text)
-    echo = echo or (lambda msg: click.echo(msg, err=True))
+    echo = _rank_echo(echo, world)
     if not o.quiet:
         echo(f"run directory: {run_dir}")
         echo(f"device {backend.name}; {net.num_params():,} parameters; train batches {_fmt_range(o.train_range)}, "
              f"test batches {_fmt_range(o.test_range)}; {o.epochs} epochs of minibatches of {o.mini}")
         echo(net.describe())
+        if world.size > 1:
+            echo(f"data-parallel over {world.describe()}: {o.mini} cases per minibatch in all")
     return _run(o, run_dir, net, batchset, state, echo)
 
 
@@ -397,19 +412,21 @@ def resume(path: str, explicit: dict, echo=None) -> int:
             setattr(o, k, v)
     batchset = _load_batchset(o.data_path)
     _check_ranges(o, batchset)
-    backend = get_backend(o.device)
+    world = get_world()
+    backend = get_backend(rank_device(o.device, world))
     # The params file is re-read so an edited learning rate takes effect; the run keeps a copy.
     params_text, params_name = state.layer_params, state.layer_params_name
     if o.layer_params and os.path.exists(o.layer_params):
         params_text, params_name = read_text(o.layer_params, "layer params"), os.path.basename(o.layer_params)
-        shutil.copyfile(o.layer_params, os.path.join(run_dir, params_name))
+        if world.is_root:
+            shutil.copyfile(o.layer_params, os.path.join(run_dir, params_name))
     net = Net.from_checkpoint(ckpt, backend, params_text=params_text, params_path=params_name,
                               data_shape=batchset.data_shape, seed=o.seed,
                               check=functools.partial(_check_classes, batchset=batchset,
                                                       source=display_name(state.layer_def_name)))
     state.options = asdict(o)
     state.layer_params, state.layer_params_name = params_text, params_name
-    echo = echo or (lambda msg: click.echo(msg, err=True))
+    echo = _rank_echo(echo, world)
     if state.epoch > o.epochs or state.stopped_early and "epochs" not in explicit:
         if not o.quiet:
             echo(f"{ckpt.path}: training already reached epoch {state.epoch - 1} of {o.epochs}; "
@@ -421,9 +438,18 @@ def resume(path: str, explicit: dict, echo=None) -> int:
     return _run(o, run_dir, net, batchset, state, echo)
 
 
+def _rank_echo(echo, world):
+    """The summary lines' writer: stderr (or `echo`) on rank 0, nothing on the other ranks."""
+    if not world.is_root:
+        return lambda msg: None
+    return echo or (lambda msg: click.echo(msg, err=True))
+
+
 def _run(o, run_dir, net, batchset, state, echo) -> int:
     state.options = asdict(o)
-    rc = Trainer(o, run_dir, net, batchset, state, echo).run()
+    # progress bars on rank 0 only (the options saved are the run's own)
+    shown = o if get_world().is_root else replace(o, quiet=True)
+    rc = Trainer(shown, run_dir, net, batchset, state, echo).run()
     if rc == 0 and not o.quiet:
         best = state.best
         if best:

@@ -1,0 +1,232 @@
+"""More than one process: the MPI world a command runs in, and the sums between its processes.
+
+`get_world()` is what commands call. Started by `mpiexec -n K` / `srun` with K > 1 (seen in the environment
+the launcher sets, below), it imports mpi4py and returns an `MPIWorld`; otherwise a `SingleWorld` whose
+methods do nothing, and mpi4py is never imported, so a plain `convnet train` behaves exactly as without MPI.
+
+A world has `rank`, `size`, `local_rank` (the rank among the processes of this node: it picks the GPU),
+`allreduce(buf)` (sum a flat float array over the processes, in place), `bcast`, `gather`, `barrier`,
+`abort`. Host arrays are summed with MPI Allreduce. After `attach(backend)` with a GPU backend, device
+arrays are summed with NCCL through CuPy: rank 0 makes a NCCL unique id, MPI broadcasts it, and every rank
+opens its communicator with it (the design ChainerMN used). The NCCL path has not run on GPUs: there were
+none where it was written; its logic (id broadcast, buffer dtype and stream arguments) is tested on the
+CPU with stand-ins.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from convnet_cli.errors import ConfigError
+
+# (size variable, rank variable, local rank variable, launcher), first match wins. SLURM's variables count
+# only inside a job step started by srun (SLURM_STEP_NUM_TASKS); an sbatch script itself is one process
+# even when the job has many tasks.
+LAUNCHERS = (
+    ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "Open MPI mpiexec"),
+    ("PMI_SIZE", "PMI_RANK", "MPI_LOCALRANKID", "MPICH/Intel MPI mpiexec"),
+    ("PMIX_SIZE", "PMIX_RANK", "PMIX_LOCAL_RANK", "PMIx launcher"),
+    ("MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_LOCAL_RANK", "MVAPICH mpiexec"),
+    ("SLURM_STEP_NUM_TASKS", "SLURM_PROCID", "SLURM_LOCALID", "srun"),
+)
+DISABLE = "CONVNET_MPI"   # CONVNET_MPI=0: run as one process even under a launcher
+
+
+def _int(value):
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+
+
+def launch_from_env(environ=None):
+    """(size, rank, local_rank, launcher) of a launch with more than one process, from the environment
+    variables the launchers set; None for a single process. local_rank is None when not given."""
+    env = os.environ if environ is None else environ
+    if str(env.get(DISABLE, "")).strip().lower() in ("0", "no", "off", "false"):
+        return None
+    for size_var, rank_var, local_var, launcher in LAUNCHERS:
+        size = _int(env.get(size_var))
+        if size is None:
+            continue
+        rank = _int(env.get(rank_var))
+        if size > 1 and rank is not None:
+            return size, rank, _int(env.get(local_var)), launcher
+        return None  # the launcher said one process (or gave no rank): nothing parallel
+    return None
+
+
+class SingleWorld:
+    """One process: every collective is the identity."""
+
+    rank = 0
+    size = 1
+    local_rank = 0
+    is_root = True
+    nccl = None
+
+    def allreduce(self, buf):
+        return buf
+
+    def bcast(self, obj, root=0):
+        return obj
+
+    def gather(self, obj, root=0):
+        return [obj]
+
+    def allgather(self, obj):
+        return [obj]
+
+    def barrier(self):
+        pass
+
+    def abort(self, code=1):
+        raise SystemExit(code)
+
+    def attach(self, backend):
+        pass
+
+    def describe(self) -> str:
+        return "1 process"
+
+
+class MPIWorld:
+    """K processes under MPI. comm: an mpi4py communicator (COMM_WORLD); MPI: the mpi4py.MPI module."""
+
+    def __init__(self, comm, MPI, launcher: str = "mpiexec"):
+        self.comm = comm
+        self.MPI = MPI
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self.is_root = self.rank == 0
+        self.launcher = launcher
+        # the rank among the processes sharing this node's memory: what picks a GPU
+        try:
+            node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+            self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
+            node.Free()
+        except Exception:  # an MPI without MPI-3 shared communicators
+            self.local_rank, self.local_size = self.rank, self.size
+        self.nccl = None
+        self._stream = None
+
+    # -- host objects -------------------------------------------------------------------------------
+    def bcast(self, obj, root=0):
+        return self.comm.bcast(obj, root=root)
+
+    def gather(self, obj, root=0):
+        return self.comm.gather(obj, root=root)
+
+    def allgather(self, obj):
+        return self.comm.allgather(obj)
+
+    def barrier(self):
+        self.comm.Barrier()
+
+    def abort(self, code=1):
+        self.comm.Abort(int(code))
+
+    # -- sums -----------------------------------------------------------------------------------------
+    def allreduce(self, buf):
+        """Sum the flat float32/float64 array `buf` over all processes, in place; returns it. A CuPy array
+        goes through NCCL when `attach` opened a communicator, else through host memory and MPI."""
+        if isinstance(buf, np.ndarray):
+            self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+            return buf
+        if self.nccl is not None:
+            return self.nccl.allreduce(buf)
+        host = buf.get()
+        self.comm.Allreduce(self.MPI.IN_PLACE, host, op=self.MPI.SUM)
+        buf.set(host)
+        return buf
+
+    def attach(self, backend):
+        """Open the NCCL communicator for a GPU backend (one device per process); nothing for the CPU."""
+        if not getattr(backend, "is_gpu", False) or self.nccl is not None:
+            return
+        from cupy.cuda import nccl
+
+        self.nccl = NcclSum.create(self, nccl, backend.xp, backend.device_id or 0)
+
+    def describe(self) -> str:
+        return f"{self.size} processes ({self.launcher})"
+
+
+class NcclSum:
+    """In-place sums of device buffers over the world with NCCL. `nccl` is cupy.cuda.nccl and `cupy` the
+    CuPy module (tests pass stand-ins)."""
+
+    DTYPES = {"float32": "NCCL_FLOAT32", "float64": "NCCL_FLOAT64"}
+
+    def __init__(self, comm, nccl, cupy):
+        self.comm, self.nccl, self.cupy = comm, nccl, cupy
+
+    @classmethod
+    def create(cls, world, nccl, cupy, device_id: int):
+        """Rank 0 makes the unique id, MPI broadcasts it, every rank joins with it on its own device."""
+        uid = nccl.get_unique_id() if world.rank == 0 else None
+        uid = world.bcast(uid, root=0)
+        with cupy.cuda.Device(device_id):
+            comm = nccl.NcclCommunicator(world.size, uid, world.rank)
+        return cls(comm, nccl, cupy)
+
+    def allreduce(self, buf):
+        name = str(buf.dtype)
+        if name not in self.DTYPES:
+            raise TypeError(f"NCCL sum of a {name} buffer: only float32 and float64 are summed")
+        stream = self.cupy.cuda.get_current_stream()
+        self.comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, getattr(self.nccl, self.DTYPES[name]),
+                            self.nccl.NCCL_SUM, stream.ptr)
+        return buf
+
+
+_WORLD = []
+
+
+def get_world():
+    """The world of this process (made once): MPIWorld under a launcher with K > 1, else SingleWorld."""
+    if _WORLD:
+        return _WORLD[0]
+    launch = launch_from_env()
+    if launch is None:
+        world = SingleWorld()
+    else:
+        size, rank, _, launcher = launch
+        try:
+            from mpi4py import MPI
+        except ImportError as exc:
+            raise ConfigError(
+                f"started by {launcher} as process {rank} of {size}, but mpi4py cannot be imported ({exc}); "
+                "install it with: pip install 'convnet[mpi]' (or set CONVNET_MPI=0 to run single processes)"
+            ) from None
+        world = MPIWorld(MPI.COMM_WORLD, MPI, launcher)
+        if world.size != size:
+            raise ConfigError(
+                f"{launcher} started {size} processes but mpi4py's MPI sees {world.size}: mpi4py was built "
+                "for another MPI than the launcher on PATH; use the mpiexec of the MPI mpi4py was built with")
+    _WORLD.append(world)
+    return world
+
+
+def rank_device(device: str, world) -> str:
+    """The --device of this process: under K > 1, `gpu` (and `auto` on a GPU machine) becomes gpu:N with N
+    the local rank modulo the GPUs it sees (one GPU per process; with CUDA_VISIBLE_DEVICES set per task by
+    the scheduler each process sees one, gpu:0). An explicit gpu:N is kept."""
+    if world.size == 1:
+        return device
+    d = (device or "cpu").strip().lower()
+    if d in ("gpu", "auto"):
+        from convnet_cli.backend import gpu_count
+
+        n = gpu_count()
+        if n == 0:
+            return "cpu" if d == "auto" else d
+        return f"gpu:{world.local_rank % n}"
+    return device
+
+
+def shares(n: int, size: int) -> list:
+    """The contiguous share [lo, hi) of n cases each of `size` processes computes, in rank order; their
+    sizes differ by one at most."""
+    return [(r * n // size, (r + 1) * n // size) for r in range(size)]
