@@ -106,7 +106,10 @@ class DataParallel:
         dtype = grads[keys[0][0]][keys[0][1]].dtype if keys else np.float32
         parts = [grads[name][p].reshape(-1) for name, p in keys]
         parts.append(xp.asarray(np.asarray(tail, dtype=dtype)))
-        buf = self.world.allreduce(xp.concatenate(parts))
+        buf = xp.concatenate(parts)
+        if not self.weight:  # the whole minibatch again, counted by rank 0: batchnorm's dx here is not ours
+            buf[:buf.size - len(tail)] = 0
+        buf = self.world.allreduce(buf)
         offset = 0
         for name, p in keys:
             g = grads[name][p]

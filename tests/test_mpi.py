@@ -1,0 +1,323 @@
+"""Data-parallel runs under MPI (convnet_cli/parallel.py, train/data_parallel.py): 2 ranks launched with
+`mpiexec -n 2 python -m convnet_cli ...` give the weights of one process, one run directory, resume in one
+process, the same batch files; and a single process never imports mpi4py. The world's logic (launch
+detection, shares, the NCCL id broadcast and buffer arguments) is tested in-process with stand-ins.
+
+The 2-rank tests skip with a reason when mpi4py or mpiexec is missing."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from convnet_cli.data.batch_files import encode_batch
+from convnet_cli.fileio import write_pickle_atomic
+from convnet_cli.parallel import NcclSum, SingleWorld, launch_from_env, rank_device, shares
+from convnet_cli.train.data_parallel import SlicedRandom
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _mpi_missing() -> str | None:
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return "mpi4py is not installed (pip install 'convnet[mpi]' mpich)"
+    if shutil.which("mpiexec") is None:
+        return "no mpiexec on PATH (pip install mpich)"
+    return None
+
+
+needs_mpi = pytest.mark.skipif(_mpi_missing() is not None, reason=str(_mpi_missing()))
+
+# batchnorm after the ReLU: a bias right before batchnorm has a zero gradient in exact arithmetic, which Adam
+# would turn from rounding noise into steps of +-epsB, in one process as in two
+LAYERS = """\
+data:   {type: data, dataIdx: 0}
+labels: {type: data, dataIdx: 1}
+conv1:  {type: conv, inputs: data, filters: 4, filterSize: 3, padding: 1, init: kaiming_normal, neuron: relu}
+bn1:    {type: batchnorm, inputs: conv1}
+pool1:  {type: pool, inputs: bn1, pool: max, sizeX: 2}
+drop:   {type: dropout, inputs: pool1}
+fc2:    {type: fc, inputs: drop, outputs: 3, init: glorot_uniform}
+probs:  {type: softmax, inputs: fc2}
+logprob: {type: cost.logreg, inputs: [labels, probs]}
+"""
+PARAMS = """\
+DEFAULT: {updater: adam, epsW: 0.01, epsB: 0.01, wc: 0.0001}
+drop: {keep: 0.7}
+"""
+
+
+def write_batches(folder, n_batches=3, per_batch=10, shape=(1, 8, 8), classes=3, seed=0):
+    """Gaussian cases whose mean depends on the class; the last batch is the test range."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    num_vis = int(np.prod(shape))
+    rows_all = []
+    for b in range(1, n_batches + 1):
+        labels = rng.integers(0, classes, per_batch)
+        rows = (rng.normal(0, 1, (per_batch, num_vis)) + labels[:, None] * 0.7 + 3.0).astype(np.float32)
+        batch, seen = encode_batch(rows.T, labels, [f"b{b}c{k}" for k in range(per_batch)], "float32")
+        write_pickle_atomic(folder / f"data_batch_{b}", batch)
+        rows_all.append(seen.T)
+    train = np.concatenate(rows_all[:-1]).astype(np.float64)
+    write_pickle_atomic(folder / "batches.meta", {
+        "label_names": [f"k{i}" for i in range(classes)], "num_vis": num_vis, "data_shape": list(shape),
+        "num_cases_per_batch": per_batch, "num_batches": n_batches, "train_range": [1, n_batches - 1],
+        "test_range": [n_batches, n_batches], "data_mean": train.mean(axis=0).astype(np.float32).reshape(-1, 1),
+        "data_std": train.std(axis=0).astype(np.float32).reshape(-1, 1), "features": None, "skipped": 0,
+        "batch_cases": [per_batch] * n_batches})
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mpi")
+    write_batches(root / "batches")
+    (root / "layers.yaml").write_text(LAYERS)
+    (root / "params.yaml").write_text(PARAMS)
+    return root
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def convnet(args, ranks=1, timeout=120, **kw):
+    """`python -m convnet_cli ARGS`, under `mpiexec -n RANKS` when RANKS > 1: a CompletedProcess."""
+    cmd = [sys.executable, "-m", "convnet_cli", *args]
+    if ranks > 1:
+        cmd = ["mpiexec", "-n", str(ranks), *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=ROOT, **kw)
+
+
+def train_args(ws, save, *extra):
+    # --mini 3 over batches of 10: minibatches of 3, 3, 3 and 1 (the last smaller than the 2 ranks)
+    return ["train", "--data-path", str(ws / "batches"), "--save-path", str(save), "--layer-def",
+            str(ws / "layers.yaml"), "--layer-params", str(ws / "params.yaml"), "--mini", "3", "--seed", "5",
+            *extra]
+
+
+def weights(run_dir, epoch):
+    """The arrays of the checkpoint written at the end of `epoch`."""
+    names = [n for n in os.listdir(run_dir) if n.startswith(f"{epoch}.") and n.endswith(".npz")]
+    assert len(names) == 1, os.listdir(run_dir)
+    with np.load(os.path.join(run_dir, names[0]), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files if not k.startswith("__")}
+
+
+def assert_same_weights(a, b, rtol=2e-4, atol=2e-5):
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=atol, err_msg=k)
+
+
+def only_run(save):
+    runs = glob.glob(os.path.join(save, "ConvNet__*"))
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+# -- in-process: the world's logic --------------------------------------------------------------------
+def test_launch_detection_from_the_environment():
+    assert launch_from_env({}) is None
+    assert launch_from_env({"PMI_SIZE": "1", "PMI_RANK": "0"}) is None
+    assert launch_from_env({"PMI_SIZE": "4", "PMI_RANK": "2", "MPI_LOCALRANKID": "0"}) == (4, 2, 0, "MPICH/Intel MPI mpiexec")
+    assert launch_from_env({"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1",
+                            "OMPI_COMM_WORLD_LOCAL_RANK": "1"})[:3] == (2, 1, 1)
+    # an sbatch script of a 4-task job is one process; srun's step with 4 tasks is 4
+    assert launch_from_env({"SLURM_NTASKS": "4", "SLURM_PROCID": "0"}) is None
+    assert launch_from_env({"SLURM_NTASKS": "4", "SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": "3",
+                            "SLURM_LOCALID": "1"})[:3] == (4, 3, 1)
+    assert launch_from_env({"PMI_SIZE": "2", "PMI_RANK": "1", "CONVNET_MPI": "0"}) is None
+
+
+def test_shares_cover_the_minibatch_in_rank_order():
+    for n in (1, 2, 3, 7, 128):
+        for k in (1, 2, 3, 8):
+            s = shares(n, k)
+            assert s[0][0] == 0 and s[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(s, s[1:]))
+            sizes = [hi - lo for lo, hi in s]
+            assert max(sizes) - min(sizes) <= 1
+
+
+def test_sliced_random_gives_the_rows_of_the_whole_minibatch():
+    whole = np.random.default_rng(7).random((5, 2, 3), dtype=np.float32)
+    part = SlicedRandom(np.random.default_rng(7), 2, 4, 5).random((2, 2, 3), dtype=np.float32)
+    np.testing.assert_array_equal(part, whole[2:4])
+    with pytest.raises(ValueError):
+        SlicedRandom(np.random.default_rng(7), 2, 4, 5).random((3, 2, 3))
+
+
+def test_single_world_is_the_identity():
+    w = SingleWorld()
+    buf = np.arange(3.0)
+    assert w.allreduce(buf) is buf and w.bcast("x") == "x" and w.gather(1) == [1]
+    assert rank_device("gpu", w) == "gpu"
+
+
+class _FakeNccl:
+    """cupy.cuda.nccl as NcclSum uses it."""
+
+    NCCL_FLOAT32, NCCL_FLOAT64, NCCL_SUM = 7, 8, 0
+    made = []
+
+    @staticmethod
+    def get_unique_id():
+        return (1, 2, 3)
+
+    class NcclCommunicator:
+        def __init__(self, size, uid, rank):
+            _FakeNccl.made.append((size, uid, rank))
+            self.calls = []
+
+        def allReduce(self, send, recv, count, dtype, op, stream):
+            self.calls.append((send, recv, count, dtype, op, stream))
+
+
+class _FakeCupy:
+    class cuda:
+        devices = []
+
+        class Device:
+            def __init__(self, i):
+                _FakeCupy.cuda.devices.append(i)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *a):
+                return False
+
+        class _Stream:
+            ptr = 99
+
+        @staticmethod
+        def get_current_stream():
+            return _FakeCupy.cuda._Stream()
+
+
+class _FakeWorld:
+    def __init__(self, rank, size, root_value):
+        self.rank, self.size, self.root_value = rank, size, root_value
+
+    def bcast(self, obj, root=0):
+        return obj if self.rank == root else self.root_value
+
+
+class _DeviceBuffer:
+    def __init__(self, n, dtype):
+        self.size, self.dtype = n, np.dtype(dtype)
+        self.data = type("mem", (), {"ptr": 1234})()
+
+
+def test_nccl_communicator_from_the_broadcast_id_and_in_place_sum():
+    _FakeNccl.made.clear()
+    root = NcclSum.create(_FakeWorld(0, 2, None), _FakeNccl, _FakeCupy, device_id=0)
+    other = NcclSum.create(_FakeWorld(1, 2, (1, 2, 3)), _FakeNccl, _FakeCupy, device_id=1)
+    # every rank joins with rank 0's id, on its own device
+    assert _FakeNccl.made == [(2, (1, 2, 3), 0), (2, (1, 2, 3), 1)]
+    assert _FakeCupy.cuda.devices[-2:] == [0, 1]
+    buf = _DeviceBuffer(10, np.float32)
+    assert other.allreduce(buf) is buf
+    assert other.comm.calls == [(1234, 1234, 10, _FakeNccl.NCCL_FLOAT32, _FakeNccl.NCCL_SUM, 99)]
+    root.allreduce(_DeviceBuffer(4, np.float64))
+    assert root.comm.calls[0][3] == _FakeNccl.NCCL_FLOAT64
+    with pytest.raises(TypeError):
+        root.allreduce(_DeviceBuffer(4, np.int32))
+
+
+def test_one_process_never_imports_mpi4py(ws, tmp_path):
+    code = ("import sys, runpy; sys.argv = ['convnet'] + sys.argv[1:]\n"
+            "try:\n    runpy.run_module('convnet_cli', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('mpi4py' in sys.modules)\n")
+    env = {k: v for k, v in _env().items() if not k.startswith(("PMI_", "OMPI_", "PMIX_", "MV2_", "SLURM_"))}
+    r = subprocess.run([sys.executable, "-c", code, *train_args(ws, tmp_path / "runs", "--epochs", "1", "--quiet")],
+                       capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "False"
+
+
+# -- 2 ranks ----------------------------------------------------------------------------------------------
+@needs_mpi
+def test_two_ranks_reach_the_weights_of_one_process(ws, tmp_path):
+    one = convnet(train_args(ws, tmp_path / "one", "--epochs", "2", "--quiet"))
+    assert one.returncode == 0, one.stderr
+    two = convnet(train_args(ws, tmp_path / "two", "--epochs", "2"), ranks=2)
+    assert two.returncode == 0, two.stderr + two.stdout
+    run1, run2 = only_run(tmp_path / "one"), only_run(tmp_path / "two")   # one run directory
+    assert sorted(os.listdir(run1)) == sorted(os.listdir(run2))
+    assert_same_weights(weights(run1, 2), weights(run2, 2))
+    # the log: costs of the whole minibatches, written once
+    log1 = [json.loads(l) for l in open(os.path.join(run1, "train_log.jsonl"))]
+    log2 = [json.loads(l) for l in open(os.path.join(run2, "train_log.jsonl"))]
+    assert [(r["type"], r["epoch"], r["batch"], r["cases"]) for r in log1] == \
+           [(r["type"], r["epoch"], r["batch"], r["cases"]) for r in log2]
+    for a, b in zip(log1, log2):
+        assert a["cost"] == pytest.approx(b["cost"], rel=1e-4)
+    # rank 0 alone prints: one run-directory line, one summary line per test
+    assert two.stderr.count("run directory:") == 1
+    assert two.stderr.count("done: best test") == 1
+    assert "data-parallel over 2 processes" in two.stderr
+
+
+@needs_mpi
+def test_a_two_rank_run_resumes_in_one_process(ws, tmp_path):
+    whole = convnet(train_args(ws, tmp_path / "whole", "--epochs", "3", "--quiet"))
+    assert whole.returncode == 0, whole.stderr
+    first = convnet(train_args(ws, tmp_path / "split", "--epochs", "1", "--quiet"), ranks=2)
+    assert first.returncode == 0, first.stderr
+    run = only_run(tmp_path / "split")
+    second = convnet(["train", "-f", run, "--epochs", "2", "--quiet"])
+    assert second.returncode == 0, second.stderr
+    third = convnet(["train", "-f", run, "--epochs", "3", "--quiet"], ranks=2)
+    assert third.returncode == 0, third.stderr
+    assert_same_weights(weights(only_run(tmp_path / "whole"), 3), weights(run, 3))
+
+
+@needs_mpi
+def test_ctrl_c_on_one_rank_stops_both_with_one_checkpoint(ws, tmp_path):
+    save = tmp_path / "runs"
+    proc = subprocess.Popen(["mpiexec", "-n", "2", sys.executable, "-m", "convnet_cli",
+                             *train_args(ws, save, "--epochs", "500", "--quiet")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+    try:
+        log = None
+        deadline = time.time() + 60
+        while time.time() < deadline:  # wait until training is under way (the first batch is logged)
+            found = glob.glob(os.path.join(save, "ConvNet__*", "train_log.jsonl"))
+            if found and os.path.getsize(found[0]) > 0:
+                log = found[0]
+                break
+            time.sleep(0.1)
+        assert log, "training did not start"
+        # the two ranks: the processes whose command line names this run's save path, but for mpiexec
+        found = subprocess.run(["pgrep", "-f", str(save)], capture_output=True, text=True)
+        pids = [int(p) for p in found.stdout.split() if int(p) != proc.pid]
+        assert len(pids) == 2, found.stdout
+        os.kill(max(pids), signal.SIGINT)   # one rank only
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert err.count("interrupted: checkpoint written to") == 1
+    run = only_run(save)
+    ckpts = [n for n in os.listdir(run) if n.endswith(".npz") and n != "best.npz"]
+    assert len(ckpts) >= 1
+    resumed = convnet(["train", "-f", run, "--epochs", "1", "--quiet"])
+    assert resumed.returncode == 0, resumed.stderr
