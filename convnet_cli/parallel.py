@@ -14,7 +14,11 @@ CPU with stand-ins.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import time
+import traceback
 
 import numpy as np
 
@@ -230,3 +234,53 @@ def shares(n: int, size: int) -> list:
     """The contiguous share [lo, hi) of n cases each of `size` processes computes, in rank order; their
     sizes differ by one at most."""
     return [(r * n // size, (r + 1) * n // size) for r in range(size)]
+
+
+# How long a rank other than 0 that failed waits for rank 0 to report the same error (and abort the job)
+# before it reports its own: user errors are usually the same on every rank, and one message is enough.
+GRACE_SECONDS = 5.0
+
+
+@contextlib.contextmanager
+def collective_errors(world=None):
+    """Around a command's body under K > 1: an error on any rank ends every rank (MPI Abort with the
+    command's exit code) instead of leaving the others waiting in a collective; rank 0 reports it, another
+    rank only when rank 0 did not end the job first. A normal exit (0, or 130 after Ctrl-C, which all ranks
+    reach together) passes. With one process: nothing."""
+    world = world or get_world()
+    if world.size == 1:
+        yield
+        return
+    try:
+        yield
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every failure must end the whole job
+        code, message = _report(exc)
+        if not world.is_root:
+            time.sleep(GRACE_SECONDS)
+            message = message.replace("convnet: error:", f"convnet: error (rank {world.rank}):", 1)
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+        world.abort(code)
+
+
+def _report(exc) -> tuple:
+    """(exit code, one-line message) as convnet_cli.cli.main reports `exc` (a traceback for a bug)."""
+    from convnet_cli.errors import ConvnetError
+
+    debug = "--debug" in sys.argv
+    if isinstance(exc, ConvnetError):
+        text = f"convnet: error: {exc}"
+        code = exc.exit_code
+    elif isinstance(exc, KeyboardInterrupt):
+        return 130, "convnet: interrupted"
+    elif isinstance(exc, OSError):
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        text, code = f"convnet: error: {where}{exc.strerror or exc}", 1
+    else:
+        debug = True
+        text, code = f"convnet: error: {type(exc).__name__}: {exc}", 1
+    if debug:
+        text = "".join(traceback.format_exception(exc)).rstrip() + "\n" + text
+    return code, text

@@ -321,3 +321,14 @@ def test_ctrl_c_on_one_rank_stops_both_with_one_checkpoint(ws, tmp_path):
     assert len(ckpts) >= 1
     resumed = convnet(["train", "-f", run, "--epochs", "1", "--quiet"])
     assert resumed.returncode == 0, resumed.stderr
+
+
+@needs_mpi
+def test_a_user_error_is_reported_once_and_ends_both_ranks(ws, tmp_path):
+    args = train_args(ws, tmp_path / "runs", "--quiet")
+    args[args.index("--layer-params") + 1] = str(tmp_path / "missing.yaml")
+    r = convnet(args, ranks=2, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.count("convnet: error:") == 1
+    assert "missing.yaml" in r.stderr
+    assert not (tmp_path / "runs").exists()

@@ -7,6 +7,7 @@ import sys
 import click
 
 from convnet_cli.data.augment import AUGMENTATIONS, parse_augment
+from convnet_cli.parallel import collective_errors
 from convnet_cli.train.trainer import TrainOptions, parse_range, resume, start
 
 # Flags default to None so a resume can tell the ones given from the run's own; the help shows the defaults
@@ -51,9 +52,10 @@ def command(resume_path, **flags):
         explicit["test_range"] = parse_range(explicit["test_range"], "--test-range")
     if "augment" in explicit:
         explicit["augment"] = list(parse_augment(explicit["augment"]))
-    if resume_path:
-        rc = resume(resume_path, explicit)
-    else:
-        rc = start(TrainOptions(**explicit))
+    with collective_errors():  # under mpiexec: an error on one rank ends them all
+        if resume_path:
+            rc = resume(resume_path, explicit)
+        else:
+            rc = start(TrainOptions(**explicit))
     if rc:
         sys.exit(rc)
