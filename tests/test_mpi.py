@@ -332,3 +332,25 @@ def test_a_user_error_is_reported_once_and_ends_both_ranks(ws, tmp_path):
     assert r.stderr.count("convnet: error:") == 1
     assert "missing.yaml" in r.stderr
     assert not (tmp_path / "runs").exists()
+
+
+@needs_mpi
+@pytest.mark.parametrize("dtype", ["float32", "uint8"])
+def test_make_batches_with_two_ranks_writes_the_files_of_one(tmp_path, dtype):
+    from tests.audio_fixtures import make_tone_dataset
+
+    audio = tmp_path / "audio"
+    make_tone_dataset(audio, classes=("low", "high"), per_class=7, sr=8000, seconds=0.5, seed=3)
+    (audio / "low" / "broken.wav").write_bytes(b"RIFF not audio")   # listed in skipped.txt by both
+    args = ["--sample-rate", "8000", "--duration", "0.5", "--n-fft", "256", "--hop", "128", "--n-mels", "16",
+            "--batch-size", "3", "--test-fraction", "0.3", "--jobs", "1", "--dtype", dtype, "--quiet"]
+    one = convnet(["make-batches", str(audio), str(tmp_path / "one"), *args])
+    assert one.returncode == 0, one.stderr
+    two = convnet(["make-batches", str(audio), str(tmp_path / "two"), *args], ranks=2)
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("make-batches:") == 1           # rank 0 alone prints the summary
+    names = sorted(os.listdir(tmp_path / "one"))
+    assert names == sorted(os.listdir(tmp_path / "two"))
+    assert "data_batch_5" in names and "skipped.txt" in names
+    for name in names:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name

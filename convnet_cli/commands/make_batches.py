@@ -1,6 +1,7 @@
 """`convnet make-batches AUDIO_DIR BATCH_DIR`: audio folders (or a folder + CSV) -> cuda-convnet batch files."""
 from __future__ import annotations
 
+import functools
 import os
 
 import click
@@ -10,6 +11,8 @@ from convnet_cli.ingest.features import KINDS, WINDOWS, FeatureSpec
 from convnet_cli.ingest.make_batches import DTYPES, make_batches
 from convnet_cli.ingest.recordings import make_batches_from_annotations
 from convnet_cli.ingest.recordings import summary_line as windows_summary
+from convnet_cli.ingest.sharded import make_batches_sharded
+from convnet_cli.parallel import collective_errors, get_world
 
 
 def load_feature_spec(features_file=None, overrides=None) -> FeatureSpec:
@@ -90,14 +93,26 @@ def _fmax(value):
 @click.option("--background-ratio", type=float, metavar="R",
               help="With --annotations: keep at most R background windows per class window, drawn with --seed "
                    "[all].")
-def command(audio_dir, batch_dir, labels_csv, file_col, label_col, no_labels, label_names, features_file,
-            sample_rate, duration, kind, n_fft, hop, window, n_mels, fmin, fmax, n_mfcc, batch_size, test_fraction,
-            split_by, seed, jobs, dtype, overwrite, quiet, annotations, window_hop, min_overlap, background,
-            background_ratio):
+def command(**opts):
     """Turn AUDIO_DIR (a folder per class, or a flat folder with --labels) into batch files in BATCH_DIR.
 
     With --annotations TABLES, AUDIO_DIR holds long recordings (RECORDINGS) and the cases are windows of
-    them labelled from Raven selection tables or a CSV (--label-col then names the tables' label column)."""
+    them labelled from Raven selection tables or a CSV (--label-col then names the tables' label column).
+
+    Under `mpiexec -n K` the clips are decoded by K processes (BATCH_DIR on a file system all of them see);
+    the output is that of one process."""
+    world = get_world()
+    with collective_errors(world):
+        s = _make(world, **opts)
+    if s is not None and world.is_root:
+        click.echo(windows_summary(s) if opts["annotations"] is not None else summary_line(s))
+
+
+def _make(world, audio_dir, batch_dir, labels_csv, file_col, label_col, no_labels, label_names, features_file,
+          sample_rate, duration, kind, n_fft, hop, window, n_mels, fmin, fmax, n_mfcc, batch_size, test_fraction,
+          split_by, seed, jobs, dtype, overwrite, quiet, annotations, window_hop, min_overlap, background,
+          background_ratio):
+    """The summary of the batch set made (None on a rank that made none)."""
     fmax = _fmax(fmax)
     spec = load_feature_spec(features_file, dict(
         sample_rate=sample_rate, duration=duration, kind=kind, n_fft=n_fft, hop=hop, window=window,
@@ -109,6 +124,9 @@ def command(audio_dir, batch_dir, labels_csv, file_col, label_col, no_labels, la
         for flag, given in (("--labels", labels_csv), ("--file-col", file_col), ("--no-labels", no_labels)):
             if given:
                 raise ConfigError(f"{flag} does not apply with --annotations (the tables give the labels); drop it")
+        if not world.is_root:  # long recordings are not split over processes: rank 0 makes the set
+            world.barrier()
+            return None
         s = make_batches_from_annotations(
             audio_dir, batch_dir, annotations, features=spec, label_col=label_col, label_names=names,
             batch_size=batch_size, test_fraction=test_fraction, split_by=split_by, seed=seed, jobs=jobs,
@@ -116,19 +134,19 @@ def command(audio_dir, batch_dir, labels_csv, file_col, label_col, no_labels, la
             min_overlap=0.5 if min_overlap is None else min_overlap,
             background="background" if background is None else background,
             background_ratio=background_ratio, warn=lambda line: click.echo(line, err=True))
-        click.echo(windows_summary(s))
-        return
+        world.barrier()
+        return s
     given = [flag for flag, v in (("--window-hop", window_hop), ("--min-overlap", min_overlap),
                                   ("--background", background), ("--background-ratio", background_ratio))
              if v is not None]
     if given:
         raise ConfigError(f"{given[0]} applies to long recordings with --annotations TABLES; "
                           "give --annotations too, or drop it")
-    s = make_batches(audio_dir, batch_dir, labels_csv=labels_csv, file_col=file_col, label_col=label_col,
-                     no_labels=no_labels, features=spec, batch_size=batch_size, test_fraction=test_fraction,
-                     split_by=split_by, seed=seed, jobs=jobs, dtype=dtype, overwrite=overwrite,
-                     progress=not quiet, label_names=names)
-    click.echo(summary_line(s))
+    make = make_batches if world.size == 1 else functools.partial(make_batches_sharded, world)
+    return make(audio_dir, batch_dir, labels_csv=labels_csv, file_col=file_col, label_col=label_col,
+                no_labels=no_labels, features=spec, batch_size=batch_size, test_fraction=test_fraction,
+                split_by=split_by, seed=seed, jobs=jobs, dtype=dtype, overwrite=overwrite,
+                progress=not quiet, label_names=names)
 
 
 def _range(r, cases):

@@ -292,12 +292,21 @@ class _Moments:
         self.m2 = np.zeros(num_vis, np.float64)
 
     def add(self, cols):
+        self.merge(*self.batch_stats(cols))
+
+    @staticmethod
+    def batch_stats(cols):
+        """(n, mean, M2) of one column-batch: what `merge` adds (a process of a sharded run sends these)."""
         n = cols.shape[1]
         if n == 0:
-            return
+            return 0, None, None
         x = cols.astype(np.float64)
         bm = x.mean(axis=1)
-        bm2 = ((x - bm[:, None]) ** 2).sum(axis=1)
+        return n, bm, ((x - bm[:, None]) ** 2).sum(axis=1)
+
+    def merge(self, n, bm, bm2):
+        if n == 0:
+            return
         total = self.count + n
         delta = bm - self.mean
         self.mean += delta * (n / total)
@@ -417,7 +426,12 @@ class _Written:
 
 def _write_all(ds, plan, spec, staging, jobs, dtype, progress) -> tuple:
     """Write the batch files, skipped.txt and batches.meta into `staging`: (summary, names of the files)."""
-    w = _write_batches(ds, plan, spec, staging, jobs, dtype, progress)
+    return finish_set(ds, spec, staging, _write_batches(ds, plan, spec, staging, jobs, dtype, progress), dtype)
+
+
+def finish_set(ds, spec, staging, w, dtype) -> tuple:
+    """After the batch files of `w` are in `staging`: check them, write skipped.txt and batches.meta there;
+    (summary, names of the files)."""
     _check_read(ds, w)
     train_range = [1, w.n_train] if w.n_train else []
     test_range = [w.n_train + 1, len(w.files)] if len(w.files) > w.n_train else []
