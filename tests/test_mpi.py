@@ -20,8 +20,11 @@ import pytest
 
 from convnet_cli.data.batch_files import encode_batch
 from convnet_cli.fileio import write_pickle_atomic
+from convnet_cli.layers.base import Context
 from convnet_cli.parallel import NcclSum, SingleWorld, launch_from_env, rank_device, shares
 from convnet_cli.train.data_parallel import SlicedRandom
+from tests.helpers import make_layer
+from tests.parallel_fakes import run_ranks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -159,6 +162,109 @@ def test_sliced_random_gives_the_rows_of_the_whole_minibatch():
     np.testing.assert_array_equal(part, whole[2:4])
     with pytest.raises(ValueError):
         SlicedRandom(np.random.default_rng(7), 2, 4, 5).random((3, 2, 3))
+
+
+@pytest.mark.parametrize("n,k", [(6, 2), (7, 3)])
+def test_batchnorm_split_over_processes_matches_one(n, k):
+    """Forward and backward of a batchnorm whose minibatch is split over k 'processes' (threads summing
+    through ctx.allreduce) equal the whole minibatch's in one: outputs, dx, summed parameter gradients and
+    running statistics."""
+    layer = make_layer("batchnorm", [(3, 4, 5)])
+    rng = np.random.default_rng(0)
+    x = rng.normal(2.0, 3.0, (n, 4, 5, 3)).astype(np.float32)
+    dout = rng.normal(0.0, 1.0, x.shape).astype(np.float32)
+    fresh = lambda: {key: v.copy() for key, v in layer.init_params(np.random.default_rng(1)).items()}  # noqa: E731
+    whole = fresh()
+    ctx = Context(xp=np, train=True)
+    out, cache = layer.forward([x], whole, ctx)
+    (dx,), grads = layer.backward(dout, cache, whole, ctx)
+    params = [fresh() for _ in range(k)]
+
+    def rank(r, allreduce):
+        lo, hi = shares(n, k)[r]
+        c = Context(xp=np, train=True, allreduce=allreduce)
+        o, cache_r = layer.forward([x[lo:hi]], params[r], c)
+        (d,), g = layer.backward(dout[lo:hi], cache_r, params[r], c)
+        return o, d, g
+
+    parts = run_ranks(k, rank)
+    np.testing.assert_allclose(np.concatenate([p[0] for p in parts]), out, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.concatenate([p[1] for p in parts]), dx, rtol=1e-4, atol=1e-5)
+    for key in grads:
+        np.testing.assert_allclose(sum(p[2][key] for p in parts), grads[key], rtol=1e-5, atol=1e-5)
+    for r in range(k):
+        for key in whole:
+            np.testing.assert_allclose(params[r][key], whole[key], rtol=1e-6, atol=1e-6)
+
+
+class _DoublingWorld:
+    """Rank 0 of 2 whose partner holds the same numbers: a sum is twice the buffer."""
+
+    rank, size, local_rank, is_root = 0, 2, 0, True
+
+    def __init__(self):
+        self.calls = 0
+
+    def attach(self, backend):
+        pass
+
+    def allreduce(self, buf):
+        self.calls += 1
+        buf *= 2
+        return buf
+
+
+def check_combine(backend):
+    """DataParallel.share + combine on a small net: one sum per step over gradients, costs and the stop
+    flag; the costs come back as the whole minibatch's means. Used for the CPU and (tests/gpu) the GPU."""
+    from convnet_cli.data.provider import Minibatch
+    from convnet_cli.net import Net
+    from convnet_cli.train.data_parallel import DataParallel
+
+    xp = backend.xp
+    net = Net.from_text(LAYERS, PARAMS, (1, 8, 8), backend, seed=0)
+    world = _DoublingWorld()
+    dp = DataParallel(world, net)
+    rng = np.random.default_rng(0)
+    x = backend.asarray(rng.normal(size=(6, 8, 8, 1)).astype(np.float32))
+    y = backend.asarray(np.array([0, 1, 2, 0, 1, 2]), dtype=np.int32)
+    xs, ys, drng = dp.share(Minibatch(x, y, []), backend.rng(3))
+    assert xs.shape[0] == 3 and net.grad_scale == 0.5
+    costs = net.forward({0: xs, 1: ys}, train=True, rng=drng)
+    grads = net.backward()
+    local = {k: {p: xp.asnumpy(g) if backend.is_gpu else g.copy() for p, g in v.items()} for k, v in grads.items()}
+    calls_before = world.calls                    # batchnorm's sums in forward and backward
+    assert calls_before == 2
+    intr = type("I", (), {"requested": True})()
+    summed = dp.combine(grads, costs, 6, intr)
+    assert world.calls == calls_before + 1        # one sum for the whole step
+    for name, ps in local.items():
+        for p, g in ps.items():
+            if p in net.by_name[name].learned:
+                got = xp.asnumpy(grads[name][p]) if backend.is_gpu else grads[name][p]
+                np.testing.assert_allclose(got, 2 * g, rtol=1e-6, err_msg=f"{name}/{p}")
+    cost, metrics = summed["logprob"]
+    assert cost == pytest.approx(costs["logprob"][0], rel=1e-6)   # 2 x (3 cases x mean) / 6 cases
+    assert dp.stop is True and dp.stop_requested(type("I", (), {"requested": False})()) is True
+
+
+def test_combine_sums_gradients_costs_and_the_stop_flag_in_one_allreduce():
+    from convnet_cli.backend import CPU
+
+    check_combine(CPU)
+
+
+def test_rank_device_takes_a_gpu_by_local_rank(monkeypatch):
+    import convnet_cli.backend as backend
+
+    world = type("W", (), {"size": 4, "local_rank": 3})()
+    monkeypatch.setattr(backend, "gpu_count", lambda: 2)
+    assert rank_device("gpu", world) == "gpu:1"
+    assert rank_device("auto", world) == "gpu:1"
+    assert rank_device("gpu:0", world) == "gpu:0"     # given explicitly: kept
+    assert rank_device("cpu", world) == "cpu"
+    monkeypatch.setattr(backend, "gpu_count", lambda: 0)
+    assert rank_device("auto", world) == "cpu"
 
 
 def test_single_world_is_the_identity():
