@@ -213,6 +213,23 @@ def get_world():
     return world
 
 
+def on_root(world, fn):
+    """fn() on rank 0, its result broadcast to every rank; an exception it raises is raised on every rank
+    (so a check that fails stops all processes alike). With one process: fn()."""
+    if world.size == 1:
+        return fn()
+    outcome = None
+    if world.is_root:
+        try:
+            outcome = (True, fn())
+        except Exception as exc:  # noqa: BLE001 - sent to every rank, raised there
+            outcome = (False, exc)
+    ok, value = world.bcast(outcome)
+    if not ok:
+        raise value
+    return value
+
+
 def rank_device(device: str, world) -> str:
     """The --device of this process: under K > 1, `gpu` (and `auto` on a GPU machine) becomes gpu:N with N
     the local rank modulo the GPUs it sees (one GPU per process; with CUDA_VISIBLE_DEVICES set per task by

@@ -460,3 +460,17 @@ def test_make_batches_with_two_ranks_writes_the_files_of_one(tmp_path, dtype):
     assert "data_batch_5" in names and "skipped.txt" in names
     for name in names:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+@needs_mpi
+def test_make_batches_with_two_ranks_refuses_a_full_folder_once(tmp_path):
+    from tests.audio_fixtures import make_tone_dataset
+
+    audio = tmp_path / "audio"
+    make_tone_dataset(audio, classes=("low", "high"), per_class=2, sr=8000, seconds=0.5, seed=3)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "data_batch_1").write_bytes(b"old")
+    r = convnet(["make-batches", str(audio), str(tmp_path / "out"), "--jobs", "1", "--quiet"], ranks=2)
+    assert r.returncode == 2
+    assert r.stderr.count("already holds batch files") == 1
+    assert (tmp_path / "out" / "data_batch_1").read_bytes() == b"old"

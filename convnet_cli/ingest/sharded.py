@@ -28,6 +28,7 @@ from convnet_cli.ingest.make_batches import (CHUNK, _check_options, _install, _M
                                              existing_batch_files, finish_set, plan_batches, run_chunks,
                                              split_groups)
 from convnet_cli.ingest.sources import collect_dataset
+from convnet_cli.parallel import on_root
 
 
 def make_batches_sharded(world, audio_dir, batch_dir, *, labels_csv=None, file_col=None, label_col=None,
@@ -43,30 +44,25 @@ def make_batches_sharded(world, audio_dir, batch_dir, *, labels_csv=None, file_c
         from convnet_cli.backend import default_threads
 
         jobs = max(1, default_threads() // max(1, getattr(world, "local_size", 1)))
-    staging, outcome = None, None
-    if world.is_root:  # the checks and the listing once; the others get the result
+
+    def prepare():  # the checks and the listing once, on rank 0; the others get the result
+        if os.path.exists(batch_dir) and not os.path.isdir(batch_dir):
+            raise DataError(f"{batch_dir}: is a file; BATCH_DIR must be a folder (new or empty)")
+        old = existing_batch_files(batch_dir)
+        if old and not overwrite:
+            raise DataError(f"{batch_dir}: already holds batch files ({', '.join(old[:3])}"
+                            f"{' …' if len(old) > 3 else ''}); pass --overwrite to replace them, or choose "
+                            "another folder")
+        ds = collect_dataset(audio_dir, labels_csv, file_col, label_col, no_labels, label_names)
+        created = not os.path.exists(batch_dir)
         try:
-            if os.path.exists(batch_dir) and not os.path.isdir(batch_dir):
-                raise DataError(f"{batch_dir}: is a file; BATCH_DIR must be a folder (new or empty)")
-            old = existing_batch_files(batch_dir)
-            if old and not overwrite:
-                raise DataError(f"{batch_dir}: already holds batch files ({', '.join(old[:3])}"
-                                f"{' …' if len(old) > 3 else ''}); pass --overwrite to replace them, or choose "
-                                "another folder")
-            ds = collect_dataset(audio_dir, labels_csv, file_col, label_col, no_labels, label_names)
-            created = not os.path.exists(batch_dir)
-            try:
-                os.makedirs(batch_dir, exist_ok=True)
-                staging = tempfile.mkdtemp(prefix=".make-batches-", dir=batch_dir)
-            except OSError as exc:
-                raise DataError(f"{batch_dir}: cannot create the batch folder ({exc.strerror or exc})") from None
-            outcome = (ds, staging, created)
-        except Exception as exc:  # noqa: BLE001 - sent to every rank, raised there
-            outcome = exc
-    outcome = world.bcast(outcome)
-    if isinstance(outcome, Exception):
-        raise outcome
-    ds, staging, created = outcome
+            os.makedirs(batch_dir, exist_ok=True)
+            staging = tempfile.mkdtemp(prefix=".make-batches-", dir=batch_dir)
+        except OSError as exc:
+            raise DataError(f"{batch_dir}: cannot create the batch folder ({exc.strerror or exc})") from None
+        return ds, staging, created
+
+    ds, staging, created = on_root(world, prepare)
     try:
         groups = split_groups(ds.names, split_by) if split_by else None
         plan = plan_batches(ds.labels, int(batch_size), float(test_fraction), int(seed), groups)
@@ -75,8 +71,8 @@ def make_batches_sharded(world, audio_dir, batch_dir, *, labels_csv=None, file_c
         except Exception as exc:  # noqa: BLE001 - rank 0 raises the first rank's error for all
             mine = exc
         results = world.gather(mine)
-        summary = None
-        if world.is_root:
+
+        def assemble():
             errors = [r for r in results if isinstance(r, Exception)]
             if errors:
                 raise errors[0]
@@ -85,7 +81,9 @@ def make_batches_sharded(world, audio_dir, batch_dir, *, labels_csv=None, file_c
             summary.update(batch_dir=batch_dir, files=len(ds), classes=len(ds.label_names),
                            label_names=list(ds.label_names), seconds=time.perf_counter() - t_start,
                            processes=world.size)
-        summary = world.bcast(summary)
+            return summary
+
+        summary = on_root(world, assemble)
     except BaseException:
         if world.is_root:
             shutil.rmtree(staging, ignore_errors=True)
