@@ -25,7 +25,7 @@ from convnet_cli.backend import get_backend
 from convnet_cli.config.yamlio import display_name, read_text
 from convnet_cli.errors import ConfigError, NonFiniteError
 from convnet_cli.net import Net
-from convnet_cli.parallel import get_world, rank_device
+from convnet_cli.parallel import get_world, on_root, rank_device
 from convnet_cli.train.checkpoint import (RunState, load_checkpoint, newest_checkpoint, prune_checkpoints,
                                           resolve_checkpoint, save_checkpoint)
 from convnet_cli.train.data_parallel import DataParallel
@@ -380,10 +380,7 @@ def start(o: TrainOptions, echo=None) -> int:
     net = Net.from_text(layer_def_text, params_text, batchset.data_shape, backend, o.seed, o.layer_def,
                         o.layer_params, check=functools.partial(_check_classes, batchset=batchset,
                                                                  source=display_name(o.layer_def)))
-    run_dir = world.bcast(new_run_dir(o.save_path) if world.is_root else None)
-    for src in (o.layer_def, o.layer_params) if world.is_root else ():
-        if src:
-            shutil.copyfile(src, os.path.join(run_dir, os.path.basename(src)))
+    run_dir = on_root(world, functools.partial(_new_run, o))  # under MPI: one run directory, made by rank 0
     state = _initial_state(o, batchset, layer_def_text, params_text)
     echo = _rank_echo(echo, world)
     if not o.quiet:
@@ -436,6 +433,14 @@ def resume(path: str, explicit: dict, echo=None) -> int:
     if not o.quiet:
         echo(f"resuming {run_dir} at epoch {state.epoch}, batch {state.batch_in_epoch + 1} of the epoch")
     return _run(o, run_dir, net, batchset, state, echo)
+
+
+def _new_run(o) -> str:
+    run_dir = new_run_dir(o.save_path)
+    for src in (o.layer_def, o.layer_params):
+        if src:
+            shutil.copyfile(src, os.path.join(run_dir, os.path.basename(src)))
+    return run_dir
 
 
 def _rank_echo(echo, world):
