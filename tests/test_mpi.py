@@ -474,3 +474,29 @@ def test_make_batches_with_two_ranks_refuses_a_full_folder_once(tmp_path):
     assert r.returncode == 2
     assert r.stderr.count("already holds batch files") == 1
     assert (tmp_path / "out" / "data_batch_1").read_bytes() == b"old"
+
+
+@needs_mpi
+def test_make_batches_from_annotated_recordings_with_two_ranks_writes_the_files_of_one(tmp_path):
+    from tests.annotation_fixtures import write_raven, write_recording
+    from tests.test_make_batches_annotations import FEATURES
+
+    rec, tables = tmp_path / "rec", tmp_path / "tables"
+    for i, calls in enumerate(([(2.5, 3.5, 200.0), (7.2, 7.6, 600.0)], [(1.0, 2.0, 200.0)], [], [(5.0, 6.0, 600.0)])):
+        write_recording(str(rec / f"r{i}.flac"), 12.0, calls=calls, seed=i + 1)
+        write_raven(str(tables / f"r{i}.Table.1.selections.txt"),
+                    [(b, e, "upcall" if f < 400 else "gunshot", 0, 1000) for b, e, f in calls])
+    (rec / "r9.flac").write_text("not audio at all\n" * 50)            # skipped.txt on both sides
+    write_raven(str(tables / "r9.Table.1.selections.txt"), [(1.0, 2.0, "upcall", 0, 1)])
+    (tmp_path / "features.yaml").write_text(FEATURES)
+    args = ["--annotations", str(tables), "--features", str(tmp_path / "features.yaml"), "--window-hop", "1",
+            "--jobs", "1", "--batch-size", "8", "--test-fraction", "0.25", "--quiet"]
+    one = convnet(["make-batches", str(rec), str(tmp_path / "one"), *args])
+    assert one.returncode == 0, one.stderr
+    two = convnet(["make-batches", str(rec), str(tmp_path / "two"), *args], ranks=2)
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("make-batches") == 1
+    names = sorted(os.listdir(tmp_path / "one"))
+    assert names == sorted(os.listdir(tmp_path / "two")) and "data_batch_3" in names
+    for name in names:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name

@@ -99,8 +99,8 @@ def command(**opts):
     With --annotations TABLES, AUDIO_DIR holds long recordings (RECORDINGS) and the cases are windows of
     them labelled from Raven selection tables or a CSV (--label-col then names the tables' label column).
 
-    Under `mpiexec -n K` the clips are decoded by K processes (BATCH_DIR on a file system all of them see);
-    the output is that of one process."""
+    Under `mpiexec -n K` the clips (or the recordings' windows) are decoded by K processes (BATCH_DIR on a
+    file system all of them see); the output is that of one process."""
     world = get_world()
     with collective_errors(world):
         s = _make(world, **opts)
@@ -124,17 +124,14 @@ def _make(world, audio_dir, batch_dir, labels_csv, file_col, label_col, no_label
         for flag, given in (("--labels", labels_csv), ("--file-col", file_col), ("--no-labels", no_labels)):
             if given:
                 raise ConfigError(f"{flag} does not apply with --annotations (the tables give the labels); drop it")
-        if not world.is_root:  # long recordings are not split over processes: rank 0 makes the set
-            world.barrier()
-            return None
         s = make_batches_from_annotations(
             audio_dir, batch_dir, annotations, features=spec, label_col=label_col, label_names=names,
             batch_size=batch_size, test_fraction=test_fraction, split_by=split_by, seed=seed, jobs=jobs,
             dtype=dtype, overwrite=overwrite, progress=not quiet, window_hop=window_hop,
             min_overlap=0.5 if min_overlap is None else min_overlap,
             background="background" if background is None else background,
-            background_ratio=background_ratio, warn=lambda line: click.echo(line, err=True))
-        world.barrier()
+            background_ratio=background_ratio, warn=lambda line: click.echo(line, err=True), world=world)
+        world.barrier()  # the other ranks wait for rank 0's batch files
         return s
     given = [flag for flag, v in (("--window-hop", window_hop), ("--min-overlap", min_overlap),
                                   ("--background", background), ("--background-ratio", background_ratio))

@@ -41,6 +41,7 @@ from convnet_cli.ingest.make_batches import (NothingReadError, _check_options, _
                                              _single_threaded_children, existing_batch_files, split_groups)
 from convnet_cli.ingest.sources import find_audio
 from convnet_cli.ingest.windows import iter_selected_window_features, label_windows, recording_info, window_starts
+from convnet_cli.parallel import SingleWorld, on_root
 
 TASK_S = 600.0          # audio per extraction task: parallelism within a long recording, progress that moves
 SKIPPED = "skipped.txt"
@@ -387,12 +388,17 @@ def make_batches_from_annotations(recordings_dir, batch_dir, tables, *, features
                                   window_hop=None, min_overlap=0.5, background="background", background_ratio=None,
                                   label_col=None, label_names=None, batch_size=1000, test_fraction=0.2,
                                   split_by=None, seed=0, jobs=None, dtype="float32", overwrite=False, progress=True,
-                                  warn=None) -> dict:
+                                  warn=None, world=None) -> dict:
     """Write BATCH_DIR/data_batch_1..K, batches.meta and skipped.txt from RECORDINGS and TABLES (SPEC 11).
 
     Returns a summary dict (recordings, read, skipped, windows, counts, classes, batches, ranges, cases,
     shape, audio_s, seconds, batch_dir).
+
+    world: convnet_cli/parallel.py's, under `mpiexec -n K`: every process makes the same plan, the extraction
+    tasks are dealt to the processes (their spill files go to the staging folder, which BATCH_DIR's file
+    system shares), rank 0 assembles and writes the batches; the others return None.
     """
+    world = world or SingleWorld()
     t_start = time.perf_counter()
     spec = features if features is not None else FeatureSpec()
     _check_options(batch_size, test_fraction, dtype, jobs, seed)
@@ -405,7 +411,10 @@ def make_batches_from_annotations(recordings_dir, batch_dir, tables, *, features
     if jobs is None:
         from convnet_cli.backend import default_threads
 
-        jobs = default_threads()
+        jobs = max(1, default_threads() // getattr(world, "local_size", 1))
+    if not world.is_root:
+        def warn(line):
+            pass
     if os.path.exists(batch_dir) and not os.path.isdir(batch_dir):
         raise DataError(f"{batch_dir}: is a file; BATCH_DIR must be a folder (new or empty)")
     old = existing_batch_files(batch_dir)
@@ -441,17 +450,16 @@ def make_batches_from_annotations(recordings_dir, batch_dir, tables, *, features
     train_b = deal(np.flatnonzero(~test), plan.labels, int(batch_size), rng)
     test_b = deal(np.flatnonzero(test), plan.labels, int(batch_size), rng)
 
-    created = not os.path.exists(batch_dir)
-    try:
-        os.makedirs(batch_dir, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=".make-batches-", dir=batch_dir)
-    except OSError as exc:
-        raise DataError(f"{batch_dir}: cannot create the batch folder ({exc.strerror or exc})") from None
+    staging, created = on_root(world, lambda: _make_staging(batch_dir))
     try:
         summary = _extract_and_write(recs, plan, train_b, test_b, spec, hop_s, staging, jobs, dtype, progress,
-                                     skipped, _Moments, recordings_dir, NothingReadError)
+                                     skipped, _Moments, recordings_dir, NothingReadError, world)
+        if not world.is_root:
+            return None
         _install(staging, batch_dir, summary.pop("_files"))
     except BaseException:
+        if not world.is_root:
+            raise
         shutil.rmtree(staging, ignore_errors=True)
         if created:
             try:
@@ -467,18 +475,53 @@ def make_batches_from_annotations(recordings_dir, batch_dir, tables, *, features
     return summary
 
 
+def _make_staging(batch_dir) -> tuple:
+    """(staging folder inside batch_dir, whether batch_dir was made for it)."""
+    created = not os.path.exists(batch_dir)
+    try:
+        os.makedirs(batch_dir, exist_ok=True)
+        return tempfile.mkdtemp(prefix=".make-batches-", dir=batch_dir), created
+    except OSError as exc:
+        raise DataError(f"{batch_dir}: cannot create the batch folder ({exc.strerror or exc})") from None
+
+
+def _shared_tasks(world, tasks, recs, spec, hop_s, staging, jobs, on_progress):
+    """_run_tasks over the processes of `world`: each runs the tasks dealt to it (longest first to the least
+    loaded); rank 0 yields every task's (task, rows, reason) in task order, the others nothing."""
+    if world.size == 1:
+        yield from _run_tasks(tasks, recs, spec, hop_s, staging, jobs, on_progress)
+        return
+    load = [0.0] * world.size
+    mine = []
+    for t in sorted(tasks, key=lambda t: (-t[4], t[0])):
+        r = min(range(world.size), key=lambda k: (load[k], k))
+        load[r] += t[4]
+        if r == world.rank:
+            mine.append(t)
+    mine.sort(key=lambda t: t[0])
+    done = [(t[0], n, reason) for t, n, reason in _run_tasks(mine, recs, spec, hop_s, staging, jobs, on_progress)]
+    parts = world.gather(done)
+    if world.is_root:
+        results = sorted((r for part in parts for r in part), key=lambda r: r[0])
+        for tid, n, reason in results:
+            yield tasks[tid], n, reason
+
+
 def _extract_and_write(recs, plan, train_b, test_b, spec, hop_s, staging, jobs, dtype, progress, skipped,
-                       moments_cls, recordings_dir, nothing_read):
+                       moments_cls, recordings_dir, nothing_read, world):
+    """The batch files into staging; a summary (rank 0), None (another rank, once its tasks are done)."""
     num_vis = int(np.prod(spec.shape))
     tasks = _tasks(plan, recs, hop_s)
     total_s = sum(recs[i].duration for i in sorted({t[1] for t in tasks}))
+    if world.size > 1:  # the bar follows this process's tasks (shown on rank 0)
+        total_s = sum(t[4] for t in tasks) / world.size
     task_of = np.full(plan.labels.size, -1, dtype=np.int64)
     row_of = np.zeros(plan.labels.size, dtype=np.int64)
     rows = {}
     bad = {}                    # recording index -> reason
     t0 = time.perf_counter()
-    with _Bar(progress, total_s) as bar:
-        for t, n, reason in _run_tasks(tasks, recs, spec, hop_s, staging, jobs, bar.add):
+    with _Bar(progress and world.is_root, total_s) as bar:
+        for t, n, reason in _shared_tasks(world, tasks, recs, spec, hop_s, staging, jobs, bar.add):
             tid, ri, wins, cases, _ = t
             if reason is not None:
                 bad.setdefault(ri, reason)
@@ -490,6 +533,8 @@ def _extract_and_write(recs, plan, train_b, test_b, spec, hop_s, staging, jobs, 
             row_of[cases] = np.arange(n)
             rows[tid] = n
     t_extract = time.perf_counter() - t0
+    if not world.is_root:
+        return None
     for ri, reason in sorted(bad.items()):
         skipped.append((recs[ri].rel, reason))
     ok = np.ones(plan.labels.size, dtype=bool)
