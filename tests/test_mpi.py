@@ -349,6 +349,7 @@ def test_one_process_never_imports_mpi4py(ws, tmp_path):
     code = ("import sys, runpy; sys.argv = ['convnet'] + sys.argv[1:]\n"
             "try:\n    runpy.run_module('convnet_cli', run_name='__main__')\n"
             "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "import convnet_cli.commands.make_batches\n"
             "print('mpi4py' in sys.modules)\n")
     env = {k: v for k, v in _env().items() if not k.startswith(("PMI_", "OMPI_", "PMIX_", "MV2_", "SLURM_"))}
     r = subprocess.run([sys.executable, "-c", code, *train_args(ws, tmp_path / "runs", "--epochs", "1", "--quiet")],
