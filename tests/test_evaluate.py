@@ -1,0 +1,65 @@
+"""evaluate's matching and metrics against cases computed by hand (convnet_cli/detect/evaluate.py)."""
+import json
+
+import pytest
+
+from convnet_cli.detect.evaluate import Interval, evaluate, format_table, match, overlap_fraction, write_json
+
+
+def I(b, e, label="c", score=None):
+    return Interval(b, e, label, score)
+
+
+def test_overlap_is_a_fraction_of_the_shorter():
+    assert overlap_fraction(0, 1, 0.5, 3) == pytest.approx(0.5)
+    assert overlap_fraction(0, 10, 2, 3) == pytest.approx(1.0)
+    assert overlap_fraction(0, 1, 1, 2) == 0.0
+
+
+def test_greedy_matching_by_score():
+    anns = [I(0, 1), I(2, 3)]
+    # the 0.6 detection overlaps the first annotation best but comes after the 0.9 one, which takes it
+    dets = [I(0.2, 0.9, score=0.6), I(0, 1, score=0.9), I(2.6, 3.6, score=0.5)]
+    scored, fn = match(dets, anns, 0.5)
+    assert scored == [(0.9, True), (0.6, False), (0.5, False)]  # 2.6-3.6 overlaps 2-3 by 0.4 < 0.5
+    assert fn == 1
+    scored, fn = match(dets, anns, 0.35)
+    assert scored == [(0.9, True), (0.6, False), (0.5, True)] and fn == 0
+
+
+def test_hand_computed_case():
+    """Annotations A1 [0,1], A2 [2,3], A3 [5,6] of class c on one recording, and a [10,11] of class d.
+    Detections: 0.9 on A1 (TP), 0.8 on A2 (TP), 0.7 on nothing (FP), 0.6 on A1 again (FP), and a d-detection
+    0.95 on the d annotation (TP).
+    Class c: TP 2, FP 2, FN 1; P = 1/2, R = 2/3, F1 = 4/7. Curve over the score threshold:
+      t=0.9: P 1,   R 1/3;  t=0.8: P 1, R 2/3;  t=0.7: P 2/3, R 2/3;  t=0.6: P 1/2, R 2/3
+    AP = 1/3*1 + 1/3*1 = 2/3. Lowest threshold with P >= 0.9: 0.8, recall there 2/3.
+    Overall (pooled): t=0.95 P1 R1/4; 0.9 P1 R2/4; 0.8 P1 R3/4; 0.7 P3/4; 0.6 P3/5 -> AP 3/4, thr 0.8, R 3/4."""
+    anns = {"r": [I(0, 1), I(2, 3), I(5, 6), I(10, 11, "d")]}
+    dets = {"r": [I(0, 1, score=0.9), I(2.1, 3, score=0.8), I(8, 9, score=0.7), I(0.2, 0.9, score=0.6),
+                  I(10, 11, "d", 0.95)]}
+    ev = evaluate(dets, anns, ["c", "d"], 0.5, 0.9)
+    c = ev.result["classes"]["c"]
+    assert (c["tp"], c["fp"], c["fn"]) == (2, 2, 1)
+    assert c["precision"] == pytest.approx(0.5) and c["recall"] == pytest.approx(2 / 3)
+    assert c["f1"] == pytest.approx(4 / 7)
+    assert c["average_precision"] == pytest.approx(2 / 3)
+    assert c["threshold_at_precision"] == pytest.approx(0.8) and c["recall_at_threshold"] == pytest.approx(2 / 3)
+    o = ev.result["overall"]
+    assert (o["tp"], o["fp"], o["fn"]) == (3, 2, 1)
+    assert o["average_precision"] == pytest.approx(0.75)
+    assert o["threshold_at_precision"] == pytest.approx(0.8) and o["recall_at_threshold"] == pytest.approx(0.75)
+    assert set(ev.result) == {"classes", "overall", "min_overlap"}
+    assert set(c) == {"tp", "fp", "fn", "precision", "recall", "f1", "average_precision",
+                      "threshold_at_precision", "recall_at_threshold"}
+    assert "overall" in format_table(ev.result)
+
+
+def test_undefined_ratios_are_null_and_json_is_written(tmp_path):
+    ev = evaluate({"r": []}, {"r": [I(0, 1)]}, ["c"], 0.5, 0.9)
+    c = ev.result["classes"]["c"]
+    assert (c["tp"], c["fp"], c["fn"]) == (0, 0, 1)
+    assert c["precision"] is None and c["recall"] == 0.0 and c["average_precision"] == 0.0
+    assert c["threshold_at_precision"] is None
+    path = write_json(ev.result, str(tmp_path))
+    assert json.load(open(path))["min_overlap"] == 0.5
