@@ -13,7 +13,7 @@ import click
 from convnet_cli import __version__
 from convnet_cli.errors import ConvnetError
 
-COMMANDS = ("make_batches", "train", "predict", "show", "convert_cfg", "demo")
+COMMANDS = ("make_batches", "train", "predict", "detect", "evaluate", "show", "convert_cfg", "demo")
 
 
 class _Group(click.Group):

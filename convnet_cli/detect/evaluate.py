@@ -340,11 +340,9 @@ def write_json(result: dict, folder: str) -> str:
 
 def plot_pr(curves: dict, path: str, target_precision: float | None = None, title: str | None = None) -> str:
     """Precision against recall per class and overall; the step curve through each score threshold."""
-    from convnet_cli.data.batch_files import _atomic_write
-    from convnet_cli.show.plots import require_matplotlib
+    from matplotlib.figure import Figure  # ImportError without the `plot` extra: the caller says so
 
-    require_matplotlib()
-    from matplotlib.figure import Figure
+    from convnet_cli.data.batch_files import _atomic_write
 
     fig = Figure(figsize=(6.4, 5.2), dpi=100)
     ax = fig.subplots()
