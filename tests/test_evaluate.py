@@ -63,3 +63,57 @@ def test_undefined_ratios_are_null_and_json_is_written(tmp_path):
     assert c["threshold_at_precision"] is None
     path = write_json(ev.result, str(tmp_path))
     assert json.load(open(path))["min_overlap"] == 0.5
+
+
+# ---- the command, on detect's output --------------------------------------------------------------------
+
+def _detect(tmp_path, layout):
+    from tests.detect_fixtures import tone_checkpoint, write_recording
+    from tests.helpers import invoke
+
+    ck = tone_checkpoint(tmp_path / "best.npz")
+    for rel, tones in layout.items():
+        (tmp_path / "rec" / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_recording(tmp_path / "rec" / rel, 30, tones, sr=1000)
+    out = tmp_path / "det"
+    assert invoke(["detect", "-f", str(ck), str(tmp_path / "rec"), "--out", str(out), "--quiet"]).exit_code == 0
+    return out
+
+
+def test_evaluate_cli_on_a_detect_out_dir(tmp_path):
+    from tests.helpers import invoke
+
+    out = _detect(tmp_path, {"s1/x.wav": [(5, 7), (20, 22)], "s2/x.wav": [(10, 12)]})
+    ann = tmp_path / "ann.csv"
+    # s1/x.wav: both tones annotated plus one call the detector cannot hear (a 25 s 'tone' with no tone);
+    # s2/x.wav: its tone; other.wav was never run through detect and must not count
+    ann.write_text("filename,start,end,label\ns1/x.wav,5,7,tone\ns1/x.wav,20,22,tone\ns1/x.wav,25,26,tone\n"
+                   "s2/x.wav,10,12,tone\nother.wav,1,2,tone\n")
+    r = invoke(["evaluate", str(out), str(ann), "--out", str(tmp_path / "ev")])
+    assert r.exit_code == 0, r.output
+    res = json.load(open(tmp_path / "ev" / "evaluation.json"))
+    t = res["classes"]["tone"]
+    assert (t["tp"], t["fp"], t["fn"]) == (3, 0, 1)
+    assert t["precision"] == 1.0 and t["recall"] == pytest.approx(0.75)
+    assert res["overall"]["tp"] == 3 and list(res["classes"]) == ["tone"]
+    assert "not run through detect" in r.output and "overall" in r.output
+    assert (tmp_path / "ev" / "pr_curve.png").read_bytes()[:4] == b"\x89PNG"
+    # the same through detections.csv, and with Raven tables named after their recordings on the other side
+    raven_dir = tmp_path / "raven"
+    raven_dir.mkdir()
+    (raven_dir / "x.Table.1.selections.txt").write_text(
+        "Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\tAnnotation\n"
+        "1\tSpectrogram 1\t1\t10\t12\ttone\n")
+    r = invoke(["evaluate", str(out / "detections.csv"), str(ann), "--out", str(tmp_path / "ev2")])
+    assert r.exit_code == 0 and json.load(open(tmp_path / "ev2" / "evaluation.json"))["classes"]["tone"]["tp"] == 3
+    # 'x' fits s1/x.wav and s2/x.wav: refused with the fix
+    r = invoke(["evaluate", str(out), str(raven_dir), "--out", str(tmp_path / "ev3")])
+    assert r.exit_code == 2 and "relative path" in r.output
+
+
+def test_pairing_by_relative_path_else_by_key():
+    from convnet_cli.detect.evaluate import pair_recordings
+
+    dets = ["s1/x.wav", "s2/x.wav", "y.flac"]
+    assert pair_recordings(dets, ["s2/x.wav", "/data/s1/x.wav", "y", "site9/y.flac", "z.wav"]) == {
+        "s2/x.wav": "s2/x.wav", "/data/s1/x.wav": "s1/x.wav", "y": "y.flac", "site9/y.flac": "y.flac"}
