@@ -1,0 +1,286 @@
+"""Fixed-length windows over recordings of any length, read in blocks (SPEC 11; used by make-batches and detect).
+
+A recording is never decoded whole. For each run of windows that fits in one block (default 60 s), the
+samples the run needs are decoded with soundfile (seek + read), mixed to mono, resampled to the features'
+rate and turned into features; memory holds about one block whatever the recording's length.
+
+Resampling per block without seams: `scipy.signal.resample_poly` by the reduced ratio up/down designs a
+symmetric FIR of half-length 10*max(up, down) (at the upsampled rate) and aligns output sample m with input
+position m*down/up. A block whose first input sample is a multiple of `down` therefore yields exactly the
+global output samples from (first/down)*up on, and each of those equals the whole-file result as long as
+the block also holds the filter's reach of input on both sides (`margin`). Blocks are read with that margin
+and trimmed, so a recording resampled in blocks equals the whole-file result (to float32 rounding).
+
+Features: window k starts at sample round(k * hop_s * sample_rate) of the resampled signal and is
+`duration` long. When every start in a run falls on the STFT hop grid (the usual case: hop_s * rate a
+multiple of `hop`), the STFT frames of the whole run are computed once by `compute_features` and each
+window takes its W frames: the same numbers as computing the window alone (no padding, no per-clip
+normalisation), without computing overlapping frames twice. Otherwise each window is cut out and passed
+to `compute_features` as a clip.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Iterator
+
+import numpy
+
+from convnet_cli.ingest.audio import AudioError, _truncation
+from convnet_cli.ingest.features import FeatureSpec, compute_features
+
+BLOCK_S = 60.0                # seconds of audio per block
+MAX_SAMPLE_RATE = 1_000_000   # above this a header is corrupt, not a recording
+_PIECE_BYTES = 2 * 2 ** 20    # frames per compute_features call on a long run: ~2 MiB of frame tensor
+
+
+# ---- what a recording holds -----------------------------------------------------------------------
+
+def _check_file(path):
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise AudioError(path, "not found" if isinstance(exc, FileNotFoundError)
+                         else f"cannot read ({exc.strerror or exc})") from None
+    if size == 0:
+        raise AudioError(path, "empty file (0 bytes)")
+
+
+def _open_error(path, exc):
+    msg = str(exc).replace(f"Error opening {path!r}: ", "").strip().rstrip(".")
+    msg = re.sub(r"^Error\s*:\s*", "", msg)
+    if "Format not recognised" in msg:
+        msg = "not an audio file soundfile can read (format not recognised)"
+    return AudioError(path, f"cannot decode: {msg}")
+
+
+def recording_info(path: str) -> tuple[float, int]:
+    """(duration in seconds, native sample rate) from the header, without decoding. AudioError if unusable."""
+    import soundfile as sf
+
+    _check_file(path)
+    try:
+        info = sf.info(path)
+    except (RuntimeError, sf.SoundFileError, OSError, ValueError, TypeError) as exc:
+        raise _open_error(path, exc) from None
+    sr = int(info.samplerate)
+    if sr <= 0 or sr > MAX_SAMPLE_RATE:
+        raise AudioError(path, f"absurd sample rate {sr} Hz in the header (corrupt file?)")
+    if info.frames <= 0:
+        raise AudioError(path, "zero-length recording (no samples)")
+    return info.frames / sr, sr
+
+
+def window_starts(duration_s: float, window_s: float, hop_s: float) -> numpy.ndarray:
+    """float64 starts k*hop_s, k = 0, 1, … while start + window_s <= duration_s (last partial window dropped)."""
+    if hop_s <= 0 or window_s <= 0:
+        raise ValueError("window and hop must be positive")
+    if duration_s + 1e-9 < window_s:
+        return numpy.zeros(0, dtype=numpy.float64)
+    n = int(math.floor((duration_s - window_s) / hop_s + 1e-9)) + 1
+    return numpy.arange(n, dtype=numpy.float64) * hop_s
+
+
+def label_windows(starts, window_s: float, selections, min_overlap: float = 0.5, background: str = "background"):
+    """The label of each window (SPEC 11): list of str, or None for a window left out (ambiguous).
+
+    starts: (n,) float64 seconds; selections: `Selection`s of one recording (any order). A window takes class c
+    when an annotation of class c overlaps it by at least `min_overlap` of the shorter of the two; of several,
+    the largest overlap wins (ties: the label first in sorted order). A window an annotation overlaps by less
+    (and none enough) is None. Every other window is `background`.
+    """
+    starts = numpy.asarray(starts, dtype=numpy.float64)
+    n = starts.shape[0]
+    best = numpy.zeros(n, dtype=numpy.float64)         # largest qualifying overlap so far
+    best_label = numpy.full(n, -1, dtype=numpy.int64)
+    touched = numpy.zeros(n, dtype=bool)
+    names = sorted({s.label for s in selections})
+    index = {c: i for i, c in enumerate(names)}
+    eps = 1e-9
+    for s in selections:
+        # windows [t, t + w) overlapping [begin, end): t < end and t + w > begin
+        lo = int(numpy.searchsorted(starts, s.begin - window_s, side="right"))
+        hi = int(numpy.searchsorted(starts, s.end, side="left"))
+        if hi <= lo:
+            continue
+        t = starts[lo:hi]
+        ov = numpy.minimum(t + window_s, s.end) - numpy.maximum(t, s.begin)
+        hit = ov > eps
+        touched[lo:hi] |= hit
+        frac = ov / min(window_s, s.end - s.begin)
+        ok = hit & (frac >= min_overlap - eps)
+        c = index[s.label]
+        cur_b, cur_l = best[lo:hi], best_label[lo:hi]
+        better = ok & ((ov > cur_b + eps) | ((numpy.abs(ov - cur_b) <= eps) & ((cur_l < 0) | (c < cur_l))))
+        cur_b[better] = ov[better]
+        cur_l[better] = c
+    out = []
+    for i in range(n):
+        if best_label[i] >= 0:
+            out.append(names[best_label[i]])
+        elif touched[i]:
+            out.append(None)
+        else:
+            out.append(background)
+    return out
+
+
+# ---- decoding and resampling in blocks ------------------------------------------------------------
+
+class _Reader:
+    """One open recording: `read(o0, o1)` -> mono float32 samples [o0, o1) of the signal at `sr_out`
+    (zeros past the end), decoding only the input those samples need."""
+
+    def __init__(self, path: str, sr_out: int):
+        import soundfile as sf
+
+        self.path = path
+        _check_file(path)
+        try:
+            self.f = sf.SoundFile(path)
+        except (RuntimeError, sf.SoundFileError, OSError, ValueError, TypeError) as exc:
+            raise _open_error(path, exc) from None
+        reason = _truncation(self.f.extra_info)   # libsndfile shortens a cut WAV's frames and says so in its log
+        if reason:
+            self.f.close()
+            raise AudioError(path, reason)
+        self.sr_in = int(self.f.samplerate)
+        if self.sr_in <= 0 or self.sr_in > MAX_SAMPLE_RATE:
+            self.f.close()
+            raise AudioError(path, f"absurd sample rate {self.sr_in} Hz in the header (corrupt file?)")
+        self.frames = int(self.f.frames)
+        g = math.gcd(self.sr_in, int(sr_out))
+        self.up, self.down = int(sr_out) // g, self.sr_in // g
+        self.n_out = -(-self.frames * self.up // self.down)        # ceil, as resample_poly
+        # the filter's reach in input samples (half_len / up), rounded up to a multiple of `down`
+        reach = 10 * max(self.up, self.down) / self.up + 2
+        self.margin = self.down * int(math.ceil(reach / self.down)) if self.up != self.down else 0
+
+    def close(self):
+        self.f.close()
+
+    def _decode(self, a, b):
+        """Mono float32 input samples [a, b) (0 <= a <= b <= frames)."""
+        import soundfile as sf
+
+        if b <= a:
+            return numpy.zeros(0, dtype=numpy.float32)
+        try:
+            self.f.seek(a)
+            data = self.f.read(b - a, dtype="float32", always_2d=True)
+        except (RuntimeError, sf.SoundFileError, OSError, ValueError) as exc:
+            raise AudioError(self.path, f"cannot decode at {a / self.sr_in:.3f} s: {exc}") from None
+        if data.shape[0] < b - a:
+            raise AudioError(self.path, f"truncated: the header promises {self.frames / self.sr_in:.3f} s, the audio "
+                                        f"ends near {(a + data.shape[0]) / self.sr_in:.3f} s")
+        mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=numpy.float32)
+        if not numpy.isfinite(mono).all():
+            raise AudioError(self.path, f"holds NaN or infinite samples near {a / self.sr_in:.3f} s")
+        return numpy.ascontiguousarray(mono, dtype=numpy.float32)
+
+    def read(self, o0: int, o1: int):
+        """(o1 - o0,) float32: output-rate samples [o0, o1), zero past the end of the recording."""
+        out = numpy.zeros(o1 - o0, dtype=numpy.float32)
+        hi = min(o1, self.n_out)
+        if hi <= o0:
+            return out
+        if self.up == self.down:
+            out[:hi - o0] = self._decode(o0, hi)
+            return out
+        from scipy.signal import resample_poly
+
+        g0, g1 = o0 // self.up, -(-hi // self.up)                   # polyphase groups holding [o0, hi)
+        a = max(0, g0 * self.down - self.margin)                    # a multiple of `down`
+        b = min(self.frames, g1 * self.down + self.margin)
+        y = resample_poly(self._decode(a, b), self.up, self.down)
+        off = (a // self.down) * self.up                             # global index of y[0]
+        out[:hi - o0] = y[o0 - off:hi - off]
+        return out
+
+
+def resample_blocks(path: str, sr_out: int, block_s: float = BLOCK_S) -> Iterator[numpy.ndarray]:
+    """The whole recording at `sr_out`, mono float32, as consecutive blocks (for tests and benchmarks)."""
+    r = _Reader(path, sr_out)
+    try:
+        step = max(1, int(round(block_s * sr_out)))
+        for o0 in range(0, r.n_out, step):
+            yield r.read(o0, min(o0 + step, r.n_out))
+    finally:
+        r.close()
+
+
+# ---- features of windows --------------------------------------------------------------------------
+
+def _run_features(buf, offsets, spec: FeatureSpec, xp):
+    """Features of the windows buf[d:d + N] for d in offsets: (n, 1, H, W) float32 on xp."""
+    n_win = spec.num_samples
+    offsets = numpy.asarray(offsets, dtype=numpy.int64)
+    if offsets.size:                      # only the stretch these windows cover
+        buf = buf[int(offsets[0]):int(offsets[-1]) + n_win]
+        offsets = offsets - offsets[0]
+    if offsets.size and not (offsets % spec.hop).any():
+        # one STFT over the run, in pieces of P frames (~2 MiB of frame tensor each); windows take their frames
+        total = 1 + (buf.shape[0] - spec.n_fft) // spec.hop
+        p = max(1, _PIECE_BYTES // (spec.n_fft * 4))
+        full = total // p
+        parts = []
+        if full:
+            view = numpy.lib.stride_tricks.as_strided(
+                buf, shape=(full, (p - 1) * spec.hop + spec.n_fft), strides=(p * spec.hop * 4, 4))
+            f = compute_features(xp.asarray(view), spec, xp)        # (full, 1, H, p)
+            parts.append(f[:, 0].transpose(1, 0, 2).reshape(f.shape[2], full * p))
+        if total > full * p:
+            rest = buf[full * p * spec.hop:(total - 1) * spec.hop + spec.n_fft]
+            parts.append(compute_features(xp.asarray(rest[None]), spec, xp)[0, 0])
+        frames = xp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]   # (H, total)
+        first = xp.asarray(offsets // spec.hop)
+        idx = first[:, None] + xp.arange(spec.num_frames)[None, :]
+        return frames[:, idx].transpose(1, 0, 2)[:, None]           # (n, 1, H, W)
+    sig = numpy.stack([buf[d:d + n_win] for d in offsets]) if offsets.size else numpy.zeros((0, n_win), numpy.float32)
+    return compute_features(xp.asarray(sig), spec, xp)
+
+
+def iter_window_features(path: str, spec: FeatureSpec, hop_s: float, batch: int = 256, xp=numpy,
+                         block_s: float | None = None) -> Iterator[tuple[numpy.ndarray, numpy.ndarray]]:
+    """Yield (starts_s float64 (n,), features float32 (n, 1, H, W) on xp), n <= batch, for every window of
+    window_starts(duration, spec.duration, hop_s), in order. Memory bounded whatever the length."""
+    yield from iter_selected_window_features(path, spec, hop_s, None, batch, xp, block_s)
+
+
+def iter_selected_window_features(path: str, spec: FeatureSpec, hop_s: float, keep=None, batch: int = 256,
+                                  xp=numpy, block_s: float | None = None, on_block=None):
+    """As iter_window_features, for the windows whose indices are in `keep` (sorted ints; None = all).
+
+    Only the blocks those windows need are decoded. on_block(t) is called after each block, t the recording
+    time (s) processed so far. AudioError for a file that cannot be decoded (at open, or part way through).
+    """
+    reader = _Reader(path, spec.sample_rate)
+    try:
+        duration = reader.frames / reader.sr_in
+        starts = window_starts(duration, spec.duration, hop_s)
+        if keep is None:
+            keep = numpy.arange(starts.shape[0], dtype=numpy.int64)
+        else:
+            keep = numpy.asarray(keep, dtype=numpy.int64)
+            if keep.size and (keep.min() < 0 or keep.max() >= starts.shape[0]):
+                raise ValueError(f"window index out of range 0..{starts.shape[0] - 1}")
+        sr = spec.sample_rate
+        n_win = spec.num_samples
+        block = max(int(round((block_s or BLOCK_S) * sr)), 2 * n_win)
+        first_sample = numpy.round(keep * hop_s * sr).astype(numpy.int64) if keep.size else keep
+        i = 0
+        while i < keep.size:
+            s0 = int(first_sample[i])
+            j = i + int(numpy.searchsorted(first_sample[i:], s0 + block - n_win, side="right"))
+            j = max(j, i + 1)
+            buf = reader.read(s0, int(first_sample[j - 1]) + n_win)
+            for a in range(i, j, batch):
+                b = min(a + batch, j)
+                feats = _run_features(buf, first_sample[a:b] - s0, spec, xp)
+                yield starts[keep[a:b]], feats
+            if on_block is not None:
+                on_block((int(first_sample[j - 1]) + n_win) / sr)
+            i = j
+    finally:
+        reader.close()
