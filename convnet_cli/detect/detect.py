@@ -236,19 +236,6 @@ def window_probabilities(run, path: str, spec, hop: float, batch: int, xp, on_pr
     return np.concatenate(starts), np.concatenate(probs), covered
 
 
-def _truncated(path: str):
-    """libsndfile's reason when a file ends before its header says (it then reads what is there), else None."""
-    import soundfile as sf
-
-    from convnet_cli.ingest.audio import _truncation
-
-    try:
-        with sf.SoundFile(path) as f:
-            return _truncation(f.extra_info)
-    except (RuntimeError, sf.SoundFileError, OSError, ValueError, TypeError):
-        return None
-
-
 def _spec_and_hop(ckpt, hop):
     from convnet_cli.ingest.features import FeatureSpec
 
@@ -328,9 +315,6 @@ def detect(checkpoint, inputs, out_dir: str, *, hop=None, threshold=None, classe
         except AudioError as exc:
             summary.skipped.append((rec.name, exc.reason))
             continue
-        cut = _truncated(rec.path)
-        if cut:  # a recorder that died mid-file: what is there is still worth reading
-            echo(f"note: {rec.name}: {cut}; detecting in the {rec.duration:.1f} s present")
         todo.append(rec)
 
     # table names: kept for recordings already done, new ones chosen so that nothing clashes
