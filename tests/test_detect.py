@@ -253,3 +253,40 @@ def test_stem_clash_joins_folders(tmp_path):
     assert r.exit_code == 0
     assert sorted(n for n in os.listdir(tmp_path / "out") if n.endswith(".txt")) == ["s1__x.selections.txt",
                                                                                    "s2__x.selections.txt"]
+
+
+def test_window_scores_equal_predict_on_windows_cut_by_make_batches(tmp_path):
+    """detect's per-window probabilities are predict's on the very windows make-batches --annotations cuts
+    (same features code, same normalisation, same net)."""
+    from convnet_cli.ingest.features import FeatureSpec
+    from convnet_cli.ingest.make_batches import make_batches
+    from convnet_cli.predict.predict import predict_batches
+    from tests.detect_fixtures import FEATURES
+
+    ck = tone_checkpoint(tmp_path / "best.npz", window_hop=0.5)
+    rec = tmp_path / "rec"
+    (rec / "s1").mkdir(parents=True)
+    write_recording(rec / "s1" / "a.wav", 30, [(5.0, 7.0), (20.0, 21.0)])          # 2 kHz: resampled
+    write_recording(rec / "b.flac", 25, [(12.0, 13.5)], sr=1000, seed=4)
+    (tmp_path / "ann.csv").write_text("filename,start,end,label\ns1/a.wav,5,7,tone\ns1/a.wav,20,21,tone\n"
+                                      "b.flac,12,13.5,tone\n")
+    batches = tmp_path / "batches"
+    make_batches(str(rec), str(batches), features=FeatureSpec.from_dict(FEATURES), annotations=str(tmp_path / "ann.csv"),
+                 window_hop=0.5, background="noise", batch_size=40, test_fraction=0.0, seed=0, progress=False,
+                 warn=lambda line: None)
+    from convnet_cli.data.batch_files import BatchSet
+
+    bs = BatchSet(str(batches))
+    preds = predict_batches(str(ck), str(batches), batches=bs.batch_numbers)
+    assert len(preds.filenames) > 40
+    r = invoke(["detect", "-f", str(ck), str(rec), "--out", str(tmp_path / "out"), "--quiet", "--scores"])
+    assert r.exit_code == 0, r.output
+    scores = {(d["filename"], d["begin_s"]): (float(d["noise"]), float(d["tone"]))
+              for d in _rows(tmp_path / "out" / "scores.csv")}
+    names = preds.label_names
+    assert set(names) == {"noise", "tone"}
+    for fn, p in zip(preds.filenames, preds.probs):
+        rec_name, start = fn.rsplit("@", 1)
+        got = scores[(rec_name, start)]
+        want = (p[names.index("noise")], p[names.index("tone")])
+        assert np.allclose(got, want, atol=2e-6), (fn, got, want)
