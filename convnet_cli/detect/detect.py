@@ -222,7 +222,10 @@ def window_probabilities(run, path: str, spec, hop: float, batch: int, xp, on_pr
 
     starts, probs = [], []
     covered = 0.0
-    for s, feats in iter_window_features(path, spec, hop, batch=batch, xp=xp):
+    # a block long enough for `batch` windows keeps forward passes full (the reader's default 60 s would
+    # cut them at 59 windows of 2 s every 1 s); capped so that a huge --batch cannot ask for hours at once
+    block_s = min(max(60.0, batch * hop + spec.duration), 900.0)
+    for s, feats in iter_window_features(path, spec, hop, batch=batch, xp=xp, block_s=block_s):
         if len(s) == 0:
             continue
         starts.append(np.asarray(s, dtype=np.float64))
