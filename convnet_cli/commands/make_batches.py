@@ -76,10 +76,26 @@ def _fmax(value):
               help="Stored data type; uint8 is scaled per batch (data_offset + data_scale * q).")
 @click.option("--overwrite", is_flag=True, help="Replace the batch files already in BATCH_DIR.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--annotations", metavar="TABLES",
+              help="Long recordings: Raven selection tables (a file or folder) or a CSV filename,start,end,label; "
+                   "AUDIO_DIR holds the recordings and the cases are windows labelled from the tables.")
+@click.option("--window-hop", type=float, metavar="S", help="With --annotations: seconds between windows [duration/2].")
+@click.option("--min-overlap", type=float, metavar="F",
+              help="With --annotations: an annotation must cover this fraction of the shorter of it and a window "
+                   "to label the window [0.5].")
+@click.option("--background", metavar="LABEL", help="With --annotations: label of windows without annotations "
+                                                    "[background].")
+@click.option("--background-ratio", type=float, metavar="R",
+              help="With --annotations: keep at most R background windows per class window, drawn with --seed "
+                   "[all].")
 def command(audio_dir, batch_dir, labels_csv, file_col, label_col, no_labels, label_names, features_file,
             sample_rate, duration, kind, n_fft, hop, window, n_mels, fmin, fmax, n_mfcc, batch_size, test_fraction,
-            split_by, seed, jobs, dtype, overwrite, quiet):
-    """Turn AUDIO_DIR (a folder per class, or a flat folder with --labels) into batch files in BATCH_DIR."""
+            split_by, seed, jobs, dtype, overwrite, quiet, annotations, window_hop, min_overlap, background,
+            background_ratio):
+    """Turn AUDIO_DIR (a folder per class, or a flat folder with --labels) into batch files in BATCH_DIR.
+
+    With --annotations TABLES, AUDIO_DIR holds long recordings (RECORDINGS) and the cases are windows of
+    them labelled from Raven selection tables or a CSV (--label-col then names the tables' label column)."""
     fmax = _fmax(fmax)
     spec = load_feature_spec(features_file, dict(
         sample_rate=sample_rate, duration=duration, kind=kind, n_fft=n_fft, hop=hop, window=window,
@@ -87,11 +103,24 @@ def command(audio_dir, batch_dir, labels_csv, file_col, label_col, no_labels, la
     if test_fraction is None:
         test_fraction = 0.0 if no_labels else 0.2
     names = [n.strip() for n in label_names.split(",")] if label_names else None
+    windowing = {}
+    if annotations is not None:
+        windowing = dict(window_hop=window_hop, min_overlap=0.5 if min_overlap is None else min_overlap,
+                         background="background" if background is None else background,
+                         background_ratio=background_ratio, warn=lambda line: click.echo(line, err=True))
+    else:
+        windowing = dict(window_hop=window_hop, min_overlap=min_overlap, background=background,
+                         background_ratio=background_ratio)
     s = make_batches(audio_dir, batch_dir, labels_csv=labels_csv, file_col=file_col, label_col=label_col,
                      no_labels=no_labels, features=spec, batch_size=batch_size, test_fraction=test_fraction,
                      split_by=split_by, seed=seed, jobs=jobs, dtype=dtype, overwrite=overwrite,
-                     progress=not quiet, label_names=names)
-    click.echo(summary_line(s))
+                     progress=not quiet, label_names=names, annotations=annotations, **windowing)
+    if annotations is not None:
+        from convnet_cli.ingest.recordings import summary_line as windows_summary
+
+        click.echo(windows_summary(s))
+    else:
+        click.echo(summary_line(s))
 
 
 def _range(r, cases):

@@ -126,7 +126,15 @@ def read_tables(path: str, label_col: str | None = None) -> list[Selection]:
     In a folder, `.txt` files whose header has neither a `Selection` nor a time column (notes, a
     skipped.txt) are not tables and are passed over; hidden files and folders are never read.
     """
+    return read_tables_and_claims(path, label_col)[0]
+
+
+def read_tables_and_claims(path: str, label_col: str | None = None):
+    """(selections, claims): as read_tables, plus one `Selection` placeholder (begin = end = 0, label '') per
+    Raven table matched to its recording by file name, so a table without any selection still says "this
+    recording was annotated and holds no call" (all its windows are background)."""
     path = os.fspath(path)
+    claims = []
     if os.path.isdir(path):
         files = []
         for folder, dirs, names in os.walk(path):
@@ -135,20 +143,20 @@ def read_tables(path: str, label_col: str | None = None) -> list[Selection]:
                          if n.lower().endswith(".txt") and not n.startswith("."))
         out, tables = [], 0
         for f in sorted(files):
-            sel = _read_one(f, label_col, in_folder=True)
+            sel = _read_one(f, label_col, in_folder=True, claims=claims)
             if sel is not None:
                 tables += 1
                 out.extend(sel)
         if tables == 0:
             raise DataError(f"{path}: no Raven selection tables (*.txt with a header row naming 'Selection' and "
                             "'Begin Time (s)') in it or its subfolders; check the --annotations path")
-        return out
+        return out, claims
     if not os.path.exists(path):
         raise DataError(f"{path}: annotation table not found; check the --annotations path")
-    return _read_one(path, label_col, in_folder=False)
+    return _read_one(path, label_col, in_folder=False, claims=claims), claims
 
 
-def _read_one(path, label_col, in_folder):
+def _read_one(path, label_col, in_folder, claims=None):
     lines = _read_lines(path)
     first = next((i for i, ln in enumerate(lines) if ln.strip()), None)
     if first is None:
@@ -161,7 +169,7 @@ def _read_one(path, label_col, in_folder):
         rows = list(csv.reader(lines[first:]))
         return _parse(path, rows, first + 1, label_col, in_folder, raven=False)
     rows = [ln.split("\t") for ln in lines[first:]]
-    return _parse(path, rows, first + 1, label_col, in_folder, raven=True)
+    return _parse(path, rows, first + 1, label_col, in_folder, raven=True, claims=claims)
 
 
 def _number(path, lineno, col_name, text, what):
@@ -177,7 +185,7 @@ def _number(path, lineno, col_name, text, what):
     return v
 
 
-def _parse(path, rows, header_line, label_col, in_folder, raven):
+def _parse(path, rows, header_line, label_col, in_folder, raven, claims=None):
     header = [h.strip() for h in rows[0]]
     bi = _find(header, _BEGIN_COLUMNS)
     ei = _find(header, _END_COLUMNS)
@@ -211,6 +219,8 @@ def _parse(path, rows, header_line, label_col, in_folder, raven):
                             "a CSV table needs filename,start,end,label (the recording's path relative to "
                             "RECORDINGS in 'filename')")
     stem = table_stem(path) if file_i is None else None
+    if stem is not None and claims is not None:
+        claims.append(Selection(stem, 0.0, 0.0, "", source=path, line=header_line))
     out = []
     by_number = {}   # Raven Selection number -> position in out
     for k, row in enumerate(rows[1:], start=1):

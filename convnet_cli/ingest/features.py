@@ -111,6 +111,8 @@ class FeatureSpec:
             raise ConfigError(f"{source}: features must be a mapping of keys ({', '.join(_KEYS)}), "
                               f"not {type(d).__name__}")
         lines = getattr(d, "lines", {}) or {}
+        if any(k in NOT_FEATURE_KEYS for k in d):   # stored beside the features (batches.meta, checkpoints)
+            d = {k: v for k, v in d.items() if k not in NOT_FEATURE_KEYS}
 
         def at(key):
             line = lines.get(key)
@@ -174,6 +176,9 @@ _KEYS = {
     "n_mfcc": ("int", 1, None),
 }
 KEYS = tuple(_KEYS)
+# Keys make-batches --annotations stores in batches.meta `features` next to the section 2 keys (the window
+# hop detect slides by by default); they are not feature settings, and a features mapping may carry them.
+NOT_FEATURE_KEYS = ("window_hop",)
 
 
 def _convert(v, kind, lo, choices):

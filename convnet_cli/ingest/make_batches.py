@@ -350,13 +350,32 @@ def _check_options(batch_size, test_fraction, dtype, jobs, seed):
 
 def make_batches(audio_dir, batch_dir, *, labels_csv=None, file_col=None, label_col=None, no_labels=False,
                  features: FeatureSpec = None, batch_size=1000, test_fraction=0.2, split_by=None, seed=0,
-                 jobs=None, dtype="float32", overwrite=False, progress=True, label_names=None) -> dict:
+                 jobs=None, dtype="float32", overwrite=False, progress=True, label_names=None,
+                 annotations=None, **window_options) -> dict:
     """Write BATCH_DIR/data_batch_1..K, batches.meta and skipped.txt from the audio of AUDIO_DIR.
 
     Returns a summary dict: files, read, skipped, classes, batches, train_range, test_range, train_cases,
     test_cases, shape, batch_dir, seconds, timings {decode, resample, features, imports, write} (seconds;
     decode, resample, features and imports are summed over worker processes).
+
+    With `annotations` (SPEC 11) AUDIO_DIR holds long recordings and the cases are windows labelled from the
+    tables: see convnet_cli/ingest/recordings.py (window_options: window_hop, min_overlap, background,
+    background_ratio, warn) for that path and its summary.
     """
+    if annotations is not None:
+        from convnet_cli.ingest.recordings import make_batches_from_annotations
+
+        for flag, given in (("--labels", labels_csv), ("--file-col", file_col), ("--no-labels", no_labels)):
+            if given:
+                raise ConfigError(f"{flag} does not apply with --annotations (the tables give the labels); drop it")
+        return make_batches_from_annotations(
+            audio_dir, batch_dir, annotations, features=features, label_col=label_col, label_names=label_names,
+            batch_size=batch_size, test_fraction=test_fraction, split_by=split_by, seed=seed, jobs=jobs,
+            dtype=dtype, overwrite=overwrite, progress=progress, **window_options)
+    given = sorted(k for k, v in window_options.items() if v is not None and k != "warn")
+    if given:
+        raise ConfigError(f"--{given[0].replace('_', '-')} applies to long recordings with --annotations TABLES; "
+                          "give --annotations too, or drop it")
     t_start = time.perf_counter()
     spec = features if features is not None else FeatureSpec()
     _check_options(batch_size, test_fraction, dtype, jobs, seed)

@@ -64,6 +64,9 @@ def recording_info(path: str) -> tuple[float, int]:
         info = sf.info(path)
     except (RuntimeError, sf.SoundFileError, OSError, ValueError, TypeError) as exc:
         raise _open_error(path, exc) from None
+    reason = _truncation(getattr(info, "extra_info", ""))
+    if reason:
+        raise AudioError(path, reason)
     sr = int(info.samplerate)
     if sr <= 0 or sr > MAX_SAMPLE_RATE:
         raise AudioError(path, f"absurd sample rate {sr} Hz in the header (corrupt file?)")

@@ -1,0 +1,594 @@
+"""Long recordings + annotation tables -> cuda-convnet batch files of labelled windows (SPEC 11).
+
+The steps, in order, none of which holds a recording in memory:
+1. find the recordings (RECORDINGS, recursively), read the tables, pair them (`annotations`), read each
+   recording's length from its header. A recording no table names, or whose header is unusable, is
+   skipped and listed in skipped.txt; a table naming a recording that is not there is an error.
+2. plan: the windows of each recording (`window_starts`), their labels (`label_windows`; ambiguous ones left
+   out), background windows drawn down to `--background-ratio` (seeded), the split by recording
+   (stratified so each class with windows in two recordings or more is on both sides where possible),
+   and the deal into batches (every batch holds every class where possible).
+3. extract: the planned windows' features, in tasks of at most ~10 minutes of one recording each, in
+   `--jobs` processes; every task writes its (n, num_vis) float32 rows to a spill file in the staging folder.
+4. assemble: batch after batch, its rows are gathered from the spill files (memory-mapped, one batch at a
+   time) and written; the training range's mean and std are accumulated as the batches go by.
+
+Files are written as make-batches writes them (staging folder, renamed into place, batches.meta last).
+A recording that fails part way (a truncated file) is skipped whole: none of its windows is written.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections import deque
+from contextlib import closing
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from convnet_cli.data.batch_files import META, encode_batch, write_pickle_atomic, write_text_atomic
+from convnet_cli.errors import ConfigError, DataError
+from convnet_cli.ingest.annotations import assign_to_recordings, clip_to_duration, read_tables_and_claims
+from convnet_cli.ingest.audio import AudioError
+from convnet_cli.ingest.features import FeatureSpec
+from convnet_cli.ingest.sources import find_audio
+from convnet_cli.ingest.windows import iter_selected_window_features, label_windows, recording_info, window_starts
+
+TASK_S = 600.0          # audio per extraction task: parallelism within a long recording, progress that moves
+SKIPPED = "skipped.txt"
+NO_TABLE = "no annotation table names this recording"
+MAX_WARNINGS = 20       # clipped-annotation warnings printed; the rest counted
+
+
+@dataclass
+class Recording:
+    rel: str                  # path relative to RECORDINGS, '/'-separated
+    path: str
+    duration: float = 0.0
+    sample_rate: int = 0
+    selections: list = field(default_factory=list)
+
+
+@dataclass
+class WindowPlan:
+    """Every window that will become a case. Arrays of equal length n, in recording order."""
+
+    rec: np.ndarray           # int64: index into the recordings list
+    win: np.ndarray           # int64: window index k within its recording (start k * hop)
+    labels: np.ndarray        # int64: index into label_names
+    label_names: list
+    counts: dict              # label -> windows kept
+    left_out: int             # ambiguous windows
+    background_dropped: int   # background windows not drawn (--background-ratio)
+
+
+# ---- step 1: recordings and tables ------------------------------------------------------------------
+
+def collect_recordings(recordings_dir, tables, label_col=None, warn=print):
+    """([Recording with selections], [(rel, reason) skipped]). DataError for bad tables or paths."""
+    recordings_dir = os.fspath(recordings_dir)
+    if not os.path.exists(recordings_dir):
+        raise DataError(f"{recordings_dir}: no such folder; give the folder that holds the recordings")
+    if os.path.isdir(recordings_dir):
+        root, rels = recordings_dir, find_audio(recordings_dir)
+    else:
+        root, rels = os.path.dirname(recordings_dir) or ".", [os.path.basename(recordings_dir)]
+    if not rels:
+        raise DataError(f"{recordings_dir}: no audio files (.wav, .flac, .ogg, .aiff, .aif) in it or its "
+                        "subfolders; check RECORDINGS")
+    selections, claims = read_tables_and_claims(tables, label_col)
+    if not selections and not claims:
+        raise DataError(f"{tables}: holds no selections; nothing to learn from")
+    by_rec = assign_to_recordings(selections, root, rels)
+    for rel in assign_to_recordings(claims, root, rels):
+        by_rec.setdefault(rel, [])
+    recs, skipped, n_warn = [], [], [0]
+
+    def _warn(line):
+        n_warn[0] += 1
+        if n_warn[0] <= MAX_WARNINGS:
+            warn(f"warning: {line}")
+
+    for rel in rels:
+        if rel not in by_rec:
+            skipped.append((rel, NO_TABLE))
+            continue
+        path = os.path.join(root, rel)
+        try:
+            duration, sr = recording_info(path)
+        except AudioError as exc:
+            skipped.append((rel, exc.reason))
+            continue
+        recs.append(Recording(rel, path, duration, sr, clip_to_duration(by_rec[rel], duration, _warn)))
+    if n_warn[0] > MAX_WARNINGS:
+        warn(f"warning: … and {n_warn[0] - MAX_WARNINGS} more selections clipped or left out at recordings' ends")
+    return recs, skipped
+
+
+# ---- step 2: the plan ---------------------------------------------------------------------------------
+
+def plan_windows(recs, spec: FeatureSpec, hop_s, min_overlap=0.5, background="background", background_ratio=None,
+                 seed=0, label_names=None) -> WindowPlan:
+    """Which windows become cases, and their labels (SPEC 11)."""
+    recs_i, wins, codes = [], [], []
+    code = {}                     # label -> provisional id (ints per window, not strings: months of audio fit)
+    left_out = 0
+    for i, r in enumerate(recs):
+        starts = window_starts(r.duration, spec.duration, hop_s)
+        lab = label_windows(starts, spec.duration, r.selections, min_overlap, background)
+        c = np.fromiter((-1 if v is None else code.setdefault(v, len(code)) for v in lab), dtype=np.int64,
+                        count=len(lab))
+        del lab
+        idx = np.flatnonzero(c >= 0)
+        left_out += int(c.size - idx.size)
+        recs_i.append(np.full(idx.size, i, dtype=np.int64))
+        wins.append(idx.astype(np.int64))
+        codes.append(c[idx])
+    rec = np.concatenate(recs_i) if recs_i else np.zeros(0, np.int64)
+    win = np.concatenate(wins) if wins else np.zeros(0, np.int64)
+    prov = np.concatenate(codes) if codes else np.zeros(0, np.int64)
+    present = [c for c in code if (prov == code[c]).any()]
+    found = sorted(set(present) - {background})
+    if label_names is None:
+        names = ([background] if background in present else []) + found
+    else:
+        names = list(label_names)
+        missing = [c for c in sorted(present) if c not in names]
+        if missing:
+            where = next((f"{s.source} line {s.line}" for r in recs for s in r.selections if s.label == missing[0]),
+                         "--background")
+            raise DataError(f"{where}: label '{missing[0]}' is not one of the label names ({', '.join(names)}); "
+                            "fix the table or --label-names (the background label counts too)")
+    index = {c: j for j, c in enumerate(names)}
+    remap = np.zeros(max(len(code), 1), dtype=np.int64)
+    for c, j in code.items():
+        remap[j] = index.get(c, -1)
+    labels = remap[prov]
+    dropped = 0
+    if background_ratio is not None and background in index:
+        bg = np.flatnonzero(labels == index[background])
+        allowed = int(math.floor(background_ratio * (labels.size - bg.size) + 1e-9))
+        if bg.size > allowed:
+            rng = np.random.default_rng([int(seed), 11])
+            drop = np.setdiff1d(bg, rng.choice(bg, size=allowed, replace=False))
+            keep = np.ones(labels.size, dtype=bool)
+            keep[drop] = False
+            rec, win, labels = rec[keep], win[keep], labels[keep]
+            dropped = int(drop.size)
+    counts = {c: int((labels == j).sum()) for c, j in index.items()}
+    return WindowPlan(rec, win, labels, names, counts, left_out, dropped)
+
+
+def split_by_group(groups, labels, test_fraction, seed, what="recording"):
+    """Boolean test mask over cases: whole groups go to test, about `test_fraction` of the cases.
+
+    groups: (n,) group ids (int); labels: (n,) int. Stratified where possible: every class keeps a group in
+    the training set, and every class found in two groups or more gets one of them in the test set too.
+    ConfigError when there are fewer than two groups.
+    """
+    groups = np.asarray(groups)
+    labels = np.asarray(labels)
+    n = labels.size
+    test = np.zeros(n, dtype=bool)
+    if test_fraction <= 0 or n == 0:
+        return test
+    uniq, inv = np.unique(groups, return_inverse=True)
+    if uniq.size < 2:
+        raise ConfigError(f"every window comes from one {what}; a train/test split by {what} needs two or more "
+                          "(add recordings, or use --test-fraction 0)")
+    classes = np.unique(labels)
+    count = np.zeros((uniq.size, classes.size), dtype=np.int64)
+    np.add.at(count, (inv, np.searchsorted(classes, labels)), 1)
+    size = count.sum(axis=1)
+    has = count > 0
+    rng = np.random.default_rng([int(seed), 12])
+    target = test_fraction * n
+    in_test = np.zeros(uniq.size, dtype=bool)
+
+    def allowed(g):
+        # moving g to test leaves every class a training group (a class of one group stays in training)
+        after = in_test.copy()
+        after[g] = True
+        if after.all():
+            return False
+        return bool(has[~after].any(axis=0).all())
+
+    # one group per class (rarest classes first), smallest groups first so the share is not overshot
+    for c in np.argsort(has.sum(axis=0), kind="stable"):
+        if has[:, c].sum() < 2 or has[in_test, c].any():
+            continue
+        cand = [g for g in rng.permutation(np.flatnonzero(has[:, c])) if allowed(g)]
+        cand.sort(key=lambda g: size[g])
+        if cand and size[in_test].sum() + size[cand[0]] <= max(target, size[cand[0]]) * 1.5:
+            in_test[cand[0]] = True
+    for g in rng.permutation(uniq.size):
+        if in_test[g] or not allowed(g):
+            continue
+        now = size[in_test].sum()
+        if abs(now + size[g] - target) < abs(now - target):
+            in_test[g] = True
+    if not in_test.any():
+        g = min((g for g in range(uniq.size) if allowed(g)), key=lambda g: (size[g], g), default=None)
+        if g is not None:
+            in_test[g] = True
+    return in_test[inv]
+
+
+def deal(idx, labels, batch_size, rng):
+    """idx split into ceil(len / batch_size) batches, each class dealt round-robin, each batch shuffled."""
+    if idx.size == 0:
+        return []
+    k = max(1, math.ceil(idx.size / batch_size))
+    lab = labels[idx]
+    order = np.concatenate([rng.permutation(idx[lab == c]) for c in np.unique(lab)])
+    return [rng.permutation(order[b::k]) for b in range(k)]
+
+
+# ---- step 3: extraction (module level so 'spawn' processes can import it) ---------------------------
+
+def extract_task(path, spec_dict, hop_s, keep, out_path, block_s=None, on_block=None):
+    """Features of windows `keep` of `path`, appended as (n, num_vis) float32 rows to out_path.
+
+    Returns (rows written, None), or (0, reason) when the recording cannot be read (the partial file is
+    removed). on_block(t): see iter_selected_window_features."""
+    spec = FeatureSpec(**spec_dict)
+    n = 0
+    try:
+        with open(out_path, "wb") as f:
+            for starts, feats in iter_selected_window_features(path, spec, hop_s, keep, batch=256, block_s=block_s,
+                                                               on_block=on_block):
+                f.write(np.ascontiguousarray(feats, dtype=np.float32).tobytes())
+                n += len(starts)
+        return n, None
+    except AudioError as exc:
+        try:
+            os.remove(out_path)
+        except OSError:
+            pass
+        return 0, exc.reason
+    except OSError as exc:
+        raise DataError(f"{out_path}: cannot write window features ({exc.strerror or exc}); free some disk space "
+                        "in BATCH_DIR") from None
+
+
+def _tasks(plan, recs, hop_s):
+    """[(task id, recording index, window indices, case positions, span s)] in recording order, each <= TASK_S
+    long; the spans (the stretch of the recording's timeline a task stands for) add up to its duration."""
+    tasks = []
+    order = np.lexsort((plan.win, plan.rec))
+    bounds = np.flatnonzero(np.diff(plan.rec[order])) + 1
+    for chunk in np.split(order, bounds):
+        if chunk.size == 0:
+            continue
+        wins = plan.win[chunk]
+        starts = wins * hop_s
+        a = 0
+        while a < chunk.size:
+            b = a + int(np.searchsorted(starts[a:], starts[a] + TASK_S, side="left"))
+            b = max(b, a + 1)
+            ri = int(plan.rec[chunk[a]])
+            lo = 0.0 if a == 0 else starts[a]
+            hi = recs[ri].duration if b == chunk.size else starts[b]
+            tasks.append((len(tasks), ri, wins[a:b], chunk[a:b], float(hi - lo)))
+            a = b
+    return tasks
+
+
+def _run_tasks(tasks, recs, spec, hop_s, staging, jobs, on_progress):
+    """Run the extraction tasks; yields (task, rows written, reason or None) in order. on_progress(seconds of
+    audio) moves the bar: block by block with one job, task by task with several."""
+    spec_dict = spec.to_dict()
+    jobs = max(1, min(int(jobs), len(tasks)))
+    out = lambda t: os.path.join(staging, f"windows_{t[0]}.f32")   # noqa: E731
+    if jobs == 1:
+        for t in tasks:
+            span, reported = t[4], [0.0]
+            lo = t[2][0] * hop_s
+
+            def on_block(end):
+                step = min(max(0.0, end - lo) - reported[0], span - reported[0])
+                if step > 0:
+                    reported[0] += step
+                    on_progress(step)
+
+            try:
+                n, reason = extract_task(recs[t[1]].path, spec_dict, hop_s, t[2], out(t), on_block=on_block)
+            finally:
+                on_progress(max(0.0, span - reported[0]))
+            yield t, n, reason
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from convnet_cli.ingest.make_batches import _mp_context, _single_threaded_children
+
+    pending = deque()
+    it = iter(tasks)
+    with _single_threaded_children():
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=_mp_context(multiprocessing))
+        try:
+            def submit():
+                t = next(it, None)
+                if t is not None:
+                    pending.append((t, pool.submit(extract_task, recs[t[1]].path, spec_dict, hop_s, t[2], out(t))))
+
+            for _ in range(2 * jobs):
+                submit()
+            while pending:
+                t, fut = pending.popleft()
+                try:
+                    n, reason = fut.result()
+                except BrokenProcessPool:
+                    raise DataError(f"a worker process died while reading {recs[t[1]].path} (out of memory, or a "
+                                    "file that crashes the decoder); run with --jobs 1 to see more") from None
+                submit()
+                on_progress(t[4])
+                yield t, n, reason
+        finally:
+            for _, fut in pending:
+                fut.cancel()
+            pool.shutdown(wait=True)
+
+
+# ---- the command's body ---------------------------------------------------------------------------
+
+def _check(hop_s, min_overlap, background, background_ratio, spec):
+    if hop_s is not None and not (hop_s > 0 and math.isfinite(hop_s)):
+        raise ConfigError(f"--window-hop {hop_s}: must be a positive number of seconds")
+    if not (0.0 <= min_overlap <= 1.0):
+        raise ConfigError(f"--min-overlap {min_overlap}: must be between 0 and 1 (a fraction of the shorter of "
+                          "window and annotation)")
+    if not str(background).strip():
+        raise ConfigError("--background: give a label name for windows without any annotation")
+    if background_ratio is not None and not (background_ratio >= 0 and math.isfinite(background_ratio)):
+        raise ConfigError(f"--background-ratio {background_ratio}: must be 0 or more (background windows kept per "
+                          "class window)")
+
+
+class _Bar:
+    """Progress in hours of audio, with the rate as a multiple of real time."""
+
+    def __init__(self, enabled, total_s):
+        self.enabled, self.total, self.done, self.t0 = enabled, max(total_s, 1e-9), 0.0, time.perf_counter()
+        self.bar = None
+        if enabled:
+            import click
+
+            self.bar = click.progressbar(length=int(math.ceil(self.total * 1000)), label="make-batches",
+                                         file=sys.stderr, show_pos=False, show_percent=True, show_eta=True,
+                                         width=30, item_show_func=lambda item: item)
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *a):
+        if self.bar is not None:
+            return self.bar.__exit__(*a)
+        return False
+
+    def add(self, seconds):
+        self.done += seconds
+        if self.bar is not None:
+            rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
+            text = f"{self.done / 3600:.2f}/{self.total / 3600:.2f} h of audio, {rate:.0f}x real time"
+            self.bar.update(int(round(seconds * 1000)), current_item=text)
+
+
+def make_batches_from_annotations(recordings_dir, batch_dir, tables, *, features: FeatureSpec = None,
+                                  window_hop=None, min_overlap=0.5, background="background", background_ratio=None,
+                                  label_col=None, label_names=None, batch_size=1000, test_fraction=0.2,
+                                  split_by=None, seed=0, jobs=None, dtype="float32", overwrite=False, progress=True,
+                                  warn=None) -> dict:
+    """Write BATCH_DIR/data_batch_1..K, batches.meta and skipped.txt from RECORDINGS and TABLES (SPEC 11).
+
+    Returns a summary dict (recordings, read, skipped, windows, counts, classes, batches, ranges, cases,
+    shape, audio_s, seconds, batch_dir).
+    """
+    from convnet_cli.ingest.make_batches import (NothingReadError, _check_options, _install, _Moments,
+                                                 existing_batch_files, split_groups)
+
+    t_start = time.perf_counter()
+    spec = features if features is not None else FeatureSpec()
+    _check_options(batch_size, test_fraction, dtype, jobs, seed)
+    _check(window_hop, float(min_overlap), background, background_ratio, spec)
+    hop_s = float(window_hop) if window_hop is not None else spec.duration / 2
+    if warn is None:
+        def warn(line):
+            print(line, file=sys.stderr)
+    batch_dir = os.fspath(batch_dir)
+    if jobs is None:
+        from convnet_cli.backend import default_threads
+
+        jobs = default_threads()
+    if os.path.exists(batch_dir) and not os.path.isdir(batch_dir):
+        raise DataError(f"{batch_dir}: is a file; BATCH_DIR must be a folder (new or empty)")
+    old = existing_batch_files(batch_dir)
+    if old and not overwrite:
+        raise DataError(f"{batch_dir}: already holds batch files ({', '.join(old[:3])}{' …' if len(old) > 3 else ''}); "
+                        "pass --overwrite to replace them, or choose another folder")
+    recs, skipped = collect_recordings(recordings_dir, tables, label_col, warn)
+    short = [r for r in recs if window_starts(r.duration, spec.duration, hop_s).size == 0]
+    for r in short:
+        skipped.append((r.rel, f"shorter ({r.duration:.3f} s) than one window ({spec.duration:g} s)"))
+    recs = [r for r in recs if r not in short]
+    skipped.sort()
+    if not recs:
+        first = "; ".join(f"{n}: {r}" for n, r in skipped[:3])
+        raise NothingReadError(f"{recordings_dir}: none of the {len(skipped)} recordings could be used ({first}"
+                               f"{' …' if len(skipped) > 3 else ''}); nothing was written")
+    plan = plan_windows(recs, spec, hop_s, float(min_overlap), str(background), background_ratio, int(seed),
+                        label_names)
+    n = plan.labels.size
+    if n == 0:
+        raise DataError(f"{recordings_dir}: no windows to write: recordings shorter than one window "
+                        f"({spec.duration:g} s), every window ambiguous, or --background-ratio 0 without any "
+                        "annotated window")
+    if split_by:
+        keys = split_groups([recs[i].rel for i in range(len(recs))], split_by)
+        key_id = {k: j for j, k in enumerate(sorted(set(keys)))}
+        groups = np.array([key_id[keys[i]] for i in plan.rec], dtype=np.int64)
+        what = "--split-by group"
+    else:
+        groups, what = plan.rec, "recording"
+    test = split_by_group(groups, plan.labels, float(test_fraction), int(seed), what)
+    rng = np.random.default_rng([int(seed), 13])
+    train_b = deal(np.flatnonzero(~test), plan.labels, int(batch_size), rng)
+    test_b = deal(np.flatnonzero(test), plan.labels, int(batch_size), rng)
+
+    created = not os.path.exists(batch_dir)
+    try:
+        os.makedirs(batch_dir, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".make-batches-", dir=batch_dir)
+    except OSError as exc:
+        raise DataError(f"{batch_dir}: cannot create the batch folder ({exc.strerror or exc})") from None
+    try:
+        summary = _extract_and_write(recs, plan, train_b, test_b, spec, hop_s, staging, jobs, dtype, progress,
+                                     skipped, _Moments, recordings_dir, NothingReadError)
+        _install(staging, batch_dir, summary.pop("_files"))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            try:
+                os.rmdir(batch_dir)
+            except OSError:
+                pass
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    summary.update(batch_dir=batch_dir, recordings=len(recs) + len(skipped), classes=len(plan.label_names),
+                   label_names=list(plan.label_names), left_out=plan.left_out,
+                   background_dropped=plan.background_dropped, window_hop=hop_s,
+                   seconds=time.perf_counter() - t_start)
+    return summary
+
+
+def _extract_and_write(recs, plan, train_b, test_b, spec, hop_s, staging, jobs, dtype, progress, skipped,
+                       moments_cls, recordings_dir, nothing_read):
+    num_vis = int(np.prod(spec.shape))
+    tasks = _tasks(plan, recs, hop_s)
+    total_s = sum(recs[i].duration for i in sorted({t[1] for t in tasks}))
+    task_of = np.full(plan.labels.size, -1, dtype=np.int64)
+    row_of = np.zeros(plan.labels.size, dtype=np.int64)
+    rows = {}
+    bad = {}                    # recording index -> reason
+    t0 = time.perf_counter()
+    with _Bar(progress, total_s) as bar:
+        for t, n, reason in _run_tasks(tasks, recs, spec, hop_s, staging, jobs, bar.add):
+            tid, ri, wins, cases, _ = t
+            if reason is not None:
+                bad.setdefault(ri, reason)
+                continue
+            if n != len(cases):
+                bad.setdefault(ri, f"decoded {n} of {len(cases)} windows")
+                continue
+            task_of[cases] = tid
+            row_of[cases] = np.arange(n)
+            rows[tid] = n
+    t_extract = time.perf_counter() - t0
+    for ri, reason in sorted(bad.items()):
+        skipped.append((recs[ri].rel, reason))
+    ok = np.ones(plan.labels.size, dtype=bool)
+    for ri in bad:
+        ok &= plan.rec != ri
+    audio_s = sum(r.duration for i, r in enumerate(recs) if i not in bad)
+    if not ok.any():
+        first = "; ".join(f"{n}: {r}" for n, r in skipped[:3])
+        raise nothing_read(f"{recordings_dir}: none of the recordings could be read ({first}"
+                           f"{' …' if len(skipped) > 3 else ''}); nothing was written")
+
+    # ---- assemble the batches ---------------------------------------------------------------------
+    t1 = time.perf_counter()
+    moments = moments_cls(num_vis)
+    files, sizes = [], []
+    n_train_written = 0
+    batches = [(b, True) for b in train_b] + [(b, False) for b in test_b]
+    for idx, is_train in batches:
+        idx = idx[ok[idx]]
+        if idx.size == 0:
+            continue
+        cols = np.empty((num_vis, idx.size), dtype=np.float32)
+        tids = task_of[idx]
+        for tid in np.unique(tids):
+            at = np.flatnonzero(tids == tid)
+            mm = np.memmap(os.path.join(staging, f"windows_{tid}.f32"), dtype=np.float32, mode="r",
+                           shape=(rows[int(tid)], num_vis))
+            cols[:, at] = mm[row_of[idx[at]]].T
+            del mm
+        names = [f"{recs[plan.rec[i]].rel}@{plan.win[i] * hop_s:.3f}" for i in idx]
+        batch, seen = encode_batch(cols, plan.labels[idx], names, dtype)
+        name = f"data_batch_{len(files) + 1}"
+        write_pickle_atomic(os.path.join(staging, name), batch)
+        files.append(name)
+        sizes.append(int(idx.size))
+        if is_train:
+            moments.add(seen)
+            n_train_written = len(files)
+        del batch, seen, cols
+    for tid in rows:
+        try:
+            os.remove(os.path.join(staging, f"windows_{tid}.f32"))
+        except OSError:
+            pass
+    if moments.count == 0:
+        raise DataError(f"{recordings_dir}: none of the windows planned for the training range could be read "
+                        f"({len(skipped)} recordings skipped; see skipped.txt reasons with --jobs 1), or use "
+                        "--test-fraction 0")
+    mean, std = moments.result()
+    written = len(files)
+    train_range = [1, n_train_written] if n_train_written else []
+    test_range = [n_train_written + 1, written] if written > n_train_written else []
+    feats = spec.to_dict()
+    feats["window_hop"] = float(hop_s)
+    counts = {c: int(((plan.labels == j) & ok).sum()) for j, c in enumerate(plan.label_names)}
+    meta = {
+        "label_names": list(plan.label_names),
+        "num_vis": num_vis,
+        "data_shape": list(spec.shape),
+        "num_cases_per_batch": max(sizes),
+        "num_batches": written,
+        "train_range": train_range,
+        "test_range": test_range,
+        "data_mean": mean,
+        "data_std": std,
+        "features": feats,
+        "skipped": len(skipped),
+        "batch_cases": sizes,
+        "dtype": dtype,
+        "windows": {"counts": counts, "left_out": int(plan.left_out),
+                    "background_dropped": int(plan.background_dropped)},
+    }
+    write_text_atomic(os.path.join(staging, SKIPPED), "".join(f"{n}\t{r}\n" for n, r in skipped))
+    write_pickle_atomic(os.path.join(staging, META), meta)
+    return {
+        "read": len(recs) - len(bad), "skipped": len(skipped), "batches": written, "windows": int(sum(sizes)),
+        "counts": counts, "train_range": train_range, "test_range": test_range,
+        "train_cases": int(sum(sizes[:n_train_written])), "test_cases": int(sum(sizes[n_train_written:])),
+        "shape": tuple(spec.shape), "audio_s": float(audio_s),
+        "timings": {"extract": t_extract, "write": time.perf_counter() - t1},
+        "_files": files + [SKIPPED, META],
+    }
+
+
+def summary_line(s: dict) -> str:
+    def rng(r, cases):
+        return f"{r[0]}-{r[1]} ({cases} windows)" if r else "none"
+
+    shape = "x".join(str(v) for v in s["shape"])
+    counts = ", ".join(f"{c} {n}" for c, n in s["counts"].items())
+    rate = s["audio_s"] / max(s["seconds"], 1e-9)
+    line = (f"make-batches: {s['read']} recordings read ({s['audio_s'] / 3600:.2f} h of audio), {s['skipped']} "
+            f"skipped, {s['windows']} windows ({counts}; {s['left_out']} ambiguous left out"
+            f"{', %d background not drawn' % s['background_dropped'] if s['background_dropped'] else ''}), "
+            f"{s['batches']} batches (train {rng(s['train_range'], s['train_cases'])}, "
+            f"test {rng(s['test_range'], s['test_cases'])}), case shape {shape}, "
+            f"{s['seconds']:.1f} s ({rate:.0f}x real time) -> {s['batch_dir']}")
+    if s["skipped"]:
+        line += f"; skipped recordings listed in {os.path.join(s['batch_dir'], SKIPPED)}"
+    return line
