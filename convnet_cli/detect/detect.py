@@ -17,10 +17,13 @@ OUT_DIR bookkeeping, so that a 100,000-file job survives a crash or a Ctrl-C:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -178,6 +181,23 @@ def _check_settings(out_dir: str, settings: dict):
 
 
 # ---- the work ---------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _interrupt_deferred():
+    """Hold a Ctrl-C (SIGINT) until the block is done, then raise it: a recording's table, its done.jsonl
+    line and the in-memory record of it are written together. Outside the main thread: no deferral."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if caught:
+        raise KeyboardInterrupt
+
 
 class _Progress:
     """A click progress bar over seconds of audio, labelled in hours with the rate as x real time."""
@@ -352,21 +372,23 @@ def detect(checkpoint, inputs, out_dir: str, *, hop=None, threshold=None, classe
                      f"no windows")
                 probs = np.zeros((0, len(label_names)), np.float32)
             events = windows_to_events(starts, probs, label_names, spec.duration, thresholds, wanted, merge_gap)
-            table = fresh[rec.path]
-            record = {"path": rec.path, "size": rec.size, "mtime": rec.mtime, "name": rec.name, "table": table,
-                      "duration": rec.duration, "windows": int(len(starts)), "detections": len(events)}
-            if scores:
-                os.makedirs(os.path.join(out_dir, SCORES_DIR), exist_ok=True)
-                part = os.path.join(SCORES_DIR, table[:-len(raven.TABLE_SUFFIX)] + ".csv")
-                write_text_atomic(os.path.join(out_dir, part), raven.scores_text(rec.name, starts, spec.duration, probs))
-                record["scores"] = part
-            raven.write_table(os.path.join(out_dir, table), events, os.path.basename(rec.path), low_hz, high_hz)
-            _append_done(out_dir, record)
-            done[rec.path] = record
-            this_run[table] = [(e.begin, e.end, e.label, e.score) for e in events]
-            summary.done += 1
-            summary.detections += len(events)
-            summary.audio_s += rec.duration
+            with _interrupt_deferred():  # table, done.jsonl and the bookkeeping go together or not at all
+                table = fresh[rec.path]
+                record = {"path": rec.path, "size": rec.size, "mtime": rec.mtime, "name": rec.name, "table": table,
+                          "duration": rec.duration, "windows": int(len(starts)), "detections": len(events)}
+                if scores:
+                    os.makedirs(os.path.join(out_dir, SCORES_DIR), exist_ok=True)
+                    part = os.path.join(SCORES_DIR, table[:-len(raven.TABLE_SUFFIX)] + ".csv")
+                    write_text_atomic(os.path.join(out_dir, part),
+                                      raven.scores_text(rec.name, starts, spec.duration, probs))
+                    record["scores"] = part
+                raven.write_table(os.path.join(out_dir, table), events, os.path.basename(rec.path), low_hz, high_hz)
+                _append_done(out_dir, record)
+                done[rec.path] = record
+                this_run[table] = [(e.begin, e.end, e.label, e.score) for e in events]
+                summary.done += 1
+                summary.detections += len(events)
+                summary.audio_s += rec.duration
     except KeyboardInterrupt:
         bar.close()
         summary.interrupted = True
