@@ -44,7 +44,7 @@ def _ship(rng, n):
     """A ship passing: a tone wandering in pitch (60-200 Hz), fading in and out over 20-60 s."""
     out = np.zeros(n)
     for _ in range(rng.integers(0, 3)):
-        dur = int(rng.uniform(20, 60) * SR)
+        dur = min(n, int(rng.uniform(20, 60) * SR))
         start = int(rng.integers(0, max(1, n - dur)))
         t = np.arange(dur) / SR
         f = rng.uniform(60, 200) + rng.uniform(-20, 20) * np.sin(2 * np.pi * t / rng.uniform(15, 40))
@@ -164,6 +164,7 @@ def run(root: str, batch_dir: str, epochs: int = 15, device: str = "cpu", seed: 
     from convnet_cli.detect.evaluate import evaluate, format_table, load_pair, plot_pr, write_json
     from convnet_cli.ingest.features import FeatureSpec
     from convnet_cli.ingest.make_batches import make_batches
+    from convnet_cli.ingest.recordings import summary_line as windows_summary
     from convnet_cli.train.checkpoint import resolve_checkpoint
     from convnet_cli.train.trainer import TrainOptions, start
 
@@ -177,9 +178,10 @@ def run(root: str, batch_dir: str, epochs: int = 15, device: str = "cpu", seed: 
     with open(config_path("upcall-features.yaml"), encoding="utf-8") as f:
         features = FeatureSpec.from_dict(yaml.safe_load(f), "upcall-features.yaml")
     say(f"2/5 make-batches --annotations (2-s windows every 1 s) -> {batch_dir}")
-    make_batches(train_rec, batch_dir, features=features, annotations=train_ann, window_hop=1.0, min_overlap=0.5,
-                 background="background", background_ratio=1.0, batch_size=200, test_fraction=0.15, seed=seed,
-                 overwrite=True, progress=not quiet, warn=say)
+    summary = make_batches(train_rec, batch_dir, features=features, annotations=train_ann, window_hop=1.0,
+                           min_overlap=0.5, background="background", background_ratio=1.0, batch_size=200,
+                           test_fraction=0.15, seed=seed, overwrite=True, progress=not quiet, warn=say)
+    say("    " + windows_summary(summary))
 
     runs = os.path.join(root, "runs")
     say(f"3/5 train {os.path.basename(config_path('calls.yaml'))} -> {runs}")

@@ -352,7 +352,8 @@ def plot_pr(curves: dict, path: str, target_precision: float | None = None, titl
         r = np.r_[0.0, rec]
         p = np.r_[prec[0], prec]
         style = {"color": "black", "linewidth": 2.2} if name == "overall" else {"linewidth": 1.4}
-        ax.step(r, p, where="pre", label=name, **style)
+        ap = float(np.sum(np.diff(r) * prec))
+        ax.step(r, p, where="pre", label=f"{name} (AP {ap:.3f})", **style)
     if target_precision is not None:
         ax.axhline(target_precision, color="grey", linestyle=":", linewidth=1, label=f"precision {target_precision:g}")
     ax.set_xlim(0, 1.02)
