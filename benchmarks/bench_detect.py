@@ -1,6 +1,7 @@
 """convnet detect on long recordings: speed against real time, the net against PyTorch, and peak memory.
 
-    python benchmarks/bench_detect.py [--hours 6] [--threads 2] [--rss-hours 1,24] [--no-rss] [--batch 256]
+    python benchmarks/bench_detect.py [--hours 6] [--threads 2] [--rss-hours 1,24] [--rss-hop S] [--no-rss]
+                                      [--batch 128] [--torch-windows N]
 
 1. A --hours long 2 kHz FLAC (coloured noise with an upcall every ~30 s) is synthesised in blocks into a temp
    folder, and a checkpoint of the packaged upcall net (layer_configs/upcall.yaml, upcall-features.yaml: 2-s
@@ -11,8 +12,8 @@
 3. The same windows, streamed again, go through our net and through the same net in PyTorch (built from
    the checkpoint's arrays, which are in PyTorch's layout), batch by batch, the two taking turns; the
    forward times are summed and the probabilities compared.
-4. Peak RSS of a `convnet detect` process over a 1-hour and a 24-hour file (noise written in blocks), from
-   the kernel's accounting of each child (wait4 ru_maxrss).
+4. Peak RSS of a `convnet detect` process over a 1-hour and a 24-hour file (noise written in blocks): the
+   child's VmHWM.
 Threads: BLAS/OpenMP for NumPy and torch.set_num_threads, both --threads.
 """
 from __future__ import annotations
@@ -171,25 +172,42 @@ def side_by_side(ckpt_path: str, recording: str, batch: int, max_windows: int | 
     return n, t_feat, t_ours, t_torch, worst
 
 
-def peak_rss_mb(ckpt_path: str, recording: str, out_dir: str, batch: int):
+# The child reports its own high-water mark (/proc/self/status VmHWM, of the memory map made at exec). The
+# kernel's ru_maxrss of a child would also count the pages it shared with this (torch-laden) process
+# between fork and exec.
+_CHILD = """
+import atexit, sys
+def _report():
+    with open('/proc/self/status') as f:
+        sys.stdout.write(''.join(l for l in f if l.startswith('VmHWM')))
+atexit.register(_report)
+from convnet_cli.cli import main
+main(sys.argv[1:])
+"""
+
+
+def peak_rss_mb(ckpt_path: str, recording: str, out_dir: str, batch: int, hop: float | None):
     env = dict(os.environ, PYTHONPATH=ROOT)
+    cmd = [sys.executable, "-c", _CHILD, "detect", "-f", ckpt_path, recording, "--out", out_dir, "--quiet",
+           "--overwrite", "--batch", str(batch)] + (["--hop", str(hop)] if hop else [])
     t0 = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-m", "convnet_cli", "detect", "-f", ckpt_path, recording, "--out", out_dir,
-                          "--quiet", "--overwrite", "--batch", str(batch)], env=env, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
+    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
     if p.returncode:
         raise SystemExit(f"detect exited {p.returncode}")
-    return usage.ru_maxrss / 1024, time.perf_counter() - t0  # Linux: kilobytes
+    kb = [int(line.split()[1]) for line in p.stdout.splitlines() if line.startswith("VmHWM")]
+    return kb[0] / 1024, time.perf_counter() - t0
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--hours", type=float, default=6.0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=128, help="windows per forward pass (detect's default)")
     ap.add_argument("--rss-hours", default="1,24")
     ap.add_argument("--no-rss", action="store_true")
+    ap.add_argument("--rss-hop", type=float, default=0.0,
+                    help="hop of the memory runs (0: the checkpoint's, 1 s; a longer one keeps the 24-h run short, "
+                         "the whole file is decoded either way)")
     ap.add_argument("--torch-windows", type=int, default=0, help="compare at most this many windows (0: all)")
     ap.add_argument("--dir", help="work folder (default: a temp folder, removed at the end)")
     args = ap.parse_args(argv)
@@ -231,9 +249,9 @@ def main(argv=None):
                 path = os.path.join(work, f"noise_{h:g}h.flac")
                 if not os.path.exists(path):
                     write_recording(path, h, calls=False, seed=1)
-                mb, sec = peak_rss_mb(ck, path, os.path.join(work, f"out_{h:g}h"), args.batch)
-                print(f"  peak RSS, convnet detect over {h:g} h: {mb:.0f} MB ({sec:.0f} s, {h * 3600 / sec:,.0f}x "
-                      f"real time incl. start-up)")
+                mb, sec = peak_rss_mb(ck, path, os.path.join(work, f"out_{h:g}h"), args.batch, args.rss_hop or None)
+                print(f"  peak RSS, convnet detect over {h:g} h (hop {args.rss_hop or 1.0:g} s): {mb:.0f} MB "
+                      f"({sec:.0f} s, {h * 3600 / sec:,.0f}x real time incl. start-up)")
     finally:
         if not args.dir:
             shutil.rmtree(work, ignore_errors=True)

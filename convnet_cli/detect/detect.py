@@ -279,7 +279,7 @@ def _spec_and_hop(ckpt, hop):
 
 def detect(checkpoint, inputs, out_dir: str, *, hop=None, threshold=None, classes=None, merge_gap: float = 0.0,
            scores: bool = False, combined: bool = False, resume: bool = False, overwrite: bool = False,
-           batch: int = 256, device: str = "cpu", progress: bool = True, echo=None) -> DetectSummary:
+           batch: int = 128, device: str = "cpu", progress: bool = True, echo=None) -> DetectSummary:
     """Run the net over every recording of `inputs` and write OUT_DIR (see the module doc).
 
     KeyboardInterrupt: the files covering the recordings finished so far are written, then it is raised
