@@ -117,3 +117,18 @@ def test_pairing_by_relative_path_else_by_key():
     dets = ["s1/x.wav", "s2/x.wav", "y.flac"]
     assert pair_recordings(dets, ["s2/x.wav", "/data/s1/x.wav", "y", "site9/y.flac", "z.wav"]) == {
         "s2/x.wav": "s2/x.wav", "/data/s1/x.wav": "s1/x.wav", "y": "y.flac", "site9/y.flac": "y.flac"}
+
+
+def test_evaluate_notes_annotation_labels_it_does_not_score(tmp_path):
+    from tests.helpers import invoke
+
+    out = _detect(tmp_path, {"x.wav": [(5, 7)]})
+    ann = tmp_path / "ann.csv"
+    ann.write_text("filename,start,end,label\nx.wav,5,7,Tone\n")
+    r = invoke(["evaluate", str(out), str(ann), "--out", str(tmp_path / "ev")])
+    assert r.exit_code == 0 and "annotation label(s) Tone are not among the classes scored (tone)" in r.output
+    t = json.load(open(tmp_path / "ev" / "evaluation.json"))["classes"]["tone"]
+    assert (t["tp"], t["fp"], t["fn"]) == (0, 1, 0)
+    r = invoke(["evaluate", str(out), str(ann), "--out", str(tmp_path / "ev"), "--classes", "tone,Tone"])
+    res = json.load(open(tmp_path / "ev" / "evaluation.json"))
+    assert r.exit_code == 0 and res["classes"]["Tone"]["fn"] == 1 and res["overall"]["fn"] == 1

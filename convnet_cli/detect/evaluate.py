@@ -300,6 +300,11 @@ def load_pair(detections_path: str, annotations_path: str, label_col=None, class
     else:
         seen = {i.label for v in dets.values() for i in v} | {i.label for v in anns.values() for i in v}
         wanted = sorted(c for c in seen if not is_background(c))
+    unscored = sorted({i.label for v in anns.values() for i in v} - set(wanted))
+    unscored = [c for c in unscored if not is_background(c)]
+    if unscored:
+        notes.append(f"annotation label(s) {', '.join(unscored[:5])} are not among the classes scored "
+                     f"({', '.join(wanted)}); name them with --classes to score them")
     if not wanted:
         raise DataError(f"{detections_path}, {annotations_path}: no classes to score (no detections and no "
                         f"annotations); name them with --classes")
