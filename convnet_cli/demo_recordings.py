@@ -78,7 +78,8 @@ def _distractor(rng):
         return _sweep(rng, int(dur * SR), f, f, dur, 0.0, rng.uniform(0.3, 0.9), 1.0)
     if kind == 1:  # down-sweep: the upcall's mirror image
         dur = rng.uniform(0.4, 1.0)
-        return _sweep(rng, int(dur * SR), rng.uniform(180, 300), rng.uniform(40, 90), dur, 0.0, rng.uniform(0.4, 1.0), 1.0)
+        return _sweep(rng, int(dur * SR), rng.uniform(180, 300), rng.uniform(40, 90), dur, 0.0,
+                      rng.uniform(0.4, 1.0), 1.0)
     x = np.zeros(int(rng.uniform(0.3, 1.0) * SR))  # a click train (dolphins, snapping shrimp)
     for i in rng.integers(0, len(x) - 20, rng.integers(3, 10)):
         x[i:i + 20] += rng.uniform(0.5, 1.5) * rng.standard_normal(20) * np.hanning(20)
@@ -165,7 +166,6 @@ def run(root: str, batch_dir: str, epochs: int = 15, device: str = "cpu", seed: 
     from convnet_cli.ingest.features import FeatureSpec
     from convnet_cli.ingest.make_batches import make_batches
     from convnet_cli.ingest.recordings import summary_line as windows_summary
-    from convnet_cli.train.checkpoint import resolve_checkpoint
     from convnet_cli.train.trainer import TrainOptions, start
 
     t0 = time.time()

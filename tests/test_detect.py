@@ -271,9 +271,9 @@ def test_window_scores_equal_predict_on_windows_cut_by_make_batches(tmp_path):
     (tmp_path / "ann.csv").write_text("filename,start,end,label\ns1/a.wav,5,7,tone\ns1/a.wav,20,21,tone\n"
                                       "b.flac,12,13.5,tone\n")
     batches = tmp_path / "batches"
-    make_batches(str(rec), str(batches), features=FeatureSpec.from_dict(FEATURES), annotations=str(tmp_path / "ann.csv"),
-                 window_hop=0.5, background="noise", batch_size=40, test_fraction=0.0, seed=0, progress=False,
-                 warn=lambda line: None)
+    make_batches(str(rec), str(batches), features=FeatureSpec.from_dict(FEATURES),
+                 annotations=str(tmp_path / "ann.csv"), window_hop=0.5, background="noise", batch_size=40,
+                 test_fraction=0.0, seed=0, progress=False, warn=lambda line: None)
     from convnet_cli.data.batch_files import BatchSet
 
     bs = BatchSet(str(batches))

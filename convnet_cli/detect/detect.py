@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from convnet_cli.data.batch_files import _atomic_write, write_text_atomic
+from convnet_cli.data.batch_files import write_text_atomic
 from convnet_cli.detect import raven
 from convnet_cli.detect.events import parse_thresholds, reported_classes, windows_to_events
 from convnet_cli.errors import ConfigError, DataError
@@ -39,7 +39,7 @@ SETTINGS = "detect.json"
 SKIPPED = "skipped.txt"
 SCORES_DIR = ".scores"
 # settings that change what a table holds: a resume must keep them
-_FIXED = ("checkpoint", "hop", "duration", "thresholds", "classes", "merge_gap")
+_FIXED = ("checkpoint", "checkpoint_mtime", "hop", "duration", "thresholds", "classes", "merge_gap")
 
 
 @dataclass
@@ -302,7 +302,8 @@ def detect(checkpoint, inputs, out_dir: str, *, hop=None, threshold=None, classe
     thresholds = parse_thresholds(threshold, label_names)
     run = _Runner(net, ckpt, output_layer(net), batch, 1)
     low_hz, high_hz = float(spec.fmin), float(spec.fmax_hz)
-    settings = {"checkpoint": os.path.abspath(ckpt.path), "hop": hop, "duration": float(spec.duration),
+    settings = {"checkpoint": os.path.abspath(ckpt.path), "checkpoint_mtime": os.path.getmtime(ckpt.path),
+                "hop": hop, "duration": float(spec.duration),
                 "thresholds": {c: thresholds[c] for c in wanted}, "classes": wanted,
                 "merge_gap": float(merge_gap), "label_names": label_names, "features": spec.to_dict()}
 

@@ -234,7 +234,7 @@ def _detect_settings(folder):
 def load_detections(path: str):
     """DETECTIONS -> ({recording: [Interval]}, recordings processed or None when unknown, the classes
     detect reported or None)."""
-    from convnet_cli.detect.raven import COMBINED_NAME, DETECTIONS_CSV, TABLE_SUFFIX
+    from convnet_cli.detect.raven import COMBINED_NAME, DETECTIONS_CSV
     from convnet_cli.ingest.annotations import read_tables
 
     if not os.path.exists(path):
@@ -251,7 +251,8 @@ def load_detections(path: str):
         tables = []
         for root, dirs, files in os.walk(path):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            tables += [os.path.join(root, f) for f in sorted(files) if f.endswith(".txt") and not f.startswith(".")]
+            tables += [os.path.join(root, f) for f in sorted(files)
+                       if f.endswith(".txt") and not f.startswith(".") and f != "skipped.txt"]
         singles = [t for t in tables if os.path.basename(t) != COMBINED_NAME]
         if not tables:
             raise DataError(f"{path}: no detections here (no detections.csv and no Raven tables *.txt)")
