@@ -132,3 +132,27 @@ def test_evaluate_notes_annotation_labels_it_does_not_score(tmp_path):
     r = invoke(["evaluate", str(out), str(ann), "--out", str(tmp_path / "ev"), "--classes", "tone,Tone"])
     res = json.load(open(tmp_path / "ev" / "evaluation.json"))
     assert r.exit_code == 0 and res["classes"]["Tone"]["fn"] == 1 and res["overall"]["fn"] == 1
+
+
+def test_evaluate_a_folder_of_raven_tables_as_detections(tmp_path):
+    """Tables alone (copied out of an OUT_DIR, or from another tool with a Score column): the combined table
+    is not counted twice and skipped.txt is not a table."""
+    import shutil
+
+    from tests.helpers import invoke
+
+    out = _detect(tmp_path, {"x.wav": [(5, 7), (20, 22)]})
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    shutil.copy(out / "x.selections.txt", tables)
+    (tables / "skipped.txt").write_text("broken.wav\tcannot decode\n")
+    raven_combined = invoke(["detect", "-f", str(tmp_path / "best.npz"), str(tmp_path / "rec"), "--out",
+                             str(tmp_path / "c"), "--quiet", "--combined"])
+    assert raven_combined.exit_code == 0
+    shutil.copy(tmp_path / "c" / "detections.selections.txt", tables)
+    ann = tmp_path / "ann.csv"
+    ann.write_text("filename,start,end,label\nx.wav,5,7,tone\nx.wav,20,22,tone\n")
+    r = invoke(["evaluate", str(tables), str(ann), "--out", str(tmp_path / "ev")])
+    assert r.exit_code == 0, r.output
+    t = json.load(open(tmp_path / "ev" / "evaluation.json"))["classes"]["tone"]
+    assert (t["tp"], t["fp"], t["fn"]) == (2, 0, 0)
