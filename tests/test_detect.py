@@ -319,3 +319,26 @@ def test_demo_recordings_runs_end_to_end(tmp_path, monkeypatch):
     assert (tmp_path / "d" / "detections" / "rec04.selections.txt").exists()
     res = json.loads((tmp_path / "d" / "evaluation" / "evaluation.json").read_text())
     assert set(res["classes"]) == {"gunshot", "upcall"} and res["overall"]["tp"] + res["overall"]["fn"] > 0
+
+
+def test_recording_shorter_than_a_window_gets_an_empty_table_and_a_note(tmp_path):
+    ck = tone_checkpoint(tmp_path / "best.npz")
+    (tmp_path / "rec").mkdir()
+    write_recording(tmp_path / "rec" / "short.wav", 0.6, [], sr=1000)
+    r = invoke(["detect", "-f", str(ck), str(tmp_path / "rec"), "--out", str(tmp_path / "out"), "--quiet"])
+    assert r.exit_code == 0 and "shorter than one 1-s window" in r.output
+    assert (tmp_path / "out" / "short.selections.txt").read_text().count("\n") == 1  # the header only
+    assert json.loads((tmp_path / "out" / "done.jsonl").read_text())["windows"] == 0
+
+
+def test_progress_label_counts_audio_and_real_time_rate():
+    from convnet_cli.detect.detect import _Progress
+
+    p = _Progress(7200.0, enabled=False)
+    p.t0 -= 2.0           # as if 2 s had passed
+    p.add(1800.0)
+    label = p._label()
+    assert label.startswith("0.50/2.00 h of audio, ") and label.endswith("x real time")
+    rate = float(label.split(", ")[1].split("x")[0].replace(",", ""))
+    assert 100 < rate <= 900   # 1800 s of audio in a little over 2 s
+    assert _Progress(600.0, enabled=False)._label().startswith("0.00/10.00 min of audio")

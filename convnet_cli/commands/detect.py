@@ -23,7 +23,7 @@ import click
 @click.option("--resume", is_flag=True, help="Skip recordings done.jsonl lists and that have not changed.")
 @click.option("--overwrite", is_flag=True, help="Delete an earlier detect's output in --out first.")
 @click.option("--batch", type=click.IntRange(min=1), default=128, show_default=True,
-              help="Windows per forward pass; bounds memory (the upcall net: ~230 MB in all at 128, ~370 at 256).")
+              help="Windows per forward pass; bounds memory (the upcall net: ~220 MB in all at 128, ~370 at 256).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, gpu, gpu:N or auto.")
 @click.option("--quiet", is_flag=True, help="No progress bar; print only errors and the summary line.")
 def command(checkpoint, recordings, out_dir, hop, threshold, classes, merge_gap, scores, combined, resume, overwrite,
