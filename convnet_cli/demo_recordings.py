@@ -178,9 +178,10 @@ def run(root: str, batch_dir: str, epochs: int = 15, device: str = "cpu", seed: 
     with open(config_path("upcall-features.yaml"), encoding="utf-8") as f:
         features = FeatureSpec.from_dict(yaml.safe_load(f), "upcall-features.yaml")
     say(f"2/5 make-batches --annotations (2-s windows every 1 s) -> {batch_dir}")
-    summary = make_batches_from_annotations(train_rec, batch_dir, train_ann, features=features, window_hop=1.0,
-                           min_overlap=0.5, background="background", background_ratio=1.0, batch_size=200,
-                           test_fraction=0.15, seed=seed, overwrite=True, progress=not quiet, warn=say)
+    summary = make_batches_from_annotations(
+        train_rec, batch_dir, train_ann, features=features, window_hop=1.0, min_overlap=0.5,
+        background="background", background_ratio=1.0, batch_size=200, test_fraction=0.15, seed=seed,
+        overwrite=True, progress=not quiet, warn=say)
     say("    " + windows_summary(summary))
 
     runs = os.path.join(root, "runs")
