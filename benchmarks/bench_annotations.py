@@ -77,10 +77,10 @@ MAKE = r"""
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
 from convnet_cli.commands.make_batches import load_feature_spec
-from convnet_cli.ingest.make_batches import make_batches
+from convnet_cli.ingest.recordings import make_batches_from_annotations
 spec = load_feature_spec({features!r})
 t0 = time.perf_counter()
-s = make_batches({rec!r}, {out!r}, annotations={tables!r}, features=spec, window_hop=1.0, min_overlap=0.5,
+s = make_batches_from_annotations({rec!r}, {out!r}, {tables!r}, features=spec, window_hop=1.0, min_overlap=0.5,
                  background="background", background_ratio=None, test_fraction=0.0, jobs={jobs}, progress=False, warn=lambda l: None)
 dt = time.perf_counter() - t0
 print(json.dumps({{"windows": s["windows"], "seconds": dt, "timings": s["timings"],

@@ -15,7 +15,8 @@ from convnet_cli import __version__
 from convnet_cli.errors import ConvnetError
 
 # Module names; a command whose name is a Python keyword lives in `<name>_.py` (continue_).
-COMMANDS = ("make_batches", "train", "continue_", "predict", "show", "info", "convert_cfg", "demo", "export")
+COMMANDS = ("make_batches", "train", "continue_", "predict", "detect", "evaluate", "show", "info", "convert_cfg",
+            "demo", "export")
 
 
 def _module_name(command: str) -> str:

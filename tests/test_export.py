@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from convnet_cli import __version__
-from convnet_cli.data.batch_files import write_pickle_atomic
+from convnet_cli.fileio import write_pickle_atomic
 from convnet_cli.net import Net
 from convnet_cli.train.checkpoint import save_checkpoint
 from tests.helpers import invoke
@@ -338,7 +338,7 @@ def test_model_metadata_inputs_and_opset(tmp_path):
 
 def test_layer_option_exports_an_inner_layer_in_predicts_order(tmp_path):
     """--layer c2: probs = that layer's (C, H, W) output, flattened in (H, W, C) order as predict does."""
-    from convnet_cli.predict.predict import _Runner, load_model
+    from convnet_cli.predict.predict import Runner, load_model
 
     layer_def, shape = LAYER_NETS["conv_groups_padding_nonsquare_stride"]
     ckpt, state = make_checkpoint(str(tmp_path), layer_def, shape)
@@ -347,7 +347,7 @@ def test_layer_option_exports_an_inner_layer_in_predicts_order(tmp_path):
     res = invoke(["export", "-f", ckpt, "--out", out, "--layer", "c2"])
     assert res.exit_code == 0, res.output
     net, c = load_model(ckpt)
-    ours = _Runner(net, c, "c2", 64, 1)(raw)
+    ours = Runner(net, c, "c2", 64, 1)(raw)
     theirs = ort.InferenceSession(out, providers=["CPUExecutionProvider"]).run(["probs"], {"features": raw})[0]
     assert theirs.shape == ours.shape == (raw.shape[0], int(np.prod(net.by_name["c2"].out_shape)))
     np.testing.assert_allclose(theirs, ours, rtol=0, atol=TOL)

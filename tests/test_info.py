@@ -11,7 +11,8 @@ import shutil
 import numpy as np
 import pytest
 
-from convnet_cli.data.batch_files import META, BatchSet, encode_batch, write_pickle_atomic
+from convnet_cli.data.batch_files import META, BatchSet, encode_batch
+from convnet_cli.fileio import write_pickle_atomic
 from tests.audio_fixtures import make_tone_dataset
 from tests.helpers import invoke
 

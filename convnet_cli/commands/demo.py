@@ -12,15 +12,26 @@ from convnet_cli.demo import config_path, make_upcall_dataset
 @click.command("demo")
 @click.option("--dir", "root", default="convnet-demo", show_default=True, type=click.Path(),
               help="Folder for the demo's audio, runs and predictions.")
-@click.option("--batches", "batch_dir", default=os.path.join("data_batches", "upcall"), show_default=True,
-              type=click.Path(), help="Where the demo writes its batch files.")
+@click.option("--batches", "batch_dir", type=click.Path(),
+              help="Where the demo writes its batch files.  [default: data_batches/upcall; data_batches/calls "
+                   "with --recordings]")
 @click.option("--clips", default=300, show_default=True, type=click.IntRange(min=20), help="Clips per class.")
-@click.option("--epochs", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--epochs", type=click.IntRange(min=1), help="[default: 20; 15 with --recordings]")
 @click.option("--device", default="cpu", show_default=True, help="cpu, gpu, gpu:N or auto.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--quiet", is_flag=True)
-def command(root, batch_dir, clips, epochs, device, seed, quiet):
+@click.option("--recordings", is_flag=True,
+              help="The long-recording pipeline instead: annotated recordings -> make-batches --annotations -> "
+                   "train -> detect -> evaluate (--clips is ignored; --epochs default 15).")
+def command(root, batch_dir, clips, epochs, device, seed, quiet, recordings):
     """Run the whole pipeline on built-in synthetic right-whale upcall data."""
+    if recordings:
+        from convnet_cli.demo_recordings import main as recordings_demo
+
+        return recordings_demo(root, batch_dir or os.path.join("data_batches", "calls"), epochs or 15, device, seed,
+                               quiet)
+    batch_dir = batch_dir or os.path.join("data_batches", "upcall")
+    epochs = epochs or 20
     from convnet_cli.ingest.features import FeatureSpec
     from convnet_cli.ingest.make_batches import make_batches
     from convnet_cli.predict.metrics import format_report

@@ -52,7 +52,7 @@ def output_layer(net: Net, layer: str | None = None) -> str:
     raise ConfigError("the network has no cost.logreg or cost.bce layer; name the output layer to predict with")
 
 
-class _Runner:
+class Runner:
     """Normalizes raw (n, C, H, W) features and runs them through the net in chunks."""
 
     def __init__(self, net, ckpt, layer, batch, views):
@@ -126,7 +126,7 @@ def predict_batches(checkpoint, data_path: str | None = None, batches=None, laye
                         f"{list(st['data_shape'])}; make the batches with the features of the training run")
     batches = list(batches or st["options"].get("test_range") or bs.test_range)
     layer = output_layer(net, layer)
-    run = _Runner(net, ckpt, layer, batch, views)
+    run = Runner(net, ckpt, layer, batch, views)
     probs, labels, names, kept = [], [], [], []
     remaining = max_cases
     for b in batches:
@@ -192,7 +192,7 @@ def predict_audio(checkpoint, inputs, layer: str | None = None, device: str = "c
     index = {n: i for i, n in enumerate(label_names)}
     known = all(lbl in index for _, _, lbl in items)
     layer = output_layer(net, layer)
-    run = _Runner(net, ckpt, layer, batch, views)
+    run = Runner(net, ckpt, layer, batch, views)
     probs, labels, names, skipped = [], [], [], []
     chunk = max(1, int(batch))
     for i in range(0, len(items), chunk):

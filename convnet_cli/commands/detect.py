@@ -1,0 +1,60 @@
+"""`convnet detect`: slide a trained net over recordings and write Raven selection tables (SPEC 12)."""
+from __future__ import annotations
+
+import os
+
+import click
+
+
+@click.command("detect")
+@click.option("-f", "checkpoint", required=True, type=click.Path(),
+              help="Checkpoint file, or a run directory (then best.npz, else the newest).")
+@click.argument("recordings", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for the selection tables, detections.csv and done.jsonl.")
+@click.option("--hop", type=float, help="Seconds between window starts.  [default: the training window_hop, "
+                                        "else half the window]")
+@click.option("--threshold", help="Probability an event needs: T for every class, or CLASS=T,...  [default: 0.5]")
+@click.option("--classes", help="Classes to report, comma-separated.  [default: all but a background class]")
+@click.option("--merge-gap", type=float, default=0.0, show_default=True,
+              help="Join windows of a class less than this many seconds apart into one event.")
+@click.option("--scores", is_flag=True, help="Also write scores.csv: every window's class probabilities.")
+@click.option("--combined", is_flag=True, help="Also write detections.selections.txt: one table for all recordings.")
+@click.option("--resume", is_flag=True, help="Skip recordings done.jsonl lists and that have not changed.")
+@click.option("--overwrite", is_flag=True, help="Delete an earlier detect's output in --out first.")
+@click.option("--batch", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Windows per forward pass; bounds memory (the upcall net: ~220 MB in all at 128, ~370 at 256).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, gpu, gpu:N or auto.")
+@click.option("--quiet", is_flag=True, help="No progress bar; print only errors and the summary line.")
+def command(checkpoint, recordings, out_dir, hop, threshold, classes, merge_gap, scores, combined, resume, overwrite,
+            batch, device, quiet):
+    """Detect events in recordings of any length with a trained network.
+
+    \b
+    convnet detect -f RUNS/ConvNet__... recordings/ --out detections/
+    convnet detect -f RUNS/ConvNet__... recordings/ --out detections/ --threshold upcall=0.8 --merge-gap 1 --resume
+    """
+    from convnet_cli.detect.detect import detect
+
+    def echo(msg):
+        click.echo(msg, err=True)
+
+    s = detect(checkpoint, list(recordings), out_dir, hop=hop, threshold=threshold, classes=classes,
+               merge_gap=merge_gap, scores=scores, combined=combined, resume=resume, overwrite=overwrite, batch=batch,
+               device=device, progress=not quiet, echo=echo)
+    for name, reason in s.skipped:
+        click.echo(f"skipped {name}: {reason}", err=True)
+    hours = s.audio_s / 3600
+    rate = f", {s.realtime:,.0f}x real time" if s.audio_s and s.seconds else ""
+    click.echo(f"{s.done} recording(s), {hours:.2f} h of audio: {s.detections} detection(s) in {s.seconds:.1f} s"
+               f"{rate}" + (f"; {s.resumed} already done" if s.resumed else "")
+               + (f"; {len(s.skipped)} skipped (see {os.path.join(out_dir, 'skipped.txt')})" if s.skipped else ""))
+    click.echo(f"tables: {out_dir}{os.sep}*.selections.txt; all detections: {s.files.get('detections')}")
+    if s.files.get("combined"):
+        click.echo(f"combined table: {s.files['combined']}")
+    if s.files.get("scores"):
+        click.echo(f"window scores: {s.files['scores']}")
+    if s.skipped and s.done + s.resumed == 0:
+        click.echo("convnet: error: none of the recordings could be read", err=True)
+        return 1
+    return 0

@@ -1,0 +1,46 @@
+"""`convnet evaluate`: event-level precision, recall and average precision of detections (SPEC 13)."""
+from __future__ import annotations
+
+import os
+
+import click
+
+
+@click.command("evaluate")
+@click.argument("detections", type=click.Path())
+@click.argument("annotations", type=click.Path())
+@click.option("--min-overlap", type=float, default=0.5, show_default=True,
+              help="Overlap, as a fraction of the shorter of the two, that makes a detection match an annotation.")
+@click.option("--classes", help="Classes to score, comma-separated.  [default: the classes detect reported]")
+@click.option("--target-precision", type=float, default=0.9, show_default=True,
+              help="Report the lowest score threshold reaching this precision, and the recall there.")
+@click.option("--label-col", help="Annotation column holding the class.  [default: Annotation, Class, Label, "
+                                  "Species or Call Type]")
+@click.option("--out", "out_dir", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for evaluation.json and pr_curve.png.")
+@click.option("--quiet", is_flag=True, help="Print only the table.")
+def command(detections, annotations, min_overlap, classes, target_precision, label_col, out_dir, quiet):
+    """Score detections (a detect OUT_DIR, its detections.csv, or Raven tables) against annotations
+    (Raven tables, a folder of them, or a CSV filename,start,end,label).
+
+    \b
+    convnet evaluate detections/ annotations/ --out eval/
+    """
+    from convnet_cli.detect.evaluate import evaluate, format_table, load_pair, plot_pr, write_json
+
+    dets, anns, wanted, notes = load_pair(detections, annotations, label_col=label_col, classes=classes)
+    ev = evaluate(dets, anns, wanted, min_overlap, target_precision, notes)
+    if not quiet:
+        for n in ev.notes:
+            click.echo(f"note: {n}", err=True)
+    click.echo(format_table(ev.result))
+    path = write_json(ev.result, out_dir)
+    if not quiet:
+        click.echo(f"wrote {path}")
+    try:
+        png = plot_pr(ev.curves, os.path.join(out_dir, "pr_curve.png"), target_precision)
+        if not quiet:
+            click.echo(f"wrote {png}")
+    except ImportError:
+        click.echo("note: matplotlib is not installed, so no pr_curve.png (pip install 'convnet[plot]')", err=True)
+    return 0

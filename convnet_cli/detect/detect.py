@@ -1,0 +1,432 @@
+"""`convnet detect`: a trained net slides over recordings of any length and writes what it finds (SPEC 12).
+
+recordings -> windows (convnet_cli/ingest/windows.py: blocks, features by the make-batches code) -> the net
+in forward passes of `batch` windows (normalised with the checkpoint's mean/std, by predict's runner) ->
+events per class (events.py) -> Raven tables and CSVs (raven.py).
+
+OUT_DIR bookkeeping, so that a 100,000-file job survives a crash or a Ctrl-C:
+- each recording's table is written atomically when the recording is finished, then a line
+  {path, size, mtime, name, table, duration, windows, detections} is appended to `done.jsonl` (fsynced);
+  `--resume` skips recordings whose line still matches their size and mtime and redoes the others;
+- `detect.json` holds the settings (checkpoint, hop, thresholds, classes, merge gap); a resume with other
+  settings is refused, since its tables would not agree with the earlier ones;
+- `detections.csv`, `scores.csv` and the combined table cover every recording done so far and are
+  rewritten (atomically) at the end, and also after a Ctrl-C; per-window scores of each recording wait in
+  `.scores/` until then;
+- `skipped.txt`: the recordings of this run that could not be read, with the reason.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from convnet_cli.fileio import write_text_atomic
+from convnet_cli.detect import raven
+from convnet_cli.detect.events import parse_thresholds, reported_classes, windows_to_events
+from convnet_cli.errors import ConfigError, DataError
+
+DONE = "done.jsonl"
+SETTINGS = "detect.json"
+SKIPPED = "skipped.txt"
+SCORES_DIR = ".scores"
+# settings that change what a table holds: a resume must keep them
+_FIXED = ("checkpoint", "checkpoint_mtime", "hop", "duration", "thresholds", "classes", "merge_gap")
+
+
+@dataclass
+class Recording:
+    path: str       # absolute
+    name: str       # relative to the RECORDINGS argument it came from, '/'-separated (or its file name)
+    size: int = 0
+    mtime: float = 0.0
+    duration: float = 0.0
+
+
+@dataclass
+class DetectSummary:
+    out_dir: str
+    recordings: int = 0                 # recordings found
+    done: int = 0                       # finished in this run
+    resumed: int = 0                    # skipped as already done and unchanged
+    skipped: list = field(default_factory=list)   # [(name, reason)]
+    detections: int = 0                 # events in this run
+    audio_s: float = 0.0                # seconds of audio processed in this run
+    seconds: float = 0.0
+    files: dict = field(default_factory=dict)     # what was written: {'detections': path, ...}
+    interrupted: bool = False
+
+    @property
+    def realtime(self) -> float:
+        return self.audio_s / self.seconds if self.seconds > 0 else float("inf")
+
+
+# ---- recordings -------------------------------------------------------------------------------------
+
+def collect_recordings(inputs) -> list:
+    """[Recording] for audio files and folders (recursively; hidden files and folders left out), in the
+    order given, folders sorted. A name that two inputs share gets the second input's folder name in front."""
+    from convnet_cli.ingest.audio import is_audio_name
+    from convnet_cli.ingest.sources import find_audio
+
+    out, seen_paths, seen_names = [], set(), set()
+    for item in inputs:
+        item = os.fspath(item)
+        if os.path.isdir(item):
+            rels = find_audio(item)
+            if not rels:
+                raise DataError(f"{item}: no audio files (.wav, .flac, .ogg, .aiff) in this folder")
+            found = [(os.path.join(item, r), r) for r in rels]
+            prefix = os.path.basename(os.path.normpath(os.path.abspath(item)))
+        elif os.path.isfile(item):
+            if not is_audio_name(item):
+                raise DataError(f"{item}: not an audio file name (.wav, .flac, .ogg, .aiff, .aif)")
+            found = [(item, os.path.basename(item))]
+            prefix = os.path.basename(os.path.dirname(os.path.abspath(item)))
+        else:
+            raise DataError(f"{item}: no such recording or folder")
+        for p, rel in found:
+            ap = os.path.abspath(p)
+            if ap in seen_paths:
+                continue
+            name = rel if rel not in seen_names else f"{prefix}/{rel}"
+            seen_paths.add(ap)
+            seen_names.add(name)
+            out.append(Recording(ap, name))
+    return out
+
+
+def _stat(rec: Recording) -> Recording:
+    st = os.stat(rec.path)
+    rec.size, rec.mtime = int(st.st_size), float(st.st_mtime)
+    return rec
+
+
+# ---- OUT_DIR state ----------------------------------------------------------------------------------
+
+def read_done(out_dir: str) -> dict:
+    """{absolute path: the latest done.jsonl record}. A line cut short by a crash is passed over."""
+    path = os.path.join(out_dir, DONE)
+    out = {}
+    if not os.path.exists(path):
+        return out
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and "path" in rec:
+                out[rec["path"]] = rec
+    return out
+
+
+def _append_done(out_dir: str, record: dict):
+    """One line, written with a single append and fsynced: a crash leaves at most a torn last line."""
+    data = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+    path = os.path.join(out_dir, DONE)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        if os.fstat(fd).st_size:
+            # a torn last line from a crash must not swallow this record
+            with open(path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    data = b"\n" + data
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def earlier_output(out_dir: str) -> list:
+    """Names of an earlier detect's files in out_dir."""
+    if not os.path.isdir(out_dir):
+        return []
+    names = []
+    for n in sorted(os.listdir(out_dir)):
+        if n in (DONE, SETTINGS, SKIPPED, raven.DETECTIONS_CSV, raven.SCORES_CSV, SCORES_DIR) or \
+                n.endswith(raven.TABLE_SUFFIX):
+            names.append(n)
+    return names
+
+
+def _clear(out_dir: str, names):
+    for n in names:
+        p = os.path.join(out_dir, n)
+        if os.path.isdir(p):
+            shutil.rmtree(p)
+        else:
+            os.unlink(p)
+
+
+def _check_settings(out_dir: str, settings: dict):
+    try:
+        with open(os.path.join(out_dir, SETTINGS), encoding="utf-8") as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        return
+    for k in _FIXED:
+        if k in old and old[k] != settings[k]:
+            raise ConfigError(f"{out_dir}: --resume with other settings than the earlier run ({k}: was "
+                              f"{old[k]!r}, now {settings[k]!r}); use the same flags, another --out, or --overwrite")
+
+
+# ---- the work ---------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _interrupt_deferred():
+    """Hold a Ctrl-C (SIGINT) until the block is done, then raise it: a recording's table, its done.jsonl
+    line and the in-memory record of it are written together. Outside the main thread: no deferral."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if caught:
+        raise KeyboardInterrupt
+
+
+class _Progress:
+    """A click progress bar over seconds of audio, labelled in hours with the rate as x real time."""
+
+    def __init__(self, total_s: float, enabled: bool):
+        import click
+
+        self.total, self.done, self.t0 = float(total_s), 0.0, time.perf_counter()
+        self.shown = 0
+        self.bar = None
+        if enabled and total_s > 0:
+            self.bar = click.progressbar(length=max(1, int(np.ceil(total_s))), label="detect", show_pos=False,
+                                         show_eta=True, item_show_func=self._label, file=sys.stderr, width=24)
+            self.bar.__enter__()
+
+    def _label(self, _item=None):
+        el = time.perf_counter() - self.t0
+        rate = f"{self.done / el:,.0f}x real time" if el > 0 and self.done > 0 else "x real time"
+        unit, scale = ("h", 3600.0) if self.total >= 3600 else ("min", 60.0)
+        return f"{self.done / scale:.2f}/{self.total / scale:.2f} {unit} of audio, {rate}"
+
+    def add(self, seconds: float):
+        self.done += seconds
+        if self.bar is not None:
+            step = int(self.done) - self.shown
+            if step > 0:
+                self.shown += step
+                self.bar.update(step, None)
+            else:
+                self.bar.render_progress()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+def window_probabilities(run, path: str, spec, hop: float, batch: int, xp, on_progress=None):
+    """(starts (n,) float64, probs (n, K) float32 or None when there is no window, seconds covered) of
+    every window of one recording; on_progress(seconds) as the windows advance."""
+    from convnet_cli.ingest.windows import iter_window_features
+
+    starts, probs = [], []
+    covered = 0.0
+    # a block long enough for `batch` windows keeps forward passes full (the reader's default 60 s would
+    # cut them at 59 windows of 2 s every 1 s); capped so that a huge --batch cannot ask for hours at once
+    block_s = min(max(60.0, batch * hop + spec.duration), 900.0)
+    for s, feats in iter_window_features(path, spec, hop, batch=batch, xp=xp, block_s=block_s):
+        if len(s) == 0:
+            continue
+        starts.append(np.asarray(s, dtype=np.float64))
+        probs.append(run(feats))
+        if on_progress is not None:
+            reach = float(s[-1]) + hop
+            on_progress(reach - covered)
+            covered = reach
+    if not starts:
+        return np.zeros(0), None, covered
+    return np.concatenate(starts), np.concatenate(probs), covered
+
+
+def _spec_and_hop(ckpt, hop):
+    from convnet_cli.ingest.features import FeatureSpec
+
+    feats = ckpt.state.get("features")
+    if not feats:
+        raise DataError(f"{ckpt.path}: the network was trained on batches without feature settings (not made "
+                        f"from audio), so detect cannot compute its windows; train on batches from make-batches")
+    feats = dict(feats)
+    window_hop = feats.pop("window_hop", None)
+    spec = FeatureSpec.from_dict(feats, ckpt.path)
+    if hop is None:
+        hop = float(window_hop) if window_hop else spec.duration / 2
+    hop = float(hop)
+    if not hop > 0:
+        raise ConfigError(f"--hop {hop:g}: give a positive number of seconds")
+    return spec, hop
+
+
+def detect(checkpoint, inputs, out_dir: str, *, hop=None, threshold=None, classes=None, merge_gap: float = 0.0,
+           scores: bool = False, combined: bool = False, resume: bool = False, overwrite: bool = False,
+           batch: int = 128, device: str = "cpu", progress: bool = True, echo=None) -> DetectSummary:
+    """Run the net over every recording of `inputs` and write OUT_DIR (see the module doc).
+
+    KeyboardInterrupt: the files covering the recordings finished so far are written, then it is raised
+    again (the CLI exits 130)."""
+    from convnet_cli.ingest.audio import AudioError
+    from convnet_cli.ingest.windows import recording_info
+    from convnet_cli.predict.predict import Runner, load_model, output_layer
+
+    echo = echo or (lambda msg: None)
+    if resume and overwrite:
+        raise ConfigError("give --resume or --overwrite, not both")
+    if merge_gap < 0:
+        raise ConfigError(f"--merge-gap {merge_gap:g}: give seconds >= 0")
+    t0 = time.perf_counter()
+    recordings = collect_recordings(inputs)
+    net, ckpt = load_model(checkpoint, device)
+    spec, hop = _spec_and_hop(ckpt, hop)
+    label_names = [str(n) for n in ckpt.state["label_names"]]
+    wanted = reported_classes(label_names, classes)
+    thresholds = parse_thresholds(threshold, label_names)
+    run = Runner(net, ckpt, output_layer(net), batch, 1)
+    low_hz, high_hz = float(spec.fmin), float(spec.fmax_hz)
+    settings = {"checkpoint": os.path.abspath(ckpt.path), "checkpoint_mtime": os.path.getmtime(ckpt.path),
+                "hop": hop, "duration": float(spec.duration),
+                "thresholds": {c: thresholds[c] for c in wanted}, "classes": wanted,
+                "merge_gap": float(merge_gap), "label_names": label_names, "features": spec.to_dict()}
+
+    os.makedirs(out_dir, exist_ok=True)
+    earlier = earlier_output(out_dir)
+    if earlier and not (resume or overwrite):
+        raise ConfigError(f"{out_dir}: holds an earlier detect's output ({', '.join(earlier[:3])}"
+                          f"{', ...' if len(earlier) > 3 else ''}); add --resume to finish it, --overwrite to "
+                          f"start over, or give another --out")
+    if overwrite and earlier:
+        _clear(out_dir, earlier)
+    if resume:
+        _check_settings(out_dir, settings)
+    write_text_atomic(os.path.join(out_dir, SETTINGS), json.dumps(settings, indent=2) + "\n")
+    done = read_done(out_dir) if resume else {}
+
+    summary = DetectSummary(out_dir=out_dir, recordings=len(recordings))
+    todo = []
+    for rec in recordings:
+        try:
+            _stat(rec)
+        except OSError as exc:
+            summary.skipped.append((rec.name, f"cannot read ({exc.strerror or exc})"))
+            continue
+        prev = done.get(rec.path)
+        if (prev and prev.get("size") == rec.size and prev.get("mtime") == rec.mtime
+                and os.path.exists(os.path.join(out_dir, prev.get("table", "")))
+                and (not scores or (prev.get("scores") and os.path.exists(os.path.join(out_dir, prev["scores"]))))):
+            summary.resumed += 1
+            continue
+        try:
+            rec.duration, _ = recording_info(rec.path)
+        except AudioError as exc:
+            summary.skipped.append((rec.name, exc.reason))
+            continue
+        todo.append(rec)
+
+    # table names: kept for recordings already done, new ones chosen so that nothing clashes
+    taken = {r["table"] for p, r in done.items() if p not in {t.path for t in todo}}
+    names = raven.table_names(sorted({r.name for r in recordings} | {r.get("name", "") for r in done.values()} - {""}),
+                              reserved=("detections",))
+    fresh = {}
+    for rec in todo:
+        t = names.get(rec.name) or raven.table_names([rec.name])[rec.name]
+        base, k = t[:-len(raven.TABLE_SUFFIX)], 1
+        while t in taken:
+            k += 1
+            t = f"{base}__{k}{raven.TABLE_SUFFIX}"
+        taken.add(t)
+        fresh[rec.path] = t
+    if summary.resumed:
+        echo(f"resume: {summary.resumed} recording(s) already done and unchanged, {len(todo)} to do")
+
+    bar = _Progress(sum(r.duration for r in todo), progress)
+    this_run = {}   # table name -> events of recordings done in this run (saves re-reading their tables)
+    try:
+        for rec in todo:
+            try:
+                starts, probs, covered = window_probabilities(run, rec.path, spec, hop, batch, net.xp, bar.add)
+            except AudioError as exc:
+                summary.skipped.append((rec.name, exc.reason))
+                bar.add(max(0.0, rec.duration))
+                continue
+            bar.add(max(0.0, rec.duration - covered))
+            if len(starts) == 0:
+                echo(f"note: {rec.name} ({rec.duration:.2f} s) is shorter than one {spec.duration:g}-s window; "
+                     f"no windows")
+                probs = np.zeros((0, len(label_names)), np.float32)
+            events = windows_to_events(starts, probs, label_names, spec.duration, thresholds, wanted, merge_gap)
+            with _interrupt_deferred():  # table, done.jsonl and the bookkeeping go together or not at all
+                table = fresh[rec.path]
+                record = {"path": rec.path, "size": rec.size, "mtime": rec.mtime, "name": rec.name, "table": table,
+                          "duration": rec.duration, "windows": int(len(starts)), "detections": len(events)}
+                if scores:
+                    os.makedirs(os.path.join(out_dir, SCORES_DIR), exist_ok=True)
+                    part = os.path.join(SCORES_DIR, table[:-len(raven.TABLE_SUFFIX)] + ".csv")
+                    write_text_atomic(os.path.join(out_dir, part),
+                                      raven.scores_text(rec.name, starts, spec.duration, probs))
+                    record["scores"] = part
+                raven.write_table(os.path.join(out_dir, table), events, os.path.basename(rec.path), low_hz, high_hz)
+                _append_done(out_dir, record)
+                done[rec.path] = record
+                this_run[table] = [(e.begin, e.end, e.label, e.score) for e in events]
+                summary.done += 1
+                summary.detections += len(events)
+                summary.audio_s += rec.duration
+    except KeyboardInterrupt:
+        bar.close()
+        summary.interrupted = True
+        _finish(out_dir, done, this_run, label_names, scores, combined, low_hz, high_hz, summary)
+        summary.seconds = time.perf_counter() - t0
+        echo(f"interrupted: {summary.done} recording(s) finished in this run and written "
+             f"({len(done)} in {out_dir} in all); run again with --resume to do the rest")
+        raise
+    bar.close()
+    _finish(out_dir, done, this_run, label_names, scores, combined, low_hz, high_hz, summary)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _finish(out_dir, done, this_run, label_names, scores, combined, low_hz, high_hz, summary):
+    """detections.csv (+ scores.csv, the combined table) over every recording done, and skipped.txt."""
+    records = sorted(done.values(), key=lambda r: r.get("name", r["path"]))
+    records = [r for r in records if os.path.exists(os.path.join(out_dir, r.get("table", "")))]
+
+    def events_of(r):
+        t = r["table"]
+        return this_run[t] if t in this_run else raven.read_own_table(os.path.join(out_dir, t))
+
+    summary.files["tables"] = len(records)
+    summary.files["detections"] = raven.write_detections_csv(
+        os.path.join(out_dir, raven.DETECTIONS_CSV), ((r["name"], events_of(r)) for r in records))
+    if combined:
+        summary.files["combined"] = raven.write_combined_table(
+            os.path.join(out_dir, raven.COMBINED_NAME),
+            ((r["path"], r.get("duration", 0.0), events_of(r)) for r in records), low_hz, high_hz)
+    if scores:
+        parts = [(r["name"], os.path.join(out_dir, r["scores"])) for r in records
+                 if r.get("scores") and os.path.exists(os.path.join(out_dir, r["scores"]))]
+        summary.files["scores"] = raven.write_scores_csv(os.path.join(out_dir, raven.SCORES_CSV), label_names, parts)
+    skipped_path = os.path.join(out_dir, SKIPPED)
+    if summary.skipped:
+        write_text_atomic(skipped_path, "".join(f"{n}\t{r}\n" for n, r in summary.skipped))
+        summary.files["skipped"] = skipped_path
+    elif os.path.exists(skipped_path):
+        os.unlink(skipped_path)  # an earlier run's list: every recording of this run was read

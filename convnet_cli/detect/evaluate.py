@@ -1,0 +1,376 @@
+"""Event-level scoring of detections against annotations (SPEC section 13).
+
+Per recording and class, detections in falling score order (ties: earlier first): a detection is a true
+positive when it overlaps a not yet matched annotation of its class by at least `min_overlap` of the
+shorter of the two (of several such annotations, the one it overlaps most); other detections are false
+positives; annotations left unmatched are false negatives.
+
+Greedy matching by score makes the matches among the detections scoring >= t the same whatever lower-
+scored detections exist, so one matching gives the whole precision-recall curve over the score threshold:
+at each distinct score t, precision = TP(>= t) / detections(>= t), recall = TP(>= t) / annotations.
+Average precision is the step-wise area under that curve, sum over thresholds of (R_i - R_{i-1}) * P_i
+(scikit-learn's `average_precision_score`); recall that no threshold reaches adds nothing.
+`overall` pools every class's detections and annotations (micro-average). A ratio of 0/0 is null.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from convnet_cli.errors import ConfigError, DataError
+
+RESULT_KEYS = ("tp", "fp", "fn", "precision", "recall", "f1", "average_precision", "threshold_at_precision",
+               "recall_at_threshold")
+
+
+@dataclass(frozen=True)
+class Interval:
+    begin: float
+    end: float
+    label: str
+    score: float | None = None
+
+
+def overlap_fraction(b0, e0, b1, e1) -> float:
+    """Overlap of [b0, e0] and [b1, e1] as a fraction of the shorter of the two."""
+    inter = min(e0, e1) - max(b0, b1)
+    shorter = min(e0 - b0, e1 - b1)
+    if inter <= 0 or shorter <= 0:
+        return 0.0
+    return inter / shorter
+
+
+def match(detections, annotations, min_overlap: float):
+    """One recording, one class. detections: [Interval with score]; annotations: [Interval].
+    -> ([(score, is_tp)] in matching order, number of unmatched annotations)."""
+    dets = sorted(detections, key=lambda d: (-(d.score if d.score is not None else 1.0), d.begin))
+    if annotations:
+        ab = np.array([a.begin for a in annotations], dtype=np.float64)
+        ae = np.array([a.end for a in annotations], dtype=np.float64)
+    else:
+        ab = ae = np.zeros(0)
+    free = np.ones(len(annotations), dtype=bool)
+    out = []
+    for d in dets:
+        score = d.score if d.score is not None else 1.0
+        hit = False
+        if free.any():
+            inter = np.minimum(ae, d.end) - np.maximum(ab, d.begin)
+            shorter = np.minimum(ae - ab, d.end - d.begin)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                frac = np.where((inter > 0) & (shorter > 0), inter / np.where(shorter > 0, shorter, 1), 0.0)
+            frac = np.where(free, frac, -1.0)
+            j = int(np.argmax(frac)) if frac.size else -1
+            if j >= 0 and frac[j] >= min_overlap and frac[j] > 0:
+                free[j] = False
+                hit = True
+        out.append((float(score), hit))
+    return out, int(free.sum())
+
+
+def _ratio(a, b):
+    return float(a) / float(b) if b else None
+
+
+def pr_curve(scored, n_annotations: int):
+    """scored: [(score, is_tp)] -> (thresholds, precision, recall) at each distinct score, falling."""
+    if not scored:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    s = np.array([x for x, _ in scored], dtype=np.float64)
+    tp = np.array([t for _, t in scored], dtype=np.float64)
+    order = np.argsort(-s, kind="stable")
+    s, tp = s[order], tp[order]
+    ctp = np.cumsum(tp)
+    cnt = np.arange(1, len(s) + 1, dtype=np.float64)
+    last = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]  # the last detection of each tied score
+    prec = ctp[last] / cnt[last]
+    rec = ctp[last] / n_annotations if n_annotations else np.full(len(last), np.nan)
+    return s[last], prec, rec
+
+
+def summarize(scored, n_fn: int, target_precision: float) -> dict:
+    """scored: [(score, is_tp)] of all detections; n_fn unmatched annotations -> the SPEC 13 dict."""
+    tp = sum(1 for _, t in scored if t)
+    fp = len(scored) - tp
+    n_ann = tp + n_fn
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, n_ann)
+    f1 = (2 * precision * recall / (precision + recall) if precision is not None and recall is not None
+          and precision + recall > 0 else (0.0 if precision is not None and recall is not None else None))
+    thr, prec, rec = pr_curve(scored, n_ann)
+    ap = None
+    at, at_recall = None, None
+    if n_ann:
+        ap = float(np.sum(np.diff(np.r_[0.0, rec]) * prec)) if len(thr) else 0.0
+        ok = np.flatnonzero(prec >= target_precision)
+        if ok.size:
+            k = int(ok[-1])  # thresholds fall along the curve: the last one reaching P is the lowest
+            at, at_recall = float(thr[k]), float(rec[k])
+    elif len(thr):
+        ok = np.flatnonzero(prec >= target_precision)
+        if ok.size:
+            at = float(thr[int(ok[-1])])
+    return {"tp": tp, "fp": fp, "fn": int(n_fn), "precision": precision, "recall": recall, "f1": f1,
+            "average_precision": ap, "threshold_at_precision": at, "recall_at_threshold": at_recall}
+
+
+@dataclass
+class Evaluation:
+    result: dict          # evaluation.json
+    curves: dict          # {class or 'overall': (thresholds, precision, recall)}
+    notes: list           # one-line remarks about recordings left out or unannotated
+
+
+def evaluate(detections: dict, annotations: dict, classes, min_overlap: float = 0.5,
+             target_precision: float = 0.9, notes=None) -> Evaluation:
+    """detections, annotations: {recording: [Interval]} over the same recording keys (already paired).
+    classes: the classes scored, in order."""
+    if not 0.0 < min_overlap <= 1.0:
+        raise ConfigError(f"--min-overlap {min_overlap:g}: give a fraction in (0, 1]")
+    if not 0.0 < target_precision <= 1.0:
+        raise ConfigError(f"--target-precision {target_precision:g}: give a precision in (0, 1]")
+    per_class = {c: ([], 0) for c in classes}
+    recs = set(detections) | set(annotations)
+    for rec in sorted(recs):
+        dets, anns = defaultdict(list), defaultdict(list)
+        for d in detections.get(rec, ()):
+            dets[d.label].append(d)
+        for a in annotations.get(rec, ()):
+            anns[a.label].append(a)
+        for c in classes:
+            scored, fn = match(dets.get(c, []), anns.get(c, []), min_overlap)
+            prev, prev_fn = per_class[c]
+            per_class[c] = (prev + scored, prev_fn + fn)
+    result = {"classes": {}, "overall": None, "min_overlap": float(min_overlap)}
+    curves = {}
+    pooled, pooled_fn = [], 0
+    for c in classes:
+        scored, fn = per_class[c]
+        result["classes"][c] = summarize(scored, fn, target_precision)
+        curves[c] = pr_curve(scored, len([1 for _, t in scored if t]) + fn)
+        pooled += scored
+        pooled_fn += fn
+    result["overall"] = summarize(pooled, pooled_fn, target_precision)
+    curves["overall"] = pr_curve(pooled, len([1 for _, t in pooled if t]) + pooled_fn)
+    return Evaluation(result, curves, list(notes or []))
+
+
+# ---- reading both sides ----------------------------------------------------------------------------
+
+def _has_folder(name: str) -> bool:
+    return "/" in name.replace("\\", "/").strip("/")
+
+
+def _same_path(a: str, b: str) -> bool:
+    """'site1/rec01.flac' and '/data/site1/rec01.flac' name the same file; 'site2/rec01.flac' does not."""
+    a, b = a.replace("\\", "/"), b.replace("\\", "/")
+    if a == b:
+        return True
+    short, long_ = (a, b) if len(a) < len(b) else (b, a)
+    return long_.endswith("/" + short.lstrip("/"))
+
+
+def pair_recordings(det_names, ann_names):
+    """{annotation recording name: detection recording name} for every annotation name that has a
+    partner: by relative path when both names have folders, else by recording_key. DataError when a name
+    fits two recordings."""
+    from convnet_cli.ingest.annotations import recording_key
+
+    by_key = defaultdict(list)
+    for d in det_names:
+        by_key[recording_key(d)].append(d)
+    out = {}
+    for a in ann_names:
+        cands = by_key.get(recording_key(a), [])
+        if _has_folder(a):
+            cands = [d for d in cands if not _has_folder(d) or _same_path(a, d)]
+        if len(cands) > 1:
+            raise DataError(f"annotations name the recording '{a}', which fits {len(cands)} recordings of the "
+                            f"detections ({', '.join(sorted(cands)[:3])}); name recordings by their relative "
+                            f"path in the tables (a 'Begin Path' column or a CSV filename with folders)")
+        if cands:
+            out[a] = cands[0]
+    return out
+
+
+def _group(selections):
+    out = defaultdict(list)
+    for s in selections:
+        out[s.recording].append(Interval(float(s.begin), float(s.end), str(s.label),
+                                         None if s.score is None else float(s.score)))
+    return out
+
+
+def _read_done(folder):
+    """Relative names of the recordings a detect OUT_DIR holds (its done.jsonl), or None."""
+    path = os.path.join(folder, "done.jsonl")
+    if not os.path.exists(path):
+        return None
+    names = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a crash
+            if isinstance(rec, dict) and rec.get("name"):
+                names.append(rec["name"])
+    return names
+
+
+def _detect_settings(folder):
+    path = os.path.join(folder, "detect.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def load_detections(path: str):
+    """DETECTIONS -> ({recording: [Interval]}, recordings processed or None when unknown, the classes
+    detect reported or None)."""
+    from convnet_cli.detect.raven import COMBINED_NAME, DETECTIONS_CSV
+    from convnet_cli.ingest.annotations import read_tables
+
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such detections folder or file (give a detect OUT_DIR, its detections.csv, "
+                        f"or Raven tables)")
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    settings = _detect_settings(folder)
+    classes = list(settings["classes"]) if settings and settings.get("classes") else None
+    if os.path.isdir(path):
+        csv_path = os.path.join(path, DETECTIONS_CSV)
+        done = _read_done(path)
+        if done is not None and os.path.exists(csv_path):
+            return _group(read_tables(csv_path)), done, classes
+        tables = []
+        for root, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            tables += [os.path.join(root, f) for f in sorted(files)
+                       if f.endswith(".txt") and not f.startswith(".") and f != "skipped.txt"]
+        singles = [t for t in tables if os.path.basename(t) != COMBINED_NAME]
+        if not tables:
+            raise DataError(f"{path}: no detections here (no detections.csv and no Raven tables *.txt)")
+        sel = []
+        for t in (singles or tables):
+            sel += read_tables(t)
+        return _group(sel), done, classes
+    done = _read_done(folder) if os.path.basename(path) == DETECTIONS_CSV else None
+    return _group(read_tables(path)), done, classes
+
+
+def load_pair(detections_path: str, annotations_path: str, label_col=None, classes=None):
+    """Both sides keyed by the detection side's recording names, the classes to score, and notes."""
+    from convnet_cli.detect.events import is_background
+    from convnet_cli.ingest.annotations import read_tables
+
+    dets, processed, detect_classes = load_detections(detections_path)
+    anns_raw = _group(read_tables(annotations_path, label_col))
+    universe = list(processed) if processed is not None else sorted(dets)
+    pairs = pair_recordings(universe, sorted(anns_raw))
+    notes = []
+    anns = defaultdict(list)
+    unpaired = [a for a in anns_raw if a not in pairs]
+    for a, d in pairs.items():
+        anns[d].extend(anns_raw[a])
+    if unpaired:
+        n = sum(len(anns_raw[a]) for a in unpaired)
+        if processed is not None:
+            notes.append(f"{len(unpaired)} annotated recording(s) ({n} annotations) were not run through detect "
+                         f"and are left out")
+        else:
+            for a in unpaired:
+                anns[a].extend(anns_raw[a])
+            notes.append(f"{len(unpaired)} annotated recording(s) have no detections: their {n} annotations "
+                         f"count as missed (give the detect OUT_DIR to score only the recordings it processed)")
+    lonely = [d for d in universe if d not in anns]
+    n_lonely = sum(len(dets.get(d, ())) for d in lonely)
+    if lonely:
+        notes.append(f"{len(lonely)} detected recording(s) have no annotations: their {n_lonely} detections "
+                     f"count as false positives")
+    if classes:
+        wanted = [c.strip() for c in classes.split(",")] if isinstance(classes, str) else list(classes)
+        wanted = [c for c in wanted if c]
+    elif detect_classes:
+        wanted = detect_classes
+    else:
+        seen = {i.label for v in dets.values() for i in v} | {i.label for v in anns.values() for i in v}
+        wanted = sorted(c for c in seen if not is_background(c))
+    unscored = sorted({i.label for v in anns.values() for i in v} - set(wanted))
+    unscored = [c for c in unscored if not is_background(c)]
+    if unscored:
+        notes.append(f"annotation label(s) {', '.join(unscored[:5])} are not among the classes scored "
+                     f"({', '.join(wanted)}); name them with --classes to score them")
+    if not wanted:
+        raise DataError(f"{detections_path}, {annotations_path}: no classes to score (no detections and no "
+                        f"annotations); name them with --classes")
+    universe_set = set(universe) | set(anns)
+    return ({r: dets.get(r, []) for r in universe_set}, {r: anns.get(r, []) for r in universe_set}, wanted,
+            notes)
+
+
+# ---- output -----------------------------------------------------------------------------------------
+
+def _fmt(v, spec=".3f"):
+    return "-" if v is None else format(v, spec)
+
+
+def format_table(result: dict) -> str:
+    rows = [("class", "tp", "fp", "fn", "precision", "recall", "f1", "AP", "thr@P", "recall@thr")]
+    for name, r in list(result["classes"].items()) + [("overall", result["overall"])]:
+        rows.append((name, str(r["tp"]), str(r["fp"]), str(r["fn"]), _fmt(r["precision"]), _fmt(r["recall"]),
+                     _fmt(r["f1"]), _fmt(r["average_precision"]), _fmt(r["threshold_at_precision"], ".4f"),
+                     _fmt(r["recall_at_threshold"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for k, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)))
+        if k == 0 or k == len(rows) - 2:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_json(result: dict, folder: str) -> str:
+    from convnet_cli.fileio import write_text_atomic
+
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "evaluation.json")
+    write_text_atomic(path, json.dumps(result, indent=2) + "\n")
+    return path
+
+
+def plot_pr(curves: dict, path: str, target_precision: float | None = None, title: str | None = None) -> str:
+    """Precision against recall per class and overall; the step curve through each score threshold."""
+    from matplotlib.figure import Figure  # ImportError without the `plot` extra: the caller says so
+
+    from convnet_cli.fileio import atomic_write
+
+    fig = Figure(figsize=(6.4, 5.2), dpi=100)
+    ax = fig.subplots()
+    for name, (thr, prec, rec) in curves.items():
+        if not len(thr) or np.isnan(rec).all():
+            continue
+        r = np.r_[0.0, rec]
+        p = np.r_[prec[0], prec]
+        style = {"color": "black", "linewidth": 2.2} if name == "overall" else {"linewidth": 1.4}
+        ap = float(np.sum(np.diff(r) * prec))
+        ax.step(r, p, where="pre", label=f"{name} (AP {ap:.3f})", **style)
+    if target_precision is not None:
+        ax.axhline(target_precision, color="grey", linestyle=":", linewidth=1, label=f"precision {target_precision:g}")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(title or "precision-recall over the score threshold")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, facecolor="white")
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    return path

@@ -1,0 +1,164 @@
+"""What detect writes (SPEC section 12), every file atomically (temp file + rename):
+
+- `<stem>.selections.txt`: a Raven Pro selection table per recording, tab-separated, header
+  `Selection View Channel Begin Time (s) End Time (s) Low Freq (Hz) High Freq (Hz) Begin File Class Score`,
+  one row per event, View `Spectrogram 1`, Channel 1, times in seconds from the recording's start.
+- `detections.selections.txt` (--combined): one table over all recordings with Raven's multi-file columns:
+  `Begin Time (s)` counts from the start of the first recording as if the recordings were played one after
+  another (Raven's file-sequence time), `File Offset (s)` from the start of the recording `Begin Path`.
+- `detections.csv`: `filename,begin_s,end_s,class,score` over all recordings.
+- `scores.csv` (--scores): `filename,begin_s,end_s,<label 1>,...` one row per window.
+
+Times are written with 3 decimals (1 ms: finer than any spectrogram hop), scores with 4 and window
+probabilities with 6.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+
+from convnet_cli.fileio import atomic_write, write_text_atomic
+
+TABLE_SUFFIX = ".selections.txt"
+COMBINED_NAME = "detections" + TABLE_SUFFIX
+DETECTIONS_CSV = "detections.csv"
+SCORES_CSV = "scores.csv"
+TABLE_HEADER = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
+                "High Freq (Hz)", "Begin File", "Class", "Score")
+COMBINED_HEADER = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
+                   "High Freq (Hz)", "Begin Path", "File Offset (s)", "Begin File", "Class", "Score")
+VIEW, CHANNEL = "Spectrogram 1", 1
+
+
+def _t(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def _hz(x: float) -> str:
+    return f"{x:.1f}"
+
+
+def _clean(text) -> str:
+    """A cell of a tab-separated table: no tabs or line breaks inside."""
+    return str(text).replace("\t", " ").replace("\r", " ").replace("\n", " ")
+
+
+def table_text(events, begin_file: str, low_hz: float, high_hz: float) -> str:
+    """A Raven selection table of one recording's events (Event-like: begin, end, label, score)."""
+    lines = ["\t".join(TABLE_HEADER)]
+    for i, e in enumerate(events, 1):
+        lines.append("\t".join([str(i), VIEW, str(CHANNEL), _t(e.begin), _t(e.end), _hz(low_hz), _hz(high_hz),
+                                _clean(begin_file), _clean(e.label), f"{e.score:.4f}"]))
+    return "\n".join(lines) + "\n"
+
+
+def write_table(path: str, events, begin_file: str, low_hz: float, high_hz: float) -> str:
+    write_text_atomic(path, table_text(events, begin_file, low_hz, high_hz))
+    return path
+
+
+def read_own_table(path: str) -> list:
+    """Rows of a table this module wrote -> [(begin, end, class, score)]. (Other tables go through
+    convnet_cli.ingest.annotations.read_tables.)"""
+    out = []
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t")
+        header = next(reader, None)
+        if not header:
+            return out
+        col = {h: i for i, h in enumerate(header)}
+        for row in reader:
+            if not row:
+                continue
+            out.append((float(row[col["Begin Time (s)"]]), float(row[col["End Time (s)"]]), row[col["Class"]],
+                        float(row[col["Score"]])))
+    return out
+
+
+def table_names(rel_paths, reserved=("detections",)) -> dict:
+    """{relative recording path: table file name}: `<stem>.selections.txt`; stems that clash (or that
+    would overwrite the combined table) get their relative folder joined with '__'
+    ('site1/rec01.flac' -> 'site1__rec01.selections.txt')."""
+    def stem(rel):
+        return os.path.splitext(os.path.basename(rel))[0]
+
+    counts = {}
+    for rel in rel_paths:
+        counts[stem(rel)] = counts.get(stem(rel), 0) + 1
+    names, used = {}, set()
+    for rel in rel_paths:
+        s = stem(rel)
+        if counts[s] > 1 or s in reserved:
+            folder = os.path.dirname(rel.replace("\\", "/"))
+            s = "__".join([p for p in folder.split("/") if p] + [s])
+            if s in reserved:
+                s = s + "__rec"
+        base, k = s, 1
+        while s in used:  # 'a__b/c' and 'a/b__c' can still meet
+            k += 1
+            s = f"{base}__{k}"
+        used.add(s)
+        names[rel] = s + TABLE_SUFFIX
+    return names
+
+
+def _rows_to_csv(rows) -> bytes:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue().encode("utf-8")
+
+
+def write_detections_csv(path: str, per_recording) -> str:
+    """per_recording: iterable of (filename, [(begin, end, class, score)]) -> detections.csv, atomically."""
+    def write(f):
+        f.write(_rows_to_csv([("filename", "begin_s", "end_s", "class", "score")]))
+        for name, events in per_recording:
+            f.write(_rows_to_csv([(name, _t(b), _t(e), c, f"{s:.4f}") for b, e, c, s in events]))
+
+    atomic_write(path, write)
+    return path
+
+
+def write_combined_table(path: str, per_recording, low_hz: float, high_hz: float) -> str:
+    """per_recording: iterable of (Begin Path, duration seconds, [(begin, end, class, score)]), in the
+    order the recordings follow each other -> one Raven table with file-sequence times, atomically."""
+    def write(f):
+        f.write(("\t".join(COMBINED_HEADER) + "\n").encode("utf-8"))
+        sel, offset = 0, 0.0
+        for begin_path, duration, events in per_recording:
+            lines = []
+            for b, e, c, s in events:
+                sel += 1
+                lines.append("\t".join([str(sel), VIEW, str(CHANNEL), _t(offset + b), _t(offset + e), _hz(low_hz),
+                                        _hz(high_hz), _clean(begin_path), _t(b),
+                                        _clean(os.path.basename(begin_path)), _clean(c), f"{s:.4f}"]))
+            if lines:
+                f.write(("\n".join(lines) + "\n").encode("utf-8"))
+            offset += float(duration)
+
+    atomic_write(path, write)
+    return path
+
+
+def scores_text(name: str, starts, duration: float, probs) -> str:
+    """scores.csv rows (no header) of one recording's windows."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    for s, p in zip(starts, probs):
+        w.writerow([name, _t(s), _t(s + duration)] + [f"{v:.6f}" for v in p])
+    return buf.getvalue()
+
+
+def write_scores_csv(path: str, label_names, parts) -> str:
+    """parts: (filename, path of a file of that recording's rows) in order -> scores.csv, streamed,
+    atomically (never more than one part's block in memory)."""
+    def write(f):
+        f.write(_rows_to_csv([["filename", "begin_s", "end_s"] + list(label_names)]))
+        for _, part in parts:
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, f, 1 << 20)
+
+    atomic_write(path, write)
+    return path
