@@ -275,11 +275,15 @@ def collective_errors(world=None):
     except BaseException as exc:  # noqa: BLE001 - every failure must end the whole job
         code, message = _report(exc)
         if not world.is_root:
-            time.sleep(GRACE_SECONDS)
+            try:
+                time.sleep(GRACE_SECONDS)
+            except KeyboardInterrupt:  # the launcher passing on a second Ctrl-C: report and end now
+                pass
             message = message.replace("convnet: error:", f"convnet: error (rank {world.rank}):", 1)
         sys.stderr.write(message + "\n")
         sys.stderr.flush()
         world.abort(code)
+        os._exit(code)  # MPI_Abort does not return; should it, this process must not carry on either
 
 
 def _report(exc) -> tuple:

@@ -501,3 +501,81 @@ def test_make_batches_from_annotated_recordings_with_two_ranks_writes_the_files_
     assert names == sorted(os.listdir(tmp_path / "two")) and "data_batch_3" in names
     for name in names:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+def _done_records(out):
+    with open(out / "done.jsonl", encoding="utf-8") as f:
+        return sorted((json.loads(line) for line in f), key=lambda r: r["path"])
+
+
+@needs_mpi
+def test_detect_with_two_ranks_writes_what_one_writes_and_resumes_under_any_k(tmp_path):
+    from tests.detect_fixtures import tone_checkpoint, write_recording
+
+    ck = tone_checkpoint(tmp_path / "best.npz")
+    rec = tmp_path / "rec"
+    (rec / "site1").mkdir(parents=True)
+    write_recording(rec / "site1" / "a.wav", 30, [(10.0, 12.0), (20.0, 21.5)])
+    write_recording(rec / "b.flac", 20, [(5.0, 7.0)], sr=1000, seed=3)
+    write_recording(rec / "c.wav", 12, [(1.0, 3.0)], seed=4)
+    write_recording(rec / "d.wav", 8, [], seed=5)
+    (rec / "e.wav").write_bytes(b"RIFF not audio")                       # skipped.txt on both sides
+    args = ["-f", str(ck), str(rec), "--quiet", "--combined", "--scores"]
+    one = convnet(["detect", *args, "--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr
+    two = convnet(["detect", *args, "--out", str(tmp_path / "two")], ranks=2)
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("recording(s)") == 1 and two.stderr.count("skipped e.wav") == 1
+    names = sorted(os.listdir(tmp_path / "one"))
+    assert names == sorted(os.listdir(tmp_path / "two"))               # no per-process journal left
+    for name in names:
+        if name in ("done.jsonl", ".scores"):
+            continue
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    assert _done_records(tmp_path / "one") == _done_records(tmp_path / "two")
+    # a new recording: a 1-process resume of the 2-rank output does only it, and a 2-rank one nothing
+    write_recording(rec / "f.wav", 6, [(2.0, 4.0)], seed=6)
+    r1 = convnet(["detect", *args, "--out", str(tmp_path / "two"), "--resume"])
+    assert r1.returncode == 0, r1.stderr
+    assert "1 recording(s)" in r1.stdout and "4 already done" in r1.stdout
+    r2 = convnet(["detect", *args, "--out", str(tmp_path / "two"), "--resume"], ranks=2)
+    assert r2.returncode == 0, r2.stderr
+    assert "0 recording(s)" in r2.stdout and "5 already done" in r2.stdout
+
+
+@needs_mpi
+def test_ctrl_c_to_a_two_rank_detect_leaves_one_journal_and_complete_tables(tmp_path):
+    from tests.detect_fixtures import tone_checkpoint, write_recording
+
+    ck = tone_checkpoint(tmp_path / "best.npz")
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    for i in range(40):
+        write_recording(rec / f"r{i:02d}.wav", 240, [(100.0, 102.0)], sr=1000, seed=i)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(["mpiexec", "-n", "2", sys.executable, "-m", "convnet_cli", "detect", "-f", str(ck),
+                             str(rec), "--out", str(out), "--quiet"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        part = out / "done.1.jsonl"
+        while time.time() < deadline and proc.poll() is None and not (
+                part.exists() and part.read_text().count("\n") >= 1):
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)       # mpiexec passes it to both ranks
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    names = [json.loads(line)["table"] for line in (out / "done.jsonl").read_text().splitlines()]
+    if proc.returncode == 130:
+        assert err.count("interrupted:") == 1 and 1 <= len(names) < 40
+    else:  # it finished before the signal arrived
+        assert proc.returncode == 0 and len(names) == 40
+    assert not [n for n in os.listdir(out) if n.startswith("done.") and n != "done.jsonl"]  # journals merged
+    assert sorted(n for n in os.listdir(out) if n.endswith(".selections.txt")) == sorted(names)
+    assert (out / "detections.csv").read_text().count("\n") == len(names) + 1
+    resumed = convnet(["detect", "-f", str(ck), str(rec), "--out", str(out), "--quiet", "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / "done.jsonl").read_text().count("\n") == 40

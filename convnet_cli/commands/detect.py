@@ -5,6 +5,8 @@ import os
 
 import click
 
+from convnet_cli.parallel import collective_errors, get_world
+
 
 @click.command("detect")
 @click.option("-f", "checkpoint", required=True, type=click.Path(),
@@ -39,9 +41,13 @@ def command(checkpoint, recordings, out_dir, hop, threshold, classes, merge_gap,
     def echo(msg):
         click.echo(msg, err=True)
 
-    s = detect(checkpoint, list(recordings), out_dir, hop=hop, threshold=threshold, classes=classes,
-               merge_gap=merge_gap, scores=scores, combined=combined, resume=resume, overwrite=overwrite, batch=batch,
-               device=device, progress=not quiet, echo=echo)
+    world = get_world()
+    with collective_errors(world):  # under mpiexec: the recordings split over the processes; rank 0 reports
+        s = detect(checkpoint, list(recordings), out_dir, hop=hop, threshold=threshold, classes=classes,
+                   merge_gap=merge_gap, scores=scores, combined=combined, resume=resume, overwrite=overwrite,
+                   batch=batch, device=device, progress=not quiet, echo=echo, world=world)
+    if not world.is_root:
+        return 0
     for name, reason in s.skipped:
         click.echo(f"skipped {name}: {reason}", err=True)
     hours = s.audio_s / 3600

@@ -14,10 +14,17 @@ OUT_DIR bookkeeping, so that a 100,000-file job survives a crash or a Ctrl-C:
   rewritten (atomically) at the end, and also after a Ctrl-C; per-window scores of each recording wait in
   `.scores/` until then;
 - `skipped.txt`: the recordings of this run that could not be read, with the reason.
+
+Under `mpiexec -n K` (convnet_cli/parallel.py's world) the recordings to do are dealt to the processes,
+longest first to the least loaded; each writes its recordings' tables and journals them in its own
+`done.<rank>.jsonl` (two processes never append to one file, which network file systems do not make safe);
+at the end rank 0 moves their lines into done.jsonl and writes detections.csv, scores.csv and the combined
+table over all recordings. A resume reads the per-process journals an interrupted run left, under any K.
 """
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -33,8 +40,10 @@ from convnet_cli.fileio import write_text_atomic
 from convnet_cli.detect import raven
 from convnet_cli.detect.events import parse_thresholds, reported_classes, windows_to_events
 from convnet_cli.errors import ConfigError, DataError
+from convnet_cli.parallel import SingleWorld, on_root, rank_device
 
 DONE = "done.jsonl"
+DONE_PART = "done.{rank}.jsonl"   # a process's own journal under MPI, merged into done.jsonl at the end
 SETTINGS = "detect.json"
 SKIPPED = "skipped.txt"
 SCORES_DIR = ".scores"
@@ -114,25 +123,44 @@ def _stat(rec: Recording) -> Recording:
 
 def read_done(out_dir: str) -> dict:
     """{absolute path: the latest done.jsonl record}. A line cut short by a crash is passed over."""
-    path = os.path.join(out_dir, DONE)
     out = {}
-    if not os.path.exists(path):
-        return out
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and "path" in rec:
-                out[rec["path"]] = rec
+    # done.jsonl, then the journals of processes of an MPI run that did not finish (their lines are newer)
+    for path in [os.path.join(out_dir, DONE)] + _journal_parts(out_dir):
+        if not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict) and "path" in rec:
+                    out[rec["path"]] = rec
     return out
 
 
-def _append_done(out_dir: str, record: dict):
+def _journal_parts(out_dir: str) -> list:
+    return sorted(glob.glob(os.path.join(glob.escape(out_dir), DONE_PART.format(rank="[0-9]*"))))
+
+
+def _fold_journals(out_dir: str):
+    """Append the lines of the per-process journals (an MPI run's) to done.jsonl, then remove them."""
+    for part in _journal_parts(out_dir):
+        with open(part, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict) and "path" in rec:
+                    _append_done(out_dir, rec)
+        os.unlink(part)
+
+
+def _append_done(out_dir: str, record: dict, journal: str = DONE):
     """One line, written with a single append and fsynced: a crash leaves at most a torn last line."""
     data = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
-    path = os.path.join(out_dir, DONE)
+    path = os.path.join(out_dir, journal)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
         if os.fstat(fd).st_size:
@@ -152,9 +180,10 @@ def earlier_output(out_dir: str) -> list:
     if not os.path.isdir(out_dir):
         return []
     names = []
+    parts = {os.path.basename(p) for p in _journal_parts(out_dir)}
     for n in sorted(os.listdir(out_dir)):
         if n in (DONE, SETTINGS, SKIPPED, raven.DETECTIONS_CSV, raven.SCORES_CSV, SCORES_DIR) or \
-                n.endswith(raven.TABLE_SUFFIX):
+                n.endswith(raven.TABLE_SUFFIX) or n in parts:
             names.append(n)
     return names
 
@@ -279,23 +308,25 @@ def _spec_and_hop(ckpt, hop):
 
 def detect(checkpoint, inputs, out_dir: str, *, hop=None, threshold=None, classes=None, merge_gap: float = 0.0,
            scores: bool = False, combined: bool = False, resume: bool = False, overwrite: bool = False,
-           batch: int = 128, device: str = "cpu", progress: bool = True, echo=None) -> DetectSummary:
+           batch: int = 128, device: str = "cpu", progress: bool = True, echo=None, world=None) -> DetectSummary:
     """Run the net over every recording of `inputs` and write OUT_DIR (see the module doc).
 
     KeyboardInterrupt: the files covering the recordings finished so far are written, then it is raised
-    again (the CLI exits 130)."""
+    again (the CLI exits 130). world: under MPI, the recordings are split over its processes (module doc);
+    the summary of rank 0 covers all of them."""
     from convnet_cli.ingest.audio import AudioError
     from convnet_cli.ingest.windows import recording_info
     from convnet_cli.predict.predict import Runner, load_model, output_layer
 
-    echo = echo or (lambda msg: None)
+    world = world or SingleWorld()
+    echo = (echo or (lambda msg: None)) if world.is_root else (lambda msg: None)
     if resume and overwrite:
         raise ConfigError("give --resume or --overwrite, not both")
     if merge_gap < 0:
         raise ConfigError(f"--merge-gap {merge_gap:g}: give seconds >= 0")
     t0 = time.perf_counter()
-    recordings = collect_recordings(inputs)
-    net, ckpt = load_model(checkpoint, device)
+    recordings = on_root(world, lambda: collect_recordings(inputs))
+    net, ckpt = load_model(checkpoint, rank_device(device, world))
     spec, hop = _spec_and_hop(ckpt, hop)
     label_names = [str(n) for n in ckpt.state["label_names"]]
     wanted = reported_classes(label_names, classes)
@@ -307,17 +338,7 @@ def detect(checkpoint, inputs, out_dir: str, *, hop=None, threshold=None, classe
                 "thresholds": {c: thresholds[c] for c in wanted}, "classes": wanted,
                 "merge_gap": float(merge_gap), "label_names": label_names, "features": spec.to_dict()}
 
-    os.makedirs(out_dir, exist_ok=True)
-    earlier = earlier_output(out_dir)
-    if earlier and not (resume or overwrite):
-        raise ConfigError(f"{out_dir}: holds an earlier detect's output ({', '.join(earlier[:3])}"
-                          f"{', ...' if len(earlier) > 3 else ''}); add --resume to finish it, --overwrite to "
-                          f"start over, or give another --out")
-    if overwrite and earlier:
-        _clear(out_dir, earlier)
-    if resume:
-        _check_settings(out_dir, settings)
-    write_text_atomic(os.path.join(out_dir, SETTINGS), json.dumps(settings, indent=2) + "\n")
+    on_root(world, lambda: _prepare_out(out_dir, settings, resume, overwrite))
     done = read_done(out_dir) if resume else {}
 
     summary = DetectSummary(out_dir=out_dir, recordings=len(recordings))
@@ -357,10 +378,13 @@ def detect(checkpoint, inputs, out_dir: str, *, hop=None, threshold=None, classe
     if summary.resumed:
         echo(f"resume: {summary.resumed} recording(s) already done and unchanged, {len(todo)} to do")
 
-    bar = _Progress(sum(r.duration for r in todo), progress)
+    mine = _deal(todo, world)
+    journal = DONE if world.size == 1 else DONE_PART.format(rank=world.rank)
+    read_before = len(summary.skipped)   # the same on every process; those found in the loop are its own
+    bar = _Progress(sum(r.duration for r in mine), progress and world.is_root)
     this_run = {}   # table name -> events of recordings done in this run (saves re-reading their tables)
     try:
-        for rec in todo:
+        for rec in mine:
             try:
                 starts, probs, covered = window_probabilities(run, rec.path, spec, hop, batch, net.xp, bar.add)
             except AudioError as exc:
@@ -384,7 +408,7 @@ def detect(checkpoint, inputs, out_dir: str, *, hop=None, threshold=None, classe
                                       raven.scores_text(rec.name, starts, spec.duration, probs))
                     record["scores"] = part
                 raven.write_table(os.path.join(out_dir, table), events, os.path.basename(rec.path), low_hz, high_hz)
-                _append_done(out_dir, record)
+                _append_done(out_dir, record, journal)
                 done[rec.path] = record
                 this_run[table] = [(e.begin, e.end, e.label, e.score) for e in events]
                 summary.done += 1
@@ -393,15 +417,81 @@ def detect(checkpoint, inputs, out_dir: str, *, hop=None, threshold=None, classe
     except KeyboardInterrupt:
         bar.close()
         summary.interrupted = True
-        _finish(out_dir, done, this_run, label_names, scores, combined, low_hz, high_hz, summary)
+        _gather(world, out_dir, done, this_run, summary, read_before)
+        if world.is_root:
+            _finish(out_dir, done, this_run, label_names, scores, combined, low_hz, high_hz, summary)
         summary.seconds = time.perf_counter() - t0
         echo(f"interrupted: {summary.done} recording(s) finished in this run and written "
              f"({len(done)} in {out_dir} in all); run again with --resume to do the rest")
         raise
     bar.close()
-    _finish(out_dir, done, this_run, label_names, scores, combined, low_hz, high_hz, summary)
+    if _gather(world, out_dir, done, this_run, summary, read_before):
+        summary.interrupted = True
+    if world.is_root:
+        _finish(out_dir, done, this_run, label_names, scores, combined, low_hz, high_hz, summary)
     summary.seconds = time.perf_counter() - t0
+    if summary.interrupted:
+        echo(f"interrupted: {summary.done} recording(s) finished in this run and written "
+             f"({len(done)} in {out_dir} in all); run again with --resume to do the rest")
+        raise KeyboardInterrupt
     return summary
+
+
+def _prepare_out(out_dir, settings, resume, overwrite):
+    """Make OUT_DIR; refuse, clear or check an earlier detect's output there; write detect.json."""
+    os.makedirs(out_dir, exist_ok=True)
+    earlier = earlier_output(out_dir)
+    if earlier and not (resume or overwrite):
+        raise ConfigError(f"{out_dir}: holds an earlier detect's output ({', '.join(earlier[:3])}"
+                          f"{', ...' if len(earlier) > 3 else ''}); add --resume to finish it, --overwrite to "
+                          f"start over, or give another --out")
+    if overwrite and earlier:
+        _clear(out_dir, earlier)
+    if resume:
+        _check_settings(out_dir, settings)
+        _fold_journals(out_dir)   # an interrupted MPI run's journals: one done.jsonl for any K
+    write_text_atomic(os.path.join(out_dir, SETTINGS), json.dumps(settings, indent=2) + "\n")
+
+
+def _deal(todo, world) -> list:
+    """This process's recordings: all of them, or under MPI its deal (longest first to the least loaded),
+    in the order given."""
+    if world.size == 1:
+        return todo
+    load = [0.0] * world.size
+    mine = set()
+    for i in sorted(range(len(todo)), key=lambda i: (-todo[i].duration, i)):
+        r = min(range(world.size), key=lambda k: (load[k], k))
+        load[r] += max(todo[i].duration, 1e-3)
+        if r == world.rank:
+            mine.add(i)
+    return [rec for i, rec in enumerate(todo) if i in mine]
+
+
+def _gather(world, out_dir, done, this_run, summary, read_before) -> bool:
+    """Under MPI: rank 0 takes in every process's records, events and counts (into `done`, `this_run`,
+    `summary`) and moves the per-process journals into done.jsonl. True when a process was interrupted."""
+    if world.size == 1:
+        return False
+    records = [r for r in done.values() if r.get("table") in this_run]
+    part = (records, this_run, summary.done, summary.detections, summary.audio_s,
+            summary.skipped[read_before:], summary.interrupted)
+    parts = world.gather(part)
+    interrupted = None
+    if world.is_root:
+        summary.done, summary.detections, summary.audio_s = 0, 0, 0.0
+        del summary.skipped[read_before:]
+        for records, events, n_done, n_det, audio_s, skipped, stopped in parts:
+            for r in records:
+                done[r["path"]] = r
+            this_run.update(events)
+            summary.done += n_done
+            summary.detections += n_det
+            summary.audio_s += audio_s
+            summary.skipped.extend(skipped)
+            interrupted = interrupted or stopped
+        _fold_journals(out_dir)
+    return bool(world.bcast(interrupted))
 
 
 def _finish(out_dir, done, this_run, label_names, scores, combined, low_hz, high_hz, summary):
