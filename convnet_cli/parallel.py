@@ -67,6 +67,7 @@ class SingleWorld:
     rank = 0
     size = 1
     local_rank = 0
+    local_size = 1
     is_root = True
     nccl = None
 
@@ -113,7 +114,6 @@ class MPIWorld:
         except Exception:  # an MPI without MPI-3 shared communicators
             self.local_rank, self.local_size = self.rank, self.size
         self.nccl = None
-        self._stream = None
 
     # -- host objects -------------------------------------------------------------------------------
     def bcast(self, obj, root=0):
@@ -149,8 +149,17 @@ class MPIWorld:
         """Open the NCCL communicator for a GPU backend (one device per process); nothing for the CPU."""
         if not getattr(backend, "is_gpu", False) or self.nccl is not None:
             return
-        from cupy.cuda import nccl
-
+        try:
+            from cupy.cuda import nccl
+            available = getattr(nccl, "available", True)
+        except ImportError as exc:
+            available, nccl = False, exc
+        # every rank decides alike (same install), so either all open the communicator or none does
+        if not all(self.allgather(bool(available))):
+            if self.is_root:
+                sys.stderr.write("convnet: NCCL is not available to CuPy here; device sums go through host "
+                                 "memory and MPI (slower: install a CuPy build with NCCL)\n")
+            return
         self.nccl = NcclSum.create(self, nccl, backend.xp, backend.device_id or 0)
 
     def describe(self) -> str:

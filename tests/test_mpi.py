@@ -345,6 +345,56 @@ def test_nccl_communicator_from_the_broadcast_id_and_in_place_sum():
         root.allreduce(_DeviceBuffer(4, np.int32))
 
 
+class _FakeMPI:
+    IN_PLACE, SUM, COMM_TYPE_SHARED = object(), object(), 0
+
+
+class _FakeComm:
+    """Rank 0 of 2 whose partner holds the same numbers."""
+
+    def Get_rank(self):
+        return 0
+
+    def Get_size(self):
+        return 2
+
+    def Split_type(self, *a, **k):
+        raise NotImplementedError  # an MPI without shared-memory communicators: local rank = rank
+
+    def allgather(self, obj):
+        return [obj, obj]
+
+    def Allreduce(self, inplace, buf, op):
+        assert inplace is _FakeMPI.IN_PLACE and op is _FakeMPI.SUM
+        buf *= 2
+
+
+class _HostBackedDeviceArray:
+    def __init__(self, a):
+        self.a = a
+
+    def get(self):
+        return self.a.copy()
+
+    def set(self, host):
+        self.a[...] = host
+
+
+def test_without_nccl_device_sums_go_through_host_memory(monkeypatch, capsys):
+    from convnet_cli.parallel import MPIWorld
+
+    monkeypatch.setitem(sys.modules, "cupy", None)     # CuPy (and its NCCL) cannot be imported
+    world = MPIWorld(_FakeComm(), _FakeMPI)
+    assert (world.rank, world.size, world.local_rank) == (0, 2, 0)
+    world.attach(type("GPU", (), {"is_gpu": True, "xp": None, "device_id": 0})())
+    assert world.nccl is None and "NCCL is not available" in capsys.readouterr().err
+    buf = _HostBackedDeviceArray(np.arange(3, dtype=np.float32))
+    assert world.allreduce(buf) is buf
+    np.testing.assert_array_equal(buf.a, [0, 2, 4])
+    host = np.ones(2)
+    assert world.allreduce(host) is host and host.tolist() == [2, 2]
+
+
 def test_one_process_never_imports_mpi4py(ws, tmp_path):
     code = ("import sys, runpy; sys.argv = ['convnet'] + sys.argv[1:]\n"
             "try:\n    runpy.run_module('convnet_cli', run_name='__main__')\n"
