@@ -133,7 +133,6 @@ def convert_value(kind: str, value, key: Key):
 # Bounds a Key's inclusive `min` cannot say: (type, key) -> (test, what the value must be).
 _BOUNDS = {
     ("batchnorm", "epsilon"): (lambda v: v > 0, "must be above 0 (e.g. 1e-5): it keeps the division finite"),
-    ("batchnorm", "momentum"): (lambda v: 0 <= v < 1, "must be at least 0 and below 1 (e.g. 0.9)"),
 }
 
 

@@ -521,6 +521,9 @@ def _extract_and_write(recs, plan, train_b, test_b, spec, hop_s, staging, jobs, 
                         f"({len(skipped)} recordings skipped; see skipped.txt reasons with --jobs 1), or use "
                         "--test-fraction 0")
     mean, std = moments.result()
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        raise DataError(f"{recordings_dir}: the training range's mean/std overflowed (features too large to "
+                        "sum); nothing was written; check the --features settings and the loudest recordings")
     written = len(files)
     train_range = [1, n_train_written] if n_train_written else []
     test_range = [n_train_written + 1, written] if written > n_train_written else []
