@@ -7,8 +7,9 @@ import os
 
 import numpy as np
 
-from convnet_cli.data.skipped_list import parse_skipped
 import pytest
+
+from convnet_cli.data.skipped_list import parse_skipped
 
 from convnet_cli.data.batch_files import META, restricted_load
 from convnet_cli.errors import ConfigError

@@ -204,3 +204,23 @@ def test_pickle_claiming_petabytes_names_the_file(tmp_path):
     path.write_bytes(b"c__builtin__\nbytearray\n(L1125899906842624L\ntR.")   # bytearray(2**50)
     with pytest.raises(DataError, match="data_batch_1: reading it needs more memory"):
         restricted_load(str(path))
+
+
+def test_a_recording_with_absurd_samples_is_skipped(tmp_path):
+    from tests.annotation_fixtures import write_raven, write_recording
+    from tests.test_make_batches_annotations import FEATURES
+
+    root = tmp_path / "s"
+    (root / "rec").mkdir(parents=True)
+    write_recording(str(root / "rec" / "good.flac"), 6.0, seed=5)
+    sf.write(root / "rec" / "loud.wav", np.full(6 * 2000, 1e30, np.float32), 2000, subtype="FLOAT")
+    (root / "features.yaml").write_text(FEATURES)
+    for stem in ("good", "loud"):
+        write_raven(str(root / "tables" / f"{stem}.Table.1.selections.txt"), [(1.0, 2.0, "upcall", 0, 1)])
+    r = invoke(["make-batches", str(root / "rec"), str(tmp_path / "b"), "--annotations", str(root / "tables"),
+                "--features", str(root / "features.yaml"), "--jobs", "1", "--quiet", "--test-fraction", "0"])
+    assert r.exit_code == 0, r.output
+    skipped = dict(parse_skipped((tmp_path / "b" / "skipped.txt").read_text()))
+    assert "samples reach 1e+30" in skipped["loud.wav"]
+    bs = BatchSet(tmp_path / "b")
+    assert np.isfinite(bs.data_mean).all() and all(np.isfinite(bs.load_batch(i)[0]).all() for i in bs.batch_numbers)
