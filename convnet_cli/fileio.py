@@ -78,6 +78,31 @@ def write_pickle_atomic(path, obj):
     atomic_write(path, lambda f: pickle.dump(obj, f, protocol=PICKLE_PROTOCOL))
 
 
+def copy_atomic(src, path):
+    """Copy the file `src` to `path` atomically (see `atomic_write`); errors name `path`."""
+    import shutil
+
+    def write(f):
+        with open(src, "rb") as inp:
+            shutil.copyfileobj(inp, f, 1 << 20)
+
+    atomic_write(path, write)
+
+
+def check_out_path(path, flag: str, error=DataError):
+    """A one-line `error` when `path` cannot be the file a command writes: a folder, a folder that does
+    not exist, or one this user cannot write into."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    if os.path.isdir(path):
+        return error(f"{flag} {path}: is a folder; give a file name (e.g. {os.path.join(path, 'preds.csv')})")
+    if not os.path.isdir(folder):
+        return error(f"{flag} {path}: the folder {folder} does not exist; create it or choose another path")
+    if not os.access(folder, os.W_OK):
+        return error(f"{flag} {path}: cannot write into {folder} (permission denied); choose another path")
+    return None
+
+
 def write_text_atomic(path, text: str):
     """Write UTF-8 `text` to `path` atomically (see `atomic_write`)."""
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))

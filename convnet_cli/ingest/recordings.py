@@ -33,12 +33,14 @@ import numpy as np
 
 from convnet_cli.data.batch_files import META, encode_batch
 from convnet_cli.errors import ConfigError, DataError
+from convnet_cli.data.skipped_list import format_skipped
 from convnet_cli.fileio import write_pickle_atomic, write_text_atomic
 from convnet_cli.ingest.annotations import assign_to_recordings, clip_to_duration, read_tables_and_claims
 from convnet_cli.ingest.audio import AudioError
 from convnet_cli.ingest.features import FeatureSpec
 from convnet_cli.ingest.make_batches import (NothingReadError, _check_options, _install, _Moments, _mp_context,
-                                             _single_threaded_children, existing_batch_files, split_groups)
+                                             _single_threaded_children, refuse_existing, split_groups,
+                                             writing_set)
 from convnet_cli.ingest.sources import find_audio
 from convnet_cli.ingest.windows import iter_selected_window_features, label_windows, recording_info, window_starts
 
@@ -406,12 +408,7 @@ def make_batches_from_annotations(recordings_dir, batch_dir, tables, *, features
         from convnet_cli.backend import default_threads
 
         jobs = default_threads()
-    if os.path.exists(batch_dir) and not os.path.isdir(batch_dir):
-        raise DataError(f"{batch_dir}: is a file; BATCH_DIR must be a folder (new or empty)")
-    old = existing_batch_files(batch_dir)
-    if old and not overwrite:
-        raise DataError(f"{batch_dir}: already holds batch files ({', '.join(old[:3])}{' …' if len(old) > 3 else ''}); "
-                        "pass --overwrite to replace them, or choose another folder")
+    refuse_existing(batch_dir, overwrite)
     recs, skipped = collect_recordings(recordings_dir, tables, label_col, warn)
     short = [r for r in recs if window_starts(r.duration, spec.duration, hop_s).size == 0]
     for r in short:
@@ -441,25 +438,10 @@ def make_batches_from_annotations(recordings_dir, batch_dir, tables, *, features
     train_b = deal(np.flatnonzero(~test), plan.labels, int(batch_size), rng)
     test_b = deal(np.flatnonzero(test), plan.labels, int(batch_size), rng)
 
-    created = not os.path.exists(batch_dir)
-    try:
-        os.makedirs(batch_dir, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=".make-batches-", dir=batch_dir)
-    except OSError as exc:
-        raise DataError(f"{batch_dir}: cannot create the batch folder ({exc.strerror or exc})") from None
-    try:
+    with writing_set(batch_dir, overwrite) as staging:
         summary = _extract_and_write(recs, plan, train_b, test_b, spec, hop_s, staging, jobs, dtype, progress,
                                      skipped, _Moments, recordings_dir, NothingReadError)
         _install(staging, batch_dir, summary.pop("_files"))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            try:
-                os.rmdir(batch_dir)
-            except OSError:
-                pass
-        raise
-    shutil.rmtree(staging, ignore_errors=True)
     summary.update(batch_dir=batch_dir, recordings=len(recs) + len(skipped), classes=len(plan.label_names),
                    label_names=list(plan.label_names), left_out=plan.left_out,
                    background_dropped=plan.background_dropped, window_hop=hop_s,
@@ -539,6 +521,9 @@ def _extract_and_write(recs, plan, train_b, test_b, spec, hop_s, staging, jobs, 
                         f"({len(skipped)} recordings skipped; see skipped.txt reasons with --jobs 1), or use "
                         "--test-fraction 0")
     mean, std = moments.result()
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        raise DataError(f"{recordings_dir}: the training range's mean/std overflowed (features too large to "
+                        "sum); nothing was written; check the --features settings and the loudest recordings")
     written = len(files)
     train_range = [1, n_train_written] if n_train_written else []
     test_range = [n_train_written + 1, written] if written > n_train_written else []
@@ -562,7 +547,7 @@ def _extract_and_write(recs, plan, train_b, test_b, spec, hop_s, staging, jobs, 
         "windows": {"counts": counts, "left_out": int(plan.left_out),
                     "background_dropped": int(plan.background_dropped)},
     }
-    write_text_atomic(os.path.join(staging, SKIPPED), "".join(f"{n}\t{r}\n" for n, r in skipped))
+    write_text_atomic(os.path.join(staging, SKIPPED), format_skipped(skipped))
     write_pickle_atomic(os.path.join(staging, META), meta)
     return {
         "read": len(recs) - len(bad), "skipped": len(skipped), "batches": written, "windows": int(sum(sizes)),
