@@ -21,7 +21,8 @@ from convnet_cli.errors import DataError
 PICKLE_PROTOCOL = 5  # arrays come back as views of one bytearray: reading a batch costs one copy, not two
 
 
-def _fsync_dir(folder):
+def fsync_dir(folder):
+    """Flush a folder's entries (a rename into it) to disk; a no-op where the OS does not allow it."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -61,7 +62,7 @@ def atomic_write(path, write, on_error=write_error):
             os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except OSError as exc:
         raise on_error(path, exc) from None
     finally:

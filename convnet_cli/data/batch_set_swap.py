@@ -27,6 +27,7 @@ import re
 import shutil
 
 from convnet_cli.errors import DataError
+from convnet_cli.fileio import fsync_dir
 
 SWAP = ".make-batches.swap"
 LOCK = ".make-batches.lock"
@@ -42,19 +43,6 @@ def _replace(src, dst):
 
 def _remove(path):
     os.remove(path)
-
-
-def _fsync_dir(folder):
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class BatchDirLock:
@@ -169,7 +157,7 @@ def install_set(staging, batch_dir, files):
             f.flush()
             os.fsync(f.fileno())
         _replace(tmp, os.path.join(batch_dir, SWAP))   # the commit point
-        _fsync_dir(batch_dir)
+        fsync_dir(batch_dir)
     except OSError as exc:
         try:
             os.unlink(tmp)
@@ -195,9 +183,9 @@ def _finish(batch_dir, rec):
         src = os.path.join(staging, name)
         if os.path.exists(src):
             _replace(src, os.path.join(batch_dir, name))
-    _fsync_dir(batch_dir)
+    fsync_dir(batch_dir)
     _remove(os.path.join(batch_dir, SWAP))
-    _fsync_dir(batch_dir)
+    fsync_dir(batch_dir)
     shutil.rmtree(staging, ignore_errors=True)
 
 
