@@ -21,7 +21,8 @@ from convnet_cli.errors import DataError
 PICKLE_PROTOCOL = 5  # arrays come back as views of one bytearray: reading a batch costs one copy, not two
 
 
-def _fsync_dir(folder):
+def fsync_dir(folder):
+    """Flush a folder's entries (a rename into it) to disk; a no-op where the OS does not allow it."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -61,7 +62,7 @@ def atomic_write(path, write, on_error=write_error):
             os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except OSError as exc:
         raise on_error(path, exc) from None
     finally:
@@ -76,6 +77,31 @@ def atomic_write(path, write, on_error=write_error):
 def write_pickle_atomic(path, obj):
     """Pickle `obj` to `path` atomically (see `atomic_write`)."""
     atomic_write(path, lambda f: pickle.dump(obj, f, protocol=PICKLE_PROTOCOL))
+
+
+def copy_atomic(src, path):
+    """Copy the file `src` to `path` atomically (see `atomic_write`); errors name `path`."""
+    import shutil
+
+    def write(f):
+        with open(src, "rb") as inp:
+            shutil.copyfileobj(inp, f, 1 << 20)
+
+    atomic_write(path, write)
+
+
+def check_out_path(path, flag: str, error=DataError):
+    """A one-line `error` when `path` cannot be the file a command writes: a folder, a folder that does
+    not exist, or one this user cannot write into."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    if os.path.isdir(path):
+        return error(f"{flag} {path}: is a folder; give a file name (e.g. {os.path.join(path, 'preds.csv')})")
+    if not os.path.isdir(folder):
+        return error(f"{flag} {path}: the folder {folder} does not exist; create it or choose another path")
+    if not os.access(folder, os.W_OK):
+        return error(f"{flag} {path}: cannot write into {folder} (permission denied); choose another path")
+    return None
 
 
 def write_text_atomic(path, text: str):

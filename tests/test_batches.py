@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
+from convnet_cli.data.skipped_list import parse_skipped
 from convnet_cli.data.batch_files import BatchSet, restricted_load
 from convnet_cli.errors import ConfigError, DataError
 from convnet_cli.ingest.audio import load_clip
@@ -45,7 +46,7 @@ def test_tiny_batches_read_back(tiny_audio_dir, tiny_batches):
     assert meta["train_range"] == [1, 1] and meta["test_range"] == [2, 2]
     assert bs.train_range == [1] and bs.test_range == [2]
     assert meta["features"] == SPEC.to_dict() == bs.features
-    assert meta["skipped"] == 0 and open(os.path.join(tiny_batches, "skipped.txt")).read() == ""
+    assert meta["skipped"] == 0 and open(os.path.join(tiny_batches, "skipped.txt")).read() == "file,reason\n"
     raw = restricted_load(os.path.join(tiny_batches, "data_batch_1"))
     assert raw["data"].dtype == np.float32 and raw["data"].shape == (480, 8)        # one case per column
     assert isinstance(raw["labels"], list) and isinstance(raw["filenames"], list)
@@ -187,7 +188,7 @@ def test_bad_audio_is_skipped_and_listed(tmp_path, audio_with_bad_files):
     audio, bad = audio_with_bad_files
     s = run(audio, tmp_path / "b", batch_size=4, test_fraction=0.5)
     assert s["read"] == 8 and s["skipped"] == len(bad) == 6 and s["files"] == 14
-    listed = dict(line.split("\t") for line in open(tmp_path / "b" / "skipped.txt").read().splitlines())
+    listed = dict(parse_skipped(open(tmp_path / "b" / "skipped.txt", newline="").read()))
     assert set(listed) == {f"low/{n}" for n in bad}
     for name, words in bad.items():
         assert words in listed[f"low/{name}"].lower()

@@ -81,7 +81,7 @@ def test_train_writes_run_directory(workspace, tmp_path):
     assert numbered and all(f.count(".") == 2 and f.endswith(".npz") for f in numbered)
     records = [json.loads(line) for line in open(os.path.join(run, "train_log.jsonl"))]
     kinds = {r["type"] for r in records}
-    assert kinds == {"train", "test"}
+    assert kinds == {"train", "test", "params"}  # params: which params file took effect when
     train = [r for r in records if r["type"] == "train"]
     assert len(train) == 2 * 3  # 3 training batch files a epoch
     for key in ("epoch", "batch", "cost", "error", "seconds", "lr", "costs"):

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from convnet_cli.data.skipped_list import parse_skipped
 from tests.detect_fixtures import tone_checkpoint, write_recording
 from tests.helpers import invoke
 
@@ -133,9 +134,9 @@ def test_corrupt_recording_is_skipped_and_named(setup):
     (rec / "empty.flac").write_bytes(b"")
     r = invoke(["detect", "-f", str(ck), str(rec), "--out", str(out), "--quiet"])
     assert r.exit_code == 0, r.output
-    skipped = (out / "skipped.txt").read_text().splitlines()
-    assert sorted(line.split("\t")[0] for line in skipped) == ["broken.wav", "empty.flac"]
-    assert all(line.split("\t")[1] for line in skipped)
+    skipped = parse_skipped((out / "skipped.txt").read_text())   # CSV file,reason, as make-batches writes it
+    assert sorted(name for name, _ in skipped) == ["broken.wav", "empty.flac"]
+    assert all(reason for _, reason in skipped)
     assert {d["filename"] for d in _rows(out / "detections.csv")} == {"site1/a.wav", "b.flac"}
     assert "skipped broken.wav" in r.output
     # nothing readable at all: exit 1
@@ -150,7 +151,8 @@ def test_truncated_recording_is_skipped_without_a_table(setup):
     (rec / "cut.wav").write_bytes(data[:len(data) // 2])  # header promises 60 s, 30 s are there
     r = invoke(["detect", "-f", str(ck), str(rec), "--out", str(out), "--quiet"])
     assert r.exit_code == 0, r.output
-    assert "cut.wav\ttruncated" in (out / "skipped.txt").read_text()
+    skipped = parse_skipped((out / "skipped.txt").read_text())
+    assert len(skipped) == 1 and skipped[0][0] == "cut.wav" and skipped[0][1].startswith("truncated")
     assert not (out / "cut.selections.txt").exists()
     assert {d["filename"] for d in _rows(out / "detections.csv")} == {"site1/a.wav", "b.flac"}
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 
 import numpy as np
+
 import pytest
+
+from convnet_cli.data.skipped_list import parse_skipped
 
 from convnet_cli.data.batch_files import META, restricted_load
 from convnet_cli.errors import ConfigError
@@ -83,7 +86,7 @@ def test_hand_computed_windows(survey, tmp_path):
     assert meta["features"]["window_hop"] == 1.0 and meta["features"]["duration"] == 2.0
     assert meta["num_batches"] == 5 and max(meta["batch_cases"]) <= 7 and meta["skipped"] == 1
     with open(tmp_path / "b" / "skipped.txt") as f:
-        assert f.read() == "site2/recD.flac\tno annotation table names this recording\n"
+        assert f.read() == "file,reason\nsite2/recD.flac,no annotation table names this recording\n"
     # a window's features are those of the same stretch cut out as a clip
     spec = FeatureSpec.from_dict(meta["features"])
     x, sr = read_audio(str(survey / "rec" / "site0" / "recA.flac"))
@@ -175,9 +178,9 @@ def test_unreadable_recordings_are_skipped(survey, tmp_path):
     write_raven(str(root / "tables" / "short.Table.1.selections.txt"), [(0.5, 1.0, "upcall", 0, 1)])
     r = run(root, tmp_path / "b", "--test-fraction", "0")
     assert r.exit_code == 0, r.output
-    skipped = (tmp_path / "b" / "skipped.txt").read_text()
-    assert "bad.flac\tcannot decode" in skipped
-    assert "short.flac\tshorter (1.500 s) than one window (2 s)" in skipped
+    skipped = dict(parse_skipped((tmp_path / "b" / "skipped.txt").read_text()))
+    assert skipped["bad.flac"].startswith("cannot decode")
+    assert skipped["short.flac"] == "shorter (1.500 s) than one window (2 s)"
     os.remove(root / "rec" / "good.flac")
     (root / "rec" / "good.flac").write_bytes(b"")
     r = run(root, tmp_path / "c", "--test-fraction", "0")

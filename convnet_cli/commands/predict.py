@@ -6,7 +6,8 @@ import os
 import click
 
 from convnet_cli.errors import ConfigError
-from convnet_cli.predict.predict import predict_audio, predict_batches, write_csv, write_report
+from convnet_cli.predict.predict import (predict_audio, predict_batches, prepare_out, write_csv,
+                                         write_report)
 from convnet_cli.train.trainer import parse_range
 
 
@@ -35,6 +36,7 @@ def command(checkpoint, audio, data_path, test_range, out, report, multiview, vi
     """
     if audio and data_path:
         raise ConfigError("give either audio files/folders or --data-path, not both")
+    prepare_out(out, "--out")  # before the work: a folder or an unwritable path is said at once
     n_views = views if multiview else 1
     if audio:
         preds = predict_audio(checkpoint, list(audio), device=device, batch=batch, views=n_views, jobs=jobs)

@@ -8,6 +8,7 @@ import click
 
 from convnet_cli.data.augment import AUGMENTATIONS, parse_augment
 from convnet_cli.parallel import collective_errors
+from convnet_cli.train.run_checks import MAX_EPOCHS
 from convnet_cli.train.trainer import TrainOptions, parse_range, resume, start
 
 # Flags default to None so a resume can tell the ones given from the run's own; the help shows the defaults
@@ -28,13 +29,15 @@ def _default(name: str) -> str:
 @click.option("--layer-params", type=click.Path(), help="Layer learning settings (YAML or .cfg).")
 @click.option("--train-range", help="Training batches, e.g. 1-4 (default: from batches.meta).")
 @click.option("--test-range", help="Test batches, e.g. 5 (default: from batches.meta).")
-@click.option("--epochs", type=click.IntRange(min=1), help="Total epochs (not extra ones)." + _default("epochs"))
+@click.option("--epochs", type=click.IntRange(min=1, max=MAX_EPOCHS),
+              help=f"Total epochs (not extra ones), 1 to {MAX_EPOCHS:,}." + _default("epochs"))
 @click.option("--mini", type=click.IntRange(min=1), help="Minibatch size." + _default("mini"))
 @click.option("--test-freq", type=click.IntRange(min=1),
               help="Test and checkpoint every N training batches.  [default: each epoch]")
 @click.option("--device", help="cpu, gpu, gpu:N or auto." + _default("device"))
-@click.option("--seed", type=int, help="Seed for initial weights, shuffling, augmentation, dropout." + _default("seed"))
-@click.option("--max-checkpoints", type=click.IntRange(min=1), help="Keep the newest K checkpoints plus best.npz.")
+@click.option("--seed", type=click.IntRange(min=0), help="Seed for initial weights, shuffling, augmentation, dropout." + _default("seed"))
+@click.option("--max-checkpoints", type=click.IntRange(min=0),
+              help="Keep the newest K numbered checkpoints plus best.npz; 0 keeps all." + _default("max_checkpoints"))
 @click.option("--augment", help=f"Comma list of {', '.join(AUGMENTATIONS)}.")
 @click.option("--early-stop", type=click.IntRange(min=1), help="Stop after N tests without improvement.")
 @click.option("--quiet", is_flag=True, default=None, help="No progress bar or summary lines.")

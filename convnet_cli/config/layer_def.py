@@ -6,9 +6,12 @@ module sees an unchecked dict. Errors name the file, the layer, the key, the lin
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
+from convnet_cli.config.limits import check_layer_size
 from convnet_cli.config.yamlio import Located
 from convnet_cli.errors import ConfigError, did_you_mean
 from convnet_cli.layers.base import REQUIRED, Key
@@ -34,6 +37,26 @@ class LayerSpec:
     checks: dict = field(default_factory=dict)  # channels / imgSize given by the user
 
 
+# SPEC 4: checkpoints name arrays '<layer>/<param>' and keep their state in '__state__'.
+_LAYER_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def check_layer_name(name, prefix: str = "", line=None):
+    """ConfigError unless `name` is made of letters, digits, '_', '-' and '.' and does not start with '__'."""
+    text = str(name)
+    if not _LAYER_NAME.match(text) or text.startswith("__"):
+        why = ("a leading '__' is reserved for the checkpoint's own entries" if text.startswith("__")
+               and _LAYER_NAME.match(text) else "'/' separates a layer from its parameter in checkpoints"
+               if "/" in text else "only letters, digits, '_', '-' and '.' are allowed")
+        raise ConfigError(f"{prefix}layer {text!r}: not a valid layer name ({why}); rename it, e.g. "
+                          f"'{_suggest_name(text)}'{_at(line)}")
+
+
+def _suggest_name(text: str) -> str:
+    out = re.sub(r"[^A-Za-z0-9_.\-]+", "_", text).lstrip("_")
+    return out or "layer1"
+
+
 def _at(line) -> str:
     return f" (line {line})" if line else ""
 
@@ -49,6 +72,8 @@ def convert_value(kind: str, value, key: Key):
             f = float(value)
         except ValueError:
             raise ValueError("must be an integer") from None
+        if not math.isfinite(f):
+            raise ValueError("must be a finite integer")
         if f != int(f):
             raise ValueError("must be an integer")
         v = int(f)
@@ -62,6 +87,8 @@ def convert_value(kind: str, value, key: Key):
             v = float(value)
         except (TypeError, ValueError):
             raise ValueError("must be a number") from None
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
         if key.min is not None and v < key.min:
             raise ValueError(f"must be at least {key.min}")
         return v
@@ -103,6 +130,18 @@ def convert_value(kind: str, value, key: Key):
     raise AssertionError(f"unknown key kind {kind}")
 
 
+# Bounds a Key's inclusive `min` cannot say: (type, key) -> (test, what the value must be).
+_BOUNDS = {
+    ("batchnorm", "epsilon"): (lambda v: v > 0, "must be above 0 (e.g. 1e-5): it keeps the division finite"),
+}
+
+
+def _check_bounds(type_name, key, value):
+    test = _BOUNDS.get((type_name, key))
+    if test is not None and not test[0](value):
+        raise ValueError(test[1])
+
+
 def parse_props(cls, raw: dict, name: str, source: str, lines: dict | None = None) -> SimpleNamespace:
     """Check `raw` (a layer's keys without type/inputs/neuron) against `cls.keys`."""
     lines = lines or {}
@@ -125,6 +164,7 @@ def parse_props(cls, raw: dict, name: str, source: str, lines: dict | None = Non
         key = cls.keys[canon]
         try:
             values[canon] = convert_value(key.kind, v, key)
+            _check_bounds(cls.type, canon, values[canon])
         except ValueError as exc:
             raise ConfigError(f"{prefix}layer '{name}': {canon} {v!r} {exc}{_at(lines.get(k))}") from None
     for key_name, key in cls.keys.items():
@@ -159,6 +199,7 @@ def parse_layer_def(doc, source: str = "layers.yaml") -> list:
     defined = {}
     for name, raw in doc.items():
         line = doc.lines.get(name) if isinstance(doc, Located) else None
+        check_layer_name(name, prefix, line)
         if not isinstance(raw, dict):
             raise ConfigError(f"{prefix}layer '{name}': expected its keys (type: ..., inputs: ...){_at(line)}")
         klines = raw.lines if isinstance(raw, Located) else {}
@@ -253,6 +294,7 @@ def build_layers(specs: list, data_shape, source: str = "layers.yaml") -> list:
         layer = s.cls(s.name, s.props, in_shapes, list(s.inputs), source)
         if not s.cls.is_data:
             _check_given_shape(s, in_shapes[0], prefix)
+            check_layer_size(layer, prefix, _at(s.line))
         layer.neuron = parse_neuron(s.neuron) if s.neuron else None
         layer.line = s.line
         layers[s.name] = layer

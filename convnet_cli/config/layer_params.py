@@ -5,6 +5,7 @@ INI DEFAULT section does. Re-read on every resume, so editing a learning rate ta
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from convnet_cli.config.schedules import Schedule, parse_schedule
@@ -114,9 +115,59 @@ def _check_entry(name, raw, source, lines):
             out[k] = _convert(KEYS[k], k, v)
         except ValueError as exc:
             raise ConfigError(f"{prefix}layer '{name}': {k} {v!r} {exc}{kat}") from None
-        if k in ("keep",) and not (0 < out[k] <= 1):
-            raise ConfigError(f"{prefix}layer '{name}': keep {v!r} must be in (0, 1]{kat}")
+        problem = validate_learning(k, out[k])
+        if problem:
+            raise ConfigError(f"{prefix}layer '{name}': {k} {v!r} {problem}{kat}")
     return out
+
+
+# key -> (test, what the value must be). Every learning setting is checked here, once, when the params file
+# is read: a value that passes cannot make an updater raise or train on NaN by itself.
+_RANGES = {
+    "lr": (lambda x: x >= 0, "must be a finite number, 0 or more"),
+    "momW": (lambda x: 0 <= x < 1, "must be at least 0 and below 1 (momentum / adam's beta1)"),
+    "momB": (lambda x: 0 <= x < 1, "must be at least 0 and below 1 (momentum / adam's beta1)"),
+    "wc": (lambda x: x >= 0, "must be a finite number, 0 or more (L2 weight decay)"),
+    "clip": (lambda x: x > 0, "must be a finite number above 0 (or leave clip out)"),
+    "clipNorm": (lambda x: x > 0, "must be a finite number above 0 (or leave clipNorm out)"),
+    "beta2": (lambda x: 0 < x < 1, "must be above 0 and below 1 (e.g. 0.999)"),
+    "epsilon": (lambda x: x > 0, "must be a finite number above 0 (e.g. 1e-8)"),
+    "rho": (lambda x: 0 <= x < 1, "must be at least 0 and below 1 (e.g. 0.9)"),
+    "coeff": (lambda x: x >= 0, "must be a finite number, 0 or more"),
+    "keep": (lambda x: 0 < x <= 1, "must be in (0, 1]"),
+    "minDiv": (lambda x: x > 0, "must be a finite number above 0"),
+}
+
+
+def validate_learning(key: str, value) -> str | None:
+    """What is wrong with the converted value of params key `key` (a reason to follow 'key value'), or None."""
+    if key in ("epsW", "epsB"):
+        for sched in value if isinstance(value, list) else [value]:
+            problem = _check_schedule(sched)
+            if problem:
+                return problem
+        return None
+    if not isinstance(value, (int, float, list)):
+        return None
+    for x in value if isinstance(value, list) else [value]:
+        if not math.isfinite(x):
+            return "must be a finite number"
+        test = _RANGES.get(key)
+        if test is not None and not test[0](x):
+            return test[1]
+    return None
+
+
+def _check_schedule(s: Schedule) -> str | None:
+    if not math.isfinite(s.base) or s.base < 0:
+        return "must be a learning rate that is finite and 0 or more (base of the schedule)"
+    for name in ("tgtFactor", "factor"):
+        v = getattr(s, name)
+        if not math.isfinite(v) or v <= 0:
+            return f"must have a finite {name} above 0"
+    if not all(math.isfinite(e) for e in s.epochs):
+        return "must list finite epochs"
+    return None
 
 
 def parse_layer_params(doc, layer_names: list, source: str = "params.yaml", n_weights: dict | None = None) -> dict:

@@ -30,6 +30,7 @@ import re
 
 import numpy as np
 
+from convnet_cli.data.batch_set_swap import pending_swap
 from convnet_cli.errors import DataError
 # The writers live in fileio.py; imported here too for the callers that import them with the reader.
 from convnet_cli.fileio import PICKLE_PROTOCOL, open_error, write_pickle_atomic, write_text_atomic  # noqa: F401
@@ -127,7 +128,8 @@ def restricted_load(file_or_path, name: str | None = None, unpickler=None):
     except EOFError:
         raise DataError(f"{label}: {_TRUNCATED}") from None
     except MemoryError:
-        raise
+        raise DataError(f"{label}: reading it needs more memory than there is (the file claims an array larger "
+                        "than memory: damaged, or not a batch file); re-create it with convnet make-batches") from None
     except Exception as exc:  # UnpicklingError, ValueError, TypeError ... from corrupt bytes
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "truncated" in reason or "ran out of input" in reason.lower():
@@ -209,7 +211,9 @@ class BatchSet:
         if not os.path.isdir(self.batch_dir):
             raise DataError(f"{self.batch_dir}: no such batch folder; make one with: convnet make-batches AUDIO_DIR "
                             f"{self.batch_dir}")
-        self.meta_path = os.path.join(self.batch_dir, META)
+        # A make-batches killed while moving a new set into place: read the new set from where each file is.
+        self._swap = pending_swap(self.batch_dir) or {}
+        self.meta_path = self._swap.get(META) or os.path.join(self.batch_dir, META)
         if not os.path.exists(self.meta_path):
             raise DataError(f"{self.meta_path}: missing; {self.batch_dir} is not a batch folder "
                             "(make one with convnet make-batches)")
@@ -279,11 +283,12 @@ class BatchSet:
 
     def _scan(self) -> dict:
         files = {}
-        for name in os.listdir(self.batch_dir):
+        listing = list(self._swap) if self._swap else os.listdir(self.batch_dir)
+        for name in listing:
             m = _BATCH_RE.match(name)
             if m:
                 files[int(m.group(1))] = name
-        if CIFAR_TEST in os.listdir(self.batch_dir):
+        if CIFAR_TEST in listing:
             files[max(files, default=0) + 1] = CIFAR_TEST
         return dict(sorted(files.items()))
 
@@ -307,7 +312,8 @@ class BatchSet:
         return self._std
 
     def batch_file(self, i: int) -> str:
-        return os.path.join(self.batch_dir, self._files.get(int(i), f"data_batch_{int(i)}"))
+        name = self._files.get(int(i), f"data_batch_{int(i)}")
+        return self._swap.get(name) or os.path.join(self.batch_dir, name)
 
     def num_cases(self, i: int) -> int:
         """Cases in batch i (from the meta when it says; else by reading the file)."""

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from convnet_cli.data.skipped_list import format_skipped
 from convnet_cli.fileio import write_text_atomic
 from convnet_cli.detect import raven
 from convnet_cli.detect.events import parse_thresholds, reported_classes, windows_to_events
@@ -516,7 +517,7 @@ def _finish(out_dir, done, this_run, label_names, scores, combined, low_hz, high
         summary.files["scores"] = raven.write_scores_csv(os.path.join(out_dir, raven.SCORES_CSV), label_names, parts)
     skipped_path = os.path.join(out_dir, SKIPPED)
     if summary.skipped:
-        write_text_atomic(skipped_path, "".join(f"{n}\t{r}\n" for n, r in summary.skipped))
+        write_text_atomic(skipped_path, format_skipped(summary.skipped))
         summary.files["skipped"] = skipped_path
     elif os.path.exists(skipped_path):
         os.unlink(skipped_path)  # an earlier run's list: every recording of this run was read

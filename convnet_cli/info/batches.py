@@ -12,6 +12,7 @@ import numpy as np
 
 from convnet_cli.data.batch_files import META, BatchSet
 from convnet_cli.data.batch_labels import load_without_data, read_batch_labels
+from convnet_cli.data.skipped_list import iter_skipped
 from convnet_cli.errors import DataError
 
 SKIPPED_TXT = "skipped.txt"
@@ -54,12 +55,8 @@ def _skipped_summary(batch_dir: str, meta_count) -> dict:
     out["file"] = path
     reasons = Counter()
     try:
-        with open(path, "r", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                line = line.rstrip("\n")
-                if not line.strip():
-                    continue
-                name, _, reason = line.partition("\t")
+        with open(path, "r", encoding="utf-8", errors="replace", newline="") as f:
+            for name, reason in iter_skipped(f):
                 out["listed"] += 1
                 reasons[reason.strip() or "(no reason given)"] += 1
                 if len(out["examples"]) < _EXAMPLES:

@@ -16,6 +16,11 @@ import numpy as np
 from convnet_cli.errors import DataError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif")
+# Beyond these a file is refused (skipped with the reason): above 1.536 MHz no microphone or hydrophone records
+# (ultrasound recorders stop at 1 MHz), and resampling such a claim would need hundreds of GiB; float samples
+# far beyond ±1 make features overflow to inf.
+MAX_SAMPLE_RATE = 1_536_000
+MAX_AMPLITUDE = 1e6
 
 # libsndfile's header log: "data : 16000 (should be 7978)" when the file ends before its data chunk does.
 _SHORT_CHUNK = re.compile(r"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
@@ -61,6 +66,9 @@ def read_audio(path: str, crop_to=None):
     try:
         with sf.SoundFile(path) as f:
             sr = int(f.samplerate)
+            if not 0 < sr <= MAX_SAMPLE_RATE:   # before reading: a header can claim any rate
+                raise AudioError(path, f"sample rate {sr} Hz in the header is not a real recording's "
+                                       f"(expected 1 to {MAX_SAMPLE_RATE:,} Hz); the header is damaged")
             frames = -1
             if crop_to is not None and sr == int(crop_to[0]) and f.seekable() and f.frames > int(crop_to[1]):
                 frames = int(crop_to[1])
@@ -85,6 +93,10 @@ def read_audio(path: str, crop_to=None):
     mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
     if not np.isfinite(mono).all():
         raise AudioError(path, "holds NaN or infinite samples")
+    peak = float(np.abs(mono).max())
+    if peak > MAX_AMPLITUDE:
+        raise AudioError(path, f"samples reach {peak:.3g}; audio samples lie within ±1 (float files) and this file's "
+                               f"exceed ±{MAX_AMPLITUDE:g}: damaged, or not audio")
     return np.ascontiguousarray(mono, dtype=np.float32), sr
 
 

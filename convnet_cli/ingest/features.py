@@ -131,6 +131,15 @@ class FeatureSpec:
 
     def _check(self, source, at=lambda key: ""):
         nyquist = self.sample_rate / 2
+        if self.sample_rate > MAX_RATE:
+            raise ConfigError(f"{source}: sample_rate {self.sample_rate} is above {MAX_RATE:,} Hz{at('sample_rate')}; "
+                              "give the rate the features should use (e.g. 16000)")
+        if self.num_samples > MAX_CLIP_SAMPLES:
+            raise ConfigError(
+                f"{source}: duration {self.duration:g} s at {self.sample_rate} Hz is {self.num_samples:,} samples per "
+                f"clip ({self.num_samples * 4 / 2**30:.3g} GiB; at most {MAX_CLIP_SAMPLES * 4 / 2**30:.3g} GiB){at('duration')}; "
+                "clips are held whole: lower duration, or cut long recordings into windows with make-batches "
+                "--annotations")
         if self.num_samples < self.n_fft:
             raise ConfigError(
                 f"{source}: duration {self.duration:g} s at {self.sample_rate} Hz is {self.num_samples} samples, "
@@ -154,6 +163,11 @@ class FeatureSpec:
         if self.kind == "mfcc" and self.n_mfcc > self.n_mels:
             raise ConfigError(f"{source}: n_mfcc {self.n_mfcc} is more than n_mels {self.n_mels}{at('n_mfcc')}; "
                               "lower n_mfcc or raise n_mels")
+
+
+# A clip is decoded and held whole: 2^27 float32 samples (512 MiB, 2.3 hours at 16 kHz) is the most one may be.
+MAX_CLIP_SAMPLES = 1 << 27
+MAX_RATE = 1_536_000   # as ingest/audio.py's MAX_SAMPLE_RATE
 
 
 # key -> (kind, minimum, choices)

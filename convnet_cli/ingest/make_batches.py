@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from convnet_cli.data.batch_files import META, encode_batch
+from convnet_cli.data.skipped_list import format_skipped
+from convnet_cli.data.batch_set_swap import STAGING_PREFIX, BatchDirLock, install_set, recover
 from convnet_cli.errors import ConfigError, DataError
 from convnet_cli.fileio import write_pickle_atomic, write_text_atomic
 from convnet_cli.ingest.audio import AudioError, fit_length, read_audio, resample
@@ -83,7 +85,19 @@ def extract_chunk(paths, spec_dict, compute=True):
         out = np.stack(clips)
         if compute:
             out = compute_features(out, spec, np)
+            out, ok = _drop_nonfinite(out, ok, skipped)
     return out, ok, skipped, (t_decode, t_resample, time.perf_counter() - t2, t_import)
+
+
+def _drop_nonfinite(feats, ok, skipped):
+    """Clips whose features hold NaN or inf move from `ok` to `skipped`: a set never holds non-finite data."""
+    bad = ~np.isfinite(feats.reshape(feats.shape[0], -1)).all(axis=1)
+    if not bad.any():
+        return feats, ok
+    for j in np.flatnonzero(bad):
+        skipped.append((ok[j], "its features overflow to NaN or inf (samples far too loud)"))
+    keep = np.flatnonzero(~bad)
+    return (feats[keep] if keep.size else None), [ok[j] for j in keep]
 
 
 def _import_once(*modules) -> float:
@@ -378,34 +392,14 @@ def make_batches(audio_dir, batch_dir, *, labels_csv=None, file_col=None, label_
         from convnet_cli.backend import default_threads
 
         jobs = default_threads()
-    if os.path.exists(batch_dir) and not os.path.isdir(batch_dir):
-        raise DataError(f"{batch_dir}: is a file; BATCH_DIR must be a folder (new or empty)")
-    old = existing_batch_files(batch_dir)
-    if old and not overwrite:
-        raise DataError(f"{batch_dir}: already holds batch files ({', '.join(old[:3])}{' …' if len(old) > 3 else ''}); "
-                        "pass --overwrite to replace them, or choose another folder")
+    refuse_existing(batch_dir, overwrite)
     ds = collect_dataset(audio_dir, labels_csv, file_col, label_col, no_labels, label_names)
     groups = split_groups(ds.names, split_by) if split_by else None
     plan = plan_batches(ds.labels, int(batch_size), float(test_fraction), int(seed), groups)
 
-    created = not os.path.exists(batch_dir)
-    try:
-        os.makedirs(batch_dir, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=".make-batches-", dir=batch_dir)
-    except OSError as exc:
-        raise DataError(f"{batch_dir}: cannot create the batch folder ({exc.strerror or exc})") from None
-    try:
+    with writing_set(batch_dir, overwrite) as staging:
         summary, files = _write_all(ds, plan, spec, staging, jobs, dtype, progress)
         _install(staging, batch_dir, files)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            try:
-                os.rmdir(batch_dir)
-            except OSError:
-                pass
-        raise
-    shutil.rmtree(staging, ignore_errors=True)
     summary.update(batch_dir=batch_dir, files=len(ds), classes=len(ds.label_names),
                    label_names=list(ds.label_names), seconds=time.perf_counter() - t_start)
     return summary
@@ -436,6 +430,9 @@ def finish_set(ds, spec, staging, w, dtype) -> tuple:
     train_range = [1, w.n_train] if w.n_train else []
     test_range = [w.n_train + 1, len(w.files)] if len(w.files) > w.n_train else []
     mean, std = w.moments.result()
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        raise DataError(f"{ds.audio_dir}: the training range's mean/std overflowed (features too large to sum); "
+                        "nothing was written; check the --features settings and the loudest files")
     meta = {
         "label_names": list(ds.label_names),
         "num_vis": int(np.prod(spec.shape)),
@@ -452,7 +449,7 @@ def finish_set(ds, spec, staging, w, dtype) -> tuple:
         "dtype": dtype,
     }
     t0 = time.perf_counter()
-    write_text_atomic(os.path.join(staging, SKIPPED), "".join(f"{n}\t{r}\n" for n, r in w.skipped))
+    write_text_atomic(os.path.join(staging, SKIPPED), format_skipped(w.skipped))
     write_pickle_atomic(os.path.join(staging, META), meta)
     w.t_write += time.perf_counter() - t0
     summary = {
@@ -488,7 +485,9 @@ def _write_batches(ds, plan, spec, staging, jobs, dtype, progress) -> _Written:
             part = idx[a:a + CHUNK]
             chunks.append(((b, part), [ds.paths[i] for i in part]))
     remaining = [len(idx) for idx in plan.batches]
-    w = _Written(files=[], sizes=[], skipped=[], moments=_Moments(num_vis), timings=np.zeros(4))
+    # rows of the labels CSV refused before decoding (names outside AUDIO_DIR) are listed first
+    w = _Written(files=[], sizes=[], skipped=list(ds.extra.get("skipped", [])), moments=_Moments(num_vis),
+                 timings=np.zeros(4))
     parts = []
     with _progress(progress, len(ds)) as bar, closing(run_chunks(chunks, spec, jobs)) as results:
         for (b, part), chunk, (arr, ok, bad, times) in results:
@@ -527,14 +526,50 @@ def _write_batch(ds, parts, num_vis, dtype, staging, w: _Written, is_train: bool
 
 
 def _install(staging, batch_dir, files):
-    """Rename the staged files into place (batches.meta last), then drop batch files the new set lacks."""
-    keep = set(files)
+    """Replace the set in batch_dir by the staged `files`, atomically as a set (data/batch_set_swap.py)."""
+    install_set(staging, batch_dir, files)
+
+
+def refuse_existing(batch_dir, overwrite):
+    """DataError when BATCH_DIR is a file, or holds batch files and `overwrite` is not given."""
+    if os.path.exists(batch_dir) and not os.path.isdir(batch_dir):
+        raise DataError(f"{batch_dir}: is a file; BATCH_DIR must be a folder (new or empty)")
+    old = existing_batch_files(batch_dir)
+    if old and not overwrite:
+        raise DataError(f"{batch_dir}: already holds batch files ({', '.join(old[:3])}{' …' if len(old) > 3 else ''}); "
+                        "pass --overwrite to replace them, or choose another folder")
+
+
+@contextmanager
+def writing_set(batch_dir, overwrite):
+    """The staging folder a new set is written into, with BATCH_DIR locked against a second make-batches,
+    a set an earlier make-batches left half-installed finished first, and the existing files checked again
+    under the lock. On failure the staging folder goes (and BATCH_DIR, when it was made here)."""
+    created = not os.path.exists(batch_dir)
     try:
-        for name in files:
-            if name == META:  # last: a reader never sees a meta whose batches are not in place
-                for old in os.listdir(batch_dir):
-                    if _BATCH_FILE.match(old) and old not in keep:
-                        os.remove(os.path.join(batch_dir, old))
-            os.replace(os.path.join(staging, name), os.path.join(batch_dir, name))
+        os.makedirs(batch_dir, exist_ok=True)
     except OSError as exc:
-        raise DataError(f"{batch_dir}: cannot move the new batch files into place ({exc.strerror or exc})") from None
+        raise DataError(f"{batch_dir}: cannot create the batch folder ({exc.strerror or exc})") from None
+    lock = BatchDirLock(batch_dir)
+    staging = None
+    try:
+        recover(batch_dir)
+        refuse_existing(batch_dir, overwrite)
+        try:
+            staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=batch_dir)
+        except OSError as exc:
+            raise DataError(f"{batch_dir}: cannot write into the batch folder ({exc.strerror or exc})") from None
+        yield staging
+    except BaseException:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            lock.release()
+            try:
+                os.rmdir(batch_dir)
+            except OSError:
+                pass
+        raise
+    finally:
+        lock.release()
+    shutil.rmtree(staging, ignore_errors=True)

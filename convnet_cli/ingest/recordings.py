@@ -18,12 +18,11 @@ A recording that fails part way (a truncated file) is skipped whole: none of its
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 from collections import deque
 from contextlib import closing
@@ -33,12 +32,14 @@ import numpy as np
 
 from convnet_cli.data.batch_files import META, encode_batch
 from convnet_cli.errors import ConfigError, DataError
+from convnet_cli.data.skipped_list import format_skipped
 from convnet_cli.fileio import write_pickle_atomic, write_text_atomic
 from convnet_cli.ingest.annotations import assign_to_recordings, clip_to_duration, read_tables_and_claims
 from convnet_cli.ingest.audio import AudioError
 from convnet_cli.ingest.features import FeatureSpec
 from convnet_cli.ingest.make_batches import (NothingReadError, _check_options, _install, _Moments, _mp_context,
-                                             _single_threaded_children, existing_batch_files, split_groups)
+                                             _single_threaded_children, refuse_existing, split_groups,
+                                             writing_set)
 from convnet_cli.ingest.sources import find_audio
 from convnet_cli.ingest.windows import iter_selected_window_features, label_windows, recording_info, window_starts
 from convnet_cli.parallel import SingleWorld, on_root
@@ -415,12 +416,7 @@ def make_batches_from_annotations(recordings_dir, batch_dir, tables, *, features
     if not world.is_root:
         def warn(line):
             pass
-    if os.path.exists(batch_dir) and not os.path.isdir(batch_dir):
-        raise DataError(f"{batch_dir}: is a file; BATCH_DIR must be a folder (new or empty)")
-    old = existing_batch_files(batch_dir)
-    if old and not overwrite:
-        raise DataError(f"{batch_dir}: already holds batch files ({', '.join(old[:3])}{' …' if len(old) > 3 else ''}); "
-                        "pass --overwrite to replace them, or choose another folder")
+    refuse_existing(batch_dir, overwrite)
     recs, skipped = collect_recordings(recordings_dir, tables, label_col, warn)
     short = [r for r in recs if window_starts(r.duration, spec.duration, hop_s).size == 0]
     for r in short:
@@ -450,39 +446,19 @@ def make_batches_from_annotations(recordings_dir, batch_dir, tables, *, features
     train_b = deal(np.flatnonzero(~test), plan.labels, int(batch_size), rng)
     test_b = deal(np.flatnonzero(test), plan.labels, int(batch_size), rng)
 
-    staging, created = on_root(world, lambda: _make_staging(batch_dir))
-    try:
+    with contextlib.ExitStack() as rank0:
+        # rank 0 holds the set's staging folder and lock; every rank gets the folder (or rank 0's error)
+        staging = on_root(world, lambda: rank0.enter_context(writing_set(batch_dir, overwrite)))
         summary = _extract_and_write(recs, plan, train_b, test_b, spec, hop_s, staging, jobs, dtype, progress,
                                      skipped, _Moments, recordings_dir, NothingReadError, world)
         if not world.is_root:
             return None
         _install(staging, batch_dir, summary.pop("_files"))
-    except BaseException:
-        if not world.is_root:
-            raise
-        shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            try:
-                os.rmdir(batch_dir)
-            except OSError:
-                pass
-        raise
-    shutil.rmtree(staging, ignore_errors=True)
     summary.update(batch_dir=batch_dir, recordings=len(recs) + len(skipped), classes=len(plan.label_names),
                    label_names=list(plan.label_names), left_out=plan.left_out,
                    background_dropped=plan.background_dropped, window_hop=hop_s,
                    seconds=time.perf_counter() - t_start)
     return summary
-
-
-def _make_staging(batch_dir) -> tuple:
-    """(staging folder inside batch_dir, whether batch_dir was made for it)."""
-    created = not os.path.exists(batch_dir)
-    try:
-        os.makedirs(batch_dir, exist_ok=True)
-        return tempfile.mkdtemp(prefix=".make-batches-", dir=batch_dir), created
-    except OSError as exc:
-        raise DataError(f"{batch_dir}: cannot create the batch folder ({exc.strerror or exc})") from None
 
 
 def _shared_tasks(world, tasks, recs, spec, hop_s, staging, jobs, on_progress):
@@ -584,6 +560,9 @@ def _extract_and_write(recs, plan, train_b, test_b, spec, hop_s, staging, jobs, 
                         f"({len(skipped)} recordings skipped; see skipped.txt reasons with --jobs 1), or use "
                         "--test-fraction 0")
     mean, std = moments.result()
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        raise DataError(f"{recordings_dir}: the training range's mean/std overflowed (features too large to "
+                        "sum); nothing was written; check the --features settings and the loudest recordings")
     written = len(files)
     train_range = [1, n_train_written] if n_train_written else []
     test_range = [n_train_written + 1, written] if written > n_train_written else []
@@ -607,7 +586,7 @@ def _extract_and_write(recs, plan, train_b, test_b, spec, hop_s, staging, jobs, 
         "windows": {"counts": counts, "left_out": int(plan.left_out),
                     "background_dropped": int(plan.background_dropped)},
     }
-    write_text_atomic(os.path.join(staging, SKIPPED), "".join(f"{n}\t{r}\n" for n, r in skipped))
+    write_text_atomic(os.path.join(staging, SKIPPED), format_skipped(skipped))
     write_pickle_atomic(os.path.join(staging, META), meta)
     return {
         "read": len(recs) - len(bad), "skipped": len(skipped), "batches": written, "windows": int(sum(sizes)),

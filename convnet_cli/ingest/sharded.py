@@ -12,21 +12,19 @@ installs the set. So batch files, batches.meta and skipped.txt equal those of on
 """
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
-import tempfile
 import time
 from contextlib import closing
 
 import numpy as np
 
 from convnet_cli.data.batch_files import encode_batch
-from convnet_cli.errors import DataError
 from convnet_cli.fileio import write_pickle_atomic
 from convnet_cli.ingest.features import FeatureSpec
 from convnet_cli.ingest.make_batches import (CHUNK, _check_options, _install, _Moments, _progress, _Written,
-                                             existing_batch_files, finish_set, plan_batches, run_chunks,
-                                             split_groups)
+                                             finish_set, plan_batches, refuse_existing, run_chunks, split_groups,
+                                             writing_set)
 from convnet_cli.ingest.sources import collect_dataset
 from convnet_cli.parallel import on_root
 
@@ -45,27 +43,16 @@ def make_batches_sharded(world, audio_dir, batch_dir, *, labels_csv=None, file_c
 
         jobs = max(1, default_threads() // max(1, getattr(world, "local_size", 1)))
 
-    def prepare():  # the checks and the listing once, on rank 0; the others get the result
-        if os.path.exists(batch_dir) and not os.path.isdir(batch_dir):
-            raise DataError(f"{batch_dir}: is a file; BATCH_DIR must be a folder (new or empty)")
-        old = existing_batch_files(batch_dir)
-        if old and not overwrite:
-            raise DataError(f"{batch_dir}: already holds batch files ({', '.join(old[:3])}"
-                            f"{' …' if len(old) > 3 else ''}); pass --overwrite to replace them, or choose "
-                            "another folder")
-        ds = collect_dataset(audio_dir, labels_csv, file_col, label_col, no_labels, label_names)
-        created = not os.path.exists(batch_dir)
-        try:
-            os.makedirs(batch_dir, exist_ok=True)
-            staging = tempfile.mkdtemp(prefix=".make-batches-", dir=batch_dir)
-        except OSError as exc:
-            raise DataError(f"{batch_dir}: cannot create the batch folder ({exc.strerror or exc})") from None
-        return ds, staging, created
+    def listing():  # the checks and the listing once, on rank 0; the others get the result
+        refuse_existing(batch_dir, overwrite)
+        return collect_dataset(audio_dir, labels_csv, file_col, label_col, no_labels, label_names)
 
-    ds, staging, created = on_root(world, prepare)
-    try:
-        groups = split_groups(ds.names, split_by) if split_by else None
-        plan = plan_batches(ds.labels, int(batch_size), float(test_fraction), int(seed), groups)
+    ds = on_root(world, listing)
+    groups = split_groups(ds.names, split_by) if split_by else None
+    plan = plan_batches(ds.labels, int(batch_size), float(test_fraction), int(seed), groups)
+    with contextlib.ExitStack() as rank0:
+        # rank 0 holds the set's staging folder and the folder's lock; every rank gets the staging folder
+        staging = on_root(world, lambda: rank0.enter_context(writing_set(batch_dir, overwrite)))
         try:
             mine = _decode_share(world, ds, plan, spec, staging, jobs, dtype, progress)
         except Exception as exc:  # noqa: BLE001 - rank 0 raises the first rank's error for all
@@ -83,19 +70,7 @@ def make_batches_sharded(world, audio_dir, batch_dir, *, labels_csv=None, file_c
                            processes=world.size)
             return summary
 
-        summary = on_root(world, assemble)
-    except BaseException:
-        if world.is_root:
-            shutil.rmtree(staging, ignore_errors=True)
-            if created:
-                try:
-                    os.rmdir(batch_dir)
-                except OSError:
-                    pass
-        raise
-    if world.is_root:
-        shutil.rmtree(staging, ignore_errors=True)
-    return summary
+        return on_root(world, assemble)
 
 
 def _decode_share(world, ds, plan, spec, staging, jobs, dtype, progress) -> dict:

@@ -169,17 +169,27 @@ def _from_csv(audio_dir, csv_path, file_col, label_col, label_names) -> Dataset:
     if not entries:
         raise DataError(f"{csv_path}: has a header but no rows; expected one row per clip")
     base = os.path.dirname(os.path.abspath(csv_path))
-    paths, names, missing = [], [], []
-    for lineno, name, _ in entries:
+    paths, names, missing, outside, kept = [], [], [], [], []
+    for entry in entries:
+        lineno, name, _ = entry
         p = os.path.join(audio_dir, name)
+        if not _inside(p, audio_dir):
+            outside.append((name.replace(os.sep, "/"), f"{csv_path} line {lineno}: the name points outside AUDIO_DIR "
+                                                       f"({audio_dir}); only files inside it are read"))
+            continue
         if not os.path.isfile(p):
             alt = os.path.join(base, name)  # names written relative to the CSV (e.g. 'train/x.aiff')
-            if os.path.isfile(alt):
+            if os.path.isfile(alt) and _inside(alt, audio_dir):
                 p = alt
             else:
                 missing.append((lineno, name))
         paths.append(p)
         names.append(name.replace(os.sep, "/"))
+        kept.append(entry)
+    if not kept:
+        raise DataError(f"{csv_path}: every file it names lies outside {audio_dir} (first: '{outside[0][0]}'); "
+                        "name the files relative to AUDIO_DIR")
+    entries = kept
     if missing:
         lineno, name = missing[0]
         raise DataError(f"{csv_path}: {len(missing)} of {len(entries)} files named in column '{header[fi]}' are "
@@ -189,4 +199,13 @@ def _from_csv(audio_dir, csv_path, file_col, label_col, label_names) -> Dataset:
     index = _check_names([(lbl, f"{csv_path} line {ln}") for ln, _, lbl in entries], label_names,
                          "fix the CSV or --label-names")
     labels = np.array([index[lbl] for _, _, lbl in entries], dtype=np.int64)
-    return Dataset(audio_dir, paths, names, labels, list(label_names), "csv", source=csv_path)
+    return Dataset(audio_dir, paths, names, labels, list(label_names), "csv", source=csv_path,
+                   extra={"skipped": outside})
+
+
+def _inside(path, root) -> bool:
+    """Whether `path` lies inside the folder `root`, by its normalised absolute path (an absolute name or
+    '..' steps can leave it; symbolic links the user put inside AUDIO_DIR are the user's choice and allowed)."""
+    root = os.path.normpath(os.path.abspath(root))
+    path = os.path.normpath(os.path.abspath(path))
+    return os.path.commonpath([root, path]) == root and path != root

@@ -27,7 +27,7 @@ from typing import Iterator
 
 import numpy
 
-from convnet_cli.ingest.audio import AudioError, _truncation
+from convnet_cli.ingest.audio import MAX_AMPLITUDE, AudioError, _truncation
 from convnet_cli.ingest.features import FeatureSpec, compute_features
 
 BLOCK_S = 60.0                # seconds of audio per block
@@ -180,6 +180,10 @@ class _Reader:
         mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=numpy.float32)
         if not numpy.isfinite(mono).all():
             raise AudioError(self.path, f"holds NaN or infinite samples near {a / self.sr_in:.3f} s")
+        if mono.size and float(numpy.abs(mono).max()) > MAX_AMPLITUDE:   # features would overflow to inf
+            raise AudioError(self.path, f"samples reach {float(numpy.abs(mono).max()):.3g} near {a / self.sr_in:.3f} s; "
+                                        f"audio samples lie within ±1 and these exceed ±{MAX_AMPLITUDE:g}: damaged, or "
+                                        "not audio")
         return numpy.ascontiguousarray(mono, dtype=numpy.float32)
 
     def read(self, o0: int, o1: int):

@@ -6,6 +6,7 @@ kept (plus, when asked, the first `max_cases` inputs for plots).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ import numpy as np
 
 from convnet_cli.backend import get_backend, to_host
 from convnet_cli.errors import ConfigError, DataError, did_you_mean
+from convnet_cli.fileio import atomic_write, write_text_atomic
 from convnet_cli.net import Net
 from convnet_cli.train.checkpoint import load_checkpoint
 
@@ -215,13 +217,21 @@ def predict_audio(checkpoint, inputs, layer: str | None = None, device: str = "c
 
 
 def write_csv(preds: Predictions, path: str) -> str:
-    """filename,predicted,<label 1>,...,<label K>[,true] with probabilities to 6 decimals; atomic."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp")
+    """filename,predicted,<label 1>,...,<label K>[,true] with probabilities to 6 decimals; atomic.
+
+    DataError when a probability is not finite (naming the case): a CSV never holds nan."""
+    bad = ~np.isfinite(preds.probs).all(axis=1) if len(preds.probs) else np.zeros(0, bool)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"the network gave a non-finite probability (NaN or inf) for '{preds.filenames[i]}' "
+                        f"({int(bad.sum())} of {len(bad)} cases); check that case's input (a corrupt clip, "
+                        f"features far outside the training range) or the checkpoint; {path} was not written")
+    prepare_out(path, "--out")
     with_true = preds.labels_known
     names = preds.label_names
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+
+    def write(fb):
+        f = io.TextIOWrapper(fb, encoding="utf-8", newline="")
         w = csv.writer(f)
         w.writerow(["filename", "predicted"] + list(names) + (["true"] if with_true else []))
         pred = preds.probs.argmax(axis=1) if len(preds.probs) else []
@@ -231,9 +241,22 @@ def write_csv(preds: Predictions, path: str) -> str:
                 row.append(names[preds.labels[i]])
             w.writerow(row)
         f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+        f.detach()
+
+    atomic_write(path, write)
     return path
+
+
+def prepare_out(path: str, flag: str):
+    """The folder of the file `path` made (if need be); a one-line error naming the path when it cannot be."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{flag} {path}: is a folder; give a file name (e.g. {os.path.join(path, 'preds.csv')})")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot create the folder {folder} ({exc.strerror or exc}); "
+                          "choose another path") from None
 
 
 def write_report(preds: Predictions, folder: str, topk: int = 5) -> tuple:
@@ -245,8 +268,5 @@ def write_report(preds: Predictions, folder: str, topk: int = 5) -> tuple:
                         "audio outside class-named folders)")
     report = classification_report(preds.probs, preds.labels, preds.label_names, topk=topk)
     path = os.path.join(folder, "report.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(report, indent=2))
     return report, path

@@ -40,7 +40,7 @@ class RunPaths:
             from convnet_cli.train.checkpoint import load_checkpoint
 
             try:
-                self._ckpt = load_checkpoint(self.checkpoint_path or self.run_dir)
+                self._ckpt = load_checkpoint(self.checkpoint_path or self.run_dir, check_finite=False)
             except DataError as exc:
                 raise ConfigError(str(exc)) from None
         return self._ckpt

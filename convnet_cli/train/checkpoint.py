@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from convnet_cli.errors import DataError
-from convnet_cli.fileio import atomic_write
+from convnet_cli.fileio import atomic_write, write_error
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^(\d+)\.(\d+)\.npz$")
@@ -85,7 +85,7 @@ def _save_error(path, exc):
     if exc.errno == errno.ENOSPC:
         return DataError(f"{path}: disk full while writing the checkpoint; free space and resume "
                          f"(the previous checkpoint is intact)")
-    return exc
+    return write_error(path, exc)
 
 
 def save_checkpoint(path: str, arrays: dict, state) -> str:
@@ -98,7 +98,9 @@ def save_checkpoint(path: str, arrays: dict, state) -> str:
     return path
 
 
-def load_checkpoint(path: str) -> Checkpoint:
+def load_checkpoint(path: str, check_finite: bool = True) -> Checkpoint:
+    """The checkpoint at `path` (a file or a run directory), its state validated; check_finite: refuse
+    arrays that hold NaN or inf."""
     path = resolve_checkpoint(path)
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -112,9 +114,87 @@ def load_checkpoint(path: str) -> Checkpoint:
         state = json.loads(str(arrays.pop("__state__")))
     except json.JSONDecodeError:
         raise DataError(f"{path}: its __state__ entry is not valid JSON; the file is damaged") from None
+    validate_state(state, path)
     if state.get("version", 0) > FORMAT_VERSION:
         raise DataError(f"{path}: written by a newer convnet (format {state.get('version')}); upgrade convnet")
+    if check_finite:
+        check_arrays_finite(arrays, path)
     return Checkpoint(path, arrays, state)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _num_list(v) -> bool:
+    return isinstance(v, list) and all(_is_num(x) for x in v)
+
+
+# key -> (test, what it must be). Keys a checkpoint must have are in _REQUIRED; the rest are checked when present.
+_STATE_KEYS = {
+    "version": (_is_int, "an integer"),
+    "epoch": (lambda v: _is_int(v) and v >= 1, "an integer, 1 or more"),
+    "batch_in_epoch": (lambda v: _is_int(v) and v >= 0, "an integer, 0 or more"),
+    "batchnum": (lambda v: _is_int(v) and v >= 0, "an integer, 0 or more"),
+    "minibatch": (lambda v: _is_int(v) and v >= 0, "an integer, 0 or more"),
+    "batches_done": (lambda v: _is_int(v) and v >= 0, "an integer, 0 or more"),
+    "options": (lambda v: isinstance(v, dict), "a mapping"),
+    "layer_def": (lambda v: isinstance(v, str) and v.strip() != "", "the layer definition's text"),
+    "layer_params": (lambda v: isinstance(v, str), "text"),
+    "layer_def_name": (lambda v: isinstance(v, str), "a file name"),
+    "layer_params_name": (lambda v: isinstance(v, str), "a file name"),
+    "label_names": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "data_shape": (lambda v: isinstance(v, list) and len(v) == 3 and all(_is_int(x) and x > 0 for x in v),
+                   "[C, H, W], three positive integers"),
+    "data_mean": (_num_list, "a list of numbers"),
+    "data_std": (_num_list, "a list of numbers"),
+    "features": (lambda v: v is None or isinstance(v, dict), "a mapping or null"),
+    "data_path": (lambda v: isinstance(v, str), "a path"),
+    "rng": (lambda v: isinstance(v, dict), "a mapping"),
+    "history": (lambda v: isinstance(v, list) and all(isinstance(h, dict) for h in v), "a list of records"),
+    "best": (lambda v: v is None or (isinstance(v, dict) and {"epoch", "batch"} <= set(v)),
+             "null or a record with epoch and batch"),
+    "seconds": (_is_num, "a number"),
+    "tests_without_improvement": (lambda v: _is_int(v) and v >= 0, "an integer, 0 or more"),
+    "stopped_early": (lambda v: isinstance(v, bool), "true or false"),
+}
+_REQUIRED = ("layer_def", "data_shape", "label_names", "data_mean", "data_std")
+
+
+def validate_state(state, path: str):
+    """DataError naming the file and the key when a checkpoint's `__state__` is not a convnet run state."""
+    bad = "the file is damaged or not a convnet checkpoint; pick another checkpoint in the run directory"
+    if not isinstance(state, dict):
+        raise DataError(f"{path}: its __state__ holds a JSON {type(state).__name__}, not the mapping of a run "
+                        f"state; {bad}")
+    for key in _REQUIRED:
+        if key not in state:
+            raise DataError(f"{path}: its __state__ has no '{key}'; {bad}")
+    for key, (test, what) in _STATE_KEYS.items():
+        if key in state and not test(state[key]):
+            shown = json.dumps(state[key])
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise DataError(f"{path}: __state__ '{key}' should be {what}, found {shown}; {bad}")
+    n = 1
+    for v in state["data_shape"]:
+        n *= v
+    for key in ("data_mean", "data_std"):
+        if len(state[key]) not in (0, n):
+            raise DataError(f"{path}: __state__ '{key}' holds {len(state[key])} values for data_shape "
+                            f"{state['data_shape']} ({n}); {bad}")
+
+
+def check_arrays_finite(arrays: dict, path: str):
+    """DataError naming the arrays that hold NaN or inf (a net trained into NaN predicts nothing useful)."""
+    bad = [k for k, a in arrays.items() if a.dtype.kind == "f" and a.size and not np.isfinite(a).all()]
+    if bad:
+        shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+        raise DataError(f"{path}: the arrays {shown} hold NaN or inf values; this checkpoint cannot predict or "
+                        "train; use an earlier checkpoint of the run (convnet info RUN lists them)")
 
 
 def list_checkpoints(run_dir: str) -> list:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import datetime
 import functools
-import json
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -24,8 +22,12 @@ import numpy as np
 from convnet_cli.backend import get_backend
 from convnet_cli.config.yamlio import display_name, read_text
 from convnet_cli.errors import ConfigError, NonFiniteError
+from convnet_cli.fileio import copy_atomic, write_text_atomic
 from convnet_cli.net import Net
 from convnet_cli.parallel import get_world, on_root, rank_device
+from convnet_cli.train.run_checks import (MAX_RANGE, absolute_paths, append_log, check_batches_fit,
+                                          check_labels, check_options, clean_stale_temps, cut_log,
+                                          keep_params_version, overlap_warning, saved_path)
 from convnet_cli.train.checkpoint import (RunState, load_checkpoint, newest_checkpoint, prune_checkpoints,
                                           resolve_checkpoint, save_checkpoint)
 from convnet_cli.train.data_parallel import DataParallel
@@ -43,7 +45,7 @@ class TrainOptions:
     test_freq: int | None = None  # None: once per epoch
     device: str = "cpu"
     seed: int = 0
-    max_checkpoints: int | None = None
+    max_checkpoints: int | None = 5  # the newest 5 plus best.npz; 0 keeps all
     augment: list = field(default_factory=list)
     early_stop: int | None = None
     quiet: bool = False
@@ -63,6 +65,9 @@ def parse_range(text, flag: str) -> list:
                 a, b = (int(p) for p in part.split("-", 1))
                 if b < a:
                     raise ValueError
+                if b - a + 1 > MAX_RANGE or len(out) > MAX_RANGE:
+                    raise ConfigError(f"{flag} {text!r}: names {b - a + 1:,} batches; a range may name at most "
+                                      f"{MAX_RANGE:,} (give the batch numbers the folder holds)")
                 out.extend(range(a, b + 1))
             elif part:
                 out.append(int(part))
@@ -80,13 +85,19 @@ def derive_seed(*parts) -> int:
 
 def new_run_dir(save_path: str) -> str:
     stamp = datetime.datetime.now().strftime("ConvNet__%Y-%m-%d_%H.%M.%S")
-    os.makedirs(save_path, exist_ok=True)
-    path = os.path.join(save_path, stamp)
-    n = 2
-    while os.path.exists(path):
-        path = os.path.join(save_path, f"{stamp}_{n}")
-        n += 1
-    os.makedirs(path)
+    if os.path.exists(save_path) and not os.path.isdir(save_path):
+        raise ConfigError(f"--save-path {save_path}: is a file; give a folder (it receives the run directory)")
+    try:
+        os.makedirs(save_path, exist_ok=True)
+        path = os.path.join(save_path, stamp)
+        n = 2
+        while os.path.exists(path):
+            path = os.path.join(save_path, f"{stamp}_{n}")
+            n += 1
+        os.makedirs(path)
+    except OSError as exc:
+        raise ConfigError(f"--save-path {save_path}: cannot create the run directory there "
+                          f"({exc.strerror or exc}); give a folder you can write to") from None
     return path
 
 
@@ -145,8 +156,7 @@ class Trainer:
     def _log(self, record: dict):
         if not self.dp.is_root:
             return
-        with open(self.log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_log(self.log_path, record)
 
     # -- loop ---------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -233,11 +243,13 @@ class Trainer:
             return
         layer = self.dp.first_nonfinite() or bad[0]
         last = newest_checkpoint(self.run_dir)
-        keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+        then = (f"the last good checkpoint is {last}; lower epsW/epsB in the params file (or add clip/clipNorm) "
+                f"and resume with: convnet train -f {self.run_dir}") if last else (
+                "no checkpoint was written yet; lower epsW/epsB in the params file (or add clip/clipNorm) and "
+                "start the run again")
         raise NonFiniteError(
             f"the cost went non-finite at epoch {epoch}, batch {batchnum}: layer '{layer}' was the first whose "
-            f"output was NaN or inf; {keep}; lower epsW/epsB in the params file (or add clip/clipNorm) and "
-            f"resume with: convnet train -f {self.run_dir}")
+            f"output was NaN or inf; {then}")
 
     def test(self) -> tuple:
         """(totals, cases) over the test range, in test mode: totals {cost layer: {metric: sum over cases}}
@@ -269,9 +281,8 @@ class Trainer:
             s.tests_without_improvement += 1
         path = self._checkpoint(f"{epoch}.{batchnum}.npz")
         if improved and path:
-            shutil.copyfile(path, os.path.join(self.run_dir, ".best.tmp"))
-            os.replace(os.path.join(self.run_dir, ".best.tmp"), os.path.join(self.run_dir, "best.npz"))
-        if path:
+            copy_atomic(path, os.path.join(self.run_dir, "best.npz"))
+        if path:  # None on ranks other than 0 under MPI
             prune_checkpoints(self.run_dir, self.o.max_checkpoints)
         train = _train_since_last_test(s.history)
         lr = next(iter(self.net_rates().values()), None)
@@ -369,7 +380,10 @@ def start(o: TrainOptions, echo=None) -> int:
     for flag, v in (("--save-path", o.save_path), ("--layer-def", o.layer_def)):
         if not v:
             raise ConfigError(f"{flag} is required for a new run (or resume one with -f RUN)")
+    check_options(o)
+    absolute_paths(o)
     batchset = _load_batchset(o.data_path)
+    check_labels(batchset, o.data_path)
     o.train_range = o.train_range or list(batchset.train_range)
     o.test_range = o.test_range or list(batchset.test_range)
     _check_ranges(o, batchset)
@@ -380,9 +394,13 @@ def start(o: TrainOptions, echo=None) -> int:
     net = Net.from_text(layer_def_text, params_text, batchset.data_shape, backend, o.seed, o.layer_def,
                         o.layer_params, check=functools.partial(_check_classes, batchset=batchset,
                                                                  source=display_name(o.layer_def)))
-    run_dir = on_root(world, functools.partial(_new_run, o))  # under MPI: one run directory, made by rank 0
     state = _initial_state(o, batchset, layer_def_text, params_text)
+    # under MPI: one run directory, made by rank 0
+    run_dir = on_root(world, functools.partial(_new_run, o, state, layer_def_text, params_text))
     echo = _rank_echo(echo, world)
+    warn = overlap_warning(o.train_range, o.test_range)
+    if warn:
+        echo(warn)
     if not o.quiet:
         echo(f"run directory: {run_dir}")
         echo(f"device {backend.name}; {net.num_params():,} parameters; train batches {_fmt_range(o.train_range)}, "
@@ -404,23 +422,36 @@ def resume(path: str, explicit: dict, echo=None) -> int:
         if new_text != state.layer_def:
             raise ConfigError(f"--layer-def cannot change on resume ({explicit['layer_def']} differs from the run's "
                               f"layer definition); start a new run instead")
+    # Paths saved by earlier versions may be relative to a folder the run did not record: never the current one.
+    o.data_path = saved_path(o.data_path, state.data_path)
+    o.layer_params = saved_path(o.layer_params, None)
     for k, v in explicit.items():
         if k != "layer_def":
             setattr(o, k, v)
+    check_options(o)
+    absolute_paths(o)
     batchset = _load_batchset(o.data_path)
+    check_labels(batchset, o.data_path)
+    check_batches_fit(state, batchset, ckpt.path)
     _check_ranges(o, batchset)
     world = get_world()
     backend = get_backend(rank_device(o.device, world))
-    # The params file is re-read so an edited learning rate takes effect; the run keeps a copy.
+    if world.is_root:  # under MPI rank 0 alone touches the run directory
+        clean_stale_temps(run_dir)
+        cut_log(run_dir, state)
+    # The params file is re-read so an edited learning rate takes effect; the run keeps every version.
     params_text, params_name = state.layer_params, state.layer_params_name
-    if o.layer_params and os.path.exists(o.layer_params):
-        params_text, params_name = read_text(o.layer_params, "layer params"), os.path.basename(o.layer_params)
-        if world.is_root:
-            shutil.copyfile(o.layer_params, os.path.join(run_dir, params_name))
-    net = Net.from_checkpoint(ckpt, backend, params_text=params_text, params_path=params_name,
+    params_src = params_name
+    reread = bool(o.layer_params and (os.path.exists(o.layer_params) or "layer_params" in explicit))
+    if reread:
+        params_text, params_src = read_text(o.layer_params, "layer params"), o.layer_params
+    net = Net.from_checkpoint(ckpt, backend, params_text=params_text, params_path=params_src,
                               data_shape=batchset.data_shape, seed=o.seed,
                               check=functools.partial(_check_classes, batchset=batchset,
                                                       source=display_name(state.layer_def_name)))
+    if reread:  # kept once the net accepted it
+        params_name = on_root(world, lambda: keep_params_version(run_dir, _base_params_name(state), params_text,
+                                                                 o.layer_params, state))
     state.options = asdict(o)
     state.layer_params, state.layer_params_name = params_text, params_name
     echo = _rank_echo(echo, world)
@@ -430,16 +461,20 @@ def resume(path: str, explicit: dict, echo=None) -> int:
                  f"raise --epochs to train on")
         return 0
     state.stopped_early = False
+    warn = overlap_warning(o.train_range, o.test_range)
+    if warn:
+        echo(warn)
     if not o.quiet:
         echo(f"resuming {run_dir} at epoch {state.epoch}, batch {state.batch_in_epoch + 1} of the epoch")
     return _run(o, run_dir, net, batchset, state, echo)
 
 
-def _new_run(o) -> str:
+def _new_run(o, state, layer_def_text, params_text) -> str:
+    """A new run directory holding the layer definition and the params version (rank 0's job under MPI)."""
     run_dir = new_run_dir(o.save_path)
-    for src in (o.layer_def, o.layer_params):
-        if src:
-            shutil.copyfile(src, os.path.join(run_dir, os.path.basename(src)))
+    write_text_atomic(os.path.join(run_dir, state.layer_def_name), layer_def_text)
+    if o.layer_params:
+        keep_params_version(run_dir, state.layer_params_name, params_text, o.layer_params, state)
     return run_dir
 
 
@@ -487,6 +522,14 @@ def _initial_state(o, batchset, layer_def_text, params_text) -> RunState:
         features=batchset.features, data_path=os.path.abspath(o.data_path),
         rng={"seed": o.seed, "scheme": "derived per (seed, epoch, batch, minibatch)"},
     )
+
+
+def _base_params_name(state) -> str:
+    """The run's first params file name (params.yaml for params.3.yaml): versions are numbered after it."""
+    name = state.layer_params_name or "params.yaml"
+    stem, ext = os.path.splitext(name)
+    head, _, num = stem.rpartition(".")
+    return head + ext if head and num.isdigit() else name
 
 
 def _fmt_range(r):

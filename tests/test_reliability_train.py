@@ -1,0 +1,397 @@
+"""Regression tests for issue 13 (the hostile-user report), training side: each bad input is a one-line user
+error naming the file, layer or key (exit 2), and nothing a run wrote before is lost or left half-written."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from convnet_cli.errors import ConfigError
+from tests.helpers import invoke
+from tests.test_cli_train import LAYERS, PARAMS, train_args, workspace  # noqa: F401  (the fixture)
+from tests.test_config_errors import BASE, error
+
+
+def one_line_error(r, code=2):
+    assert r.exit_code == code, r.output
+    assert "Traceback" not in r.output
+    lines = [l for l in r.output.splitlines() if l.startswith("convnet") or "error" in l]
+    assert len(lines) == 1, r.output
+    return lines[0]
+
+
+def only_run(save):
+    runs = [os.path.join(save, d) for d in os.listdir(save)]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+# -- 7, 8: layer names (SPEC 4) -------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", ["conv/1", "__state__", "conv 1"])
+def test_layer_names_are_validated(bad):
+    msg = error(BASE.replace("conv2:", f"'{bad}':").replace("inputs: conv2", f"inputs: '{bad}'"))
+    assert f"layer '{bad}': not a valid layer name" in msg and "rename it" in msg and "(line 3)" in msg
+
+
+def test_dotted_and_dashed_layer_names_are_fine():
+    from tests.test_config_errors import build
+
+    net = build(BASE.replace("conv2", "conv-2.a"))
+    assert "conv-2.a" in net.by_name
+
+
+# -- 13: infinite sizes ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", [".inf", "1e400", ".nan"])
+def test_infinite_filters_is_a_config_error(value):
+    msg = error(BASE.replace("filters: 4,", f"filters: {value},"))
+    assert msg.startswith("layers.yaml: layer 'conv2': filters") and "(line 3)" in msg
+
+
+def test_infinite_initw_is_refused():
+    msg = error(BASE.replace("outputs: 3", "outputs: 3, initW: 1e400"))
+    assert "layer 'fc1': initW '1e400' must be a finite number" in msg
+
+
+def test_batchnorm_epsilon_zero_is_refused():
+    layers = BASE.replace("probs: {type: softmax, inputs: fc1}",
+                          "bn: {type: batchnorm, inputs: fc1, epsilon: 0}\nprobs: {type: softmax, inputs: bn}")
+    assert "layer 'bn': epsilon 0 must be above 0" in error(layers)
+
+
+# -- weak answer: sizes far too large name the layer and key ---------------------------------------------------
+@pytest.mark.parametrize("old,new,key", [("filters: 4,", "filters: 1000000000,", "filters 1000000000"),
+                                         ("padding: 1}", "padding: 100000}", "padding 100000"),
+                                         ("outputs: 3", "outputs: 100000000", "outputs 100000000")])
+def test_absurd_sizes_name_the_layer_and_key(old, new, key):
+    msg = error(BASE.replace(old, new))
+    assert "layer '" in msg and key in msg and "GiB" in msg
+
+
+# -- 14 + weak answer: every learning setting validated up front -----------------------------------------------
+@pytest.mark.parametrize("params,key", [
+    ("fc1: {updater: adam, momW: 5}", "momW"),
+    ("fc1: {updater: adam, beta2: 2}", "beta2"),
+    ("fc1: {updater: adam, epsilon: 0}", "epsilon"),
+    ("logprob: {coeff: .nan}", "coeff"),
+    ("fc1: {updater: rmsprop, rho: 1e400}", "rho"),
+    ("fc1: {epsW: .nan}", "epsW"),
+    ("fc1: {epsW: -0.1}", "epsW"),
+    ("fc1: {epsB: 'exp[base=-1;tgtFactor=10]'}", "epsB"),
+    ("fc1: {clipNorm: -1}", "clipNorm"),
+    ("fc1: {epsW: 'linear[base=0.1;tgtFactor=inf]'}", "epsW"),
+    ("fc1: {wc: -1}", "wc"),
+    ("fc1: {momB: 1}", "momB"),
+])
+def test_learning_settings_are_validated(params, key):
+    layer = params.split(":")[0]
+    msg = error(params=params)
+    assert msg.startswith(f"params.yaml: layer '{layer}': {key} ") and "(line 1)" in msg
+
+
+def test_valid_learning_settings_still_load():
+    from tests.test_config_errors import build
+
+    build(params="DEFAULT: {updater: adam, momW: 0.9, beta2: 0.999, epsilon: 1e-8, wc: 0, clipNorm: 5}\n"
+                 "fc1: {epsW: 'exp[base=0.01;tgtFactor=10]', epsB: 0}")
+
+
+def test_sgd_momentum_five_would_have_diverged_adam_math_domain():
+    # the old traceback: adam's sqrt(1 - beta2**t) of a negative number
+    with pytest.raises(ConfigError):
+        from tests.test_config_errors import build
+
+        build(params="DEFAULT: {updater: adam, beta2: 2}")
+
+
+# -- 15, --epochs, --max-checkpoints flags ---------------------------------------------------------------------
+def test_negative_seed_is_a_usage_error(workspace, tmp_path):
+    r = invoke(train_args(workspace, tmp_path / "runs", "--seed", "-5"))
+    assert r.exit_code == 2 and "--seed" in r.output and "Traceback" not in r.output
+
+
+def test_huge_epochs_is_bounded(workspace, tmp_path):
+    r = invoke(train_args(workspace, tmp_path / "runs", "--epochs", "99999999999999999999"))
+    assert r.exit_code == 2 and "--epochs" in r.output and "1000000" in r.output and "Traceback" not in r.output
+
+
+def test_api_options_are_checked_too():
+    from convnet_cli.train.run_checks import check_options
+    from convnet_cli.train.trainer import TrainOptions
+
+    with pytest.raises(ConfigError, match="--seed -5"):
+        check_options(TrainOptions(seed=-5))
+    with pytest.raises(ConfigError, match="--epochs"):
+        check_options(TrainOptions(epochs=10 ** 20))
+
+
+def test_huge_test_range_names_the_flag(workspace, tmp_path):
+    r = invoke(train_args(workspace, tmp_path / "runs", "--test-range", "1-100000000000"))
+    line = one_line_error(r)
+    assert "--test-range" in line and "at most" in line
+
+
+def test_max_checkpoints_defaults_to_five(workspace, tmp_path):
+    from convnet_cli.commands.train import command
+
+    assert "0 keeps all" in command.get_help(__import__("click").Context(command))
+    save = tmp_path / "runs"
+    r = invoke(train_args(workspace, save, "--epochs", "7", "--test-freq", "1"))
+    assert r.exit_code == 0, r.output
+    run = only_run(save)
+    numbered = [f for f in os.listdir(run) if f[0].isdigit() and f.endswith(".npz")]
+    assert len(numbered) == 5 and os.path.exists(os.path.join(run, "best.npz"))
+
+
+# -- weak answers: classes, overlapping ranges, no labels --------------------------------------------------------
+def _batches_like(ws, tmp_path, **meta_changes):
+    """A copy of the workspace batches with batches.meta changed."""
+    from convnet_cli.data.batch_files import restricted_load
+    from convnet_cli.fileio import write_pickle_atomic
+
+    dst = tmp_path / "batches"
+    shutil.copytree(ws / "batches", dst)
+    meta = restricted_load(str(dst / "batches.meta"))
+    meta.update(meta_changes)
+    write_pickle_atomic(str(dst / "batches.meta"), meta)
+    return dst
+
+
+def _with_data(args, path):
+    args = list(args)
+    args[args.index("--data-path") + 1] = str(path)
+    return args
+
+
+def test_no_labels_batches_are_refused(workspace, tmp_path):
+    data = _batches_like(workspace, tmp_path, label_names=[])
+    line = one_line_error(invoke(_with_data(train_args(workspace, tmp_path / "runs"), data)))
+    assert "no labels" in line and "--no-labels" in line and str(data) in line
+
+
+def test_one_class_is_refused(workspace, tmp_path):
+    data = _batches_like(workspace, tmp_path, label_names=["upcall"])
+    line = one_line_error(invoke(_with_data(train_args(workspace, tmp_path / "runs"), data)))
+    assert "one class only" in line
+
+
+def test_overlapping_ranges_warn(workspace, tmp_path):
+    r = invoke([a for a in train_args(workspace, tmp_path / "runs", "--epochs", "1", "--train-range", "1-3",
+                                      "--test-range", "3-4") if a != "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "warning: --train-range and --test-range share batch(es) 3" in r.output
+
+
+# -- 2: train -f with other data ---------------------------------------------------------------------------------
+def test_resume_refuses_batches_of_other_labels(workspace, tmp_path):
+    save = tmp_path / "runs"
+    assert invoke(train_args(workspace, save, "--epochs", "1")).exit_code == 0
+    other = _batches_like(workspace, tmp_path, label_names=["upcall", "noise"])  # the order swapped
+    line = one_line_error(invoke(["train", "-f", only_run(save), "--data-path", str(other), "--epochs", "2"]))
+    assert "does not fit the run" in line and "label names" in line
+
+
+def test_resume_refuses_other_normalisation(workspace, tmp_path):
+    from convnet_cli.data.batch_files import restricted_load
+
+    save = tmp_path / "runs"
+    assert invoke(train_args(workspace, save, "--epochs", "1")).exit_code == 0
+    meta = restricted_load(str(workspace / "batches" / "batches.meta"))
+    other = _batches_like(workspace, tmp_path, data_mean=meta["data_mean"] + 1)
+    line = one_line_error(invoke(["train", "-f", only_run(save), "--data-path", str(other), "--epochs", "2"]))
+    assert "normalisation" in line
+
+
+# -- 3: resuming from another folder; every params version kept ------------------------------------------------
+def test_resume_elsewhere_never_reads_the_current_folder(workspace, tmp_path, monkeypatch):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    shutil.copy(workspace / "layers.yaml", ws / "layers.yaml")
+    shutil.copy(workspace / "params.yaml", ws / "params.yaml")
+    monkeypatch.chdir(ws)
+    args = train_args(workspace, "runs", "--epochs", "1")
+    args[args.index("--layer-def") + 1] = "layers.yaml"
+    args[args.index("--layer-params") + 1] = "params.yaml"
+    assert invoke(args).exit_code == 0
+    run = os.path.abspath(only_run("runs"))
+    stray = tmp_path / "elsewhere"
+    stray.mkdir()
+    (stray / "params.yaml").write_text("DEFAULT: {epsW: 0.5}\n")   # a stray file of the same name
+    monkeypatch.chdir(stray)
+    r = invoke(["train", "-f", run, "--epochs", "2", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert open(os.path.join(run, "params.yaml")).read() == PARAMS   # the run's copy is untouched
+    assert not os.path.exists(os.path.join(run, "params.2.yaml"))
+    # an edited params file (the one the run was given) becomes version 2, logged when it took effect
+    (ws / "params.yaml").write_text(PARAMS.replace("0.003", "0.001"))
+    r = invoke(["train", "-f", run, "--epochs", "3", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert open(os.path.join(run, "params.yaml")).read() == PARAMS
+    assert "0.001" in open(os.path.join(run, "params.2.yaml")).read()
+    recs = [json.loads(l) for l in open(os.path.join(run, "train_log.jsonl"))]
+    versions = [(r["file"], r["epoch"]) for r in recs if r["type"] == "params"]
+    assert versions == [("params.yaml", 1), ("params.2.yaml", 3)]
+    assert recs[-1]["type"] == "test"
+
+
+# -- 12: stale temp files and the log after kills --------------------------------------------------------------
+def test_resume_cleans_temps_and_cuts_the_log(workspace, tmp_path):
+    save = tmp_path / "runs"
+    assert invoke(train_args(workspace, save, "--epochs", "1")).exit_code == 0
+    run = only_run(save)
+    log = os.path.join(run, "train_log.jsonl")
+    good = open(log).read()
+    # what kill -9 loops leave: temp files of checkpoints, and records logged after the last checkpoint
+    for name in (".2.3.npz.123.abcd1234.tmp", ".tmp-2.3.npz", ".best.tmp"):
+        open(os.path.join(run, name), "wb").write(b"x" * 100)
+    extra = [json.loads(l) for l in good.splitlines() if '"train"' in l][:2]
+    with open(log, "a") as f:
+        for rec in extra:
+            f.write(json.dumps(dict(rec, epoch=2)) + "\n")
+        f.write('{"type": "tra')  # torn
+    r = invoke(["train", "-f", run, "--epochs", "1", "--quiet"])  # already done: still cleans up
+    assert r.exit_code == 0, r.output
+    assert not [n for n in os.listdir(run) if n.endswith(".tmp") or n.startswith(".tmp-")]
+    assert open(log).read() == good
+
+
+# -- 11: __state__ of the wrong shape --------------------------------------------------------------------------
+def _rewrite_state(src, dst, state_text):
+    with np.load(src, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["__state__"] = np.array(state_text)
+    np.savez(dst, **arrays)
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda s: [1, 2, 3],
+    lambda s: {k: v for k, v in s.items() if k != "data_shape"},
+    lambda s: dict(s, data_shape="big"),
+    lambda s: dict(s, label_names=[1, 2]),
+    lambda s: dict(s, epoch="one"),
+    lambda s: dict(s, history={"a": 1}),
+])
+def test_wrong_state_is_one_line_in_predict_train_show(workspace, tmp_path, mutate):
+    save = tmp_path / "runs"
+    assert invoke(train_args(workspace, save, "--epochs", "1")).exit_code == 0
+    run = only_run(save)
+    src = os.path.join(run, "best.npz")
+    with np.load(src, allow_pickle=False) as z:
+        state = json.loads(str(z["__state__"]))
+    bad = str(tmp_path / "bad.npz")
+    _rewrite_state(src, bad, json.dumps(mutate(state)))
+    for args in (["predict", "-f", bad, "--data-path", str(workspace / "batches"), "--out", str(tmp_path / "p.csv")],
+                 ["train", "-f", bad, "--epochs", "2"],
+                 ["show", "-f", bad, "--filters", "conv1", "--out-dir", str(tmp_path)]):
+        line = one_line_error(invoke(args))
+        assert bad in line and "__state__" in line
+
+
+# -- weak answer: NaN weights ----------------------------------------------------------------------------------
+def test_nan_weights_are_refused_naming_the_arrays(workspace, tmp_path):
+    save = tmp_path / "runs"
+    assert invoke(train_args(workspace, save, "--epochs", "1")).exit_code == 0
+    src = os.path.join(only_run(save), "best.npz")
+    with np.load(src, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["fc2/weights"] = arrays["fc2/weights"] * np.nan
+    bad = str(tmp_path / "nan.npz")
+    np.savez(bad, **arrays)
+    line = one_line_error(invoke(["predict", "-f", bad, "--data-path", str(workspace / "batches"),
+                                  "--out", str(tmp_path / "p.csv")]))
+    assert "fc2/weights" in line and "NaN" in line
+    assert not os.path.exists(tmp_path / "p.csv")
+
+
+# -- 10 + weak answers: writers name their file, leave no temp, exit 2 -----------------------------------------
+def test_best_copy_disk_full_names_best_and_leaves_no_temp(workspace, tmp_path, monkeypatch):
+    import errno
+
+    def full(src, dst, length=0):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfileobj", full)
+    save = tmp_path / "runs"
+    line = one_line_error(invoke(train_args(workspace, save, "--epochs", "1")))
+    assert "best.npz: disk full" in line
+    run = only_run(save)
+    assert not [n for n in os.listdir(run) if n.endswith(".tmp")]
+
+
+def test_nonfinite_stop_without_checkpoint_suggests_no_resume(workspace, tmp_path):
+    params = tmp_path / "p.yaml"
+    params.write_text("DEFAULT: {updater: sgd, epsW: 1e30, epsB: 1e30, momW: 0.9}\n")
+    layers = tmp_path / "l.yaml"
+    layers.write_text(LAYERS.replace("bn1:    {type: batchnorm, inputs: conv1, neuron: relu}\n", "")
+                      .replace("inputs: bn1", "inputs: conv1"))
+    args = train_args(workspace, tmp_path / "runs", "--epochs", "3")
+    args[args.index("--layer-params") + 1] = str(params)
+    args[args.index("--layer-def") + 1] = str(layers)
+    r = invoke(args)
+    assert r.exit_code == 1
+    assert "no checkpoint was written yet" in r.output and "train -f" not in r.output
+
+
+def test_save_path_that_is_a_file(workspace, tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    line = one_line_error(invoke(train_args(workspace, f)))
+    assert str(f) in line and "is a file" in line
+
+
+@pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True, reason="root ignores permissions")
+def test_read_only_save_path(workspace, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o500)
+    try:
+        line = one_line_error(invoke(train_args(workspace, ro / "runs")))
+        assert str(ro) in line and "cannot create" in line
+    finally:
+        os.chmod(ro, 0o700)
+
+
+def test_save_path_under_a_file(workspace, tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    line = one_line_error(invoke(train_args(workspace, f / "runs")))
+    assert "--save-path" in line and "cannot create" in line
+
+
+def test_predict_out_folder_and_nan(workspace, tmp_path):
+    save = tmp_path / "runs"
+    assert invoke(train_args(workspace, save, "--epochs", "1")).exit_code == 0
+    run = only_run(save)
+    line = one_line_error(invoke(["predict", "-f", run, "--data-path", str(workspace / "batches"),
+                                  "--out", str(tmp_path)]))
+    assert "--out" in line and "is a folder" in line
+
+
+def test_predict_never_writes_nan(tmp_path):
+    from convnet_cli.errors import DataError
+    from convnet_cli.predict.predict import Predictions, write_csv
+
+    p = Predictions(np.array([[0.5, 0.5], [np.nan, 0.1]], np.float32), np.array([0, 1]), ["a.wav", "b.wav"],
+                    ["x", "y"])
+    with pytest.raises(DataError, match="'b.wav'"):
+        write_csv(p, str(tmp_path / "p.csv"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_predict_csv_disk_full_names_the_file(tmp_path, monkeypatch):
+    import errno
+
+    from convnet_cli.errors import DataError
+    from convnet_cli.predict.predict import Predictions, write_csv
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    p = Predictions(np.array([[0.5, 0.5]], np.float32), np.array([0]), ["a.wav"], ["x", "y"])
+    out = str(tmp_path / "p.csv")
+    with pytest.raises(DataError, match="p.csv: disk full"):
+        write_csv(p, out)
+    assert os.listdir(tmp_path) == []
