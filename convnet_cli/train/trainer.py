@@ -25,6 +25,7 @@ from convnet_cli.backend import get_backend
 from convnet_cli.config.yamlio import display_name, read_text
 from convnet_cli.errors import ConfigError, NonFiniteError
 from convnet_cli.net import Net
+from convnet_cli.train import best as best_by
 from convnet_cli.train.checkpoint import (RunState, load_checkpoint, newest_checkpoint, prune_checkpoints,
                                           resolve_checkpoint, save_checkpoint)
 
@@ -44,6 +45,9 @@ class TrainOptions:
     max_checkpoints: int | None = None
     augment: list = field(default_factory=list)
     early_stop: int | None = None
+    best_by: str = "cost"        # cost, error or auc: which test makes best.npz (train/best.py)
+    balance: bool = False
+    init_from: str | None = None
     quiet: bool = False
 
 
@@ -130,6 +134,7 @@ class Trainer:
         self.batches_per_epoch = len(options.train_range)
         self.total_batches = self.batches_per_epoch * options.epochs
         self.started = time.time() - state.seconds
+        self.test_auc = None
 
     # -- state -------------------------------------------------------------------------------------
     def _checkpoint(self, name: str) -> str:
@@ -233,12 +238,16 @@ class Trainer:
         """(totals, cases) over the test range, in test mode: totals {cost layer: {metric: sum over cases}}
         (see _accumulate; _record turns them into means), cases the number of test cases."""
         totals, cases = {}, 0
+        scores = best_by.Scores.for_net(self.net, self.state.label_names)
         for _, minibatches in self.test_provider.iter_epoch(0):
             for mb in minibatches:
                 costs = self.net.forward({0: mb.x, 1: mb.labels}, train=False)
+                if scores is not None:
+                    scores.add(mb.labels)
                 n = mb.x.shape[0]
                 cases += n
                 _accumulate(totals, costs, n)
+        self.test_auc = scores.auc() if scores is not None else None
         return totals, cases
 
     def _test_and_save(self, epoch, batchnum) -> bool:
@@ -248,12 +257,14 @@ class Trainer:
         totals, cases = self.test()
         record = _record("test", epoch, batchnum, s.batches_done, totals, cases, time.time() - start, self.net,
                          {}, self.batches_per_epoch)
+        if self.test_auc is not None:
+            record["auc"] = self.test_auc
         self._log(record)
-        s.history.append({k: record[k] for k in ("type", "epoch", "batch", "progress", "cost", "error")})
-        metric = record["error"] if record["error"] is not None else record["cost"]
-        improved = s.best is None or (metric is not None and metric < s.best["metric"])
+        s.history.append({k: record.get(k) for k in ("type", "epoch", "batch", "progress", "cost", "error", "auc")})
+        metric = best_by.metric(record, self.o.best_by)
+        improved = best_by.improves(metric, s.best, self.o.best_by)
         if improved:
-            s.best = {"metric": metric, "epoch": epoch, "batch": batchnum}
+            s.best = {"metric": metric, "by": self.o.best_by, "epoch": epoch, "batch": batchnum}
             s.tests_without_improvement = 0
         else:
             s.tests_without_improvement += 1
@@ -267,7 +278,8 @@ class Trainer:
         parts = [f"{epoch}.{batchnum}"]
         if train:
             parts.append(f"cost {train['cost']:.4f}" + (f" err {train['error']:.3f}" if train["error"] is not None else ""))
-        parts.append(f"test cost {record['cost']:.4f}" + (f" err {record['error']:.3f}" if record["error"] is not None else ""))
+        parts.append(f"test cost {record['cost']:.4f}" + (f" err {record['error']:.3f}" if record["error"] is not None else "")
+                     + (f" auc {record['auc']:.4f}" if record.get("auc") is not None else ""))
         if lr is not None:
             parts.append(f"lr {lr:.3g}")
         parts.append(f"{time.time() - self.started:.1f}s")
@@ -367,6 +379,7 @@ def start(o: TrainOptions, echo=None) -> int:
     net = Net.from_text(layer_def_text, params_text, batchset.data_shape, backend, o.seed, o.layer_def,
                         o.layer_params, check=functools.partial(_check_classes, batchset=batchset,
                                                                  source=display_name(o.layer_def)))
+    best_by.check_best_by(o.best_by, batchset.label_names, net.layers)
     run_dir = new_run_dir(o.save_path)
     for src in (o.layer_def, o.layer_params):
         if src:
@@ -407,9 +420,13 @@ def resume(path: str, explicit: dict, echo=None) -> int:
                               data_shape=batchset.data_shape, seed=o.seed,
                               check=functools.partial(_check_classes, batchset=batchset,
                                                       source=display_name(state.layer_def_name)))
+    best_by.check_best_by(o.best_by, batchset.label_names, net.layers)
+    echo = echo or (lambda msg: click.echo(msg, err=True))
+    if state.best and state.best.get("by", "error") != o.best_by and not o.quiet:
+        echo(f"--best-by {o.best_by}: best.npz was chosen by {state.best.get('by', 'error')} so far; "
+             f"the next test starts the new choice")
     state.options = asdict(o)
     state.layer_params, state.layer_params_name = params_text, params_name
-    echo = echo or (lambda msg: click.echo(msg, err=True))
     if state.epoch > o.epochs or state.stopped_early and "epochs" not in explicit:
         if not o.quiet:
             echo(f"{ckpt.path}: training already reached epoch {state.epoch - 1} of {o.epochs}; "
@@ -426,9 +443,9 @@ def _run(o, run_dir, net, batchset, state, echo) -> int:
     rc = Trainer(o, run_dir, net, batchset, state, echo).run()
     if rc == 0 and not o.quiet:
         best = state.best
-        if best:
-            echo(f"done: best test {'error' if best['metric'] is not None else 'cost'} "
-                 f"{best['metric']:.4f} at {best['epoch']}.{best['batch']}; checkpoints in {run_dir}")
+        if best and best.get("metric") is not None:
+            echo(f"done: best test {best.get('by', o.best_by)} {best['metric']:.4f} at {best['epoch']}.{best['batch']} "
+                 f"(best.npz); checkpoints in {run_dir}")
     return rc
 
 

@@ -1,0 +1,123 @@
+"""train --best-by, --balance and --init-from end to end on tiny generated audio (the workspace of
+test_cli_train.py: two classes, 3 training batch files of 8 clips, one test batch)."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tests.helpers import invoke
+from tests.test_cli_train import arrays, only_run, train_args, workspace  # noqa: F401 (fixture)
+
+
+def _records(run):
+    return [json.loads(line) for line in open(os.path.join(run, "train_log.jsonl"))]
+
+
+def _state(path):
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(str(z["__state__"]))
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("by", ["cost", "error", "auc"])
+def test_best_by_picks_the_best_test_and_records_it(workspace, tmp_path, by):
+    args = ["--epochs", "4"] + (["--best-by", by] if by != "cost" else [])
+    r = invoke(train_args(workspace, tmp_path, *args))
+    assert r.exit_code == 0, r.output
+    run = only_run(tmp_path)
+    tests = [t for t in _records(run) if t["type"] == "test"]
+    assert len(tests) == 4 and all(t.get("auc") is not None for t in tests)  # two classes: AUC logged
+    values = [t[by] for t in tests]
+    # the first test reaching the best value (later ties do not replace it)
+    want = values.index(max(values) if by == "auc" else min(values))
+    state = _state(os.path.join(run, "best.npz"))
+    assert state["options"]["best_by"] == by
+    assert state["best"]["by"] == by and state["best"]["metric"] == pytest.approx(values[want])
+    assert (state["best"]["epoch"], state["best"]["batch"]) == (tests[want]["epoch"], tests[want]["batch"])
+    # best.npz holds the weights of that test's checkpoint
+    ckpt = os.path.join(run, f"{tests[want]['epoch']}.{tests[want]['batch']}.npz")
+    assert _same(arrays(ckpt), arrays(os.path.join(run, "best.npz")))
+    # predict -f RUN uses best.npz, info names the choice
+    out = tmp_path / "p.csv"
+    r = invoke(["predict", "-f", run, "--data-path", str(workspace / "batches"), "--out", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    r = invoke(["info", run, "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["best"]["by"] == by
+
+
+def test_best_by_cost_is_the_default_and_differs_from_error_choice(workspace, tmp_path):
+    """A run where the lowest test error and lowest test cost fall on different tests: best.npz follows
+    the cost."""
+    from convnet_cli.train.best import improves
+
+    assert improves(0.5, {"metric": 0.6, "by": "cost"}, "cost")
+    assert not improves(0.6, {"metric": 0.6, "by": "cost"}, "cost")   # a tie keeps the earlier model
+    assert improves(0.9, {"metric": 0.8, "by": "auc"}, "auc")
+    assert not improves(0.7, {"metric": 0.8, "by": "auc"}, "auc")
+    assert improves(0.9, {"metric": 0.1, "by": "error"}, "cost")      # another criterion: restart
+    r = invoke(train_args(workspace, tmp_path, "--epochs", "1"))
+    assert r.exit_code == 0, r.output
+    assert _state(os.path.join(only_run(tmp_path), "best.npz"))["best"]["by"] == "cost"
+
+
+def test_early_stop_counts_tests_without_improvement_of_the_chosen_metric(workspace, tmp_path):
+    r = invoke(train_args(workspace, tmp_path, "--epochs", "30", "--early-stop", "1", "--best-by", "error"))
+    assert r.exit_code == 0, r.output
+    run = only_run(tmp_path)
+    tests = [t for t in _records(run) if t["type"] == "test"]
+    errors = [t["error"] for t in tests]
+    # stopped at the first test that did not lower the error
+    assert len(tests) < 30
+    assert errors[-1] >= min(errors[:-1])
+    assert all(errors[i] < min(errors[:i]) for i in range(1, len(errors) - 1))
+
+
+def test_best_by_auc_needs_two_classes_and_bad_values_exit_2(workspace, tmp_path):
+    r = invoke(train_args(workspace, tmp_path, "--best-by", "f1"))
+    assert r.exit_code == 2 and "--best-by" in r.output
+    sum2 = workspace / "sum2.yaml"
+    sum2.write_text("data: {type: data, dataIdx: 0}\nfc: {type: fc, inputs: data, outputs: 3}\n"
+                    "sq: {type: cost.sum2, inputs: fc}\n")
+    args = train_args(workspace, tmp_path, "--best-by", "auc")
+    args[args.index("--layer-def") + 1] = str(sum2)
+    (workspace / "sum2-params.yaml").write_text("DEFAULT: {epsW: 0.01}\n")
+    args[args.index("--layer-params") + 1] = str(workspace / "sum2-params.yaml")
+    r = invoke(args)
+    assert r.exit_code == 2 and "--best-by auc" in r.output and "cost.logreg" in r.output
+    assert not os.path.exists(tmp_path) or not any(d.startswith("ConvNet__") for d in os.listdir(tmp_path))
+
+
+def test_check_best_by_auc_refuses_more_than_two_classes():
+    from convnet_cli.errors import ConfigError
+    from convnet_cli.train.best import check_best_by
+
+    class L:
+        is_cost, type = True, "cost.logreg"
+
+    with pytest.raises(ConfigError, match="two classes, the data has 3"):
+        check_best_by("auc", ["a", "b", "c"], [L()])
+    check_best_by("auc", ["a", "b"], [L()])
+
+
+@pytest.mark.parametrize("by, x, text", [("cost", 2.0, "test cost 0.3000"), ("error", 3.0, "test error 0.1000"),
+                                         ("auc", 1.0, "test AUC 0.9500")])
+def test_show_marks_the_test_that_made_best_npz(by, x, text):
+    pytest.importorskip("matplotlib")
+    from convnet_cli.show import plots
+
+    records = [{"type": "test", "progress": 1.0, "cost": 0.5, "error": 0.3, "auc": 0.95},
+               {"type": "test", "progress": 2.0, "cost": 0.3, "error": 0.2, "auc": 0.90},
+               {"type": "test", "progress": 3.0, "cost": 0.4, "error": 0.1, "auc": 0.80}]
+    fig = plots._figure(*plots.COST_SIZE)
+    ax_cost, ax_err = fig.subplots(2, 1)
+    plots._mark_best(records, by, ax_cost, ax_err)
+    assert [ln.get_xdata()[0] for ln in ax_cost.lines] == [x]
+    texts = [t.get_text() for ax in (ax_cost, ax_err) for t in ax.texts]
+    assert texts == [f"best.npz: {text}"]
