@@ -121,3 +121,22 @@ def test_show_marks_the_test_that_made_best_npz(by, x, text):
     assert [ln.get_xdata()[0] for ln in ax_cost.lines] == [x]
     texts = [t.get_text() for ax in (ax_cost, ax_err) for t in ax.texts]
     assert texts == [f"best.npz: {text}"]
+
+
+def test_balance_is_recorded_and_resumes_exactly(workspace, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    r = invoke(train_args(workspace, one, "--epochs", "2", "--balance", "--seed", "4"))
+    assert r.exit_code == 0, r.output
+    r = invoke(train_args(workspace, two, "--epochs", "1", "--balance", "--seed", "4"))
+    assert r.exit_code == 0, r.output
+    r = invoke(["train", "-f", only_run(two), "--epochs", "2", "--quiet"])
+    assert r.exit_code == 0, r.output
+    a, b = only_run(one), only_run(two)
+    last = sorted(f for f in os.listdir(a) if f[0].isdigit())[-1]
+    assert _same(arrays(os.path.join(a, last)), arrays(os.path.join(b, last)))
+    assert _state(os.path.join(b, last))["options"]["balance"] is True
+    # and it changes what is trained on
+    plain = tmp_path / "plain"
+    assert invoke(train_args(workspace, plain, "--epochs", "1", "--seed", "4")).exit_code == 0
+    first = sorted(f for f in os.listdir(only_run(plain)) if f[0].isdigit())[0]
+    assert not _same(arrays(os.path.join(only_run(plain), first)), arrays(os.path.join(b, first)))

@@ -127,7 +127,8 @@ class Trainer:
         self.state = state
         self.echo = echo or (lambda msg: click.echo(msg, err=True))
         self.train_provider = DataProvider(batchset, options.train_range, options.mini, net.backend,
-                                           seed=options.seed, train=True, augment=tuple(options.augment))
+                                           seed=options.seed, train=True, augment=tuple(options.augment),
+                                           balance=options.balance)
         self.test_provider = DataProvider(batchset, options.test_range, options.mini, net.backend,
                                           seed=options.seed, train=False)
         self.log_path = os.path.join(run_dir, "train_log.jsonl")
