@@ -140,3 +140,69 @@ def test_balance_is_recorded_and_resumes_exactly(workspace, tmp_path):
     assert invoke(train_args(workspace, plain, "--epochs", "1", "--seed", "4")).exit_code == 0
     first = sorted(f for f in os.listdir(only_run(plain)) if f[0].isdigit())[0]
     assert not _same(arrays(os.path.join(only_run(plain), first)), arrays(os.path.join(b, first)))
+
+
+def test_init_from_copies_matching_layers_and_freezes_with_eps_zero(workspace, tmp_path):
+    src = tmp_path / "src"
+    r = invoke(train_args(workspace, src, "--epochs", "2"))
+    assert r.exit_code == 0, r.output
+    source = arrays(os.path.join(only_run(src), "best.npz"))
+    # the new net: fc2 renamed 'head' (new), conv1 frozen by epsW/epsB 0
+    layers = (workspace / "layers.yaml").read_text().replace("fc2", "head")
+    (tmp_path / "ft.yaml").write_text(layers)
+    (tmp_path / "ft-params.yaml").write_text((workspace / "params.yaml").read_text()
+                                             + "conv1: {epsW: 0, epsB: 0}\n")
+    ft = tmp_path / "ft"
+    args = train_args(workspace, ft, "--epochs", "1", "--init-from", only_run(src))
+    args[args.index("--layer-def") + 1] = str(tmp_path / "ft.yaml")
+    args[args.index("--layer-params") + 1] = str(tmp_path / "ft-params.yaml")
+    args.remove("--quiet")
+    r = invoke(args)
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.output.splitlines() if ln.startswith("init-from"))
+    assert "best.npz: copied 2 layers (conv1, bn1;" in line and "initialised head (not in the checkpoint)" in line
+    run = only_run(ft)
+    after = arrays(sorted(os.path.join(run, f) for f in os.listdir(run) if f[0].isdigit())[-1])
+    # frozen: conv1 exactly as in the source run; bn1 copied then trained on
+    assert np.array_equal(after["conv1/weights"], source["conv1/weights"])
+    assert np.array_equal(after["conv1/biases"], source["conv1/biases"])
+    assert not np.array_equal(after["bn1/scale" if "bn1/scale" in after else "bn1/gamma"],
+                              source["bn1/scale" if "bn1/scale" in source else "bn1/gamma"])
+    assert _state(os.path.join(run, "best.npz"))["options"]["init_from"] == only_run(src)
+
+
+def test_init_from_reports_shape_mismatch_and_refuses_no_match(workspace, tmp_path):
+    from convnet_cli.backend import get_backend
+    from convnet_cli.net import Net
+    from convnet_cli.train.init_from import init_from
+
+    src = tmp_path / "src"
+    assert invoke(train_args(workspace, src, "--epochs", "1")).exit_code == 0
+    from convnet_cli.data.batch_files import BatchSet
+
+    text = (workspace / "layers.yaml").read_text().replace("outputs: 2", "outputs: 3")
+    net = Net.from_text(text, "", BatchSet(str(workspace / "batches")).data_shape, get_backend("cpu"), 0)
+    before = net.get_arrays()
+    s = init_from(net, only_run(src))
+    saved = arrays(os.path.join(only_run(src), "best.npz"))
+    assert s.copied == ["conv1", "bn1"]
+    assert len(s.fresh) == 1 and s.fresh[0][0] == "fc2" and s.fresh[0][1].startswith("weights (3, ")
+    assert "initialised fc2 (weights (3, " in s.line()
+    now = net.get_arrays()
+    assert np.array_equal(now["fc2/weights"], before["fc2/weights"])
+    assert np.array_equal(now["conv1/weights"], saved["conv1/weights"])
+    assert np.array_equal(now["bn1/running_mean"], saved["bn1/running_mean"])
+    assert not any(k.count("/") == 2 for k in now if k.startswith("conv1/")) or \
+        not np.array_equal(now.get("conv1/weights/m"), saved.get("conv1/weights/m"))  # updater state not copied
+    other = ("data: {type: data, dataIdx: 0}\nlabels: {type: data, dataIdx: 1}\n"
+             "zz: {type: fc, inputs: data, outputs: 2}\np: {type: softmax, inputs: zz}\n"
+             "c: {type: cost.logreg, inputs: [labels, p]}\n")
+    (tmp_path / "other.yaml").write_text(other)
+    (tmp_path / "p.yaml").write_text("DEFAULT: {epsW: 0.01}\n")
+    args = train_args(workspace, tmp_path / "o", "--init-from", only_run(src))
+    args[args.index("--layer-def") + 1] = str(tmp_path / "other.yaml")
+    args[args.index("--layer-params") + 1] = str(tmp_path / "p.yaml")
+    r = invoke(args)
+    assert r.exit_code == 2 and "--init-from" in r.output and "no layer of this net matches" in r.output
+    r = invoke(train_args(workspace, tmp_path / "o", "--init-from", str(tmp_path / "nowhere")))
+    assert r.exit_code == 2 and "--init-from" in r.output

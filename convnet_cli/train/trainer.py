@@ -26,6 +26,7 @@ from convnet_cli.config.yamlio import display_name, read_text
 from convnet_cli.errors import ConfigError, NonFiniteError
 from convnet_cli.net import Net
 from convnet_cli.train import best as best_by
+from convnet_cli.train.init_from import init_from
 from convnet_cli.train.checkpoint import (RunState, load_checkpoint, newest_checkpoint, prune_checkpoints,
                                           resolve_checkpoint, save_checkpoint)
 
@@ -381,6 +382,7 @@ def start(o: TrainOptions, echo=None) -> int:
                         o.layer_params, check=functools.partial(_check_classes, batchset=batchset,
                                                                  source=display_name(o.layer_def)))
     best_by.check_best_by(o.best_by, batchset.label_names, net.layers)
+    copied = init_from(net, o.init_from) if o.init_from else None
     run_dir = new_run_dir(o.save_path)
     for src in (o.layer_def, o.layer_params):
         if src:
@@ -392,6 +394,8 @@ def start(o: TrainOptions, echo=None) -> int:
         echo(f"device {backend.name}; {net.num_params():,} parameters; train batches {_fmt_range(o.train_range)}, "
              f"test batches {_fmt_range(o.test_range)}; {o.epochs} epochs of minibatches of {o.mini}")
         echo(net.describe())
+        if copied is not None:
+            echo(copied.line())
     return _run(o, run_dir, net, batchset, state, echo)
 
 
