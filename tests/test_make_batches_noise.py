@@ -57,7 +57,8 @@ def test_copies_are_noisy_training_clips_and_the_test_range_is_untouched(ws, tmp
     assert r.exit_code == 0, r.output
     r = mb(ws, tmp_path / "noisy", "--noise-dir", str(ws / "noise"), "--copies", "2", "--noise-snr", "5,10")
     assert r.exit_code == 0, r.output
-    assert "augmented: 2 copies per training clip, noise from 2 recordings" in r.output
+    assert "make-batches: 12 files read" in r.output
+    assert "augmented: 16 copies written (2 copies per training clip, noise from 2 recordings" in r.output
     meta0, clean = read_set(tmp_path / "clean")
     meta1, noisy = read_set(tmp_path / "noisy")
     train = [n for n, (b, _, _) in clean.items() if in_range(meta0, b, "train_range")]

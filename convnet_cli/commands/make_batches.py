@@ -144,7 +144,7 @@ def command(audio_dir, batch_dir, labels_csv, file_col, label_col, no_labels, la
                      progress=not quiet, label_names=names, noise=noise)
     click.echo(summary_line(s))
     if noise is not None:
-        click.echo(f"make-batches: training range augmented: {noise.describe()}")
+        click.echo(f"make-batches: training range augmented: {s.get('copies', 0)} copies written ({noise.describe()})")
 
 
 def _range(r, cases):

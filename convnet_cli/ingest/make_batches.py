@@ -453,6 +453,7 @@ class _Written:
     moments: "_Moments" = None  # statistics of the training batches, as a reader will see them
     timings: np.ndarray = None  # decode, resample, features, imports (summed over workers)
     t_write: float = 0.0
+    copies: int = 0          # noisy copies written (ingest/noise.py), counted in sizes
 
 
 def _write_all(ds, plan, spec, staging, jobs, dtype, progress, noise=None) -> tuple:
@@ -486,7 +487,7 @@ def _write_all(ds, plan, spec, staging, jobs, dtype, progress, noise=None) -> tu
     write_pickle_atomic(os.path.join(staging, META), meta)
     w.t_write += time.perf_counter() - t0
     summary = {
-        "read": sum(w.sizes), "skipped": len(w.skipped), "batches": len(w.files),
+        "read": sum(w.sizes) - w.copies, "copies": w.copies, "skipped": len(w.skipped), "batches": len(w.files),
         "train_range": train_range, "test_range": test_range,
         "train_cases": int(sum(w.sizes[:w.n_train])), "test_cases": int(sum(w.sizes[w.n_train:])),
         "shape": tuple(spec.shape),
@@ -524,7 +525,9 @@ def _write_batches(ds, plan, spec, staging, jobs, dtype, progress, noise=None) -
         for (b, part), chunk, (arr, ok, bad, times) in results:
             w.timings += times
             for j, reason in bad:
-                w.skipped.append((ds.names[part[j]], reason))
+                # a copy of a clip that cannot be decoded repeats the clip's own entry: named once
+                if isinstance(ds.paths[part[j]], str) or reason.startswith("noisy copy"):
+                    w.skipped.append((ds.names[part[j]], reason))
             if arr is not None:
                 parts.append((arr, [part[j] for j in ok]))
             remaining[b] -= len(chunk)
@@ -551,6 +554,7 @@ def _write_batch(ds, parts, num_vis, dtype, staging, w: _Written, is_train: bool
     write_pickle_atomic(os.path.join(staging, name), batch)
     w.files.append(name)
     w.sizes.append(len(index))
+    w.copies += sum(1 for i in index if not isinstance(ds.paths[i], str))
     if is_train:
         w.moments.add(seen)
         w.n_train = len(w.files)
