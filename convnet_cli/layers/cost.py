@@ -161,6 +161,22 @@ class LogregCost(CostLayer):
     keys = {"topk": Key("int", 1, min=1),
             "classWeights": Key("floats", None, min=0, doc="one weight per class: the cost is the weighted mean "
                                                            "of the cases' log-losses, as CrossEntropyLoss(weight=)")}
+    # cuda-convnet2's params files set topk in the cost's section ([logprob] coeff=1 topk=5); it overrides
+    # the layer definition's topk when given
+    hyper_defaults = {"coeff": 1.0, "topk": None}
+
+    def check_hyper(self, hyper: dict):
+        k = hyper.get("topk")
+        if k is not None:
+            if float(k) != int(float(k)) or int(float(k)) < 1:
+                raise self.error(f"topk {k:g} in the params file must be a whole number of at least 1, e.g. topk: 5")
+            hyper["topk"] = int(float(k))
+
+    @property
+    def topk(self) -> int:
+        """The k of the top-k error: the params file's topk, else the layer definition's."""
+        return self.hyper.topk if getattr(self, "hyper", None) is not None and self.hyper.topk is not None \
+            else self.props.topk
 
     def infer_shape(self):
         lab, probs = self.in_shapes
@@ -194,7 +210,7 @@ class LogregCost(CostLayer):
             # the weighted mean, as torch.nn.CrossEntropyLoss(weight=w): sum_i w_yi * loss_i / sum_i w_yi;
             # the backward pass folds these case weights into t (see _weighted)
             cost = -float(((t * logp).sum(axis=1) * cw).sum()) / max(float(cw.sum()), 1e-30)
-        top1, topk = classification_errors(p, labels, self.props.topk, xp)
+        top1, topk = classification_errors(p, labels, self.topk, xp)
         return cost, {"cost": cost, "error": top1, "topk_error": topk}, (t if cw is None else (t, cw))
 
     def forward(self, xs, params, ctx):
@@ -221,7 +237,7 @@ class LogregCost(CostLayer):
         z = logits.reshape(shape[0], -1)
         if _is_cupy(z) and labels.ndim == 1 and self.props.classWeights is None:
             # one kernel for softmax, log-loss and both error counts; the cache keeps the int labels
-            p, cost, top1, topk = softmax_logloss_forward_cupy(z, labels, self.props.topk)
+            p, cost, top1, topk = softmax_logloss_forward_cupy(z, labels, self.topk)
             return (cost, {"cost": cost, "error": top1, "topk_error": topk}), (p, labels, shape)
         logp = log_softmax(z, xp)
         p = xp.exp(logp)
