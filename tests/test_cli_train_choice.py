@@ -206,3 +206,9 @@ def test_init_from_reports_shape_mismatch_and_refuses_no_match(workspace, tmp_pa
     assert r.exit_code == 2 and "--init-from" in r.output and "no layer of this net matches" in r.output
     r = invoke(train_args(workspace, tmp_path / "o", "--init-from", str(tmp_path / "nowhere")))
     assert r.exit_code == 2 and "--init-from" in r.output
+
+
+def test_init_from_on_a_resume_is_refused(workspace, tmp_path):
+    assert invoke(train_args(workspace, tmp_path, "--epochs", "1")).exit_code == 0
+    r = invoke(["train", "-f", only_run(tmp_path), "--epochs", "2", "--init-from", only_run(tmp_path)])
+    assert r.exit_code == 2 and "--init-from starts a new run" in r.output

@@ -356,10 +356,6 @@ def _convert_layer(sec, default, source, res, default_used) -> _Layer:
     entries = _entries_with_default(sec, default, cls, own, known, lay, default_used)
     inputs_entry = next((e for e in entries if e.key.lower() == "inputs"), None)
     n_inputs = len([t for t in split_top(inputs_entry.value) if t]) if inputs_entry else 0
-    if n_inputs > 1 and cls.max_inputs == 1 and cls.type in ("conv", "local"):
-        raise _layer_error(source, inputs_entry.line, sec.name,
-                           f"a {cls.type} layer with {n_inputs} inputs (cuda-convnet summed one convolution per "
-                           f"input); convnet's {cls.type} takes one input: join them with a concat layer first")
     for e in entries:
         key = _canonical(e.key, known)
         key = own.get(key, key)  # a legacy spelling is written under the key's own name

@@ -401,6 +401,9 @@ def start(o: TrainOptions, echo=None) -> int:
 
 def resume(path: str, explicit: dict, echo=None) -> int:
     """Resume from a run directory (its newest checkpoint) or a checkpoint file; explicit flags override."""
+    if explicit.get("init_from"):
+        raise ConfigError("--init-from starts a new run from another run's weights; a resume (-f) continues its "
+                          "own: drop --init-from, or start a new run with --save-path")
     ckpt = load_checkpoint(resolve_checkpoint(path, prefer_best=False))
     state = ckpt.run_state
     run_dir = os.path.dirname(os.path.abspath(ckpt.path))
