@@ -52,9 +52,9 @@ def test_best_by_picks_the_best_test_and_records_it(workspace, tmp_path, by):
     assert json.loads(r.output)["best"]["by"] == by
 
 
-def test_best_by_cost_is_the_default_and_differs_from_error_choice(workspace, tmp_path):
-    """A run where the lowest test error and lowest test cost fall on different tests: best.npz follows
-    the cost."""
+def test_improvement_rules_and_cost_is_the_default(workspace, tmp_path):
+    """Lower is better for cost and error, higher for AUC; a tie keeps the earlier model; a best kept by
+    another criterion is replaced; a run without --best-by records cost."""
     from convnet_cli.train.best import improves
 
     assert improves(0.5, {"metric": 0.6, "by": "cost"}, "cost")
