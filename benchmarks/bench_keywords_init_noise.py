@@ -6,7 +6,7 @@ without make-batches --noise-dir, at the same number of epochs (README: 'Which i
 KEYWORDS holds train/<word>/*.flac and test/<word>/*.flac. Batches are made from train/ (its last fifth is the
 validation range that picks best.npz); the accuracy is `predict -f RUN test/ --report` on the held-out test/
 clips. The noise for --noise-dir is synthesised here (white, pink, brown, hum and burst noise, 10 s each),
-so the measurement needs no other data. Every run uses the same seed; each prints its per-epoch line.
+so the measurement needs no other data. Every run uses the same --seed; each prints its held-out accuracy and validation errors.
 """
 from __future__ import annotations
 
@@ -61,6 +61,7 @@ def main():
     ap.add_argument("--mini", type=int, default=64)
     ap.add_argument("--inits", default="kaiming_normal,pytorch,kaiming_uniform")
     ap.add_argument("--data", default="clean,noisy")
+    ap.add_argument("--seed", type=int, default=0, help="train --seed (initial weights, order, dropout)")
     args = ap.parse_args()
     w = args.work
     os.makedirs(w, exist_ok=True)
@@ -83,18 +84,18 @@ def main():
         with open(cfg, "w") as f:
             f.write(re.sub(r"init: \w+", f"init: {init}", layers))
         for kind, d in sets.items():
-            save = os.path.join(w, f"runs-{init}-{kind}")
+            save = os.path.join(w, f"runs-{init}-{kind}-seed{args.seed}")
             out = cli("train", "--data-path", d, "--save-path", save, "--layer-def", cfg, "--layer-params",
                       os.path.join(CONFIGS, "keywords-params.yaml"), "--epochs", str(args.epochs), "--mini",
-                      str(args.mini), log=os.path.join(w, f"train-{init}-{kind}.log"))
+                      str(args.mini), "--seed", str(args.seed), log=os.path.join(w, f"train-{init}-{kind}-seed{args.seed}.log"))
             tests = [ln for ln in out.splitlines() if re.match(r"^\d+\.\d+ ", ln)]
             run = sorted(os.path.join(save, r) for r in os.listdir(save))[-1]
-            report_out = os.path.join(w, f"preds-{init}-{kind}.csv")
+            report_out = os.path.join(w, f"preds-{init}-{kind}-seed{args.seed}.csv")
             cli("predict", "-f", run, os.path.join(args.keywords, "test"), "--out", report_out, "--report", "--quiet")
             report = json.load(open(os.path.join(os.path.dirname(report_out), "report.json")))
             val_err = [float(re.search(r"test cost [\d.]+ err ([\d.]+)", t).group(1)) for t in tests]
             results[(init, kind)] = (report["accuracy"], val_err)
-            print(f"{init:16s} {kind:6s} held-out accuracy {report['accuracy']:.4f}  validation error by epoch "
+            print(f"{init:16s} {kind:6s} seed {args.seed} held-out accuracy {report['accuracy']:.4f}  validation error by epoch "
                   + " ".join(f"{e:.3f}" for e in val_err), flush=True)
     print("\n| init | data | held-out accuracy | validation error after each epoch |\n|---|---|---|---|")
     for (init, kind), (acc, errs) in results.items():
