@@ -26,9 +26,9 @@ from convnet_cli.config.yamlio import display_name, read_text
 from convnet_cli.errors import ConfigError, NonFiniteError
 from convnet_cli.net import Net
 from convnet_cli.train import best as best_by
-from convnet_cli.train.init_from import init_from
 from convnet_cli.train.checkpoint import (RunState, load_checkpoint, newest_checkpoint, prune_checkpoints,
                                           resolve_checkpoint, save_checkpoint)
+from convnet_cli.train.init_from import init_from
 
 @dataclass
 class TrainOptions:
