@@ -184,3 +184,4 @@ def test_annotations_copies_training_windows_only(tmp_path):
         assert not np.allclose(noisy[f"{n}#copy1"][2], clean[n][2])
     for n in test:
         assert in_range(meta1, noisy[n][0], "test_range") and np.array_equal(noisy[n][2], clean[n][2])
+    assert meta1["copies"]["copies"] == 1 and meta1["copies"]["noise_snr"] == [0.0, 0.0] and "copies" not in meta0

@@ -597,6 +597,10 @@ def _extract_and_write(recs, plan, train_b, test_b, spec, hop_s, staging, jobs, 
         "windows": {"counts": counts, "left_out": int(plan.left_out),
                     "background_dropped": int(plan.background_dropped)},
     }
+    if noise is not None:  # as ingest/make_batches.py records them
+        meta["copies"] = {"copies": noise.copies, "noise_dir": noise.noise_dir or None,
+                          "noise_snr": list(noise.snr) if noise.files else None,
+                          "gain": list(noise.gain) if noise.gain is not None else None, "seed": noise.seed}
     write_text_atomic(os.path.join(staging, SKIPPED), "".join(f"{n}\t{r}\n" for n, r in skipped))
     write_pickle_atomic(os.path.join(staging, META), meta)
     return {
