@@ -84,7 +84,7 @@ def test_pass_is_identity_and_joins_several_inputs():
     two = make_layer("pass", [(3, 4, 5), (2, 4, 5)])
     assert two.out_shape == (5, 4, 5)
     gradcheck(two, [nhwc((3, 4, 5)), nhwc((2, 4, 5), seed=1)])
-    with pytest.raises(ConfigError, match="same HxW"):
+    with pytest.raises(ConfigError, match="pass joins several inputs along channels, so every input needs the same HxW"):
         make_layer("pass", [(3, 4, 5), (2, 4, 6)])
 
 
