@@ -272,7 +272,7 @@ def yaml_doc(text):
 
 
 # -- errors ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["blockexpand", "resize", "hs", "cnorm"])
+@pytest.mark.parametrize("kind", ["blockexpand", "resize", "hs"])
 def test_unknown_layer_type_is_a_one_line_error(kind):
     text = NET.replace("[probs]\ntype=softmax", f"[probs]\ntype={kind}")
     msg = one_line_error(cfg_to_layer_def, text, "layers.cfg")
@@ -283,9 +283,9 @@ def test_unknown_layer_type_is_a_one_line_error(kind):
     assert f"convnet has no layer type '{kind}'" in msg
 
 
-def test_cnorm_error_says_what_to_use():
-    msg = one_line_error(cfg_to_layer_def, NET.replace("type=softmax", "type=cnorm"), "layers.cfg")
-    assert "contrast normalization" in msg and "rnorm" in msg
+def test_unknown_type_error_gives_the_hint():
+    msg = one_line_error(cfg_to_layer_def, NET.replace("type=softmax", "type=blockexpand"), "layers.cfg")
+    assert "use a conv layer" in msg
 
 
 @pytest.mark.parametrize("text,parts", [
@@ -311,11 +311,14 @@ def test_parser_errors_carry_ini_lines():
     assert "did you mean 'outputs'" in msg
 
 
-def test_multi_input_conv_is_an_error_with_a_fix():
+def test_multi_input_conv_converts_with_per_input_lists_collapsed():
     text = NET.replace("[fc1]\ntype=fc\ninputs=data\noutputs=8",
                        "[fc1]\ntype=conv\ninputs=data,data\nfilters=8\nfilterSize=3,3\nchannels=1,1")
+    doc = cfg_to_layer_def(text, "layers.cfg")
+    assert doc["fc1"]["inputs"] == ["data", "data"] and doc["fc1"]["filterSize"] == 3
+    text = text.replace("filterSize=3,3", "filterSize=3,5")
     msg = one_line_error(cfg_to_layer_def, text, "layers.cfg")
-    assert "concat" in msg and "[fc1]" in msg
+    assert "filterSize=3,5 has a different value per input" in msg and "[fc1]" in msg
 
 
 def test_per_input_values_that_differ_on_a_one_input_layer():

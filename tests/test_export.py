@@ -232,6 +232,17 @@ LAYER_NETS = {
         "out: {type: fc, inputs: [j, s], outputs: 3}\n"
         "probs: {type: softmax, inputs: out}\n"
         "cost: {type: cost.logreg, inputs: [labels, probs]}\n", (2, 5, 4)),
+    "cnorm_pass": (net(
+        "c1: {type: conv, inputs: data, filters: 4, filterSize: 3, padding: 1}\n"
+        "n3: {type: cnorm, inputs: c1, size: 3}\n"
+        "n2: {type: cnorm, inputs: n3, size: 2}\n"
+        "p1: {type: pass, inputs: n2}\n"
+        "p2: {type: pass, inputs: [p1, c1]}\n", "p2"), (2, 6, 5)),
+    "conv_local_several_inputs": (net(
+        "a: {type: conv, inputs: data, filters: 3, filterSize: 3, padding: 1}\n"
+        "b: {type: conv, inputs: data, filters: 2, filterSize: 3, padding: 1}\n"
+        "m: {type: conv, inputs: [a, b], filters: 4, filterSize: 3, padding: 1, sharedBiases: 0}\n"
+        "l: {type: local, inputs: [m, a], filters: 2, filterSize: 2}\n", "l"), (1, 6, 5)),
     "bce_logistic_output": (HEAD +
         "c1: {type: conv, inputs: data, filters: 3, filterSize: 2}\n"
         "out: {type: fc, inputs: c1, outputs: 2, neuron: logistic}\n"

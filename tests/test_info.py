@@ -280,9 +280,9 @@ def test_run_directory(ws, monkeypatch):
     assert d["epochs_done"] == 2 and d["epochs"] == 2
     assert d["label_names"] == ["high", "low", "mid"]
     tests = _log_tests(run_of(ws))
-    best = min(tests, key=lambda t: t["error"])
+    best = min(tests, key=lambda t: t["cost"])  # --best-by cost, the default
     assert d["tests"] == len(tests) == 2
-    assert d["best"]["by"] == "error" and d["best"]["error"] == best["error"]
+    assert d["best"]["by"] == "cost" and d["best"]["cost"] == best["cost"]
     assert (d["best"]["epoch"], d["best"]["batch"]) == (ck.state["best"]["epoch"], ck.state["best"]["batch"])
     assert d["best"]["checkpoint"] == "best.npz"
     assert sorted(c["file"] for c in d["checkpoints"]) == sorted(f for f in os.listdir(run_of(ws)) if f.endswith(".npz"))
@@ -291,7 +291,7 @@ def test_run_directory(ws, monkeypatch):
 def test_run_text_and_checkpoint(ws):
     r = invoke(["info", str(run_of(ws))])
     assert r.exit_code == 0, r.output
-    assert "epochs done    2 of 2" in r.output and "best test      error" in r.output
+    assert "epochs done    2 of 2" in r.output and "best test      " in r.output and "(by cost; best.npz)" in r.output
     conv = next(line for line in r.output.splitlines() if line.startswith("conv1 "))
     assert conv.split()[1:] == ["conv", "data", conv.split()[3], "40"]
     assert "options" in r.output and "layers.yaml" in r.output

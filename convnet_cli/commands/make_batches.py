@@ -9,6 +9,7 @@ import click
 from convnet_cli.errors import ConfigError
 from convnet_cli.ingest.features import KINDS, WINDOWS, FeatureSpec
 from convnet_cli.ingest.make_batches import DTYPES, make_batches
+from convnet_cli.ingest.noise import noise_options
 from convnet_cli.ingest.recordings import make_batches_from_annotations
 from convnet_cli.ingest.recordings import summary_line as windows_summary
 from convnet_cli.ingest.sharded import make_batches_sharded
@@ -81,6 +82,13 @@ def _fmax(value):
               help="Stored data type; uint8 is scaled per batch (data_offset + data_scale * q).")
 @click.option("--overwrite", is_flag=True, help="Replace the batch files already in BATCH_DIR.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--noise-dir", metavar="DIR",
+              help="Add noisy copies of every training clip: a random stretch of a random recording of DIR mixed "
+                   "in at a random SNR (the test range is never augmented).")
+@click.option("--noise-snr", metavar="LO,HI", help="With --noise-dir: SNR range of the copies, dB [0,20].")
+@click.option("--copies", type=int, metavar="K", help="Noisy copies per training clip, besides the clean one [1].")
+@click.option("--gain", metavar="LO,HI", help="Scale each copy by a random gain in this range, dB (also without "
+                                              "--noise-dir: gain-only copies).")
 @click.option("--annotations", metavar="TABLES",
               help="Long recordings: Raven selection tables (a file or folder) or a CSV filename,start,end,label; "
                    "AUDIO_DIR holds the recordings and the cases are windows labelled from the tables.")
@@ -106,12 +114,15 @@ def command(**opts):
         s = _make(world, **opts)
     if s is not None and world.is_root:
         click.echo(windows_summary(s) if opts["annotations"] is not None else summary_line(s))
+        if s.get("noise"):
+            written = f"{s['copies']} copies written " if "copies" in s else ""
+            click.echo(f"make-batches: training range augmented: {written}({s['noise']})")
 
 
 def _make(world, audio_dir, batch_dir, labels_csv, file_col, label_col, no_labels, label_names, features_file,
           sample_rate, duration, kind, n_fft, hop, window, n_mels, fmin, fmax, n_mfcc, batch_size, test_fraction,
           split_by, seed, jobs, dtype, overwrite, quiet, annotations, window_hop, min_overlap, background,
-          background_ratio):
+          background_ratio, noise_dir, noise_snr, copies, gain):
     """The summary of the batch set made (None on a rank that made none)."""
     fmax = _fmax(fmax)
     spec = load_feature_spec(features_file, dict(
@@ -120,6 +131,10 @@ def _make(world, audio_dir, batch_dir, labels_csv, file_col, label_col, no_label
     if test_fraction is None:
         test_fraction = 0.0 if no_labels else 0.2
     names = [n.strip() for n in label_names.split(",")] if label_names else None
+    noise = noise_options(noise_dir, noise_snr, copies, gain, seed)
+    if noise is not None and no_labels:
+        raise ConfigError("--noise-dir/--gain copies augment a training range; an unlabeled set (--no-labels) "
+                          "has none: drop them")
     if annotations is not None:
         for flag, given in (("--labels", labels_csv), ("--file-col", file_col), ("--no-labels", no_labels)):
             if given:
@@ -130,9 +145,10 @@ def _make(world, audio_dir, batch_dir, labels_csv, file_col, label_col, no_label
             dtype=dtype, overwrite=overwrite, progress=not quiet, window_hop=window_hop,
             min_overlap=0.5 if min_overlap is None else min_overlap,
             background="background" if background is None else background,
-            background_ratio=background_ratio, warn=lambda line: click.echo(line, err=True), world=world)
+            background_ratio=background_ratio, warn=lambda line: click.echo(line, err=True), noise=noise,
+            world=world)
         world.barrier()  # the other ranks wait for rank 0's batch files
-        return s
+        return _noted(s, noise)
     given = [flag for flag, v in (("--window-hop", window_hop), ("--min-overlap", min_overlap),
                                   ("--background", background), ("--background-ratio", background_ratio))
              if v is not None]
@@ -140,10 +156,18 @@ def _make(world, audio_dir, batch_dir, labels_csv, file_col, label_col, no_label
         raise ConfigError(f"{given[0]} applies to long recordings with --annotations TABLES; "
                           "give --annotations too, or drop it")
     make = make_batches if world.size == 1 else functools.partial(make_batches_sharded, world)
-    return make(audio_dir, batch_dir, labels_csv=labels_csv, file_col=file_col, label_col=label_col,
-                no_labels=no_labels, features=spec, batch_size=batch_size, test_fraction=test_fraction,
-                split_by=split_by, seed=seed, jobs=jobs, dtype=dtype, overwrite=overwrite,
-                progress=not quiet, label_names=names)
+    s = make(audio_dir, batch_dir, labels_csv=labels_csv, file_col=file_col, label_col=label_col,
+             no_labels=no_labels, features=spec, batch_size=batch_size, test_fraction=test_fraction,
+             split_by=split_by, seed=seed, jobs=jobs, dtype=dtype, overwrite=overwrite,
+             progress=not quiet, label_names=names, noise=noise)
+    return _noted(s, noise)
+
+
+def _noted(summary, noise):
+    """The summary with what the noisy copies were made of, for the closing line."""
+    if summary is not None and noise is not None:
+        summary["noise"] = noise.describe()
+    return summary
 
 
 def _range(r, cases):

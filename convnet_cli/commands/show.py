@@ -35,7 +35,7 @@ def command(run_path, cost, filters_layer, preds_layer, only_errors, confusion, 
     if only_errors and not preds_layer:
         raise ConfigError("--only-errors goes with --preds LAYER")
     from convnet_cli.show import plots
-    from convnet_cli.show.run import RunPaths, cost_records, filter_weights, predictions, safe_name
+    from convnet_cli.show.run import RunPaths, cost_records, filter_weights, predictions, run_best_by, safe_name
 
     plots.require_matplotlib()
     run = RunPaths(run_path)
@@ -50,7 +50,7 @@ def command(run_path, cost, filters_layer, preds_layer, only_errors, confusion, 
 
     if cost:
         written(plots.plot_cost(cost_records(run), os.path.join(out_dir, "cost.png"),
-                                title=f"{name}: cost and error rate"))
+                                title=f"{name}: cost and error rate", best_by=run_best_by(run)))
     if filters_layer:
         weights, what = filter_weights(run.checkpoint(), filters_layer)
         written(plots.plot_filters(weights, os.path.join(out_dir, f"filters-{safe_name(filters_layer)}.png"),

@@ -40,6 +40,15 @@ def _default(name: str) -> str:
               help="Keep the newest K numbered checkpoints plus best.npz; 0 keeps all." + _default("max_checkpoints"))
 @click.option("--augment", help=f"Comma list of {', '.join(AUGMENTATIONS)}.")
 @click.option("--early-stop", type=click.IntRange(min=1), help="Stop after N tests without improvement.")
+@click.option("--best-by", type=click.Choice(("cost", "error", "auc")),
+              help="Which test makes best.npz (and counts for --early-stop): lowest test cost, lowest test error, "
+                   "or highest test ROC AUC (two classes)." + _default("best_by"))
+@click.option("--balance/--no-balance", default=None,
+              help="Draw minibatches so that every class is seen equally often (imbalanced data)."
+                   + _default("balance"))
+@click.option("--init-from", type=click.Path(), metavar="CHECKPOINT|RUN",
+              help="Start from another run's weights: layers whose name and shapes match are copied, the rest "
+                   "initialised (fine-tuning).")
 @click.option("--quiet", is_flag=True, default=None, help="No progress bar or summary lines.")
 def command(resume_path, **flags):
     """Train a network (or resume one with -f RUN).

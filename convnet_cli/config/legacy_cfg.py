@@ -23,12 +23,13 @@ How the INI is read, as cuda-convnet's ConfigParser read it:
   A list of equal values on a one-input layer becomes one value; a 2-value list on a key that takes
   `[h, w]` (filterSize, padding, stride, sizeX), where the layer has one input, is read as [h, w].
 
-Layer types: data, conv, local, pool, fc, neuron, rnorm, cmrnorm, softmax, cost.logreg, cost.sum2,
-eltsum, eltmax, concat, dropout and batchnorm keep their names; cuda-convnet2's `cost.binxent` becomes
+Layer types: data, conv, local (also with several inputs: one filter bank per input, summed), pool, fc,
+neuron, rnorm, cmrnorm, cnorm, pass, softmax, cost.logreg, cost.sum2, eltsum, eltmax, concat, dropout and
+batchnorm keep their names (`topk` in a params file's cost section carries over); cuda-convnet2's `cost.binxent` becomes
 `cost.bce`, `cost.crossent` becomes `cost.logreg` (labels are class indices here, not a label matrix) and
 `dropout2` becomes `dropout` (dropout2 scales at test time, this tool at training time: the same expected
-output). `cnorm` (contrast normalization) is an error, not silently another normalization: the math
-differs. Any other type (blockexpand, resize, hs, ...) is an error naming the file, line and section.
+output). Any other type (blockexpand, resize, hs, ...) is an error naming the file, line and section, and
+so is `randSparse` other than 0 (random sparse connectivity: use groups).
 
 Keys that steered cuda-convnet's GPU kernels or placement (partialSum, sumWidth, gpu, randSparse=0,
 filterChannels, imgPixels, modulesX) or were Python hooks (initWFunc, initBFunc) are dropped, each with a
@@ -62,7 +63,6 @@ TYPE_MAP = {
 }
 # Types with no equivalent, and what to use instead.
 TYPE_HINTS = {
-    "cnorm": "cuda-convnet's contrast normalization; use rnorm, cmrnorm or batchnorm instead",
     "cost.dce": "use cost.logreg",
     "blockexpand": "use a conv layer",
     "resize": "resize the features in make-batches instead",
@@ -356,10 +356,6 @@ def _convert_layer(sec, default, source, res, default_used) -> _Layer:
     entries = _entries_with_default(sec, default, cls, own, known, lay, default_used)
     inputs_entry = next((e for e in entries if e.key.lower() == "inputs"), None)
     n_inputs = len([t for t in split_top(inputs_entry.value) if t]) if inputs_entry else 0
-    if n_inputs > 1 and cls.max_inputs == 1 and cls.type in ("conv", "local"):
-        raise _layer_error(source, inputs_entry.line, sec.name,
-                           f"a {cls.type} layer with {n_inputs} inputs (cuda-convnet summed one convolution per "
-                           f"input); convnet's {cls.type} takes one input: join them with a concat layer first")
     for e in entries:
         key = _canonical(e.key, known)
         key = own.get(key, key)  # a legacy spelling is written under the key's own name

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from convnet_cli.data.augment import AugmentContext, apply_augmentations, check_labels, parse_augment
+from convnet_cli.data.balance import balanced_order
 from convnet_cli.errors import ConfigError, DataError
 
 STD_FLOOR = 1e-6
@@ -51,7 +52,8 @@ def _rng(*words):
 class DataProvider:
     """Minibatches of batch files `batches` of a BatchSet (see the module docstring)."""
 
-    def __init__(self, batchset, batches, mini: int, backend, *, seed=0, train=True, augment=(), normalize=True):
+    def __init__(self, batchset, batches, mini: int, backend, *, seed=0, train=True, augment=(), normalize=True,
+                 balance=False):
         self.batchset = batchset
         self.batches = [int(b) for b in batches]
         present = set(batchset.batch_numbers)
@@ -68,6 +70,7 @@ class DataProvider:
         self.seed = int(seed)
         self.train = bool(train)
         self.augment = parse_augment(augment) if self.train else ()
+        self.balance = bool(balance) and self.train  # data/balance.py
         self.normalize = bool(normalize)
         self.num_classes = len(batchset.label_names)
         check_labels(self.augment, self.num_classes)
@@ -163,7 +166,7 @@ class DataProvider:
         c, h, w = self.data_shape
         view = raw.reshape(n, c, h, w).transpose(0, 2, 3, 1)          # NHWC view, no copy yet
         if self.train:
-            perm = _rng(self.seed, epoch, bnum).permutation(n)
+            perm = self._order(epoch, bnum, y, n)
             x = view[perm]                                              # the one copy
             y = y[perm]
             names = [names[i] for i in perm]
@@ -184,6 +187,11 @@ class DataProvider:
             x, y = apply_augmentations(self.augment, x, y, _rng(self.seed, epoch, bnum, 1), np, self._aug_ctx)
         return x, y, names
 
+    def _order(self, epoch, bnum, y, n):
+        """The order of batch bnum's cases in this epoch: a shuffle, or with --balance a class-balanced draw."""
+        rng = _rng(self.seed, epoch, bnum)
+        return balanced_order(y, rng) if self.balance else rng.permutation(n)
+
     def _prepare_gpu(self, epoch, bnum, after):
         """_prepare on the device: gather the cases in their shuffled order into pinned host memory (in the
         stored dtype), copy them on the side stream, convert, normalise and augment there. `after`: an event
@@ -200,7 +208,7 @@ class DataProvider:
             stream = self._side_stream()
             pinned = cupyx.empty_pinned(raw.shape, dtype=raw.dtype)
             if self.train:
-                perm = _rng(self.seed, epoch, bnum).permutation(n)
+                perm = self._order(epoch, bnum, y, n)
                 np.take(raw, perm, axis=0, out=pinned)                     # the one host copy
                 y = y[perm]
                 names = [names[i] for i in perm]

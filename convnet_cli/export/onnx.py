@@ -14,6 +14,9 @@ The net computes in NHWC; the graph is NCHW, ONNX's layout, so every layer's mat
 NCHW, and each translation says which ONNX operators reproduce which formula of convnet_cli/layers/:
 
   conv      Conv (groups, pads, strides); an unshared bias (F, Ho, Wo) is an Add after it.
+  conv/local with several inputs: one translation per input (the bias on the first), then Sum.
+  cnorm     composed: d = x - windowsum(x)/size^2, x * (minDiv + scale/size^2 * windowsum(d^2))^-pow.
+  pass      identity; several inputs: Concat on C.
   local     patches by a Conv with one-hot filters (the unfold order (channel, row, column), exact: each
             output is one input pixel times 1 plus zeros), then one batched MatMul over the positions.
   pool      MaxPool / AveragePool(count_include_pad=0) with the pads that cuda-convnet's ceil rule implies
@@ -245,6 +248,42 @@ def _response_norm(g, layer, xs, p):
     return g.op("Mul", [x, g.op("Pow", [denom, g.const(f"{n}/pow", -hyp.pow)], f"{n}/pow")], n)
 
 
+def _contrast_norm(g, layer, xs, p):
+    """cnorm composed: d = x - windowsum(x)/n; x * (minDiv + scale/n * windowsum(d^2))^-pow (layers/cnorm.py)."""
+    n = layer.name
+    hyp = layer.hyper
+    size = layer.props.size
+    c = layer.in_shapes[0][0]
+    before, after = size // 2, size - 1 - size // 2
+    pads = [before, before, after, after]
+    area = float(size * size)
+    x = xs[0]
+    mean = g.op("Mul", [_window_sum_conv(g, x, c, size, size, pads, f"{n}/mean"), g.const(f"{n}/inv_area", 1 / area)],
+                f"{n}/mean")
+    d = g.op("Sub", [x, mean], f"{n}/diff")
+    sums = _window_sum_conv(g, g.op("Mul", [d, d], f"{n}/square"), c, size, size, pads, f"{n}/sum")
+    denom = g.op("Add", [g.const(f"{n}/minDiv", hyp.minDiv),
+                         g.op("Mul", [sums, g.const(f"{n}/scale", hyp.scale / area)], f"{n}/denom")], f"{n}/denom")
+    return g.op("Mul", [x, g.op("Pow", [denom, g.const(f"{n}/pow", -hyp.pow)], f"{n}/pow")], n)
+
+
+def _per_input(single):
+    """conv/local with several inputs (layers/multiconv.py): one translation per input, then Sum."""
+    def translate(g, layer, xs, p):
+        if len(xs) == 1:
+            return single(g, layer, xs, p)
+        import copy
+
+        outs = []
+        for i, (part, x) in enumerate(zip(layer.parts, xs)):
+            view = copy.copy(part)
+            view.name = f"{layer.name}/in{i}"
+            b = p["biases"] if i == 0 else np.zeros_like(p["biases"])
+            outs.append(single(g, view, [x], {"weights": p[f"weights.{i}"], "biases": b}))
+        return g.op("Sum", outs, layer.name)
+    return translate
+
+
 def _batchnorm(g, layer, xs, p):
     n = layer.name
     return g.op("BatchNormalization", [xs[0], g.const(f"{n}/gamma", p["gamma"]), g.const(f"{n}/beta", p["beta"]),
@@ -314,8 +353,10 @@ def _seqpool(g, layer, xs, p):
 
 
 TRANSLATORS = {
-    "conv": _conv,
-    "local": _local,
+    "conv": _per_input(_conv),
+    "local": _per_input(_local),
+    "cnorm": _contrast_norm,
+    "pass": lambda g, layer, xs, p: xs[0] if len(xs) == 1 else g.op("Concat", list(xs), layer.name, axis=1),
     "pool": _pool,
     "rnorm": _response_norm,
     "cmrnorm": _response_norm,

@@ -16,6 +16,7 @@ Ctrl-C) removes the staging folder and leaves what was there before untouched.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -36,6 +37,7 @@ from convnet_cli.errors import ConfigError, DataError
 from convnet_cli.fileio import write_pickle_atomic, write_text_atomic
 from convnet_cli.ingest.audio import AudioError, fit_length, read_audio, resample
 from convnet_cli.ingest.features import FeatureSpec, compute_features
+from convnet_cli.ingest.noise import copy_name, make_copy
 from convnet_cli.ingest.sources import collect_dataset
 
 DTYPES = ("float32", "float16", "uint8")
@@ -52,8 +54,11 @@ class NothingReadError(DataError):
 
 # ---- the worker (module level so 'spawn' / 'forkserver' processes can import it) ------------------
 
-def extract_chunk(paths, spec_dict, compute=True):
+def extract_chunk(paths, spec_dict, compute=True, noise=None):
     """Decode, resample, crop/pad and (when `compute`) featurize `paths` on the host.
+
+    An entry of `paths` may be (path, case, copy): then the clip is copy `copy` of case `case`, made by
+    ingest/noise.py's make_copy with the NoiseOptions `noise`.
 
     Returns (array or None, ok positions, [(position, reason)], (decode s, resample s, features s, imports s)).
     The array is (m, 1, H, W) float32 features, or (m, samples) float32 clips when not `compute`.
@@ -65,6 +70,9 @@ def extract_chunk(paths, spec_dict, compute=True):
     clips, ok, skipped = [], [], []
     t_decode = t_resample = 0.0
     for j, path in enumerate(paths):
+        case = None
+        if not isinstance(path, str):
+            path, case, copy = path
         t0 = time.perf_counter()
         try:
             x, sr = read_audio(path, crop_to=(spec.sample_rate, n))
@@ -76,7 +84,14 @@ def extract_chunk(paths, spec_dict, compute=True):
         if sr != spec.sample_rate:
             t_import += _import_once("scipy.signal")
         t1 = time.perf_counter()
-        clips.append(fit_length(resample(x, sr, spec.sample_rate), n))
+        clip = fit_length(resample(x, sr, spec.sample_rate), n)
+        if case is not None:
+            try:
+                clip = make_copy(clip, spec.sample_rate, noise, case, copy)
+            except (RuntimeError, OSError, ValueError) as exc:  # a noise file that went bad since it was listed
+                skipped.append((j, f"noisy copy {copy}: cannot read the noise ({exc})"))
+                continue
+        clips.append(clip)
         ok.append(j)
         t_resample += time.perf_counter() - t1
     t2 = time.perf_counter()
@@ -139,7 +154,7 @@ def _mp_context(multiprocessing):
     return multiprocessing.get_context("spawn")
 
 
-def run_chunks(chunks, spec: FeatureSpec, jobs: int, compute=True):
+def run_chunks(chunks, spec: FeatureSpec, jobs: int, compute=True, noise=None):
     """chunks: [(key, paths)] -> yield (key, paths, extract_chunk result) in order.
 
     `jobs` > 1 runs them in that many 'spawn' processes, at most a few chunks in flight per process
@@ -150,7 +165,7 @@ def run_chunks(chunks, spec: FeatureSpec, jobs: int, compute=True):
     jobs = max(1, min(int(jobs), len(chunks)))
     if jobs == 1:
         for key, paths in chunks:
-            yield key, paths, extract_chunk(paths, spec_dict, compute)
+            yield key, paths, extract_chunk(paths, spec_dict, compute, noise)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -165,7 +180,7 @@ def run_chunks(chunks, spec: FeatureSpec, jobs: int, compute=True):
             def submit():
                 c = next(it, None)
                 if c is not None:
-                    pending.append((c, pool.submit(extract_chunk, c[1], spec_dict, compute)))
+                    pending.append((c, pool.submit(extract_chunk, c[1], spec_dict, compute, noise)))
 
             for _ in range(3 * jobs):
                 submit()
@@ -295,6 +310,26 @@ def plan_batches(labels, batch_size: int, test_fraction: float, seed: int, group
     return Plan(train_batches + test_batches, len(train_batches))
 
 
+def with_copies(ds, plan: Plan, noise, batch_size: int, seed: int):
+    """(dataset, plan) with `noise.copies` copies of every training clip added (ingest/noise.py): a copy's
+    path entry is (path, case, copy) and its name the clip's marked with the copy; the training clips and
+    their copies are dealt anew into ceil(n / batch_size) batches, the test batches stay as planned."""
+    n = len(ds)
+    train_idx = np.sort(np.concatenate(plan.batches[:plan.num_train])) if plan.num_train else np.zeros(0, np.int64)
+    paths, names, source = list(ds.paths), list(ds.names), []
+    for copy in range(1, noise.copies + 1):
+        for i in train_idx.tolist():
+            paths.append((ds.paths[i], i, copy))
+            names.append(copy_name(ds.names[i], copy))
+            source.append(i)
+    labels = np.concatenate([ds.labels, ds.labels[np.asarray(source, dtype=np.int64)]])
+    big = dataclasses.replace(ds, paths=paths, names=names, labels=labels)
+    all_train = np.concatenate([train_idx, np.arange(n, n + len(source), dtype=np.int64)])
+    k = max(1, math.ceil(all_train.size / batch_size)) if all_train.size else 0
+    train_batches = _deal(all_train, labels, k, np.random.default_rng([int(seed), 1]))
+    return big, Plan(train_batches + list(plan.batches[plan.num_train:]), len(train_batches))
+
+
 # ---- running statistics -------------------------------------------------------------------------
 
 class _Moments:
@@ -375,12 +410,14 @@ def _check_options(batch_size, test_fraction, dtype, jobs, seed):
 
 def make_batches(audio_dir, batch_dir, *, labels_csv=None, file_col=None, label_col=None, no_labels=False,
                  features: FeatureSpec = None, batch_size=1000, test_fraction=0.2, split_by=None, seed=0,
-                 jobs=None, dtype="float32", overwrite=False, progress=True, label_names=None) -> dict:
+                 jobs=None, dtype="float32", overwrite=False, progress=True, label_names=None, noise=None) -> dict:
     """Write BATCH_DIR/data_batch_1..K, batches.meta and skipped.txt from the audio of AUDIO_DIR.
 
     Returns a summary dict: files, read, skipped, classes, batches, train_range, test_range, train_cases,
     test_cases, shape, batch_dir, seconds, timings {decode, resample, features, imports, write} (seconds;
     decode, resample, features and imports are summed over worker processes).
+
+    noise: ingest/noise.py's NoiseOptions (--noise-dir, --copies, ...): noisy copies of the training clips.
 
     Long recordings with annotation tables take convnet_cli/ingest/recordings.py instead.
     """
@@ -396,11 +433,14 @@ def make_batches(audio_dir, batch_dir, *, labels_csv=None, file_col=None, label_
     ds = collect_dataset(audio_dir, labels_csv, file_col, label_col, no_labels, label_names)
     groups = split_groups(ds.names, split_by) if split_by else None
     plan = plan_batches(ds.labels, int(batch_size), float(test_fraction), int(seed), groups)
+    clips = len(ds)
+    if noise is not None:
+        ds, plan = with_copies(ds, plan, noise, int(batch_size), int(seed))
 
     with writing_set(batch_dir, overwrite) as staging:
-        summary, files = _write_all(ds, plan, spec, staging, jobs, dtype, progress)
+        summary, files = _write_all(ds, plan, spec, staging, jobs, dtype, progress, noise)
         _install(staging, batch_dir, files)
-    summary.update(batch_dir=batch_dir, files=len(ds), classes=len(ds.label_names),
+    summary.update(batch_dir=batch_dir, files=clips, classes=len(ds.label_names),
                    label_names=list(ds.label_names), seconds=time.perf_counter() - t_start)
     return summary
 
@@ -416,14 +456,16 @@ class _Written:
     moments: "_Moments" = None  # statistics of the training batches, as a reader will see them
     timings: np.ndarray = None  # decode, resample, features, imports (summed over workers)
     t_write: float = 0.0
+    copies: int = 0          # noisy copies written (ingest/noise.py), counted in sizes
 
 
-def _write_all(ds, plan, spec, staging, jobs, dtype, progress) -> tuple:
+def _write_all(ds, plan, spec, staging, jobs, dtype, progress, noise=None) -> tuple:
     """Write the batch files, skipped.txt and batches.meta into `staging`: (summary, names of the files)."""
-    return finish_set(ds, spec, staging, _write_batches(ds, plan, spec, staging, jobs, dtype, progress), dtype)
+    w = _write_batches(ds, plan, spec, staging, jobs, dtype, progress, noise)
+    return finish_set(ds, spec, staging, w, dtype, noise)
 
 
-def finish_set(ds, spec, staging, w, dtype) -> tuple:
+def finish_set(ds, spec, staging, w, dtype, noise=None) -> tuple:
     """After the batch files of `w` are in `staging`: check them, write skipped.txt and batches.meta there;
     (summary, names of the files)."""
     _check_read(ds, w)
@@ -448,12 +490,14 @@ def finish_set(ds, spec, staging, w, dtype) -> tuple:
         "batch_cases": w.sizes,
         "dtype": dtype,
     }
+    if noise is not None:
+        meta["copies"] = noise.meta()
     t0 = time.perf_counter()
     write_text_atomic(os.path.join(staging, SKIPPED), format_skipped(w.skipped))
     write_pickle_atomic(os.path.join(staging, META), meta)
     w.t_write += time.perf_counter() - t0
     summary = {
-        "read": sum(w.sizes), "skipped": len(w.skipped), "batches": len(w.files),
+        "read": sum(w.sizes) - w.copies, "copies": w.copies, "skipped": len(w.skipped), "batches": len(w.files),
         "train_range": train_range, "test_range": test_range,
         "train_cases": int(sum(w.sizes[:w.n_train])), "test_cases": int(sum(w.sizes[w.n_train:])),
         "shape": tuple(spec.shape),
@@ -474,7 +518,7 @@ def _check_read(ds, w: _Written):
                         f"({len(w.skipped)} skipped); see the reasons with --jobs 1, or use --test-fraction 0")
 
 
-def _write_batches(ds, plan, spec, staging, jobs, dtype, progress) -> _Written:
+def _write_batches(ds, plan, spec, staging, jobs, dtype, progress, noise=None) -> _Written:
     """Compute the features of the planned batches in chunks (in `jobs` processes) and write each batch file
     as soon as all its chunks are in; clips that cannot be read are skipped (a batch file may come out
     smaller, or not at all)."""
@@ -489,11 +533,13 @@ def _write_batches(ds, plan, spec, staging, jobs, dtype, progress) -> _Written:
     w = _Written(files=[], sizes=[], skipped=list(ds.extra.get("skipped", [])), moments=_Moments(num_vis),
                  timings=np.zeros(4))
     parts = []
-    with _progress(progress, len(ds)) as bar, closing(run_chunks(chunks, spec, jobs)) as results:
+    with _progress(progress, len(ds)) as bar, closing(run_chunks(chunks, spec, jobs, noise=noise)) as results:
         for (b, part), chunk, (arr, ok, bad, times) in results:
             w.timings += times
             for j, reason in bad:
-                w.skipped.append((ds.names[part[j]], reason))
+                # a copy of a clip that cannot be decoded repeats the clip's own entry: named once
+                if isinstance(ds.paths[part[j]], str) or reason.startswith("noisy copy"):
+                    w.skipped.append((ds.names[part[j]], reason))
             if arr is not None:
                 parts.append((arr, [part[j] for j in ok]))
             remaining[b] -= len(chunk)
@@ -520,6 +566,7 @@ def _write_batch(ds, parts, num_vis, dtype, staging, w: _Written, is_train: bool
     write_pickle_atomic(os.path.join(staging, name), batch)
     w.files.append(name)
     w.sizes.append(len(index))
+    w.copies += sum(1 for i in index if not isinstance(ds.paths[i], str))
     if is_train:
         w.moments.add(seen)
         w.n_train = len(w.files)

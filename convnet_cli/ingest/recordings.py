@@ -37,6 +37,7 @@ from convnet_cli.fileio import write_pickle_atomic, write_text_atomic
 from convnet_cli.ingest.annotations import assign_to_recordings, clip_to_duration, read_tables_and_claims
 from convnet_cli.ingest.audio import AudioError
 from convnet_cli.ingest.features import FeatureSpec
+from convnet_cli.ingest.noise import copy_name, window_copies
 from convnet_cli.ingest.make_batches import (NothingReadError, _check_options, _install, _Moments, _mp_context,
                                              _single_threaded_children, refuse_existing, split_groups,
                                              writing_set)
@@ -389,11 +390,12 @@ def make_batches_from_annotations(recordings_dir, batch_dir, tables, *, features
                                   window_hop=None, min_overlap=0.5, background="background", background_ratio=None,
                                   label_col=None, label_names=None, batch_size=1000, test_fraction=0.2,
                                   split_by=None, seed=0, jobs=None, dtype="float32", overwrite=False, progress=True,
-                                  warn=None, world=None) -> dict:
+                                  warn=None, noise=None, world=None) -> dict:
     """Write BATCH_DIR/data_batch_1..K, batches.meta and skipped.txt from RECORDINGS and TABLES (SPEC 11).
 
     Returns a summary dict (recordings, read, skipped, windows, counts, classes, batches, ranges, cases,
-    shape, audio_s, seconds, batch_dir).
+    shape, audio_s, seconds, batch_dir). noise: ingest/noise.py's NoiseOptions, for noisy copies of the
+    training windows (see _add_copies).
 
     world: convnet_cli/parallel.py's, under `mpiexec -n K`: every process makes the same plan, the extraction
     tasks are dealt to the processes (their spill files go to the staging folder, which BATCH_DIR's file
@@ -450,7 +452,8 @@ def make_batches_from_annotations(recordings_dir, batch_dir, tables, *, features
         # rank 0 holds the set's staging folder and lock; every rank gets the folder (or rank 0's error)
         staging = on_root(world, lambda: rank0.enter_context(writing_set(batch_dir, overwrite)))
         summary = _extract_and_write(recs, plan, train_b, test_b, spec, hop_s, staging, jobs, dtype, progress,
-                                     skipped, _Moments, recordings_dir, NothingReadError, world)
+                                     skipped, _Moments, recordings_dir, NothingReadError, world, noise,
+                                     int(batch_size), int(seed))
         if not world.is_root:
             return None
         _install(staging, batch_dir, summary.pop("_files"))
@@ -483,8 +486,30 @@ def _shared_tasks(world, tasks, recs, spec, hop_s, staging, jobs, on_progress):
             yield tasks[tid], n, reason
 
 
+def _add_copies(recs, plan, train_b, spec, hop_s, staging, noise, batch_size, seed, task_of, row_of, rows, ok):
+    """The noisy copies of the training windows (ingest/noise.py), as an extra extraction 'task' whose rows
+    the batches take like any other: returns (train batches dealt anew with the copies, case source (the
+    window each case copies), copy number per case (0: the window itself), task_of, row_of, ok) extended
+    past the plan's n windows."""
+    n = plan.labels.size
+    train = np.sort(np.concatenate(train_b)) if train_b else np.zeros(0, np.int64)
+    train = train[ok[train]]
+    tid = max(rows, default=-1) + 1
+    order, _bad = window_copies(recs, plan, train, spec, hop_s, noise, os.path.join(staging, f"windows_{tid}.f32"))
+    rows[tid] = len(order)
+    src = np.concatenate([np.arange(n), np.asarray([c for c, _ in order], dtype=np.int64)])
+    copy_no = np.concatenate([np.zeros(n, np.int64), np.asarray([k for _, k in order], dtype=np.int64)])
+    task_of = np.concatenate([task_of, np.full(len(order), tid, dtype=np.int64)])
+    row_of = np.concatenate([row_of, np.arange(len(order), dtype=np.int64)])
+    ok = np.concatenate([ok, np.ones(len(order), dtype=bool)])
+    rng = np.random.default_rng([seed, 14])
+    train_b = deal(np.concatenate([train, np.arange(n, n + len(order), dtype=np.int64)]), plan.labels[src],
+                   batch_size, rng)
+    return train_b, src, copy_no, task_of, row_of, ok
+
+
 def _extract_and_write(recs, plan, train_b, test_b, spec, hop_s, staging, jobs, dtype, progress, skipped,
-                       moments_cls, recordings_dir, nothing_read, world):
+                       moments_cls, recordings_dir, nothing_read, world, noise=None, batch_size=1000, seed=0):
     """The batch files into staging; a summary (rank 0), None (another rank, once its tasks are done)."""
     num_vis = int(np.prod(spec.shape))
     tasks = _tasks(plan, recs, hop_s)
@@ -522,6 +547,11 @@ def _extract_and_write(recs, plan, train_b, test_b, spec, hop_s, staging, jobs, 
         raise nothing_read(f"{recordings_dir}: none of the recordings could be read ({first}"
                            f"{' …' if len(skipped) > 3 else ''}); nothing was written")
 
+    src = copy_no = None
+    if noise is not None:
+        train_b, src, copy_no, task_of, row_of, ok = _add_copies(recs, plan, train_b, spec, hop_s, staging, noise,
+                                                                 batch_size, seed, task_of, row_of, rows, ok)
+
     # ---- assemble the batches ---------------------------------------------------------------------
     t1 = time.perf_counter()
     moments = moments_cls(num_vis)
@@ -540,8 +570,13 @@ def _extract_and_write(recs, plan, train_b, test_b, spec, hop_s, staging, jobs, 
                            shape=(rows[int(tid)], num_vis))
             cols[:, at] = mm[row_of[idx[at]]].T
             del mm
-        names = [f"{recs[plan.rec[i]].rel}@{plan.win[i] * hop_s:.3f}" for i in idx]
-        batch, seen = encode_batch(cols, plan.labels[idx], names, dtype)
+        if src is None:
+            names = [f"{recs[plan.rec[i]].rel}@{plan.win[i] * hop_s:.3f}" for i in idx]
+            labels = plan.labels[idx]
+        else:
+            names = [_window_name(recs, plan, hop_s, src[i], copy_no[i]) for i in idx]
+            labels = plan.labels[src[idx]]
+        batch, seen = encode_batch(cols, labels, names, dtype)
         name = f"data_batch_{len(files) + 1}"
         write_pickle_atomic(os.path.join(staging, name), batch)
         files.append(name)
@@ -568,7 +603,7 @@ def _extract_and_write(recs, plan, train_b, test_b, spec, hop_s, staging, jobs, 
     test_range = [n_train_written + 1, written] if written > n_train_written else []
     feats = spec.to_dict()
     feats["window_hop"] = float(hop_s)
-    counts = {c: int(((plan.labels == j) & ok).sum()) for j, c in enumerate(plan.label_names)}
+    counts = {c: int(((plan.labels == j) & ok[:plan.labels.size]).sum()) for j, c in enumerate(plan.label_names)}
     meta = {
         "label_names": list(plan.label_names),
         "num_vis": num_vis,
@@ -586,6 +621,8 @@ def _extract_and_write(recs, plan, train_b, test_b, spec, hop_s, staging, jobs, 
         "windows": {"counts": counts, "left_out": int(plan.left_out),
                     "background_dropped": int(plan.background_dropped)},
     }
+    if noise is not None:  # as ingest/make_batches.py records them
+        meta["copies"] = noise.meta()
     write_text_atomic(os.path.join(staging, SKIPPED), format_skipped(skipped))
     write_pickle_atomic(os.path.join(staging, META), meta)
     return {
@@ -596,6 +633,11 @@ def _extract_and_write(recs, plan, train_b, test_b, spec, hop_s, staging, jobs, 
         "timings": {"extract": t_extract, "write": time.perf_counter() - t1},
         "_files": files + [SKIPPED, META],
     }
+
+
+def _window_name(recs, plan, hop_s, i, copy):
+    name = f"{recs[plan.rec[i]].rel}@{plan.win[i] * hop_s:.3f}"
+    return copy_name(name, int(copy)) if copy else name
 
 
 def summary_line(s: dict) -> str:

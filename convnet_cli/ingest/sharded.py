@@ -24,7 +24,7 @@ from convnet_cli.fileio import write_pickle_atomic
 from convnet_cli.ingest.features import FeatureSpec
 from convnet_cli.ingest.make_batches import (CHUNK, _check_options, _install, _Moments, _progress, _Written,
                                              finish_set, plan_batches, refuse_existing, run_chunks, split_groups,
-                                             writing_set)
+                                             with_copies, writing_set)
 from convnet_cli.ingest.sources import collect_dataset
 from convnet_cli.parallel import on_root
 
@@ -32,7 +32,7 @@ from convnet_cli.parallel import on_root
 def make_batches_sharded(world, audio_dir, batch_dir, *, labels_csv=None, file_col=None, label_col=None,
                          no_labels=False, features: FeatureSpec = None, batch_size=1000, test_fraction=0.2,
                          split_by=None, seed=0, jobs=None, dtype="float32", overwrite=False, progress=True,
-                         label_names=None) -> dict:
+                         label_names=None, noise=None) -> dict:
     """make_batches (ingest/make_batches.py) split over the ranks of `world`; every rank returns the summary."""
     t_start = time.perf_counter()
     spec = features if features is not None else FeatureSpec()
@@ -50,11 +50,14 @@ def make_batches_sharded(world, audio_dir, batch_dir, *, labels_csv=None, file_c
     ds = on_root(world, listing)
     groups = split_groups(ds.names, split_by) if split_by else None
     plan = plan_batches(ds.labels, int(batch_size), float(test_fraction), int(seed), groups)
+    clips = len(ds)
+    if noise is not None:
+        ds, plan = with_copies(ds, plan, noise, int(batch_size), int(seed))
     with contextlib.ExitStack() as rank0:
         # rank 0 holds the set's staging folder and the folder's lock; every rank gets the staging folder
         staging = on_root(world, lambda: rank0.enter_context(writing_set(batch_dir, overwrite)))
         try:
-            mine = _decode_share(world, ds, plan, spec, staging, jobs, dtype, progress)
+            mine = _decode_share(world, ds, plan, spec, staging, jobs, dtype, progress, noise)
         except Exception as exc:  # noqa: BLE001 - rank 0 raises the first rank's error for all
             mine = exc
         results = world.gather(mine)
@@ -63,9 +66,9 @@ def make_batches_sharded(world, audio_dir, batch_dir, *, labels_csv=None, file_c
             errors = [r for r in results if isinstance(r, Exception)]
             if errors:
                 raise errors[0]
-            summary, files = _assemble(ds, plan, spec, staging, dtype, results)
+            summary, files = _assemble(ds, plan, spec, staging, dtype, results, noise)
             _install(staging, batch_dir, files)
-            summary.update(batch_dir=batch_dir, files=len(ds), classes=len(ds.label_names),
+            summary.update(batch_dir=batch_dir, files=clips, classes=len(ds.label_names),
                            label_names=list(ds.label_names), seconds=time.perf_counter() - t_start,
                            processes=world.size)
             return summary
@@ -73,10 +76,11 @@ def make_batches_sharded(world, audio_dir, batch_dir, *, labels_csv=None, file_c
         return on_root(world, assemble)
 
 
-def _decode_share(world, ds, plan, spec, staging, jobs, dtype, progress) -> dict:
+def _decode_share(world, ds, plan, spec, staging, jobs, dtype, progress, noise=None) -> dict:
     """Decode and write the planned batches b with b mod K == rank as staging/part_<b>.
 
-    Returns {"batches": {b: (cases, skipped [(name, reason)], train stats or None)}, "timings": (4,)}."""
+    Returns {"batches": {b: (cases, skipped [(name, reason)], train stats or None, noisy copies)},
+    "timings": (4,)}."""
     num_vis = int(np.prod(spec.shape))
     mine = [b for b in range(len(plan.batches)) if b % world.size == world.rank]
     chunks = []
@@ -86,15 +90,17 @@ def _decode_share(world, ds, plan, spec, staging, jobs, dtype, progress) -> dict
             part = idx[a:a + CHUNK]
             chunks.append(((b, part), [ds.paths[i] for i in part]))
     remaining = {b: len(plan.batches[b]) for b in mine}
-    out = {b: [0, [], None] for b in mine}
+    out = {b: [0, [], None, 0] for b in mine}
     parts = {b: [] for b in mine}
     timings = np.zeros(4)
     length = sum(remaining.values())
     with _progress(progress and world.is_root, length) as bar, \
-            closing(run_chunks(chunks, spec, jobs)) as results:
+            closing(run_chunks(chunks, spec, jobs, noise=noise)) as results:
         for (b, part), chunk, (arr, ok, bad, times) in results:
             timings += times
-            out[b][1].extend((ds.names[part[j]], reason) for j, reason in bad)
+            # a copy of a clip that cannot be decoded repeats the clip's own entry: named once
+            out[b][1].extend((ds.names[part[j]], reason) for j, reason in bad
+                             if isinstance(ds.paths[part[j]], str) or reason.startswith("noisy copy"))
             if arr is not None:
                 parts[b].append((arr, [part[j] for j in ok]))
             remaining[b] -= len(chunk)
@@ -109,12 +115,13 @@ def _decode_share(world, ds, plan, spec, staging, jobs, dtype, progress) -> dict
             batch, seen = encode_batch(cols, ds.labels[index], [ds.names[i] for i in index], dtype)
             write_pickle_atomic(os.path.join(staging, f"part_{b}"), batch)
             out[b][0] = len(index)
+            out[b][3] = sum(1 for i in index if not isinstance(ds.paths[i], str))
             if b < plan.num_train:
                 out[b][2] = _Moments.batch_stats(seen)
     return {"batches": {b: tuple(v) for b, v in out.items()}, "timings": timings}
 
 
-def _assemble(ds, plan, spec, staging, dtype, results) -> tuple:
+def _assemble(ds, plan, spec, staging, dtype, results, noise=None) -> tuple:
     """Rank 0: name the parts data_batch_1.. in plan order, merge the statistics in that order, then write
     skipped.txt and batches.meta as one process does."""
     by_batch = {}
@@ -126,7 +133,7 @@ def _assemble(ds, plan, spec, staging, dtype, results) -> tuple:
     w = _Written(files=[], sizes=[], skipped=[], moments=_Moments(num_vis), timings=timings)
     t0 = time.perf_counter()
     for b in range(len(plan.batches)):
-        cases, skipped, stats = by_batch[b]
+        cases, skipped, stats, copies = by_batch[b]
         w.skipped.extend(skipped)
         if not cases:
             continue
@@ -134,8 +141,9 @@ def _assemble(ds, plan, spec, staging, dtype, results) -> tuple:
         os.replace(os.path.join(staging, f"part_{b}"), os.path.join(staging, name))
         w.files.append(name)
         w.sizes.append(cases)
+        w.copies += copies
         if b < plan.num_train:
             w.moments.merge(*stats)
             w.n_train = len(w.files)
     w.t_write += time.perf_counter() - t0
-    return finish_set(ds, spec, staging, w, dtype)
+    return finish_set(ds, spec, staging, w, dtype, noise)

@@ -62,7 +62,7 @@ from __future__ import annotations
 
 from convnet_cli.backend import cuda_elementwise, get_array_module
 from convnet_cli.layers.base import Key, Layer, conv_out_size, fmt_hw, register
-from convnet_cli.layers.init import INIT_KINDS, init_weights
+from convnet_cli.layers.init import INIT_KINDS, init_biases, init_weights
 
 # Columns of one chunk of cases are kept around this size so that they stay in the cache. On a GPU there
 # is no cache to fit: chunks only bound the memory that the columns take.
@@ -170,12 +170,10 @@ class _ConvBase(Layer):
         geo = self.geo
         return geo.cg * geo.fh * geo.fw, geo.fg * geo.fh * geo.fw
 
-    def _init_biases(self, shared):
-        import numpy as np  # host-side init
-
+    def _init_biases(self, shared, rng):
         geo = self.geo
         shape = (geo.f,) if shared else (geo.f, geo.ho, geo.wo)
-        return np.full(shape, self.props.initB, dtype=np.float32)
+        return init_biases(rng, self.props.init, shape, self._fans()[0], self.props.initB)
 
 
 @register
@@ -188,7 +186,7 @@ class ConvLayer(_ConvBase):
         geo = self.geo
         fan_in, fan_out = self._fans()
         w = init_weights(rng, self.props.init, (geo.f, geo.cg, geo.fh, geo.fw), fan_in, fan_out, self.props.initW)
-        return {"weights": w, "biases": self._init_biases(self.props.sharedBiases)}
+        return {"weights": w, "biases": self._init_biases(self.props.sharedBiases, rng)}
 
     # weights (F, Cg, fh, fw) <-> per-group GEMM matrices (g, fh*fw*Cg, Fg)
     def _wmats(self, w, dtype):
@@ -497,7 +495,7 @@ class LocalLayer(_ConvBase):
         geo = self.geo
         fan_in, fan_out = self._fans()
         w = init_weights(rng, self.props.init, (geo.ho * geo.wo, geo.f, geo.k), fan_in, fan_out, self.props.initW)
-        return {"weights": w, "biases": self._init_biases(self.props.sharedBiases)}
+        return {"weights": w, "biases": self._init_biases(self.props.sharedBiases, rng)}
 
     # weights (P, F, Cg*fh*fw) in (c, i, j) order <-> (g, P, fh*fw*Cg, Fg) GEMM matrices in (i, j, c) order
     def _wmats(self, w, dtype):

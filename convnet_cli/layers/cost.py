@@ -158,7 +158,25 @@ class LogregCost(CostLayer):
 
     type = "cost.logreg"
     fuses_with = "softmax"
-    keys = {"topk": Key("int", 1, min=1)}
+    keys = {"topk": Key("int", 1, min=1),
+            "classWeights": Key("floats", None, min=0, doc="one weight per class: the cost is the weighted mean "
+                                                           "of the cases' log-losses, as CrossEntropyLoss(weight=)")}
+    # cuda-convnet2's params files set topk in the cost's section ([logprob] coeff=1 topk=5); it overrides
+    # the layer definition's topk when given
+    hyper_defaults = {"coeff": 1.0, "topk": None}
+
+    def check_hyper(self, hyper: dict):
+        k = hyper.get("topk")
+        if k is not None:
+            if float(k) != int(float(k)) or int(float(k)) < 1:
+                raise self.error(f"topk {k:g} in the params file must be a whole number of at least 1, e.g. topk: 5")
+            hyper["topk"] = int(float(k))
+
+    @property
+    def topk(self) -> int:
+        """The k of the top-k error: the params file's topk, else the layer definition's."""
+        return self.hyper.topk if getattr(self, "hyper", None) is not None and self.hyper.topk is not None \
+            else self.props.topk
 
     def infer_shape(self):
         lab, probs = self.in_shapes
@@ -167,14 +185,33 @@ class LogregCost(CostLayer):
         if probs[1:] != (1, 1):
             raise self.error(f"its second input '{self.in_names[1]}' must be class scores of shape (K, 1, 1), "
                              f"got {probs}; put an fc layer and a softmax before it")
+        w = self.props.classWeights
+        if w is not None:
+            if len(w) != probs[0]:
+                raise self.error(f"classWeights has {len(w)} values but '{self.in_names[1]}' scores {probs[0]} "
+                                 f"classes; give one weight per class, in label order")
+            if not any(v > 0 for v in w):
+                raise self.error("classWeights are all 0; give every class a weight above 0 (1 = unweighted)")
         return (1, 1, 1)
+
+    def _case_weights(self, t, xp):
+        """(N,) weight of each case (its class's weight; soft targets mix them), or None when unweighted."""
+        if self.props.classWeights is None:
+            return None
+        return t @ xp.asarray(self.props.classWeights, dtype=t.dtype)
 
     def _metrics(self, logp, p, labels, xp):
         t = _targets(labels, p.shape[1], xp, p.dtype)
         n = p.shape[0]
-        cost = -float((t * logp).sum()) / n
-        top1, topk = classification_errors(p, labels, self.props.topk, xp)
-        return cost, {"cost": cost, "error": top1, "topk_error": topk}, t
+        cw = self._case_weights(t, xp)
+        if cw is None:
+            cost = -float((t * logp).sum()) / n
+        else:
+            # the weighted mean, as torch.nn.CrossEntropyLoss(weight=w): sum_i w_yi * loss_i / sum_i w_yi;
+            # the backward pass folds these case weights into t (see _weighted)
+            cost = -float(((t * logp).sum(axis=1) * cw).sum()) / max(float(cw.sum()), 1e-30)
+        top1, topk = classification_errors(p, labels, self.topk, xp)
+        return cost, {"cost": cost, "error": top1, "topk_error": topk}, (t if cw is None else (t, cw))
 
     def forward(self, xs, params, ctx):
         xp = ctx.xp
@@ -187,6 +224,10 @@ class LogregCost(CostLayer):
     def backward(self, coeff, cache, params, ctx):
         xp = ctx.xp
         p, t, shape = cache
+        if isinstance(t, tuple):  # classWeights: d/dp of -sum_i cw_i log p_i,yi / sum cw
+            t, cw = t
+            dp = -(coeff / max(float(cw.sum()), 1e-30)) * (t * cw[:, None]) / xp.maximum(p, xp.finfo(p.dtype).tiny)
+            return [None, dp.reshape(shape)], {}
         dp = -(coeff / p.shape[0]) * t / xp.maximum(p, xp.finfo(p.dtype).tiny)
         return [None, dp.reshape(shape)], {}
 
@@ -194,9 +235,9 @@ class LogregCost(CostLayer):
         xp = ctx.xp
         shape = logits.shape
         z = logits.reshape(shape[0], -1)
-        if _is_cupy(z) and labels.ndim == 1:
+        if _is_cupy(z) and labels.ndim == 1 and self.props.classWeights is None:
             # one kernel for softmax, log-loss and both error counts; the cache keeps the int labels
-            p, cost, top1, topk = softmax_logloss_forward_cupy(z, labels, self.props.topk)
+            p, cost, top1, topk = softmax_logloss_forward_cupy(z, labels, self.topk)
             return (cost, {"cost": cost, "error": top1, "topk_error": topk}), (p, labels, shape)
         logp = log_softmax(z, xp)
         p = xp.exp(logp)
@@ -206,6 +247,9 @@ class LogregCost(CostLayer):
     def backward_fused(self, coeff, cache, ctx):
         """Gradient with respect to the softmax's input (logits)."""
         p, t, shape = cache
+        if isinstance(t, tuple):  # classWeights: sum_i cw_i (p_i - t_i) / sum cw (per case, soft targets too)
+            t, cw = t
+            return ((coeff / max(float(cw.sum()), 1e-30)) * cw[:, None] * (p - t)).reshape(shape)
         if t.ndim == 1:  # int labels: the CUDA path of forward_fused
             return softmax_logloss_backward_cupy(p, t, coeff).reshape(shape)
         return ((coeff / p.shape[0]) * (p - t)).reshape(shape)

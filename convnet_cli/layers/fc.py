@@ -48,9 +48,7 @@ class FCLayer(Layer):
         return tuple(self.weight_names) + ("biases",)
 
     def init_params(self, rng):
-        import numpy as np
-
-        from convnet_cli.layers.init import init_weights
+        from convnet_cli.layers.init import init_biases, init_weights
 
         out = {}
         fan_in_total = sum(c * h * w for c, h, w in self.in_shapes)
@@ -61,7 +59,7 @@ class FCLayer(Layer):
             scale = init_w[min(i, len(init_w) - 1)]
             out[name] = init_weights(rng, self.props.init, (self.props.outputs, c * h * w),
                                      fan_in=fan_in_total, fan_out=self.props.outputs, scale=scale)
-        out["biases"] = np.full((self.props.outputs,), self.props.initB, dtype=np.float32)
+        out["biases"] = init_biases(rng, self.props.init, (self.props.outputs,), fan_in_total, self.props.initB)
         return out
 
     def forward(self, xs, params, ctx):

@@ -8,6 +8,11 @@ host from the numpy Generator `rng`; `scale` is the layer's `initW`.
     glorot_uniform  U(-a, a), a = sqrt(6 / (fan_in + fan_out))          (initW not used)
     glorot_normal   N(0, 2 / (fan_in + fan_out))                        (initW not used)
     kaiming_normal  N(0, 2 / fan_in)                                    (initW not used)
+    kaiming_uniform U(-a, a), a = sqrt(6 / fan_in)                      (initW not used)
+    lecun_normal    N(0, 1 / fan_in)                                    (initW not used)
+    lecun_uniform   U(-a, a), a = sqrt(3 / fan_in)                      (initW not used)
+    pytorch         U(-a, a), a = 1 / sqrt(fan_in): torch.nn.Conv2d's and Linear's default (their
+                    kaiming_uniform_ with a = sqrt(5)); the biases too (see init_biases), initB not used
     orthogonal      a (semi-)orthogonal matrix from the QR decomposition of a gaussian one, the array
                     seen as shape[0] x prod(shape[1:]); times a gain: initW when the user set one, 1 when
                     initW is left at its default 0.01 (an orthogonal matrix scaled by 0.01 would make a
@@ -20,7 +25,8 @@ import math
 
 import numpy as np
 
-INIT_KINDS = ("gaussian", "uniform", "glorot_uniform", "glorot_normal", "kaiming_normal", "orthogonal", "constant")
+INIT_KINDS = ("gaussian", "uniform", "glorot_uniform", "glorot_normal", "kaiming_normal", "kaiming_uniform",
+              "lecun_normal", "lecun_uniform", "pytorch", "orthogonal", "constant")
 DEFAULT_INIT_W = 0.01
 
 
@@ -53,6 +59,17 @@ def init_weights(rng, kind: str, shape, fan_in: int, fan_out: int, scale: float 
         w = rng.standard_normal(shape) * math.sqrt(2.0 / (fan_in + fan_out))
     elif kind == "kaiming_normal":
         w = rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)
+    elif kind == "kaiming_uniform":
+        a = math.sqrt(6.0 / fan_in)
+        w = rng.uniform(-a, a, shape)
+    elif kind == "lecun_normal":
+        w = rng.standard_normal(shape) * math.sqrt(1.0 / fan_in)
+    elif kind == "lecun_uniform":
+        a = math.sqrt(3.0 / fan_in)
+        w = rng.uniform(-a, a, shape)
+    elif kind == "pytorch":
+        a = 1.0 / math.sqrt(fan_in)
+        w = rng.uniform(-a, a, shape)
     elif kind == "orthogonal":
         return orthogonal(rng, shape, 1.0 if scale == DEFAULT_INIT_W else scale)
     elif kind == "constant":
@@ -60,3 +77,13 @@ def init_weights(rng, kind: str, shape, fan_in: int, fan_out: int, scale: float 
     else:
         raise ValueError(f"unknown init '{kind}'; choose one of {', '.join(INIT_KINDS)}")
     return np.asarray(w, dtype=np.float32)
+
+
+def init_biases(rng, kind: str, shape, fan_in: int, init_b: float = 0.0) -> np.ndarray:
+    """Initial biases of `shape` (float32 numpy): U(+-1/sqrt(fan_in)) for `pytorch` (as torch's Conv2d and
+    Linear), else every element = initB."""
+    shape = tuple(int(s) for s in shape)
+    if kind == "pytorch":
+        a = 1.0 / math.sqrt(max(int(fan_in), 1))
+        return rng.uniform(-a, a, shape).astype(np.float32)
+    return np.full(shape, init_b, dtype=np.float32)

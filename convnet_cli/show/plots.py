@@ -67,12 +67,34 @@ def _series(records, kind, key):
     return np.asarray(xs), np.asarray(ys)
 
 
-def plot_cost(records, path: str, title: str | None = None) -> str:
+def _mark_best(records, best_by, ax_cost, ax_err):
+    """A dashed line at the test that made best.npz (by the run's --best-by), its value written beside it."""
+    by = best_by or "cost"
+    vx, vy = _series(records, "test", by)
+    if not vy.size and by == "error":
+        return
+    if not vy.size:
+        by = "cost"
+        vx, vy = _series(records, "test", by)
+    if not vy.size:
+        return
+    i = int(np.argmax(vy)) if by == "auc" else int(np.argmin(vy))
+    for ax in (ax_cost, ax_err):
+        ax.axvline(vx[i], color=TEST_COLOR, linestyle="--", linewidth=0.8, alpha=0.6)
+    ax = ax_err if by == "error" else ax_cost
+    what = "AUC" if by == "auc" else by
+    y = vy[i] if by != "auc" else ax.get_ylim()[1]
+    ax.annotate(f"best.npz: test {what} {vy[i]:.4f}", (vx[i], y), textcoords="offset points",
+                xytext=(0, 12 if by != "auc" else -12), ha="center", fontsize=8, color=TEST_COLOR)
+
+
+def plot_cost(records, path: str, title: str | None = None, best_by: str | None = None) -> str:
     """Training and test cost (top) and error rate (bottom) against epochs, in one figure.
 
     records: train_log.jsonl records ({'type': 'train'|'test', 'progress': epochs done, 'cost', 'error'}).
     Training batches are a line; test results a step line (each test value held over the training it
-    followed, as cuda-convnet's shownet drew them) with a marker at each test.
+    followed, as cuda-convnet's shownet drew them) with a marker at each test. A dashed line marks the test
+    that made best.npz by `best_by` (the run's --best-by: cost, error or auc; default cost).
     """
     fig = _figure(*COST_SIZE)
     ax_cost, ax_err = fig.subplots(2, 1, sharex=True)
@@ -96,11 +118,7 @@ def plot_cost(records, path: str, title: str | None = None) -> str:
             ax.text(0.5, 0.5, f"no {label} logged (no classification cost)" if key == "error" else f"no {label} logged",
                     ha="center", va="center", transform=ax.transAxes, color="gray")
     ax_err.set_xlabel("epoch")
-    vx, vy = _series(records, "test", "error")
-    if vy.size:
-        i = int(np.argmin(vy))
-        ax_err.annotate(f"best test error {vy[i]:.4f}", (vx[i], vy[i]), textcoords="offset points",
-                        xytext=(0, 12), ha="center", fontsize=8, color=TEST_COLOR)
+    _mark_best(records, best_by, ax_cost, ax_err)
     fig.suptitle(title or "cost and error rate")
     fig.subplots_adjust(left=0.08, right=0.97, top=0.92, bottom=0.08, hspace=0.12)
     return _save(fig, path)

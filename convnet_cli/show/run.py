@@ -64,6 +64,16 @@ def read_log(path: str) -> list:
     return records
 
 
+def run_best_by(run: RunPaths) -> str:
+    """The run's --best-by (runs from before the flag chose by error); cost when no checkpoint can be read."""
+    try:
+        state = run.checkpoint().state
+    except ConfigError:
+        return "cost"
+    best = state.get("best") or {}
+    return best.get("by") or (state.get("options") or {}).get("best_by") or "error"
+
+
 def cost_records(run: RunPaths) -> list:
     """Log records of the run; when the log is missing, the history kept in the checkpoint."""
     if os.path.exists(run.log_path):

@@ -144,6 +144,16 @@ class DataParallel:
                     i += 1
         return totals, int(round(buf[-1]))
 
+    def gather_scores(self, scores):
+        """The test's per-case scores (train/best.py's Scores, for the ROC AUC) of every process, on every
+        process: each holds those of its own shares."""
+        if self.size == 1:
+            return scores
+        parts = self.world.allgather((scores.scores, scores.labels))
+        scores.scores = [s for p in parts for s in p[0]]
+        scores.labels = [y for p in parts for y in p[1]]
+        return scores
+
     def first_nonfinite(self) -> str | None:
         """The layer whose output went non-finite first, on the lowest rank where one did."""
         name = self.net.first_nonfinite()

@@ -25,12 +25,14 @@ from convnet_cli.errors import ConfigError, NonFiniteError
 from convnet_cli.fileio import copy_atomic, write_text_atomic
 from convnet_cli.net import Net
 from convnet_cli.parallel import get_world, on_root, rank_device
-from convnet_cli.train.run_checks import (MAX_RANGE, absolute_paths, append_log, check_batches_fit,
-                                          check_labels, check_options, clean_stale_temps, cut_log,
-                                          keep_params_version, overlap_warning, saved_path)
+from convnet_cli.train import best as best_by
 from convnet_cli.train.checkpoint import (RunState, load_checkpoint, newest_checkpoint, prune_checkpoints,
                                           resolve_checkpoint, save_checkpoint)
 from convnet_cli.train.data_parallel import DataParallel
+from convnet_cli.train.init_from import init_from
+from convnet_cli.train.run_checks import (MAX_RANGE, absolute_paths, append_log, check_batches_fit,
+                                          check_labels, check_options, clean_stale_temps, cut_log,
+                                          keep_params_version, overlap_warning, saved_path)
 
 @dataclass
 class TrainOptions:
@@ -48,6 +50,9 @@ class TrainOptions:
     max_checkpoints: int | None = 5  # the newest 5 plus best.npz; 0 keeps all
     augment: list = field(default_factory=list)
     early_stop: int | None = None
+    best_by: str = "cost"        # cost, error or auc: which test makes best.npz (train/best.py)
+    balance: bool = False
+    init_from: str | None = None
     quiet: bool = False
 
 
@@ -136,7 +141,8 @@ class Trainer:
         self.state = state
         self.echo = echo or (lambda msg: click.echo(msg, err=True))
         self.train_provider = DataProvider(batchset, options.train_range, options.mini, net.backend,
-                                           seed=options.seed, train=True, augment=tuple(options.augment))
+                                           seed=options.seed, train=True, augment=tuple(options.augment),
+                                           balance=options.balance)
         self.test_provider = DataProvider(batchset, options.test_range, options.mini, net.backend,
                                           seed=options.seed, train=False)
         self.log_path = os.path.join(run_dir, "train_log.jsonl")
@@ -144,6 +150,7 @@ class Trainer:
         self.total_batches = self.batches_per_epoch * options.epochs
         self.started = time.time() - state.seconds
         self.dp = DataParallel(get_world(), net)  # under MPI: shares, sums; rank 0 alone writes files
+        self.test_auc = None
 
     # -- state -------------------------------------------------------------------------------------
     def _checkpoint(self, name: str) -> str:
@@ -255,12 +262,16 @@ class Trainer:
         """(totals, cases) over the test range, in test mode: totals {cost layer: {metric: sum over cases}}
         (see _accumulate; _record turns them into means), cases the number of test cases."""
         totals, cases = {}, 0
+        scores = best_by.Scores.for_net(self.net, self.state.label_names)
         for _, minibatches in self.test_provider.iter_epoch(0):
             for mb in minibatches:
                 x, labels, n = self.dp.test_share(mb)
                 costs = self.net.forward({0: x, 1: labels}, train=False)
+                if scores is not None and n:
+                    scores.add(labels)
                 cases += n
                 _accumulate(totals, costs, n)
+        self.test_auc = self.dp.gather_scores(scores).auc() if scores is not None else None
         return self.dp.sum_totals(totals, cases)
 
     def _test_and_save(self, epoch, batchnum) -> bool:
@@ -270,12 +281,14 @@ class Trainer:
         totals, cases = self.test()
         record = _record("test", epoch, batchnum, s.batches_done, totals, cases, time.time() - start, self.net,
                          {}, self.batches_per_epoch)
+        if self.test_auc is not None:
+            record["auc"] = self.test_auc
         self._log(record)
-        s.history.append({k: record[k] for k in ("type", "epoch", "batch", "progress", "cost", "error")})
-        metric = record["error"] if record["error"] is not None else record["cost"]
-        improved = s.best is None or (metric is not None and metric < s.best["metric"])
+        s.history.append({k: record.get(k) for k in ("type", "epoch", "batch", "progress", "cost", "error", "auc")})
+        metric = best_by.metric(record, self.o.best_by)
+        improved = best_by.improves(metric, s.best, self.o.best_by)
         if improved:
-            s.best = {"metric": metric, "epoch": epoch, "batch": batchnum}
+            s.best = {"metric": metric, "by": self.o.best_by, "epoch": epoch, "batch": batchnum}
             s.tests_without_improvement = 0
         else:
             s.tests_without_improvement += 1
@@ -289,7 +302,8 @@ class Trainer:
         parts = [f"{epoch}.{batchnum}"]
         if train:
             parts.append(f"cost {train['cost']:.4f}" + (f" err {train['error']:.3f}" if train["error"] is not None else ""))
-        parts.append(f"test cost {record['cost']:.4f}" + (f" err {record['error']:.3f}" if record["error"] is not None else ""))
+        parts.append(f"test cost {record['cost']:.4f}" + (f" err {record['error']:.3f}" if record["error"] is not None else "")
+                     + (f" auc {record['auc']:.4f}" if record.get("auc") is not None else ""))
         if lr is not None:
             parts.append(f"lr {lr:.3g}")
         parts.append(f"{time.time() - self.started:.1f}s")
@@ -394,6 +408,8 @@ def start(o: TrainOptions, echo=None) -> int:
     net = Net.from_text(layer_def_text, params_text, batchset.data_shape, backend, o.seed, o.layer_def,
                         o.layer_params, check=functools.partial(_check_classes, batchset=batchset,
                                                                  source=display_name(o.layer_def)))
+    best_by.check_best_by(o.best_by, batchset.label_names, net.layers)
+    copied = init_from(net, o.init_from) if o.init_from else None
     state = _initial_state(o, batchset, layer_def_text, params_text)
     # under MPI: one run directory, made by rank 0
     run_dir = on_root(world, functools.partial(_new_run, o, state, layer_def_text, params_text))
@@ -408,11 +424,16 @@ def start(o: TrainOptions, echo=None) -> int:
         echo(net.describe())
         if world.size > 1:
             echo(f"data-parallel over {world.describe()}: {o.mini} cases per minibatch in all")
+        if copied is not None:
+            echo(copied.line())
     return _run(o, run_dir, net, batchset, state, echo)
 
 
 def resume(path: str, explicit: dict, echo=None) -> int:
     """Resume from a run directory (its newest checkpoint) or a checkpoint file; explicit flags override."""
+    if explicit.get("init_from"):
+        raise ConfigError("--init-from starts a new run from another run's weights; a resume (-f) continues its "
+                          "own: drop --init-from, or start a new run with --save-path")
     ckpt = load_checkpoint(resolve_checkpoint(path, prefer_best=False))
     state = ckpt.run_state
     run_dir = os.path.dirname(os.path.abspath(ckpt.path))
@@ -452,9 +473,13 @@ def resume(path: str, explicit: dict, echo=None) -> int:
     if reread:  # kept once the net accepted it
         params_name = on_root(world, lambda: keep_params_version(run_dir, _base_params_name(state), params_text,
                                                                  o.layer_params, state))
+    best_by.check_best_by(o.best_by, batchset.label_names, net.layers)
+    echo = _rank_echo(echo, world)
+    if state.best and state.best.get("by", "error") != o.best_by and not o.quiet:
+        echo(f"--best-by {o.best_by}: best.npz was chosen by {state.best.get('by', 'error')} so far; "
+             f"the next test starts the new choice")
     state.options = asdict(o)
     state.layer_params, state.layer_params_name = params_text, params_name
-    echo = _rank_echo(echo, world)
     if state.epoch > o.epochs or state.stopped_early and "epochs" not in explicit:
         if not o.quiet:
             echo(f"{ckpt.path}: training already reached epoch {state.epoch - 1} of {o.epochs}; "
@@ -492,9 +517,9 @@ def _run(o, run_dir, net, batchset, state, echo) -> int:
     rc = Trainer(shown, run_dir, net, batchset, state, echo).run()
     if rc == 0 and not o.quiet:
         best = state.best
-        if best:
-            echo(f"done: best test {'error' if best['metric'] is not None else 'cost'} "
-                 f"{best['metric']:.4f} at {best['epoch']}.{best['batch']}; checkpoints in {run_dir}")
+        if best and best.get("metric") is not None:
+            echo(f"done: best test {best.get('by', o.best_by)} {best['metric']:.4f} at {best['epoch']}.{best['batch']} "
+                 f"(best.npz); checkpoints in {run_dir}")
     return rc
 
 

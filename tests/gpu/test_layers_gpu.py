@@ -161,6 +161,10 @@ LAYERS = [  # (type, input shapes, keys, hyper, train)
     ("concat", [(3, 4, 5), (2, 4, 5)], {}, {}, True),
     ("softmax", [(6, 1, 1)], {}, {}, True),
     ("dropout", [(3, 4, 5)], {}, dict(keep=1.0), True),
+    ("cnorm", [(3, 6, 7)], dict(size=3), dict(scale=0.01, pow=0.75, minDiv=1.0), True),
+    ("pass", [(3, 4, 5), (2, 4, 5)], {}, {}, True),
+    ("conv", [(2, 6, 7), (3, 6, 7)], dict(filters=4, filterSize=3, padding=1), {}, True),
+    ("local", [(2, 6, 7), (3, 6, 7)], dict(filters=3, filterSize=3), {}, True),
 ]
 
 

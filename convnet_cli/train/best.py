@@ -1,0 +1,92 @@
+"""Which test result is the best so far (`--best-by`): the lowest test cost (the default), the lowest test
+error, or the highest test ROC AUC (two classes only).
+
+Why cost by default: on imbalanced or small test sets the error rate sits at the prior for many epochs while
+the model improves (it moves in steps of 1/cases), so best.npz chosen by error can be an early model; the
+log-loss moves with every case's probability. AUC ranks cases by the positive class's score, which is what a
+detector is judged by when its threshold is set later.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from convnet_cli.backend import to_host
+from convnet_cli.errors import ConfigError
+from convnet_cli.predict.metrics import roc_auc
+
+BEST_BY = ("cost", "error", "auc")
+
+
+def check_best_by(best_by: str, label_names, layers) -> None:
+    """ConfigError when `best_by` is unknown or cannot be computed for this data and net."""
+    if best_by not in BEST_BY:
+        raise ConfigError(f"--best-by {best_by!r}: expected one of {', '.join(BEST_BY)}")
+    cost = first_cost(layers)
+    if best_by == "error" and (cost is None or cost.type == "cost.sum2"):
+        raise ConfigError("--best-by error: the net has no classification cost (cost.logreg or cost.bce) "
+                          "that reports an error rate; use --best-by cost")
+    if best_by == "auc":
+        if len(label_names) != 2:
+            raise ConfigError(f"--best-by auc: ROC AUC needs two classes, the data has {len(label_names)} "
+                              f"({', '.join(map(str, label_names[:4]))}{'…' if len(label_names) > 4 else ''}); "
+                              "use --best-by cost or error")
+        if cost is None or cost.type not in ("cost.logreg", "cost.bce"):
+            raise ConfigError("--best-by auc: the net needs a cost.logreg or cost.bce layer whose scores "
+                              "rank the cases; use --best-by cost")
+
+
+def first_cost(layers):
+    return next((l for l in layers if l.is_cost), None)
+
+
+class Scores:
+    """Collects the positive class's score and the label of every test case, for the ROC AUC."""
+
+    def __init__(self, net):
+        self.net = net
+        self.cost = first_cost(net.layers)
+        self.scores, self.labels = [], []
+
+    @classmethod
+    def for_net(cls, net, label_names):
+        """A collector when the data has two classes and the net a classification cost, else None."""
+        cost = first_cost(net.layers)
+        if len(label_names) != 2 or cost is None or cost.type not in ("cost.logreg", "cost.bce"):
+            return None
+        return cls(net)
+
+    def add(self, labels) -> None:
+        out = self.net.outputs.get(self.cost.in_names[1])
+        if out is None:
+            return
+        p = np.asarray(to_host(out), dtype=np.float64)
+        p = p.reshape(p.shape[0], -1)
+        self.scores.append(p[:, 1] if p.shape[1] >= 2 else p[:, 0])
+        self.labels.append(np.asarray(to_host(labels)).reshape(-1).astype(np.int64))
+
+    def auc(self):
+        """The ROC AUC over the cases seen, or None when the test range holds only one class."""
+        if not self.scores:
+            return None
+        y = np.concatenate(self.labels)
+        s = np.concatenate(self.scores)
+        keep = y >= 0
+        y, s = y[keep], s[keep]
+        if y.size == 0 or np.unique(y).size < 2:
+            return None
+        return float(roc_auc(s, y))
+
+
+def metric(record: dict, best_by: str):
+    """The record's value for `best_by` (None when it has none)."""
+    return record.get(best_by)
+
+
+def improves(value, best: dict | None, best_by: str) -> bool:
+    """True when `value` beats the best so far (a first test always does; a best kept by another
+    --best-by, from before a resume that changed it, is replaced)."""
+    if best is None or best.get("by", best_by) != best_by or best.get("metric") is None:
+        return True
+    if value is None:
+        return False
+    return value > best["metric"] if best_by == "auc" else value < best["metric"]
