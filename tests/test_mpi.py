@@ -642,3 +642,23 @@ def test_ctrl_c_to_a_two_rank_detect_leaves_one_journal_and_complete_tables(tmp_
     resumed = convnet(["detect", "-f", str(ck), str(rec), "--out", str(out), "--quiet", "--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert (out / "done.jsonl").read_text().count("\n") == 40
+
+
+@needs_mpi
+def test_best_by_auc_under_two_ranks_ranks_every_test_case(tmp_path):
+    """The test ROC AUC needs every case's score: each rank scores its shares, the AUC is over all of them
+    (the value of one process), and best.npz follows it."""
+    write_batches(tmp_path / "batches", classes=2, seed=3)
+    (tmp_path / "layers.yaml").write_text(LAYERS.replace("outputs: 3", "outputs: 2"))
+    (tmp_path / "params.yaml").write_text(PARAMS)
+    args = ["train", "--data-path", str(tmp_path / "batches"), "--layer-def", str(tmp_path / "layers.yaml"),
+            "--layer-params", str(tmp_path / "params.yaml"), "--mini", "3", "--seed", "5", "--epochs", "2",
+            "--best-by", "auc", "--quiet"]
+    one = convnet(args + ["--save-path", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr
+    two = convnet(args + ["--save-path", str(tmp_path / "two")], ranks=2)
+    assert two.returncode == 0, two.stderr + two.stdout
+    aucs = [[r["auc"] for r in map(json.loads, open(os.path.join(only_run(tmp_path / s), "train_log.jsonl")))
+             if r["type"] == "test"] for s in ("one", "two")]
+    assert len(aucs[0]) == 2 and all(a is not None for a in aucs[0])
+    assert aucs[1] == pytest.approx(aucs[0], abs=1e-6)
