@@ -148,6 +148,12 @@ class _Geometry:
         budget = CHUNK_BYTES if xp.__name__ == "numpy" else GPU_CHUNK_BYTES
         return max(1, min(n, budget // max(per_case, 1)))
 
+    def transposed_dx(self):
+        """True when the input gradient is taken as a correlation of dout (stride 1, one group, channels,
+        padding below the filter size): measured faster than per-offset GEMMs and adds (see above)."""
+        return (self.sh == 1 and self.sw == 1 and self.g == 1 and self.mode == "cols"
+                and self.ph <= self.fh - 1 and self.pw <= self.fw - 1)
+
     def direct(self):
         """True when the (unpadded) input, reshaped, is already the column matrix."""
         if self.g != 1 or self.ph or self.pw:
@@ -269,6 +275,9 @@ class ConvLayer(_ConvBase):
             return [dx], {"weights": self._from_wmats(dw), "biases": db}
         if shared:
             db = xp.zeros(geo.f, dtype=dtype)
+        if want_dx and geo.transposed_dx():
+            dw, dx = self._backward_transposed(x, xpad, dout, wm, db if shared else None, xp)
+            return [dx], {"weights": self._from_wmats(dw), "biases": db}
 
         dw = xp.zeros((geo.g, geo.k, geo.fg), dtype=dtype)
         dxpad = xp.zeros(xpad.shape, dtype=dtype) if want_dx else None
@@ -310,6 +319,44 @@ class ConvLayer(_ConvBase):
             dx = dxpad[:, geo.ph:geo.ph + geo.h, geo.pw:geo.pw + geo.w, :] if (geo.ph or geo.pw) else dxpad
         return [dx], {"weights": self._from_wmats(dw), "biases": db}
 
+    def _backward_transposed(self, x, xpad, dout, wm, db, xp):
+        """dW and dx of a stride-1 conv with channels: per chunk of cases, dW += cols.T @ dout (the columns
+        of x built again in the cache), and dx = the correlation of dout, padded by (fh-1-ph, fw-1-pw),
+        with the flipped, transposed filters: an im2col of dout (K' = fh*fw*F) and one GEMM written
+        straight into dx, with no zeroed dxpad and no strided adds. `db` the (F,) bias gradient to add
+        into, or None."""
+        geo = self.geo
+        n = x.shape[0]
+        p = geo.ho * geo.wo
+        hw = geo.h * geo.w
+        dtype = x.dtype
+        d2 = dout.reshape(n * p, geo.f)
+        kt = geo.fh * geo.fw * geo.f
+        # (fh, fw, C, F) -> flipped in (i, j) -> (fh*fw*F, C)
+        wflip = wm[0].reshape(geo.fh, geo.fw, geo.c, geo.f)[::-1, ::-1].transpose(0, 1, 3, 2)
+        wflip = xp.ascontiguousarray(wflip).reshape(kt, geo.c)
+        dpad = pad_nhwc(dout, geo.fh - 1 - geo.ph, geo.fw - 1 - geo.pw, xp)
+        dw = xp.zeros((1, geo.k, geo.f), dtype=dtype)
+        dx = xp.empty(x.shape, dtype=dtype)
+        dx2 = dx.reshape(n * hw, geo.c)
+        per_case = max(p * geo.k, hw * kt) * dtype.itemsize
+        nc = max(1, min(n, CHUNK_BYTES // max(per_case, 1)))
+        buf = xp.empty((1, nc * p * geo.k), dtype=dtype)
+        tbuf = xp.empty(nc * hw * kt, dtype=dtype)
+        ones = xp.ones(nc * p, dtype=dtype) if db is not None else None
+        for n0 in range(0, n, nc):
+            n1 = min(n, n0 + nc)
+            rows = slice(n0 * p, n1 * p)
+            d = d2[rows]
+            if ones is not None:
+                db += ones[:d.shape[0]] @ d
+            cols = self._im2col(xpad[n0:n1], buf, xp)[0]
+            dw[0] += cols.T @ d
+            view = windows(dpad[n0:n1], geo.fh, geo.fw, 1, 1, geo.h, geo.w, xp)
+            tcols = tbuf[:(n1 - n0) * hw * kt]
+            tcols.reshape(view.shape)[...] = view
+            xp.matmul(tcols.reshape((n1 - n0) * hw, kt), wflip, out=dx2[n0 * hw:n1 * hw])
+        return dw, dx
 
     # -- CuPy: im2col by a kernel, one cuBLAS GEMM per chunk and group, col2im by a gathering kernel --------
     def _forward_cupy(self, x, wm, b, out, ctx):
