@@ -46,6 +46,7 @@ import statistics  # noqa: E402
 import time  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # flops.py beside this file
 
 UPCALL = """\
 data: {type: data, dataIdx: 0}
@@ -221,10 +222,16 @@ def main(argv=None):
         "keywords": (keywords_yaml(), PARAMS.replace("NORMS\n", "drop: {keep: 0.7}\n"), (1, 40, 98), 10,
                      lambda: torch_keywords(torch)),
     }
+    from flops import rate, sgemm_peak, step_flops
+
+    peak = sgemm_peak()
     print(f"one training step (forward + backward + sgd update), float32, batch {args.batch}, "
           f"{args.threads} thread(s); numpy {np.__version__}, torch {torch.__version__}; "
           f"median of {args.steps} steps after {args.warmup}")
-    header = f"{'network':<16}{'ours ms/step':>14}{'torch ms/step':>15}{'ratio':>8}"
+    print(f"SGEMM peak (numpy.matmul 2048^3 float32, measured now): {peak:.0f} GFLOP/s; GFLOP/s below are the "
+          f"direct conv/fc FLOPs of the step over its time, and % of that peak")
+    header = (f"{'network':<16}{'ours ms/step':>14}{'torch ms/step':>15}{'ratio':>8}{'GFLOP':>8}"
+              f"{'ours GF/s':>11}{'%peak':>7}{'torch GF/s':>12}{'%peak':>7}")
     print(header)
     print("-" * len(header))
     for name in [n.strip() for n in args.nets.split(",") if n.strip()]:
@@ -239,7 +246,10 @@ def main(argv=None):
         ours, theirs = timed_medians([ours_fn, torch_step(torch, model, shape, classes, args.batch)],
                                      args.warmup, args.steps)
         label = name + ("+norm" if name == "cifar18" and args.norm else "")
-        print(f"{label:<16}{ours:>14.1f}{theirs:>15.1f}{ours / theirs:>8.2f}", flush=True)
+        fl = step_flops(net, args.batch)
+        r_ours, r_torch = rate(fl, ours), rate(fl, theirs)
+        print(f"{label:<16}{ours:>14.1f}{theirs:>15.1f}{ours / theirs:>8.2f}{fl / 1e9:>8.2f}"
+              f"{r_ours:>11.1f}{100 * r_ours / peak:>6.0f}%{r_torch:>12.1f}{100 * r_torch / peak:>6.0f}%", flush=True)
 
 
 if __name__ == "__main__":
