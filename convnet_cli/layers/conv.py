@@ -62,6 +62,7 @@ from __future__ import annotations
 
 from convnet_cli.backend import cuda_elementwise, get_array_module
 from convnet_cli.layers.base import Key, Layer, conv_out_size, fmt_hw, register
+from convnet_cli.layers import winograd
 from convnet_cli.layers.init import INIT_KINDS, init_weights
 
 # Columns of one chunk of cases are kept around this size so that they stay in the cache. On a GPU there
@@ -236,6 +237,27 @@ class ConvLayer(_ConvBase):
             return out, (x, x)
         if _is_cupy(x):
             return self._forward_cupy(x, wm, b, out, ctx)
+        if winograd.eligible(geo):
+            w33 = wm[0].reshape(3, 3, geo.c, geo.f)
+            runs = {"direct": lambda: self._forward_im2col(x, wm, b, xp.empty_like(out), xp),
+                    "winograd": lambda: (winograd.conv_forward(x, w33, b, geo.ph, geo.pw, xp.empty_like(out)), None)}
+            algo, res = winograd.choose(self._algo_key("forward", x), 2.0 * n * p * geo.k * geo.f, runs)
+            out, xpad = res if res is not None else runs[algo]()
+            return out, (x, xpad)
+        return out, (x, self._forward_im2col(x, wm, b, out, xp)[1])
+
+    def _algo_key(self, direction, x):
+        geo = self.geo
+        extra = f" dx{int(bool(self.input_grads))}" if direction == "backward" else ""
+        return (f"{direction} conv3x3 n{x.shape[0]} {geo.h}x{geo.w}x{geo.c}->{geo.f} pad{geo.ph},{geo.pw} "
+                f"{x.dtype}{extra}")
+
+    def _forward_im2col(self, x, wm, b, out, xp):
+        """(out, xpad): im2col + GEMM in chunks of cases (NumPy)."""
+        geo = self.geo
+        n = x.shape[0]
+        p = geo.ho * geo.wo
+        out2 = out.reshape(n * p, geo.f)
         xpad = pad_nhwc(x, geo.ph, geo.pw, xp)
         nc = geo.chunk_cases(n, x.dtype.itemsize, xp)
         buf = xp.empty((geo.g, nc * p * geo.k), dtype=x.dtype)
@@ -246,7 +268,7 @@ class ConvLayer(_ConvBase):
                 lhs = cols if geo.mode == "cols" else cols.T
                 xp.matmul(lhs, wm[gi], out=out2[rows, gi * geo.fg:(gi + 1) * geo.fg])
             out[n0:n1] += b  # while the chunk's output is in the cache
-        return out, (x, xpad)
+        return out, xpad
 
     def backward(self, dout, cache, params, ctx):
         xp, geo = ctx.xp, self.geo
@@ -273,11 +295,38 @@ class ConvLayer(_ConvBase):
             if shared:
                 db = d2.sum(axis=0)
             return [dx], {"weights": self._from_wmats(dw), "biases": db}
+        if winograd.eligible(geo):
+            runs = {"direct": lambda: self._backward_im2col(x, xpad, dout, wm, want_dx, shared, xp),
+                    "winograd": lambda: self._backward_winograd(x, dout, wm, want_dx, shared, xp)}
+            algo, res = winograd.choose(self._algo_key("backward", x), (3.0 if want_dx else 2.0) * n * p * geo.k * geo.f,
+                                        runs)
+            dw, dx, db_shared = res if res is not None else runs[algo]()
+        else:
+            dw, dx, db_shared = self._backward_im2col(x, xpad, dout, wm, want_dx, shared, xp)
         if shared:
-            db = xp.zeros(geo.f, dtype=dtype)
+            db = db_shared
+        return [dx], {"weights": self._from_wmats(dw), "biases": db}
+
+    def _backward_winograd(self, x, dout, wm, want_dx, shared, xp):
+        geo = self.geo
+        w33 = wm[0].reshape(3, 3, geo.c, geo.f)
+        dw33, dx = winograd.conv_backward(x, dout, w33, geo.ph, geo.pw, want_dx)
+        db = xp.ones(dout.size // geo.f, dtype=x.dtype) @ dout.reshape(-1, geo.f) if shared else None
+        return dw33.reshape(1, geo.k, geo.f), dx, db
+
+    def _backward_im2col(self, x, xpad, dout, wm, want_dx, shared, xp):
+        """(dW as (g, K, Fg) GEMM matrices, dx or None, the (F,) bias gradient or None) on NumPy."""
+        geo = self.geo
+        n = x.shape[0]
+        p = geo.ho * geo.wo
+        dtype = x.dtype
+        d2 = dout.reshape(n * p, geo.f)
+        if xpad is None:  # the forward pass went another way
+            xpad = pad_nhwc(x, geo.ph, geo.pw, xp)
+        db = xp.zeros(geo.f, dtype=dtype) if shared else None
         if want_dx and geo.transposed_dx():
-            dw, dx = self._backward_transposed(x, xpad, dout, wm, db if shared else None, xp)
-            return [dx], {"weights": self._from_wmats(dw), "biases": db}
+            dw, dx = self._backward_transposed(x, xpad, dout, wm, db, xp)
+            return dw, dx, db
 
         dw = xp.zeros((geo.g, geo.k, geo.fg), dtype=dtype)
         dxpad = xp.zeros(xpad.shape, dtype=dtype) if want_dx else None
@@ -317,7 +366,7 @@ class ConvLayer(_ConvBase):
         dx = None
         if want_dx:
             dx = dxpad[:, geo.ph:geo.ph + geo.h, geo.pw:geo.pw + geo.w, :] if (geo.ph or geo.pw) else dxpad
-        return [dx], {"weights": self._from_wmats(dw), "biases": db}
+        return dw, dx, db
 
     def _backward_transposed(self, x, xpad, dout, wm, db, xp):
         """dW and dx of a stride-1 conv with channels: per chunk of cases, dW += cols.T @ dout (the columns
