@@ -51,6 +51,7 @@ class Context:
     xp: Any
     train: bool = False
     rng: Any = None  # device random generator (dropout masks)
+    keep_cache: bool = True  # False: forward only (inference); a layer may skip what only backward needs
     extra: dict = field(default_factory=dict)
 
 

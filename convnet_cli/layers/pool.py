@@ -198,8 +198,10 @@ class PoolLayer(Layer):
         xp, x = ctx.xp, xs[0]
         is_max = self.props.pool == "max"
         if not self.is_global:
-            fn = pool_forward_cupy if _is_cupy(x) else pool_forward_numpy
-            out, idx = fn(x, self, is_max)
+            if _is_cupy(x):
+                out, idx = pool_forward_cupy(x, self, is_max)
+            else:  # inference (keep_cache False) needs no argmax
+                out, idx = pool_forward_numpy(x, self, is_max, want_idx=ctx.keep_cache)
             return out, (x.shape, idx)
         n, h, w, c = x.shape
         out = xp.empty((n, 1, 1, c), dtype=x.dtype)
@@ -256,8 +258,9 @@ def _is_cupy(a) -> bool:
     return type(a).__module__.startswith("cupy")
 
 
-def pool_forward_numpy(x, geo, is_max: bool):
-    """x: (N, H, W, C) -> (out, idx), by slices of the window offsets over chunks of cases (threads)."""
+def pool_forward_numpy(x, geo, is_max: bool, want_idx: bool = True):
+    """x: (N, H, W, C) -> (out, idx), by slices of the window offsets over chunks of cases (threads).
+    want_idx False (inference): max pooling without the argmax, idx None."""
     xp = get_array_module(x)
     n, h, w, c = x.shape
     _, oh, ow = geo.out_shape
@@ -266,11 +269,12 @@ def pool_forward_numpy(x, geo, is_max: bool):
     offsets = geo.offsets
     if is_max:
         kk = geo.size[0] * geo.size[1]
-        idx = xp.zeros((n, oh, ow, c), dtype=xp.uint8 if kk < 256 else xp.int32)
+        idx = xp.zeros((n, oh, ow, c), dtype=xp.uint8 if kk < 256 else xp.int32) if want_idx else None
         full0 = offsets[0][1] == (0, oh) and offsets[0][2] == (0, ow)
 
         def chunk(n0, n1):
-            o, a, xc = out[n0:n1], idx[n0:n1], x[n0:n1]
+            o, xc = out[n0:n1], x[n0:n1]
+            a = idx[n0:n1] if want_idx else None
             first = 0
             if full0:  # the first offset is inside every window: start from it
                 k, _, _, rs, cs = offsets[0]
@@ -281,6 +285,9 @@ def pool_forward_numpy(x, geo, is_max: bool):
             for k, (lh, hh), (lw, hw), rs, cs in offsets[first:]:
                 v = xc[:, rs, cs, :]
                 ov = o[:, lh:hh, lw:hw, :]
+                if a is None:
+                    xp.maximum(ov, v, out=ov)
+                    continue
                 av = a[:, lh:hh, lw:hw, :]
                 better = v > ov  # strict: the first maximum wins ties
                 xp.maximum(ov, v, out=ov)
