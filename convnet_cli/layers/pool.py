@@ -68,23 +68,41 @@ def _executor(threads):
         return _POOL
 
 
+def _run_share(fn, bounds):
+    for b in bounds:
+        fn(*b)
+
+
 def run_chunks(fn, n: int, per_case_bytes: int, xp):
     """Call fn(n0, n1) for chunks of the n cases that fit CHUNK_BYTES; on several threads with numpy.
 
-    The chunks must write disjoint parts of their outputs.
+    The chunks must write disjoint parts of their outputs. Each thread gets one contiguous share of the
+    chunks (one task per thread, not one per chunk), and the calling thread runs the first share itself
+    instead of waiting idle: a few tasks per call instead of tens (measured: see the note at the top).
     """
     if xp.__name__ != "numpy":  # a GPU: one launch per operation over the whole batch
         fn(0, n)
         return
     nc = max(1, min(n, CHUNK_BYTES // max(per_case_bytes, 1)))
     bounds = [(n0, min(n, n0 + nc)) for n0 in range(0, n, nc)]
-    threads = compute_threads()
-    if threads <= 1 or len(bounds) == 1 or threading.current_thread().name.startswith("convnet-pool"):
-        for b in bounds:
-            fn(*b)
+    threads = min(compute_threads(), len(bounds))
+    if threads <= 1 or threading.current_thread().name.startswith("convnet-pool"):
+        _run_share(fn, bounds)
         return
-    for f in [_executor(threads).submit(fn, *b) for b in bounds]:
-        f.result()
+    cuts = [len(bounds) * i // threads for i in range(threads + 1)]
+    shares = [bounds[cuts[i]:cuts[i + 1]] for i in range(threads)]
+    futures = [_executor(threads - 1).submit(_run_share, fn, share) for share in shares[1:]]
+    try:
+        _run_share(fn, shares[0])
+    finally:  # never return (or raise) while a worker may still write into the outputs
+        errors = []
+        for f in futures:
+            try:
+                f.result()
+            except BaseException as exc:  # noqa: BLE001  (re-raised below)
+                errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 # -- geometry ------------------------------------------------------------------------------------------------
