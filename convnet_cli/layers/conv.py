@@ -24,8 +24,15 @@ benchmarks/bench_layers.py for the end-to-end numbers against PyTorch):
     input. (b) wins everywhere measured: (32,20,49)->48 3x3 72 vs 81, (32,32,50)->64 134 vs 153,
     (64,16,25)->128 103 vs 109, (3,32,32)->32 5x5 28 vs 55 (whole backward pass). With one channel (b) is
     a GEMV per offset; there the transposed layout, Wmat @ dout.T -> (fh*fw, rows), wins: 16 vs 25.
-    Convolution as the transposed correlation of dout with flipped filters is far slower (an im2col over
-    the F channels of dout: 146-551).
+    Measured again (2026-11-30, interleaved A/B in one process, backward pass only, the same machine
+    shared with other jobs): for stride 1 and one group, the input gradient as the correlation of dout
+    (padded by fh-1-ph) with the flipped, transposed filters, i.e. an im2col of dout (K' = fh*fw*F) and
+    one GEMM per chunk written straight into dx, beats (b): (32,32,24)->32 5x5 128 vs 229, (32,20,49)->48
+    3x3 188 vs 261, (32,16,12)->64 3x3 19.8 vs 22.1, (32,16,16)->32 5x5 81 vs 99; level on tiny maps
+    ((64,5,13)->96: 28 vs 26). It needs no zeroed dxpad and no strided adds. Strided, grouped and
+    one-channel layers keep (b) / the transposed layout. (The "far slower" of the line above, measured
+    elsewhere and by another implementation, did not reproduce.)
+  * Stride-1 3x3 layers may take Winograd F(2x2, 3x3) instead (winograd.py), chosen per shape by timing.
   * Where the time goes, backward of (32,20,49)->48 3x3 (62 in all): dW GEMM 19, dx GEMMs 20, dx adds 15,
     im2col 6, bias gradient 1. The forward pass is one im2col, the GEMM and the bias add, done while the
     chunk's output is in the cache. PyTorch's oneDNN kernels beat OpenBLAS's GEMM on the same FLOPs; that
