@@ -254,10 +254,11 @@ class ConvLayer(_ConvBase):
         return out, (x, self._forward_im2col(x, wm, b, out, xp)[1])
 
     def _algo_key(self, direction, x):
+        """The shape key of the Winograd / im2col choice. Both paths run in chunks of cases, so the batch
+        size does not enter: a net times each layer once, not again for a last, smaller minibatch."""
         geo = self.geo
         extra = f" dx{int(bool(self.input_grads))}" if direction == "backward" else ""
-        return (f"{direction} conv3x3 n{x.shape[0]} {geo.h}x{geo.w}x{geo.c}->{geo.f} pad{geo.ph},{geo.pw} "
-                f"{x.dtype}{extra}")
+        return f"{direction} conv3x3 {geo.h}x{geo.w}x{geo.c}->{geo.f} pad{geo.ph},{geo.pw} {x.dtype}{extra}"
 
     def _forward_im2col(self, x, wm, b, out, xp):
         """(out, xpad): im2col + GEMM in chunks of cases (NumPy)."""

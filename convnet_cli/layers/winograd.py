@@ -17,8 +17,9 @@ Backward (dM = A dY A^T, the output transform's adjoint):
 Everything runs in chunks of cases whose transformed tiles stay in the cache (WINO_CHUNK_BYTES), in a
 fixed order: deterministic.
 
-Which path a conv layer takes is decided per shape (batch, input, filters, padding, dtype, direction) by
-timing both on the real arrays the first time that shape is seen, and cached for the process. Layers
+Which path a conv layer takes is decided per shape (input, filters, padding, dtype, direction; not the
+batch size, since both paths work in chunks of cases) by timing both on the real arrays the first time
+that shape is seen, and cached for the process. Layers
 with little work (SMALL_FLOPS) are not timed: they take im2col + GEMM. CONVNET_CONV_ALGO=direct or
 =winograd forces one path for every eligible layer (tests, reproducing a run exactly); the timed choice
 can differ between processes on a loaded machine, and the two paths round differently (both within
