@@ -139,7 +139,8 @@ def main(argv=None):
                                "--layer-def", os.path.join(cfg, "keywords.yaml"),
                                "--layer-params", os.path.join(cfg, "keywords-params.yaml"),
                                "--epochs", str(args.epochs), "--mini", str(args.mini), "--quiet"], env))
-            torch_t.append(run([sys.executable, script, data, str(args.threads), str(args.epochs), str(args.mini)], env))
+            torch_t.append(run([sys.executable, script, data, str(args.threads), str(args.epochs), str(args.mini)],
+                               env))
     o, t = statistics.median(ours_t), statistics.median(torch_t)
     print(f"keywords.yaml, {args.cases} training cases + 400 test, {args.epochs} epochs, minibatch {args.mini}, "
           f"{args.threads} thread(s), start-up included; median of {args.repeats}")

@@ -306,8 +306,8 @@ class ConvLayer(_ConvBase):
         if winograd.eligible(geo):
             runs = {"direct": lambda: self._backward_im2col(x, xpad, dout, wm, want_dx, shared, xp),
                     "winograd": lambda: self._backward_winograd(x, dout, wm, want_dx, shared, xp)}
-            algo, res = winograd.choose(self._algo_key("backward", x), (3.0 if want_dx else 2.0) * n * p * geo.k * geo.f,
-                                        runs)
+            flops = (3.0 if want_dx else 2.0) * n * p * geo.k * geo.f
+            algo, res = winograd.choose(self._algo_key("backward", x), flops, runs)
             dw, dx, db_shared = res if res is not None else runs[algo]()
         else:
             dw, dx, db_shared = self._backward_im2col(x, xpad, dout, wm, want_dx, shared, xp)
