@@ -46,10 +46,12 @@ from typing import Callable  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # flops.py beside this file
 
 from convnet_cli.config.layer_def import parse_props  # noqa: E402
-from convnet_cli.layers.base import Context
+from convnet_cli.layers.base import Context  # noqa: E402
 from convnet_cli.layers.registry import layer_class  # noqa: E402
+from flops import layer_flops, rate, sgemm_peak  # noqa: E402
 
 
 # -- torch references -------------------------------------------------------------------------------------
@@ -215,9 +217,13 @@ def main(argv=None):
         print("PyTorch not installed: timing our layers only", file=sys.stderr)
     threads = args.threads or (torch.get_num_threads() if torch else "default")
     layout = "NHWC (channels_last)" if args.channels_last else "NCHW"
+    peak = sgemm_peak()
     print(f"batch {args.batch}, threads {threads}, median of {args.repeat}; forward + backward, float32; "
           f"torch tensors {layout}")
-    head = f"{'layer':<7} {'keys':<44} {'input (C,H,W)':<15} {'ours ms':>9} {'torch ms':>9} {'ratio':>6}  note"
+    print(f"SGEMM peak (numpy.matmul 2048^3 float32, measured now): {peak:.0f} GFLOP/s; GF/s = direct FLOPs of "
+          f"the layer's forward + backward over its time (conv, local, fc), % = of that peak")
+    head = (f"{'layer':<7} {'keys':<44} {'input (C,H,W)':<15} {'ours ms':>9} {'torch ms':>9} {'ratio':>6} "
+            f"{'ours GF/s':>10} {'%pk':>4} {'torch GF/s':>10} {'%pk':>4}  note")
     print(head)
     print("-" * len(head))
     totals = {}
@@ -229,7 +235,13 @@ def main(argv=None):
         tms = f"{torch_ms:9.1f}" if torch_ms is not None else f"{'-':>9}"
         ratio = f"{ours_ms / torch_ms:6.2f}" if torch_ms else f"{'-':>6}"
         shape = "x".join(map(str, case.in_shape))
-        print(f"{case.type:<7} {keys:<44} {shape:<15} {ours_ms:9.1f} {tms} {ratio}  {case.note}", flush=True)
+        fl = sum(layer_flops(layer, args.batch, case.input_grad))
+        if fl:
+            ro, rt = rate(fl, ours_ms), rate(fl, torch_ms or 0.0)
+            gf = f"{ro:10.1f} {100 * ro / peak:3.0f}% {rt:10.1f} {100 * rt / peak:3.0f}%"
+        else:
+            gf = f"{'-':>10} {'':>4} {'-':>10} {'':>4}"
+        print(f"{case.type:<7} {keys:<44} {shape:<15} {ours_ms:9.1f} {tms} {ratio} {gf}  {case.note}", flush=True)
         if case.group:
             o, t = totals.get(case.group, (0.0, 0.0))
             totals[case.group] = (o + ours_ms, t + (torch_ms or 0.0))

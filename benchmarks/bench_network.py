@@ -46,6 +46,7 @@ import statistics  # noqa: E402
 import time  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # flops.py beside this file
 
 UPCALL = """\
 data: {type: data, dataIdx: 0}
@@ -140,6 +141,11 @@ def torch_keywords(torch):
 def timed_medians(steps_fns, warmup: int, steps: int) -> list:
     """Median ms of each step function; the functions take turns, step by step, so that both see the same
     load on a machine shared with other work."""
+    return [1000 * statistics.median(t) for t in timed_steps(steps_fns, warmup, steps)]
+
+
+def timed_steps(steps_fns, warmup: int, steps: int) -> list:
+    """Seconds of every timed step of each function (taking turns, as timed_medians)."""
     for fn in steps_fns:
         for _ in range(warmup):
             fn()
@@ -149,7 +155,7 @@ def timed_medians(steps_fns, warmup: int, steps: int) -> list:
             t0 = time.perf_counter()
             fn()
             t.append(time.perf_counter() - t0)
-    return [1000 * statistics.median(t) for t in times]
+    return times
 
 
 def ours_step(np, Net, layer_def, params, shape, classes, batch):
@@ -221,10 +227,21 @@ def main(argv=None):
         "keywords": (keywords_yaml(), PARAMS.replace("NORMS\n", "drop: {keep: 0.7}\n"), (1, 40, 98), 10,
                      lambda: torch_keywords(torch)),
     }
+    from flops import rate, sgemm_peak, step_flops
+
+    peak = sgemm_peak()
     print(f"one training step (forward + backward + sgd update), float32, batch {args.batch}, "
           f"{args.threads} thread(s); numpy {np.__version__}, torch {torch.__version__}; "
           f"median of {args.steps} steps after {args.warmup}")
-    header = f"{'network':<16}{'ours ms/step':>14}{'torch ms/step':>15}{'ratio':>8}"
+    print(f"SGEMM peak (numpy.matmul 2048^3 float32, the fastest run; measured now and again after each network, "
+          f"the highest so far counts): {peak:.0f} GFLOP/s now; GF/s below = the direct conv/fc FLOPs of the step "
+          f"over its time, and % of that peak")
+    print("ratio = median ours / median torch; per-round = median of (ours / torch) over the rounds; best = "
+          "fastest ours / fastest torch; GF/s from the medians; 'best' columns: % of peak of the fastest steps")
+    header = (f"{'network':<16}{'ours ms/step':>14}{'torch ms/step':>15}{'ratio':>8}{'round':>8}{'best':>7}"
+              f"{'GFLOP':>8}{'ours GF/s':>11}{'%peak':>7}{'torch GF/s':>12}{'%peak':>7}{'ours min':>10}"
+              f"{'torch min':>10}"
+              f"{'peak':>7}{'ours best':>10}{'torch best':>11}")
     print(header)
     print("-" * len(header))
     for name in [n.strip() for n in args.nets.split(",") if n.strip()]:
@@ -236,10 +253,24 @@ def main(argv=None):
         n_ours = net.num_params()
         n_torch = sum(p.numel() for p in model.parameters())
         assert n_ours == n_torch, f"{name}: {n_ours} parameters here, {n_torch} in the torch model"
-        ours, theirs = timed_medians([ours_fn, torch_step(torch, model, shape, classes, args.batch)],
-                                     args.warmup, args.steps)
+        t_ours, t_torch = timed_steps([ours_fn, torch_step(torch, model, shape, classes, args.batch)],
+                                      args.warmup, args.steps)
+        ours, theirs = 1000 * statistics.median(t_ours), 1000 * statistics.median(t_torch)
+        # on a shared machine the load changes from step to step: the ratio of the two steps of each round
+        # (taken back to back) varies less than the ratio of the medians; its median is printed too, and
+        # the ratio of the fastest steps (what each side reaches when the machine is quiet)
+        round_ratio = statistics.median(a / b for a, b in zip(t_ours, t_torch))
+        best_ratio = min(t_ours) / min(t_torch)
         label = name + ("+norm" if name == "cifar18" and args.norm else "")
-        print(f"{label:<16}{ours:>14.1f}{theirs:>15.1f}{ours / theirs:>8.2f}", flush=True)
+        peak = max(peak, sgemm_peak())  # again: on a shared machine the first measurement may have met load
+        fl = step_flops(net, args.batch)
+        r_ours, r_torch = rate(fl, ours), rate(fl, theirs)
+        print(f"{label:<16}{ours:>14.1f}{theirs:>15.1f}{ours / theirs:>8.2f}{round_ratio:>8.2f}{best_ratio:>7.2f}"
+              f"{fl / 1e9:>8.2f}{r_ours:>11.1f}{100 * r_ours / peak:>6.0f}%"
+              f"{r_torch:>12.1f}{100 * r_torch / peak:>6.0f}%"
+              f"{1000 * min(t_ours):>10.1f}{1000 * min(t_torch):>10.1f}{peak:>7.0f}"
+              f"{100 * rate(fl, 1000 * min(t_ours)) / peak:>9.0f}%{100 * rate(fl, 1000 * min(t_torch)) / peak:>9.0f}%",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -119,18 +119,27 @@ class Net:
             self.states[l.name] = {}
 
     # -- compute ---------------------------------------------------------------------------------------
-    def forward(self, data: dict, train: bool = False, rng=None, check_finite: bool = False) -> dict:
+    def forward(self, data: dict, train: bool = False, rng=None, check_finite: bool = False,
+                keep_cache: bool = True, keep=()) -> dict:
         """data: {dataIdx: array}; index 0 features (N, H, W, C), 1 labels (N,) or (N, K).
 
         Returns {cost layer: (cost, metrics)}; cost layers are skipped when labels are not given.
-        Every layer's output stays in `self.outputs` until the next call."""
+        Every layer's output stays in `self.outputs` until the next call.
+
+        keep_cache=False is the inference path (predict): nothing is kept for a backward pass, and a
+        layer's output is dropped as soon as its last consumer has run, except the outputs of layers
+        that nothing consumes and of the layers named in `keep`; so only a few activations are alive at
+        a time."""
         xp = self.xp
-        ctx = Context(xp=xp, train=train, rng=rng, allreduce=self.sync if train else None)
+        ctx = Context(xp=xp, train=train, rng=rng, allreduce=self.sync if train else None, keep_cache=keep_cache)
         self._ctx = ctx
         outs, caches, ncaches = {}, {}, {}
         costs = {}
         have_labels = 1 in data and data[1] is not None
-        for l in self.layers:
+        drop_after = None if keep_cache else self._last_readers(keep)
+        for index, l in enumerate(self.layers):
+            if drop_after is not None:  # the previous layer has run: forget what only it still needed
+                self._release(drop_after.get(index - 1, ()), outs, caches, ncaches)
             if l.is_data:
                 if l.props.dataIdx not in data:
                     outs[l.name] = None
@@ -152,8 +161,34 @@ class Net:
             if l.neuron is not None:
                 out, ncaches[l.name] = l.neuron.forward(out, xp)
             outs[l.name] = out
+        if drop_after is not None:
+            self._release(drop_after.get(len(self.layers) - 1, ()), outs, caches, ncaches)
+            caches, ncaches = None, None
         self.outputs, self._caches, self._ncaches = outs, caches, ncaches
         return costs
+
+    def _last_readers(self, keep) -> dict:
+        """{layer index: names of the outputs that this layer is the last to read}, leaving out the
+        outputs in `keep`, those that cost layers read (a caller may want them without labels; with a
+        fused softmax + logreg, the softmax's input too) and those that nothing reads (the net's outputs)."""
+        never = set(keep) | {i for l in self.cost_layers for i in l.in_names}
+        never |= {i for sm in self.fused.values() for i in self.by_name[sm].in_names}  # fused log-softmax
+        last = {}
+        for index, l in enumerate(self.layers):
+            for name in l.in_names:
+                last[name] = index
+        drop = {}
+        for name, index in last.items():
+            if name not in never:
+                drop.setdefault(index, []).append(name)
+        return drop
+
+    @staticmethod
+    def _release(names, outs, caches, ncaches):
+        caches.clear()
+        ncaches.clear()
+        for name in names:
+            outs[name] = None
 
     def first_nonfinite(self) -> str | None:
         """Name of the first layer (in order) whose last output holds NaN or inf."""
@@ -167,6 +202,9 @@ class Net:
     def backward(self) -> dict:
         """Gradients of sum(coeff * cost) for the last forward: {layer: {param: array}}."""
         ctx = self._ctx
+        if self._caches is None:
+            raise RuntimeError("Net.backward after forward(keep_cache=False): that forward pass kept nothing "
+                               "for backward; call forward with keep_cache=True")
         douts = {}
         grads = {}
 

@@ -56,6 +56,7 @@ class Context:
     rng: Any = None  # device random generator (dropout masks)
     # training split over processes: sums a small float64 array over them (batchnorm statistics); else None
     allreduce: Any = None
+    keep_cache: bool = True  # False: forward only (inference); a layer may skip what only backward needs
     extra: dict = field(default_factory=dict)
 
 

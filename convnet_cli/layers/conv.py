@@ -24,8 +24,15 @@ benchmarks/bench_layers.py for the end-to-end numbers against PyTorch):
     input. (b) wins everywhere measured: (32,20,49)->48 3x3 72 vs 81, (32,32,50)->64 134 vs 153,
     (64,16,25)->128 103 vs 109, (3,32,32)->32 5x5 28 vs 55 (whole backward pass). With one channel (b) is
     a GEMV per offset; there the transposed layout, Wmat @ dout.T -> (fh*fw, rows), wins: 16 vs 25.
-    Convolution as the transposed correlation of dout with flipped filters is far slower (an im2col over
-    the F channels of dout: 146-551).
+    Measured again (2026-11-30, interleaved A/B in one process, backward pass only, the same machine
+    shared with other jobs): for stride 1 and one group, the input gradient as the correlation of dout
+    (padded by fh-1-ph) with the flipped, transposed filters, i.e. an im2col of dout (K' = fh*fw*F) and
+    one GEMM per chunk written straight into dx, beats (b): (32,32,24)->32 5x5 128 vs 229, (32,20,49)->48
+    3x3 188 vs 261, (32,16,12)->64 3x3 19.8 vs 22.1, (32,16,16)->32 5x5 81 vs 99; level on tiny maps
+    ((64,5,13)->96: 28 vs 26). It needs no zeroed dxpad and no strided adds. Strided, grouped and
+    one-channel layers keep (b) / the transposed layout. (The "far slower" of the line above, measured
+    elsewhere and by another implementation, did not reproduce.)
+  * Stride-1 3x3 layers may take Winograd F(2x2, 3x3) instead (winograd.py), chosen per shape by timing.
   * Where the time goes, backward of (32,20,49)->48 3x3 (62 in all): dW GEMM 19, dx GEMMs 20, dx adds 15,
     im2col 6, bias gradient 1. The forward pass is one im2col, the GEMM and the bias add, done while the
     chunk's output is in the cache. PyTorch's oneDNN kernels beat OpenBLAS's GEMM on the same FLOPs; that
@@ -62,6 +69,7 @@ from __future__ import annotations
 
 from convnet_cli.backend import cuda_elementwise, get_array_module
 from convnet_cli.layers.base import Key, Layer, conv_out_size, fmt_hw, register
+from convnet_cli.layers import winograd
 from convnet_cli.layers.init import INIT_KINDS, init_biases, init_weights
 
 # Columns of one chunk of cases are kept around this size so that they stay in the cache. On a GPU there
@@ -148,6 +156,12 @@ class _Geometry:
         budget = CHUNK_BYTES if xp.__name__ == "numpy" else GPU_CHUNK_BYTES
         return max(1, min(n, budget // max(per_case, 1)))
 
+    def transposed_dx(self):
+        """True when the input gradient is taken as a correlation of dout (stride 1, one group, channels,
+        padding below the filter size): measured faster than per-offset GEMMs and adds (see above)."""
+        return (self.sh == 1 and self.sw == 1 and self.g == 1 and self.mode == "cols"
+                and self.ph <= self.fh - 1 and self.pw <= self.fw - 1)
+
     def direct(self):
         """True when the (unpadded) input, reshaped, is already the column matrix."""
         if self.g != 1 or self.ph or self.pw:
@@ -228,6 +242,28 @@ class ConvLayer(_ConvBase):
             return out, (x, x)
         if _is_cupy(x):
             return self._forward_cupy(x, wm, b, out, ctx)
+        if winograd.eligible(geo):
+            w33 = wm[0].reshape(3, 3, geo.c, geo.f)
+            runs = {"direct": lambda: self._forward_im2col(x, wm, b, xp.empty_like(out), xp),
+                    "winograd": lambda: (winograd.conv_forward(x, w33, b, geo.ph, geo.pw, xp.empty_like(out)), None)}
+            algo, res = winograd.choose(self._algo_key("forward", x), 2.0 * n * p * geo.k * geo.f, runs)
+            out, xpad = res if res is not None else runs[algo]()
+            return out, (x, xpad)
+        return out, (x, self._forward_im2col(x, wm, b, out, xp)[1])
+
+    def _algo_key(self, direction, x):
+        """The shape key of the Winograd / im2col choice. Both paths run in chunks of cases, so the batch
+        size does not enter: a net times each layer once, not again for a last, smaller minibatch."""
+        geo = self.geo
+        extra = f" dx{int(bool(self.input_grads))}" if direction == "backward" else ""
+        return f"{direction} conv3x3 {geo.h}x{geo.w}x{geo.c}->{geo.f} pad{geo.ph},{geo.pw} {x.dtype}{extra}"
+
+    def _forward_im2col(self, x, wm, b, out, xp):
+        """(out, xpad): im2col + GEMM in chunks of cases (NumPy)."""
+        geo = self.geo
+        n = x.shape[0]
+        p = geo.ho * geo.wo
+        out2 = out.reshape(n * p, geo.f)
         xpad = pad_nhwc(x, geo.ph, geo.pw, xp)
         nc = geo.chunk_cases(n, x.dtype.itemsize, xp)
         buf = xp.empty((geo.g, nc * p * geo.k), dtype=x.dtype)
@@ -238,7 +274,7 @@ class ConvLayer(_ConvBase):
                 lhs = cols if geo.mode == "cols" else cols.T
                 xp.matmul(lhs, wm[gi], out=out2[rows, gi * geo.fg:(gi + 1) * geo.fg])
             out[n0:n1] += b  # while the chunk's output is in the cache
-        return out, (x, xpad)
+        return out, xpad
 
     def backward(self, dout, cache, params, ctx):
         xp, geo = ctx.xp, self.geo
@@ -265,8 +301,38 @@ class ConvLayer(_ConvBase):
             if shared:
                 db = d2.sum(axis=0)
             return [dx], {"weights": self._from_wmats(dw), "biases": db}
+        if winograd.eligible(geo):
+            runs = {"direct": lambda: self._backward_im2col(x, xpad, dout, wm, want_dx, shared, xp),
+                    "winograd": lambda: self._backward_winograd(x, dout, wm, want_dx, shared, xp)}
+            flops = (3.0 if want_dx else 2.0) * n * p * geo.k * geo.f
+            algo, res = winograd.choose(self._algo_key("backward", x), flops, runs)
+            dw, dx, db_shared = res if res is not None else runs[algo]()
+        else:
+            dw, dx, db_shared = self._backward_im2col(x, xpad, dout, wm, want_dx, shared, xp)
         if shared:
-            db = xp.zeros(geo.f, dtype=dtype)
+            db = db_shared
+        return [dx], {"weights": self._from_wmats(dw), "biases": db}
+
+    def _backward_winograd(self, x, dout, wm, want_dx, shared, xp):
+        geo = self.geo
+        w33 = wm[0].reshape(3, 3, geo.c, geo.f)
+        dw33, dx = winograd.conv_backward(x, dout, w33, geo.ph, geo.pw, want_dx)
+        db = xp.ones(dout.size // geo.f, dtype=x.dtype) @ dout.reshape(-1, geo.f) if shared else None
+        return dw33.reshape(1, geo.k, geo.f), dx, db
+
+    def _backward_im2col(self, x, xpad, dout, wm, want_dx, shared, xp):
+        """(dW as (g, K, Fg) GEMM matrices, dx or None, the (F,) bias gradient or None) on NumPy."""
+        geo = self.geo
+        n = x.shape[0]
+        p = geo.ho * geo.wo
+        dtype = x.dtype
+        d2 = dout.reshape(n * p, geo.f)
+        if xpad is None:  # the forward pass went another way
+            xpad = pad_nhwc(x, geo.ph, geo.pw, xp)
+        db = xp.zeros(geo.f, dtype=dtype) if shared else None
+        if want_dx and geo.transposed_dx():
+            dw, dx = self._backward_transposed(x, xpad, dout, wm, db, xp)
+            return dw, dx, db
 
         dw = xp.zeros((geo.g, geo.k, geo.fg), dtype=dtype)
         dxpad = xp.zeros(xpad.shape, dtype=dtype) if want_dx else None
@@ -306,8 +372,46 @@ class ConvLayer(_ConvBase):
         dx = None
         if want_dx:
             dx = dxpad[:, geo.ph:geo.ph + geo.h, geo.pw:geo.pw + geo.w, :] if (geo.ph or geo.pw) else dxpad
-        return [dx], {"weights": self._from_wmats(dw), "biases": db}
+        return dw, dx, db
 
+    def _backward_transposed(self, x, xpad, dout, wm, db, xp):
+        """dW and dx of a stride-1 conv with channels: per chunk of cases, dW += cols.T @ dout (the columns
+        of x built again in the cache), and dx = the correlation of dout, padded by (fh-1-ph, fw-1-pw),
+        with the flipped, transposed filters: an im2col of dout (K' = fh*fw*F) and one GEMM written
+        straight into dx, with no zeroed dxpad and no strided adds. `db` the (F,) bias gradient to add
+        into, or None."""
+        geo = self.geo
+        n = x.shape[0]
+        p = geo.ho * geo.wo
+        hw = geo.h * geo.w
+        dtype = x.dtype
+        d2 = dout.reshape(n * p, geo.f)
+        kt = geo.fh * geo.fw * geo.f
+        # (fh, fw, C, F) -> flipped in (i, j) -> (fh*fw*F, C)
+        wflip = wm[0].reshape(geo.fh, geo.fw, geo.c, geo.f)[::-1, ::-1].transpose(0, 1, 3, 2)
+        wflip = xp.ascontiguousarray(wflip).reshape(kt, geo.c)
+        dpad = pad_nhwc(dout, geo.fh - 1 - geo.ph, geo.fw - 1 - geo.pw, xp)
+        dw = xp.zeros((1, geo.k, geo.f), dtype=dtype)
+        dx = xp.empty(x.shape, dtype=dtype)
+        dx2 = dx.reshape(n * hw, geo.c)
+        per_case = max(p * geo.k, hw * kt) * dtype.itemsize
+        nc = max(1, min(n, CHUNK_BYTES // max(per_case, 1)))
+        buf = xp.empty((1, nc * p * geo.k), dtype=dtype)
+        tbuf = xp.empty(nc * hw * kt, dtype=dtype)
+        ones = xp.ones(nc * p, dtype=dtype) if db is not None else None
+        for n0 in range(0, n, nc):
+            n1 = min(n, n0 + nc)
+            rows = slice(n0 * p, n1 * p)
+            d = d2[rows]
+            if ones is not None:
+                db += ones[:d.shape[0]] @ d
+            cols = self._im2col(xpad[n0:n1], buf, xp)[0]
+            dw[0] += cols.T @ d
+            view = windows(dpad[n0:n1], geo.fh, geo.fw, 1, 1, geo.h, geo.w, xp)
+            tcols = tbuf[:(n1 - n0) * hw * kt]
+            tcols.reshape(view.shape)[...] = view
+            xp.matmul(tcols.reshape((n1 - n0) * hw, kt), wflip, out=dx2[n0 * hw:n1 * hw])
+        return dw, dx
 
     # -- CuPy: im2col by a kernel, one cuBLAS GEMM per chunk and group, col2im by a gathering kernel --------
     def _forward_cupy(self, x, wm, b, out, ctx):

@@ -85,7 +85,8 @@ class Runner:
             for s in self.shifts():
                 view = np.roll(chunk, s, axis=3) if s else chunk
                 x = ((view - self.mean) / self.std).transpose(0, 2, 3, 1)
-                self.net.forward({0: self.net.backend.asarray(np.ascontiguousarray(x))}, train=False)
+                self.net.forward({0: self.net.backend.asarray(np.ascontiguousarray(x))}, train=False,
+                                 keep_cache=False, keep=(self.layer,))
                 p = to_host(self.net.outputs[self.layer]).reshape(chunk.shape[0], -1).astype(np.float32)
                 acc = p if acc is None else acc + p
             out.append(acc / len(self.shifts()))
@@ -103,7 +104,7 @@ class Runner:
             for s in self.shifts():
                 view = xp.roll(chunk, s, axis=3) if s else chunk
                 x = xp.ascontiguousarray(((view - mean) / std).transpose(0, 2, 3, 1))
-                self.net.forward({0: x}, train=False)
+                self.net.forward({0: x}, train=False, keep_cache=False, keep=(self.layer,))
                 p = self.net.outputs[self.layer].reshape(chunk.shape[0], -1).astype(xp.float32)
                 acc = p if acc is None else acc + p
             out.append(to_host(acc / len(self.shifts())))
