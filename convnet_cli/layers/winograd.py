@@ -35,6 +35,8 @@ import time
 
 import numpy as np
 
+from convnet_cli.fileio import write_text_atomic
+
 # Transformed tiles (V) of one chunk of cases are kept around this size.
 WINO_CHUNK_BYTES = 4 << 20
 # Forward passes below this many direct FLOPs are not worth timing: they take im2col + GEMM.
@@ -287,8 +289,6 @@ def _load():
 
 def _save():
     try:
-        from convnet_cli.data.batch_files import write_text_atomic
-
         path = cache_path()
         try:
             with open(path, encoding="utf-8") as fh:
