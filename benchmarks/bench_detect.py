@@ -79,12 +79,11 @@ def make_checkpoint(path: str, recording: str) -> str:
     import numpy as np
     import yaml
 
-    from convnet_cli.config.layer_def import build_layers, parse_layer_def_text
-    from convnet_cli.demo import config_path
     from convnet_cli.backend import get_backend
+    from convnet_cli.demo import config_path
     from convnet_cli.ingest.features import FeatureSpec
     from convnet_cli.ingest.windows import iter_window_features
-    from convnet_cli.net import Net, parse_params
+    from convnet_cli.net import Net
     from convnet_cli.train.checkpoint import save_checkpoint
 
     with open(config_path("upcall.yaml"), encoding="utf-8") as f:
@@ -96,9 +95,7 @@ def make_checkpoint(path: str, recording: str) -> str:
     spec = FeatureSpec.from_dict(feats)
     first = np.concatenate([f for _, (_, f) in zip(range(4), iter_window_features(recording, spec, 1.0, batch=50))])
     first = first.reshape(len(first), -1)
-    layers = build_layers(parse_layer_def_text(layer_def, "upcall.yaml"), spec.shape, "upcall.yaml")
-    net = Net(layers, parse_params(params, "upcall-params.yaml", layers), get_backend("cpu"))
-    net.init_params(0)
+    net = Net.from_text(layer_def, params, spec.shape, get_backend("cpu"), 0, "upcall.yaml", "upcall-params.yaml")
     state = {"epoch": 1, "batchnum": 1, "options": {}, "layer_def": layer_def, "layer_params": params,
              "layer_def_name": "upcall.yaml", "layer_params_name": "upcall-params.yaml",
              "label_names": ["noise", "upcall"], "data_shape": list(spec.shape),

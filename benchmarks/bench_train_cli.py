@@ -85,7 +85,8 @@ def make_batches(folder, cases, shape=(1, 40, 98), per_batch=400, classes=10, se
     import numpy as np
 
     sys.path.insert(0, ROOT)
-    from convnet_cli.data.batch_files import batch_path, encode_batch, write_pickle_atomic
+    from convnet_cli.data.batch_files import batch_path, encode_batch
+    from convnet_cli.fileio import write_pickle_atomic
 
     rng = np.random.default_rng(seed)
     c, h, w = shape

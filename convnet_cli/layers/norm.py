@@ -293,14 +293,24 @@ class BatchNorm(Layer):
             unbiased = var * (count / max(count - 1, 1))
             running_var[...] = m * running_var + (1 - m) * unbiased.astype(running_var.dtype, copy=False)
         else:
+            # test mode: one scale and one shift per channel, two passes over the map (detect and predict
+            # spend most of their time here and in the convolutions); xhat only when backward may follow
             mean = params["running_mean"].astype(x.dtype, copy=False)
             var = params["running_var"].astype(x.dtype, copy=False)
+            inv_std = (1 / xp.sqrt(var + self.props.epsilon)).astype(x.dtype, copy=False)
+            scale = inv_std * gamma
+            out = x2 * scale
+            out += beta - mean * scale
+            if not ctx.keep_cache:
+                return out.reshape(shape), None
             xhat = x2 - mean
+            xhat *= inv_std
+            return out.reshape(shape), (xhat.reshape(shape), inv_std, gamma, False)
         inv_std = (1 / xp.sqrt(var + self.props.epsilon)).astype(x.dtype, copy=False)
         xhat *= inv_std
         out = xhat * gamma
         out += beta
-        return out.reshape(shape), (xhat.reshape(shape), inv_std, gamma, bool(ctx.train))
+        return out.reshape(shape), (xhat.reshape(shape), inv_std, gamma, True)
 
     def _forward_cupy(self, x, params, gamma, beta, ctx):
         """forward on CuPy: the statistics by reductions, the normalization by one fused kernel."""
