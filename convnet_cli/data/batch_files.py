@@ -32,8 +32,7 @@ import numpy as np
 
 from convnet_cli.data.batch_set_swap import pending_swap
 from convnet_cli.errors import DataError
-# The writers live in fileio.py; imported here too for the callers that import them with the reader.
-from convnet_cli.fileio import PICKLE_PROTOCOL, open_error, write_pickle_atomic, write_text_atomic  # noqa: F401
+from convnet_cli.fileio import open_error
 
 META = "batches.meta"
 _BATCH_RE = re.compile(r"^data_batch_(\d+)$")
