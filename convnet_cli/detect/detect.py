@@ -127,17 +127,22 @@ def read_done(out_dir: str) -> dict:
     out = {}
     # done.jsonl, then the journals of processes of an MPI run that did not finish (their lines are newer)
     for path in [os.path.join(out_dir, DONE)] + _journal_parts(out_dir):
-        if not os.path.exists(path):
-            continue
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict) and "path" in rec:
-                    out[rec["path"]] = rec
+        if os.path.exists(path):
+            for rec in _records(path):
+                out[rec["path"]] = rec
     return out
+
+
+def _records(path: str):
+    """The records of a journal, one at a time; a line cut short by a crash is passed over."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and "path" in rec:
+                yield rec
 
 
 def _journal_parts(out_dir: str) -> list:
@@ -147,14 +152,8 @@ def _journal_parts(out_dir: str) -> list:
 def _fold_journals(out_dir: str):
     """Append the lines of the per-process journals (an MPI run's) to done.jsonl, then remove them."""
     for part in _journal_parts(out_dir):
-        with open(part, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict) and "path" in rec:
-                    _append_done(out_dir, rec)
+        for rec in _records(part):
+            _append_done(out_dir, rec)
         os.unlink(part)
 
 

@@ -127,6 +127,22 @@ class Layer:
         return f"<{type(self).__name__} {self.name!r} {self.in_shapes} -> {self.out_shape}>"
 
 
+class PerInputWeights:
+    """Mixin for a layer with one weight array per input (fc; conv/local with several inputs): `weights`
+    for one input, `weights.0`, `weights.1`, ... for several, and one `biases`."""
+
+    weights_per_input: ClassVar[bool] = True
+
+    @property
+    def weight_names(self):
+        n = len(self.in_shapes)
+        return ["weights"] if n == 1 else [f"weights.{i}" for i in range(n)]
+
+    @property
+    def learned(self):
+        return tuple(self.weight_names) + ("biases",)
+
+
 class CostLayer(Layer):
     """A cost: forward returns ((cost, metrics), cache) where cost is the mean over the minibatch
     (unweighted by coeff) and metrics maps names ('logprob', 'error', 'topk_error') to floats.

@@ -3,7 +3,7 @@
 weights (or weights.i for input i): (outputs, inputs_i) with each input flattened in (C, H, W) order, so
 a PyTorch `nn.Linear` takes them as they are after `x.flatten(1)` of an NCHW tensor. Output (outputs, 1, 1).
 """
-from convnet_cli.layers.base import Key, Layer, register
+from convnet_cli.layers.base import Key, Layer, PerInputWeights, register
 from convnet_cli.layers.init import INIT_KINDS
 
 
@@ -24,9 +24,8 @@ def unflatten_chw(d, shape_nhwc):
 
 
 @register
-class FCLayer(Layer):
+class FCLayer(PerInputWeights, Layer):
     type = "fc"
-    weights_per_input = True
     keys = {
         "outputs": Key("int", min=1, doc="number of output units"),
         "initW": Key("floats", [0.01]),
@@ -37,15 +36,6 @@ class FCLayer(Layer):
 
     def infer_shape(self):
         return (self.props.outputs, 1, 1)
-
-    @property
-    def weight_names(self):
-        n = len(self.in_shapes)
-        return ["weights"] if n == 1 else [f"weights.{i}" for i in range(n)]
-
-    @property
-    def learned(self):
-        return tuple(self.weight_names) + ("biases",)
 
     def init_params(self, rng):
         from convnet_cli.layers.init import init_biases, init_weights

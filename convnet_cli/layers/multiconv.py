@@ -16,25 +16,15 @@ from __future__ import annotations
 
 import copy
 
-from convnet_cli.layers.base import register
+from convnet_cli.layers.base import PerInputWeights, register
 from convnet_cli.layers.conv import ConvLayer, LocalLayer
 
 
-class _MultiInput:
+class _MultiInput(PerInputWeights):
     max_inputs = None
-    weights_per_input = True
-
-    @property
-    def weight_names(self):
-        n = len(self.in_shapes)
-        return ["weights"] if n == 1 else [f"weights.{i}" for i in range(n)]
-
-    @property
-    def learned(self):
-        return tuple(self.weight_names) + ("biases",)
 
     def _single(self):
-        return next(c for c in type(self).__mro__ if c not in (type(self), _MultiInput))
+        return next(c for c in type(self).__mro__ if c not in (type(self), _MultiInput, PerInputWeights))
 
     def infer_shape(self):
         base = self._single()
