@@ -1,4 +1,4 @@
-"""Ingest of long 2 kHz recordings: x real time and peak memory for 1 h vs 6 h (SPEC 11, issue 11).
+"""Ingest of long 2 kHz recordings: x real time and peak memory for 1 h vs 6 h (docs/CONFIG.md, issue 11).
 
     python benchmarks/bench_annotations.py [--hours 1,6] [--jobs 2] [--source-rate 2000] [--keep DIR]
 

@@ -1,4 +1,4 @@
-"""Reading Raven selection tables and CSV tables, pairing them with recordings, clipping (SPEC 11)."""
+"""Reading Raven selection tables and CSV tables, pairing them with recordings, clipping (docs/CONFIG.md)."""
 from __future__ import annotations
 
 import os

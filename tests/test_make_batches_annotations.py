@@ -1,4 +1,4 @@
-"""make-batches --annotations end to end (SPEC 11): synthesised recordings with calls at known times, Raven
+"""make-batches --annotations end to end (docs/CONFIG.md): synthesised recordings with calls at known times, Raven
 tables as Raven writes them, hand-computed window labels, the split by recording, errors, and the batches
 working with train, predict --data-path and show unchanged."""
 from __future__ import annotations

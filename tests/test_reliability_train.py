@@ -29,7 +29,7 @@ def only_run(save):
     return runs[0]
 
 
-# -- 7, 8: layer names (SPEC 4) -------------------------------------------------------------------------------
+# -- 7, 8: layer names (docs/CONFIG.md) -------------------------------------------------------------------------------
 @pytest.mark.parametrize("bad", ["conv/1", "__state__", "conv 1"])
 def test_layer_names_are_validated(bad):
     msg = error(BASE.replace("conv2:", f"'{bad}':").replace("inputs: conv2", f"inputs: '{bad}'"))

@@ -1,4 +1,4 @@
-"""Windows over long recordings: start times, labels (SPEC 11), block resampling, features, bounded memory."""
+"""Windows over long recordings: start times, labels (docs/CONFIG.md), block resampling, features, bounded memory."""
 from __future__ import annotations
 
 import gc

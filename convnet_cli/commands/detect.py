@@ -1,4 +1,4 @@
-"""`convnet detect`: slide a trained net over recordings and write Raven selection tables (SPEC 12)."""
+"""`convnet detect`: slide a trained net over recordings and write Raven selection tables (docs/CONFIG.md)."""
 from __future__ import annotations
 
 import os

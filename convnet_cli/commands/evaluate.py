@@ -1,4 +1,4 @@
-"""`convnet evaluate`: event-level precision, recall and average precision of detections (SPEC 13)."""
+"""`convnet evaluate`: event-level precision, recall and average precision of detections (docs/CONFIG.md)."""
 from __future__ import annotations
 
 import os

@@ -37,7 +37,7 @@ class LayerSpec:
     checks: dict = field(default_factory=dict)  # channels / imgSize given by the user
 
 
-# SPEC 4: checkpoints name arrays '<layer>/<param>' and keep their state in '__state__'.
+# docs/CONFIG.md: checkpoints name arrays '<layer>/<param>' and keep their state in '__state__'.
 _LAYER_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 

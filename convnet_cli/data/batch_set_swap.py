@@ -1,4 +1,4 @@
-"""Replacing a whole batch set atomically, and one writer per batch folder (SPEC 2).
+"""Replacing a whole batch set atomically, and one writer per batch folder (README).
 
 A batch set is many files (data_batch_1..K, batches.meta, skipped.txt); no single rename replaces them all.
 So `convnet make-batches` writes the new set into a hidden staging folder inside BATCH_DIR and then:

@@ -1,4 +1,4 @@
-"""`convnet detect`: a trained net slides over recordings of any length and writes what it finds (SPEC 12).
+"""`convnet detect`: a trained net slides over recordings of any length and writes what it finds (docs/CONFIG.md).
 
 recordings -> windows (convnet_cli/ingest/windows.py: blocks, features by the make-batches code) -> the net
 in forward passes of `batch` windows (normalised with the checkpoint's mean/std, by predict's runner) ->

@@ -1,4 +1,4 @@
-"""Event-level scoring of detections against annotations (SPEC section 13).
+"""Event-level scoring of detections against annotations (docs/CONFIG.md).
 
 Per recording and class, detections in falling score order (ties: earlier first): a detection is a true
 positive when it overlaps a not yet matched annotation of its class by at least `min_overlap` of the
@@ -94,7 +94,7 @@ def pr_curve(scored, n_annotations: int):
 
 
 def summarize(scored, n_fn: int, target_precision: float) -> dict:
-    """scored: [(score, is_tp)] of all detections; n_fn unmatched annotations -> the SPEC 13 dict."""
+    """scored: [(score, is_tp)] of all detections; n_fn unmatched annotations -> one class's dict in evaluation.json."""
     tp = sum(1 for _, t in scored if t)
     fp = len(scored) - tp
     n_ann = tp + n_fn

@@ -1,4 +1,4 @@
-"""Window probabilities -> events, per class (SPEC section 12).
+"""Window probabilities -> events, per class (docs/CONFIG.md).
 
 An event is a run of windows whose probability for a class is >= that class's threshold. Two such windows
 belong to the same event when they are neighbours in the window sequence, when they overlap, or when the

@@ -1,4 +1,4 @@
-"""What detect writes (SPEC section 12), every file atomically (temp file + rename):
+"""What detect writes (docs/CONFIG.md), every file atomically (temp file + rename):
 
 - `<stem>.selections.txt`: a Raven Pro selection table per recording, tab-separated, header
   `Selection View Channel Begin Time (s) End Time (s) Low Freq (Hz) High Freq (Hz) Begin File Class Score`,

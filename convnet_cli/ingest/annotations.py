@@ -1,4 +1,4 @@
-"""Annotation tables -> `Selection`s: Raven Pro selection tables, folders of them, and CSV tables (SPEC 11).
+"""Annotation tables -> `Selection`s: Raven Pro selection tables, folders of them, and CSV tables (docs/CONFIG.md).
 
 Raven selection tables are tab-separated text with a header row. Raven writes each selection once per view
 (`Waveform 1`, `Spectrogram 1`) under one `Selection` number: one row per number is kept (the spectrogram

@@ -1,4 +1,4 @@
-"""Long recordings + annotation tables -> cuda-convnet batch files of labelled windows (SPEC 11).
+"""Long recordings + annotation tables -> cuda-convnet batch files of labelled windows (docs/CONFIG.md).
 
 The steps, in order, none of which holds a recording in memory:
 1. find the recordings (RECORDINGS, recursively), read the tables, pair them (`annotations`), read each
@@ -120,7 +120,7 @@ def collect_recordings(recordings_dir, tables, label_col=None, warn=print):
 
 def plan_windows(recs, spec: FeatureSpec, hop_s, min_overlap=0.5, background="background", background_ratio=None,
                  seed=0, label_names=None) -> WindowPlan:
-    """Which windows become cases, and their labels (SPEC 11)."""
+    """Which windows become cases, and their labels (docs/CONFIG.md)."""
     recs_i, wins, codes = [], [], []
     code = {}                     # label -> provisional id (ints per window, not strings: months of audio fit)
     left_out = 0
@@ -391,7 +391,7 @@ def make_batches_from_annotations(recordings_dir, batch_dir, tables, *, features
                                   label_col=None, label_names=None, batch_size=1000, test_fraction=0.2,
                                   split_by=None, seed=0, jobs=None, dtype="float32", overwrite=False, progress=True,
                                   warn=None, noise=None, world=None) -> dict:
-    """Write BATCH_DIR/data_batch_1..K, batches.meta and skipped.txt from RECORDINGS and TABLES (SPEC 11).
+    """Write BATCH_DIR/data_batch_1..K, batches.meta and skipped.txt from RECORDINGS and TABLES (docs/CONFIG.md).
 
     Returns a summary dict (recordings, read, skipped, windows, counts, classes, batches, ranges, cases,
     shape, audio_s, seconds, batch_dir). noise: ingest/noise.py's NoiseOptions, for noisy copies of the

@@ -1,4 +1,4 @@
-"""Fixed-length windows over recordings of any length, read in blocks (SPEC 11; used by make-batches and detect).
+"""Fixed-length windows over recordings of any length, read in blocks (docs/CONFIG.md; used by make-batches and detect).
 
 A recording is never decoded whole. For each run of windows that fits in one block (default 60 s), the
 samples the run needs are decoded with soundfile (seek + read), mixed to mono, resampled to the features'
@@ -86,7 +86,7 @@ def window_starts(duration_s: float, window_s: float, hop_s: float) -> numpy.nda
 
 
 def label_windows(starts, window_s: float, selections, min_overlap: float = 0.5, background: str = "background"):
-    """The label of each window (SPEC 11): list of str, or None for a window left out (ambiguous).
+    """The label of each window (docs/CONFIG.md): list of str, or None for a window left out (ambiguous).
 
     starts: (n,) float64 seconds; selections: `Selection`s of one recording (any order). A window takes class c
     when an annotation of class c overlaps it by at least `min_overlap` of the shorter of the two; of several,
