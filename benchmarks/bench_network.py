@@ -27,19 +27,8 @@ import os
 import sys
 
 
-def _threads_from_argv(argv) -> int:
-    """--threads N / --threads=N, read before numpy is imported (its BLAS fixes the count at import)."""
-    for i, a in enumerate(argv):
-        if a == "--threads" and i + 1 < len(argv):
-            return int(argv[i + 1])
-        if a.startswith("--threads="):
-            return int(a.split("=", 1)[1])
-    return 2
-
-
-_THREADS = _threads_from_argv(sys.argv[1:])
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
-    os.environ[_var] = str(_THREADS)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from blas_threads import THREADS as _THREADS  # noqa: E402  (first: before numpy)
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
