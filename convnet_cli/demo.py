@@ -91,3 +91,18 @@ def config_path(name: str) -> str:
     if not os.path.exists(here):
         raise FileNotFoundError(here)
     return here
+
+
+def train_demo(batch_dir: str, runs: str, layer_def: str, *, epochs: int, device: str, seed: int,
+               quiet: bool) -> tuple:
+    """Train packaged `layer_def` (with upcall-params.yaml, minibatches of 32) on `batch_dir` into a new run
+    under `runs`: (exit code, run directory or None)."""
+    from convnet_cli.train.trainer import TrainOptions, start
+
+    opts = TrainOptions(data_path=batch_dir, save_path=runs, layer_def=config_path(layer_def),
+                        layer_params=config_path("upcall-params.yaml"), epochs=epochs, mini=32, device=device,
+                        seed=seed, quiet=quiet)
+    rc = start(opts)
+    if rc:
+        return rc, None
+    return 0, sorted(os.path.join(runs, d) for d in os.listdir(runs) if d.startswith("ConvNet__"))[-1]

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from convnet_cli.demo import SR, _colored_noise, _sweep
+from convnet_cli.demo import SR, _colored_noise, _sweep, train_demo
 
 CALL_TYPES = ("upcall", "gunshot")
 
@@ -166,7 +166,6 @@ def run(root: str, batch_dir: str, epochs: int = 15, device: str = "cpu", seed: 
     from convnet_cli.ingest.features import FeatureSpec
     from convnet_cli.ingest.recordings import make_batches_from_annotations
     from convnet_cli.ingest.recordings import summary_line as windows_summary
-    from convnet_cli.train.trainer import TrainOptions, start
 
     t0 = time.time()
     say(f"1/5 synthetic annotated recordings (2 kHz, 7 x 2 min to train on, 3 x 2 min held out) -> {root}")
@@ -186,13 +185,9 @@ def run(root: str, batch_dir: str, epochs: int = 15, device: str = "cpu", seed: 
 
     runs = os.path.join(root, "runs")
     say(f"3/5 train {os.path.basename(config_path('calls.yaml'))} -> {runs}")
-    opts = TrainOptions(data_path=batch_dir, save_path=runs, layer_def=config_path("calls.yaml"),
-                        layer_params=config_path("upcall-params.yaml"), epochs=epochs, mini=32, device=device,
-                        seed=seed, quiet=quiet)
-    rc = start(opts)
+    rc, run_dir = train_demo(batch_dir, runs, "calls.yaml", epochs=epochs, device=device, seed=seed, quiet=quiet)
     if rc:
         raise SystemExit(rc)
-    run_dir = sorted(os.path.join(runs, d) for d in os.listdir(runs) if d.startswith("ConvNet__"))[-1]
 
     out = os.path.join(root, "detections")
     say(f"4/5 detect on the held-out recordings -> {out}")

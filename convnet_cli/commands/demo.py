@@ -6,7 +6,7 @@ import time
 
 import click
 
-from convnet_cli.demo import config_path, make_upcall_dataset
+from convnet_cli.demo import config_path, make_upcall_dataset, train_demo
 
 
 @click.command("demo")
@@ -37,7 +37,6 @@ def command(root, batch_dir, clips, epochs, device, seed, quiet, recordings):
     from convnet_cli.predict.metrics import format_report
     from convnet_cli.predict.predict import predict_batches, write_csv, write_report
     from convnet_cli.train.checkpoint import resolve_checkpoint
-    from convnet_cli.train.trainer import TrainOptions, start
 
     def say(msg):
         if not quiet:
@@ -58,13 +57,9 @@ def command(root, batch_dir, clips, epochs, device, seed, quiet, recordings):
 
     runs = os.path.join(root, "runs")
     say(f"3/4 train -> {runs}")
-    opts = TrainOptions(data_path=batch_dir, save_path=runs, layer_def=config_path("upcall.yaml"),
-                        layer_params=config_path("upcall-params.yaml"), epochs=epochs, mini=32, device=device,
-                        seed=seed, quiet=quiet)
-    rc = start(opts)
+    rc, run_dir = train_demo(batch_dir, runs, "upcall.yaml", epochs=epochs, device=device, seed=seed, quiet=quiet)
     if rc:
         return rc
-    run_dir = sorted(os.path.join(runs, d) for d in os.listdir(runs) if d.startswith("ConvNet__"))[-1]
 
     say("4/4 predict the test batches with the best checkpoint")
     ckpt = resolve_checkpoint(run_dir)
