@@ -102,6 +102,19 @@ def _input_transform(xpad, v, rows):
         np.subtract(col[1], col[3], out=v6[4 * a + 3])
 
 
+def _add_bt_adjoint(dst, d):
+    """dst[b] += (B^T)^T d along one axis, the adjoint of V_0 = s0 - s2, V_1 = s1 + s2, V_2 = s2 - s1,
+    V_3 = s1 - s3: dst, d lists (or leading axes) of 4 arrays of one shape."""
+    dst[0] += d[0]
+    dst[1] += d[1]
+    dst[1] -= d[2]
+    dst[1] += d[3]
+    dst[2] -= d[0]
+    dst[2] += d[1]
+    dst[2] += d[2]
+    dst[3] -= d[3]
+
+
 def _input_transform_adjoint(dv, dxpad, rows):
     """The transpose of _input_transform: dxpad (n, 2th+2, 2tw+2, C), zeroed by the caller, += B dV B^T
     of every tile, added at the tile's place (tiles overlap by 2). rows: work space as there."""
@@ -110,27 +123,9 @@ def _input_transform_adjoint(dv, dxpad, rows):
     dv6 = dv.reshape(4, 4, n, th, tw, c)
     ds = rows[:, :n]
     ds[...] = 0
-    for a in range(4):
-        d = dv6[a]
-        dcol = [ds[a][:, :, b:b + 2 * tw:2] for b in range(4)]
-        # V[a,0] = s0 - s2, V[a,1] = s1 + s2, V[a,2] = s2 - s1, V[a,3] = s1 - s3 (columns s_b)
-        dcol[0] += d[0]
-        dcol[1] += d[1]
-        dcol[1] -= d[2]
-        dcol[1] += d[3]
-        dcol[2] -= d[0]
-        dcol[2] += d[1]
-        dcol[2] += d[2]
-        dcol[3] -= d[3]
-    r = [dxpad[:, a:a + 2 * th:2] for a in range(4)]
-    r[0] += ds[0]
-    r[1] += ds[1]
-    r[1] -= ds[2]
-    r[1] += ds[3]
-    r[2] -= ds[0]
-    r[2] += ds[1]
-    r[2] += ds[2]
-    r[3] -= ds[3]
+    for a in range(4):  # columns s_b of each row a of the tiles, then the rows
+        _add_bt_adjoint([ds[a][:, :, b:b + 2 * tw:2] for b in range(4)], dv6[a])
+    _add_bt_adjoint([dxpad[:, a:a + 2 * th:2] for a in range(4)], ds)
 
 
 def _output_transform(m, t, out_full):
