@@ -70,39 +70,66 @@ def _sigmoid(x, xp):
     return xp.tanh(x * 0.5) * 0.5 + 0.5
 
 
-def lstm_cell_forward_numpy(pre, c_prev):
+def lstm_cell_forward_numpy(pre, c_prev, out=None):
     """pre: (N, 4O) gate pre-activations (i, f, g, o blocks); c_prev: (N, O) -> (h, c, act).
 
-    act: (N, 4O) the activated gates, kept for lstm_cell_backward."""
+    act: (N, 4O) the activated gates, kept for lstm_cell_backward. `out=(h, c, act)` writes the results
+    into those arrays instead of new ones (act may be `pre` itself: the layer's loop overwrites each
+    step's pre-activations with its gates); every operation then runs in place, with no temporary the
+    size of the gates, which is what the per-step cost of a CPU LSTM comes down to."""
     xp = get_array_module(pre)
     units = c_prev.shape[1]
     scale, shift, _ = _lstm_gate_consts(xp, units, pre.dtype.str)
-    act = xp.tanh(pre * scale)
+    if out is None:
+        out = (xp.empty_like(c_prev, dtype=pre.dtype), xp.empty_like(c_prev, dtype=pre.dtype),
+               xp.empty_like(pre))
+    h, c, act = out
+    xp.multiply(pre, scale, out=act)
+    xp.tanh(act, out=act)
     act *= scale
     act += shift
     i, f, g, o = (act[:, k * units:(k + 1) * units] for k in range(4))
-    c = f * c_prev
-    c += i * g
-    h = o * xp.tanh(c)
+    xp.multiply(f, c_prev, out=c)
+    xp.multiply(i, g, out=h)  # h as scratch until its turn
+    c += h
+    xp.tanh(c, out=h)
+    h *= o
     return h, c, act
 
 
-def lstm_cell_backward_numpy(act, c, c_prev, dh, dc_next):
+def lstm_cell_backward_numpy(act, c, c_prev, dh, dc_next, out=None):
     """One LSTM step backward. act: (N, 4O) from forward; c, c_prev, dh, dc_next: (N, O).
 
     dh is the whole gradient reaching h at this step (from above and from step t+1); dc_next the gradient
-    reaching c from step t+1. Returns (dpre (N, 4O), dc_prev (N, O))."""
+    reaching c from step t+1. Returns (dpre (N, 4O), dc_prev (N, O)); `out=(dpre, dc_prev)` writes them
+    there (dc_prev may be dc_next itself)."""
     xp = get_array_module(act)
     units = c.shape[1]
     _, _, tanh_col = _lstm_gate_consts(xp, units, act.dtype.str)
+    if out is None:
+        out = (xp.empty_like(act), xp.empty_like(c))
+    dpre, dc = out
     i, f, g, o = (act[:, k * units:(k + 1) * units] for k in range(4))
+    di, df, dg, do = (dpre[:, k * units:(k + 1) * units] for k in range(4))
     tc = xp.tanh(c)
-    dc = dh * o
-    dc *= 1 - tc * tc
-    dc += dc_next
-    dact = xp.concatenate([dc * g, dc * c_prev, dc * i, dh * tc], axis=1)
-    dpre = dact * (1 - act) * (act + tanh_col)
-    return dpre, dc * f
+    xp.multiply(dh, tc, out=do)
+    xp.multiply(tc, tc, out=tc)
+    xp.subtract(1, tc, out=tc)
+    tc *= dh
+    tc *= o
+    if dc is not dc_next:
+        xp.copyto(dc, dc_next)
+    dc += tc  # dc = dc_next + dh o (1 - tanh(c)^2)
+    xp.multiply(dc, g, out=di)
+    xp.multiply(dc, c_prev, out=df)
+    xp.multiply(dc, i, out=dg)
+    # the gates' derivatives from their values: (1 - a) a for the sigmoids, (1 - a)(1 + a) for tanh
+    deriv = xp.subtract(1, act)
+    dpre *= deriv
+    xp.add(act, tanh_col, out=deriv)
+    dpre *= deriv
+    dc *= f
+    return dpre, dc
 
 
 def gru_cell_forward_numpy(xg, hg, h_prev):
@@ -277,12 +304,25 @@ def gru_cell_backward_cupy(act, hn, h_prev, dh):
     return dxg, dhg, dh_direct
 
 
-def lstm_cell_forward(pre, c_prev):
-    return (lstm_cell_forward_cupy if _is_cupy(pre) else lstm_cell_forward_numpy)(pre, c_prev)
+def _into(out, results):
+    """Copy a CuPy twin's fresh results into the caller's `out` arrays (the NumPy twins write there)."""
+    if out is None:
+        return results
+    for dst, src in zip(out, results):
+        dst[...] = src
+    return out
 
 
-def lstm_cell_backward(act, c, c_prev, dh, dc_next):
-    return (lstm_cell_backward_cupy if _is_cupy(act) else lstm_cell_backward_numpy)(act, c, c_prev, dh, dc_next)
+def lstm_cell_forward(pre, c_prev, out=None):
+    if _is_cupy(pre):
+        return _into(out, lstm_cell_forward_cupy(pre, c_prev))
+    return lstm_cell_forward_numpy(pre, c_prev, out)
+
+
+def lstm_cell_backward(act, c, c_prev, dh, dc_next, out=None):
+    if _is_cupy(act):
+        return _into(out, lstm_cell_backward_cupy(act, c, c_prev, dh, dc_next))
+    return lstm_cell_backward_numpy(act, c, c_prev, dh, dc_next, out)
 
 
 def gru_cell_forward(xg, hg, h_prev):
@@ -422,8 +462,9 @@ class RecurrentLayer(Layer):
         grads = {
             "weight_ih": dx2.T @ seq.reshape(t * n, f),
             "bias_ih": dx2.sum(axis=0),
-            "bias_hh": dpre_h.reshape(t * n, rows).sum(axis=0),
         }
+        # rnn and lstm add both biases before the cell, so their gradients are one sum
+        grads["bias_hh"] = grads["bias_ih"].copy() if dpre_h is dpre_x else dpre_h.reshape(t * n, rows).sum(axis=0)
         if t > 1:
             grads["weight_hh"] = dpre_h[1:].reshape(-1, rows).T @ hs[:-1].reshape(-1, units)
         else:
@@ -486,27 +527,33 @@ class LSTMLayer(RecurrentLayer):
         hs = xp.empty((steps, n, units), dtype=seq.dtype)
         cs = xp.empty_like(hs)
         whh_t = p["weight_hh"].T
-        h = None
-        c = xp.zeros((n, units), dtype=seq.dtype)
+        recurrent = xp.empty_like(pre[0])
+        c0 = xp.zeros((n, units), dtype=seq.dtype)
         for t in range(steps):
-            g = pre[t] if h is None else pre[t] + h @ whh_t
-            # step t's pre-activations are used up: its activated gates take their place (one big array
-            # less to allocate, and fresh large arrays cost page faults on every batch)
-            h, c, pre[t] = lstm_cell_forward(g, c)
-            hs[t] = h
-            cs[t] = c
+            if t:
+                xp.matmul(hs[t - 1], whh_t, out=recurrent)
+                pre[t] += recurrent
+            # Every array of the step is written in place: step t's pre-activations are used up, so its
+            # activated gates take their place, and h and c go straight into hs[t] and cs[t] (fresh
+            # arrays per step cost a pass over memory each and page faults on every batch).
+            lstm_cell_forward(pre[t], cs[t - 1] if t else c0, out=(hs[t], cs[t], pre[t]))
         return hs, (seq, hs, cs, pre)
 
     def _back(self, dhs, cache, p, xp):
         seq, hs, cs, acts = cache
+        steps = hs.shape[0]
         dpre = xp.empty_like(acts)
         whh = p["weight_hh"]
-        zeros = xp.zeros_like(hs[0])
-        dh_next, dc = None, zeros
-        for t in range(hs.shape[0] - 1, -1, -1):
-            dh = dhs[t] if dh_next is None else dhs[t] + dh_next
-            dpre[t], dc = lstm_cell_backward(acts[t], cs[t], cs[t - 1] if t else zeros, dh, dc)
-            dh_next = dpre[t] @ whh
+        c0 = xp.zeros_like(hs[0])
+        dh = xp.empty_like(hs[0])
+        dc = xp.zeros_like(hs[0])  # the gradient reaching c from the step after; updated in place
+        for t in range(steps - 1, -1, -1):
+            if t == steps - 1:
+                dh[...] = dhs[t]
+            else:
+                xp.matmul(dpre[t + 1], whh, out=dh)
+                dh += dhs[t]
+            lstm_cell_backward(acts[t], cs[t], cs[t - 1] if t else c0, dh, dc, out=(dpre[t], dc))
         return self._weight_grads(seq, dpre, hs, dpre, p)
 
 
