@@ -70,6 +70,7 @@ from __future__ import annotations
 from convnet_cli.backend import cuda_elementwise, get_array_module
 from convnet_cli.layers.base import Key, Layer, conv_out_size, fmt_hw, register
 from convnet_cli.layers import winograd
+from convnet_cli.layers.cpu_threads import blocks, chunk_bounds, ordered_sum, parallel_map, parallel_threads
 from convnet_cli.layers.init import INIT_KINDS, init_biases, init_weights
 
 # Columns of one chunk of cases are kept around this size so that they stay in the cache. On a GPU there
@@ -266,14 +267,19 @@ class ConvLayer(_ConvBase):
         out2 = out.reshape(n * p, geo.f)
         xpad = pad_nhwc(x, geo.ph, geo.pw, xp)
         nc = geo.chunk_cases(n, x.dtype.itemsize, xp)
-        buf = xp.empty((geo.g, nc * p * geo.k), dtype=x.dtype)
-        for n0 in range(0, n, nc):
-            n1 = min(n, n0 + nc)
+        bounds = chunk_bounds(n, nc)
+        threads = parallel_threads(xp, len(bounds))
+        bufs = [xp.empty((geo.g, nc * p * geo.k), dtype=x.dtype) for _ in range(threads)]
+
+        def chunk(worker, bound):  # each thread builds its own columns and multiplies them in its cache
+            n0, n1 = bound
             rows = slice(n0 * p, n1 * p)
-            for gi, cols in enumerate(self._im2col(xpad[n0:n1], buf, xp)):
+            for gi, cols in enumerate(self._im2col(xpad[n0:n1], bufs[worker], xp)):
                 lhs = cols if geo.mode == "cols" else cols.T
                 xp.matmul(lhs, wm[gi], out=out2[rows, gi * geo.fg:(gi + 1) * geo.fg])
             out[n0:n1] += b  # while the chunk's output is in the cache
+
+        parallel_map(chunk, bounds, threads)
         return out, xpad
 
     def backward(self, dout, cache, params, ctx):
@@ -334,41 +340,53 @@ class ConvLayer(_ConvBase):
             dw, dx = self._backward_transposed(x, xpad, dout, wm, db, xp)
             return dw, dx, db
 
-        dw = xp.zeros((geo.g, geo.k, geo.fg), dtype=dtype)
         dxpad = xp.zeros(xpad.shape, dtype=dtype) if want_dx else None
         nc = geo.chunk_cases(n, dtype.itemsize, xp)
-        buf = xp.empty((geo.g, nc * p * geo.k), dtype=dtype)
-        dbuf = xp.empty(nc * p * (geo.k if geo.mode == "rows" else geo.cg), dtype=dtype) if want_dx else None
+        blks = blocks(chunk_bounds(n, nc))
+        threads = parallel_threads(xp, len(blks))
+        bufs = [(xp.empty((geo.g, nc * p * geo.k), dtype=dtype),
+                 xp.empty(nc * p * (geo.k if geo.mode == "rows" else geo.cg), dtype=dtype) if want_dx else None)
+                for _ in range(threads)]
         ones = xp.ones(nc * p, dtype=dtype)
         if want_dx and geo.mode == "cols":
             # per window offset: (Fg, Cg) matrices, W[i, j].T of each group
             wo_t = wm.reshape(geo.g, geo.fh, geo.fw, geo.cg, geo.fg).transpose(0, 1, 2, 4, 3).copy()
-        for n0 in range(0, n, nc):
-            n1 = min(n, n0 + nc)
-            m = (n1 - n0) * p
-            rows = slice(n0 * p, n1 * p)
-            if shared:  # a GEMV while the chunk of dout is in the cache
-                db += ones[:m] @ d2[rows]
-            for gi, cols in enumerate(self._im2col(xpad[n0:n1], buf, xp)):
-                d = d2[rows, gi * geo.fg:(gi + 1) * geo.fg]
-                dw[gi] += (cols.T if geo.mode == "cols" else cols) @ d
-                if not want_dx:
-                    continue
-                dx5 = dxpad[n0:n1].reshape(n1 - n0, *xpad.shape[1:3], geo.g, geo.cg)[..., gi, :]
-                if geo.mode == "rows":
-                    dcols = dbuf[:m * geo.k].reshape(geo.k, m)
-                    xp.matmul(wm[gi], d.T, out=dcols)
-                    dcols = dcols.reshape(geo.fh, geo.fw, n1 - n0, geo.ho, geo.wo)
-                    for i in range(geo.fh):
-                        for j in range(geo.fw):
-                            dx5[_window_slice(i, j, geo.sh, geo.sw, geo.ho, geo.wo) + (0,)] += dcols[i, j]
-                else:
-                    part = dbuf[:m * geo.cg].reshape(m, geo.cg)
-                    for i in range(geo.fh):
-                        for j in range(geo.fw):
-                            xp.matmul(d, wo_t[gi, i, j], out=part)
-                            dx5[_window_slice(i, j, geo.sh, geo.sw, geo.ho, geo.wo)] += part.reshape(
-                                n1 - n0, geo.ho, geo.wo, geo.cg)
+
+        def block(worker, blk):  # (dW, db) of a block of chunks; dx written in place (its cases only)
+            buf, dbuf = bufs[worker]
+            dw_b = xp.zeros((geo.g, geo.k, geo.fg), dtype=dtype)
+            db_b = xp.zeros(geo.f, dtype=dtype) if shared else None
+            for n0, n1 in blk:
+                m = (n1 - n0) * p
+                rows = slice(n0 * p, n1 * p)
+                if shared:  # a GEMV while the chunk of dout is in the cache
+                    db_b += ones[:m] @ d2[rows]
+                for gi, cols in enumerate(self._im2col(xpad[n0:n1], buf, xp)):
+                    d = d2[rows, gi * geo.fg:(gi + 1) * geo.fg]
+                    dw_b[gi] += (cols.T if geo.mode == "cols" else cols) @ d
+                    if not want_dx:
+                        continue
+                    dx5 = dxpad[n0:n1].reshape(n1 - n0, *xpad.shape[1:3], geo.g, geo.cg)[..., gi, :]
+                    if geo.mode == "rows":
+                        dcols = dbuf[:m * geo.k].reshape(geo.k, m)
+                        xp.matmul(wm[gi], d.T, out=dcols)
+                        dcols = dcols.reshape(geo.fh, geo.fw, n1 - n0, geo.ho, geo.wo)
+                        for i in range(geo.fh):
+                            for j in range(geo.fw):
+                                dx5[_window_slice(i, j, geo.sh, geo.sw, geo.ho, geo.wo) + (0,)] += dcols[i, j]
+                    else:
+                        part = dbuf[:m * geo.cg].reshape(m, geo.cg)
+                        for i in range(geo.fh):
+                            for j in range(geo.fw):
+                                xp.matmul(d, wo_t[gi, i, j], out=part)
+                                dx5[_window_slice(i, j, geo.sh, geo.sw, geo.ho, geo.wo)] += part.reshape(
+                                    n1 - n0, geo.ho, geo.wo, geo.cg)
+            return dw_b, db_b
+
+        parts = parallel_map(block, blks, threads)
+        dw = ordered_sum(pt[0] for pt in parts)
+        if shared:
+            db += ordered_sum(pt[1] for pt in parts)
         dx = None
         if want_dx:
             dx = dxpad[:, geo.ph:geo.ph + geo.h, geo.pw:geo.pw + geo.w, :] if (geo.ph or geo.pw) else dxpad
@@ -391,26 +409,37 @@ class ConvLayer(_ConvBase):
         wflip = wm[0].reshape(geo.fh, geo.fw, geo.c, geo.f)[::-1, ::-1].transpose(0, 1, 3, 2)
         wflip = xp.ascontiguousarray(wflip).reshape(kt, geo.c)
         dpad = pad_nhwc(dout, geo.fh - 1 - geo.ph, geo.fw - 1 - geo.pw, xp)
-        dw = xp.zeros((1, geo.k, geo.f), dtype=dtype)
         dx = xp.empty(x.shape, dtype=dtype)
         dx2 = dx.reshape(n * hw, geo.c)
         per_case = max(p * geo.k, hw * kt) * dtype.itemsize
         nc = max(1, min(n, CHUNK_BYTES // max(per_case, 1)))
-        buf = xp.empty((1, nc * p * geo.k), dtype=dtype)
-        tbuf = xp.empty(nc * hw * kt, dtype=dtype)
+        blks = blocks(chunk_bounds(n, nc))
+        threads = parallel_threads(xp, len(blks))
+        bufs = [(xp.empty((1, nc * p * geo.k), dtype=dtype), xp.empty(nc * hw * kt, dtype=dtype))
+                for _ in range(threads)]
         ones = xp.ones(nc * p, dtype=dtype) if db is not None else None
-        for n0 in range(0, n, nc):
-            n1 = min(n, n0 + nc)
-            rows = slice(n0 * p, n1 * p)
-            d = d2[rows]
-            if ones is not None:
-                db += ones[:d.shape[0]] @ d
-            cols = self._im2col(xpad[n0:n1], buf, xp)[0]
-            dw[0] += cols.T @ d
-            view = windows(dpad[n0:n1], geo.fh, geo.fw, 1, 1, geo.h, geo.w, xp)
-            tcols = tbuf[:(n1 - n0) * hw * kt]
-            tcols.reshape(view.shape)[...] = view
-            xp.matmul(tcols.reshape((n1 - n0) * hw, kt), wflip, out=dx2[n0 * hw:n1 * hw])
+
+        def block(worker, blk):  # (dW, db) of a block of chunks; dx written in place (its cases only)
+            buf, tbuf = bufs[worker]
+            dw_b = xp.zeros((geo.k, geo.f), dtype=dtype)
+            db_b = xp.zeros(geo.f, dtype=dtype) if ones is not None else None
+            for n0, n1 in blk:
+                rows = slice(n0 * p, n1 * p)
+                d = d2[rows]
+                if ones is not None:
+                    db_b += ones[:d.shape[0]] @ d
+                cols = self._im2col(xpad[n0:n1], buf, xp)[0]
+                dw_b += cols.T @ d
+                view = windows(dpad[n0:n1], geo.fh, geo.fw, 1, 1, geo.h, geo.w, xp)
+                tcols = tbuf[:(n1 - n0) * hw * kt]
+                tcols.reshape(view.shape)[...] = view
+                xp.matmul(tcols.reshape((n1 - n0) * hw, kt), wflip, out=dx2[n0 * hw:n1 * hw])
+            return dw_b, db_b
+
+        parts = parallel_map(block, blks, threads)
+        dw = ordered_sum(pt[0] for pt in parts)[None]
+        if db is not None:
+            db += ordered_sum(pt[1] for pt in parts)
         return dw, dx
 
     # -- CuPy: im2col by a kernel, one cuBLAS GEMM per chunk and group, col2im by a gathering kernel --------

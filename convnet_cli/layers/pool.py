@@ -33,11 +33,8 @@ the rounding of the sums come out as on the CPU. Global pooling runs the same re
 """
 from __future__ import annotations
 
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 from convnet_cli.backend import cuda_elementwise, get_array_module
+from convnet_cli.layers.cpu_threads import chunk_bounds, elementwise_threads, parallel_map
 from convnet_cli.layers.base import Key, Layer, fmt_hw, register
 
 # Cases per chunk are chosen so that a chunk's input is about this size (stays in the cache).
@@ -45,34 +42,6 @@ CHUNK_BYTES = 2 << 20
 
 
 # -- running chunks of cases on several threads (numpy only) -------------------------------------------------
-_POOL = None
-_POOL_PID = None
-_POOL_LOCK = threading.Lock()
-
-
-def compute_threads() -> int:
-    """Threads for element-wise work: the BLAS thread setting if one is given, else the usable cores."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        v = os.environ.get(var, "").strip()
-        if v.isdigit() and int(v) > 0:
-            return int(v)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _executor(threads):
-    global _POOL, _POOL_PID
-    with _POOL_LOCK:
-        if _POOL is None or _POOL_PID != os.getpid() or _POOL._max_workers != threads:
-            _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="convnet-pool")
-            _POOL_PID = os.getpid()
-        return _POOL
-
-
-def _run_share(fn, bounds):
-    for b in bounds:
-        fn(*b)
-
-
 def run_chunks(fn, n: int, per_case_bytes: int, xp):
     """Call fn(n0, n1) for chunks of the n cases that fit CHUNK_BYTES; on several threads with numpy.
 
@@ -83,26 +52,8 @@ def run_chunks(fn, n: int, per_case_bytes: int, xp):
     if xp.__name__ != "numpy":  # a GPU: one launch per operation over the whole batch
         fn(0, n)
         return
-    nc = max(1, min(n, CHUNK_BYTES // max(per_case_bytes, 1)))
-    bounds = [(n0, min(n, n0 + nc)) for n0 in range(0, n, nc)]
-    threads = min(compute_threads(), len(bounds))
-    if threads <= 1 or threading.current_thread().name.startswith("convnet-pool"):
-        _run_share(fn, bounds)
-        return
-    cuts = [len(bounds) * i // threads for i in range(threads + 1)]
-    shares = [bounds[cuts[i]:cuts[i + 1]] for i in range(threads)]
-    futures = [_executor(threads - 1).submit(_run_share, fn, share) for share in shares[1:]]
-    try:
-        _run_share(fn, shares[0])
-    finally:  # never return (or raise) while a worker may still write into the outputs
-        errors = []
-        for f in futures:
-            try:
-                f.result()
-            except BaseException as exc:  # noqa: BLE001  (re-raised below)
-                errors.append(exc)
-    if errors:
-        raise errors[0]
+    bounds = chunk_bounds(n, max(1, min(n, CHUNK_BYTES // max(per_case_bytes, 1))))
+    parallel_map(lambda worker, b: fn(*b), bounds, elementwise_threads(xp, len(bounds)))
 
 
 # -- geometry ------------------------------------------------------------------------------------------------

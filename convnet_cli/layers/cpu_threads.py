@@ -1,0 +1,198 @@
+"""Using the CPU's cores from NumPy: one pool of threads for all the parallel work of a step.
+
+NumPy's own loops use one core, and its BLAS (OpenBLAS in the numpy wheels) runs each GEMM on a team of
+threads of its own. A conv layer does hundreds of GEMMs a step, one per chunk of cases that fits the cache,
+each after an im2col that the calling thread builds. Measured on this project's 2-core machine (AMD EPYC in
+a VM, 2026-11-30, quiet): with OpenBLAS on 2 threads the upcall step took 690 ms and with 1 thread 460 ms.
+The columns written by the calling core had to travel to the other core for its half of every GEMM, and
+OpenBLAS's idle threads spin (~0.1 s after each call) on the core that the element-wise threads want. So
+when NumPy's BLAS can be told its thread count at run time (OpenBLAS, MKL, BLIS; found in the loaded
+libraries), convnet sets it to 1 and spreads the work itself: each thread of this pool takes whole chunks
+of cases (its own im2col and its own GEMM, in its own cache) and large single GEMMs are split by rows
+(`matmul`). Where BLAS cannot be told (another BLAS, another OS), the chunks run one after the other and
+BLAS keeps its threads, as before.
+
+Results do not depend on the thread count: work is split into pieces fixed by the shapes alone (chunks,
+blocks of chunks, row blocks), every output element is computed by one piece, and sums over pieces (weight
+gradients) are taken in piece order by the calling thread.
+
+The thread count is the first of OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS that is set, else
+the cores this process may use.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+# Sums over pieces (weight gradients) use at most this many blocks of chunks: fixed, so that the result does
+# not depend on the thread count; threads beyond it find no block to take in those loops.
+BLOCKS = 16
+# A single GEMM below this many FLOPs is not worth splitting over threads.
+SPLIT_FLOPS = 16e6
+
+_POOL = None
+_POOL_PID = None
+_POOL_LOCK = threading.Lock()
+_BLAS_ONE = {}  # pid -> True when this process's BLAS was set to one thread, False when it cannot be
+
+
+def compute_threads() -> int:
+    """Threads for parallel work: the thread setting if one is given, else the usable cores."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        v = os.environ.get(var, "").strip()
+        if v.isdigit() and int(v) > 0:
+            return int(v)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _blas_libraries():
+    """Paths of the BLAS libraries loaded in this process (Linux: from /proc/self/maps)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            paths = {line.split()[-1] for line in f if "/" in line}
+    except OSError:
+        return []
+    keys = ("openblas", "libmkl_rt", "libblis")
+    return sorted(p for p in paths if any(k in os.path.basename(p).lower() for k in keys))
+
+
+_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
+            "openblas_set_num_threads", "MKL_Set_Num_Threads", "bli_thread_set_num_threads")
+
+
+def _set_blas_one_thread() -> bool:
+    import numpy  # noqa: F401  (loads numpy's BLAS, so that it is among the mapped libraries)
+
+    done = False
+    for path in _blas_libraries():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in _SETTERS:
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.argtypes = [ctypes.c_int]
+                fn.restype = None
+                fn(1)
+                done = True
+                break
+    return done
+
+
+def parallel_threads(xp, work_items: int) -> int:
+    """Threads to spread `work_items` pieces of GEMM work over (1: run them in order on this thread).
+
+    More than 1 only on NumPy, with more than one thread configured, outside this pool's own threads, and
+    where BLAS was set to one thread (done here, once per process, the first time it is asked)."""
+    if xp.__name__ != "numpy" or work_items <= 1:
+        return 1
+    threads = compute_threads()
+    if threads <= 1 or threading.current_thread().name.startswith("convnet-pool"):
+        return 1
+    pid = os.getpid()
+    if pid not in _BLAS_ONE:
+        with _POOL_LOCK:
+            if pid not in _BLAS_ONE:
+                _BLAS_ONE[pid] = _set_blas_one_thread()
+    return min(threads, work_items) if _BLAS_ONE[pid] else 1
+
+
+def elementwise_threads(xp, work_items: int) -> int:
+    """Threads for element-wise work (no BLAS inside): all configured ones on NumPy."""
+    if xp.__name__ != "numpy" or work_items <= 1:
+        return 1
+    if threading.current_thread().name.startswith("convnet-pool"):
+        return 1
+    return max(1, min(compute_threads(), work_items))
+
+
+def _executor(workers):
+    global _POOL, _POOL_PID
+    with _POOL_LOCK:
+        if _POOL is None or _POOL_PID != os.getpid() or _POOL._max_workers < workers:
+            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convnet-pool")
+            _POOL_PID = os.getpid()
+        return _POOL
+
+
+def _run_share(fn, worker, items, results, first):
+    for i, item in enumerate(items):
+        results[first + i] = fn(worker, item)
+
+
+def parallel_map(fn, items, threads: int) -> list:
+    """[fn(worker, item) for item in items], the items cut into `threads` contiguous shares; share k runs
+    on worker k (0: the calling thread, which works instead of waiting), so per-worker scratch buffers
+    indexed by `worker` are never used by two items at once. The results come back in item order.
+    The items must write disjoint parts of any shared output."""
+    items = list(items)
+    results = [None] * len(items)
+    threads = max(1, min(threads, len(items)))
+    if threads == 1:
+        _run_share(fn, 0, items, results, 0)
+        return results
+    cuts = [len(items) * k // threads for k in range(threads + 1)]
+    pool = _executor(threads - 1)
+    futures = [pool.submit(_run_share, fn, k, items[cuts[k]:cuts[k + 1]], results, cuts[k])
+               for k in range(1, threads)]
+    errors = []
+    try:
+        _run_share(fn, 0, items[:cuts[1]], results, 0)
+    except BaseException as exc:  # noqa: BLE001  (re-raised below, after the workers are done)
+        errors.append(exc)
+    finally:  # never return (or raise) while a worker may still write into the outputs
+        for f in futures:
+            try:
+                f.result()
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+    if errors:
+        raise errors[0]
+    return results
+
+
+def blocks(bounds: list) -> list:
+    """The chunk bounds cut into at most BLOCKS contiguous blocks (a split fixed by the shapes alone)."""
+    nb = min(BLOCKS, len(bounds))
+    cuts = [len(bounds) * k // nb for k in range(nb + 1)]
+    return [bounds[cuts[k]:cuts[k + 1]] for k in range(nb)]
+
+
+def chunk_bounds(n: int, per_chunk: int) -> list:
+    return [(n0, min(n, n0 + per_chunk)) for n0 in range(0, n, per_chunk)]
+
+
+def ordered_sum(parts):
+    """Sum of the arrays in `parts` (None entries skipped), added in order into the first one."""
+    total = None
+    for p in parts:
+        if p is None:
+            continue
+        if total is None:
+            total = p
+        else:
+            total += p
+    return total
+
+
+def matmul(a, b, out=None):
+    """a @ b for 2-D arrays, its rows split over the threads when the GEMM is large (NumPy; BLAS on one
+    thread). Every output row is one GEMM's row either way, so the result does not depend on the split."""
+    import numpy as np
+
+    m = a.shape[0]
+    if out is None:
+        out = np.empty((m, b.shape[1]), dtype=np.result_type(a, b))
+    flops = 2.0 * m * a.shape[1] * b.shape[1]
+    pieces = min(BLOCKS, m // 64) if flops >= SPLIT_FLOPS else 1
+    threads = parallel_threads(np, pieces)
+    if threads <= 1:
+        np.matmul(a, b, out=out)
+        return out
+    cuts = [m * k // threads for k in range(threads + 1)]
+    parallel_map(lambda w, k: np.matmul(a[cuts[k]:cuts[k + 1]], b, out=out[cuts[k]:cuts[k + 1]]),
+                 range(threads), threads)
+    return out
