@@ -70,7 +70,7 @@ from __future__ import annotations
 from convnet_cli.backend import cuda_elementwise, get_array_module
 from convnet_cli.layers.base import Key, Layer, conv_out_size, fmt_hw, register
 from convnet_cli.layers import winograd
-from convnet_cli.layers.cpu_threads import blocks, chunk_bounds, ordered_sum, parallel_map, parallel_threads
+from convnet_cli.layers.cpu_threads import blocks, chunk_bounds, matmul, ordered_sum, parallel_map, parallel_threads
 from convnet_cli.layers.init import INIT_KINDS, init_biases, init_weights
 
 # Columns of one chunk of cases are kept around this size so that they stay in the cache. On a GPU there
@@ -238,7 +238,7 @@ class ConvLayer(_ConvBase):
         b = params["biases"].astype(x.dtype, copy=False)
         b = b if b.ndim == 1 else b.transpose(1, 2, 0)  # (F,) or (Ho, Wo, F)
         if geo.direct():
-            xp.matmul(x.reshape(n * p, geo.k), wm[0], out=out2)
+            matmul(x.reshape(n * p, geo.k), wm[0], out=out2)
             out += b
             return out, (x, x)
         if _is_cupy(x):
@@ -297,8 +297,8 @@ class ConvLayer(_ConvBase):
             db = db.transpose(2, 0, 1).copy()
         if geo.direct():
             cols = x.reshape(n * p, geo.k)
-            dw = (cols.T @ d2)[None]
-            dx = (d2 @ wm[0].T).reshape(x.shape) if want_dx else None
+            dw = matmul(cols.T, d2)[None]
+            dx = matmul(d2, wm[0].T).reshape(x.shape) if want_dx else None
             if shared:
                 db = xp.ones(n * p, dtype=dtype) @ d2
             return [dx], {"weights": self._from_wmats(dw), "biases": db}

@@ -36,6 +36,7 @@ _POOL = None
 _POOL_PID = None
 _POOL_LOCK = threading.Lock()
 _BLAS_ONE = {}  # pid -> True when this process's BLAS was set to one thread, False when it cannot be
+_BLAS_WIDE = [0]  # > 0 inside `blas_threads`: BLAS has its threads back, so GEMMs are not split here
 
 
 def compute_threads() -> int:
@@ -62,10 +63,14 @@ _SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads
             "openblas_set_num_threads", "MKL_Set_Num_Threads", "bli_thread_set_num_threads")
 
 
+_SETTER_FNS = []  # the thread-count setters found in this process's BLAS libraries
+
+
 def _set_blas_one_thread() -> bool:
     import numpy  # noqa: F401  (loads numpy's BLAS, so that it is among the mapped libraries)
 
     done = False
+    _SETTER_FNS.clear()
     for path in _blas_libraries():
         try:
             lib = ctypes.CDLL(path)
@@ -77,9 +82,34 @@ def _set_blas_one_thread() -> bool:
                 fn.argtypes = [ctypes.c_int]
                 fn.restype = None
                 fn(1)
+                _SETTER_FNS.append(fn)
                 done = True
                 break
     return done
+
+
+class blas_threads:
+    """`with blas_threads(xp):` BLAS on all the configured threads for a stretch of code with small
+    sequential GEMMs and no work for this pool (the step loop of a recurrent layer: one GEMM per time
+    step, too small to hand out in pieces); back to one thread at the end."""
+
+    def __init__(self, xp):
+        self.on = parallel_threads(xp, 2) > 1 and bool(_SETTER_FNS)
+
+    def __enter__(self):
+        if self.on:
+            _BLAS_WIDE[0] += 1
+            for fn in _SETTER_FNS:
+                fn(compute_threads())
+        return self
+
+    def __exit__(self, *exc):
+        if self.on:
+            _BLAS_WIDE[0] -= 1
+            if not _BLAS_WIDE[0]:
+                for fn in _SETTER_FNS:
+                    fn(1)
+        return False
 
 
 def parallel_threads(xp, work_items: int) -> int:
@@ -90,7 +120,7 @@ def parallel_threads(xp, work_items: int) -> int:
     if xp.__name__ != "numpy" or work_items <= 1:
         return 1
     threads = compute_threads()
-    if threads <= 1 or threading.current_thread().name.startswith("convnet-pool"):
+    if threads <= 1 or threading.current_thread().name.startswith("convnet-pool") or _BLAS_WIDE[0]:
         return 1
     pid = os.getpid()
     if pid not in _BLAS_ONE:
@@ -179,20 +209,33 @@ def ordered_sum(parts):
 
 
 def matmul(a, b, out=None):
-    """a @ b for 2-D arrays, its rows split over the threads when the GEMM is large (NumPy; BLAS on one
-    thread). Every output row is one GEMM's row either way, so the result does not depend on the split."""
+    """a @ b for 2-D arrays, split over the threads when the GEMM is large (NumPy, BLAS on one thread): by
+    rows of a, or by columns of b when a has few rows. Every output element comes from one GEMM either way
+    with the same reduction over the inner dimension, so the result does not depend on the split."""
     import numpy as np
 
-    m = a.shape[0]
+    if not isinstance(a, np.ndarray):  # CuPy: one cuBLAS call
+        from convnet_cli.backend import get_array_module
+
+        return get_array_module(a).matmul(a, b, out=out)
+    m, n = a.shape[0], b.shape[1]
     if out is None:
-        out = np.empty((m, b.shape[1]), dtype=np.result_type(a, b))
-    flops = 2.0 * m * a.shape[1] * b.shape[1]
-    pieces = min(BLOCKS, m // 64) if flops >= SPLIT_FLOPS else 1
+        out = np.empty((m, n), dtype=np.result_type(a, b))
+    by_rows = m >= n or m >= 256
+    pieces = min(BLOCKS, (m if by_rows else n) // 32) if 2.0 * m * a.shape[1] * n >= SPLIT_FLOPS else 1
     threads = parallel_threads(np, pieces)
     if threads <= 1:
         np.matmul(a, b, out=out)
         return out
-    cuts = [m * k // threads for k in range(threads + 1)]
-    parallel_map(lambda w, k: np.matmul(a[cuts[k]:cuts[k + 1]], b, out=out[cuts[k]:cuts[k + 1]]),
-                 range(threads), threads)
+    size = m if by_rows else n
+    cuts = [size * k // threads for k in range(threads + 1)]
+
+    def piece(worker, k):
+        s = slice(cuts[k], cuts[k + 1])
+        if by_rows:
+            np.matmul(a[s], b, out=out[s])
+        else:
+            out[:, s] = a @ b[:, s]
+
+    parallel_map(piece, range(threads), threads)
     return out

@@ -5,6 +5,7 @@ a PyTorch `nn.Linear` takes them as they are after `x.flatten(1)` of an NCHW ten
 """
 from convnet_cli.layers.base import Key, Layer, PerInputWeights, register
 from convnet_cli.layers.init import INIT_KINDS
+from convnet_cli.layers.cpu_threads import matmul
 
 
 def flatten_chw(x):
@@ -54,9 +55,9 @@ class FCLayer(PerInputWeights, Layer):
 
     def forward(self, xs, params, ctx):
         flats = [flatten_chw(x) for x in xs]
-        out = flats[0] @ params[self.weight_names[0]].T
+        out = matmul(flats[0], params[self.weight_names[0]].T)
         for f, name in zip(flats[1:], self.weight_names[1:]):
-            out += f @ params[name].T
+            out += matmul(f, params[name].T)
         out += params["biases"]
         return out.reshape(out.shape[0], 1, 1, -1), (flats, [x.shape for x in xs])
 
@@ -66,6 +67,6 @@ class FCLayer(PerInputWeights, Layer):
         grads = {"biases": d.sum(axis=0)}
         dxs = []
         for f, shape, name in zip(flats, shapes, self.weight_names):
-            grads[name] = d.T @ f
-            dxs.append(unflatten_chw(d @ params[name], shape))
+            grads[name] = matmul(d.T, f)
+            dxs.append(unflatten_chw(matmul(d, params[name]), shape))
         return dxs, grads

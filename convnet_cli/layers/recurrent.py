@@ -39,6 +39,7 @@ from typing import ClassVar
 
 from convnet_cli.backend import cuda_elementwise, get_array_module
 from convnet_cli.layers.base import Key, Layer, register
+from convnet_cli.layers.cpu_threads import blas_threads, matmul
 from convnet_cli.layers.init import INIT_KINDS
 from convnet_cli.layers.neurons import parse_neuron
 
@@ -415,7 +416,8 @@ class RecurrentLayer(Layer):
         outs, caches = [], []
         for suffix, backwards in self._directions():
             s = seq[::-1] if backwards else seq
-            hs, cache = self._run(xp.ascontiguousarray(s), self._params(params, suffix, x.dtype), xp)
+            with blas_threads(xp):
+                hs, cache = self._run(xp.ascontiguousarray(s), self._params(params, suffix, x.dtype), xp)
             outs.append(hs[::-1] if backwards else hs)
             caches.append(cache)
         hs = outs[0] if len(outs) == 1 else xp.concatenate(outs, axis=2)
@@ -433,7 +435,8 @@ class RecurrentLayer(Layer):
             dhs = d[:, :, k * units:(k + 1) * units]
             if backwards:
                 dhs = dhs[::-1]
-            ds, g = self._back(xp.ascontiguousarray(dhs), c, self._params(params, suffix, dout.dtype), xp)
+            with blas_threads(xp):
+                ds, g = self._back(xp.ascontiguousarray(dhs), c, self._params(params, suffix, dout.dtype), xp)
             if backwards:
                 ds = ds[::-1]
             dseq = ds if dseq is None else dseq + ds
@@ -445,7 +448,7 @@ class RecurrentLayer(Layer):
     def _project(seq, w, b):
         """All steps' input projection in one GEMM: (T, N, F) -> (T, N, rows)."""
         t, n, f = seq.shape
-        out = (seq.reshape(t * n, f) @ w.T).reshape(t, n, -1)
+        out = matmul(seq.reshape(t * n, f), w.T).reshape(t, n, -1)
         out += b
         return out
 
@@ -460,16 +463,16 @@ class RecurrentLayer(Layer):
         units = hs.shape[2]
         dx2 = dpre_x.reshape(t * n, rows)
         grads = {
-            "weight_ih": dx2.T @ seq.reshape(t * n, f),
+            "weight_ih": matmul(dx2.T, seq.reshape(t * n, f)),
             "bias_ih": dx2.sum(axis=0),
         }
         # rnn and lstm add both biases before the cell, so their gradients are one sum
         grads["bias_hh"] = grads["bias_ih"].copy() if dpre_h is dpre_x else dpre_h.reshape(t * n, rows).sum(axis=0)
         if t > 1:
-            grads["weight_hh"] = dpre_h[1:].reshape(-1, rows).T @ hs[:-1].reshape(-1, units)
+            grads["weight_hh"] = matmul(dpre_h[1:].reshape(-1, rows).T, hs[:-1].reshape(-1, units))
         else:
             grads["weight_hh"] = p["weight_hh"] * 0
-        dseq = (dx2 @ p["weight_ih"]).reshape(t, n, f)
+        dseq = matmul(dx2, p["weight_ih"]).reshape(t, n, f)
         return dseq, grads
 
 

@@ -15,7 +15,8 @@ Backward (dM = A dY A^T, the output transform's adjoint):
     dV[a, b] = dM[a, b] @ U[a, b]^T      (tiles, C); dx = the input transform's adjoint of dV, added
                                           into the (overlapping) tiles of the padded input.
 Everything runs in chunks of cases whose transformed tiles stay in the cache (WINO_CHUNK_BYTES), in a
-fixed order: deterministic.
+fixed order: deterministic. The chunks run on convnet's threads (cpu_threads.py), each with its own work
+arrays; dU is summed per fixed block of chunks, in block order.
 
 Which path a conv layer takes is decided per shape (input, filters, padding, dtype, direction; not the
 batch size, since both paths work in chunks of cases) by timing both on the real arrays the first time
@@ -36,6 +37,8 @@ import time
 import numpy as np
 
 from convnet_cli.fileio import write_text_atomic
+from convnet_cli.layers.cpu_threads import (blocks, chunk_bounds, compute_threads, ordered_sum, parallel_map,
+                                            parallel_threads)
 
 # Transformed tiles (V) of one chunk of cases are kept around this size.
 WINO_CHUNK_BYTES = 4 << 20
@@ -185,11 +188,15 @@ def conv_forward(x, w33, bias, ph, pw, out=None):
         out = np.empty((n, ho, wo, f), dtype=x.dtype)
     u = filter_transform(w33)
     nc = _chunk_cases(n, th, tw, c, f, x.dtype.itemsize)
-    bufs = _Buffers(nc, th, tw, c, f, x.dtype)
+    bounds = chunk_bounds(n, nc)
+    threads = parallel_threads(np, len(bounds))
     exact = ho == 2 * th and wo == 2 * tw
-    full = None if exact else np.empty((nc, 2 * th, 2 * tw, f), dtype=x.dtype)
-    for n0 in range(0, n, nc):
-        n1 = min(n, n0 + nc)
+    work = [(_Buffers(nc, th, tw, c, f, x.dtype), None if exact else np.empty((nc, 2 * th, 2 * tw, f), dtype=x.dtype))
+            for _ in range(threads)]
+
+    def chunk(worker, bound):
+        n0, n1 = bound
+        bufs, full = work[worker]
         k = n1 - n0
         xpad = bufs.pad[:k]
         xpad[:, ph:ph + h, pw:pw + w] = x[n0:n1]  # the borders stay zero from allocation
@@ -203,6 +210,8 @@ def conv_forward(x, w33, bias, ph, pw, out=None):
             out[n0:n1] = dst[:, :ho, :wo]
         if bias is not None:
             out[n0:n1] += bias
+
+    parallel_map(chunk, bounds, threads)
     return out
 
 
@@ -215,34 +224,43 @@ def conv_backward(x, dout, w33, ph, pw, want_dx=True):
     u = filter_transform(w33)
     ut = u.transpose(0, 2, 1).copy() if want_dx else None  # (16, F, C)
     nc = _chunk_cases(n, th, tw, c, f, x.dtype.itemsize)
-    bufs = _Buffers(nc, th, tw, c, f, x.dtype)
-    du = np.zeros((16, c, f), dtype=x.dtype)
+    blks = blocks(chunk_bounds(n, nc))
+    threads = parallel_threads(np, len(blks))
     exact = ho == 2 * th and wo == 2 * tw
-    dy_full = None if exact else np.zeros((nc, 2 * th, 2 * tw, f), dtype=x.dtype)
+    work = []
+    for _ in range(threads):
+        bufs = _Buffers(nc, th, tw, c, f, x.dtype)
+        work.append((bufs, None if exact else np.zeros((nc, 2 * th, 2 * tw, f), dtype=x.dtype),
+                     np.empty_like(bufs.pad) if want_dx else None))
     dx = np.empty(x.shape, dtype=x.dtype) if want_dx else None
-    dxpad = np.empty_like(bufs.pad) if want_dx else None
-    for n0 in range(0, n, nc):
-        n1 = min(n, n0 + nc)
-        k = n1 - n0
-        rows = k * th * tw
-        xpad = bufs.pad[:k]
-        xpad[:, ph:ph + h, pw:pw + w] = x[n0:n1]
-        v = bufs.v[:, :rows]
-        dm = bufs.m[:, :rows]
-        _input_transform(xpad, v, bufs.rows)
-        if exact:
-            dy = dout[n0:n1]
-        else:
-            dy = dy_full[:k]
-            dy[:, :ho, :wo] = dout[n0:n1]  # the rest stays zero
-        _output_transform_adjoint(dy, dm, bufs.t)
-        du += np.matmul(v.transpose(0, 2, 1), dm)
-        if want_dx:
-            np.matmul(dm, ut, out=v)  # dV, in the place of V (no longer needed)
-            dpad = dxpad[:k]
-            dpad[...] = 0
-            _input_transform_adjoint(v, dpad, bufs.rows)
-            dx[n0:n1] = dpad[:, ph:ph + h, pw:pw + w]
+
+    def block(worker, blk):  # dU of a block of chunks; dx written in place (its cases only)
+        bufs, dy_full, dxpad = work[worker]
+        du = np.zeros((16, c, f), dtype=x.dtype)
+        for n0, n1 in blk:
+            k = n1 - n0
+            rows = k * th * tw
+            xpad = bufs.pad[:k]
+            xpad[:, ph:ph + h, pw:pw + w] = x[n0:n1]
+            v = bufs.v[:, :rows]
+            dm = bufs.m[:, :rows]
+            _input_transform(xpad, v, bufs.rows)
+            if exact:
+                dy = dout[n0:n1]
+            else:
+                dy = dy_full[:k]
+                dy[:, :ho, :wo] = dout[n0:n1]  # the rest stays zero
+            _output_transform_adjoint(dy, dm, bufs.t)
+            du += np.matmul(v.transpose(0, 2, 1), dm)
+            if want_dx:
+                np.matmul(dm, ut, out=v)  # dV, in the place of V (no longer needed)
+                dpad = dxpad[:k]
+                dpad[...] = 0
+                _input_transform_adjoint(v, dpad, bufs.rows)
+                dx[n0:n1] = dpad[:, ph:ph + h, pw:pw + w]
+        return du
+
+    du = ordered_sum(parallel_map(block, blks, threads))
     return filter_transform_adjoint(du), dx
 
 
@@ -264,8 +282,10 @@ def cache_path() -> str:
 
 
 def _machine() -> str:
-    threads = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or str(os.cpu_count())
-    return f"{platform.machine()}|{platform.processor()}|{os.cpu_count()}cpu|{threads}thr|numpy{np.__version__}"
+    # "pool": choices timed since the conv chunks run on convnet's own threads (cpu_threads.py); ones
+    # timed before, with BLAS's threads, do not carry over
+    return (f"{platform.machine()}|{platform.processor()}|{os.cpu_count()}cpu|{compute_threads()}thr|pool|"
+            f"numpy{np.__version__}")
 
 
 def _load():
