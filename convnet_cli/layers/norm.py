@@ -22,6 +22,7 @@ import numpy as np  # host arrays for init_params only; compute takes ctx.xp
 
 from convnet_cli.backend import cuda_elementwise
 from convnet_cli.layers.base import Key, Layer, register
+from convnet_cli.layers.cpu_threads import blocks, chunk_bounds, ordered_sum, parallel_map, parallel_threads
 
 
 def _axis_slice(ndim: int, axis: int, start: int, stop: int) -> tuple:
@@ -275,42 +276,56 @@ class BatchNorm(Layer):
             return self._forward_split(x, params, gamma, beta, ctx)
         if _is_cupy(x):
             return self._forward_cupy(x, params, gamma, beta, ctx)
-        # On the CPU the (N, H, W, C) maps are seen as (N*H*W, C) matrices: per-channel sums as one GEMV
-        # and one einsum, and in-place arithmetic, because each pass over a map of tens of MB (and each
-        # fresh allocation of one) costs more than the arithmetic (measured: 190 -> 45 ms for the first
-        # batchnorm of keywords.yaml, forward + backward, batch 128).
+        # On the CPU the (N, H, W, C) maps are seen as (N*H*W, C) matrices cut into chunks of rows that fit
+        # the cache, spread over the threads (cpu_threads.py): per-channel sums as GEMVs and einsums, and
+        # in-place arithmetic, because each pass over a map of tens of MB (and each fresh allocation of one)
+        # costs more than the arithmetic (measured: 190 -> 45 ms for the first batchnorm of keywords.yaml,
+        # forward + backward, batch 128, one thread).
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         count = x2.shape[0]
+        eps = self.props.epsilon
         if ctx.train:
-            ones = _ones(count, x.dtype)
-            mean = (ones @ x2) / count
-            xhat = x2 - mean
-            var = np.einsum("ij,ij->j", xhat, xhat) / count
+            mean, var, xhat = _batch_stats_numpy(x2)
             m = self.props.momentum
             running_mean, running_var = params["running_mean"], params["running_var"]
             running_mean[...] = m * running_mean + (1 - m) * mean.astype(running_mean.dtype, copy=False)
             unbiased = var * (count / max(count - 1, 1))
             running_var[...] = m * running_var + (1 - m) * unbiased.astype(running_var.dtype, copy=False)
-        else:
-            # test mode: one scale and one shift per channel, two passes over the map (detect and predict
-            # spend most of their time here and in the convolutions); xhat only when backward may follow
-            mean = params["running_mean"].astype(x.dtype, copy=False)
-            var = params["running_var"].astype(x.dtype, copy=False)
-            inv_std = (1 / xp.sqrt(var + self.props.epsilon)).astype(x.dtype, copy=False)
-            scale = inv_std * gamma
-            out = x2 * scale
-            out += beta - mean * scale
-            if not ctx.keep_cache:
-                return out.reshape(shape), None
-            xhat = x2 - mean
-            xhat *= inv_std
-            return out.reshape(shape), (xhat.reshape(shape), inv_std, gamma, False)
-        inv_std = (1 / xp.sqrt(var + self.props.epsilon)).astype(x.dtype, copy=False)
-        xhat *= inv_std
-        out = xhat * gamma
-        out += beta
-        return out.reshape(shape), (xhat.reshape(shape), inv_std, gamma, True)
+            inv_std = (1 / xp.sqrt(var + eps)).astype(x.dtype, copy=False)
+            out = np.empty_like(x2)
+
+            def normalize(worker, bound):  # xhat in place, then out, while the rows are in the cache
+                r0, r1 = bound
+                h = xhat[r0:r1]
+                h *= inv_std
+                np.multiply(h, gamma, out=out[r0:r1])
+                out[r0:r1] += beta
+
+            _row_chunks_map(normalize, x2)
+            return out.reshape(shape), (xhat.reshape(shape), inv_std, gamma, True)
+        # test mode: one scale and one shift per channel, two passes over the map (detect and predict
+        # spend most of their time here and in the convolutions); xhat only when backward may follow
+        mean = params["running_mean"].astype(x.dtype, copy=False)
+        var = params["running_var"].astype(x.dtype, copy=False)
+        inv_std = (1 / xp.sqrt(var + eps)).astype(x.dtype, copy=False)
+        scale = inv_std * gamma
+        shift = beta - mean * scale
+        out = np.empty_like(x2)
+        xhat = np.empty_like(x2) if ctx.keep_cache else None
+
+        def apply(worker, bound):
+            r0, r1 = bound
+            np.multiply(x2[r0:r1], scale, out=out[r0:r1])
+            out[r0:r1] += shift
+            if xhat is not None:
+                np.subtract(x2[r0:r1], mean, out=xhat[r0:r1])
+                xhat[r0:r1] *= inv_std
+
+        _row_chunks_map(apply, x2)
+        if xhat is None:
+            return out.reshape(shape), None
+        return out.reshape(shape), (xhat.reshape(shape), inv_std, gamma, False)
 
     def _forward_cupy(self, x, params, gamma, beta, ctx):
         """forward on CuPy: the statistics by reductions, the normalization by one fused kernel."""
@@ -411,22 +426,78 @@ def batchnorm_forward_numpy(x, mean, inv_std, gamma, beta):
 
 def batchnorm_backward_numpy(dout, xhat, inv_std, gamma, train: bool):
     """(dx, dgamma, dbeta). In training the batch mean and variance depend on x too (cs231n's
-    batchnorm_backward, simplified); in test mode they are constants."""
+    batchnorm_backward, simplified); in test mode they are constants. In chunks of rows on the threads,
+    the sums per fixed block of chunks (cpu_threads.py)."""
     shape = dout.shape
     d2 = dout.reshape(-1, shape[-1])
     xh = xhat.reshape(-1, shape[-1])
     count = d2.shape[0]
-    dbeta = _ones(count, dout.dtype) @ d2
-    dgamma = np.einsum("ij,ij->j", d2, xh)
+
+    def sums(rows):
+        return _ones(rows.stop - rows.start, dout.dtype) @ d2[rows], np.einsum("ij,ij->j", d2[rows], xh[rows])
+
+    parts = _row_blocks_map(sums, d2)
+    dbeta = ordered_sum(p[0] for p in parts)
+    dgamma = ordered_sum(p[1] for p in parts)
+    dx = np.empty_like(d2)
+    scale = gamma * inv_std
     if train:
-        # gamma * inv_std * (dout - dbeta / count - xhat * dgamma / count), in one allocation
-        dx = xh * (-dgamma / count)
-        dx += d2
-        dx -= dbeta / count
-        dx *= gamma * inv_std
+        # gamma * inv_std * (dout - dbeta / count - xhat * dgamma / count)
+        a, b = -dgamma / count, dbeta / count
+
+        def grad(worker, bound):
+            r0, r1 = bound
+            g = dx[r0:r1]
+            np.multiply(xh[r0:r1], a, out=g)
+            g += d2[r0:r1]
+            g -= b
+            g *= scale
     else:
-        dx = d2 * (gamma * inv_std)
+        def grad(worker, bound):
+            r0, r1 = bound
+            np.multiply(d2[r0:r1], scale, out=dx[r0:r1])
+
+    _row_chunks_map(grad, d2)
     return dx.reshape(shape), dgamma, dbeta
+
+
+# Rows of an (N*H*W, C) map per chunk are chosen so that a chunk is about this size (stays in the cache).
+BN_CHUNK_BYTES = 1 << 20
+
+
+def _row_bounds(x2):
+    per_row = max(1, x2.shape[1] * x2.dtype.itemsize)
+    return chunk_bounds(x2.shape[0], max(1, BN_CHUNK_BYTES // per_row))
+
+
+def _row_chunks_map(fn, x2):
+    """fn(worker, (r0, r1)) for chunks of rows of x2, over the threads."""
+    bounds = _row_bounds(x2)
+    parallel_map(fn, bounds, parallel_threads(np, len(bounds)))
+
+
+def _row_blocks_map(fn, x2):
+    """[fn(rows) for each fixed block of row chunks], over the threads; the results are per-channel sums,
+    to be added in order (the same whatever the thread count)."""
+    blks = blocks(_row_bounds(x2))
+    return parallel_map(lambda worker, blk: fn(slice(blk[0][0], blk[-1][1])), blks,
+                        parallel_threads(np, len(blks)))
+
+
+def _batch_stats_numpy(x2):
+    """(mean, biased variance, x - mean) of the columns of x2 (N*H*W, C): the two-pass variance, each pass
+    in blocks of rows over the threads."""
+    count = x2.shape[0]
+    mean = ordered_sum(_row_blocks_map(lambda rows: _ones(rows.stop - rows.start, x2.dtype) @ x2[rows], x2))
+    mean /= count
+    xhat = np.empty_like(x2)
+
+    def sqdev(rows):
+        np.subtract(x2[rows], mean, out=xhat[rows])
+        return np.einsum("ij,ij->j", xhat[rows], xhat[rows])
+
+    var = ordered_sum(_row_blocks_map(sqdev, x2)) / count
+    return mean, var, xhat
 
 
 _ONES = {}
