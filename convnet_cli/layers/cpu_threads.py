@@ -209,9 +209,10 @@ def ordered_sum(parts):
 
 
 def matmul(a, b, out=None):
-    """a @ b for 2-D arrays, split over the threads when the GEMM is large (NumPy, BLAS on one thread): by
-    rows of a, or by columns of b when a has few rows. Every output element comes from one GEMM either way
-    with the same reduction over the inner dimension, so the result does not depend on the split."""
+    """a @ b for 2-D arrays; a large GEMM (NumPy) is cut into pieces, by rows of a, or by columns of b when
+    a has few rows, and the pieces are spread over the threads (BLAS on one thread). The cut depends on
+    the shapes alone, never on the thread count: BLAS rounds a row differently in GEMMs of different
+    sizes, so a cut by thread count would change the bits with it."""
     import numpy as np
 
     if not isinstance(a, np.ndarray):  # CuPy: one cuBLAS call
@@ -222,13 +223,12 @@ def matmul(a, b, out=None):
     if out is None:
         out = np.empty((m, n), dtype=np.result_type(a, b))
     by_rows = m >= n or m >= 256
-    pieces = min(BLOCKS, (m if by_rows else n) // 32) if 2.0 * m * a.shape[1] * n >= SPLIT_FLOPS else 1
-    threads = parallel_threads(np, pieces)
-    if threads <= 1:
+    size = m if by_rows else n
+    pieces = max(1, min(BLOCKS, size // 64)) if 2.0 * m * a.shape[1] * n >= SPLIT_FLOPS else 1
+    if pieces == 1:
         np.matmul(a, b, out=out)
         return out
-    size = m if by_rows else n
-    cuts = [size * k // threads for k in range(threads + 1)]
+    cuts = [size * k // pieces for k in range(pieces + 1)]
 
     def piece(worker, k):
         s = slice(cuts[k], cuts[k + 1])
@@ -237,5 +237,5 @@ def matmul(a, b, out=None):
         else:
             out[:, s] = a @ b[:, s]
 
-    parallel_map(piece, range(threads), threads)
+    parallel_map(piece, range(pieces), parallel_threads(np, pieces))
     return out

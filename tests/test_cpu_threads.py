@@ -1,0 +1,150 @@
+"""The CPU thread pool (convnet_cli/layers/cpu_threads.py): work spread over threads gives the same bits as
+one thread, for every path that uses it, and errors in a worker reach the caller."""
+import threading
+
+import numpy as np
+import pytest
+
+from convnet_cli.layers import conv as conv_mod
+from convnet_cli.layers import cpu_threads
+from convnet_cli.layers import norm as norm_mod
+from convnet_cli.layers import winograd
+from convnet_cli.layers.base import Context
+from tests.helpers import make_layer, nhwc
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of a case or two, so that the small test shapes make many chunks and blocks."""
+    monkeypatch.setattr(conv_mod, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(winograd, "WINO_CHUNK_BYTES", 1)
+    monkeypatch.setattr(norm_mod, "BN_CHUNK_BYTES", 64)
+    monkeypatch.setattr(cpu_threads, "SPLIT_FLOPS", 1)
+    monkeypatch.setattr(cpu_threads, "BLOCKS", 5)
+
+
+def _pool_works():
+    return cpu_threads.parallel_threads(np, 4) > 1
+
+
+def test_parallel_map_keeps_order_and_gives_each_worker_its_share(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    seen = []
+
+    def fn(worker, item):
+        seen.append((worker, item, threading.current_thread().name))
+        return item * 10
+
+    assert cpu_threads.parallel_map(fn, range(8), 3) == [i * 10 for i in range(8)]
+    by_worker = {}
+    for worker, item, name in seen:
+        by_worker.setdefault(worker, []).append(item)
+        assert (worker == 0) == (name == threading.current_thread().name)
+    # contiguous shares, worker 0 (the caller) first
+    assert sorted(by_worker) == [0, 1, 2]
+    assert [sorted(by_worker[w]) for w in range(3)] == [[0, 1], [2, 3, 4], [5, 6, 7]]
+
+
+def test_parallel_map_raises_a_workers_error_after_the_callers_share():
+    done = []
+
+    def fn(worker, item):
+        if item == 5:
+            raise ValueError("item 5")
+        done.append(item)
+
+    with pytest.raises(ValueError, match="item 5"):
+        cpu_threads.parallel_map(fn, range(8), 2)
+    # the caller's share (0-3) ran to its end before the error came back; the worker's stopped at item 5
+    assert sorted(done) == [0, 1, 2, 3, 4]
+
+
+def test_blocks_depend_on_the_shapes_only():
+    bounds = cpu_threads.chunk_bounds(37, 2)
+    assert bounds[0] == (0, 2) and bounds[-1] == (36, 37) and len(bounds) == 19
+    blks = cpu_threads.blocks(bounds)
+    assert len(blks) == cpu_threads.BLOCKS
+    assert [b for blk in blks for b in blk] == bounds
+
+
+def test_blas_is_set_to_one_thread_where_it_can_be(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    if not _pool_works():
+        pytest.skip("no BLAS thread setter found in this process (not OpenBLAS/MKL/BLIS, or not Linux): "
+                    "the chunks run in order and BLAS keeps its threads")
+    assert cpu_threads._SETTER_FNS
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert cpu_threads.parallel_threads(np, 4) == 1
+
+
+def _run_layer(layer, x, params, dout):
+    ctx = Context(xp=np, train=True)
+    out, cache = layer.forward([x], params, ctx)
+    dxs, grads = layer.backward(dout, cache, params, ctx)
+    return [out, dxs[0]] + [grads[k] for k in sorted(grads)]
+
+
+def _same_bits_at_1_and_3_threads(monkeypatch, run):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    one = run()
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    if not _pool_works():
+        pytest.skip("no BLAS thread setter found in this process: the GEMM work does not go to the pool")
+    three = run()
+    assert len(one) == len(three)
+    for a, b in zip(one, three):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("algo, props, shape", [
+    ("direct", dict(filters=8, filterSize=3, padding=1), (5, 9, 11)),            # transposed input gradient
+    ("direct", dict(filters=6, filterSize=3, padding=1, stride=2), (4, 9, 10)),  # per-offset input gradient
+    ("direct", dict(filters=4, filterSize=5, padding=2), (1, 12, 13)),           # one channel: "rows" mode
+    ("direct", dict(filters=6, filterSize=3, padding=1, groups=2), (4, 8, 9)),   # groups
+    ("winograd", dict(filters=8, filterSize=3, padding=1), (5, 9, 11)),
+    ("direct", dict(filters=7, filterSize=1), (6, 8, 9)),                        # 1x1: one split GEMM
+])
+def test_conv_paths_give_the_same_bits_on_any_thread_count(monkeypatch, small_chunks, algo, props, shape):
+    monkeypatch.setenv("CONVNET_CONV_ALGO", algo)
+    layer = make_layer("conv", [shape], **props)
+    layer.input_grads = True
+    params = {k: v.astype(np.float32) for k, v in layer.init_params(np.random.default_rng(0)).items()}
+    params["biases"] = np.random.default_rng(1).standard_normal(params["biases"].shape).astype(np.float32)
+    x = nhwc(shape, n=13, dtype=np.float32)
+    out_shape = layer.out_shape
+    dout = np.random.default_rng(2).standard_normal((13, out_shape[1], out_shape[2], out_shape[0])).astype(np.float32)
+    _same_bits_at_1_and_3_threads(monkeypatch, lambda: _run_layer(layer, x, params, dout))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm_gives_the_same_bits_on_any_thread_count(monkeypatch, small_chunks, train):
+    layer = make_layer("batchnorm", [(6, 7, 9)])
+    x = nhwc((6, 7, 9), n=11, dtype=np.float32) * 3 + 1
+    dout = nhwc((6, 7, 9), n=11, seed=5, dtype=np.float32)
+
+    def run():
+        params = {k: v.copy() for k, v in layer.init_params(np.random.default_rng(0)).items()}
+        ctx = Context(xp=np, train=train)
+        out, cache = layer.forward([x], params, ctx)
+        dxs, grads = layer.backward(dout, cache, params, ctx)
+        return [out, dxs[0], grads["gamma"], grads["beta"], params["running_mean"], params["running_var"]]
+
+    _same_bits_at_1_and_3_threads(monkeypatch, run)
+
+
+def test_split_matmul_equals_one_gemm(monkeypatch, small_chunks):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    rng = np.random.default_rng(0)
+    for m, k, n in ((300, 70, 20), (20, 70, 300)):  # cut by rows, then by columns
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        np.testing.assert_allclose(cpu_threads.matmul(a, b), a @ b, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(cpu_threads.matmul(a.T.copy().T, b), a @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_fc_gives_the_same_bits_on_any_thread_count(monkeypatch, small_chunks):
+    layer = make_layer("fc", [(5, 4, 6)], outputs=40)
+    params = {k: v.astype(np.float32) for k, v in layer.init_params(np.random.default_rng(0)).items()}
+    x = nhwc((5, 4, 6), n=70, dtype=np.float32)
+    dout = np.random.default_rng(3).standard_normal((70, 1, 1, 40)).astype(np.float32)
+    _same_bits_at_1_and_3_threads(monkeypatch, lambda: _run_layer(layer, x, params, dout))
