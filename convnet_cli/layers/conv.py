@@ -41,8 +41,14 @@ benchmarks/bench_layers.py for the end-to-end numbers against PyTorch):
     transposed GEMMs (out.T = Wmat.T @ cols.T, dW.T = dout.T @ cols) are not faster (within ~5%, or slower).
   * Groups: one GEMM per group on column slices (numpy passes strided operands to BLAS as leading
     dimensions): no copies of the per-group operands.
-  * Two Python threads each running half of the chunks were slower than one (184 vs 153): BLAS already
-    uses both cores, and the threads fight over them.
+  * Threads (2026-11-30, quiet 2-core VM): with OpenBLAS on 2 threads and the chunks in order, a whole
+    upcall step took 690 ms against 460 on 1 thread (conv2 forward 135 vs 83): each GEMM's other half
+    ran on the other core, far from the columns this core had just written, and OpenBLAS's spinning
+    threads took the core from the element-wise threads. Now BLAS runs on one thread and the chunks are
+    spread over convnet's threads (cpu_threads.py), each building and multiplying its own columns: 255-290
+    ms (conv2 forward 44). The weight and bias gradients are summed per fixed block of chunks and the
+    blocks added in order, so the result is the same on any thread count. (Before, with BLAS on its 2
+    threads, two Python threads each running half of the chunks were slower than one: 184 vs 153.)
   * 1x1 convolutions with stride 1 and no padding, and unpadded filters as large as the input, need no
     im2col at all: the input itself, reshaped, is the column matrix.
   * The bias gradient as a GEMV (ones @ dout) instead of dout.sum(0): 3.7 vs 12.7 for (827k, 32) (done per

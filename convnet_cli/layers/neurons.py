@@ -42,8 +42,8 @@ class Ident(Neuron):
         return dy
 
 
-# Above this size a relu on the CPU runs in cache-sized chunks of cases on the element-wise threads
-# (pool.run_chunks): numpy's own loops use one core.
+# Above this size a relu on the CPU runs in cache-sized chunks of cases on convnet's threads
+# (pool.run_chunks, cpu_threads.py): numpy's own loops use one core.
 _THREADED_BYTES = 4 << 20
 
 

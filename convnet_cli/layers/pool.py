@@ -14,7 +14,8 @@ What was measured (2 threads of a shared AMD EPYC, NHWC float32, (32, 64, 101) m
 ms; see benchmarks/bench_layers.py for the comparison with PyTorch):
   * the max over the kh*kw strided slices of the window offsets: 41 on the whole batch at once, 24 in
     chunks of 8 cases (in the cache), 14 with the chunks split over 2 threads (numpy releases the GIL in
-    its loops, and no BLAS runs here to compete for the cores). Chunks of 2-4 MiB measure best.
+    its loops; the threads are cpu_threads.py's, which also run the conv chunks, BLAS being held to one
+    thread). Chunks of 2-4 MiB measure best.
   * non-overlapping windows by reshaping, x.reshape(n, oh, kh, ow, kw, C).max(axis=(2, 4)), is 4-5x slower
     than the slices on the same chunk (0.89 vs 0.18 per 4 cases of (32, 64, 100) 2x2; sums 0.64 vs 0.19),
     so stride == size takes the same path as every other window.
