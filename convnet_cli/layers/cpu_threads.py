@@ -175,10 +175,14 @@ def parallel_map(fn, items, threads: int) -> list:
         errors.append(exc)
     finally:  # never return (or raise) while a worker may still write into the outputs
         for f in futures:
-            try:
-                f.result()
-            except BaseException as exc:  # noqa: BLE001
-                errors.append(exc)
+            while True:
+                try:
+                    f.result()
+                    break
+                except BaseException as exc:  # noqa: BLE001  (the worker's error, or Ctrl-C while waiting)
+                    errors.append(exc)
+                    if f.done():
+                        break
     if errors:
         raise errors[0]
     return results
