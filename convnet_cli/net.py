@@ -43,6 +43,11 @@ class Net:
         for l in layers:
             if l.in_names and l.skips_input_grads:
                 l.input_grads = not all(self.by_name[i].is_data for i in l.in_names)
+        # On the CPU a relu (a neuron with forward_inplace) is applied by a layer that can do so on each chunk
+        # of its output while the chunk is in the cache (conv, batchnorm): one pass over memory less.
+        for l in layers:
+            fusable = l.fuses_neuron and l.neuron is not None and l.neuron.forward_inplace is not None
+            l.chunk_neuron = l.neuron if fusable and backend.xp.__name__ == "numpy" else None
         # A cost that fuses with the layer feeding it (cost.logreg on a softmax without a neuron): the cost
         # computes that layer's output and its gradient together.
         self.fused = {}
@@ -158,7 +163,9 @@ class Net:
                 continue
             xs = [outs[i] for i in l.in_names]
             out, caches[l.name] = l.forward(xs, self.params[l.name], ctx)
-            if l.neuron is not None:
+            if l.chunk_neuron is not None:  # the layer applied it; its output is the neuron's cache
+                ncaches[l.name] = out
+            elif l.neuron is not None:
                 out, ncaches[l.name] = l.neuron.forward(out, xp)
             outs[l.name] = out
         if drop_after is not None:

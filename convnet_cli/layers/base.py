@@ -11,7 +11,7 @@ not fit) and provides, cs231n style:
     backward(dout, cache, params, ctx)   -> (dxs, grads)                  (dxs: one per input, or None)
 
 Besides `keys`, a class declares what the net and the parser need to know about it as class attributes
-(`is_data`, `is_cost`, `weights_per_input`, `owns_neuron`, `skips_input_grads`, `fuses_with`, `learned`,
+(`is_data`, `is_cost`, `weights_per_input`, `owns_neuron`, `skips_input_grads`, `fuses_with`, `fuses_neuron`, `learned`,
 `hyper_defaults`); see `Layer`.
 
 Shapes: a layer's output shape is given per case as (C, H, W), as in cuda-convnet. Activations are held
@@ -79,6 +79,17 @@ class Layer:
     # neuron): the net then calls forward_fused(labels, that layer's input, ctx) / backward_fused.
     fuses_with: ClassVar[str | None] = None
     neuron: Any = None  # set by the parser: the Neuron the net applies to this layer's output, or None
+    # True: on the CPU the layer can apply a neuron that has `forward_inplace` (relu) to each chunk of its
+    # output while the chunk is in the cache. The net then sets `chunk_neuron` on the instance and takes
+    # the layer's output as the neuron's output (and as its backward cache) instead of applying it.
+    fuses_neuron: ClassVar[bool] = False
+    chunk_neuron: Any = None
+
+    def neuron_on(self, out):
+        """Apply `chunk_neuron` (if the net set one) to `out` (a chunk or all of the output), in place."""
+        if self.chunk_neuron is not None:
+            self.chunk_neuron.forward_inplace(out)
+        return out
     # The layer-params keys this type reads at run time (coeff, keep, scale, ...) and their values when the
     # params file gives none; see `set_hyper`. The params parser accepts the keys of every registered type.
     hyper_defaults: ClassVar[dict] = {}

@@ -202,6 +202,7 @@ class ConvLayer(_ConvBase):
     """Convolution with weights shared across positions; x: (N, H, W, C) -> (N, Ho, Wo, F)."""
 
     type = "conv"
+    fuses_neuron = True  # every NumPy path of forward applies `chunk_neuron` (CuPy: the net applies it)
 
     def init_params(self, rng):
         geo = self.geo
@@ -246,13 +247,14 @@ class ConvLayer(_ConvBase):
         if geo.direct():
             matmul(x.reshape(n * p, geo.k), wm[0], out=out2)
             out += b
-            return out, (x, x)
+            return self.neuron_on(out), (x, x)
         if _is_cupy(x):
             return self._forward_cupy(x, wm, b, out, ctx)
         if winograd.eligible(geo):
             w33 = wm[0].reshape(3, 3, geo.c, geo.f)
             runs = {"direct": lambda: self._forward_im2col(x, wm, b, xp.empty_like(out), xp),
-                    "winograd": lambda: (winograd.conv_forward(x, w33, b, geo.ph, geo.pw, xp.empty_like(out)), None)}
+                    "winograd": lambda: (winograd.conv_forward(x, w33, b, geo.ph, geo.pw, xp.empty_like(out),
+                                                               post=self.neuron_on), None)}
             algo, res = winograd.choose(self._algo_key("forward", x), 2.0 * n * p * geo.k * geo.f, runs)
             out, xpad = res if res is not None else runs[algo]()
             return out, (x, xpad)
@@ -284,6 +286,7 @@ class ConvLayer(_ConvBase):
                 lhs = cols if geo.mode == "cols" else cols.T
                 xp.matmul(lhs, wm[gi], out=out2[rows, gi * geo.fg:(gi + 1) * geo.fg])
             out[n0:n1] += b  # while the chunk's output is in the cache
+            self.neuron_on(out[n0:n1])  # and a fused relu (see base.py)
 
         parallel_map(chunk, bounds, threads)
         return out, xpad

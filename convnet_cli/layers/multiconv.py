@@ -73,7 +73,7 @@ class _MultiInput(PerInputWeights):
                                                 "biases": params["biases"] if i == 0 else zero}, ctx)
             caches.append(cache)
             out = o if out is None else out.__iadd__(o)
-        return out, caches
+        return self.neuron_on(out), caches  # the parts apply no neuron: the sum takes it (conv's relu)
 
     def backward(self, dout, cache, params, ctx):
         base = self._single()

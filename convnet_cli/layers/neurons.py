@@ -28,6 +28,10 @@ class Neuron:
     def backward(self, dy, cache, xp):
         raise NotImplementedError
 
+    # A neuron whose backward cache is its output may define forward_inplace(x): x (NumPy) becomes the
+    # output, in place. Layers with `fuses_neuron` call it on each chunk of their output (see base.py).
+    forward_inplace = None
+
     def __repr__(self):
         return self.name + (f"[{','.join(f'{a:g}' for a in self.args)}]" if self.args else "")
 
@@ -63,6 +67,12 @@ class Relu(Neuron):
         y = xp.empty_like(x)
         run_chunks(lambda n0, n1: xp.maximum(x[n0:n1], 0, out=y[n0:n1]), x.shape[0], x[0].nbytes, xp)
         return y, y
+
+    def forward_inplace(self, x):
+        """x (NumPy, a chunk of a layer's output) -> relu(x), in place; the cache of backward is x."""
+        import numpy as np
+
+        np.maximum(x, 0, out=x)
 
     def backward(self, dy, y, xp):
         if not _threaded(xp, dy):

@@ -244,6 +244,7 @@ class BatchNorm(Layer):
     """
 
     type = "batchnorm"
+    fuses_neuron = True  # every NumPy path of forward applies `chunk_neuron` (CuPy: the net applies it)
     keys = {
         "epsilon": Key("float", 1e-5, min=0.0, doc="added to the variance before the square root"),
         "momentum": Key("float", 0.9, min=0.0, doc="running-average decay: the share of the old value kept"),
@@ -301,6 +302,7 @@ class BatchNorm(Layer):
                 h *= inv_std
                 np.multiply(h, gamma, out=out[r0:r1])
                 out[r0:r1] += beta
+                self.neuron_on(out[r0:r1])  # a fused relu (see base.py)
 
             _row_chunks_map(normalize, x2)
             return out.reshape(shape), (xhat.reshape(shape), inv_std, gamma, True)
@@ -318,6 +320,7 @@ class BatchNorm(Layer):
             r0, r1 = bound
             np.multiply(x2[r0:r1], scale, out=out[r0:r1])
             out[r0:r1] += shift
+            self.neuron_on(out[r0:r1])
             if xhat is not None:
                 np.subtract(x2[r0:r1], mean, out=xhat[r0:r1])
                 xhat[r0:r1] *= inv_std
@@ -383,7 +386,7 @@ class BatchNorm(Layer):
         running_var[...] = m * running_var + (1 - m) * unbiased.astype(running_var.dtype, copy=False)
         inv_std = (1 / xp.sqrt(var + self.props.epsilon)).astype(x.dtype, copy=False)
         xhat = (x2 - mean) * inv_std
-        out = xhat * gamma + beta
+        out = self.neuron_on(xhat * gamma + beta)
         return out.reshape(shape), (xhat.reshape(shape), inv_std, gamma, True)
 
     def _backward_split(self, dout, xhat, inv_std, gamma, ctx):

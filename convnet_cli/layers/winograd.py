@@ -178,8 +178,9 @@ def _chunk_cases(n, th, tw, c, f, itemsize):
 
 
 # -- forward / backward of a conv layer ------------------------------------------------------------------
-def conv_forward(x, w33, bias, ph, pw, out=None):
-    """x (N, H, W, C), w33 (3, 3, C, F), bias (F,), (Ho, Wo, F) or None -> out (N, Ho, Wo, F), stride 1."""
+def conv_forward(x, w33, bias, ph, pw, out=None, post=None):
+    """x (N, H, W, C), w33 (3, 3, C, F), bias (F,), (Ho, Wo, F) or None -> out (N, Ho, Wo, F), stride 1.
+    post: None, or a function applied in place to each chunk of cases of out once it is done (a relu)."""
     n, h, w, c = x.shape
     f = w33.shape[3]
     ho, wo = h + 2 * ph - 2, w + 2 * pw - 2
@@ -210,6 +211,8 @@ def conv_forward(x, w33, bias, ph, pw, out=None):
             out[n0:n1] = dst[:, :ho, :wo]
         if bias is not None:
             out[n0:n1] += bias
+        if post is not None:
+            post(out[n0:n1])
 
     parallel_map(chunk, bounds, threads)
     return out
