@@ -85,7 +85,7 @@ def test_transposed_input_gradient_equals_per_offset_gemms(shape, keys, monkeypa
         np.testing.assert_allclose(grads[k], ref[k], rtol=1e-12, atol=1e-12)
 
 
-# -- a relu applied by the conv / batchnorm layer to each chunk of its output (Layer.fuses_neuron) ----------
+# -- a relu applied by the conv / batchnorm / pool layer to each chunk of its output (Layer.fuses_neuron) ----------
 FUSED_NET = """\
 data: {type: data, dataIdx: 0}
 labels: {type: data, dataIdx: 1}
@@ -93,14 +93,19 @@ c1: {type: conv, inputs: data, filters: 6, filterSize: 3, padding: 1, neuron: re
 bn1: {type: batchnorm, inputs: c1, neuron: relu}
 c2: {type: conv, inputs: bn1, filters: 5, filterSize: 1, neuron: relu}
 c3: {type: conv, inputs: [bn1, c2], filters: 4, filterSize: 3, padding: 1, stride: 2, neuron: relu}
-fc: {type: fc, inputs: c3, outputs: 3}
+c4: {type: conv, inputs: c3, filters: 4, filterSize: 1}
+p1: {type: pool, inputs: c4, pool: max, sizeX: 3, stride: 2, neuron: relu}
+p2: {type: pool, inputs: c4, pool: avg, sizeX: 2, neuron: relu}
+p3: {type: pool, inputs: c4, pool: avg, sizeX: all, neuron: relu}
+p4: {type: pool, inputs: c4, pool: max, sizeX: all, neuron: relu}
+fc: {type: fc, inputs: [p1, p2, p3, p4], outputs: 3}
 probs: {type: softmax, inputs: fc}
 cost: {type: cost.logreg, inputs: [labels, probs]}
 """
 
 
 @pytest.mark.parametrize("algo", ["direct", "winograd"])
-def test_relu_fused_into_conv_and_batchnorm_equals_the_net_applying_it(monkeypatch, algo):
+def test_relu_fused_into_conv_batchnorm_and_pool_equals_the_net_applying_it(monkeypatch, algo):
     from convnet_cli.net import Net
 
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
@@ -108,7 +113,7 @@ def test_relu_fused_into_conv_and_batchnorm_equals_the_net_applying_it(monkeypat
     monkeypatch.setattr(conv_mod, "CHUNK_BYTES", 1)
     net = Net.from_text(FUSED_NET, "", (2, 9, 11), seed=0)
     fused = [l.name for l in net.layers if l.chunk_neuron is not None]
-    assert fused == ["c1", "bn1", "c2", "c3"]
+    assert fused == ["c1", "bn1", "c2", "c3", "p1", "p2", "p3", "p4"]
     rng = np.random.default_rng(0)
     data = {0: rng.standard_normal((7, 9, 11, 2)).astype(np.float32), 1: rng.integers(0, 3, 7)}
 
@@ -127,7 +132,8 @@ def test_relu_fused_into_conv_and_batchnorm_equals_the_net_applying_it(monkeypat
         assert gc.keys() == wc.keys() and all(np.array_equal(gc[k], wc[k]) for k in gc)
         for k in wo:
             np.testing.assert_array_equal(go[k], wo[k], err_msg=k)
-        assert (go["c1"] == 0).any()  # the relu did clip something
+        for k in ("c1", "p1", "p2"):
+            assert (go[k] == 0).any(), k  # the relu did clip something
         for layer, g in wg.items():
             for name, arr in g.items():
                 np.testing.assert_array_equal(gg[layer][name], arr, err_msg=f"{layer}.{name}")

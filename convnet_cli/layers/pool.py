@@ -88,6 +88,7 @@ class PoolLayer(Layer):
     """x: (N, H, W, C) -> (N, Ho, Wo, C)."""
 
     type = "pool"
+    fuses_neuron = True  # every NumPy path of forward applies `chunk_neuron` (CuPy: the net applies it)
     keys = {
         "pool": Key("str", choices=("max", "avg"), doc="max or avg"),
         "sizeX": Key("int_or_all", doc="window size, an int, [h, w], or 'all' for global pooling"),
@@ -171,7 +172,7 @@ class PoolLayer(Layer):
             if _is_cupy(x):
                 out, idx = pool_forward_cupy(x, self, is_max)
             else:  # inference (keep_cache False) needs no argmax
-                out, idx = pool_forward_numpy(x, self, is_max, want_idx=ctx.keep_cache)
+                out, idx = pool_forward_numpy(x, self, is_max, want_idx=ctx.keep_cache, post=self.neuron_on)
             return out, (x.shape, idx)
         n, h, w, c = x.shape
         out = xp.empty((n, 1, 1, c), dtype=x.dtype)
@@ -184,12 +185,14 @@ class PoolLayer(Layer):
             def chunk(n0, n1):
                 idx[n0:n1] = x3[n0:n1].argmax(axis=1)
                 o2[n0:n1] = xp.take_along_axis(x3[n0:n1], idx[n0:n1, None, :], axis=1)[:, 0, :]
+                self.neuron_on(o2[n0:n1])
         else:
             idx = None
             scale = 1.0 / (h * w)
 
             def chunk(n0, n1):
                 xp.multiply(x3[n0:n1].sum(axis=1), scale, out=o2[n0:n1])
+                self.neuron_on(o2[n0:n1])
         run_chunks(chunk, n, per_case, xp)
         return out, (x.shape, idx)
 
@@ -228,9 +231,10 @@ def _is_cupy(a) -> bool:
     return type(a).__module__.startswith("cupy")
 
 
-def pool_forward_numpy(x, geo, is_max: bool, want_idx: bool = True):
+def pool_forward_numpy(x, geo, is_max: bool, want_idx: bool = True, post=None):
     """x: (N, H, W, C) -> (out, idx), by slices of the window offsets over chunks of cases (threads).
-    want_idx False (inference): max pooling without the argmax, idx None."""
+    want_idx False (inference): max pooling without the argmax, idx None. post: None, or a function
+    applied in place to each chunk of out once it is done (the layer's fused relu)."""
     xp = get_array_module(x)
     n, h, w, c = x.shape
     _, oh, ow = geo.out_shape
@@ -265,6 +269,8 @@ def pool_forward_numpy(x, geo, is_max: bool, want_idx: bool = True):
                 step = xp.subtract(k, av, dtype=av.dtype)
                 step *= better
                 av += step
+            if post is not None:
+                post(o)
     else:
         idx = None
         inv = geo._inv_count(xp, x.dtype)
@@ -280,6 +286,8 @@ def pool_forward_numpy(x, geo, is_max: bool, want_idx: bool = True):
             for k, (lh, hh), (lw, hw), rs, cs in offsets[1:]:
                 o[:, lh:hh, lw:hw, :] += xc[:, rs, cs, :]
             o *= inv
+            if post is not None:
+                post(o)
 
     run_chunks(chunk, n, per_case, xp)
     return out, idx
