@@ -218,6 +218,9 @@ def get_world():
             raise ConfigError(
                 f"{launcher} started {size} processes but mpi4py's MPI sees {world.size}: mpi4py was built "
                 "for another MPI than the launcher on PATH; use the mpiexec of the MPI mpi4py was built with")
+        from convnet_cli.layers.cpu_threads import share_cores
+
+        share_cores(world.local_size)  # the compute threads of the processes on one node share its cores
     _WORLD.append(world)
     return world
 

@@ -148,3 +148,21 @@ def test_fc_gives_the_same_bits_on_any_thread_count(monkeypatch, small_chunks):
     x = nhwc((5, 4, 6), n=70, dtype=np.float32)
     dout = np.random.default_rng(3).standard_normal((70, 1, 1, 40)).astype(np.float32)
     _same_bits_at_1_and_3_threads(monkeypatch, lambda: _run_layer(layer, x, params, dout))
+
+
+def test_processes_of_one_job_on_a_node_share_its_cores(monkeypatch):
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(cpu_threads.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(cpu_threads.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(cpu_threads, "_NODE_PROCESSES", [1])
+    assert cpu_threads.compute_threads() == 8
+    cpu_threads.share_cores(3)
+    assert cpu_threads.compute_threads() == 2
+    cpu_threads.share_cores(16)
+    assert cpu_threads.compute_threads() == 1
+    # a launcher that bound this process to 2 of the 8 cores already gave it its share
+    monkeypatch.setattr(cpu_threads.os, "sched_getaffinity", lambda pid: {4, 5}, raising=False)
+    assert cpu_threads.compute_threads() == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")  # a thread count that is set wins
+    assert cpu_threads.compute_threads() == 5

@@ -17,7 +17,7 @@ blocks of chunks, row blocks), every output element is computed by one piece, an
 gradients) are taken in piece order by the calling thread.
 
 The thread count is the first of OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS that is set, else
-the cores this process may use.
+the cores this process may use (under an MPI launcher, its share of the node's cores: `share_cores`).
 """
 from __future__ import annotations
 
@@ -39,13 +39,29 @@ _BLAS_ONE = {}  # pid -> True when this process's BLAS was set to one thread, Fa
 _BLAS_WIDE = [0]  # > 0 inside `blas_threads`: BLAS has its threads back, so GEMMs are not split here
 
 
+_NODE_PROCESSES = [1]  # processes of this MPI job on this node (parallel.get_world), sharing its cores
+
+
+def share_cores(processes_on_node: int):
+    """Tell the pool that this many processes of one job run on this node: unless a thread count is set,
+    each takes its share of the cores (a launcher that binds each process to its own cores already gave
+    each process only those, and then nothing is divided)."""
+    _NODE_PROCESSES[0] = max(1, int(processes_on_node))
+
+
 def compute_threads() -> int:
-    """Threads for parallel work: the thread setting if one is given, else the usable cores."""
+    """Threads for parallel work: the thread setting if one is given, else the usable cores (this
+    process's share of them when several processes of an MPI job share the node)."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         v = os.environ.get(var, "").strip()
         if v.isdigit() and int(v) > 0:
             return int(v)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if not hasattr(os, "sched_getaffinity"):
+        return max(1, (os.cpu_count() or 1) // _NODE_PROCESSES[0])
+    usable = len(os.sched_getaffinity(0))
+    if usable < (os.cpu_count() or usable):  # bound to some cores by the launcher: they are this process's
+        return usable
+    return max(1, usable // _NODE_PROCESSES[0])
 
 
 def _blas_libraries():
