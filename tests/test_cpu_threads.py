@@ -166,3 +166,23 @@ def test_processes_of_one_job_on_a_node_share_its_cores(monkeypatch):
     assert cpu_threads.compute_threads() == 2
     monkeypatch.setenv("OMP_NUM_THREADS", "5")  # a thread count that is set wins
     assert cpu_threads.compute_threads() == 5
+
+
+@pytest.mark.parametrize("kind", ["rnorm", "cmrnorm"])
+def test_response_norm_in_chunks_on_threads_equals_the_whole_batch(monkeypatch, kind):
+    from convnet_cli.layers import pool as pool_mod
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setattr(pool_mod, "CHUNK_BYTES", 1)  # one case per chunk
+    layer = make_layer(kind, [(6, 5, 7)], size=3)
+    x = nhwc((6, 5, 7), n=9, dtype=np.float32)
+    dout = nhwc((6, 5, 7), n=9, seed=4, dtype=np.float32)
+    h = layer.hyper
+    ctx = Context(xp=np, train=True)
+    out, cache = layer.forward([x], {}, ctx)
+    (dx,), _ = layer.backward(dout, cache, {}, ctx)
+    want_out, denom = norm_mod.response_norm_forward_numpy(x, kind, 3, h.minDiv, h.scale, layer.window_count, h.pow)
+    want_dx = norm_mod.response_norm_backward_numpy(x, denom, want_out, dout, kind, 3, h.scale, layer.window_count,
+                                                    h.pow)
+    np.testing.assert_array_equal(out, want_out)
+    np.testing.assert_array_equal(dx, want_dx)

@@ -23,6 +23,7 @@ import numpy as np  # host arrays for init_params only; compute takes ctx.xp
 from convnet_cli.backend import cuda_elementwise
 from convnet_cli.layers.base import Key, Layer, register
 from convnet_cli.layers.cpu_threads import blocks, chunk_bounds, ordered_sum, parallel_map, parallel_threads
+from convnet_cli.layers.pool import run_chunks
 
 
 def _axis_slice(ndim: int, axis: int, start: int, stop: int) -> tuple:
@@ -199,15 +200,33 @@ class _ResponseNorm(Layer):
         """x: (N, H, W, C) -> out of the same shape."""
         x = xs[0]
         h = self.hyper
-        fn = response_norm_forward_cupy if _is_cupy(x) else response_norm_forward_numpy
-        out, denom = fn(x, self.type, self.props.size, h.minDiv, h.scale, self.window_count, h.pow)
+        args = (self.type, self.props.size, h.minDiv, h.scale, self.window_count, h.pow)
+        if _is_cupy(x):
+            out, denom = response_norm_forward_cupy(x, *args)
+            return out, (x, denom, out)
+        # On the CPU, in chunks of cases (a window never leaves its case) that stay in the cache, over the
+        # threads: the same arithmetic per case as on the whole batch, so the same bits.
+        out, denom = np.empty_like(x), np.empty_like(x)
+
+        def chunk(n0, n1):
+            out[n0:n1], denom[n0:n1] = response_norm_forward_numpy(x[n0:n1], *args)
+
+        run_chunks(chunk, x.shape[0], x[0].nbytes, np)
         return out, (x, denom, out)
 
     def backward(self, dout, cache, params, ctx):
         x, denom, out = cache
         h = self.hyper
-        fn = response_norm_backward_cupy if _is_cupy(x) else response_norm_backward_numpy
-        return [fn(x, denom, out, dout, self.type, self.props.size, h.scale, self.window_count, h.pow)], {}
+        args = (self.type, self.props.size, h.scale, self.window_count, h.pow)
+        if _is_cupy(x):
+            return [response_norm_backward_cupy(x, denom, out, dout, *args)], {}
+        dx = np.empty_like(dout)
+
+        def chunk(n0, n1):
+            dx[n0:n1] = response_norm_backward_numpy(x[n0:n1], denom[n0:n1], out[n0:n1], dout[n0:n1], *args)
+
+        run_chunks(chunk, x.shape[0], x[0].nbytes, np)
+        return [dx], {}
 
 
 @register
