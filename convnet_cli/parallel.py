@@ -268,6 +268,8 @@ def shares(n: int, size: int) -> list:
 # How long a rank other than 0 that failed waits for rank 0 to report the same error (and abort the job)
 # before it reports its own: user errors are usually the same on every rank, and one message is enough.
 GRACE_SECONDS = 5.0
+# How long a failed rank waits between writing its message and MPI_Abort (see collective_errors).
+ABORT_OUTPUT_SECONDS = 0.5
 
 
 @contextlib.contextmanager
@@ -294,6 +296,9 @@ def collective_errors(world=None):
             message = message.replace("convnet: error:", f"convnet: error (rank {world.rank}):", 1)
         sys.stderr.write(message + "\n")
         sys.stderr.flush()
+        # The launcher forwards each process's output through its own proxies, and MPI_Abort tears them down
+        # at once: without a moment's wait the message was lost about once in 30 two-rank runs (MPICH).
+        time.sleep(ABORT_OUTPUT_SECONDS)
         world.abort(code)
         os._exit(code)  # MPI_Abort does not return; should it, this process must not carry on either
 

@@ -1,5 +1,6 @@
 """The CPU thread pool (convnet_cli/layers/cpu_threads.py): work spread over threads gives the same bits as
 one thread, for every path that uses it, and errors in a worker reach the caller."""
+import os
 import threading
 
 import numpy as np
@@ -72,7 +73,7 @@ def test_blas_is_set_to_one_thread_where_it_can_be(monkeypatch):
     if not _pool_works():
         pytest.skip("no BLAS thread setter found in this process (not OpenBLAS/MKL/BLIS, or not Linux): "
                     "the chunks run in order and BLAS keeps its threads")
-    assert cpu_threads._SETTER_FNS
+    assert cpu_threads._BLAS_ONE[os.getpid()]
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert cpu_threads.parallel_threads(np, 4) == 1
 
@@ -186,3 +187,15 @@ def test_response_norm_in_chunks_on_threads_equals_the_whole_batch(monkeypatch, 
                                                     h.pow)
     np.testing.assert_array_equal(out, want_out)
     np.testing.assert_array_equal(dx, want_dx)
+
+
+@pytest.mark.parametrize("type_name, extra", [("lstm", {}), ("gru", {}), ("rnn", {}), ("lstm", {"bidirectional": 1})])
+def test_recurrent_weight_gradients_beside_the_loop_give_the_same_bits(monkeypatch, type_name, extra):
+    """The weight gradients of each block of steps run on a pool thread while the backward loop goes on
+    (RecurrentLayer, _WeightGrads); on one thread they run in the loop. Same blocks, same sums."""
+    layer = make_layer(type_name, [(5, 2, 19)], outputs=6, **extra)
+    params = {k: v.astype(np.float32) for k, v in layer.init_params(np.random.default_rng(0)).items()}
+    x = nhwc((5, 2, 19), n=4, dtype=np.float32)
+    c, h, w = layer.out_shape
+    dout = np.random.default_rng(2).standard_normal((4, h, w, c)).astype(np.float32)
+    _same_bits_at_1_and_3_threads(monkeypatch, lambda: _run_layer(layer, x, params, dout))

@@ -36,7 +36,6 @@ _POOL = None
 _POOL_PID = None
 _POOL_LOCK = threading.Lock()
 _BLAS_ONE = {}  # pid -> True when this process's BLAS was set to one thread, False when it cannot be
-_BLAS_WIDE = [0]  # > 0 inside `blas_threads`: BLAS has its threads back, so GEMMs are not split here
 
 
 _NODE_PROCESSES = [1]  # processes of this MPI job on this node (parallel.get_world), sharing its cores
@@ -79,14 +78,10 @@ _SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads
             "openblas_set_num_threads", "MKL_Set_Num_Threads", "bli_thread_set_num_threads")
 
 
-_SETTER_FNS = []  # the thread-count setters found in this process's BLAS libraries
-
-
 def _set_blas_one_thread() -> bool:
     import numpy  # noqa: F401  (loads numpy's BLAS, so that it is among the mapped libraries)
 
     done = False
-    _SETTER_FNS.clear()
     for path in _blas_libraries():
         try:
             lib = ctypes.CDLL(path)
@@ -98,34 +93,9 @@ def _set_blas_one_thread() -> bool:
                 fn.argtypes = [ctypes.c_int]
                 fn.restype = None
                 fn(1)
-                _SETTER_FNS.append(fn)
                 done = True
                 break
     return done
-
-
-class blas_threads:
-    """`with blas_threads(xp):` BLAS on all the configured threads for a stretch of code with small
-    sequential GEMMs and no work for this pool (the step loop of a recurrent layer: one GEMM per time
-    step, too small to hand out in pieces); back to one thread at the end."""
-
-    def __init__(self, xp):
-        self.on = parallel_threads(xp, 2) > 1 and bool(_SETTER_FNS)
-
-    def __enter__(self):
-        if self.on:
-            _BLAS_WIDE[0] += 1
-            for fn in _SETTER_FNS:
-                fn(compute_threads())
-        return self
-
-    def __exit__(self, *exc):
-        if self.on:
-            _BLAS_WIDE[0] -= 1
-            if not _BLAS_WIDE[0]:
-                for fn in _SETTER_FNS:
-                    fn(1)
-        return False
 
 
 def parallel_threads(xp, work_items: int) -> int:
@@ -136,7 +106,7 @@ def parallel_threads(xp, work_items: int) -> int:
     if xp.__name__ != "numpy" or work_items <= 1:
         return 1
     threads = compute_threads()
-    if threads <= 1 or threading.current_thread().name.startswith("convnet-pool") or _BLAS_WIDE[0]:
+    if threads <= 1 or threading.current_thread().name.startswith("convnet-pool"):
         return 1
     pid = os.getpid()
     if pid not in _BLAS_ONE:
@@ -162,6 +132,12 @@ def _executor(workers):
             _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convnet-pool")
             _POOL_PID = os.getpid()
         return _POOL
+
+
+def background_executor():
+    """The pool, for work that runs beside the calling thread's own (a recurrent layer's weight
+    gradients beside its step loop); the caller waits on the futures it submits."""
+    return _executor(max(1, compute_threads() - 1))
 
 
 def _run_share(fn, worker, items, results, first):
