@@ -22,7 +22,8 @@ import numpy as np  # host arrays for init_params only; compute takes ctx.xp
 
 from convnet_cli.backend import cuda_elementwise
 from convnet_cli.layers.base import Key, Layer, register
-from convnet_cli.layers.cpu_threads import blocks, chunk_bounds, ordered_sum, parallel_map, parallel_threads
+from convnet_cli.layers.cpu_threads import (blocks, chunk_bounds, elementwise_threads, ordered_sum, parallel_map,
+                                            parallel_threads)
 from convnet_cli.layers.pool import run_chunks
 
 
@@ -493,9 +494,9 @@ def _row_bounds(x2):
 
 
 def _row_chunks_map(fn, x2):
-    """fn(worker, (r0, r1)) for chunks of rows of x2, over the threads."""
+    """fn(worker, (r0, r1)) for chunks of rows of x2 (element-wise work), over the threads."""
     bounds = _row_bounds(x2)
-    parallel_map(fn, bounds, parallel_threads(np, len(bounds)))
+    parallel_map(fn, bounds, elementwise_threads(np, len(bounds)))
 
 
 def _row_blocks_map(fn, x2):

@@ -82,7 +82,7 @@ def lstm_cell_forward_numpy(pre, c_prev, out=None):
     act: (N, 4O) the activated gates, kept for lstm_cell_backward. `out=(h, c, act)` writes the results
     into those arrays instead of new ones (act may be `pre` itself: the layer's loop overwrites each
     step's pre-activations with its gates); every operation then runs in place, with no temporary the
-    size of the gates, which is what the per-step cost of a CPU LSTM comes down to."""
+    size of the gates."""
     xp = get_array_module(pre)
     units = c_prev.shape[1]
     scale, shift, _ = _lstm_gate_consts(xp, units, pre.dtype.str)
