@@ -44,7 +44,7 @@ class Net:
             if l.in_names and l.skips_input_grads:
                 l.input_grads = not all(self.by_name[i].is_data for i in l.in_names)
         # On the CPU a relu (a neuron with forward_inplace) is applied by a layer that can do so on each chunk
-        # of its output while the chunk is in the cache (conv, batchnorm): one pass over memory less.
+        # of its output while the chunk is in the cache (conv, batchnorm, pool): one pass over memory less.
         for l in layers:
             fusable = l.fuses_neuron and l.neuron is not None and l.neuron.forward_inplace is not None
             l.chunk_neuron = l.neuron if fusable and backend.xp.__name__ == "numpy" else None

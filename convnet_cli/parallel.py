@@ -297,7 +297,8 @@ def collective_errors(world=None):
         sys.stderr.write(message + "\n")
         sys.stderr.flush()
         # The launcher forwards each process's output through its own proxies, and MPI_Abort tears them down
-        # at once: without a moment's wait the message was lost about once in 30 two-rank runs (MPICH).
+        # at once: without a moment's wait the message was lost now and then (MPICH: 3 of some 25 runs of
+        # tests/test_mpi.py lost one).
         time.sleep(ABORT_OUTPUT_SECONDS)
         world.abort(code)
         os._exit(code)  # MPI_Abort does not return; should it, this process must not carry on either

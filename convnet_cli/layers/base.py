@@ -11,8 +11,8 @@ not fit) and provides, cs231n style:
     backward(dout, cache, params, ctx)   -> (dxs, grads)                  (dxs: one per input, or None)
 
 Besides `keys`, a class declares what the net and the parser need to know about it as class attributes
-(`is_data`, `is_cost`, `weights_per_input`, `owns_neuron`, `skips_input_grads`, `fuses_with`, `fuses_neuron`, `learned`,
-`hyper_defaults`); see `Layer`.
+(`is_data`, `is_cost`, `weights_per_input`, `owns_neuron`, `skips_input_grads`, `fuses_with`, `fuses_neuron`,
+`learned`, `hyper_defaults`); see `Layer`.
 
 Shapes: a layer's output shape is given per case as (C, H, W), as in cuda-convnet. Activations are held
 in NHWC layout, `x: (N, H, W, C)`, because im2col by strided views and the GEMM that follows want the

@@ -4,8 +4,8 @@ weights (or weights.i for input i): (outputs, inputs_i) with each input flattene
 a PyTorch `nn.Linear` takes them as they are after `x.flatten(1)` of an NCHW tensor. Output (outputs, 1, 1).
 """
 from convnet_cli.layers.base import Key, Layer, PerInputWeights, register
-from convnet_cli.layers.init import INIT_KINDS
 from convnet_cli.layers.cpu_threads import matmul
+from convnet_cli.layers.init import INIT_KINDS
 
 
 def flatten_chw(x):
