@@ -199,3 +199,23 @@ def test_recurrent_weight_gradients_beside_the_loop_give_the_same_bits(monkeypat
     c, h, w = layer.out_shape
     dout = np.random.default_rng(2).standard_normal((4, h, w, c)).astype(np.float32)
     _same_bits_at_1_and_3_threads(monkeypatch, lambda: _run_layer(layer, x, params, dout))
+
+
+def test_where_blas_cannot_be_set_to_one_thread_the_gemm_chunks_run_in_order(monkeypatch, small_chunks):
+    """Another BLAS (or OS) without a thread setter: no GEMM work goes to the pool (BLAS keeps its own
+    threads), element-wise work still does, and the results are the same bits."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setitem(cpu_threads._BLAS_ONE, os.getpid(), False)
+    assert cpu_threads.parallel_threads(np, 8) == 1
+    assert cpu_threads.elementwise_threads(np, 8) == 3
+    layer = make_layer("conv", [(5, 9, 11)], filters=8, filterSize=3, padding=1)
+    layer.input_grads = True
+    params = {k: v.astype(np.float32) for k, v in layer.init_params(np.random.default_rng(0)).items()}
+    x = nhwc((5, 9, 11), n=13, dtype=np.float32)
+    dout = np.random.default_rng(2).standard_normal((13, 9, 11, 8)).astype(np.float32)
+    monkeypatch.setenv("CONVNET_CONV_ALGO", "direct")
+    fallback = _run_layer(layer, x, params, dout)
+    monkeypatch.setitem(cpu_threads._BLAS_ONE, os.getpid(), True)
+    pooled = _run_layer(layer, x, params, dout)
+    for a, b in zip(fallback, pooled):
+        np.testing.assert_array_equal(a, b)
