@@ -44,6 +44,13 @@ def _with_decay(w, g, wc):
     return g + wc * w if wc else g
 
 
+def _running_mean(avg, rho, value):
+    """avg = rho * avg + (1 - rho) * value, in place: the decaying averages of rmsprop and adadelta."""
+    avg *= rho
+    avg += (1 - rho) * value
+    return avg
+
+
 def _is_cupy(a) -> bool:
     return type(a).__module__.startswith("cupy")
 
@@ -224,9 +231,7 @@ class RMSprop(UpdateRule):
         g = _with_decay(w, g, wc)
         rho = self.hyper(spec, "rho")
         eps = self.hyper(spec, "epsilon")
-        sq = _zeros(state, "square_avg", w)
-        sq *= rho
-        sq += (1 - rho) * (g * g)
+        sq = _running_mean(_zeros(state, "square_avg", w), rho, g * g)
         scaled = g / (xp.sqrt(sq) + eps)
         if mom:
             buf = _zeros(state, "momentum", w)
@@ -305,13 +310,10 @@ class Adadelta(UpdateRule):
         g = _with_decay(w, g, wc)
         rho = self.hyper(spec, "rho")
         eps = self.hyper(spec, "epsilon")
-        sq = _zeros(state, "square_avg", w)
+        sq = _running_mean(_zeros(state, "square_avg", w), rho, g * g)
         acc_delta = _zeros(state, "acc_delta", w)
-        sq *= rho
-        sq += (1 - rho) * (g * g)
         delta = xp.sqrt(acc_delta + eps) / xp.sqrt(sq + eps) * g
-        acc_delta *= rho
-        acc_delta += (1 - rho) * (delta * delta)
+        _running_mean(acc_delta, rho, delta * delta)
         w -= lr * delta
 
     def update_gpu(self, w, g, state, lr, mom, wc, spec):

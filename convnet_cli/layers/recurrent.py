@@ -455,11 +455,6 @@ class RecurrentLayer(Layer):
         out += b
         return out
 
-    @staticmethod
-    def _weight_grads(seq, dpre_x, hs, dpre_h, p, xp):
-        """A _WeightGrads for one direction's backward loop (see there)."""
-        return _WeightGrads(seq, dpre_x, hs, dpre_h, p, xp)
-
 
 class _WeightGrads:
     """Weight, bias and input gradients of one direction, taken per fixed block of time steps while the
@@ -555,7 +550,7 @@ class RNNLayer(RecurrentLayer):
     def _back(self, dhs, cache, p, xp):
         seq, hs = cache
         dpre = xp.empty_like(hs)
-        wg = self._weight_grads(seq, dpre, hs, dpre, p, xp)
+        wg = _WeightGrads(seq, dpre, hs, dpre, p, xp)
         whh = p["weight_hh"]
         dh_next = None
         for t in range(hs.shape[0] - 1, -1, -1):
@@ -600,7 +595,7 @@ class LSTMLayer(RecurrentLayer):
         c0 = xp.zeros_like(hs[0])
         dh = xp.empty_like(hs[0])
         dc = xp.zeros_like(hs[0])  # the gradient reaching c from the step after; updated in place
-        wg = self._weight_grads(seq, dpre, hs, dpre, p, xp)
+        wg = _WeightGrads(seq, dpre, hs, dpre, p, xp)
         for t in range(steps - 1, -1, -1):
             if t == steps - 1:
                 dh[...] = dhs[t]
@@ -640,7 +635,7 @@ class GRULayer(RecurrentLayer):
         dhg = xp.empty_like(acts)
         whh = p["weight_hh"]
         zeros = xp.zeros_like(hs[0])
-        wg = self._weight_grads(seq, dxg, hs, dhg, p, xp)
+        wg = _WeightGrads(seq, dxg, hs, dhg, p, xp)
         dh_next = None
         for t in range(hs.shape[0] - 1, -1, -1):
             dh = dhs[t] if dh_next is None else dhs[t] + dh_next
