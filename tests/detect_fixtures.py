@@ -43,6 +43,15 @@ def write_recording(path, seconds: float, events=(), sr: int = 2000, seed: int =
     return str(path)
 
 
+def many_recordings(folder, count: int = 40):
+    """`count` 4-minute 1 kHz recordings with one tone each: enough work for a detect run to be
+    interrupted part of the way through (the Ctrl-C tests)."""
+    folder.mkdir()
+    for i in range(count):
+        write_recording(folder / f"r{i:02d}.wav", 240, [(100.0, 102.0)], sr=1000, seed=i)
+    return folder
+
+
 def tone_checkpoint(path, window_hop: float | None = 0.5) -> str:
     spec = FeatureSpec.from_dict(FEATURES)
     sr, n = spec.sample_rate, spec.num_samples

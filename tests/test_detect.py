@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from convnet_cli.data.skipped_list import parse_skipped
-from tests.detect_fixtures import tone_checkpoint, write_recording
+from tests.detect_fixtures import many_recordings, tone_checkpoint, write_recording
 from tests.helpers import invoke
 
 TONES_A = [(10.0, 12.0), (30.0, 31.5), (45.0, 48.0)]
@@ -206,10 +206,7 @@ def test_ctrl_c_during_a_table_write_leaves_no_torn_table(setup, monkeypatch):
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
 def test_sigint_to_a_running_detect_exits_130_with_complete_tables(tmp_path):
     ck = tone_checkpoint(tmp_path / "best.npz")
-    rec = tmp_path / "rec"
-    rec.mkdir()
-    for i in range(40):
-        write_recording(rec / f"r{i:02d}.wav", 240, [(100.0, 102.0)], sr=1000, seed=i)
+    rec = many_recordings(tmp_path / "rec")
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
     p = subprocess.Popen([sys.executable, "-m", "convnet_cli", "detect", "-f", str(ck), str(rec), "--out", str(out),

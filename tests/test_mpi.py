@@ -608,13 +608,10 @@ def test_detect_with_two_ranks_writes_what_one_writes_and_resumes_under_any_k(tm
 
 @needs_mpi
 def test_ctrl_c_to_a_two_rank_detect_leaves_one_journal_and_complete_tables(tmp_path):
-    from tests.detect_fixtures import tone_checkpoint, write_recording
+    from tests.detect_fixtures import many_recordings, tone_checkpoint
 
     ck = tone_checkpoint(tmp_path / "best.npz")
-    rec = tmp_path / "rec"
-    rec.mkdir()
-    for i in range(40):
-        write_recording(rec / f"r{i:02d}.wav", 240, [(100.0, 102.0)], sr=1000, seed=i)
+    rec = many_recordings(tmp_path / "rec")
     out = tmp_path / "out"
     proc = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, "-m", "convnet_cli", "detect", "-f", str(ck),
                              str(rec), "--out", str(out), "--quiet"], stdout=subprocess.PIPE,
