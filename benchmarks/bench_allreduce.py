@@ -45,7 +45,7 @@ NETWORKS = {"10 Gb/s": (10e9 / 8, 25e-6), "100 Gb/s": (100e9 / 8, 3e-6)}
 
 def starter_configs():
     """[(name, layer-def, params, data shape (C, H, W))] of the packaged configs."""
-    from convnet_cli.commands.make_batches import load_feature_spec
+    from convnet_cli.ingest.features import FeatureSpec
 
     out = []
     for path in sorted(glob.glob(os.path.join(CONFIGS, "*.yaml"))):
@@ -55,7 +55,7 @@ def starter_configs():
         params = base + "-params.yaml"
         feats = [f for f in (base + "-features.yaml", base.replace("-small", "") + "-features.yaml")
                  if os.path.exists(f)]
-        shape = tuple(load_feature_spec(feats[0]).shape) if feats else (3, 32, 32)  # cifar: 32x32 RGB
+        shape = tuple(FeatureSpec.from_file(feats[0]).shape) if feats else (3, 32, 32)  # cifar: 32x32 RGB
         out.append((os.path.basename(base), path, params if os.path.exists(params) else None, shape))
     return out
 

@@ -61,9 +61,9 @@ def write_table(path, calls):
 STREAM = r"""
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
-from convnet_cli.commands.make_batches import load_feature_spec
+from convnet_cli.ingest.features import FeatureSpec
 from convnet_cli.ingest.windows import iter_window_features
-spec = load_feature_spec({features!r})
+spec = FeatureSpec.from_file({features!r})
 import scipy.signal, scipy.fft, soundfile  # imports outside the timing
 t0 = time.perf_counter()
 n = 0
@@ -76,9 +76,9 @@ print(json.dumps({{"windows": n, "seconds": dt, "maxrss_mb": resource.getrusage(
 MAKE = r"""
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
-from convnet_cli.commands.make_batches import load_feature_spec
+from convnet_cli.ingest.features import FeatureSpec
 from convnet_cli.ingest.recordings import make_batches_from_annotations
-spec = load_feature_spec({features!r})
+spec = FeatureSpec.from_file({features!r})
 t0 = time.perf_counter()
 s = make_batches_from_annotations({rec!r}, {out!r}, {tables!r}, features=spec, window_hop=1.0, min_overlap=0.5,
                  background="background", background_ratio=None, test_fraction=0.0, jobs={jobs}, progress=False, warn=lambda l: None)

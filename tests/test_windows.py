@@ -114,6 +114,38 @@ def test_window_features_equal_clip_features(tmp_path, sr_in, hop_s, channels, k
         np.testing.assert_allclose(got[k], _clip_features(p, got_starts[k], spec), rtol=1e-5, atol=1e-4)
 
 
+@pytest.fixture
+def running_mean_kind():
+    """A feature kind that is not frame-local (each frame is the running mean of the log spectrum so far),
+    registered for one test."""
+    import convnet_cli.ingest.features as feat
+
+    @feat.register_kind
+    class RunningMean(feat.LogSpec):
+        name = "test_running_mean"
+        frame_local = False
+
+        def from_power(self, power, spec, xp):
+            x = super().from_power(power, spec, xp)
+            return (xp.cumsum(x, axis=1) / xp.arange(1, x.shape[1] + 1, dtype=x.dtype)[:, None]).astype(x.dtype)
+
+    yield RunningMean.name
+    del feat.KIND_CLASSES[RunningMean.name]
+    feat.KINDS = tuple(feat.KIND_CLASSES)
+
+
+def test_a_kind_that_is_not_frame_local_never_shares_frames(tmp_path, running_mean_kind):
+    # hop on the STFT grid, where a frame-local kind shares frames between overlapping windows: a kind whose
+    # frames depend on the frames before them must be computed window by window, as a clip
+    spec = FeatureSpec.from_dict({**SPEC.to_dict(), "kind": running_mean_kind})
+    assert not spec.frame_local and FeatureSpec().frame_local
+    p = write_recording(str(tmp_path / "r.flac"), 12.0, sr=2000, calls=[(3.0, 4.0, 180.0)], block_s=5.0)
+    starts, feats = zip(*iter_window_features(p, spec, 1.0, batch=4, block_s=6.0))
+    starts, feats = np.concatenate(starts), np.concatenate(feats)
+    for k in range(len(starts)):
+        np.testing.assert_allclose(feats[k], _clip_features(p, starts[k], spec), rtol=1e-5, atol=1e-4)
+
+
 def test_selected_windows_equal_the_same_windows_of_all(tmp_path):
     p = write_recording(str(tmp_path / "r.wav"), 200.0, sr=4000, calls=[(50, 51, 300)])
     full = np.concatenate([f for _, f in iter_window_features(p, SPEC, 1.0)])

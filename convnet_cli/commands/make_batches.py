@@ -16,29 +16,6 @@ from convnet_cli.ingest.sharded import make_batches_sharded
 from convnet_cli.parallel import collective_errors, get_world
 
 
-def load_feature_spec(features_file=None, overrides=None) -> FeatureSpec:
-    """--features FILE.yaml (its keys at the top, or under a `features:` key), then the flags on top."""
-    from convnet_cli.config.yamlio import load_yaml_text, read_text
-
-    values, source = {}, "features flags"
-    if features_file:
-        source = os.path.basename(features_file)
-        doc = load_yaml_text(read_text(features_file, "features"), source)
-        if doc is None:
-            doc = {}
-        if isinstance(doc, dict) and set(doc) == {"features"} and isinstance(doc["features"], dict):
-            doc = doc["features"]
-        if not isinstance(doc, dict):
-            raise ConfigError(f"{source}: must be a mapping of feature keys (sample_rate, kind, n_mels, …)")
-        FeatureSpec.from_dict(doc, source)  # errors with the file's line numbers before flags mix in
-        values = dict(doc)
-    given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    if given:
-        source = f"{source} + flags" if features_file else "features flags"
-    values.update(given)
-    return FeatureSpec.from_dict(values, source)
-
-
 def _fmax(value):
     if value is None:
         return None
@@ -125,7 +102,7 @@ def _make(world, audio_dir, batch_dir, labels_csv, file_col, label_col, no_label
           background_ratio, noise_dir, noise_snr, copies, gain):
     """The summary of the batch set made (None on a rank that made none)."""
     fmax = _fmax(fmax)
-    spec = load_feature_spec(features_file, dict(
+    spec = FeatureSpec.from_file(features_file, dict(
         sample_rate=sample_rate, duration=duration, kind=kind, n_fft=n_fft, hop=hop, window=window,
         n_mels=n_mels, fmin=fmin, fmax=fmax, n_mfcc=n_mfcc))
     if test_fraction is None:

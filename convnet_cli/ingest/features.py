@@ -17,6 +17,10 @@ Choices (fixed; they are part of what a trained net has seen):
   column, first `n_mfcc` coefficients; H = n_mfcc.
 - No pre-emphasis, no centering, no per-clip normalisation (the batch meta's mean/std does that).
 
+Each kind is a `FeatureKind` class registered with `@register_kind`: it declares its own keys (besides the
+common STFT keys), its image height, its checks, whether it is frame-local, and its transform of the power
+spectrum. Adding a kind is one class here and its test (docs/CONTRIBUTING.md).
+
 FeatureSpec is the validated form of the `features` section (docs/CONFIG.md, 'Features'); every consumer gets one,
 never a raw dict.
 """
@@ -24,13 +28,13 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import dataclass
 
 import numpy
 
 from convnet_cli.errors import ConfigError, did_you_mean
 
-KINDS = ("logmel", "mel", "logspec", "spec", "mfcc")
 WINDOWS = ("hann", "hamming", "blackman")
 LOG_FLOOR = 1e-6
 # Clips per FFT call: the (chunk, W, n_fft) frame tensor is kept near this size. On the host ~2 MiB keeps
@@ -39,22 +43,58 @@ _FRAME_BYTES = 2 * 2 ** 20
 _GPU_FRAME_BYTES = 256 * 2 ** 20
 
 
-@dataclass(frozen=True)
 class FeatureSpec:
-    """How a clip becomes a (1, H, W) array. Build it with `from_dict` (validates) or the defaults."""
+    """How a clip becomes a (1, H, W) array. Build it with `from_dict` (validates) or the defaults.
 
-    sample_rate: int = 16000
-    duration: float = 2.0
-    kind: str = "logmel"
-    n_fft: int = 512
-    hop: int = 160
-    window: str = "hann"
-    n_mels: int = 64
-    fmin: float = 0.0
-    fmax: float | None = None
-    n_mfcc: int = 20
+    The common keys are attributes; so is every key a feature kind declares (`spec.n_mels`, `spec.n_mfcc`),
+    with the kind's default where the spec was not given it. Immutable and hashable (tables are cached by it).
+    """
+
+    __slots__ = ("sample_rate", "duration", "kind", "n_fft", "hop", "window", "_kind_keys")
+
+    def __init__(self, sample_rate: int = 16000, duration: float = 2.0, kind: str = "logmel", n_fft: int = 512,
+                 hop: int = 160, window: str = "hann", **kind_keys):
+        for name, value in (("sample_rate", sample_rate), ("duration", duration), ("kind", kind),
+                            ("n_fft", n_fft), ("hop", hop), ("window", window)):
+            object.__setattr__(self, name, value)
+        unknown = [k for k in kind_keys if k not in KIND_KEYS]
+        if unknown:
+            raise TypeError(f"FeatureSpec: unknown key {unknown[0]!r}")
+        values = {k: key.default for k, key in KIND_KEYS.items()}
+        values.update(kind_keys)
+        object.__setattr__(self, "_kind_keys", tuple(values.items()))
+
+    def __getattr__(self, name):
+        # only reached for names that are not slots: the keys the kinds declare
+        for k, v in object.__getattribute__(self, "_kind_keys"):
+            if k == name:
+                return v
+        raise AttributeError(name)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("FeatureSpec is immutable")
+
+    def __eq__(self, other):
+        return isinstance(other, FeatureSpec) and self._items() == other._items()
+
+    def __hash__(self):
+        return hash(self._items())
+
+    def __repr__(self):
+        return "FeatureSpec(" + ", ".join(f"{k}={v!r}" for k, v in self._items()) + ")"
+
+    def _items(self) -> tuple:
+        return tuple((k, getattr(self, k)) for k in COMMON_KEYS) + self._kind_keys
+
+    def __reduce__(self):   # worker processes get specs by pickling
+        return (_spec_from_items, (self._items(),))
 
     # ---- derived sizes -------------------------------------------------------------------------
+    @property
+    def feature_kind(self) -> "FeatureKind":
+        """The registered class of `kind` (an instance)."""
+        return KIND_CLASSES[self.kind]
+
     @property
     def num_samples(self) -> int:
         """Samples per clip after resampling and crop/pad."""
@@ -68,11 +108,7 @@ class FeatureSpec:
     @property
     def num_bins(self) -> int:
         """H: rows of the feature image."""
-        if self.kind in ("spec", "logspec"):
-            return self.n_fft // 2 + 1
-        if self.kind == "mfcc":
-            return self.n_mfcc
-        return self.n_mels
+        return self.feature_kind.num_bins(self)
 
     @property
     def shape(self) -> tuple:
@@ -80,21 +116,28 @@ class FeatureSpec:
         return (1, self.num_bins, self.num_frames)
 
     @property
+    def frame_local(self) -> bool:
+        """True when each frame's values depend on its own samples only (so overlapping windows of a long
+        recording may share frames: ingest/windows.py)."""
+        return self.feature_kind.frame_local
+
+    @property
     def fmax_hz(self) -> float:
         return float(self.sample_rate) / 2 if self.fmax is None else float(self.fmax)
 
     def to_dict(self) -> dict:
         """Plain dict of the features keys (docs/CONFIG.md) (what batches.meta and checkpoints store)."""
-        d = asdict(self)
-        d["duration"] = float(d["duration"])
-        d["fmin"] = float(d["fmin"])
-        d["fmax"] = None if d["fmax"] is None else float(d["fmax"])
+        d = dict(self._items())
+        for k, v in d.items():
+            kind = _KEYS[k].kind
+            if kind == "float" or (kind == "float_or_null" and v is not None):
+                d[k] = float(v)
         return d
 
     # ---- parsing -------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d, source: str = "features") -> "FeatureSpec":
-        """Validate a mapping of section 2 keys (missing keys take their defaults).
+        """Validate a mapping of features keys (missing keys take their defaults).
 
         Errors are ConfigError naming `source` (the YAML file or '--features flags'), the key, its line
         when `d` came from convnet_cli.config.yamlio, and the fix.
@@ -117,20 +160,43 @@ class FeatureSpec:
                 raise ConfigError(f"{source}: unknown features key '{key}'{did_you_mean(key, _KEYS)}{at(key)}; "
                                   f"keys: {', '.join(_KEYS)}")
         values = {}
-        for key, (kind, lo, choices) in _KEYS.items():
+        for key, k in _KEYS.items():
             if key not in d:
                 continue
             v = d[key]
             try:
-                values[key] = _convert(v, kind, lo, choices)
+                values[key] = _convert(v, k.kind, k.min, KINDS if key == "kind" else k.choices)
             except ValueError as exc:
                 raise ConfigError(f"{source}: {key} {v!r} {exc}{at(key)}") from None
         spec = cls(**values)
         spec._check(source, at)
         return spec
 
+    @classmethod
+    def from_file(cls, features_file=None, overrides=None) -> "FeatureSpec":
+        """--features FILE.yaml (its keys at the top, or under a `features:` key), then `overrides` (the
+        make-batches flags, None where not given) on top. ConfigError naming the file and line."""
+        from convnet_cli.config.yamlio import load_yaml_text, read_text
+
+        values, source = {}, "features flags"
+        if features_file:
+            source = os.path.basename(features_file)
+            doc = load_yaml_text(read_text(features_file, "features"), source)
+            if doc is None:
+                doc = {}
+            if isinstance(doc, dict) and set(doc) == {"features"} and isinstance(doc["features"], dict):
+                doc = doc["features"]
+            if not isinstance(doc, dict):
+                raise ConfigError(f"{source}: must be a mapping of feature keys (sample_rate, kind, n_mels, …)")
+            cls.from_dict(doc, source)  # errors with the file's line numbers before flags mix in
+            values = dict(doc)
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        if given:
+            source = f"{source} + flags" if features_file else "features flags"
+        values.update(given)
+        return cls.from_dict(values, source)
+
     def _check(self, source, at=lambda key: ""):
-        nyquist = self.sample_rate / 2
         if self.sample_rate > MAX_RATE:
             raise ConfigError(f"{source}: sample_rate {self.sample_rate} is above {MAX_RATE:,} Hz{at('sample_rate')}; "
                               "give the rate the features should use (e.g. 16000)")
@@ -144,25 +210,11 @@ class FeatureSpec:
             raise ConfigError(
                 f"{source}: duration {self.duration:g} s at {self.sample_rate} Hz is {self.num_samples} samples, "
                 f"fewer than n_fft {self.n_fft}{at('duration')}; raise duration or lower n_fft")
-        if self.kind in ("mel", "logmel", "mfcc"):
-            if self.fmin >= nyquist:
-                raise ConfigError(f"{source}: fmin {self.fmin:g} Hz is not below the Nyquist frequency "
-                                  f"{nyquist:g} Hz{at('fmin')}; lower fmin")
-            if self.fmax is not None and self.fmax > nyquist:
-                raise ConfigError(f"{source}: fmax {self.fmax:g} Hz is above the Nyquist frequency {nyquist:g} Hz "
-                                  f"of sample_rate {self.sample_rate}{at('fmax')}; lower fmax or use null")
-            if self.fmax_hz <= self.fmin:
-                raise ConfigError(f"{source}: fmax {self.fmax_hz:g} Hz must be above fmin {self.fmin:g} Hz"
-                                  f"{at('fmax')}")
-            empty = numpy.flatnonzero(mel_filterbank(self).max(axis=0) <= 0)
-            if empty.size:
-                raise ConfigError(
-                    f"{source}: n_mels {self.n_mels} is too many for n_fft {self.n_fft} between {self.fmin:g} and "
-                    f"{self.fmax_hz:g} Hz: mel band {int(empty[0])} covers no FFT bin{at('n_mels')}; "
-                    "lower n_mels, raise n_fft or widen fmin..fmax")
-        if self.kind == "mfcc" and self.n_mfcc > self.n_mels:
-            raise ConfigError(f"{source}: n_mfcc {self.n_mfcc} is more than n_mels {self.n_mels}{at('n_mfcc')}; "
-                              "lower n_mfcc or raise n_mels")
+        self.feature_kind.check(self, source, at)
+
+
+def _spec_from_items(items) -> FeatureSpec:
+    return FeatureSpec(**dict(items))
 
 
 # A clip is decoded and held whole: 2^27 float32 samples (512 MiB, 2.3 hours at 16 kHz) is the most one may be.
@@ -170,23 +222,172 @@ MAX_CLIP_SAMPLES = 1 << 27
 MAX_RATE = 1_536_000   # as ingest/audio.py's MAX_SAMPLE_RATE
 
 
-# key -> (kind, minimum, choices)
-_KEYS = {
-    "sample_rate": ("int", 100, None),
-    "duration": ("float", 1e-9, None),
-    "kind": ("str", None, KINDS),
-    "n_fft": ("int", 4, None),
-    "hop": ("int", 1, None),
-    "window": ("str", None, WINDOWS),
-    "n_mels": ("int", 1, None),
-    "fmin": ("float", 0.0, None),
-    "fmax": ("float_or_null", 1e-9, None),
-    "n_mfcc": ("int", 1, None),
+@dataclass(frozen=True)
+class FeatureKey:
+    """One features key: kind 'int', 'float', 'float_or_null' or 'str'; the smallest value allowed; the
+    choices of a 'str'; the default."""
+
+    kind: str
+    min: float | None = None
+    choices: tuple = ()
+    default: object = None
+
+
+# The keys every kind reads (the STFT and the clip); a kind's own keys are declared by its class below.
+_COMMON = {
+    "sample_rate": FeatureKey("int", 100, default=16000),
+    "duration": FeatureKey("float", 1e-9, default=2.0),
+    "kind": FeatureKey("str", default="logmel"),
+    "n_fft": FeatureKey("int", 4, default=512),
+    "hop": FeatureKey("int", 1, default=160),
+    "window": FeatureKey("str", choices=WINDOWS, default="hann"),
 }
-KEYS = tuple(_KEYS)
-# Keys make-batches --annotations stores in batches.meta `features` next to the section 2 keys (the window
-# hop detect slides by by default); they are not feature settings, and a features mapping may carry them.
+COMMON_KEYS = tuple(_COMMON)
+# Keys make-batches --annotations stores in batches.meta `features` next to the features keys (the window
+# hop of batch folders made before the window spec had its own entry); they are not feature settings, and
+# a features mapping may carry them.
 NOT_FEATURE_KEYS = ("window_hop",)
+
+
+# ---- feature kinds --------------------------------------------------------------------------------
+
+KIND_CLASSES: dict = {}   # kind name -> FeatureKind instance, in registration order
+KIND_KEYS: dict = {}      # every key a registered kind declares -> FeatureKey
+_KEYS: dict = {}          # common keys, then the kinds' keys: what a features mapping may hold
+
+
+def register_kind(cls):
+    """Class decorator: make a FeatureKind available as `kind: <cls.name>` (its keys become features keys)."""
+    kind = cls()
+    for key, k in cls.keys.items():
+        have = KIND_KEYS.get(key)
+        if have is not None and have != k:
+            raise TypeError(f"feature kind {cls.name}: key {key!r} is declared differently by another kind")
+        KIND_KEYS[key] = k
+    KIND_CLASSES[cls.name] = kind
+    _KEYS.clear()
+    _KEYS.update(_COMMON)
+    _KEYS.update(KIND_KEYS)
+    global KINDS, KEYS
+    KINDS = tuple(KIND_CLASSES)
+    KEYS = tuple(_KEYS)
+    return cls
+
+
+class FeatureKind:
+    """A way to turn the power spectrum of a clip's frames into its feature image.
+
+    A kind declares its own features keys (`keys`, besides the common ones), whether each frame's values
+    depend only on that frame's samples (`frame_local`: then windows of a long recording may share frames,
+    see ingest/windows.py; a kind that smooths over time, such as PCEN, must say False), the height of its
+    image (`num_bins`), its setting checks (`check`) and the transform itself (`from_power`), written once
+    for NumPy and CuPy (`xp`)."""
+
+    name = ""
+    keys: dict = {}
+    frame_local = True
+
+    def num_bins(self, spec) -> int:
+        raise NotImplementedError
+
+    def check(self, spec, source: str, at) -> None:
+        """Raise ConfigError (naming `source`, the key and `at(key)`) for settings this kind cannot use."""
+
+    def from_power(self, power, spec, xp):
+        """power: (m, W, F) float32 |X|^2 of m clips' frames, F = n_fft // 2 + 1 -> (m, W, H) float32."""
+        raise NotImplementedError
+
+
+@register_kind
+class LogMel(FeatureKind):
+    """log(mel + 1e-6): an HTK mel filterbank on the power spectrum, natural log."""
+
+    name = "logmel"
+    keys = {"n_mels": FeatureKey("int", 1, default=64),
+            "fmin": FeatureKey("float", 0.0, default=0.0),
+            "fmax": FeatureKey("float_or_null", 1e-9, default=None)}
+
+    def num_bins(self, spec):
+        return spec.n_mels
+
+    def check(self, spec, source, at):
+        nyquist = spec.sample_rate / 2
+        if spec.fmin >= nyquist:
+            raise ConfigError(f"{source}: fmin {spec.fmin:g} Hz is not below the Nyquist frequency "
+                              f"{nyquist:g} Hz{at('fmin')}; lower fmin")
+        if spec.fmax is not None and spec.fmax > nyquist:
+            raise ConfigError(f"{source}: fmax {spec.fmax:g} Hz is above the Nyquist frequency {nyquist:g} Hz "
+                              f"of sample_rate {spec.sample_rate}{at('fmax')}; lower fmax or use null")
+        if spec.fmax_hz <= spec.fmin:
+            raise ConfigError(f"{source}: fmax {spec.fmax_hz:g} Hz must be above fmin {spec.fmin:g} Hz"
+                              f"{at('fmax')}")
+        empty = numpy.flatnonzero(mel_filterbank(spec).max(axis=0) <= 0)
+        if empty.size:
+            raise ConfigError(
+                f"{source}: n_mels {spec.n_mels} is too many for n_fft {spec.n_fft} between {spec.fmin:g} and "
+                f"{spec.fmax_hz:g} Hz: mel band {int(empty[0])} covers no FFT bin{at('n_mels')}; "
+                "lower n_mels, raise n_fft or widen fmin..fmax")
+
+    def mel(self, power, spec, xp):
+        fb = None if xp is numpy else _on_device(mel_filterbank, spec, xp)
+        return _mel_project(power, spec, fb, xp)
+
+    def from_power(self, power, spec, xp):
+        return xp.log(self.mel(power, spec, xp) + xp.float32(LOG_FLOOR))
+
+
+@register_kind
+class Mel(LogMel):
+    """The mel energies themselves (no log)."""
+
+    name = "mel"
+
+    def from_power(self, power, spec, xp):
+        return self.mel(power, spec, xp)
+
+
+@register_kind
+class LogSpec(FeatureKind):
+    """log(|X| + 1e-6) of every FFT bin."""
+
+    name = "logspec"
+
+    def num_bins(self, spec):
+        return spec.n_fft // 2 + 1
+
+    def from_power(self, power, spec, xp):
+        return xp.log(xp.sqrt(power) + xp.float32(LOG_FLOOR))
+
+
+@register_kind
+class Spec(LogSpec):
+    """The STFT magnitude |X| of every FFT bin."""
+
+    name = "spec"
+
+    def from_power(self, power, spec, xp):
+        return xp.sqrt(power)
+
+
+@register_kind
+class Mfcc(LogMel):
+    """The orthonormal DCT-II of the logmel column, first `n_mfcc` coefficients."""
+
+    name = "mfcc"
+    keys = {**LogMel.keys, "n_mfcc": FeatureKey("int", 1, default=20)}
+
+    def num_bins(self, spec):
+        return spec.n_mfcc
+
+    def check(self, spec, source, at):
+        super().check(spec, source, at)
+        if spec.n_mfcc > spec.n_mels:
+            raise ConfigError(f"{source}: n_mfcc {spec.n_mfcc} is more than n_mels {spec.n_mels}{at('n_mfcc')}; "
+                              "lower n_mfcc or raise n_mels")
+
+    def from_power(self, power, spec, xp):
+        dct = None if xp is numpy else _on_device(dct_matrix, spec, xp)
+        return _dct(super().from_power(power, spec, xp), spec, dct, xp)
 
 
 def _convert(v, kind, lo, choices):
@@ -359,8 +560,7 @@ def compute_features(signals, spec: FeatureSpec, xp):
         return out
     on_host = xp is numpy
     win = window(spec) if on_host else _on_device(window, spec, xp)
-    fb = _on_device(mel_filterbank, spec, xp) if spec.kind in ("mel", "logmel", "mfcc") and not on_host else None
-    dct = _on_device(dct_matrix, spec, xp) if spec.kind == "mfcc" and not on_host else None
+    kind = spec.feature_kind
     rfft = _rfft(xp)
     step = max(1, (_FRAME_BYTES if on_host else _GPU_FRAME_BYTES) // (n_frames * spec.n_fft * 4))
     item = signals.itemsize
@@ -374,15 +574,6 @@ def compute_features(signals, spec: FeatureSpec, xp):
         power = spectrum.real ** 2
         power += spectrum.imag ** 2
         del spectrum
-        if spec.kind in ("spec", "logspec"):
-            feat = xp.sqrt(power)
-            if spec.kind == "logspec":
-                feat = xp.log(feat + xp.float32(LOG_FLOOR))
-        else:
-            feat = _mel_project(power, spec, fb, xp)                  # (m, W, n_mels)
-            if spec.kind != "mel":
-                feat = xp.log(feat + xp.float32(LOG_FLOOR))
-            if spec.kind == "mfcc":
-                feat = _dct(feat, spec, dct, xp)
+        feat = kind.from_power(power, spec, xp)                       # (m, W, H)
         out[a:a + m, 0] = feat.transpose(0, 2, 1)                     # (m, H, W): frequency on rows
     return out

@@ -13,10 +13,11 @@ and trimmed, so a recording resampled in blocks equals the whole-file result (to
 
 Features: window k starts at sample round(k * hop_s * sample_rate) of the resampled signal and is
 `duration` long. When every start in a run falls on the STFT hop grid (the usual case: hop_s * rate a
-multiple of `hop`), the STFT frames of the whole run are computed once by `compute_features` and each
+multiple of `hop`) and the feature kind is frame-local (`FeatureKind.frame_local`: a frame's values depend on
+its own samples only), the STFT frames of the whole run are computed once by `compute_features` and each
 window takes its W frames: the same numbers as computing the window alone (no padding, no per-clip
-normalisation), without computing overlapping frames twice. Otherwise each window is cut out and passed
-to `compute_features` as a clip.
+normalisation), without computing overlapping frames twice. Otherwise (a kind that smooths over time, such
+as PCEN, or starts off the hop grid) each window is cut out and passed to `compute_features` as a clip.
 """
 from __future__ import annotations
 
@@ -226,7 +227,7 @@ def _run_features(buf, offsets, spec: FeatureSpec, xp):
     if offsets.size:                      # only the stretch these windows cover
         buf = buf[int(offsets[0]):int(offsets[-1]) + n_win]
         offsets = offsets - offsets[0]
-    if offsets.size and not (offsets % spec.hop).any():
+    if offsets.size and spec.frame_local and not (offsets % spec.hop).any():
         # one STFT over the run, in pieces of P frames (~2 MiB of frame tensor each); windows take their frames
         total = 1 + (buf.shape[0] - spec.n_fft) // spec.hop
         p = max(1, _PIECE_BYTES // (spec.n_fft * 4))
