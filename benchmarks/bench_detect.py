@@ -125,14 +125,14 @@ def side_by_side(ckpt_path: str, recording: str, batch: int, max_windows: int | 
 
     from convnet_cli.ingest.features import FeatureSpec
     from convnet_cli.ingest.windows import iter_window_features
-    from convnet_cli.predict.predict import Runner, load_model, output_layer
+    from convnet_cli.predict.predict import Runner, load_model
 
     torch.set_num_threads(_THREADS)
     net, ckpt = load_model(ckpt_path, "cpu")
     feats = dict(ckpt.state["features"])
     hop = feats.pop("window_hop")
     spec = FeatureSpec.from_dict(feats)
-    run = Runner(net, ckpt, output_layer(net), batch, 1)
+    run = Runner(net, ckpt, net.output_layer(), batch, 1)
     model = torch_upcall(torch, ckpt.arrays)
     t_ours = t_torch = t_feat = 0.0
     worst, n = 0.0, 0

@@ -20,7 +20,7 @@ from convnet_cli.backend import CPU, Backend, to_host
 from convnet_cli.config.layer_def import build_layers
 from convnet_cli.config.loader import parse_layer_def_text, parse_layer_params_text
 from convnet_cli.config.yamlio import display_name, read_text
-from convnet_cli.errors import ConfigError, DataError
+from convnet_cli.errors import ConfigError, DataError, did_you_mean
 from convnet_cli.layers.base import Context
 from convnet_cli.updaters import update_layer
 
@@ -54,7 +54,7 @@ class Net:
         for l in self.cost_layers:
             if l.fuses_with:
                 src = self.by_name[l.in_names[1]]
-                if src.type == l.fuses_with and src.neuron is None:
+                if isinstance(src, l.fuses_with) and src.neuron is None:
                     self.fused[l.name] = src.name
         self.set_learning(learn)
         self.outputs = {}
@@ -123,6 +123,30 @@ class Net:
             self.params[l.name] = {k: self.backend.asarray(v) for k, v in l.init_params(rng).items()}
             self.states[l.name] = {}
 
+    # -- roles -----------------------------------------------------------------------------------------
+    @property
+    def classifier(self):
+        """The first cost layer on class scores (layers/base.py CostLayer.is_classifier), or None."""
+        return next((l for l in self.cost_layers if l.is_classifier), None)
+
+    def output_layer(self, layer: str | None = None) -> str:
+        """The layer whose output is the class scores: `layer` when given, else the scores input of the
+        classifier cost (what predict, detect, export and the test AUC read)."""
+        if layer:
+            if layer not in self.by_name:
+                raise ConfigError(f"layer '{layer}' is not in the network{did_you_mean(layer, self.by_name)}")
+            return layer
+        cost = self.classifier
+        if cost is None:
+            raise ConfigError("the network has no classification cost (cost.logreg or cost.bce); name the output "
+                              "layer to predict with")
+        return cost.in_names[cost.scores_input]
+
+    def check_data(self, label_names, multi_label: bool = False):
+        """ConfigError when a cost of the net cannot train on batches with these classes (one line, the fix)."""
+        for l in self.cost_layers:
+            l.check_data(list(label_names), bool(multi_label))
+
     # -- compute ---------------------------------------------------------------------------------------
     def forward(self, data: dict, train: bool = False, rng=None, check_finite: bool = False,
                 keep_cache: bool = True, keep=()) -> dict:
@@ -152,7 +176,7 @@ class Net:
                 outs[l.name] = data[l.props.dataIdx]
                 continue
             if l.is_cost:
-                if not have_labels and l.type != "cost.sum2":
+                if not have_labels and l.needs_labels:
                     continue
                 if l.name in self.fused:
                     sm = self.by_name[self.fused[l.name]]

@@ -99,7 +99,7 @@ def test_check_best_by_auc_refuses_more_than_two_classes():
     from convnet_cli.train.best import check_best_by
 
     class L:
-        is_cost, type = True, "cost.logreg"
+        is_cost, is_classifier, reports_error = True, True, True  # a cost.logreg's role
 
     with pytest.raises(ConfigError, match="two classes, the data has 3"):
         check_best_by("auc", ["a", "b", "c"], [L()])

@@ -55,7 +55,7 @@ def verify_model(path: str, ckpt, layer: str | None = None, cases: int = 16, see
     training data's mean with its standard deviation."""
     import numpy as np
 
-    from convnet_cli.predict.predict import Runner, load_model, output_layer
+    from convnet_cli.predict.predict import Runner, load_model
 
     try:
         import onnxruntime
@@ -67,7 +67,7 @@ def verify_model(path: str, ckpt, layer: str | None = None, cases: int = 16, see
     mean = ckpt.data_mean.reshape(shape)
     std = ckpt.data_std.reshape(shape)
     raw = (mean + std * rng.standard_normal((cases,) + shape)).astype(np.float32)
-    ours = Runner(net, ckpt, output_layer(net, layer), cases, 1)(raw)
+    ours = Runner(net, ckpt, net.output_layer(layer), cases, 1)(raw)
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     theirs = session.run(["probs"], {"features": raw})[0]
     return float(np.abs(theirs - ours).max())

@@ -316,7 +316,7 @@ def detect(checkpoint, inputs, out_dir: str, *, hop=None, threshold=None, classe
     the summary of rank 0 covers all of them."""
     from convnet_cli.ingest.audio import AudioError
     from convnet_cli.ingest.windows import recording_info
-    from convnet_cli.predict.predict import Runner, load_model, output_layer
+    from convnet_cli.predict.predict import Runner, load_model
 
     world = world or SingleWorld()
     echo = (echo or (lambda msg: None)) if world.is_root else (lambda msg: None)
@@ -331,7 +331,7 @@ def detect(checkpoint, inputs, out_dir: str, *, hop=None, threshold=None, classe
     label_names = [str(n) for n in ckpt.state["label_names"]]
     wanted = reported_classes(label_names, classes)
     thresholds = parse_thresholds(threshold, label_names)
-    run = Runner(net, ckpt, output_layer(net), batch, 1)
+    run = Runner(net, ckpt, net.output_layer(), batch, 1)
     low_hz, high_hz = float(spec.fmin), float(spec.fmax_hz)
     settings = {"checkpoint": os.path.abspath(ckpt.path), "checkpoint_mtime": os.path.getmtime(ckpt.path),
                 "hop": hop, "duration": float(spec.duration),

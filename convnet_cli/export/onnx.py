@@ -8,7 +8,7 @@ feature code computes it from audio), before normalisation. Inside, it first nor
 predict` does, (features - data_mean) / max(data_std, 1e-6) with the checkpoint's arrays, then runs the
 layers that lead to the probabilities (the second input of the first cost.logreg/cost.bce, as predict
 picks it), and returns `probs`, float32 (N, classes). Metadata (`metadata_props`): label_names,
-features, data_shape (JSON), convnet_version, epoch, batch, output_layer.
+features, data_shape (JSON), convnet_version, epoch, batch.
 
 The net computes in NHWC; the graph is NCHW, ONNX's layout, so every layer's math is restated here for
 NCHW, and each translation says which ONNX operators reproduce which formula of convnet_cli/layers/:
@@ -49,7 +49,7 @@ from convnet_cli import __version__
 from convnet_cli.backend import to_host
 from convnet_cli.errors import ConfigError, DataError
 from convnet_cli.fileio import atomic_write
-from convnet_cli.predict.predict import load_model, output_layer
+from convnet_cli.predict.predict import load_model
 
 OPSET = 17
 INPUT_NAME = "features"
@@ -397,7 +397,7 @@ def net_to_onnx(net, state: dict, out_layer: str | None = None, source: str = "c
     """An onnx.ModelProto of `net` (weights as they are) with the normalisation and metadata of `state`."""
     onnx = require_onnx()
     helper = onnx.helper
-    out_layer = output_layer(net, out_layer)
+    out_layer = net.output_layer(out_layer)
     layers = _needed(net, out_layer)
     for l in layers:  # refuse before building anything
         if l.type != "data" and l.type not in TRANSLATORS:

@@ -75,9 +75,9 @@ class Layer:
     # inputs are all data layers (backward then returns None for them).
     skips_input_grads: ClassVar[bool] = False
     input_grads: bool = True
-    # A cost that can take over the layer of this type feeding its second input (when that layer has no
+    # A cost that can take over the layer of this class feeding its second input (when that layer has no
     # neuron): the net then calls forward_fused(labels, that layer's input, ctx) / backward_fused.
-    fuses_with: ClassVar[str | None] = None
+    fuses_with: ClassVar[type | None] = None
     neuron: Any = None  # set by the parser: the Neuron the net applies to this layer's output, or None
     # True: on the CPU the layer can apply a neuron that has `forward_inplace` (relu) to each chunk of its
     # output while the chunk is in the cache. The net then sets `chunk_neuron` on the instance and takes
@@ -157,12 +157,40 @@ class PerInputWeights:
 class CostLayer(Layer):
     """A cost: forward returns ((cost, metrics), cache) where cost is the mean over the minibatch
     (unweighted by coeff) and metrics maps names ('logprob', 'error', 'topk_error') to floats.
-    backward(coeff, cache, params, ctx) gets the weight of this cost in place of dout."""
+    backward(coeff, cache, params, ctx) gets the weight of this cost in place of dout.
+
+    Its role, which the trainer, predict, best-by, show and export read from the class (never from its type
+    name): `scores_input`, the index of the input that holds the class scores (the net's output for
+    predict, detect and export; None for a cost without class scores, such as a sum of squares),
+    `needs_labels`, `reports_error` (its metrics hold a classification error), `multi_label` (it trains on
+    multi-label targets, see data/targets.py), and `check_data`, which refuses data it cannot train on."""
 
     is_cost = True
     hyper_defaults = {"coeff": 1.0}
     max_inputs = 2
     min_inputs = 2
+    scores_input: ClassVar[int | None] = None
+    needs_labels: ClassVar[bool] = True
+    reports_error: ClassVar[bool] = False
+    multi_label: ClassVar[bool] = False
+
+    @property
+    def is_classifier(self) -> bool:
+        """A cost on class scores: predict, detect and export take its scores input as the net's output."""
+        return self.scores_input is not None
+
+    @property
+    def num_scores(self) -> int:
+        """Class scores per case (the C of the scores input's (C, 1, 1) shape)."""
+        return int(self.in_shapes[self.scores_input][0])
+
+    def check_data(self, label_names, multi_label: bool, source: str = "") -> None:
+        """ConfigError (one line naming the layer, with the fix) when this cost cannot train on batches with
+        these classes (`multi_label`: batches.meta says each case has a set of classes)."""
+        if multi_label and not self.multi_label and self.needs_labels:
+            raise self.error(f"the batches are multi-label (several classes per case), which a {self.type} cost "
+                             f"cannot train on; end the net in an fc layer with neuron: logistic and one output "
+                             f"per class ({len(label_names)}), and a cost.bce layer")
 
     def infer_shape(self):
         return (1, 1, 1)

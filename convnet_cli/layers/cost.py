@@ -4,7 +4,7 @@ targets (N, K).
 """
 from convnet_cli.backend import cuda_elementwise
 from convnet_cli.layers.base import CostLayer, Key, register
-from convnet_cli.layers.softmax import log_softmax
+from convnet_cli.layers.softmax import SoftmaxLayer, log_softmax
 
 
 def _targets(labels, k, xp, dtype):
@@ -40,6 +40,17 @@ def _labels_first(layer):
     fix = (f"the inputs are swapped; write inputs: [{second}, {first}]" if layer.in_shapes[1] == (1, 1, 1)
            else "name the labels first: inputs: [labels, <scores>]")
     return layer.error(f"its first input '{first}' must be the labels (a data layer with dataIdx: 1); {fix}")
+
+
+def _check_outputs(layer, label_names, fits: bool):
+    """The one-line error for a classification cost whose scores are not one per class of the data."""
+    if fits or not label_names:
+        return
+    k = len(label_names)
+    got = layer.num_scores
+    raise layer.error(f"its input '{layer.in_names[layer.scores_input]}' has {got} outputs but the data has {k} "
+                      f"classes ({', '.join(map(str, label_names[:5]))}{'...' if k > 5 else ''}); set outputs: {k} on "
+                      "the fc layer feeding it")
 
 
 # == softmax + log-loss, fused ============================================================================
@@ -157,7 +168,9 @@ class LogregCost(CostLayer):
     computing log-probabilities stably and the gradient as (p - y) / N, as cuda-convnet does."""
 
     type = "cost.logreg"
-    fuses_with = "softmax"
+    fuses_with = SoftmaxLayer
+    scores_input = 1
+    reports_error = True
     keys = {"topk": Key("int", 1, min=1),
             "classWeights": Key("floats", None, min=0, doc="one weight per class: the cost is the weighted mean "
                                                            "of the cases' log-losses, as CrossEntropyLoss(weight=)")}
@@ -177,6 +190,10 @@ class LogregCost(CostLayer):
         """The k of the top-k error: the params file's topk, else the layer definition's."""
         return self.hyper.topk if getattr(self, "hyper", None) is not None and self.hyper.topk is not None \
             else self.props.topk
+
+    def check_data(self, label_names, multi_label, source=""):
+        super().check_data(label_names, multi_label, source)
+        _check_outputs(self, label_names, self.num_scores == len(label_names))
 
     def infer_shape(self):
         lab, probs = self.in_shapes
@@ -264,6 +281,14 @@ class BCECost(CostLayer):
 
     type = "cost.bce"
     keys = {"posWeight": Key("float", 1.0, min=0)}
+    scores_input = 1
+    reports_error = True
+    multi_label = True
+
+    def check_data(self, label_names, multi_label, source=""):
+        k = len(label_names)
+        # one logistic unit scores the second of two classes (0/1 labels); otherwise one unit per class
+        _check_outputs(self, label_names, self.num_scores == k or (not multi_label and k == 2 and self.num_scores == 1))
 
     def infer_shape(self):
         lab, out = self.in_shapes
@@ -307,6 +332,7 @@ class Sum2Cost(CostLayer):
 
     type = "cost.sum2"
     keys = {}
+    needs_labels = False
     min_inputs = 1
     max_inputs = 1
 

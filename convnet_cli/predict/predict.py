@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from convnet_cli.backend import get_backend, to_host
-from convnet_cli.errors import ConfigError, DataError, did_you_mean
+from convnet_cli.errors import ConfigError, DataError
 from convnet_cli.fileio import atomic_write, write_text_atomic
 from convnet_cli.net import Net
 from convnet_cli.train.checkpoint import load_checkpoint
@@ -40,18 +40,6 @@ def load_model(checkpoint, device: str = "cpu"):
     """(net, checkpoint) ready for inference on `device`."""
     ckpt = checkpoint if hasattr(checkpoint, "arrays") else load_checkpoint(checkpoint)
     return Net.from_checkpoint(ckpt, get_backend(device)), ckpt
-
-
-def output_layer(net: Net, layer: str | None = None) -> str:
-    """The layer whose output is the class probabilities: the given one, or the input of the first cost."""
-    if layer:
-        if layer not in net.by_name:
-            raise ConfigError(f"layer '{layer}' is not in the network{did_you_mean(layer, net.by_name)}")
-        return layer
-    for l in net.cost_layers:
-        if l.type in ("cost.logreg", "cost.bce"):
-            return l.in_names[1]
-    raise ConfigError("the network has no cost.logreg or cost.bce layer; name the output layer to predict with")
 
 
 class Runner:
@@ -128,7 +116,7 @@ def predict_batches(checkpoint, data_path: str | None = None, batches=None, laye
         raise DataError(f"{data_path}: cases have shape {list(bs.data_shape)} but the network was trained on "
                         f"{list(st['data_shape'])}; make the batches with the features of the training run")
     batches = list(batches or st["options"].get("test_range") or bs.test_range)
-    layer = output_layer(net, layer)
+    layer = net.output_layer(layer)
     run = Runner(net, ckpt, layer, batch, views)
     probs, labels, names, kept = [], [], [], []
     remaining = max_cases
@@ -194,7 +182,7 @@ def predict_audio(checkpoint, inputs, layer: str | None = None, device: str = "c
     label_names = list(st["label_names"])
     index = {n: i for i, n in enumerate(label_names)}
     known = all(lbl in index for _, _, lbl in items)
-    layer = output_layer(net, layer)
+    layer = net.output_layer(layer)
     run = Runner(net, ckpt, layer, batch, views)
     probs, labels, names, skipped = [], [], [], []
     chunk = max(1, int(batch))

@@ -22,7 +22,7 @@ def check_best_by(best_by: str, label_names, layers) -> None:
     if best_by not in BEST_BY:
         raise ConfigError(f"--best-by {best_by!r}: expected one of {', '.join(BEST_BY)}")
     cost = first_cost(layers)
-    if best_by == "error" and (cost is None or cost.type == "cost.sum2"):
+    if best_by == "error" and (cost is None or not cost.reports_error):
         raise ConfigError("--best-by error: the net has no classification cost (cost.logreg or cost.bce) "
                           "that reports an error rate; use --best-by cost")
     if best_by == "auc":
@@ -30,7 +30,7 @@ def check_best_by(best_by: str, label_names, layers) -> None:
             raise ConfigError(f"--best-by auc: ROC AUC needs two classes, the data has {len(label_names)} "
                               f"({', '.join(map(str, label_names[:4]))}{'…' if len(label_names) > 4 else ''}); "
                               "use --best-by cost or error")
-        if cost is None or cost.type not in ("cost.logreg", "cost.bce"):
+        if cost is None or not cost.is_classifier:
             raise ConfigError("--best-by auc: the net needs a cost.logreg or cost.bce layer whose scores "
                               "rank the cases; use --best-by cost")
 
@@ -51,12 +51,12 @@ class Scores:
     def for_net(cls, net, label_names):
         """A collector when the data has two classes and the net a classification cost, else None."""
         cost = first_cost(net.layers)
-        if len(label_names) != 2 or cost is None or cost.type not in ("cost.logreg", "cost.bce"):
+        if len(label_names) != 2 or cost is None or not cost.is_classifier:
             return None
         return cls(net)
 
     def add(self, labels) -> None:
-        out = self.net.outputs.get(self.cost.in_names[1])
+        out = self.net.outputs.get(self.cost.in_names[self.cost.scores_input])
         if out is None:
             return
         p = np.asarray(to_host(out), dtype=np.float64)

@@ -524,15 +524,12 @@ def _run(o, run_dir, net, batchset, state, echo) -> int:
 
 
 def _check_classes(layers, batchset, source):
-    """ConfigError when a cost.logreg's scores do not have one entry per class of the data."""
-    k = len(batchset.label_names)
+    """ConfigError when a cost of the net cannot train on the classes of the data (layers/base.py's
+    CostLayer.check_data: the scores must be one per class; a single-label cost refuses multi-label data)."""
+    multi = bool(batchset.meta.get("multi_label"))
     for l in layers:
-        if l.type == "cost.logreg":
-            got = l.in_shapes[1][0]
-            if k and got != k:
-                raise ConfigError(f"{source}: layer '{l.name}': its input '{l.in_names[1]}' has {got} outputs but the "
-                                  f"data has {k} classes ({', '.join(batchset.label_names[:5])}...); set outputs: {k} "
-                                  f"on the fc layer feeding it")
+        if l.is_cost:
+            l.check_data(list(batchset.label_names), multi, source)
 
 
 def _initial_state(o, batchset, layer_def_text, params_text) -> RunState:
