@@ -180,3 +180,215 @@ def test_latin1_table(tmp_path):
     p.write_bytes(raven_text([(1, 2, "Grünling", 0, 1)], bom=False).encode("cp1252"))
     assert read_tables(str(p))[0].label == "Grünling"
     assert os.path.exists(p)
+
+
+# ---- issue 23: tables that lost annotations or read wrongly -------------------------------------------
+
+def _table(tmp_path, rows, header=("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)",
+                                   "Low Freq (Hz)", "High Freq (Hz)", "Annotation"), name="rec.Table.1.selections.txt",
+           crlf=True):
+    """A table of raw rows (lists of cells, or a str line) as Raven writes them (tab-separated)."""
+    nl = "\r\n" if crlf else "\n"
+    lines = ["\t".join(header)] + [r if isinstance(r, str) else "\t".join(str(c) for c in r) for r in rows]
+    p = tmp_path / name
+    p.write_bytes((nl.join(lines) + nl).encode("utf-8"))
+    return str(p)
+
+
+def test_multi_file_table_whose_selection_numbers_restart_per_file(tmp_path):
+    # Raven's multi-file tables number the selections of each Begin File from 1: 3 files x 4 calls x 2 views
+    sels = [(1.0 + k, 1.5 + k, "upcall", 50, 250, f"rec{f}.flac") for f in range(3) for k in range(4)]
+    text = raven_text(sels, file_col="Begin File")
+    head, *rows = text.lstrip("\ufeff").split("\r\n")[:-1]
+    renumbered = []
+    for i, row in enumerate(rows):
+        cells = row.split("\t")
+        cells[0] = str(i // 2 % 4 + 1)                   # 1..4 in each file
+        renumbered.append("\t".join(cells))
+    p = tmp_path / "survey.txt"
+    p.write_text("\r\n".join([head] + renumbered) + "\r\n", encoding="utf-8")
+    warnings = []
+    got = read_tables(str(p), warn=warnings.append)
+    assert sorted((s.recording, s.begin) for s in got) == sorted((f, b) for b, _, _, _, _, f in sels)
+    assert all((s.low_freq, s.high_freq) == (50.0, 250.0) for s in got)   # the spectrogram view's box
+    assert warnings == []
+
+
+def test_repeated_selection_number_with_other_times_keeps_both_and_warns(tmp_path):
+    p = _table(tmp_path, [[1, "Spectrogram 1", 1, "1.0", "2.0", 50, 250, "a"],
+                          [2, "Spectrogram 1", 1, "3.0", "4.0", 50, 250, "a"],
+                          [2, "Spectrogram 1", 1, "7.0", "8.0", 50, 250, "b"],
+                          [2, "Waveform 1", 1, "7.0", "8.0", 0, 1000, "b"]])
+    warnings = []
+    got = read_tables(p, warn=warnings.append)
+    assert [(s.begin, s.label, s.line) for s in got] == [(1.0, "a", 2), (3.0, "a", 3), (7.0, "b", 4)]
+    assert got[2].high_freq == 250.0
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"{p} lines 3 and 4: Selection 2") and "both kept" in warnings[0]
+
+
+@pytest.mark.parametrize("cell", ["1_0", "inf", "-inf", "+nan", "1e400", " 1", "1 ", "\u0661\u0660", "0x10",
+                                  "1.0\x0c", "\uff11", "Infinity"])
+def test_times_are_plain_decimals(tmp_path, cell):
+    p = _table(tmp_path, [[1, "Spectrogram 1", 1, cell, "20.0", 50, 250, "a"]])
+    with pytest.raises(DataError, match=str(p).replace(".", r"\.") + r" line 2, column 'Begin Time \(s\)': begin "
+                                                                      r"time .* is not a number of seconds"):
+        read_tables(p)
+    q = _table(tmp_path, [[1, "Spectrogram 1", 1, "1.0", "2.0", cell, 250, "a"]], name="q.txt")
+    with pytest.raises(DataError, match=r"q\.txt line 2, column 'Low Freq \(Hz\)': .* is not a number"):
+        read_tables(q)
+
+
+def test_plain_decimals_still_read(tmp_path):
+    p = _table(tmp_path, [[1, "Spectrogram 1", 1, "+1.5", "2.", 50, 250, "a"],
+                          [2, "Spectrogram 1", 1, ".5", "1.5e1", "", "", "a"]])
+    assert [(s.begin, s.end) for s in read_tables(p)] == [(1.5, 2.0), (0.5, 15.0)]
+
+
+def test_file_offset_errors_name_the_offset_column(tmp_path):
+    header = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Begin File", "File Offset (s)",
+              "Annotation")
+    for value, said in (("-3", "negative"), ("1_0", "not a number")):
+        p = _table(tmp_path, [[1, "Spectrogram 1", 1, "100.0", "101.0", "rec.flac", value, "a"]], header=header)
+        with pytest.raises(DataError, match=r"line 2, column 'File Offset \(s\)': .*" + said):
+            read_tables(p)
+
+
+def test_huge_times_in_messages_are_short():
+    warnings = []
+    out = clip_to_duration([Selection("r", 1e300, 2e300, "a", source="t.txt", line=3)], 10.0, warnings.append)
+    assert out == [] and len(warnings) == 1
+    assert "1e+300" in warnings[0] and len(warnings[0]) < 200
+
+
+def test_one_non_utf8_line_leaves_the_others_utf8(tmp_path):
+    p = tmp_path / "rec.Table.1.selections.txt"
+    good = raven_text([(1, 2, "béluga", 0, 1), (3, 4, "béluga", 0, 1)], views=False, bom=False)
+    lines = good.split("\r\n")
+    raw = "\r\n".join(lines[:2]).encode("utf-8") + b"\r\n" + lines[2].encode("cp1252") + b"\r\n"
+    p.write_bytes(raw)
+    warnings = []
+    got = read_tables(str(p), warn=warnings.append)
+    assert [s.label for s in got] == ["béluga", "béluga"]
+    assert len(warnings) == 1 and warnings[0].startswith(f"{p} line 3: not UTF-8")
+    assert "Windows-1252" in warnings[0]
+
+
+def test_line_numbers_count_only_real_line_ends(tmp_path):
+    # U+2028, NEL and form feed are not line ends for an editor, and a label cannot hold them
+    for ch, name in (("\u2028", "a line separator"), ("\x85", "a line break"), ("\x0c", "a form feed"),
+                     ("\x07", r"U\+0007")):
+        p = _table(tmp_path, [[1, "Spectrogram 1", 1, "1.0", "2.0", 50, 250, "a"],
+                              [2, "Spectrogram 1", 1, "3.0", "4.0", 50, 250, f"b{ch}c"],
+                              [3, "Spectrogram 1", 1, "5.0", "6.0", 50, 250, "d"]])
+        with pytest.raises(DataError, match=r"selections\.txt line 3, column 'Annotation': the label .* holds "
+                                            + name):
+            read_tables(p)
+
+
+def test_tab_inside_a_label(tmp_path):
+    # in a tab-separated table the tab splits the label: the row then has more cells than the header
+    p = _table(tmp_path, [[1, "Spectrogram 1", 1, "1.0", "2.0", 50, 250, "wood\tthrush"]])
+    with pytest.raises(DataError, match=r"line 2: 9 tab-separated cells, the header has 8"):
+        read_tables(p)
+    # a trailing empty cell is harmless
+    q = _table(tmp_path, [[1, "Spectrogram 1", 1, "1.0", "2.0", 50, 250, "a", ""]], name="q.txt")
+    assert read_tables(q)[0].label == "a"
+    # in a CSV a quoted label can hold a tab or a line break: refused, naming the line the row starts on
+    c = tmp_path / "ann.csv"
+    c.write_text('filename,start,end,label\nrec.flac,1,2,a\nrec.flac,3,4,"wood\tthrush"\n'
+                 'rec.flac,5,6,"two\nlines"\nrec.flac,7,8,b\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"ann\.csv line 3, column 'label': the label 'wood\\tthrush' holds a tab"):
+        read_tables(str(c))
+    c.write_text('filename,start,end,label\nrec.flac,1,2,a\nrec.flac,5,6,"two\nlines"\nrec.flac,7,8,b\n',
+                 encoding="utf-8")
+    with pytest.raises(DataError, match=r"ann\.csv line 3, column 'label': the label 'two\\nlines' holds a line "
+                                        r"break"):
+        read_tables(str(c))
+    # an unterminated quote would swallow every row after it
+    c.write_text('filename,start,end,label\nrec.flac,1,2,"a\nrec.flac,3,4,b\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"ann\.csv line 2, column 'label'"):
+        read_tables(str(c))
+
+
+def test_csv_line_numbers_after_a_quoted_field_over_two_lines(tmp_path):
+    c = tmp_path / "ann.csv"
+    c.write_text('filename,start,end,label,notes\nrec.flac,1,2,a,"seen\ntwice"\nrec.flac,4,3,b,\n',
+                 encoding="utf-8")
+    with pytest.raises(DataError, match=r"ann\.csv line 4, column 'end': end 3 s is not after begin 4"):
+        read_tables(str(c))
+
+
+def test_no_label_column_but_text_columns_warns_once(tmp_path):
+    p = write_raven(str(tmp_path / "rec.Table.1.selections.txt"), SELS, label_col=None,
+                    extra_cols=[("Begin Clock Time", "06:00:01.000"), ("Sp", "upcall"), ("Notes", "checked")])
+    warnings = []
+    got = read_tables(p, warn=warnings.append)
+    assert {s.label for s in got} == {"call"}
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"{p}: no label column") and "'Sp', 'Notes'" in warnings[0]
+    assert "--label-col" in warnings[0] and "Clock" not in warnings[0]
+    # numbers only (Raven's measurements): nothing to say
+    q = write_raven(str(tmp_path / "q.txt"), SELS, label_col=None)
+    warnings.clear()
+    read_tables(q, warn=warnings.append)
+    assert warnings == []
+
+
+def test_only_regular_files_are_tables(tmp_path):
+    import threading
+
+    fifo = tmp_path / "rec.Table.1.selections.txt"
+    os.mkfifo(fifo)
+    got = []
+
+    def read():
+        try:
+            read_tables(str(fifo))
+        except DataError as exc:
+            got.append(str(exc))
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(60)
+    if t.is_alive():           # the old reader blocks in open(); a writer lets it go
+        with open(fifo, "w"):
+            pass
+        t.join(10)
+        pytest.fail("reading a FIFO as a table blocked")
+    assert got and got[0].startswith(f"{fifo}: is a FIFO") and "--annotations" in got[0]
+    with pytest.raises(DataError, match="is a FIFO"):        # in a folder of tables too
+        read_tables(str(tmp_path))
+    if os.path.exists("/dev/zero"):      # endless: the old reader filled the memory
+        with pytest.raises(DataError, match=r"/dev/zero: is a character device, not a file"):
+            read_tables("/dev/zero")
+
+
+def test_table_size_and_line_length_are_bounded(tmp_path, monkeypatch):
+    from convnet_cli.ingest import annotations
+
+    p = _table(tmp_path, [[1, "Spectrogram 1", 1, "1.0", "2.0", 50, 250, "x" * (2 ** 20 + 10)]])
+    with pytest.raises(DataError, match=r"selections\.txt line 2: longer than 1 MB"):
+        read_tables(p)
+    monkeypatch.setattr(annotations, "MAX_TABLE_BYTES", 1000)
+    q = _table(tmp_path, [[k, "Spectrogram 1", 1, k, k + 0.5, 50, 250, "a"] for k in range(1, 100)], name="q.txt")
+    with pytest.raises(DataError, match=r"q\.txt: larger than .*; not an annotation table"):
+        read_tables(q)
+
+
+def test_labels_csv_of_clips_refuses_a_line_break_in_a_label(tmp_path):
+    from convnet_cli.ingest.sources import collect_dataset
+    import numpy as np
+
+    from tests.audio_fixtures import write_clip
+
+    (tmp_path / "clips").mkdir()
+    for name in ("a.wav", "b.wav", "c.wav"):
+        write_clip(str(tmp_path / "clips" / name), np.zeros(800, np.float32), 8000)
+    c = tmp_path / "labels.csv"
+    c.write_text('clip_name,label\na.wav,x\nb.wav,"y\nz"\nc.wav,x\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"labels\.csv line 3, column 'label': the label 'y\\nz' holds a line break"):
+        collect_dataset(str(tmp_path / "clips"), str(c))
+    c.write_text('clip_name,notes,label\na.wav,"two\nlines",x\nb.wav,,y\nb.wav,,x\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"labels\.csv line 5: 'b\.wav' is listed again \(first on line 4\)"):
+        collect_dataset(str(tmp_path / "clips"), str(c))

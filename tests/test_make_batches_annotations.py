@@ -250,3 +250,82 @@ def test_train_predict_show_work_on_window_batches(survey, tmp_path):
     r = invoke(["show", "-f", run_dir, "--cost", "--preds", "probs"])
     assert r.exit_code == 0, r.output
     assert os.path.exists(os.path.join(run_dir, "cost.png"))
+
+
+# ---- issue 23 ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def chorus(tmp_path_factory):
+    """A dawn chorus: WOTH always inside a longer NOCA (so it never wins a window), EATO only past the end."""
+    root = tmp_path_factory.mktemp("chorus")
+    write_recording(str(root / "rec" / "dawn.flac"), 12.0, calls=[(2.0, 6.0, 200.0), (3.0, 4.0, 600.0)], seed=7)
+    write_raven(str(root / "tables" / "dawn.Table.1.selections.txt"),
+                [(2.0, 6.0, "NOCA", 50, 250), (3.0, 4.0, "WOTH", 500, 700), (20.0, 21.0, "EATO", 50, 250)])
+    (root / "features.yaml").write_text(FEATURES)
+    return root
+
+
+def test_every_label_of_the_tables_is_a_class(chorus, tmp_path):
+    r = run(chorus, tmp_path / "b", "--test-fraction", "0")
+    assert r.exit_code == 0, r.output
+    meta = restricted_load(str(tmp_path / "b" / META))
+    assert meta["label_names"] == ["background", "EATO", "NOCA", "WOTH"]
+    assert meta["windows"]["counts"] == {"background": 6, "EATO": 0, "NOCA": 5, "WOTH": 0}
+    assert "(background 6, EATO 0, NOCA 5, WOTH 0;" in r.output
+    assert "warning: 2 classes have no window (EATO, WOTH)" in r.output
+    # --label-names fixes the set and its order; a name no table uses is a class of 0 windows
+    r = run(chorus, tmp_path / "c", "--test-fraction", "0", "--label-names", "background,WOTH,NOCA,EATO,BCCH")
+    assert r.exit_code == 0, r.output
+    meta = restricted_load(str(tmp_path / "c" / META))
+    assert meta["label_names"] == ["background", "WOTH", "NOCA", "EATO", "BCCH"]
+    assert meta["windows"]["counts"]["BCCH"] == 0 and meta["windows"]["counts"]["NOCA"] == 5
+
+
+@pytest.mark.parametrize("names, message", [
+    ("background,NOCA,EATO", "dawn.Table.1.selections.txt line 4: label 'WOTH' is not one of the label names"),
+    ("background,NOCA,WOTH,NOCA,EATO", "--label-names background,NOCA,WOTH,NOCA,EATO: give each name once"),
+    ("background,,NOCA,WOTH,EATO", "--label-names background,,NOCA,WOTH,EATO: give each name once"),
+])
+def test_label_names_must_hold_every_label_of_the_tables(chorus, tmp_path, names, message):
+    r = run(chorus, tmp_path / "b", "--test-fraction", "0", "--label-names", names)
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output
+
+
+def test_multi_file_table_pairs_every_recording(tmp_path):
+    root = tmp_path / "s"
+    sels = []
+    for f in range(3):
+        write_recording(str(root / "rec" / f"r{f}.flac"), 6.0, calls=[(1.0, 2.0, 200.0), (4.0, 5.0, 200.0)], seed=f)
+        sels += [(1.0, 2.0, "upcall", 50, 250, f"r{f}.flac"), (4.0, 5.0, "upcall", 50, 250, f"r{f}.flac")]
+    from tests.annotation_fixtures import raven_text
+
+    head, *rows = raven_text(sels, file_col="Begin File").lstrip("\ufeff").split("\r\n")[:-1]
+    rows = ["\t".join([str(i // 2 % 2 + 1)] + row.split("\t")[1:]) for i, row in enumerate(rows)]  # 1, 2 per file
+    (root / "tables").mkdir()
+    (root / "tables" / "survey.txt").write_text("\r\n".join([head] + rows) + "\r\n", encoding="utf-8")
+    (root / "features.yaml").write_text(FEATURES)
+    r = run(root, tmp_path / "b", "--test-fraction", "0")
+    assert r.exit_code == 0, r.output
+    assert "3 recordings read" in r.output and "0 skipped" in r.output
+    meta = restricted_load(str(tmp_path / "b" / META))
+    assert meta["windows"]["counts"]["upcall"] == 3 * 4
+
+
+def test_fifo_as_annotations_is_refused(survey, tmp_path):
+    fifo = tmp_path / "tables.txt"
+    os.mkfifo(fifo)
+    import threading
+
+    out = []
+    t = threading.Thread(target=lambda: out.append(run(survey, tmp_path / "b", tables=fifo)), daemon=True)
+    t.start()
+    t.join(120)
+    if t.is_alive():
+        with open(fifo, "w"):
+            pass
+        t.join(30)
+        pytest.fail("make-batches --annotations FIFO blocked")
+    r = out[0]
+    assert r.exit_code == 2, r.output
+    assert f"{fifo}: is a FIFO, not a file" in r.output and "Traceback" not in r.output

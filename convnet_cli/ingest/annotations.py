@@ -1,9 +1,16 @@
 """Annotation tables -> `Selection`s: Raven Pro selection tables, folders of them, and CSV tables (docs/CONFIG.md).
 
 Raven selection tables are tab-separated text with a header row. Raven writes each selection once per view
-(`Waveform 1`, `Spectrogram 1`) under one `Selection` number: one row per number is kept (the spectrogram
-view's frequencies win, since the waveform view's are not meaningful). Extra columns are ignored; a UTF-8
-BOM, Windows line ends and latin-1 text (older Raven on Windows) are accepted.
+(`Waveform 1`, `Spectrogram 1`) under one `Selection` number: rows with the same number, file and times are
+one selection (the spectrogram view's frequencies win, since the waveform view's are not meaningful). A
+multi-file table numbers each file's selections from 1, so the number alone identifies nothing; the same
+number and file with other times is kept twice, with a warning naming both lines. Extra columns are
+ignored; a UTF-8 BOM and Windows line ends are accepted.
+
+Text: lines end at \n, \r\n or \r only (not at U+2028, NEL or form feed, as str.splitlines would), so line
+numbers are an editor's. Each line is UTF-8 when it is valid UTF-8; one that is not (older Raven on Windows)
+is read as Windows-1252 and a warning names it. Only regular files up to MAX_TABLE_BYTES, with lines up to
+MAX_LINE_BYTES, are read (a FIFO or /dev/zero is refused, naming it).
 
 Which recording a row belongs to:
 - a `Begin Path` column (full path, Windows or POSIX) or `Begin File` column (file name): that value, with a
@@ -13,9 +20,14 @@ Which recording a row belongs to:
 
 CSV tables: `filename,start,end,label[,low_freq,high_freq][,score]`, and detect's `detections.csv`
 (`filename,begin_s,end_s,class,score`). The label is `label_col`, else the first present of `Annotation`,
-`Class`, `Label`, `Species`, `Call Type` (any case); a table with none labels every row `call`.
+`Class`, `Label`, `Species`, `Call Type` (any case); a table with none labels every row `call` (with a
+warning naming its text columns, when it has some). A label holding a tab, a line break (also U+2028, NEL)
+or another control character is refused: in a Raven table a tab splits the cell (the row then has more
+cells than the header: refused), and a class name must survive tab-separated tables and CSV cells.
 
-Every problem is a DataError naming the file, the line, the column and the fix.
+Times, frequencies and scores are plain decimals (`12.5`, `-1`, `1.5e-3`): float() would also take `1_0`
+(as 10), `inf`, `nan`, ' 1' and non-ASCII digits. Every problem is a DataError naming the file, the line,
+the column and the fix.
 """
 from __future__ import annotations
 
@@ -23,6 +35,9 @@ import csv
 import math
 import os
 import re
+import stat
+import sys
+import unicodedata
 from dataclasses import dataclass, replace
 
 from convnet_cli.errors import DataError, did_you_mean
@@ -94,40 +109,129 @@ def _find(header, names):
 
 # ---- reading ----------------------------------------------------------------------------------------
 
-def _read_lines(path):
+MAX_TABLE_BYTES = 256 * 2 ** 20      # far above any real table (6,125 selections: ~1 MB); /dev/zero is not one
+MAX_LINE_BYTES = 2 ** 20
+_EOL_BYTES = re.compile(rb"\r\n|\r|\n")
+_EOL = re.compile(r"\r\n|\r|\n")
+# times and frequencies: what Raven and spreadsheets write; float() also takes '1_0', 'inf', ' 1', '١٠'
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_LINE_BREAKS = {"\n": "a line break", "\r": "a line break", "\x85": "a line break (NEL)",
+                "\u2028": "a line separator (U+2028)", "\u2029": "a paragraph separator (U+2029)",
+                "\t": "a tab", "\x0b": "a vertical tab", "\x0c": "a form feed"}
+# columns a table without a label column may hold text in that is not a label (Raven's clock and date columns)
+_NOT_LABELS = re.compile(r"time|date|clock|file|path|view|channel|selection|offset", re.IGNORECASE)
+
+
+def _stderr_warn(line):
+    print(f"warning: {line}", file=sys.stderr)
+
+
+def _secs(x: float) -> str:
+    """Seconds for a message: 3 decimals, or a short exponent form for absurd values (1e300 -> 1e+300)."""
+    return f"{x:.3f}" if abs(x) < 1e9 else f"{x:g}"
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:40] + "…")
+
+
+def _file_kind(mode):
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _read_raw(path):
+    """The bytes of `path`, a regular file of at most MAX_TABLE_BYTES: DataError for anything else."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        # O_NONBLOCK: opening a FIFO does not wait for a writer, so fstat can refuse it
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise DataError(f"{path}: annotation table not found; check the --annotations path") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise DataError(f"{path}: is {_file_kind(mode)}, not a file; give --annotations Raven selection tables "
+                            "(tab-separated .txt), a folder of them, or a CSV")
+        try:
+            raw = f.read(MAX_TABLE_BYTES + 1)
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if len(raw) > MAX_TABLE_BYTES:
+        raise DataError(f"{path}: larger than {MAX_TABLE_BYTES // 2 ** 20} MB; not an annotation table (check the "
+                        "--annotations path)")
+    return raw
+
+
+def _read_lines(path, warn):
+    """The lines of a table as text, split at \\n, \\r\\n and \\r only (so line numbers are an editor's).
+
+    Each line is UTF-8 when it is valid UTF-8; a line that is not is read as Windows-1252 (older Raven on
+    Windows), and one warning names those lines."""
+    raw = _read_raw(path)
     if b"\0" in raw[:4096]:
         raise DataError(f"{path}: is a binary file, not an annotation table; give Raven selection tables "
                         "(tab-separated .txt) or a CSV")
-    for enc in ("utf-8-sig", "cp1252", "latin-1"):
-        try:
-            text = raw.decode(enc)
-            break
-        except UnicodeDecodeError:
-            continue
-    return text.splitlines()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None:
+        lines = _EOL.split(text)
+        long = next((i for i, ln in enumerate(lines) if len(ln) > MAX_LINE_BYTES // 4
+                     and len(ln.encode("utf-8")) > MAX_LINE_BYTES), None)
+        if long is not None:
+            _long_line(path, long + 1)
+    else:
+        lines, legacy = [], []
+        for i, b in enumerate(_EOL_BYTES.split(raw), start=1):
+            if len(b) > MAX_LINE_BYTES:
+                _long_line(path, i)
+            try:
+                lines.append(b.decode("utf-8"))
+            except UnicodeDecodeError:
+                legacy.append(i)
+                try:
+                    lines.append(b.decode("cp1252"))
+                except UnicodeDecodeError:      # the 5 bytes cp1252 leaves undefined
+                    lines.append(b.decode("latin-1"))
+        more = f" (and {len(legacy) - 1} more lines: {', '.join(map(str, legacy[1:6]))}" \
+               f"{' …' if len(legacy) > 6 else ''})" if len(legacy) > 1 else ""
+        warn(f"{path} line {legacy[0]}: not UTF-8; read as Windows-1252{more}; save the table as UTF-8 if its "
+             "labels look wrong")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
 
 
-def read_tables(path: str, label_col: str | None = None) -> list[Selection]:
+def _long_line(path, lineno):
+    raise DataError(f"{path} line {lineno}: longer than {MAX_LINE_BYTES // 2 ** 20} MB; not an annotation table line "
+                    "(check the --annotations path)")
+
+
+def read_tables(path: str, label_col: str | None = None, warn=None) -> list[Selection]:
     """Selections of a Raven table, a folder of them (recursively, *.txt), or a CSV table. See the module doc.
 
     In a folder, `.txt` files whose header has neither a `Selection` nor a time column (notes, a
     skipped.txt) are not tables and are passed over; hidden files and folders are never read.
+    warn(line): what is read but may be wrong (a line read as Windows-1252, a repeated Selection number);
+    default: printed to stderr.
     """
-    return read_tables_and_claims(path, label_col)[0]
+    return read_tables_and_claims(path, label_col, warn)[0]
 
 
-def read_tables_and_claims(path: str, label_col: str | None = None):
+def read_tables_and_claims(path: str, label_col: str | None = None, warn=None):
     """(selections, claims): as read_tables, plus one `Selection` placeholder (begin = end = 0, label '') per
     Raven table matched to its recording by file name, so a table without any selection still says "this
     recording was annotated and holds no call" (all its windows are background)."""
     path = os.fspath(path)
+    warn = warn or _stderr_warn
     claims = []
     if os.path.isdir(path):
         files = []
@@ -137,7 +241,7 @@ def read_tables_and_claims(path: str, label_col: str | None = None):
                          if n.lower().endswith(".txt") and not n.startswith("."))
         out, tables = [], 0
         for f in sorted(files):
-            sel = _read_one(f, label_col, in_folder=True, claims=claims)
+            sel = _read_one(f, label_col, in_folder=True, claims=claims, warn=warn)
             if sel is not None:
                 tables += 1
                 out.extend(sel)
@@ -145,13 +249,13 @@ def read_tables_and_claims(path: str, label_col: str | None = None):
             raise DataError(f"{path}: no Raven selection tables (*.txt with a header row naming 'Selection' and "
                             "'Begin Time (s)') in it or its subfolders; check the --annotations path")
         return out, claims
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         raise DataError(f"{path}: annotation table not found; check the --annotations path")
-    return _read_one(path, label_col, in_folder=False, claims=claims), claims
+    return _read_one(path, label_col, in_folder=False, claims=claims, warn=warn), claims
 
 
-def _read_one(path, label_col, in_folder, claims=None):
-    lines = _read_lines(path)
+def _read_one(path, label_col, in_folder, claims=None, warn=_stderr_warn):
+    lines = _read_lines(path, warn)
     first = next((i for i, ln in enumerate(lines) if ln.strip()), None)
     if first is None:
         if in_folder:
@@ -160,27 +264,55 @@ def _read_one(path, label_col, in_folder, claims=None):
                         "End Time (s), …; CSV: filename,start,end,label) and one row per selection")
     head = lines[first]
     if path.lower().endswith(".csv") or ("\t" not in head and "," in head):
-        rows = list(csv.reader(lines[first:]))
-        return _parse(path, rows, first + 1, label_col, in_folder, raven=False)
-    rows = [ln.split("\t") for ln in lines[first:]]
-    return _parse(path, rows, first + 1, label_col, in_folder, raven=True, claims=claims)
+        return _parse(path, _csv_rows(path, lines, first), label_col, in_folder, raven=False, warn=warn)
+    rows = [(first + 1 + k, ln.split("\t")) for k, ln in enumerate(lines[first:])]
+    return _parse(path, rows, label_col, in_folder, raven=True, claims=claims, warn=warn)
+
+
+def _csv_rows(path, lines, first):
+    """[(line the row starts on, cells)]: a quoted field may run over several lines (it then holds '\\n')."""
+    reader = csv.reader(ln + "\n" for ln in lines[first:])
+    rows, at = [], first + 1
+    try:
+        for cells in reader:
+            rows.append((at, cells))
+            at = first + 1 + reader.line_num
+    except csv.Error as exc:
+        raise DataError(f"{path} line {at}: not a readable CSV line ({exc}); fix that line") from None
+    return rows
+
+
+def _decimal(text: str):
+    """A plain decimal number (what Raven and spreadsheets write) as a finite float, else None."""
+    if not _DECIMAL.fullmatch(text):
+        return None
+    v = float(text)
+    return v if math.isfinite(v) else None
 
 
 def _number(path, lineno, col_name, text, what):
-    t = text.strip()
-    try:
-        v = float(t)
-    except ValueError:
-        v = None
-    if v is None or not math.isfinite(v):
-        shown = t if t else "(empty)"
-        raise DataError(f"{path} line {lineno}, column '{col_name}': {what} {shown!r} is not a number of seconds; "
-                        "fix that cell")
+    v = _decimal(text)
+    if v is None:
+        shown = _shown(text) if text else "'(empty)'"
+        raise DataError(f"{path} line {lineno}, column '{col_name}': {what} {shown} is not a number of seconds "
+                        "(a plain decimal such as 12.5: no spaces, '_', inf or nan); fix that cell")
     return v
 
 
-def _parse(path, rows, header_line, label_col, in_folder, raven, claims=None):
-    header = [h.strip() for h in rows[0]]
+def label_char_error(where, col_name, label):
+    """The one-line DataError for a label holding a tab, a line break or another control character, else
+    None (where: 'file line N'). Class names go into tab-separated tables, CSV cells and one-line lists,
+    where such a character would cut them; the tables' and the --labels CSV's readers refuse them."""
+    for ch in label:
+        if ch in _LINE_BREAKS or unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+            what = _LINE_BREAKS.get(ch) or f"U+{ord(ch):04X} (a control character)"
+            return DataError(f"{where}, column '{col_name}': the label {_shown(label)} holds {what}; remove it "
+                             "(a class name is one line without tabs or control characters)")
+    return None
+
+
+def _parse(path, rows, label_col, in_folder, raven, claims=None, warn=_stderr_warn):
+    header_line, header = rows[0][0], [h.strip() for h in rows[0][1]]
     bi = _find(header, _BEGIN_COLUMNS)
     ei = _find(header, _END_COLUMNS)
     si = _find(header, ("Selection",))
@@ -215,17 +347,25 @@ def _parse(path, rows, header_line, label_col, in_folder, raven, claims=None):
     stem = table_stem(path) if file_i is None else None
     if stem is not None and claims is not None:
         claims.append(Selection(stem, 0.0, 0.0, "", source=path, line=header_line))
+    known = {i for i in (bi, ei, si, li, low_i, high_i, score_i, view_i, offset_i, file_i) if i is not None}
+    text_cols = set()        # columns holding text, for a table without a label column
     out = []
-    by_number = {}   # Raven Selection number -> position in out
-    for k, row in enumerate(rows[1:], start=1):
-        lineno = header_line + k
+    kept = {}                # (Selection, recording, begin, end) -> position in out: Raven's views of one selection
+    numbered = {}            # (Selection, recording) -> [(begin, end, line)] kept under that number
+    for lineno, row in rows[1:]:
         if not any(c.strip() for c in row):
             continue
+        if raven and len(row) > len(header) and any(c.strip() for c in row[len(header):]):
+            raise DataError(f"{path} line {lineno}: {len(row)} tab-separated cells, the header has {len(header)}: a "
+                            "tab inside a label or note? Remove it (a tab separates cells in a Raven table)")
         row = row + [""] * (len(header) - len(row))
         begin = _number(path, lineno, header[bi], row[bi], "begin time")
         end = _number(path, lineno, header[ei], row[ei], "end time")
         if offset_i is not None and row[offset_i].strip():
             offset = _number(path, lineno, header[offset_i], row[offset_i], "file offset")
+            if offset < 0:
+                raise DataError(f"{path} line {lineno}, column '{header[offset_i]}': negative file offset "
+                                f"{offset:g} s; the offset is seconds from the start of the row's file")
             begin, end = offset, offset + (end - begin)
         if begin < 0 or end < 0:
             col = header[bi] if begin < 0 else header[ei]
@@ -236,7 +376,13 @@ def _parse(path, rows, header_line, label_col, in_folder, raven, claims=None):
                             f"{begin:g} s; fix the selection (or swap the two)")
         if li is None:
             label = DEFAULT_LABEL
+            if not label_col:
+                text_cols.update(i for i, c in enumerate(row[:len(header)])
+                                 if i not in known and c.strip() and _decimal(c.strip()) is None)
         else:
+            exc = label_char_error(f"{path} line {lineno}", header[li], row[li].strip(" "))
+            if exc is not None:
+                raise exc
             label = row[li].strip()
             if not label:
                 raise DataError(f"{path} line {lineno}, column '{header[li]}': empty label; label every selection "
@@ -252,30 +398,43 @@ def _parse(path, rows, header_line, label_col, in_folder, raven, claims=None):
         high = _optional(path, lineno, header, high_i, row)
         score = _optional(path, lineno, header, score_i, row)
         sel = Selection(recording, begin, end, label, low, high, score, path, lineno)
-        if raven and si is not None and row[si].strip():
-            number = row[si].strip()
-            at = by_number.get(number)
-            if at is not None:
+        number = row[si].strip() if raven and si is not None else ""
+        if number:
+            at = kept.get((number, recording, begin, end))
+            if at is not None:                     # another view of a selection already read
                 view = row[view_i].strip().lower() if view_i is not None else ""
                 if view.startswith("spectrogram"):   # the spectrogram view's frequency box wins
-                    kept = out[at]
-                    out[at] = replace(kept, low_freq=low if low is not None else kept.low_freq,
-                                      high_freq=high if high is not None else kept.high_freq)
+                    k = out[at]
+                    out[at] = replace(k, low_freq=low if low is not None else k.low_freq,
+                                      high_freq=high if high is not None else k.high_freq)
                 continue
-            by_number[number] = len(out)
+            others = numbered.setdefault((number, recording), [])
+            if others:
+                b0, e0, line0 = others[0]
+                where = "" if file_i is None else f" of '{recording}'"
+                warn(f"{path} lines {line0} and {lineno}: Selection {number}{where} appears with other times "
+                     f"({_secs(b0)}-{_secs(e0)} s and {_secs(begin)}-{_secs(end)} s); both kept: give them their "
+                     "own numbers if they are two calls, or delete the wrong row")
+            others.append((begin, end, lineno))
+            kept[(number, recording, begin, end)] = len(out)
         out.append(sel)
+    if text_cols:
+        names = [header[i] for i in sorted(text_cols) if header[i] and not _NOT_LABELS.search(header[i])]
+        if names:
+            warn(f"{path}: no label column ({', '.join(LABEL_COLUMNS)}): every selection is labelled "
+                 f"'{DEFAULT_LABEL}'; its text column(s) {', '.join(repr(n) for n in names)} may hold the labels: "
+                 "name one with --label-col")
     return out
 
 
 def _optional(path, lineno, header, i, row):
     if i is None or not row[i].strip():
         return None
-    try:
-        v = float(row[i])
-    except ValueError:
-        raise DataError(f"{path} line {lineno}, column '{header[i]}': {row[i].strip()!r} is not a number; "
-                        "fix that cell") from None
-    return v if math.isfinite(v) else None
+    v = _decimal(row[i])
+    if v is None:
+        raise DataError(f"{path} line {lineno}, column '{header[i]}': {_shown(row[i])} is not a number (a plain "
+                        "decimal such as 12.5); fix that cell")
+    return v
 
 
 # ---- pairing with recordings ----------------------------------------------------------------------
@@ -354,12 +513,12 @@ def clip_to_duration(selections, duration_s: float, warn) -> list[Selection]:
     for s in selections:
         where = f"{s.source} line {s.line}" if s.source else s.recording
         if s.begin >= duration_s:
-            warn(f"{where}: selection {s.begin:.3f}-{s.end:.3f} s starts after the end of '{s.recording}' "
-                 f"({duration_s:.3f} s); left out")
+            warn(f"{where}: selection {_secs(s.begin)}-{_secs(s.end)} s starts after the end of '{s.recording}' "
+                 f"({_secs(duration_s)} s); left out")
             continue
         if s.end > duration_s:
-            warn(f"{where}: selection {s.begin:.3f}-{s.end:.3f} s ends after the end of '{s.recording}' "
-                 f"({duration_s:.3f} s); clipped to {duration_s:.3f} s")
+            warn(f"{where}: selection {_secs(s.begin)}-{_secs(s.end)} s ends after the end of '{s.recording}' "
+                 f"({_secs(duration_s)} s); clipped to {_secs(duration_s)} s")
             s = replace(s, end=float(duration_s))
         out.append(s)
     return out

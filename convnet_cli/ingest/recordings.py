@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from convnet_cli.data.batch_files import META, encode_batch
-from convnet_cli.errors import ConfigError, DataError
+from convnet_cli.errors import ConfigError, DataError, did_you_mean
 from convnet_cli.data.skipped_list import format_skipped
 from convnet_cli.fileio import write_pickle_atomic, write_text_atomic
 from convnet_cli.ingest.annotations import assign_to_recordings, clip_to_duration, read_tables_and_claims
@@ -75,8 +75,28 @@ class WindowPlan:
 
 # ---- step 1: recordings and tables ------------------------------------------------------------------
 
+class _CappedWarn:
+    """warn(line) for the first `limit` lines, then a count: '… and N more <what>'."""
+
+    def __init__(self, warn, what, limit=MAX_WARNINGS):
+        self.warn, self.what, self.limit, self.n = warn, what, limit, 0
+
+    def __call__(self, line):
+        self.n += 1
+        if self.n <= self.limit:
+            self.warn(f"warning: {line}")
+
+    def close(self):
+        if self.n > self.limit:
+            self.warn(f"warning: … and {self.n - self.limit} more {self.what}")
+
+
 def collect_recordings(recordings_dir, tables, label_col=None, warn=print):
-    """([Recording with selections], [(rel, reason) skipped]). DataError for bad tables or paths."""
+    """([Recording with selections], [(rel, reason) skipped], {label: 'table line N' where first found}).
+
+    The labels are those of every selection the tables hold, also of selections past a recording's end and
+    of recordings that are skipped: they are the classes of the set (see plan_windows). DataError for bad
+    tables or paths."""
     recordings_dir = os.fspath(recordings_dir)
     if not os.path.exists(recordings_dir):
         raise DataError(f"{recordings_dir}: no such folder; give the folder that holds the recordings")
@@ -87,19 +107,19 @@ def collect_recordings(recordings_dir, tables, label_col=None, warn=print):
     if not rels:
         raise DataError(f"{recordings_dir}: no audio files (.wav, .flac, .ogg, .aiff, .aif) in it or its "
                         "subfolders; check RECORDINGS")
-    selections, claims = read_tables_and_claims(tables, label_col)
+    table_warn = _CappedWarn(warn, "warnings about the tables")
+    selections, claims = read_tables_and_claims(tables, label_col, table_warn)
+    table_warn.close()
     if not selections and not claims:
         raise DataError(f"{tables}: holds no selections; nothing to learn from")
+    labels = {}
+    for s in selections:
+        labels.setdefault(s.label, f"{s.source} line {s.line}")
     by_rec = assign_to_recordings(selections, root, rels)
     for rel in assign_to_recordings(claims, root, rels):
         by_rec.setdefault(rel, [])
-    recs, skipped, n_warn = [], [], [0]
-
-    def _warn(line):
-        n_warn[0] += 1
-        if n_warn[0] <= MAX_WARNINGS:
-            warn(f"warning: {line}")
-
+    recs, skipped = [], []
+    clip_warn = _CappedWarn(warn, "selections clipped or left out at recordings' ends")
     for rel in rels:
         if rel not in by_rec:
             skipped.append((rel, NO_TABLE))
@@ -110,17 +130,37 @@ def collect_recordings(recordings_dir, tables, label_col=None, warn=print):
         except AudioError as exc:
             skipped.append((rel, exc.reason))
             continue
-        recs.append(Recording(rel, path, duration, sr, clip_to_duration(by_rec[rel], duration, _warn)))
-    if n_warn[0] > MAX_WARNINGS:
-        warn(f"warning: … and {n_warn[0] - MAX_WARNINGS} more selections clipped or left out at recordings' ends")
-    return recs, skipped
+        recs.append(Recording(rel, path, duration, sr, clip_to_duration(by_rec[rel], duration, clip_warn)))
+    clip_warn.close()
+    return recs, skipped, labels
 
 
 # ---- step 2: the plan ---------------------------------------------------------------------------------
 
 def plan_windows(recs, spec: FeatureSpec, hop_s, min_overlap=0.5, background="background", background_ratio=None,
-                 seed=0, label_names=None) -> WindowPlan:
-    """Which windows become cases, and their labels (docs/CONFIG.md)."""
+                 seed=0, label_names=None, table_labels=None) -> WindowPlan:
+    """Which windows become cases, and their labels (docs/CONFIG.md).
+
+    The classes do not depend on which windows a label wins: they are `label_names` when given, else the
+    background label (when some window is background) and every label of the tables (`table_labels`,
+    {label: where first found}; default: those of recs' selections), sorted. A label whose annotations
+    always overlap another class more, or lie past the recordings' ends, is a class of 0 windows, so two
+    surveys made apart keep the same classes and indices.
+    """
+    if table_labels is None:
+        table_labels = {}
+        for r in recs:
+            for s in r.selections:
+                table_labels.setdefault(s.label, f"{s.source} line {s.line}" if s.source else s.recording)
+    if label_names is not None:
+        label_names = [str(n) for n in label_names]
+        if not label_names or len(set(label_names)) != len(label_names) or not all(label_names):
+            raise ConfigError(f"--label-names {','.join(label_names)}: give each name once (none empty)")
+        missing = [c for c in table_labels if c not in label_names]
+        if missing:
+            raise DataError(f"{table_labels[missing[0]]}: label '{missing[0]}' is not one of the label names "
+                            f"({', '.join(label_names)}){did_you_mean(missing[0], label_names)}; fix the table or "
+                            "--label-names")
     recs_i, wins, codes = [], [], []
     code = {}                     # label -> provisional id (ints per window, not strings: months of audio fit)
     left_out = 0
@@ -139,17 +179,14 @@ def plan_windows(recs, spec: FeatureSpec, hop_s, min_overlap=0.5, background="ba
     win = np.concatenate(wins) if wins else np.zeros(0, np.int64)
     prov = np.concatenate(codes) if codes else np.zeros(0, np.int64)
     present = [c for c in code if (prov == code[c]).any()]
-    found = sorted(set(present) - {background})
     if label_names is None:
-        names = ([background] if background in present else []) + found
+        found = sorted(set(table_labels) - {background})
+        names = ([background] if background in present or background in table_labels else []) + found
     else:
         names = list(label_names)
-        missing = [c for c in sorted(present) if c not in names]
-        if missing:
-            where = next((f"{s.source} line {s.line}" for r in recs for s in r.selections if s.label == missing[0]),
-                         "--background")
-            raise DataError(f"{where}: label '{missing[0]}' is not one of the label names ({', '.join(names)}); "
-                            "fix the table or --label-names (the background label counts too)")
+        if background in present and background not in names:
+            raise DataError(f"--background: label '{background}' is not one of the label names ({', '.join(names)}); "
+                            "add it to --label-names (windows without annotations take it)")
     index = {c: j for j, c in enumerate(names)}
     remap = np.zeros(max(len(code), 1), dtype=np.int64)
     for c, j in code.items():
@@ -419,7 +456,7 @@ def make_batches_from_annotations(recordings_dir, batch_dir, tables, *, features
         def warn(line):
             pass
     refuse_existing(batch_dir, overwrite)
-    recs, skipped = collect_recordings(recordings_dir, tables, label_col, warn)
+    recs, skipped, table_labels = collect_recordings(recordings_dir, tables, label_col, warn)
     short = [r for r in recs if window_starts(r.duration, spec.duration, hop_s).size == 0]
     for r in short:
         skipped.append((r.rel, f"shorter ({r.duration:.3f} s) than one window ({spec.duration:g} s)"))
@@ -430,7 +467,13 @@ def make_batches_from_annotations(recordings_dir, batch_dir, tables, *, features
         raise NothingReadError(f"{recordings_dir}: none of the {len(skipped)} recordings could be used ({first}"
                                f"{' …' if len(skipped) > 3 else ''}); nothing was written")
     plan = plan_windows(recs, spec, hop_s, float(min_overlap), str(background), background_ratio, int(seed),
-                        label_names)
+                        label_names, table_labels)
+    empty = [c for c, k in plan.counts.items() if k == 0 and c != background]
+    if empty:
+        warn(f"warning: {len(empty)} class{'es have' if len(empty) > 1 else ' has'} no window ({', '.join(empty)}): "
+             "annotations overlapped more by another class, below --min-overlap, past a recording's end or in "
+             "skipped recordings; kept as classes of 0 windows so label indices match other sets made from "
+             "these tables")
     n = plan.labels.size
     if n == 0:
         raise DataError(f"{recordings_dir}: no windows to write: recordings shorter than one window "

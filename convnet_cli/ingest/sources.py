@@ -15,6 +15,7 @@ import numpy as np
 
 from convnet_cli.errors import ConfigError, DataError, did_you_mean
 from convnet_cli.fileio import open_error
+from convnet_cli.ingest.annotations import label_char_error
 from convnet_cli.ingest.audio import AUDIO_EXTENSIONS, is_audio_name
 
 FILE_COLUMNS = ("clip_name", "filename", "file", "fname", "path")
@@ -134,27 +135,34 @@ def _pick_column(header, given, defaults, csv_path, flag, what):
 
 
 def _from_csv(audio_dir, csv_path, file_col, label_col, label_names) -> Dataset:
+    rows, at = [], 1          # (line the row starts on, cells): a quoted field may hold line breaks
     try:
         with open(csv_path, "r", encoding="utf-8-sig", newline="") as f:
-            rows = list(csv.reader(f))
+            reader = csv.reader(f)
+            for cells in reader:
+                rows.append((at, cells))
+                at = reader.line_num + 1
     except csv.Error as exc:
-        raise DataError(f"{csv_path}: not a readable CSV ({exc})") from None
+        raise DataError(f"{csv_path} line {at}: not a readable CSV ({exc})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise open_error(csv_path, exc, "labels file", "--labels must be a CSV file with a header line",
                          "check the --labels path") from None
-    if not rows or not any(c.strip() for c in rows[0]):
+    if not rows or not any(c.strip() for c in rows[0][1]):
         raise DataError(f"{csv_path}: empty; expected a header line such as clip_name,label and one row per clip")
-    header = [c.strip() for c in rows[0]]
+    header = [c.strip() for c in rows[0][1]]
     fi = _pick_column(header, file_col, FILE_COLUMNS, csv_path, "--file-col", "file name")
     li = _pick_column(header, label_col, LABEL_COLUMNS, csv_path, "--label-col", "label")
     entries = []   # (line, name, label)
     seen = {}
-    for lineno, row in enumerate(rows[1:], start=2):
+    for lineno, row in rows[1:]:
         if not any(c.strip() for c in row):
             continue
         if len(row) <= max(fi, li):
             raise DataError(f"{csv_path} line {lineno}: {len(row)} field(s), but the header has {len(header)}; "
                             "fix that line")
+        exc = label_char_error(f"{csv_path} line {lineno}", header[li], row[li].strip(" "))
+        if exc is not None:
+            raise exc
         name, label = row[fi].strip(), row[li].strip()
         if not name:
             raise DataError(f"{csv_path} line {lineno}: empty file name in column '{header[fi]}'")
