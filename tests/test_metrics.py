@@ -1,4 +1,4 @@
-"""predict/metrics.py against numbers worked out by hand (in the comments) and brute-force references."""
+"""metrics.py against numbers worked out by hand (in the comments) and brute-force references."""
 from __future__ import annotations
 
 import itertools
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from convnet_cli.predict.metrics import (
+from convnet_cli.metrics import (
     classification_report,
     confusion_matrix,
     format_report,

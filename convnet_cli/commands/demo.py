@@ -34,7 +34,7 @@ def command(root, batch_dir, clips, epochs, device, seed, quiet, recordings):
     epochs = epochs or 20
     from convnet_cli.ingest.features import FeatureSpec
     from convnet_cli.ingest.make_batches import make_batches
-    from convnet_cli.predict.metrics import format_report
+    from convnet_cli.metrics import format_report
     from convnet_cli.predict.predict import predict_batches, write_csv, write_report
     from convnet_cli.train.checkpoint import resolve_checkpoint
 

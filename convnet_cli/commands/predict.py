@@ -49,7 +49,7 @@ def command(checkpoint, audio, data_path, test_range, out, report, multiview, vi
     if not quiet:
         click.echo(f"wrote {len(preds.filenames)} predictions to {path}")
     if report:
-        from convnet_cli.predict.metrics import format_report
+        from convnet_cli.metrics import format_report
 
         rep, rpath = write_report(preds, os.path.dirname(os.path.abspath(out)), topk=topk)
         click.echo(format_report(rep))

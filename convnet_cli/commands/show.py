@@ -79,7 +79,7 @@ def command(run_path, cost, filters_layer, preds_layer, only_errors, confusion, 
                 raise ConfigError(f"no misclassified case among the first {n} test cases; nothing to plot") from None
             raise ConfigError(str(exc)) from None
     if confusion:
-        from convnet_cli.predict.metrics import confusion_matrix
+        from convnet_cli.metrics import confusion_matrix
 
         full = predictions(run, preds_layer, data_path, None)
         known = full.labels >= 0

@@ -31,6 +31,7 @@ import re
 import numpy as np
 
 from convnet_cli.data.batch_set_swap import pending_swap
+from convnet_cli.data.targets import read_targets
 from convnet_cli.errors import DataError
 from convnet_cli.fileio import open_error
 
@@ -279,6 +280,8 @@ class BatchSet:
         sizes = meta.get("batch_cases")
         self._sizes = [int(v) for v in sizes] if isinstance(sizes, (list, tuple)) else None
         self.num_cases_per_batch = int(meta.get("num_cases_per_batch") or 0)
+        # every case a set of classes (data/targets.py): batch files hold `targets` besides `labels`
+        self.multi_label = bool(meta.get("multi_label", False))
 
     def _scan(self) -> dict:
         files = {}
@@ -356,7 +359,14 @@ class BatchSet:
 
         x: (n, num_vis) view in the stored dtype (a transposed view for column-per-case files);
         scale: (offset, scale) for uint8 data written with --dtype uint8, else None (values = offset + scale*x).
+        labels: cuda-convnet's one int per case (see read_batch for the targets of multi-label batches).
         """
+        x, scale, targets, names = self.read_batch(i)
+        return x, scale, targets.labels, names
+
+    def read_batch(self, i: int):
+        """As read_raw, with the cases' targets (data/targets.py) in place of the labels:
+        (x, scale, Targets, filenames)."""
         i = int(i)
         path = self.batch_file(i)
         if i not in self._files:
@@ -399,24 +409,14 @@ class BatchSet:
             except (TypeError, ValueError):
                 raise DataError(f"{path}: data_offset/data_scale must be numbers; re-create it with "
                                 "convnet make-batches") from None
-        if labels is None:
-            y = np.full(n, -1, dtype=np.int64)
-        else:
-            try:
-                y = np.asarray(labels).astype(np.int64).reshape(-1)
-            except (TypeError, ValueError):
-                raise DataError(f"{path}: labels must be integers; re-create it with convnet make-batches") from None
-        k = len(self.label_names)
-        if y.size and (y.min() < -1 or (k and y.max() >= k)):
-            raise DataError(f"{path}: label {int(y.max() if y.max() >= k else y.min())} is outside 0..{k - 1} "
-                            f"(batches.meta has {k} label_names); re-create the batches with convnet make-batches")
+        targets = read_targets(d, n, len(self.label_names), self.multi_label, path)
         names = d.get("filenames")
         if names is None:
             names = [f"{os.path.basename(path)}:{j}" for j in range(n)]
         names = [s.decode("latin1") if isinstance(s, bytes) else str(s) for s in names]
         if len(names) != n:
             raise DataError(f"{path}: {len(names)} filenames for {n} cases; re-create it with convnet make-batches")
-        return x, scale, y, names
+        return x, scale, targets, names
 
     def __repr__(self):
         return f"BatchSet({self.batch_dir!r}, batches={self.batch_numbers}, shape={self.data_shape})"

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from convnet_cli.data.augment import AugmentContext, apply_augmentations, check_labels, parse_augment
-from convnet_cli.data.balance import balanced_order
 from convnet_cli.errors import ConfigError, DataError
 
 STD_FLOOR = 1e-6
@@ -41,8 +40,10 @@ STD_FLOOR = 1e-6
 @dataclass
 class Minibatch:
     x: object           # (N, H, W, C) float32 device array
-    labels: object      # (N,) int32 device array, or (N, K) float32 soft targets (mixup)
+    labels: object      # what the net's labels input gets, on the device: (N,) int32 class indices, or (N, K)
+                        # float32 targets (multi-label: 1 / 0 / -1 unknown; mixup: soft)
     filenames: list
+    targets: object = None  # the cases' data/targets.py Targets on the host (before augmentation)
 
 
 def _rng(*words):
@@ -131,7 +132,7 @@ class DataProvider:
         return self.backend.xp.cuda.get_current_stream().record()
 
     def _minibatches(self, prepared):
-        x, y, names = prepared
+        x, y, names, targets = prepared
         del prepared
         be = self.backend
         on_host = not getattr(be, "is_gpu", False)
@@ -139,7 +140,8 @@ class DataProvider:
         if not on_host:  # x and y are on the device already: slices, no copies
             try:
                 for a in range(0, x.shape[0], self.mini):
-                    yield Minibatch(x[a:a + self.mini], y[a:a + self.mini], names[a:a + self.mini])
+                    yield Minibatch(x[a:a + self.mini], y[a:a + self.mini], names[a:a + self.mini],
+                                    targets.take(np.arange(a, min(a + self.mini, len(targets)))))
             finally:
                 del x, y, names
             return
@@ -149,26 +151,28 @@ class DataProvider:
                 # a copy on the CPU, so a kept minibatch does not pin the whole batch
                 xb = be.asarray(xb.copy(), dtype=np.float32)
                 yb = be.asarray(y[a:a + self.mini], dtype=np.float32 if soft else np.int32)
-                yield Minibatch(xb, yb, names[a:a + self.mini])
+                yield Minibatch(xb, yb, names[a:a + self.mini],
+                                targets.take(np.arange(a, min(a + self.mini, len(targets)))))
         finally:
             del x, y, names
 
     # ---- one batch file, in the loader thread ----------------------------------------------------
     def _prepare(self, epoch, bnum, after=None):
-        """Batch bnum -> (x (n, H, W, C) float32 host, labels (n,) int64 or (n, K) float32, filenames).
+        """Batch bnum -> (x (n, H, W, C) float32 host, labels (n,) int64 or (n, K) float32, filenames,
+        Targets), in the order served.
 
         On a GPU backend: the same on the device (labels int32 or float32), see _prepare_gpu."""
         if getattr(self.backend, "is_gpu", False):
             return self._prepare_gpu(epoch, bnum, after)
         self.loader_threads.add(threading.get_ident())
-        raw, scale, y, names = self.batchset.read_raw(bnum)
+        raw, scale, targets, names = self.batchset.read_batch(bnum)
         n = raw.shape[0]
         c, h, w = self.data_shape
         view = raw.reshape(n, c, h, w).transpose(0, 2, 3, 1)          # NHWC view, no copy yet
         if self.train:
-            perm = self._order(epoch, bnum, y, n)
+            perm = self._order(epoch, bnum, targets, n)
             x = view[perm]                                              # the one copy
-            y = y[perm]
+            targets = targets.take(perm)
             names = [names[i] for i in perm]
         else:
             x = np.ascontiguousarray(view)
@@ -183,14 +187,15 @@ class DataProvider:
         if self.normalize:
             x -= self._mean
             x *= self._inv_std
+        y = targets.array()
         if self.augment:
             x, y = apply_augmentations(self.augment, x, y, _rng(self.seed, epoch, bnum, 1), np, self._aug_ctx)
-        return x, y, names
+        return x, y, names, targets
 
-    def _order(self, epoch, bnum, y, n):
+    def _order(self, epoch, bnum, targets, n):
         """The order of batch bnum's cases in this epoch: a shuffle, or with --balance a class-balanced draw."""
         rng = _rng(self.seed, epoch, bnum)
-        return balanced_order(y, rng) if self.balance else rng.permutation(n)
+        return targets.balanced_order(rng) if self.balance else rng.permutation(n)
 
     def _prepare_gpu(self, epoch, bnum, after):
         """_prepare on the device: gather the cases in their shuffled order into pinned host memory (in the
@@ -201,16 +206,16 @@ class DataProvider:
         import cupyx
 
         self.loader_threads.add(threading.get_ident())
-        raw, scale, y, names = self.batchset.read_raw(bnum)
+        raw, scale, targets, names = self.batchset.read_batch(bnum)
         n = raw.shape[0]
         c, h, w = self.data_shape
         with cupy.cuda.Device(self.backend.device_id or 0):
             stream = self._side_stream()
             pinned = cupyx.empty_pinned(raw.shape, dtype=raw.dtype)
             if self.train:
-                perm = self._order(epoch, bnum, y, n)
+                perm = self._order(epoch, bnum, targets, n)
                 np.take(raw, perm, axis=0, out=pinned)                     # the one host copy
-                y = y[perm]
+                targets = targets.take(perm)
                 names = [names[i] for i in perm]
             else:
                 pinned[...] = raw
@@ -229,12 +234,13 @@ class DataProvider:
                     mean, inv_std = self._device_stats(cupy)
                     x -= mean
                     x *= inv_std
+                y = targets.array()
                 if self.augment:
                     x, y = apply_augmentations(self.augment, x, y, _rng(self.seed, epoch, bnum, 1), cupy, self._aug_ctx)
                 y = cupy.asarray(y, dtype=np.float32 if y.ndim == 2 else np.int32)
                 stream.synchronize()  # blocks this loader thread only
             del pinned
-        return x, y, names
+        return x, y, names, targets
 
     def _side_stream(self):
         stream = getattr(self, "_stream", None)

@@ -250,7 +250,7 @@ def prepare_out(path: str, flag: str):
 
 def write_report(preds: Predictions, folder: str, topk: int = 5) -> tuple:
     """(report dict, path of report.json). Needs known labels."""
-    from convnet_cli.predict.metrics import classification_report
+    from convnet_cli.metrics import classification_report
 
     if not preds.labels_known:
         raise DataError("--report needs the true labels, and these cases have none (unlabeled batches or "

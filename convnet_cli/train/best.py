@@ -12,7 +12,7 @@ import numpy as np
 
 from convnet_cli.backend import to_host
 from convnet_cli.errors import ConfigError
-from convnet_cli.predict.metrics import roc_auc
+from convnet_cli.metrics import roc_auc
 
 BEST_BY = ("cost", "error", "auc")
 

@@ -1,4 +1,5 @@
-"""Classification metrics on host arrays (NumPy only): what `predict --report` prints and writes.
+"""Metrics on host arrays (NumPy only), the one place for them: what `predict --report` prints and writes,
+the test metrics of `train` and `--best-by`, and the precision-recall arithmetic of `evaluate`.
 
 Every function takes plain arrays: probs (n, K) class probabilities, y_true (n,) int labels in [0, K).
 Cases with an unknown label (-1) are the caller's to drop before calling these.
@@ -174,3 +175,59 @@ def format_report(report: dict) -> str:
     for name, row in zip(names, conf):
         lines.append(name.ljust(width) + "  " + " ".join(str(v).rjust(cell) for v in row))
     return "\n".join(lines)
+
+
+# ---- ranking: precision-recall over a score threshold -----------------------------------------------
+
+def pr_curve(scores, hits, n_positives: int):
+    """Precision and recall at each distinct score threshold, highest first.
+
+    scores: (n,) scores of n detections or cases; hits: (n,) bool, True where that one is a true positive;
+    n_positives: how many positives there are in all (may exceed hits.sum(): positives that no detection
+    found, such as unmatched annotations). -> (thresholds, precision, recall), each (m,) float64; recall is
+    NaN when n_positives is 0."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    tp = np.asarray(hits, dtype=np.float64).reshape(-1)
+    if s.size == 0:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    order = np.argsort(-s, kind="stable")
+    s, tp = s[order], tp[order]
+    ctp = np.cumsum(tp)
+    cnt = np.arange(1, len(s) + 1, dtype=np.float64)
+    last = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]  # the last of each run of tied scores
+    prec = ctp[last] / cnt[last]
+    rec = ctp[last] / n_positives if n_positives else np.full(len(last), np.nan)
+    return s[last], prec, rec
+
+
+def average_precision_from_curve(precision, recall) -> float:
+    """The step-wise area under a pr_curve: sum over thresholds of (R_i - R_{i-1}) * P_i (scikit-learn's
+    average_precision_score); recall that no threshold reaches adds nothing."""
+    if len(precision) == 0:
+        return 0.0
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def average_precision(scores, y_true) -> float | None:
+    """Average precision of binary labels y_true (0/1) ranked by scores; None when there is no positive."""
+    y = np.asarray(y_true).reshape(-1).astype(bool)
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        return None
+    _, prec, rec = pr_curve(scores, y, n_pos)
+    return average_precision_from_curve(prec, rec)
+
+
+def per_class_average_precision(scores, present, known=None) -> list:
+    """scores, present: (n, K) (present 0/1); known: (n, K) bool, the entries that count (default all).
+    -> [AP or None] per class: over the known cases of that class, None where it has no positive."""
+    scores = np.asarray(scores, dtype=np.float64)
+    present = np.asarray(present).astype(bool)
+    known = np.ones_like(present) if known is None else np.asarray(known, dtype=bool)
+    return [average_precision(scores[known[:, c], c], present[known[:, c], c]) for c in range(scores.shape[1])]
+
+
+def mean_average_precision(aps) -> float | None:
+    """The mean of the classes' APs that are defined (a class without a positive has none), or None."""
+    vals = [a for a in aps if a is not None]
+    return float(np.mean(vals)) if vals else None
