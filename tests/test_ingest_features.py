@@ -81,6 +81,67 @@ def test_features_match_torch_stft(kind, win):
         np.testing.assert_allclose(ours[:, 0], ref, rtol=0, atol=2e-3)
 
 
+@pytest.mark.parametrize("params", [
+    {},                                                        # librosa's defaults
+    {"pcen_time_constant": 0.06, "pcen_gain": 0.8, "pcen_bias": 10.0, "pcen_power": 0.25, "pcen_eps": 1e-4},
+    {"pcen_power": 0.0},                                       # the log1p form
+    {"pcen_bias": 0.0},                                        # the plain power form
+])
+def test_pcen_equals_librosa_on_the_same_mel_magnitudes(params):
+    librosa = pytest.importorskip("librosa", reason="librosa is the PCEN reference (pip install librosa)")
+    spec = FeatureSpec.from_dict(dict(sample_rate=8000, duration=0.5, kind="pcen", n_fft=256, hop=100, n_mels=24,
+                                      fmin=50, fmax=3500, **params), "test")
+    assert spec.shape[1] == 24 and not spec.frame_local
+    rng = np.random.default_rng(3)
+    x = signals() * np.linspace(0.2, 3.0, 4000, dtype=np.float32)    # a level that drifts within the clip
+    x[1] += (0.05 * rng.standard_normal(4000)).astype(np.float32)
+    ours = compute_features(x, spec, np)[:, 0]
+    assert ours.dtype == np.float32
+    frames = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), 256, axis=1)[:, ::100]
+    mag = np.abs(np.fft.rfft(frames * window(spec), axis=-1))        # |X|: PCEN's input is the mel magnitude
+    mel = np.einsum("nwf,fm->nmw", mag, ref_mel_matrix(8000, 256, 24, 50.0, 3500.0))
+    kw = {k[len("pcen_"):]: v for k, v in spec.to_dict().items() if k.startswith("pcen_")}
+    ref = np.stack([librosa.pcen(m, sr=8000, hop_length=100, **kw) for m in mel])
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-4)
+
+
+def test_pcen_removes_a_level_drift_that_logmel_keeps():
+    # stationary noise whose level rises 10x over the clip: logmel's mean moves by log(100) = 4.6 per band,
+    # PCEN's adaptive gain takes most of it out
+    rng = np.random.default_rng(0)
+    x = (0.01 * rng.standard_normal((1, 16000)) * np.linspace(1, 10, 16000)).astype(np.float32)
+    base = dict(sample_rate=8000, duration=2.0, n_fft=256, hop=128, n_mels=16)
+    drift = {}
+    for kind in ("logmel", "pcen"):
+        f = compute_features(x, FeatureSpec.from_dict({**base, "kind": kind}), np)[0, 0]
+        w = f.shape[1]
+        drift[kind] = abs(float(f[:, -w // 5:].mean() - f[:, w // 10:w // 5].mean())) / float(f.std())
+    assert drift["pcen"] < 0.5 * drift["logmel"]
+
+
+@pytest.mark.parametrize("doc, words", [
+    ({"kind": "pcen", "pcen_time_constant": 0}, ["pcen_time_constant 0", "positive"]),
+    ({"kind": "pcen", "pcen_gain": -1}, ["pcen_gain -1", "at least 0"]),
+    ({"kind": "pcen", "pcen_eps": "small"}, ["pcen_eps", "number"]),
+    ({"normalize": "bands"}, ["normalize 'bands'", "did you mean 'band'"]),
+])
+def test_bad_pcen_and_normalize_settings(doc, words):
+    with pytest.raises(ConfigError) as e:
+        FeatureSpec.from_dict(doc, "features.yaml")
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_features_dict_keeps_its_keys_and_adds_only_what_a_spec_uses():
+    assert "pcen_gain" not in FeatureSpec().to_dict() and "normalize" not in FeatureSpec().to_dict()
+    p = FeatureSpec.from_dict({"kind": "pcen", "pcen_gain": 0.9, "normalize": "band"})
+    d = p.to_dict()
+    assert d["pcen_gain"] == 0.9 and d["pcen_eps"] == 1e-6 and d["normalize"] == "band" and d["n_mfcc"] == 20
+    assert FeatureSpec.from_dict(d) == p and p.normalization == "band" and FeatureSpec().normalization == "pixel"
+    # a logmel spec given a pcen key (not its own) keeps it, so nothing given is lost
+    assert FeatureSpec.from_dict({"pcen_gain": 0.5}).to_dict()["pcen_gain"] == 0.5
+
+
 def test_mel_matrix_is_htk_triangles_and_window_is_periodic():
     spec = FeatureSpec(sample_rate=16000, n_fft=512, n_mels=40, fmin=20.0, fmax=7600.0)
     np.testing.assert_allclose(mel_filterbank(spec), ref_mel_matrix(16000, 512, 40, 20.0, 7600.0), atol=1e-6)

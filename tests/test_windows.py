@@ -96,6 +96,7 @@ def _clip_features(path, start_s, spec):
     (44100, 0.5, 2, "logmel"),    # resampled stereo
     (2000, 0.333, 1, "mfcc"),     # off the grid: each window through compute_features alone
     (16000, 0.75, 1, "logspec"),
+    (2000, 1.0, 1, "pcen"),       # on the grid, but PCEN smooths over a window's frames: never shared
 ])
 def test_window_features_equal_clip_features(tmp_path, sr_in, hop_s, channels, kind):
     spec = FeatureSpec.from_dict({**SPEC.to_dict(), "kind": kind})

@@ -36,6 +36,8 @@ import numpy
 from convnet_cli.errors import ConfigError, did_you_mean
 
 WINDOWS = ("hann", "hamming", "blackman")
+# normalize: per value of a case (cuda-convnet's data_mean), per frequency row, or one for all (docs/CONFIG.md)
+NORMALIZATIONS = ("pixel", "band", "global")
 LOG_FLOOR = 1e-6
 # Clips per FFT call: the (chunk, W, n_fft) frame tensor is kept near this size. On the host ~2 MiB keeps
 # frames, spectrum and power in cache (twice as fast as 48 MiB chunks); a GPU wants big launches.
@@ -50,12 +52,12 @@ class FeatureSpec:
     with the kind's default where the spec was not given it. Immutable and hashable (tables are cached by it).
     """
 
-    __slots__ = ("sample_rate", "duration", "kind", "n_fft", "hop", "window", "_kind_keys")
+    __slots__ = ("sample_rate", "duration", "kind", "n_fft", "hop", "window", "normalize", "_kind_keys")
 
     def __init__(self, sample_rate: int = 16000, duration: float = 2.0, kind: str = "logmel", n_fft: int = 512,
-                 hop: int = 160, window: str = "hann", **kind_keys):
+                 hop: int = 160, window: str = "hann", normalize: str | None = None, **kind_keys):
         for name, value in (("sample_rate", sample_rate), ("duration", duration), ("kind", kind),
-                            ("n_fft", n_fft), ("hop", hop), ("window", window)):
+                            ("n_fft", n_fft), ("hop", hop), ("window", window), ("normalize", normalize)):
             object.__setattr__(self, name, value)
         unknown = [k for k in kind_keys if k not in KIND_KEYS]
         if unknown:
@@ -125,9 +127,23 @@ class FeatureSpec:
     def fmax_hz(self) -> float:
         return float(self.sample_rate) / 2 if self.fmax is None else float(self.fmax)
 
+    @property
+    def normalization(self) -> str:
+        """How make-batches' statistics were (are to be) taken: `normalize`, or `pixel` where a batch folder
+        made before the key records none (cuda-convnet's per-value data_mean/data_std)."""
+        return self.normalize or "pixel"
+
+    def replace(self, **changes) -> "FeatureSpec":
+        """A copy with some keys changed (unchecked: from_dict(copy.to_dict()) checks)."""
+        return FeatureSpec(**{**dict(self._items()), **changes})
+
     def to_dict(self) -> dict:
-        """Plain dict of the features keys (docs/CONFIG.md) (what batches.meta and checkpoints store)."""
-        d = dict(self._items())
+        """Plain dict of the features keys (docs/CONFIG.md) (what batches.meta and checkpoints store): the
+        common keys, the keys of section 2 (which every batch folder has recorded), the keys of this spec's
+        kind, and any other key not at its default. `normalize` only once chosen."""
+        own = set(self.feature_kind.keys) | set(ALWAYS_STORED)
+        d = {k: v for k, v in self._items()
+             if k in COMMON_KEYS and k != "normalize" or k in own or v != _KEYS[k].default}
         for k, v in d.items():
             kind = _KEYS[k].kind
             if kind == "float" or (kind == "float_or_null" and v is not None):
@@ -241,7 +257,10 @@ _COMMON = {
     "n_fft": FeatureKey("int", 4, default=512),
     "hop": FeatureKey("int", 1, default=160),
     "window": FeatureKey("str", choices=WINDOWS, default="hann"),
+    "normalize": FeatureKey("str_or_null", choices=NORMALIZATIONS, default=None),
 }
+# Stored in every features dict whatever the kind, as batch folders always have (SPEC section 2).
+ALWAYS_STORED = ("n_mels", "fmin", "fmax", "n_mfcc")
 COMMON_KEYS = tuple(_COMMON)
 # Keys make-batches --annotations stores in batches.meta `features` next to the features keys (the window
 # hop of batch folders made before the window spec had its own entry); they are not feature settings, and
@@ -391,6 +410,10 @@ class Mfcc(LogMel):
 
 
 def _convert(v, kind, lo, choices):
+    if kind == "str_or_null":
+        if v is None or (isinstance(v, str) and v.strip().lower() in ("null", "none", "")):
+            return None
+        kind = "str"
     if kind == "float_or_null":
         if v is None or (isinstance(v, str) and v.strip().lower() in ("null", "none", "nyquist", "")):
             return None
@@ -416,6 +439,62 @@ def _convert(v, kind, lo, choices):
     if v < lo:
         raise ValueError("must be positive" if lo > 0 else f"must be at least {lo:g}")
     return v
+
+
+@register_kind
+class Pcen(LogMel):
+    """Per-channel energy normalisation (Lostanlen et al. 2019) of the mel magnitudes, as librosa.pcen.
+
+    E: the mel filterbank on the STFT magnitude |X| (not the power), (m, W, n_mels). Per band, a first-order
+    low-pass over the frames, M[t] = b E[t] + (1 - b) M[t - 1] with M[-1] = 1 (librosa's initial state,
+    scipy.signal.lfilter_zi), b = (sqrt(1 + 4 T^2) - 1) / (2 T^2), T = pcen_time_constant * sample_rate /
+    hop frames; then bias^power * expm1(power * log1p(E * (eps + M)^-gain / bias)) (librosa's log-space form;
+    log1p(E * (eps + M)^-gain) when power is 0). Each clip is filtered on its own from its first frame, so a
+    frame depends on every frame before it in the clip: not frame-local."""
+
+    name = "pcen"
+    frame_local = False
+    keys = {**LogMel.keys,
+            "pcen_time_constant": FeatureKey("float", 1e-9, default=0.4),
+            "pcen_gain": FeatureKey("float", 0.0, default=0.98),
+            "pcen_bias": FeatureKey("float", 0.0, default=2.0),
+            "pcen_power": FeatureKey("float", 0.0, default=0.5),
+            "pcen_eps": FeatureKey("float", 1e-30, default=1e-6)}
+
+    @staticmethod
+    def smoothing(spec) -> float:
+        t = spec.pcen_time_constant * spec.sample_rate / float(spec.hop)
+        return float((math.sqrt(1 + 4 * t * t) - 1) / (2 * t * t))
+
+    def from_power(self, power, spec, xp):
+        energy = self.mel(xp.sqrt(power), spec, xp)                   # (m, W, H) mel magnitudes
+        return pcen(energy, spec, xp)
+
+
+def pcen(energy, spec, xp):
+    """PCEN (see Pcen) of energy (m, W, H) along W, computed in float64 -> float32."""
+    b = Pcen.smoothing(spec)
+    e = energy.astype(xp.float64)
+    if xp is numpy:
+        import scipy.signal
+
+        zi = numpy.full(e.shape[:1] + (1,) + e.shape[2:], (1.0 - b))      # lfilter_zi([b], [1, b - 1]) = 1 - b
+        smooth, _ = scipy.signal.lfilter([b], [1.0, b - 1.0], e, axis=1, zi=zi)
+    else:  # one step per frame over every clip and band at once (W is a few hundred)
+        smooth = xp.empty_like(e)
+        prev = xp.ones(e.shape[:1] + e.shape[2:], dtype=xp.float64)
+        for t in range(e.shape[1]):
+            prev = b * e[:, t] + (1.0 - b) * prev
+            smooth[:, t] = prev
+    eps, gain, bias, power = spec.pcen_eps, spec.pcen_gain, spec.pcen_bias, spec.pcen_power
+    agc = xp.exp(-gain * (math.log(eps) + xp.log1p(smooth / eps)))
+    if power == 0:
+        out = xp.log1p(e * agc)
+    elif bias == 0:
+        out = xp.exp(power * (xp.log(e) + xp.log(agc)))
+    else:
+        out = (bias ** power) * xp.expm1(power * xp.log1p(e * agc / bias))
+    return out.astype(xp.float32)
 
 
 # ---- constant tables (host, built once per spec; small) -------------------------------------------

@@ -365,7 +365,7 @@ def test_net_training_steps_on_gpu_match_cpu(updater):
 
 
 # == features on the GPU ===================================================================================
-@pytest.mark.parametrize("kind", ["logmel", "mel", "logspec", "spec", "mfcc"])
+@pytest.mark.parametrize("kind", ["logmel", "mel", "logspec", "spec", "mfcc", "pcen"])
 def test_features_on_gpu_match_cpu(kind):
     from convnet_cli.ingest.features import FeatureSpec, compute_features
 
@@ -375,7 +375,7 @@ def test_features_on_gpu_match_cpu(kind):
     want = compute_features(sig, spec, np)
     got = compute_features(dev(sig), spec, cupy)
     assert got.shape == want.shape == (5,) + spec.shape
-    log = kind in ("logmel", "logspec", "mfcc")
+    log = kind in ("logmel", "logspec", "mfcc", "pcen")
     same(got, want, kind, rtol=1e-3 if log else 1e-4, atol=1e-3 if log else 1e-5)
     again = compute_features(dev(sig), spec, cupy)  # the device tables are cached
     np.testing.assert_array_equal(host(again), host(got))
