@@ -395,3 +395,54 @@ def test_predict_csv_disk_full_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="p.csv: disk full"):
         write_csv(p, out)
     assert os.listdir(tmp_path) == []
+
+
+# == issue 23 ================================================================================================
+def _numbered(run):
+    return sorted(n for n in os.listdir(run) if n[0].isdigit() and n.endswith(".npz"))
+
+
+def _batches_done(path):
+    from convnet_cli.train.checkpoint import read_state
+
+    return read_state(path)["batches_done"]
+
+
+def _age(path, seconds):
+    st = os.stat(path)
+    os.utime(path, (st.st_atime + seconds, st.st_mtime + seconds))
+
+
+# -- 10: checkpoints are ordered by their own state, never by file time ----------------------------------------
+def test_future_mtimes_do_not_make_pruning_delete_new_checkpoints(workspace, tmp_path):
+    save = tmp_path / "runs"
+    assert invoke(train_args(workspace, save, "--epochs", "2", "--max-checkpoints", "2")).exit_code == 0
+    run = only_run(save)
+    for n in _numbered(run):            # a clock set a year ahead, then set right
+        _age(os.path.join(run, n), 365 * 86400)
+    r = invoke(["train", "-f", run, "--epochs", "4", "--quiet"])
+    assert r.exit_code == 0, r.output
+    kept = _numbered(run)
+    assert [n.split(".")[0] for n in kept] == ["3", "4"], kept
+
+
+def test_newest_checkpoint_is_the_furthest_state_whatever_the_mtimes(workspace, tmp_path):
+    from convnet_cli.train.checkpoint import list_checkpoints, newest_checkpoint
+
+    save = tmp_path / "runs"
+    r = invoke(train_args(workspace, save, "--epochs", "2", "--test-freq", "1", "--max-checkpoints", "0"))
+    assert r.exit_code == 0, r.output
+    run = only_run(save)
+    paths = [p for _, _, p in list_checkpoints(run)]
+    progress = [_batches_done(p) for p in paths]
+    assert progress == sorted(progress) and len(set(progress)) == len(progress) >= 4
+    for i, p in enumerate(paths):       # a copy that gave the files mtimes in the reverse order
+        _age(p, 1000 * (len(paths) - i))
+    assert [p for _, _, p in list_checkpoints(run)] == paths
+    assert newest_checkpoint(run) == paths[-1]
+    # continue takes the newest state (not the newest file time) and keeps the whole log
+    log = open(os.path.join(run, "train_log.jsonl")).read()
+    r = invoke(["continue", run, "--epochs", "2"])
+    assert r.exit_code == 0, r.output
+    assert open(os.path.join(run, "train_log.jsonl")).read() == log   # nothing cut, nothing trained again
+    assert [p for _, _, p in list_checkpoints(run)] == paths

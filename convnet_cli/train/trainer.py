@@ -296,7 +296,7 @@ class Trainer:
         if improved and path:
             copy_atomic(path, os.path.join(self.run_dir, "best.npz"))
         if path:  # None on ranks other than 0 under MPI
-            prune_checkpoints(self.run_dir, self.o.max_checkpoints)
+            prune_checkpoints(self.run_dir, self.o.max_checkpoints, written=path)
         train = _train_since_last_test(s.history)
         lr = next(iter(self.net_rates().values()), None)
         parts = [f"{epoch}.{batchnum}"]
