@@ -446,3 +446,55 @@ def test_newest_checkpoint_is_the_furthest_state_whatever_the_mtimes(workspace, 
     assert r.exit_code == 0, r.output
     assert open(os.path.join(run, "train_log.jsonl")).read() == log   # nothing cut, nothing trained again
     assert [p for _, _, p in list_checkpoints(run)] == paths
+
+
+# -- 16: a batch folder without a test range (make-batches --test-fraction 0, or `test none`) ------------------
+@pytest.fixture(scope="module")
+def no_test_batches(workspace):
+    out = workspace / "batches-no-test"
+    if not out.exists():
+        r = invoke(["make-batches", str(workspace / "audio"), str(out), "--features", str(workspace / "features.yaml"),
+                    "--batch-size", "8", "--test-fraction", "0", "--jobs", "1", "--quiet"])
+        assert r.exit_code == 0, r.output
+    return out
+
+
+def _no_test_args(workspace, batches, save, *extra):
+    args = train_args(workspace, save, *extra)
+    args[args.index("--data-path") + 1] = str(batches)
+    return args
+
+
+def test_train_runs_without_a_test_range(workspace, no_test_batches, tmp_path):
+    from convnet_cli.train.checkpoint import newest_checkpoint
+
+    save = tmp_path / "runs"
+    r = invoke(_no_test_args(workspace, no_test_batches, save, "--epochs", "2"))
+    assert r.exit_code == 0, r.output
+    assert r.output.count("no test range") == 1 and "best.npz" in r.output, r.output   # said once, even --quiet
+    run = only_run(save)
+    assert "best.npz" not in os.listdir(run)
+    assert [n.split(".")[0] for n in _numbered(run)] == ["1", "2"]
+    records = [json.loads(line) for line in open(os.path.join(run, "train_log.jsonl"))]
+    assert records and not [x for x in records if x["type"] == "test"]
+    # predict (and detect, by the same choice) of such a run take its newest checkpoint
+    p = invoke(["predict", "-f", run, "--data-path", str(no_test_batches), "--out", str(tmp_path / "p.csv")])
+    assert p.exit_code == 0, p.output
+    from convnet_cli.train.checkpoint import resolve_checkpoint
+
+    assert resolve_checkpoint(run) == newest_checkpoint(run)
+    # and it resumes
+    r = invoke(["train", "-f", run, "--epochs", "3"])
+    assert r.exit_code == 0, r.output
+    assert [n.split(".")[0] for n in _numbered(run)] == ["1", "2", "3"]
+
+
+def test_an_explicit_empty_test_range_is_still_an_error(workspace, no_test_batches, tmp_path):
+    line = one_line_error(invoke(_no_test_args(workspace, no_test_batches, tmp_path / "runs", "--test-range", "")))
+    assert "--test-range" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_early_stop_without_a_test_range_names_both(workspace, no_test_batches, tmp_path):
+    line = one_line_error(invoke(_no_test_args(workspace, no_test_batches, tmp_path / "runs", "--early-stop", "2")))
+    assert "--early-stop" in line and "test range" in line

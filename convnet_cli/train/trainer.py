@@ -151,6 +151,7 @@ class Trainer:
         self.started = time.time() - state.seconds
         self.dp = DataParallel(get_world(), net)  # under MPI: shares, sums; rank 0 alone writes files
         self.test_auc = None
+        self._saved_at = state.batches_done  # batch files done at the last checkpoint (a run without tests)
 
     # -- state -------------------------------------------------------------------------------------
     def _checkpoint(self, name: str) -> str:
@@ -274,8 +275,25 @@ class Trainer:
         self.test_auc = self.dp.gather_scores(scores).auc() if scores is not None else None
         return self.dp.sum_totals(totals, cases)
 
+    def _save_untested(self, epoch, batchnum) -> bool:
+        """A run without a test range: checkpoint (and prune) where a test would be; no best.npz."""
+        s = self.state
+        path = self._checkpoint(f"{epoch}.{batchnum}.npz")
+        if path:
+            prune_checkpoints(self.run_dir, self.o.max_checkpoints, written=path)
+        recs = [h for h in s.history if h["type"] == "train"][-(s.batches_done - self._saved_at):]
+        self._saved_at = s.batches_done
+        if not self.o.quiet and recs:
+            errors = [h["error"] for h in recs if h["error"] is not None]
+            cost = sum(h["cost"] for h in recs) / len(recs)
+            err = f" err {sum(errors) / len(errors):.3f}" if errors else ""
+            self.echo(f"{epoch}.{batchnum}  cost {cost:.4f}{err}  (no test range)  {time.time() - self.started:.1f}s")
+        return False
+
     def _test_and_save(self, epoch, batchnum) -> bool:
         """Test, log, checkpoint; True when early stopping says stop."""
+        if not self.o.test_range:
+            return self._save_untested(epoch, batchnum)
         s = self.state
         start = time.time()
         totals, cases = self.test()
@@ -378,10 +396,22 @@ def _load_batchset(path):
     return BatchSet(path)
 
 
+NO_TEST_LINE = ("no test range (batches.meta names none, e.g. made with --test-fraction 0, and no --test-range "
+                "was given): training without tests; a checkpoint after every epoch (or --test-freq batches), "
+                "no best.npz; predict and detect take the run's newest checkpoint")
+
+
 def _check_ranges(o: TrainOptions, batchset):
+    """ConfigError for a range naming batches the folder lacks. An empty test range is a run without tests
+    (the CLI refuses an empty --test-range itself, in parse_range)."""
     present = set(batchset.batch_numbers)
+    if not o.test_range and o.early_stop:
+        raise ConfigError(f"--early-stop {o.early_stop}: stops on tests, and this run has no test range (batches.meta "
+                          "names none); give --test-range, or drop --early-stop")
     for flag, rng in (("--train-range", o.train_range), ("--test-range", o.test_range)):
         if not rng:
+            if flag == "--test-range":
+                continue
             raise ConfigError(f"{flag}: empty range; batches.meta names none and none was given")
         missing = [b for b in rng if b not in present]
         if missing:
@@ -417,6 +447,8 @@ def start(o: TrainOptions, echo=None) -> int:
     warn = overlap_warning(o.train_range, o.test_range)
     if warn:
         echo(warn)
+    if not o.test_range:
+        echo(NO_TEST_LINE)
     if not o.quiet:
         echo(f"run directory: {run_dir}")
         echo(f"device {backend.name}; {net.num_params():,} parameters; train batches {_fmt_range(o.train_range)}, "
@@ -489,6 +521,8 @@ def resume(path: str, explicit: dict, echo=None) -> int:
     warn = overlap_warning(o.train_range, o.test_range)
     if warn:
         echo(warn)
+    if not o.test_range:
+        echo(NO_TEST_LINE)
     if not o.quiet:
         echo(f"resuming {run_dir} at epoch {state.epoch}, batch {state.batch_in_epoch + 1} of the epoch")
     return _run(o, run_dir, net, batchset, state, echo)
@@ -520,6 +554,8 @@ def _run(o, run_dir, net, batchset, state, echo) -> int:
         if best and best.get("metric") is not None:
             echo(f"done: best test {best.get('by', o.best_by)} {best['metric']:.4f} at {best['epoch']}.{best['batch']} "
                  f"(best.npz); checkpoints in {run_dir}")
+        elif not o.test_range:
+            echo(f"done: no test range, so no best.npz; the newest checkpoint is {newest_checkpoint(run_dir)}")
     return rc
 
 
