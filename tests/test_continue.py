@@ -143,3 +143,19 @@ def test_command_names():
     listed = [line.split()[0] for line in r.output.split("Commands:")[1].splitlines() if line.strip()]
     assert "continue" in listed and "info" in listed and "continue_" not in listed
     assert "No such command" in invoke(["continue_", "x"]).output
+
+
+def test_continue_refuses_another_save_path(first_epoch, tmp_path):
+    """A resume writes into its own run directory: --save-path elsewhere is refused in one line (it was
+    silently ignored); the run's own folder is accepted."""
+    _, run = first_epoch
+    a = _copy(run, tmp_path / "runs" / "a")
+    before = sorted(os.listdir(a))
+    for cmd in (["continue", str(a)], ["train", "-f", str(a)]):
+        r = invoke([*cmd, "--save-path", str(tmp_path / "elsewhere"), "--epochs", "2", "--quiet"])
+        assert r.exit_code == 2, r.output
+        assert len(r.output.strip().splitlines()) == 1 and "--save-path" in r.output and str(a) in r.output
+        assert sorted(os.listdir(a)) == before and not (tmp_path / "elsewhere").exists()
+    r = invoke(["continue", str(a), "--save-path", str(tmp_path / "runs"), "--epochs", "2", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "--save-path" in invoke(["continue", "--help"]).output.split("RUN is")[1].split("Options")[0]

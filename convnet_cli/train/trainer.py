@@ -469,6 +469,10 @@ def resume(path: str, explicit: dict, echo=None) -> int:
     ckpt = load_checkpoint(resolve_checkpoint(path, prefer_best=False))
     state = ckpt.run_state
     run_dir = os.path.dirname(os.path.abspath(ckpt.path))
+    save = explicit.get("save_path")
+    if save and os.path.abspath(os.path.expanduser(os.fspath(save))) != os.path.dirname(run_dir):
+        raise ConfigError(f"--save-path {save}: a resume writes into its own run directory {run_dir}; drop "
+                          f"--save-path (to train on elsewhere, start a new run there with --init-from {run_dir})")
     o = TrainOptions(**{k: v for k, v in state.options.items() if k in TrainOptions.__dataclass_fields__})
     if "layer_def" in explicit and explicit["layer_def"]:
         new_text = read_text(explicit["layer_def"], "layer definition")
