@@ -27,7 +27,7 @@ from convnet_cli.net import Net
 from convnet_cli.parallel import get_world, on_root, rank_device
 from convnet_cli.train import best as best_by
 from convnet_cli.train.checkpoint import (RunState, load_checkpoint, newest_checkpoint, prune_checkpoints,
-                                          resolve_checkpoint, save_checkpoint)
+                                          read_state, resolve_checkpoint, save_checkpoint)
 from convnet_cli.train.data_parallel import DataParallel
 from convnet_cli.train.init_from import init_from
 from convnet_cli.train.run_checks import (MAX_RANGE, absolute_paths, append_log, check_batches_fit,
@@ -510,6 +510,10 @@ def resume(path: str, explicit: dict, echo=None) -> int:
         params_name = on_root(world, lambda: keep_params_version(run_dir, _base_params_name(state), params_text,
                                                                  o.layer_params, state))
     best_by.check_best_by(o.best_by, batchset.label_names, net.layers)
+    # best.npz may hold a better test than the resumed checkpoint knows of (a resume from an earlier
+    # checkpoint file): only a test that beats it replaces it
+    state.best = best_by.best_of_run(state.best, on_root(world, lambda: read_state(os.path.join(run_dir, "best.npz"))),
+                                     o.best_by)
     echo = _rank_echo(echo, world)
     if state.best and state.best.get("by", "error") != o.best_by and not o.quiet:
         echo(f"--best-by {o.best_by}: best.npz was chosen by {state.best.get('by', 'error')} so far; "
