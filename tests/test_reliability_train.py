@@ -498,3 +498,72 @@ def test_an_explicit_empty_test_range_is_still_an_error(workspace, no_test_batch
 def test_early_stop_without_a_test_range_names_both(workspace, no_test_batches, tmp_path):
     line = one_line_error(invoke(_no_test_args(workspace, no_test_batches, tmp_path / "runs", "--early-stop", "2")))
     assert "--early-stop" in line and "test range" in line
+
+
+# -- conv_algos.json, the per-machine convolution algorithm cache: never worth a failure ------------------------
+@pytest.fixture
+def algo_cache(tmp_path, monkeypatch):
+    """winograd's cache in a fresh folder, with nothing loaded yet in this process."""
+    from convnet_cli.layers import winograd
+
+    monkeypatch.setenv("CONVNET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("CONVNET_CONV_ALGO", raising=False)
+    monkeypatch.setattr(winograd, "_CHOICES", {})
+    monkeypatch.setattr(winograd, "_LOADED", [False])
+    monkeypatch.setattr(winograd, "_WARNED", [False], raising=False)
+    (tmp_path / "cache").mkdir()
+    return winograd
+
+
+def _one_warning(err, path):
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1, err
+    assert str(path) in lines[0] and "rm " in lines[0] and "Traceback" not in err
+    return lines[0]
+
+
+def test_a_deeply_nested_algo_cache_is_ignored_with_one_warning(algo_cache, capsys):
+    path = algo_cache.cache_path()
+    with open(path, "w") as f:
+        f.write("[" * 200_000 + "]" * 200_000)
+    algo_cache._load()
+    assert algo_cache.choices() == {}
+    _one_warning(capsys.readouterr().err, path)
+
+
+def test_a_huge_algo_cache_is_not_read_and_the_next_save_is_bounded(algo_cache, capsys):
+    import json as _json
+
+    path = algo_cache.cache_path()
+    big = {f"machine{i}": {f"forward conv3x3 {i}x{j} float32": "direct" for j in range(300)} for i in range(120)}
+    with open(path, "w") as f:
+        _json.dump(big, f)
+    assert os.path.getsize(path) > 1 << 20
+    algo_cache._load()
+    assert "larger than" in _one_warning(capsys.readouterr().err, path)
+    for i in range(5000):                      # far more shapes than a net has
+        algo_cache._CHOICES[f"forward conv3x3 {i}x{i}x8->8 pad1,1 float32"] = "winograd"
+    algo_cache._save()
+    assert os.path.getsize(path) <= 1 << 20
+    data = _json.loads(open(path).read())
+    assert list(data) == [algo_cache._machine()] and len(data[algo_cache._machine()]) <= 1000
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_algo_cache_neither_hangs_nor_is_replaced(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "cache").mkdir()
+    fifo = tmp_path / "cache" / "conv_algos.json"
+    os.mkfifo(fifo)
+    code = ("from convnet_cli.layers import winograd as w\nw._load()\nw._CHOICES['k'] = 'direct'\nw._save()\n"
+            "print(len(w.choices()))\n")
+    env = dict(os.environ, CONVNET_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("CONVNET_CONV_ALGO", None)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0 and r.stdout.strip() == "1", r.stderr
+    assert "not a regular file" in _one_warning(r.stderr, fifo)
+    import stat
+
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)   # the user's FIFO is left as it was

@@ -281,7 +281,8 @@ class Trainer:
         path = self._checkpoint(f"{epoch}.{batchnum}.npz")
         if path:
             prune_checkpoints(self.run_dir, self.o.max_checkpoints, written=path)
-        recs = [h for h in s.history if h["type"] == "train"][-(s.batches_done - self._saved_at):]
+        since = s.batches_done - self._saved_at
+        recs = [h for h in s.history if h["type"] == "train"][-since:] if since > 0 else []
         self._saved_at = s.batches_done
         if not self.o.quiet and recs:
             errors = [h["error"] for h in recs if h["error"] is not None]
