@@ -659,3 +659,43 @@ def test_best_by_auc_under_two_ranks_ranks_every_test_case(tmp_path):
              if r["type"] == "test"] for s in ("one", "two")]
     assert len(aucs[0]) == 2 and all(a is not None for a in aucs[0])
     assert aucs[1] == pytest.approx(aucs[0], abs=1e-6)
+
+
+# -- ranks that see different batch folders (issue 23) -------------------------------------------------------
+@pytest.mark.parametrize("change,named", [
+    (dict(n_batches=4), "batch files"),                 # different counts: hung in a collective
+    (dict(seed=1), "normalisation"),                    # same counts, other data
+    (dict(classes=2), "label names"),
+])
+def test_ranks_seeing_different_batch_folders_stop_with_one_line(tmp_path, change, named):
+    from convnet_cli.data.batch_files import BatchSet
+    from convnet_cli.errors import DataError
+    from convnet_cli.train.data_parallel import check_same_batches
+    from tests.parallel_fakes import run_worlds
+
+    write_batches(tmp_path / "a")
+    write_batches(tmp_path / "b", **change)
+    write_batches(tmp_path / "copy")                     # the same data elsewhere is fine
+    out = run_worlds(2, lambda w: check_same_batches(w, BatchSet(tmp_path / ("a" if w.rank == 0 else "copy"))))
+    assert [e for _, e in out] == [None, None]
+    out = run_worlds(2, lambda w: check_same_batches(w, BatchSet(tmp_path / ("a" if w.rank == 0 else "b"))))
+    errors = [e for _, e in out]
+    assert all(isinstance(e, DataError) for e in errors), errors
+    msg = str(errors[0])
+    assert str(errors[1]) == msg and "\n" not in msg
+    assert named in msg and "rank 1" in msg and "same batch folder" in msg
+
+
+@needs_mpi
+def test_two_ranks_with_different_batch_folders_stop_instead_of_hanging(ws, tmp_path):
+    """mpiexec's MPMD form gives the ranks different --data-path: a one-line error, exit 2, no run."""
+    write_batches(tmp_path / "other", n_batches=4)
+    a = train_args(ws, tmp_path / "runs", "--epochs", "1", "--quiet")
+    b = list(a)
+    b[b.index("--data-path") + 1] = str(tmp_path / "other")
+    cmd = [MPIEXEC, "-n", "1", sys.executable, "-m", "convnet_cli", *a, ":",
+           "-n", "1", sys.executable, "-m", "convnet_cli", *b]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=_env(), cwd=ROOT)
+    assert r.returncode == 2, r.stderr + r.stdout
+    assert r.stderr.count("convnet: error") == 1 and "batch files" in r.stderr, r.stderr
+    assert not (tmp_path / "runs").exists()

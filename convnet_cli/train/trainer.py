@@ -28,7 +28,7 @@ from convnet_cli.parallel import get_world, on_root, rank_device
 from convnet_cli.train import best as best_by
 from convnet_cli.train.checkpoint import (RunState, load_checkpoint, newest_checkpoint, prune_checkpoints,
                                           read_state, resolve_checkpoint, save_checkpoint)
-from convnet_cli.train.data_parallel import DataParallel
+from convnet_cli.train.data_parallel import DataParallel, check_same_batches
 from convnet_cli.train.init_from import init_from
 from convnet_cli.train.run_checks import (MAX_RANGE, absolute_paths, append_log, check_batches_fit,
                                           check_labels, check_options, clean_stale_temps, cut_log,
@@ -433,6 +433,7 @@ def start(o: TrainOptions, echo=None) -> int:
     o.test_range = o.test_range or list(batchset.test_range)
     _check_ranges(o, batchset)
     world = get_world()
+    check_same_batches(world, batchset)
     backend = get_backend(rank_device(o.device, world))
     layer_def_text = read_text(o.layer_def, "layer definition")
     params_text = read_text(o.layer_params, "layer params") if o.layer_params else ""
@@ -493,6 +494,7 @@ def resume(path: str, explicit: dict, echo=None) -> int:
     check_batches_fit(state, batchset, ckpt.path)
     _check_ranges(o, batchset)
     world = get_world()
+    check_same_batches(world, batchset)
     backend = get_backend(rank_device(o.device, world))
     if world.is_root:  # under MPI rank 0 alone touches the run directory
         clean_stale_temps(run_dir)
