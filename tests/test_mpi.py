@@ -699,3 +699,58 @@ def test_two_ranks_with_different_batch_folders_stop_instead_of_hanging(ws, tmp_
     assert r.returncode == 2, r.stderr + r.stdout
     assert r.stderr.count("convnet: error") == 1 and "batch files" in r.stderr, r.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def _annotated(tmp_path):
+    from tests.annotation_fixtures import write_raven, write_recording
+
+    rec, tables = tmp_path / "rec", tmp_path / "tables"
+    for i, calls in enumerate(([(2.5, 3.5, 200.0), (7.2, 7.6, 600.0)], [(1.0, 2.0, 200.0)], [], [(5.0, 6.0, 600.0)])):
+        write_recording(str(rec / f"r{i}.flac"), 12.0, calls=calls, seed=i + 1)
+        write_raven(str(tables / f"r{i}.Table.1.selections.txt"),
+                    [(b, e, "upcall" if f < 400 else "gunshot", 0, 1000) for b, e, f in calls])
+    return rec, tables
+
+
+def test_a_full_disk_on_one_rank_of_make_batches_reaches_rank_0_which_cleans_up(tmp_path, monkeypatch):
+    """--annotations under 2 ranks: rank 1's spill file cannot be written (disk full). Every rank must end
+    with that error, and rank 0 (which holds them) must remove the staging folder and the lock. Before, rank 1
+    failed alone while rank 0 waited in a collective until MPI_Abort killed it, leaving both behind."""
+    import errno
+    import threading
+
+    from convnet_cli.data.batch_set_swap import LOCK, STAGING_PREFIX
+    from convnet_cli.errors import DataError
+    from convnet_cli.ingest import recordings
+    from convnet_cli.ingest.features import FeatureSpec
+    from tests.parallel_fakes import run_worlds
+    from tests.test_make_batches_annotations import FEATURES
+
+    import yaml
+
+    rec, tables = _annotated(tmp_path)
+    spec = FeatureSpec.from_dict(yaml.safe_load(FEATURES), "features.yaml")
+    real = recordings.iter_selected_window_features
+    where = threading.local()
+
+    def disk_full_on_rank_1(*a, **k):
+        for item in real(*a, **k):
+            if getattr(where, "rank", 0) == 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            yield item
+
+    monkeypatch.setattr(recordings, "iter_selected_window_features", disk_full_on_rank_1)
+    out = tmp_path / "batches"
+
+    def rank(w):
+        where.rank = w.rank
+        return recordings.make_batches_from_annotations(rec, out, str(tables), features=spec, window_hop=1.0,
+                                                        jobs=1, batch_size=8, test_fraction=0.25, progress=False,
+                                                        world=w)
+
+    results = run_worlds(2, rank, timeout=20)
+    errors = [e for _, e in results]
+    assert all(isinstance(e, DataError) for e in errors), errors
+    assert all("No space left" in str(e) for e in errors), errors
+    left = os.listdir(out) if out.exists() else []
+    assert not [n for n in left if n.startswith(STAGING_PREFIX) or n == LOCK], left
