@@ -661,6 +661,104 @@ def test_best_by_auc_under_two_ranks_ranks_every_test_case(tmp_path):
     assert aucs[1] == pytest.approx(aucs[0], abs=1e-6)
 
 
+# -- every fused relu path, with and without dropout, split over ranks (issue 23, item 1) -----------------------
+# On the CPU a relu can be applied by the layer before it, chunk by chunk (Layer.fuses_neuron: conv, batchnorm,
+# pool); the net then takes that layer's output as the relu's cache. Each path, with dropout after the pool
+# and without, split over 2 ranks: the weights and costs of one process, to float32 rounding.
+FUSED_PATHS = {
+    "conv relu": ("conv1:  {type: conv, inputs: data, filters: 6, filterSize: 3, padding: 1, init: kaiming_normal, "
+                  "neuron: relu}\nbn1:    {type: batchnorm, inputs: conv1}\n"
+                  "pool1:  {type: pool, inputs: bn1, pool: max, sizeX: 3, stride: 2}\n"),
+    "batchnorm relu": ("conv1:  {type: conv, inputs: data, filters: 6, filterSize: 3, padding: 1, init: kaiming_normal}\n"
+                       "bn1:    {type: batchnorm, inputs: conv1, neuron: relu}\n"
+                       "pool1:  {type: pool, inputs: bn1, pool: max, sizeX: 3, stride: 2}\n"),
+    "pool relu": ("conv1:  {type: conv, inputs: data, filters: 6, filterSize: 3, padding: 1, init: kaiming_normal}\n"
+                  "bn1:    {type: batchnorm, inputs: conv1}\n"
+                  "pool1:  {type: pool, inputs: bn1, pool: max, sizeX: 3, stride: 2, neuron: relu}\n"),
+}
+SGD = "DEFAULT: {updater: sgd, epsW: 0.001, epsB: 0.001}\n"
+
+
+def fused_net(path: str, dropout: bool) -> str:
+    top = "pool1"
+    tail = ""
+    if dropout:
+        tail, top = "drop:   {type: dropout, inputs: pool1}\n", "drop"
+    return ("data:   {type: data, dataIdx: 0}\nlabels: {type: data, dataIdx: 1}\n" + FUSED_PATHS[path] + tail
+            + f"fc2:    {{type: fc, inputs: {top}, outputs: 3, init: glorot_uniform}}\n"
+            "probs:  {type: softmax, inputs: fc2}\nlogprob: {type: cost.logreg, inputs: [labels, probs]}\n")
+
+
+def _sgd_steps(text, params, batches, world=None):
+    """8 SGD steps of DataParallel (as trainer.py takes them) in world `world` (None: one process)."""
+    from convnet_cli.backend import CPU
+    from convnet_cli.data.provider import Minibatch
+    from convnet_cli.net import Net
+    from convnet_cli.parallel import SingleWorld
+    from convnet_cli.train.data_parallel import DataParallel
+
+    net = Net.from_text(text, params, (1, 12, 20), CPU, seed=3)
+    dp = DataParallel(world or SingleWorld(), net)
+    intr = type("I", (), {"requested": False})()
+    costs = []
+    for step, (x, y) in enumerate(batches):
+        xs, ys, rng = dp.share(Minibatch(x, y, []), CPU.rng(100 + step))
+        c = net.forward({0: xs, 1: ys}, train=True, rng=rng)
+        grads = net.backward()
+        costs.append(dp.combine(grads, c, x.shape[0], intr)["logprob"][0])
+        net.update(grads)
+    return net.get_arrays(), costs
+
+
+@pytest.mark.parametrize("dropout", [False, True], ids=["no dropout", "dropout"])
+@pytest.mark.parametrize("path", list(FUSED_PATHS))
+def test_every_fused_relu_path_split_over_ranks_matches_one_process(path, dropout):
+    from tests.parallel_fakes import run_worlds
+
+    text = fused_net(path, dropout)
+    params = SGD + ("drop: {keep: 0.7}\n" if dropout else "")
+    rng = np.random.default_rng(0)
+    batches = [(rng.normal(0.5, 1.0, (32, 12, 20, 1)).astype(np.float32), rng.integers(0, 3, 32).astype(np.int32))
+               for _ in range(8)]
+    one, costs = _sgd_steps(text, params, batches)
+    two = run_worlds(2, lambda w: _sgd_steps(text, params, batches, w))
+    assert [e for _, e in two] == [None, None]
+    (a0, c0), (a1, _) = (r for r, _ in two)
+    for k, v in one.items():
+        scale = float(np.abs(v).max()) or 1.0
+        # conv1's biases feed a batchnorm: their gradient is 0 up to rounding, so compare them absolutely
+        np.testing.assert_allclose(a0[k], v, rtol=0, atol=1e-4 * scale if "biases" not in k else 1e-6, err_msg=k)
+        np.testing.assert_array_equal(a0[k], a1[k], err_msg=k)   # the ranks agree exactly
+    np.testing.assert_allclose(c0, costs, rtol=1e-4)
+
+
+@needs_mpi
+def test_two_ranks_reach_one_process_with_a_batchnorm_relu_before_pool_and_dropout(tmp_path):
+    """The net of most starter configs (a conv without neuron, batchnorm with neuron: relu, max pooling,
+    dropout), SGD, 8 steps of 32 cases: 2 ranks give one process's costs and weights."""
+    write_batches(tmp_path / "batches", n_batches=5, per_batch=64, shape=(1, 12, 20))
+    (tmp_path / "layers.yaml").write_text(fused_net("batchnorm relu", True))
+    (tmp_path / "params.yaml").write_text(SGD + "drop: {keep: 0.7}\n")
+
+    def args(save):
+        a = train_args(tmp_path, tmp_path / save, "--epochs", "1", "--quiet")
+        a[a.index("--mini") + 1] = "32"
+        return a
+
+    one = convnet(args("one"))
+    assert one.returncode == 0, one.stderr
+    two = convnet(args("two"), ranks=2)
+    assert two.returncode == 0, two.stderr + two.stdout
+    run1, run2 = only_run(tmp_path / "one"), only_run(tmp_path / "two")
+    log1, log2 = ([r["cost"] for r in map(json.loads, open(os.path.join(run, "train_log.jsonl")))
+                   if r["type"] in ("train", "test")] for run in (run1, run2))
+    assert log2 == pytest.approx(log1, rel=1e-4)
+    a, b = weights(run1, 1), weights(run2, 1)
+    for k in a:   # conv1's biases feed the batchnorm: a gradient of 0 up to rounding, compared absolutely
+        atol = 1e-6 if k.startswith("conv1/biases") else 1e-4 * (float(np.abs(a[k]).max()) or 1.0)
+        np.testing.assert_allclose(b[k], a[k], rtol=0, atol=atol, err_msg=k)
+
+
 # -- ranks that see different batch folders (issue 23) -------------------------------------------------------
 @pytest.mark.parametrize("change,named", [
     (dict(n_batches=4), "batch files"),                 # different counts: hung in a collective
