@@ -17,7 +17,8 @@ blocks of chunks, row blocks), every output element is computed by one piece, an
 gradients) are taken in piece order by the calling thread.
 
 The thread count is the first of OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS that is set to a
-positive whole number (another value is ignored with one warning), else the cores this process may use (under an MPI launcher, its share of the node's cores: `share_cores`).
+positive whole number (another value is ignored with one warning), else the cores this process may use
+(under an MPI launcher, its share of the node's cores: `share_cores`).
 """
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ def batches_digest(batchset) -> dict:
         "data shape": list(batchset.data_shape),
         "train range": list(batchset.train_range),
         "test range": list(batchset.test_range),
-        "cases per batch": [batchset.num_cases(b) for b in batchset.batch_numbers],
+        "cases per batch": batchset.meta.get("batch_cases"),   # from batches.meta: no batch file is read
         "normalisation (data_mean, data_std digest)": digest(batchset.data_mean) + digest(batchset.data_std),
         "batch file sizes": sizes,
     }
