@@ -143,3 +143,51 @@ def test_command_names():
     listed = [line.split()[0] for line in r.output.split("Commands:")[1].splitlines() if line.strip()]
     assert "continue" in listed and "info" in listed and "continue_" not in listed
     assert "No such command" in invoke(["continue_", "x"]).output
+
+
+def test_continue_refuses_another_save_path(first_epoch, tmp_path):
+    """A resume writes into its own run directory: --save-path elsewhere is refused in one line (it was
+    silently ignored); the run's own folder is accepted."""
+    _, run = first_epoch
+    a = _copy(run, tmp_path / "runs" / "a")
+    before = sorted(os.listdir(a))
+    for cmd in (["continue", str(a)], ["train", "-f", str(a)]):
+        r = invoke([*cmd, "--save-path", str(tmp_path / "elsewhere"), "--epochs", "2", "--quiet"])
+        assert r.exit_code == 2, r.output
+        assert len(r.output.strip().splitlines()) == 1 and "--save-path" in r.output and str(a) in r.output
+        assert sorted(os.listdir(a)) == before and not (tmp_path / "elsewhere").exists()
+    r = invoke(["continue", str(a), "--save-path", str(tmp_path / "runs"), "--epochs", "2", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "--save-path" in invoke(["continue", "--help"]).output.split("RUN is")[1].split("Options")[0]
+
+
+def test_continuing_from_an_older_checkpoint_keeps_a_better_best(tiny_batches, tmp_path):
+    """best.npz is replaced only by a test that beats the best it records, not the best the resumed (older)
+    checkpoint remembers."""
+    import json
+
+    (tmp_path / "layers.yaml").write_text(LAYERS)
+    (tmp_path / "params.yaml").write_text(PARAMS)
+    r = invoke(["train", "--data-path", str(tiny_batches), "--save-path", str(tmp_path / "runs"), "--layer-def",
+                str(tmp_path / "layers.yaml"), "--layer-params", str(tmp_path / "params.yaml"), "--mini", "2",
+                "--epochs", "3", "--seed", "5", "--max-checkpoints", "0", "--quiet"])
+    assert r.exit_code == 0, r.output
+    (name,) = os.listdir(tmp_path / "runs")
+    run = tmp_path / "runs" / name
+    tests = [json.loads(line)["cost"] for line in open(run / "train_log.jsonl") if '"test"' in line]
+    assert tests[2] < tests[1] < tests[0], tests   # each epoch better: best.npz is epoch 3's
+    best = (run / "best.npz").read_bytes()
+    first = next(n for n in os.listdir(run) if n.startswith("1."))
+    r = invoke(["continue", str(run / first), "--epochs", "2", "--quiet"])   # epoch 2 again: worse than 3
+    assert r.exit_code == 0, r.output
+    assert (run / "best.npz").read_bytes() == best
+    r = invoke(["continue", str(run), "--epochs", "5", "--quiet"])
+    assert r.exit_code == 0, r.output
+    later = [json.loads(line)["cost"] for line in open(run / "train_log.jsonl") if '"test"' in line]
+    from convnet_cli.train.checkpoint import read_state
+
+    recorded = read_state(str(run / "best.npz"))["best"]
+    if min(later) < tests[2]:   # a later test beat epoch 3's: it took best.npz's place
+        assert recorded["metric"] == pytest.approx(min(later)) and (run / "best.npz").read_bytes() != best
+    else:
+        assert (run / "best.npz").read_bytes() == best

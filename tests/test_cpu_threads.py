@@ -219,3 +219,27 @@ def test_where_blas_cannot_be_set_to_one_thread_the_gemm_chunks_run_in_order(mon
     pooled = _run_layer(layer, x, params, dout)
     for a, b in zip(fallback, pooled):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("value", ["²", "٣", "4.0", "many", "0", "-2"])
+def test_a_thread_count_that_is_not_a_whole_number_is_ignored_with_one_warning(monkeypatch, capsys, small_chunks,
+                                                                              value):
+    """OMP_NUM_THREADS='²' (a non-ASCII digit that str.isdigit accepts, int() not) raised a ValueError deep in
+    a layer: now the setting is ignored (the cores count instead) with one warning naming it."""
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cpu_threads, "_WARNED", set(), raising=False)
+    assert cpu_threads.compute_threads() >= 1
+    layer = make_layer("batchnorm", [(3, 4, 5)])
+    x = nhwc((3, 4, 5), n=6, dtype=np.float32)
+    layer.forward([x], layer.init_params(np.random.default_rng(0)), Context(xp=np, train=True))
+    cpu_threads.compute_threads()
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert len(lines) == 1 and "OMP_NUM_THREADS" in lines[0] and "ignored" in lines[0], lines
+
+
+def test_an_openmp_list_takes_its_first_number(monkeypatch, capsys):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3,1")
+    assert cpu_threads.compute_threads() == 3
+    assert capsys.readouterr().err == ""

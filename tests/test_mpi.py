@@ -659,3 +659,196 @@ def test_best_by_auc_under_two_ranks_ranks_every_test_case(tmp_path):
              if r["type"] == "test"] for s in ("one", "two")]
     assert len(aucs[0]) == 2 and all(a is not None for a in aucs[0])
     assert aucs[1] == pytest.approx(aucs[0], abs=1e-6)
+
+
+# -- every fused relu path, with and without dropout, split over ranks (issue 23, item 1) -----------------------
+# On the CPU a relu can be applied by the layer before it, chunk by chunk (Layer.fuses_neuron: conv, batchnorm,
+# pool); the net then takes that layer's output as the relu's cache. Each path, with dropout after the pool
+# and without, split over 2 ranks: the weights and costs of one process, to float32 rounding.
+FUSED_PATHS = {
+    "conv relu": ("conv1:  {type: conv, inputs: data, filters: 6, filterSize: 3, padding: 1, init: kaiming_normal, "
+                  "neuron: relu}\nbn1:    {type: batchnorm, inputs: conv1}\n"
+                  "pool1:  {type: pool, inputs: bn1, pool: max, sizeX: 3, stride: 2}\n"),
+    "batchnorm relu": ("conv1:  {type: conv, inputs: data, filters: 6, filterSize: 3, padding: 1, init: kaiming_normal}\n"
+                       "bn1:    {type: batchnorm, inputs: conv1, neuron: relu}\n"
+                       "pool1:  {type: pool, inputs: bn1, pool: max, sizeX: 3, stride: 2}\n"),
+    "pool relu": ("conv1:  {type: conv, inputs: data, filters: 6, filterSize: 3, padding: 1, init: kaiming_normal}\n"
+                  "bn1:    {type: batchnorm, inputs: conv1}\n"
+                  "pool1:  {type: pool, inputs: bn1, pool: max, sizeX: 3, stride: 2, neuron: relu}\n"),
+}
+SGD = "DEFAULT: {updater: sgd, epsW: 0.001, epsB: 0.001}\n"
+
+
+def fused_net(path: str, dropout: bool) -> str:
+    top = "pool1"
+    tail = ""
+    if dropout:
+        tail, top = "drop:   {type: dropout, inputs: pool1}\n", "drop"
+    return ("data:   {type: data, dataIdx: 0}\nlabels: {type: data, dataIdx: 1}\n" + FUSED_PATHS[path] + tail
+            + f"fc2:    {{type: fc, inputs: {top}, outputs: 3, init: glorot_uniform}}\n"
+            "probs:  {type: softmax, inputs: fc2}\nlogprob: {type: cost.logreg, inputs: [labels, probs]}\n")
+
+
+def _sgd_steps(text, params, batches, world=None):
+    """8 SGD steps of DataParallel (as trainer.py takes them) in world `world` (None: one process)."""
+    from convnet_cli.backend import CPU
+    from convnet_cli.data.provider import Minibatch
+    from convnet_cli.net import Net
+    from convnet_cli.parallel import SingleWorld
+    from convnet_cli.train.data_parallel import DataParallel
+
+    net = Net.from_text(text, params, (1, 12, 20), CPU, seed=3)
+    dp = DataParallel(world or SingleWorld(), net)
+    intr = type("I", (), {"requested": False})()
+    costs = []
+    for step, (x, y) in enumerate(batches):
+        xs, ys, rng = dp.share(Minibatch(x, y, []), CPU.rng(100 + step))
+        c = net.forward({0: xs, 1: ys}, train=True, rng=rng)
+        grads = net.backward()
+        costs.append(dp.combine(grads, c, x.shape[0], intr)["logprob"][0])
+        net.update(grads)
+    return net.get_arrays(), costs
+
+
+@pytest.mark.parametrize("dropout", [False, True], ids=["no dropout", "dropout"])
+@pytest.mark.parametrize("path", list(FUSED_PATHS))
+def test_every_fused_relu_path_split_over_ranks_matches_one_process(path, dropout):
+    from tests.parallel_fakes import run_worlds
+
+    text = fused_net(path, dropout)
+    params = SGD + ("drop: {keep: 0.7}\n" if dropout else "")
+    rng = np.random.default_rng(0)
+    batches = [(rng.normal(0.5, 1.0, (32, 12, 20, 1)).astype(np.float32), rng.integers(0, 3, 32).astype(np.int32))
+               for _ in range(8)]
+    one, costs = _sgd_steps(text, params, batches)
+    two = run_worlds(2, lambda w: _sgd_steps(text, params, batches, w))
+    assert [e for _, e in two] == [None, None]
+    (a0, c0), (a1, _) = (r for r, _ in two)
+    for k, v in one.items():
+        scale = float(np.abs(v).max()) or 1.0
+        # conv1's biases feed a batchnorm: their gradient is 0 up to rounding, so compare them absolutely
+        np.testing.assert_allclose(a0[k], v, rtol=0, atol=1e-4 * scale if "biases" not in k else 1e-6, err_msg=k)
+        np.testing.assert_array_equal(a0[k], a1[k], err_msg=k)   # the ranks agree exactly
+    np.testing.assert_allclose(c0, costs, rtol=1e-4)
+
+
+@needs_mpi
+def test_two_ranks_reach_one_process_with_a_batchnorm_relu_before_pool_and_dropout(tmp_path):
+    """The net of most starter configs (a conv without neuron, batchnorm with neuron: relu, max pooling,
+    dropout), SGD, 8 steps of 32 cases: 2 ranks give one process's costs and weights."""
+    write_batches(tmp_path / "batches", n_batches=5, per_batch=64, shape=(1, 12, 20))
+    (tmp_path / "layers.yaml").write_text(fused_net("batchnorm relu", True))
+    (tmp_path / "params.yaml").write_text(SGD + "drop: {keep: 0.7}\n")
+
+    def args(save):
+        a = train_args(tmp_path, tmp_path / save, "--epochs", "1", "--quiet")
+        a[a.index("--mini") + 1] = "32"
+        return a
+
+    one = convnet(args("one"))
+    assert one.returncode == 0, one.stderr
+    two = convnet(args("two"), ranks=2)
+    assert two.returncode == 0, two.stderr + two.stdout
+    run1, run2 = only_run(tmp_path / "one"), only_run(tmp_path / "two")
+    log1, log2 = ([r["cost"] for r in map(json.loads, open(os.path.join(run, "train_log.jsonl")))
+                   if r["type"] in ("train", "test")] for run in (run1, run2))
+    assert log2 == pytest.approx(log1, rel=1e-4)
+    a, b = weights(run1, 1), weights(run2, 1)
+    for k in a:   # conv1's biases feed the batchnorm: a gradient of 0 up to rounding, compared absolutely
+        atol = 1e-6 if k.startswith("conv1/biases") else 1e-4 * (float(np.abs(a[k]).max()) or 1.0)
+        np.testing.assert_allclose(b[k], a[k], rtol=0, atol=atol, err_msg=k)
+
+
+# -- ranks that see different batch folders (issue 23) -------------------------------------------------------
+@pytest.mark.parametrize("change,named", [
+    (dict(n_batches=4), "batch files"),                 # different counts: hung in a collective
+    (dict(seed=1), "normalisation"),                    # same counts, other data
+    (dict(classes=2), "label names"),
+])
+def test_ranks_seeing_different_batch_folders_stop_with_one_line(tmp_path, change, named):
+    from convnet_cli.data.batch_files import BatchSet
+    from convnet_cli.errors import DataError
+    from convnet_cli.train.data_parallel import check_same_batches
+    from tests.parallel_fakes import run_worlds
+
+    write_batches(tmp_path / "a")
+    write_batches(tmp_path / "b", **change)
+    write_batches(tmp_path / "copy")                     # the same data elsewhere is fine
+    out = run_worlds(2, lambda w: check_same_batches(w, BatchSet(tmp_path / ("a" if w.rank == 0 else "copy"))))
+    assert [e for _, e in out] == [None, None]
+    out = run_worlds(2, lambda w: check_same_batches(w, BatchSet(tmp_path / ("a" if w.rank == 0 else "b"))))
+    errors = [e for _, e in out]
+    assert all(isinstance(e, DataError) for e in errors), errors
+    msg = str(errors[0])
+    assert str(errors[1]) == msg and "\n" not in msg
+    assert named in msg and "rank 1" in msg and "same batch folder" in msg
+
+
+@needs_mpi
+def test_two_ranks_with_different_batch_folders_stop_instead_of_hanging(ws, tmp_path):
+    """mpiexec's MPMD form gives the ranks different --data-path: a one-line error, exit 2, no run."""
+    write_batches(tmp_path / "other", n_batches=4)
+    a = train_args(ws, tmp_path / "runs", "--epochs", "1", "--quiet")
+    b = list(a)
+    b[b.index("--data-path") + 1] = str(tmp_path / "other")
+    cmd = [MPIEXEC, "-n", "1", sys.executable, "-m", "convnet_cli", *a, ":",
+           "-n", "1", sys.executable, "-m", "convnet_cli", *b]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=_env(), cwd=ROOT)
+    assert r.returncode == 2, r.stderr + r.stdout
+    assert r.stderr.count("convnet: error") == 1 and "batch files" in r.stderr, r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def _annotated(tmp_path):
+    from tests.annotation_fixtures import write_raven, write_recording
+
+    rec, tables = tmp_path / "rec", tmp_path / "tables"
+    for i, calls in enumerate(([(2.5, 3.5, 200.0), (7.2, 7.6, 600.0)], [(1.0, 2.0, 200.0)], [], [(5.0, 6.0, 600.0)])):
+        write_recording(str(rec / f"r{i}.flac"), 12.0, calls=calls, seed=i + 1)
+        write_raven(str(tables / f"r{i}.Table.1.selections.txt"),
+                    [(b, e, "upcall" if f < 400 else "gunshot", 0, 1000) for b, e, f in calls])
+    return rec, tables
+
+
+def test_a_full_disk_on_one_rank_of_make_batches_reaches_rank_0_which_cleans_up(tmp_path, monkeypatch):
+    """--annotations under 2 ranks: rank 1's spill file cannot be written (disk full). Every rank must end
+    with that error, and rank 0 (which holds them) must remove the staging folder and the lock. Before, rank 1
+    failed alone while rank 0 waited in a collective until MPI_Abort killed it, leaving both behind."""
+    import errno
+    import threading
+
+    from convnet_cli.data.batch_set_swap import LOCK, STAGING_PREFIX
+    from convnet_cli.errors import DataError
+    from convnet_cli.ingest import recordings
+    from convnet_cli.ingest.features import FeatureSpec
+    from tests.parallel_fakes import run_worlds
+    from tests.test_make_batches_annotations import FEATURES
+
+    import yaml
+
+    rec, tables = _annotated(tmp_path)
+    spec = FeatureSpec.from_dict(yaml.safe_load(FEATURES), "features.yaml")
+    real = recordings.iter_selected_window_features
+    where = threading.local()
+
+    def disk_full_on_rank_1(*a, **k):
+        for item in real(*a, **k):
+            if getattr(where, "rank", 0) == 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            yield item
+
+    monkeypatch.setattr(recordings, "iter_selected_window_features", disk_full_on_rank_1)
+    out = tmp_path / "batches"
+
+    def rank(w):
+        where.rank = w.rank
+        return recordings.make_batches_from_annotations(rec, out, str(tables), features=spec, window_hop=1.0,
+                                                        jobs=1, batch_size=8, test_fraction=0.25, progress=False,
+                                                        world=w)
+
+    results = run_worlds(2, rank, timeout=20)
+    errors = [e for _, e in results]
+    assert all(isinstance(e, DataError) for e in errors), errors
+    assert all("No space left" in str(e) for e in errors), errors
+    left = os.listdir(out) if out.exists() else []
+    assert not [n for n in left if n.startswith(STAGING_PREFIX) or n == LOCK], left

@@ -395,3 +395,175 @@ def test_predict_csv_disk_full_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="p.csv: disk full"):
         write_csv(p, out)
     assert os.listdir(tmp_path) == []
+
+
+# == issue 23 ================================================================================================
+def _numbered(run):
+    return sorted(n for n in os.listdir(run) if n[0].isdigit() and n.endswith(".npz"))
+
+
+def _batches_done(path):
+    from convnet_cli.train.checkpoint import read_state
+
+    return read_state(path)["batches_done"]
+
+
+def _age(path, seconds):
+    st = os.stat(path)
+    os.utime(path, (st.st_atime + seconds, st.st_mtime + seconds))
+
+
+# -- 10: checkpoints are ordered by their own state, never by file time ----------------------------------------
+def test_future_mtimes_do_not_make_pruning_delete_new_checkpoints(workspace, tmp_path):
+    save = tmp_path / "runs"
+    assert invoke(train_args(workspace, save, "--epochs", "2", "--max-checkpoints", "2")).exit_code == 0
+    run = only_run(save)
+    for n in _numbered(run):            # a clock set a year ahead, then set right
+        _age(os.path.join(run, n), 365 * 86400)
+    r = invoke(["train", "-f", run, "--epochs", "4", "--quiet"])
+    assert r.exit_code == 0, r.output
+    kept = _numbered(run)
+    assert [n.split(".")[0] for n in kept] == ["3", "4"], kept
+
+
+def test_newest_checkpoint_is_the_furthest_state_whatever_the_mtimes(workspace, tmp_path):
+    from convnet_cli.train.checkpoint import list_checkpoints, newest_checkpoint
+
+    save = tmp_path / "runs"
+    r = invoke(train_args(workspace, save, "--epochs", "2", "--test-freq", "1", "--max-checkpoints", "0"))
+    assert r.exit_code == 0, r.output
+    run = only_run(save)
+    paths = [p for _, _, p in list_checkpoints(run)]
+    progress = [_batches_done(p) for p in paths]
+    assert progress == sorted(progress) and len(set(progress)) == len(progress) >= 4
+    for i, p in enumerate(paths):       # a copy that gave the files mtimes in the reverse order
+        _age(p, 1000 * (len(paths) - i))
+    assert [p for _, _, p in list_checkpoints(run)] == paths
+    assert newest_checkpoint(run) == paths[-1]
+    # continue takes the newest state (not the newest file time) and keeps the whole log
+    log = open(os.path.join(run, "train_log.jsonl")).read()
+    r = invoke(["continue", run, "--epochs", "2"])
+    assert r.exit_code == 0, r.output
+    assert open(os.path.join(run, "train_log.jsonl")).read() == log   # nothing cut, nothing trained again
+    assert [p for _, _, p in list_checkpoints(run)] == paths
+
+
+# -- 16: a batch folder without a test range (make-batches --test-fraction 0, or `test none`) ------------------
+@pytest.fixture(scope="module")
+def no_test_batches(workspace):
+    out = workspace / "batches-no-test"
+    if not out.exists():
+        r = invoke(["make-batches", str(workspace / "audio"), str(out), "--features", str(workspace / "features.yaml"),
+                    "--batch-size", "8", "--test-fraction", "0", "--jobs", "1", "--quiet"])
+        assert r.exit_code == 0, r.output
+    return out
+
+
+def _no_test_args(workspace, batches, save, *extra):
+    args = train_args(workspace, save, *extra)
+    args[args.index("--data-path") + 1] = str(batches)
+    return args
+
+
+def test_train_runs_without_a_test_range(workspace, no_test_batches, tmp_path):
+    from convnet_cli.train.checkpoint import newest_checkpoint
+
+    save = tmp_path / "runs"
+    r = invoke(_no_test_args(workspace, no_test_batches, save, "--epochs", "2"))
+    assert r.exit_code == 0, r.output
+    assert r.output.count("no test range") == 1 and "best.npz" in r.output, r.output   # said once, even --quiet
+    run = only_run(save)
+    assert "best.npz" not in os.listdir(run)
+    assert [n.split(".")[0] for n in _numbered(run)] == ["1", "2"]
+    records = [json.loads(line) for line in open(os.path.join(run, "train_log.jsonl"))]
+    assert records and not [x for x in records if x["type"] == "test"]
+    # predict (and detect, by the same choice) of such a run take its newest checkpoint
+    p = invoke(["predict", "-f", run, "--data-path", str(no_test_batches), "--out", str(tmp_path / "p.csv")])
+    assert p.exit_code == 0, p.output
+    from convnet_cli.train.checkpoint import resolve_checkpoint
+
+    assert resolve_checkpoint(run) == newest_checkpoint(run)
+    # and it resumes
+    r = invoke(["train", "-f", run, "--epochs", "3"])
+    assert r.exit_code == 0, r.output
+    assert [n.split(".")[0] for n in _numbered(run)] == ["1", "2", "3"]
+
+
+def test_an_explicit_empty_test_range_is_still_an_error(workspace, no_test_batches, tmp_path):
+    line = one_line_error(invoke(_no_test_args(workspace, no_test_batches, tmp_path / "runs", "--test-range", "")))
+    assert "--test-range" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_early_stop_without_a_test_range_names_both(workspace, no_test_batches, tmp_path):
+    line = one_line_error(invoke(_no_test_args(workspace, no_test_batches, tmp_path / "runs", "--early-stop", "2")))
+    assert "--early-stop" in line and "test range" in line
+
+
+# -- conv_algos.json, the per-machine convolution algorithm cache: never worth a failure ------------------------
+@pytest.fixture
+def algo_cache(tmp_path, monkeypatch):
+    """winograd's cache in a fresh folder, with nothing loaded yet in this process."""
+    from convnet_cli.layers import winograd
+
+    monkeypatch.setenv("CONVNET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("CONVNET_CONV_ALGO", raising=False)
+    monkeypatch.setattr(winograd, "_CHOICES", {})
+    monkeypatch.setattr(winograd, "_LOADED", [False])
+    monkeypatch.setattr(winograd, "_WARNED", [False], raising=False)
+    (tmp_path / "cache").mkdir()
+    return winograd
+
+
+def _one_warning(err, path):
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1, err
+    assert str(path) in lines[0] and "rm " in lines[0] and "Traceback" not in err
+    return lines[0]
+
+
+def test_a_deeply_nested_algo_cache_is_ignored_with_one_warning(algo_cache, capsys):
+    path = algo_cache.cache_path()
+    with open(path, "w") as f:
+        f.write("[" * 200_000 + "]" * 200_000)
+    algo_cache._load()
+    assert algo_cache.choices() == {}
+    _one_warning(capsys.readouterr().err, path)
+
+
+def test_a_huge_algo_cache_is_not_read_and_the_next_save_is_bounded(algo_cache, capsys):
+    import json as _json
+
+    path = algo_cache.cache_path()
+    big = {f"machine{i}": {f"forward conv3x3 {i}x{j} float32": "direct" for j in range(300)} for i in range(120)}
+    with open(path, "w") as f:
+        _json.dump(big, f)
+    assert os.path.getsize(path) > 1 << 20
+    algo_cache._load()
+    assert "larger than" in _one_warning(capsys.readouterr().err, path)
+    for i in range(5000):                      # far more shapes than a net has
+        algo_cache._CHOICES[f"forward conv3x3 {i}x{i}x8->8 pad1,1 float32"] = "winograd"
+    algo_cache._save()
+    assert os.path.getsize(path) <= 1 << 20
+    data = _json.loads(open(path).read())
+    assert list(data) == [algo_cache._machine()] and len(data[algo_cache._machine()]) <= 1000
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_algo_cache_neither_hangs_nor_is_replaced(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "cache").mkdir()
+    fifo = tmp_path / "cache" / "conv_algos.json"
+    os.mkfifo(fifo)
+    code = ("from convnet_cli.layers import winograd as w\nw._load()\nw._CHOICES['k'] = 'direct'\nw._save()\n"
+            "print(len(w.choices()))\n")
+    env = dict(os.environ, CONVNET_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("CONVNET_CONV_ALGO", None)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0 and r.stdout.strip() == "1", r.stderr
+    assert "not a regular file" in _one_warning(r.stderr, fifo)
+    import stat
+
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)   # the user's FIFO is left as it was

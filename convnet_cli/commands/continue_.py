@@ -21,7 +21,8 @@ command = click.Command(
     help="""Resume a run: the same as 'convnet train -f RUN [flags]'.
 
     RUN is a run directory (its newest checkpoint) or one checkpoint file. Only the flags given here override
-    the run's saved options; --layer-def cannot change; the params file is re-read.
+    the run's saved options; --layer-def cannot change; the params file is re-read; the run stays in its own
+    run directory (a --save-path elsewhere is refused: start a new run with --init-from RUN instead).
 
     \b
     convnet continue RUNS/ConvNet__2026-11-23_10.00.00 --epochs 20

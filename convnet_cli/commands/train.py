@@ -24,7 +24,8 @@ def _default(name: str) -> str:
 @click.command("train")
 @click.option("-f", "resume_path", type=click.Path(), help="Resume from a run directory or checkpoint file.")
 @click.option("--data-path", type=click.Path(), help="Batch folder made by 'convnet make-batches'.")
-@click.option("--save-path", type=click.Path(), help="Folder that receives the run directory.")
+@click.option("--save-path", type=click.Path(),
+              help="Folder that receives the run directory (a new run; a resume stays in its own run directory).")
 @click.option("--layer-def", type=click.Path(), help="Layer definition (YAML, or a cuda-convnet .cfg).")
 @click.option("--layer-params", type=click.Path(), help="Layer learning settings (YAML or .cfg).")
 @click.option("--train-range", help="Training batches, e.g. 1-4 (default: from batches.meta).")

@@ -521,8 +521,16 @@ def _shared_tasks(world, tasks, recs, spec, hop_s, staging, jobs, on_progress):
         if r == world.rank:
             mine.append(t)
     mine.sort(key=lambda t: t[0])
-    done = [(t[0], n, reason) for t, n, reason in _run_tasks(mine, recs, spec, hop_s, staging, jobs, on_progress)]
+    try:
+        done = [(t[0], n, reason) for t, n, reason in _run_tasks(mine, recs, spec, hop_s, staging, jobs, on_progress)]
+    except Exception as exc:  # noqa: BLE001 - e.g. a full disk here: every rank must hear of it (below)
+        done = exc
     parts = world.gather(done)
+    # A failure on any rank ends every rank with it; rank 0 raises it inside writing_set, which removes the
+    # staging folder and releases the lock (a rank failing alone left rank 0 waiting until MPI_Abort killed it)
+    failed = world.bcast(next((p for p in parts if isinstance(p, Exception)), None) if world.is_root else None)
+    if failed is not None:
+        raise failed
     if world.is_root:
         results = sorted((r for part in parts for r in part), key=lambda r: r[0])
         for tid, n, reason in results:

@@ -16,13 +16,15 @@ Results do not depend on the thread count: work is split into pieces fixed by th
 blocks of chunks, row blocks), every output element is computed by one piece, and sums over pieces (weight
 gradients) are taken in piece order by the calling thread.
 
-The thread count is the first of OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS that is set, else
-the cores this process may use (under an MPI launcher, its share of the node's cores: `share_cores`).
+The thread count is the first of OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS that is set to a
+positive whole number (another value is ignored with one warning), else the cores this process may use
+(under an MPI launcher, its share of the node's cores: `share_cores`).
 """
 from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -48,13 +50,37 @@ def share_cores(processes_on_node: int):
     _NODE_PROCESSES[0] = max(1, int(processes_on_node))
 
 
+_WARNED = set()  # thread variables whose value was warned about (once per process)
+
+
+def _thread_setting(var: str) -> int | None:
+    """The thread count an environment variable sets, or None when unset. A value that is not a positive
+    whole number in ASCII digits (OpenMP's list form '4,2': its first) is ignored with one warning:
+    '²' passes str.isdigit but not int()."""
+    raw = os.environ.get(var)
+    if raw is None or not raw.strip():
+        return None
+    v = raw.strip().split(",")[0].strip()
+    if v.isascii() and v.isdigit() and int(v) > 0:
+        return int(v)
+    if var not in _WARNED:
+        _WARNED.add(var)
+        sys.stderr.write(f"convnet: warning: {var}={raw!r} is not a whole number of threads; ignored (set it to a "
+                         f"number such as {max(1, len(_usable_cores()))}, or unset it)\n")
+    return None
+
+
+def _usable_cores():
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+
+
 def compute_threads() -> int:
     """Threads for parallel work: the thread setting if one is given, else the usable cores (this
     process's share of them when several processes of an MPI job share the node)."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        v = os.environ.get(var, "").strip()
-        if v.isdigit() and int(v) > 0:
-            return int(v)
+        n = _thread_setting(var)
+        if n is not None:
+            return n
     if not hasattr(os, "sched_getaffinity"):
         return max(1, (os.cpu_count() or 1) // _NODE_PROCESSES[0])
     usable = len(os.sched_getaffinity(0))

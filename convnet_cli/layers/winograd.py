@@ -25,13 +25,17 @@ with little work (SMALL_FLOPS) are not timed: they take im2col + GEMM. CONVNET_C
 =winograd forces one path for every eligible layer (tests, reproducing a run exactly); the timed choice
 can differ between processes on a loaded machine, and the two paths round differently (both within
 float32 tolerance of the exact result). The choices made are kept in a small JSON file (see `cache_path`),
-so that a later process on the same machine (a resumed run) takes the same paths.
+so that a later process on the same machine (a resumed run) takes the same paths. The file is a
+speed-up only: anything but a regular file of at most CACHE_MAX_BYTES holding a JSON mapping is ignored
+with one warning, and what is written stays within those bounds.
 """
 from __future__ import annotations
 
 import json
 import os
 import platform
+import stat
+import sys
 import time
 
 import numpy as np
@@ -291,33 +295,94 @@ def _machine() -> str:
             f"numpy{np.__version__}")
 
 
+# The cache is a speed-up, never worth a failure: a file that is not a regular file of at most this size
+# holding a JSON mapping is ignored with one warning; writes keep it bounded (entries per machine, machines).
+CACHE_MAX_BYTES = 1 << 20
+CACHE_MAX_ENTRIES = 512
+CACHE_MAX_MACHINES = 8
+_WARNED = [False]
+
+
+def _warn_cache(path: str, why: str):
+    if _WARNED[0]:
+        return
+    _WARNED[0] = True
+    sys.stderr.write(f"convnet: warning: {path}: {why}; ignored (it only remembers which convolution path is "
+                     f"faster here; remove it with: rm '{path}', it is made again as needed)\n")
+
+
+def _read_cache(path: str):
+    """(mapping, writable): the cache file's JSON mapping ({} when there is none), and whether a save may
+    replace the file (False for anything but a regular file: a FIFO, a device, a folder)."""
+    try:
+        # O_NONBLOCK: opening a FIFO for reading must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        return {}, True
+    except IsADirectoryError:
+        _warn_cache(path, "is a folder, not a regular file")
+        return {}, False
+    except OSError as exc:
+        _warn_cache(path, f"cannot be read ({exc.strerror or exc})")
+        return {}, False
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            _warn_cache(path, "is not a regular file")
+            return {}, False
+        if st.st_size > CACHE_MAX_BYTES:
+            _warn_cache(path, f"is larger than {CACHE_MAX_BYTES >> 20} MB ({st.st_size:,} bytes)")
+            return {}, True
+        try:
+            raw = fh.read(CACHE_MAX_BYTES + 1)
+        except OSError as exc:
+            _warn_cache(path, f"cannot be read ({exc.strerror or exc})")
+            return {}, True
+    if len(raw) > CACHE_MAX_BYTES:
+        _warn_cache(path, f"is larger than {CACHE_MAX_BYTES >> 20} MB")
+        return {}, True
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        _warn_cache(path, "is not valid JSON (or nested too deep)")
+        return {}, True
+    if not isinstance(data, dict):
+        _warn_cache(path, "does not hold a JSON mapping")
+        return {}, True
+    return data, True
+
+
 def _load():
     if _LOADED[0]:
         return
     _LOADED[0] = True
-    try:
-        with open(cache_path(), encoding="utf-8") as fh:
-            data = json.load(fh)
-        for key, algo in data.get(_machine(), {}).items():
-            if algo in ALGOS:
+    data, _ = _read_cache(cache_path())
+    mine = data.get(_machine())
+    if isinstance(mine, dict):
+        for key, algo in mine.items():
+            if isinstance(key, str) and algo in ALGOS:
                 _CHOICES.setdefault(key, algo)
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 def _save():
     try:
         path = cache_path()
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-            if not isinstance(data, dict):
-                data = {}
-        except (OSError, ValueError):
-            data = {}
-        data[_machine()] = dict(sorted(_CHOICES.items()))
+        data, writable = _read_cache(path)
+        if not writable:
+            return
+        mine = _machine()
+        others = sorted(k for k, v in data.items() if k != mine and isinstance(v, dict))
+        kept = {k: data[k] for k in others[:CACHE_MAX_MACHINES - 1]}
+        choices = list(_CHOICES.items())[-CACHE_MAX_ENTRIES:]   # the latest shapes of this process
+        kept[mine] = dict(sorted(choices))
+        text = json.dumps(kept, indent=1, sort_keys=True) + "\n"
+        while len(text.encode("utf-8")) > CACHE_MAX_BYTES and len(kept) > 1:
+            kept.pop(next(k for k in kept if k != mine))
+            text = json.dumps(kept, indent=1, sort_keys=True) + "\n"
+        if len(text.encode("utf-8")) > CACHE_MAX_BYTES:
+            return
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+        write_text_atomic(path, text)
     except Exception:  # a read-only home or the like: the choice stays for this process
         pass
 

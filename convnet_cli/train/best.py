@@ -90,3 +90,17 @@ def improves(value, best: dict | None, best_by: str) -> bool:
     if value is None:
         return False
     return value > best["metric"] if best_by == "auc" else value < best["metric"]
+
+
+def best_of_run(best: dict | None, best_file_state: dict | None, best_by: str) -> dict | None:
+    """The best test a resumed run must beat: the resumed checkpoint's `best`, or the one best.npz records
+    (its own state, `best_file_state`) when that is better by the same `best_by`."""
+    recorded = (best_file_state or {}).get("best")
+    if not isinstance(recorded, dict) or recorded.get("by", "error") != best_by:  # no "by": before --best-by
+        return best
+    value = recorded.get("metric")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+        return best
+    if best is None or best.get("by", best_by) != best_by or improves(value, best, best_by):
+        return dict(recorded, by=best_by)
+    return best

@@ -197,9 +197,35 @@ def check_arrays_finite(arrays: dict, path: str):
                         "train; use an earlier checkpoint of the run (convnet info RUN lists them)")
 
 
+def read_state(path: str) -> dict | None:
+    """The `__state__` of a checkpoint without reading its arrays (one member of the zip), or None when the
+    file is not a readable checkpoint."""
+    try:
+        with zipfile.ZipFile(path) as z, z.open("__state__.npy") as f:
+            state = json.loads(str(np.lib.format.read_array(f, allow_pickle=False)))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError, KeyError, RecursionError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _progress(state) -> tuple | None:
+    """How far into its run a checkpoint's state is: (batch files done, minibatches of the next one done)."""
+    if state is None:
+        return None
+    done, mini = state.get("batches_done"), state.get("minibatch", 0)
+    if not (_is_int(done) and _is_int(mini)):
+        return None
+    return done, mini
+
+
 def list_checkpoints(run_dir: str) -> list:
-    """[(epoch, batch, path)] of the numbered checkpoints, oldest first."""
-    out = []
+    """[(epoch, batch, path)] of the numbered checkpoints, oldest first.
+
+    The order is the run's own: the epoch in the name, then, within an epoch (whose batch files are trained
+    in a shuffled order, so the batch number in the name says nothing), the progress recorded in each
+    file's __state__. File times never count: a copy, a restore or a clock set wrong changes them. A file
+    whose state cannot be read sorts first in its epoch."""
+    found = []
     try:
         names = os.listdir(run_dir)
     except OSError:
@@ -207,10 +233,18 @@ def list_checkpoints(run_dir: str) -> list:
     for n in names:
         m = _NAME.match(n)
         if m:
-            p = os.path.join(run_dir, n)
-            out.append((int(m.group(1)), int(m.group(2)), os.path.getmtime(p), p))
-    out.sort(key=lambda t: (t[2], t[0], t[1]))
-    return [(e, b, p) for e, b, _, p in out]
+            found.append((int(m.group(1)), int(m.group(2)), os.path.join(run_dir, n)))
+    per_epoch = {}
+    for e, _, _ in found:
+        per_epoch[e] = per_epoch.get(e, 0) + 1
+
+    def key(t):
+        e, b, p = t
+        # one file in its epoch needs no state read (a long run's history makes every state large)
+        progress = _progress(read_state(p)) if per_epoch[e] > 1 else (0, 0)
+        return (e, progress is not None, progress or (0, 0), b, os.path.basename(p))
+
+    return sorted(found, key=key)
 
 
 def newest_checkpoint(run_dir: str) -> str | None:
@@ -236,12 +270,17 @@ def resolve_checkpoint(path: str, prefer_best: bool = True) -> str:
     return path
 
 
-def prune_checkpoints(run_dir: str, keep: int | None):
-    """Keep the newest `keep` numbered checkpoints (best.npz is separate and always kept)."""
+def prune_checkpoints(run_dir: str, keep: int | None, written: str | None = None):
+    """Keep the newest `keep` numbered checkpoints (best.npz is separate and always kept) and the one just
+    `written` (when a resume from an earlier checkpoint left later ones of the first attempt, those count as
+    newer until the run passes them)."""
     if not keep or keep <= 0:
         return
     cps = list_checkpoints(run_dir)
+    written = os.path.abspath(written) if written else None
     for _, _, p in cps[:-keep]:
+        if os.path.abspath(p) == written:
+            continue
         try:
             os.unlink(p)
         except OSError:

@@ -20,9 +20,58 @@ With K = 1 every method returns its input unchanged and nothing is summed.
 """
 from __future__ import annotations
 
+import hashlib
+import os
+
 import numpy as np
 
+from convnet_cli.errors import DataError
 from convnet_cli.parallel import shares
+
+
+def batches_digest(batchset) -> dict:
+    """What every process must see alike in its batch folder, as short comparable values: a rank with other
+    batch files (a copy out of date, a node-local folder) hangs in a collective when its counts differ and
+    trains on other data when they agree."""
+    def digest(a) -> str:
+        return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float32).tobytes()).hexdigest()[:16]
+
+    sizes = []
+    for b in batchset.batch_numbers:
+        try:
+            sizes.append(os.path.getsize(batchset.batch_file(b)))
+        except OSError:
+            sizes.append(None)
+    return {
+        "batch files": batchset.batch_numbers,
+        "label names": list(batchset.label_names),
+        "data shape": list(batchset.data_shape),
+        "train range": list(batchset.train_range),
+        "test range": list(batchset.test_range),
+        "cases per batch": batchset.meta.get("batch_cases"),   # from batches.meta: no batch file is read
+        "normalisation (data_mean, data_std digest)": digest(batchset.data_mean) + digest(batchset.data_std),
+        "batch file sizes": sizes,
+    }
+
+
+def _shown(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_same_batches(world, batchset):
+    """DataError on every process (the same one line) unless all processes see the same batch folder."""
+    if world.size == 1:
+        return
+    every = world.allgather((os.path.abspath(batchset.batch_dir), batches_digest(batchset)))
+    root_dir, root = every[0]
+    for rank, (folder, theirs) in enumerate(every[1:], start=1):
+        for key, value in root.items():
+            if theirs.get(key) != value:
+                raise DataError(
+                    f"--data-path: rank {rank} sees other batches than rank 0 ({key} {_shown(theirs.get(key))} in "
+                    f"{folder}, {_shown(value)} in rank 0's {root_dir}); every process must read the same batch "
+                    f"folder: put it on a file system all nodes share (or give each node an identical copy)")
 
 
 class SlicedRandom:

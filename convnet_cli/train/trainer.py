@@ -27,8 +27,8 @@ from convnet_cli.net import Net
 from convnet_cli.parallel import get_world, on_root, rank_device
 from convnet_cli.train import best as best_by
 from convnet_cli.train.checkpoint import (RunState, load_checkpoint, newest_checkpoint, prune_checkpoints,
-                                          resolve_checkpoint, save_checkpoint)
-from convnet_cli.train.data_parallel import DataParallel
+                                          read_state, resolve_checkpoint, save_checkpoint)
+from convnet_cli.train.data_parallel import DataParallel, check_same_batches
 from convnet_cli.train.init_from import init_from
 from convnet_cli.train.run_checks import (MAX_RANGE, absolute_paths, append_log, check_batches_fit,
                                           check_labels, check_options, clean_stale_temps, cut_log,
@@ -151,6 +151,7 @@ class Trainer:
         self.started = time.time() - state.seconds
         self.dp = DataParallel(get_world(), net)  # under MPI: shares, sums; rank 0 alone writes files
         self.test_auc = None
+        self._saved_at = state.batches_done  # batch files done at the last checkpoint (a run without tests)
 
     # -- state -------------------------------------------------------------------------------------
     def _checkpoint(self, name: str) -> str:
@@ -274,8 +275,26 @@ class Trainer:
         self.test_auc = self.dp.gather_scores(scores).auc() if scores is not None else None
         return self.dp.sum_totals(totals, cases)
 
+    def _save_untested(self, epoch, batchnum) -> bool:
+        """A run without a test range: checkpoint (and prune) where a test would be; no best.npz."""
+        s = self.state
+        path = self._checkpoint(f"{epoch}.{batchnum}.npz")
+        if path:
+            prune_checkpoints(self.run_dir, self.o.max_checkpoints, written=path)
+        since = s.batches_done - self._saved_at
+        recs = [h for h in s.history if h["type"] == "train"][-since:] if since > 0 else []
+        self._saved_at = s.batches_done
+        if not self.o.quiet and recs:
+            errors = [h["error"] for h in recs if h["error"] is not None]
+            cost = sum(h["cost"] for h in recs) / len(recs)
+            err = f" err {sum(errors) / len(errors):.3f}" if errors else ""
+            self.echo(f"{epoch}.{batchnum}  cost {cost:.4f}{err}  (no test range)  {time.time() - self.started:.1f}s")
+        return False
+
     def _test_and_save(self, epoch, batchnum) -> bool:
         """Test, log, checkpoint; True when early stopping says stop."""
+        if not self.o.test_range:
+            return self._save_untested(epoch, batchnum)
         s = self.state
         start = time.time()
         totals, cases = self.test()
@@ -296,7 +315,7 @@ class Trainer:
         if improved and path:
             copy_atomic(path, os.path.join(self.run_dir, "best.npz"))
         if path:  # None on ranks other than 0 under MPI
-            prune_checkpoints(self.run_dir, self.o.max_checkpoints)
+            prune_checkpoints(self.run_dir, self.o.max_checkpoints, written=path)
         train = _train_since_last_test(s.history)
         lr = next(iter(self.net_rates().values()), None)
         parts = [f"{epoch}.{batchnum}"]
@@ -378,10 +397,22 @@ def _load_batchset(path):
     return BatchSet(path)
 
 
+NO_TEST_LINE = ("no test range (batches.meta names none, e.g. made with --test-fraction 0, and no --test-range "
+                "was given): training without tests; a checkpoint after every epoch (or --test-freq batches), "
+                "no best.npz; predict and detect take the run's newest checkpoint")
+
+
 def _check_ranges(o: TrainOptions, batchset):
+    """ConfigError for a range naming batches the folder lacks. An empty test range is a run without tests
+    (the CLI refuses an empty --test-range itself, in parse_range)."""
     present = set(batchset.batch_numbers)
+    if not o.test_range and o.early_stop:
+        raise ConfigError(f"--early-stop {o.early_stop}: stops on tests, and this run has no test range (batches.meta "
+                          "names none); give --test-range, or drop --early-stop")
     for flag, rng in (("--train-range", o.train_range), ("--test-range", o.test_range)):
         if not rng:
+            if flag == "--test-range":
+                continue
             raise ConfigError(f"{flag}: empty range; batches.meta names none and none was given")
         missing = [b for b in rng if b not in present]
         if missing:
@@ -402,6 +433,7 @@ def start(o: TrainOptions, echo=None) -> int:
     o.test_range = o.test_range or list(batchset.test_range)
     _check_ranges(o, batchset)
     world = get_world()
+    check_same_batches(world, batchset)
     backend = get_backend(rank_device(o.device, world))
     layer_def_text = read_text(o.layer_def, "layer definition")
     params_text = read_text(o.layer_params, "layer params") if o.layer_params else ""
@@ -417,6 +449,8 @@ def start(o: TrainOptions, echo=None) -> int:
     warn = overlap_warning(o.train_range, o.test_range)
     if warn:
         echo(warn)
+    if not o.test_range:
+        echo(NO_TEST_LINE)
     if not o.quiet:
         echo(f"run directory: {run_dir}")
         echo(f"device {backend.name}; {net.num_params():,} parameters; train batches {_fmt_range(o.train_range)}, "
@@ -437,6 +471,10 @@ def resume(path: str, explicit: dict, echo=None) -> int:
     ckpt = load_checkpoint(resolve_checkpoint(path, prefer_best=False))
     state = ckpt.run_state
     run_dir = os.path.dirname(os.path.abspath(ckpt.path))
+    save = explicit.get("save_path")
+    if save and os.path.abspath(os.path.expanduser(os.fspath(save))) != os.path.dirname(run_dir):
+        raise ConfigError(f"--save-path {save}: a resume writes into its own run directory {run_dir}; drop "
+                          f"--save-path (to train on elsewhere, start a new run there with --init-from {run_dir})")
     o = TrainOptions(**{k: v for k, v in state.options.items() if k in TrainOptions.__dataclass_fields__})
     if "layer_def" in explicit and explicit["layer_def"]:
         new_text = read_text(explicit["layer_def"], "layer definition")
@@ -456,6 +494,7 @@ def resume(path: str, explicit: dict, echo=None) -> int:
     check_batches_fit(state, batchset, ckpt.path)
     _check_ranges(o, batchset)
     world = get_world()
+    check_same_batches(world, batchset)
     backend = get_backend(rank_device(o.device, world))
     if world.is_root:  # under MPI rank 0 alone touches the run directory
         clean_stale_temps(run_dir)
@@ -474,6 +513,10 @@ def resume(path: str, explicit: dict, echo=None) -> int:
         params_name = on_root(world, lambda: keep_params_version(run_dir, _base_params_name(state), params_text,
                                                                  o.layer_params, state))
     best_by.check_best_by(o.best_by, batchset.label_names, net.layers)
+    # best.npz may hold a better test than the resumed checkpoint knows of (a resume from an earlier
+    # checkpoint file): only a test that beats it replaces it
+    state.best = best_by.best_of_run(state.best, on_root(world, lambda: read_state(os.path.join(run_dir, "best.npz"))),
+                                     o.best_by)
     echo = _rank_echo(echo, world)
     if state.best and state.best.get("by", "error") != o.best_by and not o.quiet:
         echo(f"--best-by {o.best_by}: best.npz was chosen by {state.best.get('by', 'error')} so far; "
@@ -489,6 +532,8 @@ def resume(path: str, explicit: dict, echo=None) -> int:
     warn = overlap_warning(o.train_range, o.test_range)
     if warn:
         echo(warn)
+    if not o.test_range:
+        echo(NO_TEST_LINE)
     if not o.quiet:
         echo(f"resuming {run_dir} at epoch {state.epoch}, batch {state.batch_in_epoch + 1} of the epoch")
     return _run(o, run_dir, net, batchset, state, echo)
@@ -520,6 +565,8 @@ def _run(o, run_dir, net, batchset, state, echo) -> int:
         if best and best.get("metric") is not None:
             echo(f"done: best test {best.get('by', o.best_by)} {best['metric']:.4f} at {best['epoch']}.{best['batch']} "
                  f"(best.npz); checkpoints in {run_dir}")
+        elif not o.test_range:
+            echo(f"done: no test range, so no best.npz; the newest checkpoint is {newest_checkpoint(run_dir)}")
     return rc
 
 
