@@ -143,6 +143,7 @@ def _overflowing_checkpoint(path):
     return save_checkpoint(str(path), arrays, ck.state)
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
 def test_detect_refuses_a_net_whose_probabilities_are_not_finite(one, tmp_path):
     ck, rec, out = one
     bad = _overflowing_checkpoint(tmp_path / "inf.npz")
@@ -151,6 +152,7 @@ def test_detect_refuses_a_net_whose_probabilities_are_not_finite(one, tmp_path):
     assert not (out / "scores.csv").exists() and not (out / "done.jsonl").exists()
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
 def test_export_verify_refuses_non_finite_probabilities(tmp_path):
     pytest.importorskip("onnxruntime")
     bad = _overflowing_checkpoint(tmp_path / "inf.npz")
