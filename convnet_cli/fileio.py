@@ -5,6 +5,7 @@
   or the whole new one, never a torn one. On failure the temp file is removed, whatever was at `path` stays,
   and a DataError names the path ('disk full' for ENOSPC/EDQUOT).
 - `write_text_atomic`, `write_pickle_atomic`: the two common cases.
+- `make_out_dir(folder, flag)`: an output folder made, or a one-line error naming it and the fix.
 - `open_error(path, exc, what, fix)`: the one ladder from an exception raised while opening or reading a
   user's file to the one-line error that says what is wrong with it (not found, a folder, permission
   denied, not UTF-8, any other OS error).
@@ -102,6 +103,34 @@ def check_out_path(path, flag: str, error=DataError):
     if not os.access(folder, os.W_OK):
         return error(f"{flag} {path}: cannot write into {folder} (permission denied); choose another path")
     return None
+
+
+def make_out_dir(folder, flag: str, error=None):
+    """Create the output folder `folder` (and its parents) for the flag `flag`; a one-line `error` (default
+    ConfigError) naming the folder and the fix when it cannot be made or written into (a read-only file
+    system, no permission, a file in the way)."""
+    from convnet_cli.errors import ConfigError
+
+    error = error or ConfigError
+    folder = os.fspath(folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except FileExistsError:
+        raise error(f"{flag} {folder}: is a file, not a folder; give a folder (or another name)") from None
+    except OSError as exc:
+        raise error(f"{flag} {folder}: cannot create the folder ({exc.strerror or exc}); give an {flag} on a "
+                    "writable disk") from None
+    if not os.access(folder, os.W_OK):
+        why = "read-only file system" if _read_only(folder) else "permission denied"
+        raise error(f"{flag} {folder}: cannot write into the folder ({why}); give an {flag} on a writable disk")
+    return folder
+
+
+def _read_only(folder) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & getattr(os, "ST_RDONLY", 1))
+    except (OSError, AttributeError):
+        return False
 
 
 def write_text_atomic(path, text: str):

@@ -5,6 +5,7 @@ import os
 
 import click
 
+from convnet_cli.detect.events import DEFAULT_SPLIT_DIP
 from convnet_cli.parallel import collective_errors, get_world
 
 
@@ -14,22 +15,30 @@ from convnet_cli.parallel import collective_errors, get_world
 @click.argument("recordings", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder for the selection tables, detections.csv and done.jsonl.")
-@click.option("--hop", type=float, help="Seconds between window starts.  [default: the training window_hop, "
-                                        "else half the window]")
+@click.option("--window-hop", "--hop", "hop", type=float,
+              help="Seconds between window starts, at least 0.001 (--hop: the same).  [default: the training "
+                   "window_hop, else half the window]")
 @click.option("--threshold", help="Probability an event needs: T for every class, or CLASS=T,...  [default: 0.5]")
 @click.option("--classes", help="Classes to report, comma-separated.  [default: all but a background class]")
 @click.option("--merge-gap", type=float, default=0.0, show_default=True,
               help="Join windows of a class less than this many seconds apart into one event.")
+@click.option("--split-dip", type=float, default=DEFAULT_SPLIT_DIP, show_default=True,
+              help="Split a run of overlapping windows where the score dips at least this far below the highest "
+                   "window on each side (calls in a chorus); the events meet at the dip window's centre. 0: never.")
+@click.option("--max-event", type=float,
+              help="Cut an event longer than this many seconds into equal pieces no longer than it (pieces with "
+                   "no window above the threshold are dropped).  [default: no cap]")
 @click.option("--scores", is_flag=True, help="Also write scores.csv: every window's class probabilities.")
 @click.option("--combined", is_flag=True, help="Also write detections.selections.txt: one table for all recordings.")
 @click.option("--resume", is_flag=True, help="Skip recordings done.jsonl lists and that have not changed.")
-@click.option("--overwrite", is_flag=True, help="Delete an earlier detect's output in --out first.")
+@click.option("--overwrite", is_flag=True, help="Delete an earlier detect's own files in --out first (detect.json, "
+              "the journals, the CSVs and the tables done.jsonl names; other files stay).")
 @click.option("--batch", type=click.IntRange(min=1), default=128, show_default=True,
               help="Windows per forward pass; bounds memory (the upcall net: ~220 MB in all at 128, ~370 at 256).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, gpu, gpu:N or auto.")
 @click.option("--quiet", is_flag=True, help="No progress bar; print only errors and the summary line.")
-def command(checkpoint, recordings, out_dir, hop, threshold, classes, merge_gap, scores, combined, resume, overwrite,
-            batch, device, quiet):
+def command(checkpoint, recordings, out_dir, hop, threshold, classes, merge_gap, split_dip, max_event, scores, combined,
+            resume, overwrite, batch, device, quiet):
     """Detect events in recordings of any length with a trained network.
 
     \b
@@ -44,8 +53,9 @@ def command(checkpoint, recordings, out_dir, hop, threshold, classes, merge_gap,
     world = get_world()
     with collective_errors(world):  # under mpiexec: the recordings split over the processes; rank 0 reports
         s = detect(checkpoint, list(recordings), out_dir, hop=hop, threshold=threshold, classes=classes,
-                   merge_gap=merge_gap, scores=scores, combined=combined, resume=resume, overwrite=overwrite,
-                   batch=batch, device=device, progress=not quiet, echo=echo, world=world)
+                   merge_gap=merge_gap, split_dip=split_dip, max_event=max_event, scores=scores, combined=combined,
+                   resume=resume, overwrite=overwrite, batch=batch, device=device, progress=not quiet, echo=echo,
+                   world=world)
     if not world.is_root:
         return 0
     for name, reason in s.skipped:

@@ -27,14 +27,16 @@ def command(detections, annotations, min_overlap, classes, target_precision, lab
     convnet evaluate detections/ annotations/ --out eval/
     """
     from convnet_cli.detect.evaluate import evaluate, format_table, load_pair, plot_pr, write_json
+    from convnet_cli.fileio import make_out_dir
 
+    make_out_dir(out_dir, "--out")   # before the work: a read-only --out is one line, not a lost evaluation
     dets, anns, wanted, notes = load_pair(detections, annotations, label_col=label_col, classes=classes)
     ev = evaluate(dets, anns, wanted, min_overlap, target_precision, notes)
     if not quiet:
         for n in ev.notes:
             click.echo(f"note: {n}", err=True)
     click.echo(format_table(ev.result))
-    path = write_json(ev.result, out_dir)
+    path = write_json(ev.result, out_dir, ev.notes)
     if not quiet:
         click.echo(f"wrote {path}")
     try:

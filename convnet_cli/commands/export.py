@@ -52,10 +52,11 @@ def command(checkpoint, out, layer, verify, quiet):
 
 def verify_model(path: str, ckpt, layer: str | None = None, cases: int = 16, seed: int = 0) -> float:
     """Largest |ONNX Runtime - convnet| over the probabilities of `cases` random cases drawn around the
-    training data's mean with its standard deviation."""
+    training data's mean with its standard deviation; inf where only ONNX Runtime's are not finite.
+    DataError (predict's) when convnet's own probabilities are not finite: the checkpoint overflows."""
     import numpy as np
 
-    from convnet_cli.predict.predict import Runner, load_model
+    from convnet_cli.predict.predict import Runner, check_probabilities, load_model
 
     try:
         import onnxruntime
@@ -68,6 +69,9 @@ def verify_model(path: str, ckpt, layer: str | None = None, cases: int = 16, see
     std = ckpt.data_std.reshape(shape)
     raw = (mean + std * rng.standard_normal((cases,) + shape)).astype(np.float32)
     ours = Runner(net, ckpt, net.output_layer(layer), cases, 1)(raw)
+    check_probabilities(ours, lambda i: f"random case {i + 1} of --verify",
+                        f"{path} was written but cannot be verified")
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     theirs = session.run(["probs"], {"features": raw})[0]
-    return float(np.abs(theirs - ours).max())
+    diff = np.abs(theirs - ours)
+    return float(np.where(np.isfinite(diff), diff, np.inf).max())

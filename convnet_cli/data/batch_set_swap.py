@@ -46,11 +46,14 @@ def _remove(path):
 
 
 class BatchDirLock:
-    """Exclusive lock on a batch folder (see the module docstring). DataError when another process holds it."""
+    """Exclusive lock on a batch folder (see the module docstring), or on another folder one command at a
+    time writes into (detect's OUT_DIR: its own lock file `name`, the `holder` and `fix` its message names).
+    DataError when another process holds it."""
 
-    def __init__(self, batch_dir):
+    def __init__(self, batch_dir, name=LOCK, holder="convnet make-batches",
+                 fix="wait for it to finish, or choose another BATCH_DIR"):
         self.batch_dir = os.fspath(batch_dir)
-        self.path = os.path.join(self.batch_dir, LOCK)
+        self.path = os.path.join(self.batch_dir, name)
         self.fd = None
         try:
             import fcntl
@@ -60,15 +63,14 @@ class BatchDirLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             except OSError as exc:
-                raise DataError(f"{self.batch_dir}: cannot create the lock file {LOCK} ({exc.strerror or exc}); "
+                raise DataError(f"{self.batch_dir}: cannot create the lock file {name} ({exc.strerror or exc}); "
                                 "check that the folder is writable") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                holder = _read_pid(fd)
+                pid = _read_pid(fd)
                 os.close(fd)
-                raise DataError(f"{self.batch_dir}: another convnet make-batches{holder} is writing into this folder; "
-                                "wait for it to finish, or choose another BATCH_DIR") from None
+                raise DataError(f"{self.batch_dir}: another {holder}{pid} is writing into this folder; {fix}") from None
             # the file we locked must still be the one at the path (a remover may have unlinked it meanwhile)
             try:
                 same = os.path.samestat(os.fstat(fd), os.stat(self.path))

@@ -8,8 +8,16 @@ OUT_DIR bookkeeping, so that a 100,000-file job survives a crash or a Ctrl-C:
 - each recording's table is written atomically when the recording is finished, then a line
   {path, size, mtime, name, table, duration, windows, detections} is appended to `done.jsonl` (fsynced);
   `--resume` skips recordings whose line still matches their size and mtime and redoes the others;
-- `detect.json` holds the settings (checkpoint, hop, thresholds, classes, merge gap); a resume with other
-  settings is refused, since its tables would not agree with the earlier ones;
+- `detect.json` holds the settings (checkpoint, hop, thresholds, classes, merge gap, split dip, event cap); a
+  resume with other settings is refused, since its tables would not agree with the earlier ones, and so is
+  one whose detect.json is missing or unreadable while a journal is there;
+- every done.jsonl line is checked (field types; `table` and `scores` name files inside OUT_DIR, no
+  symlink out of it): a bad line is a one-line error naming the journal and the line;
+- OUT_DIR's files are detect's own only when a detect.json or a journal is there: then detect.json, the
+  journals, detections.csv, scores.csv, skipped.txt, detections.selections.txt, .scores/ and the tables the
+  journals name. `--overwrite` removes only those; other files (a user's Raven tables) stay, and a new
+  table never takes the name of one;
+- `.detect.lock` (convnet_cli.data.batch_set_swap.BatchDirLock): one detect at a time per OUT_DIR;
 - `detections.csv`, `scores.csv` and the combined table cover every recording done so far and are
   rewritten (atomically) at the end, and also after a Ctrl-C; per-window scores of each recording wait in
   `.scores/` until then;
@@ -26,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import math
 import os
 import shutil
 import signal
@@ -36,10 +45,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from convnet_cli.data.batch_set_swap import BatchDirLock
 from convnet_cli.data.skipped_list import format_skipped
-from convnet_cli.fileio import write_text_atomic
+from convnet_cli.fileio import make_out_dir, write_text_atomic
 from convnet_cli.detect import raven
-from convnet_cli.detect.events import parse_thresholds, reported_classes, windows_to_events
+from convnet_cli.detect.events import (DEFAULT_SPLIT_DIP, check_class_names, parse_thresholds, reported_classes,
+                                       windows_to_events)
 from convnet_cli.errors import ConfigError, DataError
 from convnet_cli.parallel import SingleWorld, on_root, rank_device
 
@@ -48,8 +59,20 @@ DONE_PART = "done.{rank}.jsonl"   # a process's own journal under MPI, merged in
 SETTINGS = "detect.json"
 SKIPPED = "skipped.txt"
 SCORES_DIR = ".scores"
+LOCK = ".detect.lock"
+# detect's files by their fixed names (the tables are named in the journal)
+OWN_NAMES = (DONE, SETTINGS, SKIPPED, raven.DETECTIONS_CSV, raven.SCORES_CSV, raven.COMBINED_NAME, SCORES_DIR)
 # settings that change what a table holds: a resume must keep them
-_FIXED = ("checkpoint", "checkpoint_mtime", "hop", "duration", "thresholds", "classes", "merge_gap")
+_FIXED = ("checkpoint", "checkpoint_mtime", "hop", "duration", "thresholds", "classes", "merge_gap", "split_dip",
+          "max_event")
+# settings an older detect.json lacks, with the value that older detect used
+_ADDED_LATER = {"split_dip": 0.0, "max_event": None}
+# Times are written in milliseconds: a finer hop gives windows with the same begin time in the tables
+MIN_HOP = 0.001
+# a journal record: field -> the JSON types it may have (bool is never a number here)
+_RECORD_FIELDS = {"path": (str,), "size": (int,), "mtime": (int, float), "name": (str,), "table": (str,),
+                  "duration": (int, float), "windows": (int,), "detections": (int,), "scores": (str,)}
+_RECORD_REQUIRED = ("path", "size", "mtime", "name", "table")
 
 
 @dataclass
@@ -83,11 +106,13 @@ class DetectSummary:
 
 def collect_recordings(inputs) -> list:
     """[Recording] for audio files and folders (recursively; hidden files and folders left out), in the
-    order given, folders sorted. A name that two inputs share gets the second input's folder name in front."""
+    order given, folders sorted. A recording's name is its path relative to the folder given (or its file
+    name); recordings whose names clash are named by their paths relative to the folder all of them are in
+    ('A/x/rec.wav', 'B/x/rec.wav' given as two files), so every name in detections.csv is one recording."""
     from convnet_cli.ingest.audio import is_audio_name
     from convnet_cli.ingest.sources import find_audio
 
-    out, seen_paths, seen_names = [], set(), set()
+    out, seen_paths = [], set()
     for item in inputs:
         item = os.fspath(item)
         if os.path.isdir(item):
@@ -95,23 +120,42 @@ def collect_recordings(inputs) -> list:
             if not rels:
                 raise DataError(f"{item}: no audio files (.wav, .flac, .ogg, .aiff) in this folder")
             found = [(os.path.join(item, r), r) for r in rels]
-            prefix = os.path.basename(os.path.normpath(os.path.abspath(item)))
         elif os.path.isfile(item):
             if not is_audio_name(item):
                 raise DataError(f"{item}: not an audio file name (.wav, .flac, .ogg, .aiff, .aif)")
             found = [(item, os.path.basename(item))]
-            prefix = os.path.basename(os.path.dirname(os.path.abspath(item)))
         else:
             raise DataError(f"{item}: no such recording or folder")
         for p, rel in found:
             ap = os.path.abspath(p)
             if ap in seen_paths:
                 continue
-            name = rel if rel not in seen_names else f"{prefix}/{rel}"
             seen_paths.add(ap)
-            seen_names.add(name)
-            out.append(Recording(ap, name))
+            out.append(Recording(ap, rel.replace(os.sep, "/")))
+    _unique_names(out)
     return out
+
+
+def _unique_names(recordings):
+    """Rename recordings whose names clash (in place): their paths relative to their common folder, else
+    (a name that then clashes again) their absolute paths."""
+    count = {}
+    for r in recordings:
+        count[r.name] = count.get(r.name, 0) + 1
+    clash = [r for r in recordings if count[r.name] > 1]
+    if not clash:
+        return
+    try:
+        root = os.path.commonpath([os.path.dirname(r.path) for r in clash])
+    except ValueError:   # different drives
+        root = None
+    for r in clash:
+        r.name = (os.path.relpath(r.path, root) if root else r.path).replace(os.sep, "/")
+    names = [r.name for r in recordings]
+    if len(set(names)) < len(names):
+        for r in recordings:
+            if names.count(r.name) > 1:
+                r.name = r.path.replace(os.sep, "/")
 
 
 def _stat(rec: Recording) -> Recording:
@@ -122,27 +166,83 @@ def _stat(rec: Recording) -> Recording:
 
 # ---- OUT_DIR state ----------------------------------------------------------------------------------
 
-def read_done(out_dir: str) -> dict:
-    """{absolute path: the latest done.jsonl record}. A line cut short by a crash is passed over."""
+def read_done(out_dir: str, strict: bool = True) -> dict:
+    """{absolute path: the latest done.jsonl record}. A line cut short by a crash is passed over; a line
+    that is JSON but not a valid record is a DataError naming the journal and the line (strict), or passed
+    over too (not strict: what --overwrite may remove)."""
     out = {}
     # done.jsonl, then the journals of processes of an MPI run that did not finish (their lines are newer)
     for path in [os.path.join(out_dir, DONE)] + _journal_parts(out_dir):
-        if os.path.exists(path):
-            for rec in _records(path):
+        if os.path.lexists(path):
+            for rec in _records(path, out_dir, strict):
                 out[rec["path"]] = rec
     return out
 
 
-def _records(path: str):
-    """The records of a journal, one at a time; a line cut short by a crash is passed over."""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and "path" in rec:
-                yield rec
+def _records(path: str, out_dir: str, strict: bool = True):
+    """The valid records of a journal, one at a time (see read_done)."""
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the journal ({exc.strerror or exc}); check its permissions") from None
+    for lineno, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            rec, reason = None, "not UTF-8"
+        except ValueError:
+            continue   # a line cut short by a crash
+        else:
+            reason = _bad_record(rec, out_dir)
+        if reason is None:
+            yield rec
+        elif strict:
+            raise DataError(f"{path} line {lineno}: {reason}; delete that line (detect then redoes its recording) "
+                            f"or start over with --overwrite")
+
+
+def _bad_record(rec, out_dir: str):
+    """Why `rec` is not a journal record detect wrote, or None."""
+    if not isinstance(rec, dict):
+        return f"{json.dumps(rec)[:40]} is not a record (a JSON object with path, size, mtime, name, table)"
+    for key in _RECORD_REQUIRED:
+        if key not in rec:
+            return f"the record has no '{key}'"
+    for key, kinds in _RECORD_FIELDS.items():
+        if key not in rec:
+            continue
+        v = rec[key]
+        if isinstance(v, bool) or not isinstance(v, kinds) or (isinstance(v, float) and not math.isfinite(v)):
+            want = "text" if kinds == (str,) else "a whole number" if kinds == (int,) else "a number"
+            return f"'{key}' is {json.dumps(v)[:40]}, not {want}"
+    if not _plain_name(rec["table"]) or not rec["table"].endswith(raven.TABLE_SUFFIX):
+        return f"'table' {rec['table']!r} is not the name of a table in OUT_DIR (<name>{raven.TABLE_SUFFIX})"
+    if "scores" in rec:
+        parts = rec["scores"].replace("\\", "/").split("/")
+        if len(parts) != 2 or parts[0] != SCORES_DIR or not _plain_name(parts[1]) or not parts[1].endswith(".csv"):
+            return f"'scores' {rec['scores']!r} is not a file in OUT_DIR/{SCORES_DIR}"
+    for key in ("table", "scores"):
+        if key in rec and not _stays_inside(out_dir, rec[key]):
+            return f"'{key}' {rec[key]!r} is a link that leads out of OUT_DIR"
+    return None
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and not name.startswith(".") and \
+        "/" not in name and "\\" not in name and "\0" not in name
+
+
+def _stays_inside(out_dir: str, rel: str) -> bool:
+    """False when OUT_DIR/rel exists and resolves (through symlinks) to somewhere outside OUT_DIR."""
+    path = os.path.join(out_dir, rel)
+    if not os.path.lexists(path):
+        return True
+    root = os.path.realpath(out_dir)
+    real = os.path.realpath(path)
+    return os.path.commonpath([root, real]) == root and real != root
 
 
 def _journal_parts(out_dir: str) -> list:
@@ -152,7 +252,7 @@ def _journal_parts(out_dir: str) -> list:
 def _fold_journals(out_dir: str):
     """Append the lines of the per-process journals (an MPI run's) to done.jsonl, then remove them."""
     for part in _journal_parts(out_dir):
-        for rec in _records(part):
+        for rec in _records(part, out_dir):
             _append_done(out_dir, rec)
         os.unlink(part)
 
@@ -175,38 +275,74 @@ def _append_done(out_dir: str, record: dict, journal: str = DONE):
         os.close(fd)
 
 
+def is_out_dir(path: str) -> bool:
+    """True for a folder a detect wrote into: it holds a detect.json or a journal."""
+    return os.path.isdir(path) and (os.path.lexists(os.path.join(path, DONE))
+                                    or os.path.lexists(os.path.join(path, SETTINGS)) or bool(_journal_parts(path)))
+
+
 def earlier_output(out_dir: str) -> list:
-    """Names of an earlier detect's files in out_dir."""
-    if not os.path.isdir(out_dir):
+    """Names of an earlier detect's own files in out_dir (see the module doc): none unless a detect.json or
+    a journal is there."""
+    if not is_out_dir(out_dir):
         return []
-    names = []
-    parts = {os.path.basename(p) for p in _journal_parts(out_dir)}
-    for n in sorted(os.listdir(out_dir)):
-        if n in (DONE, SETTINGS, SKIPPED, raven.DETECTIONS_CSV, raven.SCORES_CSV, SCORES_DIR) or \
-                n.endswith(raven.TABLE_SUFFIX) or n in parts:
-            names.append(n)
-    return names
+    names = {n for n in OWN_NAMES if os.path.lexists(os.path.join(out_dir, n))}
+    names |= {os.path.basename(p) for p in _journal_parts(out_dir)}
+    names |= {r["table"] for r in read_done(out_dir, strict=False).values()
+              if os.path.lexists(os.path.join(out_dir, r["table"]))}
+    return sorted(names)
+
+
+def _foreign_outputs(out_dir: str) -> list:
+    """Files under detect's fixed names in an OUT_DIR that no detect journal claims (someone else's)."""
+    if not os.path.isdir(out_dir) or is_out_dir(out_dir):
+        return []
+    return [n for n in OWN_NAMES if os.path.lexists(os.path.join(out_dir, n))]
 
 
 def _clear(out_dir: str, names):
     for n in names:
         p = os.path.join(out_dir, n)
-        if os.path.isdir(p):
+        if os.path.isdir(p) and not os.path.islink(p):
             shutil.rmtree(p)
         else:
             os.unlink(p)
 
 
 def _check_settings(out_dir: str, settings: dict):
-    try:
-        with open(os.path.join(out_dir, SETTINGS), encoding="utf-8") as f:
-            old = json.load(f)
-    except (OSError, ValueError):
+    """ConfigError unless the earlier run's detect.json holds the same settings (a resume into a folder with
+    no journal and no detect.json starts afresh)."""
+    path = os.path.join(out_dir, SETTINGS)
+    fix = "start over with --overwrite, or give another --out"
+    if not os.path.lexists(path):
+        if is_out_dir(out_dir):
+            raise ConfigError(f"{path}: missing, so the earlier run's settings are unknown and --resume could mix "
+                              f"tables made with other ones; {fix}")
         return
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+    except (OSError, ValueError) as exc:
+        why = getattr(exc, "strerror", None) or "not valid JSON"
+        raise ConfigError(f"{path}: unreadable ({why}), so the earlier run's settings are unknown and --resume "
+                          f"could mix tables made with other ones; {fix}") from None
+    if not isinstance(old, dict):
+        raise ConfigError(f"{path}: not detect's settings (a JSON object); {fix}")
     for k in _FIXED:
-        if k in old and old[k] != settings[k]:
+        if k not in old and k not in _ADDED_LATER:
+            raise ConfigError(f"{path}: no '{k}' setting, so the earlier run's settings are unknown and --resume "
+                              f"could mix tables made with other ones; {fix}")
+        was = old.get(k, _ADDED_LATER.get(k))
+        if was != settings[k]:
+            flag = "--" + k.replace("_", "-")
+            if k in old:
+                same = "use the same flags"
+            elif was is None:
+                same = f"the earlier run's convnet had no {flag}: leave it out to resume it"
+            else:
+                same = f"the earlier run's convnet had no {flag}: give {flag} {was:g} to resume it"
             raise ConfigError(f"{out_dir}: --resume with other settings than the earlier run ({k}: was "
-                              f"{old[k]!r}, now {settings[k]!r}); use the same flags, another --out, or --overwrite")
+                              f"{was!r}, now {settings[k]!r}); {same}, another --out, or --overwrite")
 
 
 # ---- the work ---------------------------------------------------------------------------------------
@@ -264,10 +400,12 @@ class _Progress:
             self.bar = None
 
 
-def window_probabilities(run, path: str, spec, hop: float, batch: int, xp, on_progress=None):
+def window_probabilities(run, path: str, spec, hop: float, batch: int, xp, on_progress=None, name=None):
     """(starts (n,) float64, probs (n, K) float32 or None when there is no window, seconds covered) of
-    every window of one recording; on_progress(seconds) as the windows advance."""
+    every window of one recording; on_progress(seconds) as the windows advance. DataError (predict's) when
+    the net gives a probability that is not finite: an overflowing checkpoint must not pass for 'no event'."""
     from convnet_cli.ingest.windows import iter_window_features
+    from convnet_cli.predict.predict import check_probabilities
 
     starts, probs = [], []
     covered = 0.0
@@ -278,7 +416,10 @@ def window_probabilities(run, path: str, spec, hop: float, batch: int, xp, on_pr
         if len(s) == 0:
             continue
         starts.append(np.asarray(s, dtype=np.float64))
-        probs.append(run(feats))
+        p = run(feats)
+        check_probabilities(p, lambda i: f"{name or path}@{float(s[i]):.3f}",
+                            f"no table was written for {name or path} (the recordings finished before it are)")
+        probs.append(p)
         if on_progress is not None:
             reach = float(s[-1]) + hop
             on_progress(reach - covered)
@@ -301,12 +442,23 @@ def _spec_and_hop(ckpt, hop):
     if hop is None:
         hop = float(window_hop) if window_hop else spec.duration / 2
     hop = float(hop)
-    if not hop > 0:
-        raise ConfigError(f"--hop {hop:g}: give a positive number of seconds")
+    if not (math.isfinite(hop) and hop >= MIN_HOP):
+        raise ConfigError(f"--window-hop {hop:g}: give a finite number of seconds, at least {MIN_HOP:g} (the tables "
+                          f"hold times in ms, so a finer hop only repeats windows)")
     return spec, hop
 
 
+def _check_event_flags(merge_gap, split_dip, max_event):
+    if not (math.isfinite(merge_gap) and merge_gap >= 0):
+        raise ConfigError(f"--merge-gap {merge_gap:g}: give a finite number of seconds >= 0")
+    if not (math.isfinite(split_dip) and 0 <= split_dip <= 1):
+        raise ConfigError(f"--split-dip {split_dip:g}: give a probability difference between 0 (never split) and 1")
+    if max_event is not None and not (math.isfinite(max_event) and max_event > 0):
+        raise ConfigError(f"--max-event {max_event:g}: give a finite number of seconds > 0 (or leave it out)")
+
+
 def detect(checkpoint, inputs, out_dir: str, *, hop=None, threshold=None, classes=None, merge_gap: float = 0.0,
+           split_dip: float = DEFAULT_SPLIT_DIP, max_event: float | None = None,
            scores: bool = False, combined: bool = False, resume: bool = False, overwrite: bool = False,
            batch: int = 128, device: str = "cpu", progress: bool = True, echo=None, world=None) -> DetectSummary:
     """Run the net over every recording of `inputs` and write OUT_DIR (see the module doc).
@@ -314,31 +466,66 @@ def detect(checkpoint, inputs, out_dir: str, *, hop=None, threshold=None, classe
     KeyboardInterrupt: the files covering the recordings finished so far are written, then it is raised
     again (the CLI exits 130). world: under MPI, the recordings are split over its processes (module doc);
     the summary of rank 0 covers all of them."""
-    from convnet_cli.ingest.audio import AudioError
-    from convnet_cli.ingest.windows import recording_info
     from convnet_cli.predict.predict import Runner, load_model
 
     world = world or SingleWorld()
     echo = (echo or (lambda msg: None)) if world.is_root else (lambda msg: None)
     if resume and overwrite:
         raise ConfigError("give --resume or --overwrite, not both")
-    if merge_gap < 0:
-        raise ConfigError(f"--merge-gap {merge_gap:g}: give seconds >= 0")
+    merge_gap, split_dip = float(merge_gap), float(split_dip)
+    max_event = None if max_event is None else float(max_event)
+    _check_event_flags(merge_gap, split_dip, max_event)
     t0 = time.perf_counter()
     recordings = on_root(world, lambda: collect_recordings(inputs))
     net, ckpt = load_model(checkpoint, rank_device(device, world))
     spec, hop = _spec_and_hop(ckpt, hop)
+    if max_event is not None and max_event < spec.duration:
+        raise ConfigError(f"--max-event {max_event:g}: shorter than the checkpoint's {spec.duration:g}-s window "
+                          f"(the shortest event); give at least {spec.duration:g} s, or leave it out")
+    if hop > spec.duration:
+        echo(f"note: --window-hop {hop:g} s is longer than the {spec.duration:g}-s window: "
+             f"{100 * (1 - spec.duration / hop):.0f}% of each recording is never looked at")
     label_names = [str(n) for n in ckpt.state["label_names"]]
     wanted = reported_classes(label_names, classes)
+    check_class_names(wanted, ckpt.path)
     thresholds = parse_thresholds(threshold, label_names)
     run = Runner(net, ckpt, net.output_layer(), batch, 1)
-    low_hz, high_hz = float(spec.fmin), float(spec.fmax_hz)
     settings = {"checkpoint": os.path.abspath(ckpt.path), "checkpoint_mtime": os.path.getmtime(ckpt.path),
                 "hop": hop, "duration": float(spec.duration),
                 "thresholds": {c: thresholds[c] for c in wanted}, "classes": wanted,
-                "merge_gap": float(merge_gap), "label_names": label_names, "features": spec.to_dict()}
+                "merge_gap": merge_gap, "split_dip": split_dip, "max_event": max_event,
+                "label_names": label_names, "features": spec.to_dict()}
 
-    on_root(world, lambda: _prepare_out(out_dir, settings, resume, overwrite))
+    held = []   # rank 0's lock on OUT_DIR, held until every file is written
+
+    def prepare():
+        make_out_dir(out_dir, "--out")
+        lock = BatchDirLock(out_dir, LOCK, "convnet detect", "wait for it to finish, or give another --out")
+        try:
+            _prepare_out(out_dir, settings, resume, overwrite)
+        except BaseException:
+            lock.release()
+            raise
+        held.append(lock)
+
+    on_root(world, prepare)
+    try:
+        return _detect_into(out_dir, recordings, run=run, net=net, spec=spec, hop=hop, batch=batch,
+                            label_names=label_names, wanted=wanted, thresholds=thresholds, settings=settings,
+                            scores=scores, combined=combined, resume=resume, progress=progress, echo=echo,
+                            world=world, t0=t0)
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _detect_into(out_dir, recordings, *, run, net, spec, hop, batch, label_names, wanted, thresholds, settings,
+                 scores, combined, resume, progress, echo, world, t0) -> DetectSummary:
+    """detect's work once OUT_DIR is prepared and locked."""
+    from convnet_cli.ingest.audio import AudioError
+    from convnet_cli.ingest.windows import recording_info
+
+    low_hz, high_hz = float(spec.fmin), float(spec.fmax_hz)
     done = read_done(out_dir) if resume else {}
 
     summary = DetectSummary(out_dir=out_dir, recordings=len(recordings))
@@ -362,8 +549,12 @@ def detect(checkpoint, inputs, out_dir: str, *, hop=None, threshold=None, classe
             continue
         todo.append(rec)
 
-    # table names: kept for recordings already done, new ones chosen so that nothing clashes
-    taken = {r["table"] for p, r in done.items() if p not in {t.path for t in todo}}
+    # table names: kept for recordings already done, new ones chosen so that nothing clashes, neither with
+    # each other nor with a file of someone else's (a Raven table of the user's) in OUT_DIR
+    redo = {t.path for t in todo}
+    own = {r["table"] for r in done.values()}
+    taken = {r["table"] for p, r in done.items() if p not in redo}
+    taken |= {n for n in os.listdir(out_dir) if n.endswith(raven.TABLE_SUFFIX) and n not in own}
     names = raven.table_names(sorted({r.name for r in recordings} | {r.get("name", "") for r in done.values()} - {""}),
                               reserved=("detections",))
     fresh = {}
@@ -386,7 +577,8 @@ def detect(checkpoint, inputs, out_dir: str, *, hop=None, threshold=None, classe
     try:
         for rec in mine:
             try:
-                starts, probs, covered = window_probabilities(run, rec.path, spec, hop, batch, net.xp, bar.add)
+                starts, probs, covered = window_probabilities(run, rec.path, spec, hop, batch, net.xp, bar.add,
+                                                              name=rec.name)
             except AudioError as exc:
                 summary.skipped.append((rec.name, exc.reason))
                 bar.add(max(0.0, rec.duration))
@@ -396,7 +588,8 @@ def detect(checkpoint, inputs, out_dir: str, *, hop=None, threshold=None, classe
                 echo(f"note: {rec.name} ({rec.duration:.2f} s) is shorter than one {spec.duration:g}-s window; "
                      f"no windows")
                 probs = np.zeros((0, len(label_names)), np.float32)
-            events = windows_to_events(starts, probs, label_names, spec.duration, thresholds, wanted, merge_gap)
+            events = windows_to_events(starts, probs, label_names, spec.duration, thresholds, wanted,
+                                       settings["merge_gap"], settings["split_dip"], settings["max_event"])
             with _interrupt_deferred():  # table, done.jsonl and the bookkeeping go together or not at all
                 table = fresh[rec.path]
                 record = {"path": rec.path, "size": rec.size, "mtime": rec.mtime, "name": rec.name, "table": table,
@@ -424,6 +617,9 @@ def detect(checkpoint, inputs, out_dir: str, *, hop=None, threshold=None, classe
         echo(f"interrupted: {summary.done} recording(s) finished in this run and written "
              f"({len(done)} in {out_dir} in all); run again with --resume to do the rest")
         raise
+    except BaseException:
+        bar.close()
+        raise
     bar.close()
     if _gather(world, out_dir, done, this_run, summary, read_before):
         summary.interrupted = True
@@ -438,8 +634,11 @@ def detect(checkpoint, inputs, out_dir: str, *, hop=None, threshold=None, classe
 
 
 def _prepare_out(out_dir, settings, resume, overwrite):
-    """Make OUT_DIR; refuse, clear or check an earlier detect's output there; write detect.json."""
-    os.makedirs(out_dir, exist_ok=True)
+    """Refuse, clear or check an earlier detect's output in OUT_DIR (made and locked); write detect.json."""
+    foreign = _foreign_outputs(out_dir)
+    if foreign:
+        raise ConfigError(f"{out_dir}: holds {', '.join(foreign)}, which no detect journal there names (no "
+                          f"{SETTINGS} or {DONE}); move them away or give another --out")
     earlier = earlier_output(out_dir)
     if earlier and not (resume or overwrite):
         raise ConfigError(f"{out_dir}: holds an earlier detect's output ({', '.join(earlier[:3])}"

@@ -11,18 +11,31 @@ at each distinct score t, precision = TP(>= t) / detections(>= t), recall = TP(>
 Average precision is the step-wise area under that curve, sum over thresholds of (R_i - R_{i-1}) * P_i
 (scikit-learn's `average_precision_score`); recall that no threshold reaches adds nothing.
 `overall` pools every class's detections and annotations (micro-average). A ratio of 0/0 is null.
+
+Scores are probabilities: a score that is not a number in [0, 1] (nan, 7, -3) is a DataError naming the
+file and line, since it would rank its detection first or last; so is a row without a score in a table
+whose other rows have one. Detections without any score (a table with no Score column) all rank alike.
+
+A detect OUT_DIR is read through its journal (done.jsonl): each finished recording's own table, under the
+recording's relative name, so a run killed before it wrote detections.csv loses nothing. Given as the
+annotations, it is read the same way (its combined table and detections.csv would count each event again).
+
+A detection that overlaps several annotations of its class (by min_overlap of the shorter) can match only
+one of them: such detections are counted in a note (a chorus merged into long events).
 """
 from __future__ import annotations
 
+import csv
 import io
 import json
+import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 
-from convnet_cli.errors import ConfigError, DataError
+from convnet_cli.errors import ConfigError, DataError, did_you_mean
 
 RESULT_KEYS = ("tp", "fp", "fn", "precision", "recall", "f1", "average_precision", "threshold_at_precision",
                "recall_at_threshold")
@@ -135,6 +148,7 @@ def evaluate(detections: dict, annotations: dict, classes, min_overlap: float = 
         raise ConfigError(f"--target-precision {target_precision:g}: give a precision in (0, 1]")
     per_class = {c: ([], 0) for c in classes}
     recs = set(detections) | set(annotations)
+    wide, covered = 0, 0   # detections overlapping several annotations, and those annotations
     for rec in sorted(recs):
         dets, anns = defaultdict(list), defaultdict(list)
         for d in detections.get(rec, ()):
@@ -145,6 +159,13 @@ def evaluate(detections: dict, annotations: dict, classes, min_overlap: float = 
             scored, fn = match(dets.get(c, []), anns.get(c, []), min_overlap)
             prev, prev_fn = per_class[c]
             per_class[c] = (prev + scored, prev_fn + fn)
+            n, m = overlapping_several(dets.get(c, []), anns.get(c, []), min_overlap)
+            wide, covered = wide + n, covered + m
+    notes = list(notes or [])
+    if wide:
+        notes.append(f"{wide} detection(s) overlap several annotations of their class ({covered} annotations); "
+                     f"each matches one at most, so the others count as missed (detect's --split-dip and "
+                     f"--max-event split such events)")
     result = {"classes": {}, "overall": None, "min_overlap": float(min_overlap)}
     curves = {}
     pooled, pooled_fn = [], 0
@@ -156,7 +177,25 @@ def evaluate(detections: dict, annotations: dict, classes, min_overlap: float = 
         pooled_fn += fn
     result["overall"] = summarize(pooled, pooled_fn, target_precision)
     curves["overall"] = pr_curve(pooled, len([1 for _, t in pooled if t]) + pooled_fn)
-    return Evaluation(result, curves, list(notes or []))
+    return Evaluation(result, curves, notes)
+
+
+def overlapping_several(detections, annotations, min_overlap: float) -> tuple:
+    """(detections that overlap two or more of `annotations` by min_overlap of the shorter, the annotations
+    they overlap so) for one recording and class."""
+    if not detections or len(annotations) < 2:
+        return 0, 0
+    ab = np.array([a.begin for a in annotations], dtype=np.float64)
+    ae = np.array([a.end for a in annotations], dtype=np.float64)
+    n, hit = 0, np.zeros(len(annotations), dtype=bool)
+    for d in detections:
+        inter = np.minimum(ae, d.end) - np.maximum(ab, d.begin)
+        shorter = np.minimum(ae - ab, d.end - d.begin)
+        mine = (inter > 0) & (shorter > 0) & (inter >= min_overlap * shorter)
+        if mine.sum() > 1:
+            n += 1
+            hit |= mine
+    return n, int(hit.sum())
 
 
 # ---- reading both sides ----------------------------------------------------------------------------
@@ -205,35 +244,85 @@ def _group(selections):
     return out
 
 
-def _read_done(folder):
-    """Relative names of the recordings a detect OUT_DIR holds (its done.jsonl), or None."""
-    path = os.path.join(folder, "done.jsonl")
-    if not os.path.exists(path):
-        return None
-    names = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a crash
-            if isinstance(rec, dict) and rec.get("name"):
-                names.append(rec["name"])
-    return names
+def check_scores(selections):
+    """DataError naming the file and line of a selection whose score is not a probability, or that has none
+    while another row of its table has one (the annotation reader leaves an unreadable score out)."""
+    scored = {s.source for s in selections if s.score is not None}
+    for s in selections:
+        where = f"{s.source} line {s.line}" if s.source else f"a detection of '{s.recording}'"
+        if s.score is None:
+            if s.source in scored:
+                raise DataError(f"{where}: no score (empty, nan or inf) while other rows of the table have one; "
+                                "give every detection a score between 0 and 1")
+        elif not (math.isfinite(s.score) and 0.0 <= s.score <= 1.0):
+            raise DataError(f"{where}: score {s.score:g} is not between 0 and 1; fix that cell (scores are "
+                            "probabilities)")
+    return selections
+
+
+def _read_detections_csv(path: str):
+    """detect's detections.csv -> {recording: [Interval]}, every row checked (raven.detection_row); None when
+    the header is not detect's (then it is read as any other table). Quoted names may hold line breaks."""
+    from convnet_cli.detect.raven import DETECTIONS_HEADER, detection_row
+    from convnet_cli.fileio import open_error
+
+    out, at = defaultdict(list), 1
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None or tuple(h.strip() for h in header) != DETECTIONS_HEADER:
+                return None
+            at = reader.line_num + 1
+            for row in reader:
+                where, at = f"{path} line {at}", reader.line_num + 1
+                if not any(c.strip() for c in row):
+                    continue
+                if len(row) != len(DETECTIONS_HEADER):
+                    raise DataError(f"{where}: {len(row)} cells, the header has {len(DETECTIONS_HEADER)} "
+                                    f"({','.join(DETECTIONS_HEADER)}); fix that row")
+                if not row[0].strip():
+                    raise DataError(f"{where}: empty filename; name the recording of every detection")
+                b, e, c, score = detection_row(where, row[1:])
+                out[row[0]].append(Interval(b, e, c, score))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise open_error(path, exc, "detections file", "give detect's detections.csv (UTF-8 CSV)") from None
+    except csv.Error as exc:
+        raise DataError(f"{path} line {at}: not a readable CSV line ({exc}); fix that line") from None
+    return out
+
+
+def _read_out_dir(folder, events: bool = True):
+    """A detect OUT_DIR through its journal -> ({recording name: [Interval]} (empty unless `events`), names
+    of the recordings finished). A record whose table is gone (removed by hand) does not count as finished."""
+    from convnet_cli.detect.detect import read_done
+    from convnet_cli.detect.raven import read_own_table
+
+    out, names = {}, []
+    for rec in sorted(read_done(folder).values(), key=lambda r: r["name"]):
+        table = os.path.join(folder, rec["table"])
+        if not os.path.exists(table):
+            continue
+        names.append(rec["name"])
+        if events:
+            out[rec["name"]] = [Interval(b, e, c, sc) for b, e, c, sc in read_own_table(table)]
+    return out, names
 
 
 def _detect_settings(folder):
     path = os.path.join(folder, "detect.json")
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            settings = json.load(f)
     except (OSError, ValueError):
         return None
+    return settings if isinstance(settings, dict) else None
 
 
 def load_detections(path: str):
     """DETECTIONS -> ({recording: [Interval]}, recordings processed or None when unknown, the classes
     detect reported or None)."""
+    from convnet_cli.detect.detect import is_out_dir
     from convnet_cli.detect.raven import COMBINED_NAME, DETECTIONS_CSV
     from convnet_cli.ingest.annotations import read_tables
 
@@ -242,12 +331,17 @@ def load_detections(path: str):
                         f"or Raven tables)")
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     settings = _detect_settings(folder)
-    classes = list(settings["classes"]) if settings and settings.get("classes") else None
+    classes = settings.get("classes") if settings else None
+    classes = [str(c) for c in classes] if isinstance(classes, list) and classes else None
+    if is_out_dir(path):
+        dets, done = _read_out_dir(path)
+        return dets, done, classes
     if os.path.isdir(path):
         csv_path = os.path.join(path, DETECTIONS_CSV)
-        done = _read_done(path)
-        if done is not None and os.path.exists(csv_path):
-            return _group(read_tables(csv_path)), done, classes
+        if os.path.exists(csv_path):
+            got = _read_detections_csv(csv_path)
+            if got is not None:
+                return got, None, classes
         tables = []
         for root, dirs, files in os.walk(path):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -259,18 +353,28 @@ def load_detections(path: str):
         sel = []
         for t in (singles or tables):
             sel += read_tables(t)
-        return _group(sel), done, classes
-    done = _read_done(folder) if os.path.basename(path) == DETECTIONS_CSV else None
-    return _group(read_tables(path)), done, classes
+        return _group(check_scores(sel)), None, classes
+    done = None
+    if os.path.basename(path) == DETECTIONS_CSV and is_out_dir(folder):
+        done = _read_out_dir(folder, events=False)[1]
+    got = _read_detections_csv(path) if path.lower().endswith(".csv") else None
+    if got is not None:
+        return got, done, classes
+    return _group(check_scores(read_tables(path))), done, classes
 
 
 def load_pair(detections_path: str, annotations_path: str, label_col=None, classes=None):
     """Both sides keyed by the detection side's recording names, the classes to score, and notes."""
+    from convnet_cli.detect.detect import is_out_dir
     from convnet_cli.detect.events import is_background
     from convnet_cli.ingest.annotations import read_tables
 
     dets, processed, detect_classes = load_detections(detections_path)
-    anns_raw = _group(read_tables(annotations_path, label_col))
+    if is_out_dir(annotations_path):   # another detect's output as the reference: its tables, once each
+        anns_raw = {r: [Interval(i.begin, i.end, i.label) for i in v]
+                    for r, v in _read_out_dir(annotations_path)[0].items()}
+    else:
+        anns_raw = _group(read_tables(annotations_path, label_col))
     universe = list(processed) if processed is not None else sorted(dets)
     pairs = pair_recordings(universe, sorted(anns_raw))
     notes = []
@@ -296,6 +400,13 @@ def load_pair(detections_path: str, annotations_path: str, label_col=None, class
     if classes:
         wanted = [c.strip() for c in classes.split(",")] if isinstance(classes, str) else list(classes)
         wanted = [c for c in wanted if c]
+        present = ({i.label for v in dets.values() for i in v} | {i.label for v in anns_raw.values() for i in v}
+                   | set(detect_classes or ()))
+        for c in wanted:
+            if c not in present:
+                raise ConfigError(f"--classes: no detection or annotation has the class '{c}'"
+                                  f"{did_you_mean(c, present)}; the classes present: "
+                                  f"{', '.join(sorted(present)) or 'none'}")
     elif detect_classes:
         wanted = detect_classes
     else:
@@ -335,12 +446,14 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json(result: dict, folder: str) -> str:
-    from convnet_cli.fileio import write_text_atomic
+def write_json(result: dict, folder: str, notes=None) -> str:
+    """DIR/evaluation.json: the result, and the notes (when given) under "notes"."""
+    from convnet_cli.fileio import make_out_dir, write_text_atomic
 
-    os.makedirs(folder, exist_ok=True)
+    make_out_dir(folder, "--out")
     path = os.path.join(folder, "evaluation.json")
-    write_text_atomic(path, json.dumps(result, indent=2) + "\n")
+    doc = dict(result) if notes is None else dict(result, notes=list(notes))
+    write_text_atomic(path, json.dumps(doc, indent=2) + "\n")
     return path
 
 

@@ -11,19 +11,29 @@
 
 Times are written with 3 decimals (1 ms: finer than any spectrogram hop), scores with 4 and window
 probabilities with 6.
+
+Names: the CSVs quote a recording name holding a comma, a quote or a line break, so every name comes back
+as it was. A Raven table cannot quote (tab-separated, one row a line): its `Begin File` and `Begin Path`
+cells hold the name with each tab or line break turned into a space; detect and evaluate find a table's
+recording through done.jsonl, never through that cell. Class names with a tab or a line break are refused
+before any table is written (events.check_class_names).
 """
 from __future__ import annotations
 
 import csv
 import io
+import math
 import os
+import re
 import shutil
 
+from convnet_cli.errors import DataError
 from convnet_cli.fileio import atomic_write, write_text_atomic
 
 TABLE_SUFFIX = ".selections.txt"
 COMBINED_NAME = "detections" + TABLE_SUFFIX
 DETECTIONS_CSV = "detections.csv"
+DETECTIONS_HEADER = ("filename", "begin_s", "end_s", "class", "score")
 SCORES_CSV = "scores.csv"
 TABLE_HEADER = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
                 "High Freq (Hz)", "Begin File", "Class", "Score")
@@ -59,21 +69,58 @@ def write_table(path: str, events, begin_file: str, low_hz: float, high_hz: floa
     return path
 
 
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def detection_row(where: str, cells) -> tuple:
+    """(begin, end, class, score) from the text cells (begin, end, class, score) of a detection; DataError
+    naming `where` ('file line N') and the cell when a time is not a plain number of seconds >= 0, the end is
+    not after the begin, the class is empty, or the score is not a number in [0, 1] (a nan or a 7 would rank
+    a detection first)."""
+    b, e, c, sc = (str(x).strip() for x in cells)
+    times = []
+    for col, text in (("begin", b), ("end", e)):
+        v = float(text) if _PLAIN_NUMBER.fullmatch(text) else math.nan
+        if not (math.isfinite(v) and v >= 0):
+            raise DataError(f"{where}, {col} time {text!r}: not a number of seconds >= 0; fix that cell")
+        times.append(v)
+    if times[1] <= times[0]:
+        raise DataError(f"{where}: end {times[1]:g} s is not after begin {times[0]:g} s; fix that row")
+    if not c:
+        raise DataError(f"{where}: empty class; name the class of every detection")
+    score = float(sc) if _PLAIN_NUMBER.fullmatch(sc) else math.nan
+    if not 0.0 <= score <= 1.0:
+        raise DataError(f"{where}, score {sc!r}: not a number between 0 and 1; fix that cell (detect writes "
+                        "probabilities)")
+    return times[0], times[1], c, score
+
+
 def read_own_table(path: str) -> list:
-    """Rows of a table this module wrote -> [(begin, end, class, score)]. (Other tables go through
-    convnet_cli.ingest.annotations.read_tables.)"""
+    """Rows of a table this module wrote -> [(begin, end, class, score)]; DataError naming the line of a row
+    that is not one (detection_row). (Other tables go through convnet_cli.ingest.annotations.read_tables.)"""
     out = []
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t")
-        header = next(reader, None)
-        if not header:
-            return out
-        col = {h: i for i, h in enumerate(header)}
-        for row in reader:
-            if not row:
-                continue
-            out.append((float(row[col["Begin Time (s)"]]), float(row[col["End Time (s)"]]), row[col["Class"]],
-                        float(row[col["Score"]])))
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            lines = f.read().split("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the table ({getattr(exc, 'strerror', None) or exc}); run detect "
+                        "again with --overwrite") from None
+    header = lines[0].rstrip("\r").split("\t") if lines and lines[0].strip() else None
+    if not header:
+        return out
+    try:
+        cols = [header.index(h) for h in ("Begin Time (s)", "End Time (s)", "Class", "Score")]
+    except ValueError:
+        raise DataError(f"{path} line 1: not a table detect wrote (its header lacks Begin Time (s), End Time (s), "
+                        "Class or Score); run detect again with --overwrite") from None
+    for lineno, line in enumerate(lines[1:], 2):
+        row = line.rstrip("\r").split("\t")
+        if not line.strip():
+            continue
+        if len(row) != len(header):
+            raise DataError(f"{path} line {lineno}: {len(row)} cells, the header has {len(header)}; run detect "
+                            "again with --overwrite")
+        out.append(detection_row(f"{path} line {lineno}", [row[i] for i in cols]))
     return out
 
 
@@ -113,7 +160,7 @@ def _rows_to_csv(rows) -> bytes:
 def write_detections_csv(path: str, per_recording) -> str:
     """per_recording: iterable of (filename, [(begin, end, class, score)]) -> detections.csv, atomically."""
     def write(f):
-        f.write(_rows_to_csv([("filename", "begin_s", "end_s", "class", "score")]))
+        f.write(_rows_to_csv([DETECTIONS_HEADER]))
         for name, events in per_recording:
             f.write(_rows_to_csv([(name, _t(b), _t(e), c, f"{s:.4f}") for b, e, c, s in events]))
 

@@ -205,16 +205,24 @@ def predict_audio(checkpoint, inputs, layer: str | None = None, device: str = "c
                        skipped=skipped)
 
 
+def check_probabilities(probs, case_name, not_written: str):
+    """DataError when a row of probs (N, K) holds NaN or inf, naming the first such case (case_name(i)) and
+    what was not written: predict, detect and export --verify refuse such a net's output alike (an overflowing
+    checkpoint otherwise gives an all-nan CSV and no detection at all)."""
+    probs = np.asarray(probs)
+    bad = ~np.isfinite(probs).all(axis=1) if len(probs) else np.zeros(0, bool)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"the network gave a non-finite probability (NaN or inf) for '{case_name(i)}' "
+                        f"({int(bad.sum())} of {len(bad)} cases); check that case's input (a corrupt clip, "
+                        f"features far outside the training range) or the checkpoint; {not_written}")
+
+
 def write_csv(preds: Predictions, path: str) -> str:
     """filename,predicted,<label 1>,...,<label K>[,true] with probabilities to 6 decimals; atomic.
 
     DataError when a probability is not finite (naming the case): a CSV never holds nan."""
-    bad = ~np.isfinite(preds.probs).all(axis=1) if len(preds.probs) else np.zeros(0, bool)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"the network gave a non-finite probability (NaN or inf) for '{preds.filenames[i]}' "
-                        f"({int(bad.sum())} of {len(bad)} cases); check that case's input (a corrupt clip, "
-                        f"features far outside the training range) or the checkpoint; {path} was not written")
+    check_probabilities(preds.probs, lambda i: preds.filenames[i], f"{path} was not written")
     prepare_out(path, "--out")
     with_true = preds.labels_known
     names = preds.label_names
