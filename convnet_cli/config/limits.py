@@ -14,7 +14,6 @@ from convnet_cli.errors import ConfigError
 MAX_OUTPUT_VALUES = 1 << 28
 MAX_WEIGHT_VALUES = 1 << 31
 _SIZE_KEYS = ("filters", "outputs", "filterSize", "padding", "stride", "sizeX", "outputsX", "size")
-_RECURRENT = {"rnn": 1, "gru": 3, "lstm": 4}
 
 
 def _gib(values: int) -> str:
@@ -22,28 +21,8 @@ def _gib(values: int) -> str:
 
 
 def weight_values(layer) -> int:
-    """About how many float32 weights `layer` will hold (an upper estimate from its keys and input shapes)."""
-    p = layer.props
-    filters = getattr(p, "filters", None)
-    outputs = getattr(p, "outputs", None)
-    total = 0
-    for shape in layer.in_shapes:
-        c = int(shape[0])
-        if isinstance(filters, int):
-            fs = getattr(p, "filterSize", (1, 1))
-            fh, fw = fs if isinstance(fs, tuple) else (fs, fs)
-            n = filters * c * int(fh) * int(fw)
-            if layer.type == "local":
-                n *= int(math.prod(layer.out_shape[1:]))
-            total += n
-        elif isinstance(outputs, int):
-            if layer.type in _RECURRENT:
-                feats = c * int(shape[1]) if len(shape) > 1 else c
-                n = _RECURRENT[layer.type] * outputs * (feats + outputs)
-                total += n * (2 if getattr(p, "bidirectional", False) else 1)
-            else:
-                total += outputs * int(math.prod(shape))
-    return total
+    """How many float32 values the parameters of `layer` will hold (its `param_shapes`, nothing allocated)."""
+    return sum(math.prod(int(d) for d in shape) for shape in layer.param_shapes().values())
 
 
 def check_layer_size(layer, prefix: str = "", at: str = ""):

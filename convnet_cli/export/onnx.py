@@ -10,33 +10,11 @@ layers that lead to the probabilities (the second input of the first cost.logreg
 picks it), and returns `probs`, float32 (N, classes). Metadata (`metadata_props`): label_names,
 features, data_shape (JSON), convnet_version, epoch, batch.
 
-The net computes in NHWC; the graph is NCHW, ONNX's layout, so every layer's math is restated here for
-NCHW, and each translation says which ONNX operators reproduce which formula of convnet_cli/layers/:
-
-  conv      Conv (groups, pads, strides); an unshared bias (F, Ho, Wo) is an Add after it.
-  conv/local with several inputs: one translation per input (the bias on the first), then Sum.
-  cnorm     composed: d = x - windowsum(x)/size^2, x * (minDiv + scale/size^2 * windowsum(d^2))^-pow.
-  pass      identity; several inputs: Concat on C.
-  local     patches by a Conv with one-hot filters (the unfold order (channel, row, column), exact: each
-            output is one input pixel times 1 plus zeros), then one batched MatMul over the positions.
-  pool      MaxPool / AveragePool(count_include_pad=0) with the pads that cuda-convnet's ceil rule implies
-            (truncated windows: the pads are never counted), `start` > 0 by a Slice, < 0 by a leading pad,
-            outputsX by a Slice of the output; sizeX 'all' by GlobalMaxPool / GlobalAveragePool.
-  cmrnorm   LRN for odd sizes (same window, alpha/size scaling, bias = minDiv); an even size puts one
-            more channel before than after, where ONNX's LRN puts it after: there it is composed.
-  rnorm     composed: x * (minDiv + scale/size^2 * windowsum(x^2))^-pow, the window sum a depthwise
-            Conv of ones (zero padded, as the layer clips its windows).
-  rnn/lstm/gru  RNN / LSTM / GRU. PyTorch's gate blocks (what the layers use) are reordered to ONNX's:
-            LSTM i,f,g,o -> i,o,f,c; GRU r,z,n -> z,r,h with linear_before_reset=1 (b_hn inside r's
-            product, as PyTorch). `reverse` = direction 'reverse'; bidirectional = 'bidirectional', whose
-            backward outputs ONNX, like the layer, aligns with the original time steps.
-  seqpool   Slice (last), ReduceSum, ReduceMean, ReduceMax over W.
-  fc        Flatten in (C, H, W) order, Gemm per input (transB), summed.
-  others    batchnorm: BatchNormalization (running statistics); dropout: identity; eltsum: Mul + Sum;
-            eltmax: Max; concat: Concat on C; softmax: Softmax on C; neurons by their formulas.
-
-A layer type not in TRANSLATORS (one another module registers later) is refused with a one-line
-ConfigError that names the layer.
+The net computes in NHWC; the graph is NCHW, ONNX's layout, so every layer's math is restated for NCHW by
+its class: `Layer.to_onnx(g, xs, params)` in convnet_cli/layers/ adds the layer's nodes to the builder `g`
+below (its docstring says which ONNX operators reproduce which formula of the layer), and each Neuron's
+`to_onnx(g, x, hint)` its formula. A layer whose class does not translate itself (the registered types
+that do are TRANSLATORS) is refused with a one-line ConfigError that names the layer.
 """
 from __future__ import annotations
 
@@ -49,6 +27,7 @@ from convnet_cli import __version__
 from convnet_cli.backend import to_host
 from convnet_cli.errors import ConfigError, DataError
 from convnet_cli.fileio import atomic_write
+from convnet_cli.layers.registry import REGISTRY
 from convnet_cli.predict.predict import load_model
 
 OPSET = 17
@@ -68,6 +47,8 @@ def require_onnx():
 
 # == a small graph builder over onnx.helper ================================================================
 class _Graph:
+    """The `g` that a layer's `to_onnx` and a neuron's get: named nodes and constants, a few shortcuts."""
+
     def __init__(self, onnx):
         self.onnx = onnx
         self.helper = onnx.helper
@@ -116,263 +97,15 @@ class _Graph:
     def scale(self, x, a: float, hint):
         return x if a == 1 else self.op("Mul", [x, self.const(f"{hint}/a", a)], hint)
 
-
-# == neurons ================================================================================================
-def _neuron(g: _Graph, fn, x: str, hint: str) -> str:
-    """y = fn(x) for a convnet_cli.layers.neurons.Neuron, element-wise."""
-    name, args = fn.name, fn.args
-    if name == "ident":
-        return x
-    if name == "relu":
-        return g.op("Relu", [x], hint)
-    if name == "logistic":
-        return g.op("Sigmoid", [x], hint)
-    if name == "tanh":  # a * tanh(b * x)
-        a, b = args
-        return g.scale(g.op("Tanh", [g.scale(x, b, f"{hint}/b")], hint), a, f"{hint}/a")
-    if name == "abs":
-        return g.op("Abs", [x], hint)
-    if name == "softrelu":  # max(x, 0) + log(1 + exp(-|x|)): no overflow, as the layer computes it
-        e = g.op("Exp", [g.op("Neg", [g.op("Abs", [x], hint)], hint)], hint)
-        return g.op("Add", [g.op("Relu", [x], hint), g.op("Log", [g.op("Add", [e, g.const(f"{hint}/one", 1.0)], hint)],
-                                                           hint)], hint)
-    if name == "square":
-        return g.op("Mul", [x, x], hint)
-    if name == "sqrt":
-        return g.op("Sqrt", [x], hint)
-    if name == "brelu":  # min(max(x, 0), a)
-        return g.op("Clip", [x, g.const(f"{hint}/lo", 0.0), g.const(f"{hint}/hi", args[0])], hint)
-    if name == "linear":  # a x + b
-        a, b = args
-        y = g.scale(x, a, hint)
-        return y if b == 0 else g.op("Add", [y, g.const(f"{hint}/b", b)], hint)
-    if name == "elu":
-        return g.op("Elu", [x], hint, alpha=float(args[0]))
-    if name == "leakyrelu":
-        return g.op("LeakyRelu", [x], hint, alpha=float(args[0]))
-    raise ConfigError(f"neuron '{fn!r}' ({hint}) cannot be exported to ONNX")
+    def window_sum(self, x, channels: int, kh: int, kw: int, pads, hint):
+        """Depthwise sums of x over kh x kw windows, zero padded: pads [top, left, bottom, right]."""
+        ones = np.ones((channels, 1, kh, kw), np.float32)
+        return self.op("Conv", [x, self.const(f"{hint}/ones", ones)], hint, kernel_shape=[kh, kw], pads=list(pads),
+                       group=channels)
 
 
-# == layers: each translator (graph, layer, input names, params) -> output name, NCHW ========================
-def _conv(g, layer, xs, p):
-    geo = layer.geo
-    w = p["weights"]
-    b = p["biases"]
-    attrs = dict(kernel_shape=[geo.fh, geo.fw], pads=[geo.ph, geo.pw, geo.ph, geo.pw], strides=[geo.sh, geo.sw],
-                 group=geo.g)
-    n = layer.name
-    if b.ndim == 1:
-        return g.op("Conv", [xs[0], g.const(f"{n}/weights", w), g.const(f"{n}/biases", b)], n, **attrs)
-    y = g.op("Conv", [xs[0], g.const(f"{n}/weights", w)], n, **attrs)
-    return g.op("Add", [y, g.const(f"{n}/biases", b[None])], n)
-
-
-def _local(g, layer, xs, p):
-    geo = layer.geo
-    n = layer.name
-    k2 = geo.fh * geo.fw
-    kg = geo.cg * k2
-    pos = geo.ho * geo.wo
-    # one-hot filters: output channel c*fh*fw + i*fw + j copies pixel (i, j) of channel c (unfold's order)
-    eye = np.zeros((geo.c * k2, 1, geo.fh, geo.fw), np.float32)
-    for c in range(geo.c):
-        for i in range(geo.fh):
-            for j in range(geo.fw):
-                eye[c * k2 + i * geo.fw + j, 0, i, j] = 1
-    patches = g.op("Conv", [xs[0], g.const(f"{n}/unfold", eye)], f"{n}/patches", kernel_shape=[geo.fh, geo.fw],
-                   pads=[geo.ph, geo.pw, geo.ph, geo.pw], strides=[geo.sh, geo.sw], group=geo.c)
-    cols = g.transpose(g.reshape(patches, [0, geo.g, kg, pos], f"{n}/cols"), (1, 3, 0, 2), f"{n}/cols")  # (g,P,N,Kg)
-    w = p["weights"].reshape(pos, geo.g, geo.fg, kg).transpose(1, 0, 3, 2)  # (g, P, Kg, Fg)
-    y = g.op("MatMul", [cols, g.const(f"{n}/weights", w)], n)  # (g, P, N, Fg)
-    y = g.reshape(g.transpose(y, (2, 0, 3, 1), n), [0, geo.f, geo.ho, geo.wo], n)
-    b = p["biases"]
-    b = b.reshape(1, geo.f, 1, 1) if b.ndim == 1 else b[None]
-    return g.op("Add", [y, g.const(f"{n}/biases", b)], n)
-
-
-def _pool(g, layer, xs, p):
-    n = layer.name
-    is_max = layer.props.pool == "max"
-    if layer.is_global:
-        return g.op("GlobalMaxPool" if is_max else "GlobalAveragePool", [xs[0]], n)
-    _, h, w = layer.in_shapes[0]
-    _, oh, ow = layer.out_shape
-    (kh, kw), (sh, sw), start = layer.size, layer.stride, layer.start
-    x = xs[0]
-    if start > 0:  # windows begin `start` pixels in: the first ones are never read
-        x = g.slice(x, [start, start], [h, w], [2, 3], f"{n}/start")
-    pads, counts = [], []
-    for size, k, s, o in ((h, kh, sh, oh), (w, kw, sw, ow)):
-        eff = size - max(start, 0)
-        before = max(0, -start)
-        after = max(0, (o - 1) * s + k - (eff + before))  # the last window's overhang (ceil rule)
-        pads.append((before, after))
-        counts.append((eff + before + after - k) // s + 1)
-    attrs = dict(kernel_shape=[kh, kw], strides=[sh, sw],
-                 pads=[pads[0][0], pads[1][0], pads[0][1], pads[1][1]])
-    if is_max:
-        y = g.op("MaxPool", [x], n, **attrs)
-    else:  # the divisor counts only the pixels inside the input, as cuda-convnet's truncated windows
-        y = g.op("AveragePool", [x], n, count_include_pad=0, **attrs)
-    if counts != [oh, ow]:  # a given outputsX below what the windows allow
-        y = g.slice(y, [0, 0], [oh, ow], [2, 3], f"{n}/outputsX")
-    return y
-
-
-def _window_sum_conv(g, x2, channels, kh, kw, pads, hint):
-    """Depthwise sums of x2 over kh x kw windows, zero padded: pads [top, left, bottom, right]."""
-    ones = np.ones((channels, 1, kh, kw), np.float32)
-    return g.op("Conv", [x2, g.const(f"{hint}/ones", ones)], hint, kernel_shape=[kh, kw], pads=list(pads),
-                group=channels)
-
-
-def _response_norm(g, layer, xs, p):
-    n = layer.name
-    hyp = layer.hyper
-    size = layer.props.size
-    c, h, w = layer.in_shapes[0]
-    x = xs[0]
-    before, after = size // 2, size - 1 - size // 2
-    if layer.type == "cmrnorm" and before == after:
-        return g.op("LRN", [x], n, size=size, alpha=float(hyp.scale), beta=float(hyp.pow), bias=float(hyp.minDiv))
-    x2 = g.op("Mul", [x, x], f"{n}/square")
-    if layer.type == "rnorm":
-        sums = _window_sum_conv(g, x2, c, size, size, [before, before, after, after], f"{n}/sum")
-    else:  # channels as a spatial axis: (N, 1, C, H*W), summed over `size` rows
-        col = g.reshape(x2, [0, 1, c, h * w], f"{n}/channels")
-        sums = g.reshape(_window_sum_conv(g, col, 1, size, 1, [before, 0, after, 0], f"{n}/sum"), [0, c, h, w],
-                         f"{n}/sum")
-    denom = g.op("Add", [g.const(f"{n}/minDiv", hyp.minDiv),
-                         g.op("Mul", [sums, g.const(f"{n}/scale", hyp.scale / layer.window_count)], f"{n}/denom")],
-                 f"{n}/denom")
-    return g.op("Mul", [x, g.op("Pow", [denom, g.const(f"{n}/pow", -hyp.pow)], f"{n}/pow")], n)
-
-
-def _contrast_norm(g, layer, xs, p):
-    """cnorm composed: d = x - windowsum(x)/n; x * (minDiv + scale/n * windowsum(d^2))^-pow (layers/cnorm.py)."""
-    n = layer.name
-    hyp = layer.hyper
-    size = layer.props.size
-    c = layer.in_shapes[0][0]
-    before, after = size // 2, size - 1 - size // 2
-    pads = [before, before, after, after]
-    area = float(size * size)
-    x = xs[0]
-    mean = g.op("Mul", [_window_sum_conv(g, x, c, size, size, pads, f"{n}/mean"), g.const(f"{n}/inv_area", 1 / area)],
-                f"{n}/mean")
-    d = g.op("Sub", [x, mean], f"{n}/diff")
-    sums = _window_sum_conv(g, g.op("Mul", [d, d], f"{n}/square"), c, size, size, pads, f"{n}/sum")
-    denom = g.op("Add", [g.const(f"{n}/minDiv", hyp.minDiv),
-                         g.op("Mul", [sums, g.const(f"{n}/scale", hyp.scale / area)], f"{n}/denom")], f"{n}/denom")
-    return g.op("Mul", [x, g.op("Pow", [denom, g.const(f"{n}/pow", -hyp.pow)], f"{n}/pow")], n)
-
-
-def _per_input(single):
-    """conv/local with several inputs (layers/multiconv.py): one translation per input, then Sum."""
-    def translate(g, layer, xs, p):
-        if len(xs) == 1:
-            return single(g, layer, xs, p)
-        import copy
-
-        outs = []
-        for i, (part, x) in enumerate(zip(layer.parts, xs)):
-            view = copy.copy(part)
-            view.name = f"{layer.name}/in{i}"
-            b = p["biases"] if i == 0 else np.zeros_like(p["biases"])
-            outs.append(single(g, view, [x], {"weights": p[f"weights.{i}"], "biases": b}))
-        return g.op("Sum", outs, layer.name)
-    return translate
-
-
-def _batchnorm(g, layer, xs, p):
-    n = layer.name
-    return g.op("BatchNormalization", [xs[0], g.const(f"{n}/gamma", p["gamma"]), g.const(f"{n}/beta", p["beta"]),
-                                       g.const(f"{n}/running_mean", p["running_mean"]),
-                                       g.const(f"{n}/running_var", p["running_var"])], n,
-                epsilon=float(layer.props.epsilon))
-
-
-def _fc(g, layer, xs, p):
-    n = layer.name
-    terms = []
-    for x, wname in zip(xs, layer.weight_names):
-        flat = g.op("Flatten", [x], f"{n}/flatten", axis=1)  # NCHW flattened: the (C, H, W) order of the weights
-        terms.append(g.op("Gemm", [flat, g.const(f"{n}/{wname}", p[wname])], f"{n}/{wname}", transB=1))
-    y = terms[0] if len(terms) == 1 else g.op("Sum", terms, f"{n}/sum")
-    y = g.op("Add", [y, g.const(f"{n}/biases", p["biases"])], n)
-    return g.reshape(y, [0, layer.props.outputs, 1, 1], n)
-
-
-def _eltsum(g, layer, xs, p):
-    n = layer.name
-    terms = [g.scale(x, float(c), f"{n}/coeff{i}") for i, (x, c) in enumerate(zip(xs, layer.coeffs))]
-    return g.op("Sum", terms, n)
-
-
-def _recurrent(g, layer, xs, p):
-    n = layer.name
-    c, h, w = layer.in_shapes[0]
-    units = layer.props.outputs
-    # (N, C, H, W) -> (W, N, C*H): step t is case n's column t, flattened in (C, H) order (to_sequence)
-    seq = g.reshape(g.transpose(xs[0], (3, 0, 1, 2), f"{n}/seq"), [0, 0, c * h], f"{n}/seq")
-    blocks = {"lstm": [0, 3, 1, 2], "gru": [1, 0, 2], "rnn": [0]}[layer.type]  # PyTorch's -> ONNX's gate order
-
-    def reorder(a):
-        return np.concatenate([a[k * units:(k + 1) * units] for k in blocks], axis=0)
-
-    suffixes = [s for s, _ in layer._directions()]
-    wi = np.stack([reorder(p["weight_ih" + s]) for s in suffixes])
-    wh = np.stack([reorder(p["weight_hh" + s]) for s in suffixes])
-    bias = np.stack([np.concatenate([reorder(p["bias_ih" + s]), reorder(p["bias_hh" + s])]) for s in suffixes])
-    if layer.props.bidirectional:
-        direction = "bidirectional"
-    else:
-        direction = "reverse" if layer.props.reverse else "forward"
-    attrs = dict(hidden_size=units, direction=direction)
-    op = layer.type.upper()
-    if op == "GRU":
-        attrs["linear_before_reset"] = 1
-    elif op == "RNN":
-        attrs["activations"] = [{"tanh": "Tanh", "relu": "Relu"}[layer.fn.name]] * len(suffixes)
-    ys = g.op(op, [seq, g.const(f"{n}/W", wi), g.const(f"{n}/R", wh), g.const(f"{n}/B", bias)], n,
-              outputs=2 if op != "LSTM" else 3, **attrs)
-    # Y: (W, D, N, units) -> (N, D*units, 1, W), the forward direction's units first
-    y = g.transpose(ys[0], (2, 1, 3, 0), f"{n}/out")
-    return g.reshape(y, [0, units * len(suffixes), 1, w], f"{n}/out")
-
-
-def _seqpool(g, layer, xs, p):
-    n = layer.name
-    kind = layer.props.pool
-    w = layer.in_shapes[0][2]
-    if kind == "last":
-        return g.slice(xs[0], [w - 1], [w], [3], n)
-    if kind == "sum":
-        return g.op("ReduceSum", [xs[0], g.ints(f"{n}/axes", [3])], n, keepdims=1)
-    return g.op("ReduceMean" if kind == "mean" else "ReduceMax", [xs[0]], n, axes=[3], keepdims=1)
-
-
-TRANSLATORS = {
-    "conv": _per_input(_conv),
-    "local": _per_input(_local),
-    "cnorm": _contrast_norm,
-    "pass": lambda g, layer, xs, p: xs[0] if len(xs) == 1 else g.op("Concat", list(xs), layer.name, axis=1),
-    "pool": _pool,
-    "rnorm": _response_norm,
-    "cmrnorm": _response_norm,
-    "batchnorm": _batchnorm,
-    "fc": _fc,
-    "neuron": lambda g, layer, xs, p: _neuron(g, layer.fn, xs[0], layer.name),
-    "dropout": lambda g, layer, xs, p: xs[0],  # inverted dropout: the identity at test time
-    "eltsum": _eltsum,
-    "eltmax": lambda g, layer, xs, p: g.op("Max", list(xs), layer.name),
-    "concat": lambda g, layer, xs, p: g.op("Concat", list(xs), layer.name, axis=1),
-    "softmax": lambda g, layer, xs, p: g.op("Softmax", [xs[0]], layer.name, axis=1),
-    "rnn": _recurrent,
-    "lstm": _recurrent,
-    "gru": _recurrent,
-    "seqpool": _seqpool,
-}
+# The layer types export takes, by type name: the registered classes that translate themselves.
+TRANSLATORS = {t: c for t, c in REGISTRY.items() if c.provides("to_onnx")}
 
 
 # == the whole model =======================================================================================
@@ -400,10 +133,8 @@ def net_to_onnx(net, state: dict, out_layer: str | None = None, source: str = "c
     out_layer = net.output_layer(out_layer)
     layers = _needed(net, out_layer)
     for l in layers:  # refuse before building anything
-        if l.type != "data" and l.type not in TRANSLATORS:
-            prefix = f"{l.source}: " if l.source else ""
-            raise ConfigError(f"{prefix}layer '{l.name}': type '{l.type}' cannot be exported to ONNX (no ONNX operator "
-                              f"reproduces it); export supports {', '.join(sorted(TRANSLATORS))}")
+        if not l.is_data and l.type not in TRANSLATORS:
+            raise l.not_exportable(sorted(TRANSLATORS))
     shape = tuple(int(s) for s in state["data_shape"])
     g = _Graph(onnx)
     g._names.update((INPUT_NAME, OUTPUT_NAME))  # a layer called 'probs' gets a tensor 'probs_2' inside
@@ -413,16 +144,16 @@ def net_to_onnx(net, state: dict, out_layer: str | None = None, source: str = "c
                           g.const("data_std", std)], "normalized")
     outs = {}
     for l in layers:
-        if l.type == "data":
+        if l.is_data:
             if l.props.dataIdx != 0:
                 raise ConfigError(f"layer '{l.name}': the output layer '{out_layer}' depends on labels (dataIdx "
                                   f"{l.props.dataIdx}); a deployed model has only features")
             outs[l.name] = normed
             continue
         params = {k: np.asarray(to_host(v), np.float32) for k, v in net.params[l.name].items()}
-        y = TRANSLATORS[l.type](g, l, [outs[i] for i in l.in_names], params)
-        if getattr(l, "neuron", None) is not None:
-            y = _neuron(g, l.neuron, y, f"{l.name}/neuron")
+        y = l.to_onnx(g, [outs[i] for i in l.in_names], params)
+        if l.neuron is not None:
+            y = l.neuron.to_onnx(g, y, f"{l.name}/neuron")
         outs[l.name] = y
     c, h, w = net.by_name[out_layer].out_shape
     y = outs[out_layer]

@@ -10,6 +10,9 @@ not fit) and provides, cs231n style:
     forward(xs, params, ctx)             -> (out, cache)
     backward(dout, cache, params, ctx)   -> (dxs, grads)                  (dxs: one per input, or None)
 
+and, for the tools outside the net, `param_shapes()` (the shapes init_params draws, for config/limits.py),
+`to_onnx(g, xs, params)` (export) and `filter_bank(params)` (`show --filters`).
+
 Besides `keys`, a class declares what the net and the parser need to know about it as class attributes
 (`is_data`, `is_cost`, `weights_per_input`, `owns_neuron`, `skips_input_grads`, `fuses_with`, `fuses_neuron`,
 `learned`, `hyper_defaults`); see `Layer`.
@@ -128,11 +131,45 @@ class Layer:
         """rng: numpy.random.Generator (host). Returns {name: float32 numpy array}."""
         return {}
 
+    def param_shapes(self) -> dict:
+        """{name: shape tuple} of the arrays `init_params` draws, from the props and shapes alone (nothing
+        is allocated): what config/limits.py sizes before a weight exists."""
+        return {}
+
     def forward(self, xs: list, params: dict, ctx: Context):
         raise NotImplementedError
 
     def backward(self, dout, cache, params: dict, ctx: Context):
         raise NotImplementedError
+
+    # -- what the tools outside the net read from a layer ------------------------------------------------
+    @classmethod
+    def provides(cls, method: str) -> bool:
+        """True when the class overrides Layer's `method` ('to_onnx', 'filter_bank'): the types that
+        export and `show --filters` take."""
+        return getattr(cls, method) is not getattr(Layer, method)
+
+    def to_onnx(self, g, xs: list, params: dict) -> str:
+        """Add the layer's test-time pass to an ONNX graph; returns the name of its output tensor.
+
+        g: the graph builder of convnet_cli/export/onnx.py (op, const, ints, reshape, transpose, slice,
+        scale, window_sum); xs: the names of the input tensors, NCHW (the net's NHWC math restated);
+        params: {name: float32 numpy array}. The net's `neuron` on the output is not included (export
+        adds it). A type that does not override this is refused with a one-line error."""
+        raise self.not_exportable()
+
+    def not_exportable(self, supported=None) -> ConfigError:
+        """The error for a layer whose type has no ONNX translation. supported: the type names export
+        takes; by default the registered types whose class overrides `to_onnx`."""
+        if supported is None:
+            supported = sorted(t for t, c in _REGISTRY.items() if c.provides("to_onnx"))
+        return self.error(f"type '{self.type}' cannot be exported to ONNX (no ONNX operator reproduces it); "
+                          f"export supports {', '.join(supported)}")
+
+    def filter_bank(self, params: dict):
+        """What `convnet show --filters` draws: (weights (F, C, fh, fw), description) from the layer's
+        params ({name: float32 numpy array}, as in its checkpoint), or None when it has no filters."""
+        return None
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.name!r} {self.in_shapes} -> {self.out_shape}>"

@@ -66,3 +66,20 @@ class ContrastNorm(_ResponseNorm):
         x, out, d, denom = cache
         h = self.hyper
         return [contrast_norm_backward(dout, x, out, d, denom, self.props.size, h.scale, h.pow)], {}
+
+    def to_onnx(self, g, xs, params):
+        """Composed: d = x - windowsum(x)/n, x * (minDiv + scale/n * windowsum(d^2))^-pow, n = size^2, the
+        window sums depthwise Convs of ones."""
+        n, hyp, x = self.name, self.hyper, xs[0]
+        size = self.props.size
+        c = self.in_shapes[0][0]
+        before, after = self._window_span()
+        pads = [before, before, after, after]
+        area = float(size * size)
+        mean = g.op("Mul", [g.window_sum(x, c, size, size, pads, f"{n}/mean"), g.const(f"{n}/inv_area", 1 / area)],
+                    f"{n}/mean")
+        d = g.op("Sub", [x, mean], f"{n}/diff")
+        sums = g.window_sum(g.op("Mul", [d, d], f"{n}/square"), c, size, size, pads, f"{n}/sum")
+        denom = g.op("Add", [g.const(f"{n}/minDiv", hyp.minDiv),
+                             g.op("Mul", [sums, g.const(f"{n}/scale", hyp.scale / area)], f"{n}/denom")], f"{n}/denom")
+        return g.op("Mul", [x, g.op("Pow", [denom, g.const(f"{n}/pow", -hyp.pow)], f"{n}/pow")], n)

@@ -191,10 +191,24 @@ class _ConvBase(Layer):
         geo = self.geo
         return geo.cg * geo.fh * geo.fw, geo.fg * geo.fh * geo.fw
 
-    def _init_biases(self, shared, rng):
+    def _bias_shape(self) -> tuple:
         geo = self.geo
-        shape = (geo.f,) if shared else (geo.f, geo.ho, geo.wo)
-        return init_biases(rng, self.props.init, shape, self._fans()[0], self.props.initB)
+        return (geo.f,) if self.props.sharedBiases else (geo.f, geo.ho, geo.wo)
+
+    def init_params(self, rng):
+        shapes = self.param_shapes()
+        fan_in, fan_out = self._fans()
+        w = init_weights(rng, self.props.init, shapes["weights"], fan_in, fan_out, self.props.initW)
+        return {"weights": w, "biases": init_biases(rng, self.props.init, shapes["biases"], fan_in, self.props.initB)}
+
+    def filter_bank(self, params):
+        w = params.get("weights", params.get("weights.0"))  # several inputs: the first input's filters
+        return None if w is None else self._filters(w)
+
+    def _onnx_geometry(self) -> dict:
+        """The Conv attributes of the layer's windows (pads [top, left, bottom, right])."""
+        geo = self.geo
+        return dict(kernel_shape=[geo.fh, geo.fw], pads=[geo.ph, geo.pw, geo.ph, geo.pw], strides=[geo.sh, geo.sw])
 
 
 @register
@@ -204,11 +218,21 @@ class ConvLayer(_ConvBase):
     type = "conv"
     fuses_neuron = True  # every NumPy path of forward applies `chunk_neuron` (CuPy: the net applies it)
 
-    def init_params(self, rng):
+    def param_shapes(self):
         geo = self.geo
-        fan_in, fan_out = self._fans()
-        w = init_weights(rng, self.props.init, (geo.f, geo.cg, geo.fh, geo.fw), fan_in, fan_out, self.props.initW)
-        return {"weights": w, "biases": self._init_biases(self.props.sharedBiases, rng)}
+        return {"weights": (geo.f, geo.cg, geo.fh, geo.fw), "biases": self._bias_shape()}
+
+    def _filters(self, w):
+        return w, f"{self.name} (conv, {w.shape[0]} filters)"
+
+    def to_onnx(self, g, xs, params):
+        """Conv (groups, pads, strides); an unshared bias (F, Ho, Wo) is an Add after it."""
+        w, b, n = params["weights"], params["biases"], self.name
+        attrs = dict(self._onnx_geometry(), group=self.geo.g)
+        if b.ndim == 1:
+            return g.op("Conv", [xs[0], g.const(f"{n}/weights", w), g.const(f"{n}/biases", b)], n, **attrs)
+        y = g.op("Conv", [xs[0], g.const(f"{n}/weights", w)], n, **attrs)
+        return g.op("Add", [y, g.const(f"{n}/biases", b[None])], n)
 
     # weights (F, Cg, fh, fw) <-> per-group GEMM matrices (g, fh*fw*Cg, Fg)
     def _wmats(self, w, dtype):
@@ -633,11 +657,41 @@ class LocalLayer(_ConvBase):
     type = "local"
     keys = dict(CONV_KEYS, sharedBiases=Key("bool", False, doc="1: one bias per filter, shared by positions"))
 
-    def init_params(self, rng):
+    def param_shapes(self):
         geo = self.geo
-        fan_in, fan_out = self._fans()
-        w = init_weights(rng, self.props.init, (geo.ho * geo.wo, geo.f, geo.k), fan_in, fan_out, self.props.initW)
-        return {"weights": w, "biases": self._init_biases(self.props.sharedBiases, rng)}
+        return {"weights": (geo.ho * geo.wo, geo.f, geo.k), "biases": self._bias_shape()}
+
+    def _filters(self, w):
+        """The filter bank of the output position at the center of the map."""
+        geo = self.geo
+        center = (geo.ho // 2) * geo.wo + geo.wo // 2
+        bank = w[center].reshape(w.shape[1], geo.cg, geo.fh, geo.fw)
+        return bank, f"{self.name} (local, the filters at output position {geo.ho // 2},{geo.wo // 2})"
+
+    def to_onnx(self, g, xs, params):
+        """Patches by a Conv with one-hot filters (the unfold order (channel, row, column), exact: each output
+        is one input pixel times 1 plus zeros), then one batched MatMul over the positions."""
+        import numpy as np  # host arrays: the export's constants
+
+        geo, n = self.geo, self.name
+        k2 = geo.fh * geo.fw
+        pos = geo.ho * geo.wo
+        # one-hot filters: output channel c*fh*fw + i*fw + j copies pixel (i, j) of channel c (unfold's order)
+        eye = np.zeros((geo.c * k2, 1, geo.fh, geo.fw), np.float32)
+        for c in range(geo.c):
+            for i in range(geo.fh):
+                for j in range(geo.fw):
+                    eye[c * k2 + i * geo.fw + j, 0, i, j] = 1
+        patches = g.op("Conv", [xs[0], g.const(f"{n}/unfold", eye)], f"{n}/patches", **self._onnx_geometry(),
+                       group=geo.c)
+        cols = g.transpose(g.reshape(patches, [0, geo.g, geo.k, pos], f"{n}/cols"), (1, 3, 0, 2),
+                           f"{n}/cols")  # (g, P, N, Kg)
+        w = params["weights"].reshape(pos, geo.g, geo.fg, geo.k).transpose(1, 0, 3, 2)  # (g, P, Kg, Fg)
+        y = g.op("MatMul", [cols, g.const(f"{n}/weights", w)], n)  # (g, P, N, Fg)
+        y = g.reshape(g.transpose(y, (2, 0, 3, 1), n), [0, geo.f, geo.ho, geo.wo], n)
+        b = params["biases"]
+        b = b.reshape(1, geo.f, 1, 1) if b.ndim == 1 else b[None]
+        return g.op("Add", [y, g.const(f"{n}/biases", b)], n)
 
     # weights (P, F, Cg*fh*fw) in (c, i, j) order <-> (g, P, fh*fw*Cg, Fg) GEMM matrices in (i, j, c) order
     def _wmats(self, w, dtype):

@@ -33,3 +33,7 @@ class Dropout(Layer):
     def backward(self, dout, cache, params, ctx):
         mask = cache
         return [dout if mask is None else dout * mask], {}
+
+    def to_onnx(self, g, xs, params):
+        """The identity: inverted dropout does nothing at test time."""
+        return xs[0]

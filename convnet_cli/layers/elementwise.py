@@ -55,6 +55,11 @@ class EltSum(_SameShape):
         # fresh arrays even for coefficient 1: two inputs must never share one gradient buffer
         return [dout * c for c in self.coeffs], {}
 
+    def to_onnx(self, g, xs, params):
+        """Mul by each coefficient (none for 1), then Sum."""
+        n = self.name
+        return g.op("Sum", [g.scale(x, float(c), f"{n}/coeff{i}") for i, (x, c) in enumerate(zip(xs, self.coeffs))], n)
+
 
 @register
 class EltMax(_SameShape):
@@ -79,6 +84,10 @@ class EltMax(_SameShape):
     def backward(self, dout, cache, params, ctx):
         which = cache
         return [dout * (which == i) for i in range(len(self.in_shapes))], {}
+
+    def to_onnx(self, g, xs, params):
+        """Max."""
+        return g.op("Max", list(xs), self.name)
 
 
 @register
@@ -110,3 +119,7 @@ class Concat(Layer):
             dxs.append(xp.ascontiguousarray(dout[..., start:start + shape[0]]))
             start += shape[0]
         return dxs, {}
+
+    def to_onnx(self, g, xs, params):
+        """Concat on C."""
+        return g.op("Concat", list(xs), self.name, axis=1)

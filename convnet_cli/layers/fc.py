@@ -3,6 +3,7 @@
 weights (or weights.i for input i): (outputs, inputs_i) with each input flattened in (C, H, W) order, so
 a PyTorch `nn.Linear` takes them as they are after `x.flatten(1)` of an NCHW tensor. Output (outputs, 1, 1).
 """
+from convnet_cli.errors import ConfigError
 from convnet_cli.layers.base import Key, Layer, PerInputWeights, register
 from convnet_cli.layers.cpu_threads import matmul
 from convnet_cli.layers.init import INIT_KINDS
@@ -38,20 +39,47 @@ class FCLayer(PerInputWeights, Layer):
     def infer_shape(self):
         return (self.props.outputs, 1, 1)
 
+    def param_shapes(self):
+        shapes = {name: (self.props.outputs, c * h * w) for name, (c, h, w) in zip(self.weight_names, self.in_shapes)}
+        shapes["biases"] = (self.props.outputs,)
+        return shapes
+
     def init_params(self, rng):
         from convnet_cli.layers.init import init_biases, init_weights
 
         out = {}
+        shapes = self.param_shapes()
         fan_in_total = sum(c * h * w for c, h, w in self.in_shapes)
         init_w = self.props.initW
         if len(init_w) not in (1, len(self.in_shapes)):
             raise self.error(f"initW has {len(init_w)} values for {len(self.in_shapes)} inputs; give one or one per input")
-        for i, (name, (c, h, w)) in enumerate(zip(self.weight_names, self.in_shapes)):
+        for i, name in enumerate(self.weight_names):
             scale = init_w[min(i, len(init_w) - 1)]
-            out[name] = init_weights(rng, self.props.init, (self.props.outputs, c * h * w),
-                                     fan_in=fan_in_total, fan_out=self.props.outputs, scale=scale)
-        out["biases"] = init_biases(rng, self.props.init, (self.props.outputs,), fan_in_total, self.props.initB)
+            out[name] = init_weights(rng, self.props.init, shapes[name], fan_in=fan_in_total,
+                                     fan_out=self.props.outputs, scale=scale)
+        out["biases"] = init_biases(rng, self.props.init, shapes["biases"], fan_in_total, self.props.initB)
         return out
+
+    def filter_bank(self, params):
+        """The weights as filters over the layer's (first) input: (outputs, C, H, W)."""
+        w = params.get("weights", params.get("weights.0"))
+        if w is None:
+            return None
+        c, h, wd = self.in_shapes[0]
+        if w.shape[1] != c * h * wd:
+            raise ConfigError(f"layer '{self.name}': weights {w.shape} do not match its input {self.in_shapes[0]}")
+        return w.reshape(w.shape[0], c, h, wd), f"{self.name} (fc, {w.shape[0]} units over its {c}x{h}x{wd} input)"
+
+    def to_onnx(self, g, xs, params):
+        """Flatten in (C, H, W) order, Gemm per input (transB), summed."""
+        n = self.name
+        terms = []
+        for x, wname in zip(xs, self.weight_names):
+            flat = g.op("Flatten", [x], f"{n}/flatten", axis=1)  # NCHW flattened: the (C, H, W) order of the weights
+            terms.append(g.op("Gemm", [flat, g.const(f"{n}/{wname}", params[wname])], f"{n}/{wname}", transB=1))
+        y = terms[0] if len(terms) == 1 else g.op("Sum", terms, f"{n}/sum")
+        y = g.op("Add", [y, g.const(f"{n}/biases", params["biases"])], n)
+        return g.reshape(y, [0, self.props.outputs, 1, 1], n)
 
     def forward(self, xs, params, ctx):
         flats = [flatten_chw(x) for x in xs]

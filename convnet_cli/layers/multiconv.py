@@ -61,6 +61,33 @@ class _MultiInput(PerInputWeights):
                 out["biases"] = p["biases"]
         return out
 
+    def param_shapes(self):
+        base = self._single()
+        if len(self.in_shapes) == 1:
+            return base.param_shapes(self)
+        out = {}
+        for i, part in enumerate(self.parts):
+            shapes = base.param_shapes(part)
+            out[f"weights.{i}"] = shapes["weights"]
+            if i == 0:
+                out["biases"] = shapes["biases"]
+        return out
+
+    def to_onnx(self, g, xs, params):
+        """Several inputs: one translation per input (the biases on the first), then Sum."""
+        import numpy as np  # host arrays: the export's constants
+
+        base = self._single()
+        if len(xs) == 1:
+            return base.to_onnx(self, g, xs, params)
+        outs = []
+        for i, (part, x) in enumerate(zip(self.parts, xs)):
+            view = copy.copy(part)
+            view.name = f"{self.name}/in{i}"
+            b = params["biases"] if i == 0 else np.zeros_like(params["biases"])
+            outs.append(base.to_onnx(view, g, [x], {"weights": params[f"weights.{i}"], "biases": b}))
+        return g.op("Sum", outs, self.name)
+
     def forward(self, xs, params, ctx):
         base = self._single()
         if len(xs) == 1:

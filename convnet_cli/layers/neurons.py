@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from convnet_cli.errors import did_you_mean
+from convnet_cli.errors import ConfigError, did_you_mean
 from convnet_cli.layers.base import Key, Layer, register
 
 _SYNTAX = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)\s*(?:\[([^\]]*)\])?\s*$")
@@ -28,6 +28,10 @@ class Neuron:
     def backward(self, dy, cache, xp):
         raise NotImplementedError
 
+    def to_onnx(self, g, x: str, hint: str) -> str:
+        """y = fn(x) element-wise in an ONNX graph (g: export/onnx.py's builder); the name of y."""
+        raise ConfigError(f"neuron '{self!r}' ({hint}) cannot be exported to ONNX")
+
     # A neuron whose backward cache is its output may define forward_inplace(x): x (NumPy) becomes the
     # output, in place. Layers with `fuses_neuron` call it on each chunk of their output (see base.py).
     forward_inplace = None
@@ -44,6 +48,9 @@ class Ident(Neuron):
 
     def backward(self, dy, cache, xp):
         return dy
+
+    def to_onnx(self, g, x, hint):
+        return x
 
 
 # Above this size a relu on the CPU runs in cache-sized chunks of cases on convnet's threads
@@ -84,6 +91,9 @@ class Relu(Neuron):
                    xp)
         return dx
 
+    def to_onnx(self, g, x, hint):
+        return g.op("Relu", [x], hint)
+
 
 class Logistic(Neuron):
     name = "logistic"
@@ -96,6 +106,9 @@ class Logistic(Neuron):
 
     def backward(self, dy, y, xp):
         return dy * y * (1 - y)
+
+    def to_onnx(self, g, x, hint):
+        return g.op("Sigmoid", [x], hint)
 
 
 class Tanh(Neuron):
@@ -114,6 +127,10 @@ class Tanh(Neuron):
         a, b = self.args
         return dy * (a * b) * (1 - t * t)
 
+    def to_onnx(self, g, x, hint):
+        a, b = self.args
+        return g.scale(g.op("Tanh", [g.scale(x, b, f"{hint}/b")], hint), a, f"{hint}/a")
+
 
 class Abs(Neuron):
     name = "abs"
@@ -123,6 +140,9 @@ class Abs(Neuron):
 
     def backward(self, dy, x, xp):
         return dy * xp.sign(x)
+
+    def to_onnx(self, g, x, hint):
+        return g.op("Abs", [x], hint)
 
 
 class SoftRelu(Neuron):
@@ -138,6 +158,12 @@ class SoftRelu(Neuron):
         sig = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
         return dy * sig
 
+    def to_onnx(self, g, x, hint):
+        """max(x, 0) + log(1 + exp(-|x|)): no overflow, as forward computes it."""
+        e = g.op("Exp", [g.op("Neg", [g.op("Abs", [x], hint)], hint)], hint)
+        return g.op("Add", [g.op("Relu", [x], hint), g.op("Log", [g.op("Add", [e, g.const(f"{hint}/one", 1.0)], hint)],
+                                                           hint)], hint)
+
 
 class Square(Neuron):
     name = "square"
@@ -147,6 +173,9 @@ class Square(Neuron):
 
     def backward(self, dy, x, xp):
         return dy * 2 * x
+
+    def to_onnx(self, g, x, hint):
+        return g.op("Mul", [x, x], hint)
 
 
 class Sqrt(Neuron):
@@ -158,6 +187,9 @@ class Sqrt(Neuron):
 
     def backward(self, dy, y, xp):
         return dy / (2 * y)
+
+    def to_onnx(self, g, x, hint):
+        return g.op("Sqrt", [x], hint)
 
 
 class BRelu(Neuron):
@@ -173,6 +205,9 @@ class BRelu(Neuron):
     def backward(self, dy, x, xp):
         return dy * ((x > 0) & (x < self.args[0]))
 
+    def to_onnx(self, g, x, hint):
+        return g.op("Clip", [x, g.const(f"{hint}/lo", 0.0), g.const(f"{hint}/hi", self.args[0])], hint)
+
 
 class Linear(Neuron):
     """a * x + b."""
@@ -187,6 +222,11 @@ class Linear(Neuron):
 
     def backward(self, dy, cache, xp):
         return dy * self.args[0]
+
+    def to_onnx(self, g, x, hint):
+        a, b = self.args
+        y = g.scale(x, a, hint)
+        return y if b == 0 else g.op("Add", [y, g.const(f"{hint}/b", b)], hint)
 
 
 class Elu(Neuron):
@@ -206,6 +246,9 @@ class Elu(Neuron):
         a = self.args[0]
         return dy * xp.where(x > 0, 1, a * (em1 + 1))
 
+    def to_onnx(self, g, x, hint):
+        return g.op("Elu", [x], hint, alpha=float(self.args[0]))
+
 
 class LeakyRelu(Neuron):
     """x for x > 0, a x otherwise (a = 0.01 unless given)."""
@@ -220,6 +263,9 @@ class LeakyRelu(Neuron):
     def backward(self, dy, x, xp):
         # where(x > 0, 1, a) would be float64 (Python scalars on both sides) and promote dy
         return xp.where(x > 0, dy, self.args[0] * dy)
+
+    def to_onnx(self, g, x, hint):
+        return g.op("LeakyRelu", [x], hint, alpha=float(self.args[0]))
 
 
 NEURONS = {c.name: c for c in (Ident, Relu, Logistic, Tanh, Abs, SoftRelu, Square, Sqrt, BRelu, Linear, Elu,
@@ -271,3 +317,7 @@ class NeuronLayer(Layer):
 
     def backward(self, dout, cache, params, ctx):
         return [self.fn.backward(dout, cache, ctx.xp)], {}
+
+    def to_onnx(self, g, xs, params):
+        """The neuron by its formula (each Neuron's to_onnx)."""
+        return self.fn.to_onnx(g, xs[0], self.name)

@@ -229,6 +229,20 @@ class _ResponseNorm(Layer):
         run_chunks(chunk, x.shape[0], x[0].nbytes, np)
         return [dx], {}
 
+    def to_onnx(self, g, xs, params):
+        """Composed: x * (minDiv + scale/n * windowsum(x^2))^-pow, the window sums by `_onnx_window_sums`."""
+        n, hyp, x = self.name, self.hyper, xs[0]
+        sums = self._onnx_window_sums(g, g.op("Mul", [x, x], f"{n}/square"))
+        denom = g.op("Add", [g.const(f"{n}/minDiv", hyp.minDiv),
+                             g.op("Mul", [sums, g.const(f"{n}/scale", hyp.scale / self.window_count)], f"{n}/denom")],
+                     f"{n}/denom")
+        return g.op("Mul", [x, g.op("Pow", [denom, g.const(f"{n}/pow", -hyp.pow)], f"{n}/pow")], n)
+
+    def _window_span(self) -> tuple:
+        """(positions before, after) the center that a window covers."""
+        size = self.props.size
+        return size // 2, size - 1 - size // 2
+
 
 @register
 class ResponseNorm(_ResponseNorm):
@@ -236,6 +250,12 @@ class ResponseNorm(_ResponseNorm):
 
     type = "rnorm"
     axes = (1, 2)
+
+    def _onnx_window_sums(self, g, x2):
+        """A depthwise Conv of ones (zero padded, as the layer clips its windows)."""
+        size = self.props.size
+        before, after = self._window_span()
+        return g.window_sum(x2, self.in_shapes[0][0], size, size, [before, before, after, after], f"{self.name}/sum")
 
 
 @register
@@ -251,6 +271,25 @@ class CrossMapResponseNorm(_ResponseNorm):
             raise self.error(f"size {self.props.size} is larger than the input's {c} channels; "
                              f"use a size of at most {c}")
         return self.in_shapes[0]
+
+    def to_onnx(self, g, xs, params):
+        """LRN for odd sizes (same window, alpha/size scaling, bias = minDiv); an even size puts one more
+        channel before than after, where ONNX's LRN puts it after: there it is composed."""
+        before, after = self._window_span()
+        if before == after:
+            hyp = self.hyper
+            return g.op("LRN", [xs[0]], self.name, size=self.props.size, alpha=float(hyp.scale), beta=float(hyp.pow),
+                        bias=float(hyp.minDiv))
+        return super().to_onnx(g, xs, params)
+
+    def _onnx_window_sums(self, g, x2):
+        """Channels as a spatial axis: (N, 1, C, H*W), summed over `size` rows."""
+        n = self.name
+        c, h, w = self.in_shapes[0]
+        before, after = self._window_span()
+        col = g.reshape(x2, [0, 1, c, h * w], f"{n}/channels")
+        return g.reshape(g.window_sum(col, 1, self.props.size, 1, [before, 0, after, 0], f"{n}/sum"), [0, c, h, w],
+                         f"{n}/sum")
 
 
 @register
@@ -278,6 +317,10 @@ class BatchNorm(Layer):
                              f"average kept at each step; 0.9 is usual)")
         return self.in_shapes[0]
 
+    def param_shapes(self):
+        c = self.in_shapes[0][0]
+        return {"gamma": (c,), "beta": (c,), "running_mean": (c,), "running_var": (c,)}
+
     def init_params(self, rng):
         c = self.in_shapes[0][0]
         # running_* are not learned: forward updates them in place during training
@@ -287,6 +330,15 @@ class BatchNorm(Layer):
             "running_mean": np.zeros(c, np.float32),
             "running_var": np.ones(c, np.float32),
         }
+
+    def to_onnx(self, g, xs, params):
+        """BatchNormalization with the running statistics (the test-time pass)."""
+        n = self.name
+        return g.op("BatchNormalization", [xs[0], g.const(f"{n}/gamma", params["gamma"]),
+                                           g.const(f"{n}/beta", params["beta"]),
+                                           g.const(f"{n}/running_mean", params["running_mean"]),
+                                           g.const(f"{n}/running_var", params["running_var"])], n,
+                    epsilon=float(self.props.epsilon))
 
     def forward(self, xs, params, ctx):
         x = xs[0]

@@ -128,6 +128,37 @@ class PoolLayer(Layer):
         self.offsets = self._offsets((h, w), (oh, ow))
         return (c, oh, ow)
 
+    def to_onnx(self, g, xs, params):
+        """MaxPool / AveragePool(count_include_pad=0) with the pads that cuda-convnet's ceil rule implies
+        (truncated windows: the pads are never counted), `start` > 0 by a Slice, < 0 by a leading pad,
+        outputsX by a Slice of the output; sizeX 'all' by GlobalMaxPool / GlobalAveragePool."""
+        n = self.name
+        is_max = self.props.pool == "max"
+        if self.is_global:
+            return g.op("GlobalMaxPool" if is_max else "GlobalAveragePool", [xs[0]], n)
+        _, h, w = self.in_shapes[0]
+        _, oh, ow = self.out_shape
+        (kh, kw), (sh, sw), start = self.size, self.stride, self.start
+        x = xs[0]
+        if start > 0:  # windows begin `start` pixels in: the first ones are never read
+            x = g.slice(x, [start, start], [h, w], [2, 3], f"{n}/start")
+        pads, counts = [], []
+        for size, k, s, o in ((h, kh, sh, oh), (w, kw, sw, ow)):
+            eff = size - max(start, 0)
+            before = max(0, -start)
+            after = max(0, (o - 1) * s + k - (eff + before))  # the last window's overhang (ceil rule)
+            pads.append((before, after))
+            counts.append((eff + before + after - k) // s + 1)
+        attrs = dict(kernel_shape=[kh, kw], strides=[sh, sw],
+                     pads=[pads[0][0], pads[1][0], pads[0][1], pads[1][1]])
+        if is_max:
+            y = g.op("MaxPool", [x], n, **attrs)
+        else:  # the divisor counts only the pixels inside the input, as cuda-convnet's truncated windows
+            y = g.op("AveragePool", [x], n, count_include_pad=0, **attrs)
+        if counts != [oh, ow]:  # a given outputsX below what the windows allow
+            y = g.slice(y, [0, 0], [oh, ow], [2, 3], f"{n}/outputsX")
+        return y
+
     # -- helpers -------------------------------------------------------------------------------------------
     def _offsets(self, in_hw, out_hw):
         """[(k, (lo_h, hi_h), (lo_w, hi_w), in_rows slice, in_cols slice)] for each window offset (i, j):

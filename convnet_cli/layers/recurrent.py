@@ -363,6 +363,10 @@ class RecurrentLayer(Layer):
     maps the plain names (weight_ih, ...) to this direction's arrays in the compute dtype."""
 
     gates: ClassVar[int] = 1
+    # The ONNX operator of the cell, and PyTorch's gate blocks (what the layers use) in ONNX's order.
+    onnx_op: ClassVar[str] = ""
+    onnx_gate_order: ClassVar[tuple] = (0,)
+    _onnx_outputs: ClassVar[int] = 2  # Y and Y_h (LSTM: and Y_c)
     keys = {
         "outputs": Key("int", min=1, doc="hidden units (per direction)"),
         "reverse": Key("bool", False, doc="1 = read the sequence from its last step to its first"),
@@ -385,6 +389,14 @@ class RecurrentLayer(Layer):
         self.learned = tuple(n + s for s in self.suffixes for n in self.NAMES)
         return (p.outputs * len(self.suffixes), 1, w)
 
+    def param_shapes(self):
+        units, rows = self.props.outputs, self.gates * self.props.outputs
+        shapes = {}
+        for s in self.suffixes:
+            shapes.update({"weight_ih" + s: (rows, self.features), "weight_hh" + s: (rows, units),
+                           "bias_ih" + s: (rows,), "bias_hh" + s: (rows,)})
+        return shapes
+
     def init_params(self, rng):
         import numpy as np
 
@@ -403,6 +415,41 @@ class RecurrentLayer(Layer):
             out["bias_ih" + s] = np.full((rows,), p.initB, dtype=np.float32)
             out["bias_hh" + s] = np.zeros((rows,), dtype=np.float32)
         return out
+
+    def to_onnx(self, g, xs, params):
+        """The ONNX cell `onnx_op` over the W steps, the gate blocks reordered by `onnx_gate_order`;
+        `reverse` = direction 'reverse'; bidirectional = 'bidirectional', whose backward outputs ONNX, like
+        the layer, aligns with the original time steps."""
+        import numpy as np  # host arrays: the export's constants
+
+        n = self.name
+        c, h, w = self.in_shapes[0]
+        units = self.props.outputs
+        # (N, C, H, W) -> (W, N, C*H): step t is case n's column t, flattened in (C, H) order (to_sequence)
+        seq = g.reshape(g.transpose(xs[0], (3, 0, 1, 2), f"{n}/seq"), [0, 0, c * h], f"{n}/seq")
+
+        def reorder(a):
+            return np.concatenate([a[k * units:(k + 1) * units] for k in self.onnx_gate_order], axis=0)
+
+        suffixes = [s for s, _ in self._directions()]
+        wi = np.stack([reorder(params["weight_ih" + s]) for s in suffixes])
+        wh = np.stack([reorder(params["weight_hh" + s]) for s in suffixes])
+        bias = np.stack([np.concatenate([reorder(params["bias_ih" + s]), reorder(params["bias_hh" + s])])
+                         for s in suffixes])
+        if self.props.bidirectional:
+            direction = "bidirectional"
+        else:
+            direction = "reverse" if self.props.reverse else "forward"
+        ys = g.op(self.onnx_op, [seq, g.const(f"{n}/W", wi), g.const(f"{n}/R", wh), g.const(f"{n}/B", bias)], n,
+                  outputs=self._onnx_outputs, hidden_size=units, direction=direction,
+                  **self._onnx_attrs(len(suffixes)))
+        # Y: (W, D, N, units) -> (N, D*units, 1, W), the forward direction's units first
+        y = g.transpose(ys[0], (2, 1, 3, 0), f"{n}/out")
+        return g.reshape(y, [0, units * len(suffixes), 1, w], f"{n}/out")
+
+    def _onnx_attrs(self, directions: int) -> dict:
+        """The cell's own attributes of its ONNX operator."""
+        return {}
 
     def _directions(self):
         """(name suffix, runs backwards in time) of each direction, in output-channel order."""
@@ -525,6 +572,7 @@ class RNNLayer(RecurrentLayer):
 
     type = "rnn"
     gates = 1
+    onnx_op = "RNN"
     # The parser hands `neuron` to this layer instead of applying it to the output (see layer_def.py).
     owns_neuron = True
     keys = dict(RecurrentLayer.keys, neuron=Key(
@@ -560,6 +608,9 @@ class RNNLayer(RecurrentLayer):
             wg.passed(t)
         return wg.finish()
 
+    def _onnx_attrs(self, directions):
+        return {"activations": [{"tanh": "Tanh", "relu": "Relu"}[self.fn.name]] * directions}
+
 
 @register
 class LSTMLayer(RecurrentLayer):
@@ -567,6 +618,9 @@ class LSTMLayer(RecurrentLayer):
 
     type = "lstm"
     gates = 4
+    onnx_op = "LSTM"
+    onnx_gate_order = (0, 3, 1, 2)  # i, f, g, o -> i, o, f, c
+    _onnx_outputs = 3
 
     def _run(self, seq, p, xp):
         steps, n, _ = seq.shape
@@ -613,6 +667,11 @@ class GRULayer(RecurrentLayer):
 
     type = "gru"
     gates = 3
+    onnx_op = "GRU"
+    onnx_gate_order = (1, 0, 2)  # r, z, n -> z, r, h
+
+    def _onnx_attrs(self, directions):
+        return {"linear_before_reset": 1}  # b_hn inside r's product, as PyTorch
 
     def _run(self, seq, p, xp):
         steps, n, _ = seq.shape
@@ -687,3 +746,14 @@ class SeqPoolLayer(Layer):
         if kind == "mean":
             dout = dout / shape[2]
         return [xp.ascontiguousarray(xp.broadcast_to(dout, shape))], {}
+
+    def to_onnx(self, g, xs, params):
+        """Slice (last), ReduceSum, ReduceMean, ReduceMax over W."""
+        n = self.name
+        kind = self.props.pool
+        w = self.in_shapes[0][2]
+        if kind == "last":
+            return g.slice(xs[0], [w - 1], [w], [3], n)
+        if kind == "sum":
+            return g.op("ReduceSum", [xs[0], g.ints(f"{n}/axes", [3])], n, keepdims=1)
+        return g.op("ReduceMean" if kind == "mean" else "ReduceMax", [xs[0]], n, axes=[3], keepdims=1)

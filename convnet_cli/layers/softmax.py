@@ -22,3 +22,7 @@ class SoftmaxLayer(Layer):
 
     def backward(self, dout, p, params, ctx):
         return [p * (dout - (dout * p).sum(axis=-1, keepdims=True))], {}
+
+    def to_onnx(self, g, xs, params):
+        """Softmax on C."""
+        return g.op("Softmax", [xs[0]], self.name, axis=1)

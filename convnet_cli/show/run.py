@@ -93,35 +93,30 @@ def _built_layers(ckpt):
 
 
 def filter_weights(ckpt, layer: str) -> tuple:
-    """(weights (F, C, fh, fw), description) of a conv, local or fc layer of the checkpoint.
+    """(weights (F, C, fh, fw), description) of a layer of the checkpoint whose class has filters to show
+    (`Layer.filter_bank`: conv, local and fc)."""
+    from convnet_cli.layers.registry import REGISTRY
 
-    fc weights are shown as filters over the layer's input, (outputs, C, H, W); local layers have a
-    filter bank per output position: the one at the center of the output is shown."""
     layers = {l.name: l for l in _built_layers(ckpt)}
     if layer not in layers:
         raise ConfigError(f"layer '{layer}' is not in the network{did_you_mean(layer, layers)}; "
                           f"layers: {', '.join(layers)}")
     lay = layers[layer]
-    arrays = ckpt.arrays
-    key = f"{layer}/weights" if f"{layer}/weights" in arrays else f"{layer}/weights.0"
-    with_filters = [n for n, l in layers.items() if l.type in ("conv", "local", "fc")]
-    if lay.type not in ("conv", "local", "fc") or key not in arrays:
-        raise ConfigError(f"layer '{layer}' ({lay.type}) has no filters to show; --filters takes a conv, local or "
-                          f"fc layer: {', '.join(with_filters) or 'the network has none'}")
-    w = np.asarray(arrays[key], dtype=np.float32)
-    c, h, wd = lay.in_shapes[0]
-    if lay.type == "conv":
-        return w, f"{layer} (conv, {w.shape[0]} filters)"
-    if lay.type == "local":
-        fh, fw = lay.props.filterSize
-        groups = getattr(lay.props, "groups", 1) or 1
-        _, ho, wo = lay.out_shape
-        center = (ho // 2) * wo + wo // 2
-        bank = w[center].reshape(w.shape[1], c // groups, fh, fw)
-        return bank, f"{layer} (local, the filters at output position {ho // 2},{wo // 2})"
-    if w.shape[1] != c * h * wd:
-        raise ConfigError(f"layer '{layer}': weights {w.shape} do not match its input {lay.in_shapes[0]}")
-    return w.reshape(w.shape[0], c, h, wd), f"{layer} (fc, {w.shape[0]} units over its {c}x{h}x{wd} input)"
+    prefix = f"{layer}/"
+    params = {k[len(prefix):]: np.asarray(a, dtype=np.float32) for k, a in ckpt.arrays.items()
+              if k.startswith(prefix) and "/" not in k[len(prefix):]}  # its parameters, not their updater state
+    bank = lay.filter_bank(params)
+    if bank is None:
+        types = [t for t, c in REGISTRY.items() if c.provides("filter_bank")]
+        with_filters = [n for n, l in layers.items() if l.provides("filter_bank")]
+        raise ConfigError(f"layer '{layer}' ({lay.type}) has no filters to show; --filters takes a {_one_of(types)} "
+                          f"layer: {', '.join(with_filters) or 'the network has none'}")
+    return bank
+
+
+def _one_of(words: list) -> str:
+    """'a', 'a or b', 'a, b or c'."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
 
 
 def predictions(run: RunPaths, layer: str | None, data_path: str | None, max_cases: int | None,
