@@ -61,10 +61,9 @@ class Net:
         self._caches = {}
         self._ncaches = {}
         self._ctx = None
-        # Data-parallel hooks (train/data_parallel.py), inert in one process: the share of the minibatch's
-        # cost gradient this process owes, and a sum over the processes of batchnorm's per-channel sums.
-        self.grad_scale = 1.0
-        self.sync = None
+        # The computation path each conv shape took (layers/winograd.py choose), recorded as the net first
+        # meets it and saved in checkpoints: a resumed run takes the same paths, so the same bits, anywhere.
+        self.algos = {}
 
     # -- construction --------------------------------------------------------------------------------
     @classmethod
@@ -100,6 +99,9 @@ class Net:
                             st.get("layer_def_name", "layers.yaml"), params_path, check)
         if load_arrays:
             net.set_arrays(ckpt.arrays, source=ckpt.path)
+        recorded = st.get("conv_algos")
+        if isinstance(recorded, dict):
+            net.algos = {str(k): str(v) for k, v in recorded.items()}
         return net
 
     @classmethod
@@ -149,7 +151,7 @@ class Net:
 
     # -- compute ---------------------------------------------------------------------------------------
     def forward(self, data: dict, train: bool = False, rng=None, check_finite: bool = False,
-                keep_cache: bool = True, keep=()) -> dict:
+                keep_cache: bool = True, keep=(), allreduce=None) -> dict:
         """data: {dataIdx: array}; index 0 features (N, H, W, C), 1 labels (N,) or (N, K).
 
         Returns {cost layer: (cost, metrics)}; cost layers are skipped when labels are not given.
@@ -158,9 +160,13 @@ class Net:
         keep_cache=False is the inference path (predict): nothing is kept for a backward pass, and a
         layer's output is dropped as soon as its last consumer has run, except the outputs of layers
         that nothing consumes and of the layers named in `keep`; so only a few activations are alive at
-        a time."""
+        a time.
+
+        allreduce: in a data-parallel step (train/data_parallel.py), the sum over the processes that layers
+        reducing over the minibatch (batchnorm's statistics) apply to their per-process sums."""
         xp = self.xp
-        ctx = Context(xp=xp, train=train, rng=rng, allreduce=self.sync if train else None, keep_cache=keep_cache)
+        ctx = Context(xp=xp, train=train, rng=rng, allreduce=allreduce if train else None, keep_cache=keep_cache,
+                      algos=self.algos)
         self._ctx = ctx
         outs, caches, ncaches = {}, {}, {}
         costs = {}
@@ -230,8 +236,11 @@ class Net:
                 return l.name
         return None
 
-    def backward(self) -> dict:
-        """Gradients of sum(coeff * cost) for the last forward: {layer: {param: array}}."""
+    def backward(self, grad_scale: float = 1.0) -> dict:
+        """Gradients of sum(coeff * cost) for the last forward: {layer: {param: array}}.
+
+        grad_scale: the share of the minibatch's cost gradient this process owes (its cases over the
+        minibatch's, in a data-parallel step; 1 in one process)."""
         ctx = self._ctx
         if self._caches is None:
             raise RuntimeError("Net.backward after forward(keep_cache=False): that forward pass kept nothing "
@@ -250,7 +259,7 @@ class Net:
             if l.is_cost:
                 if l.name not in self._caches:
                     continue
-                coeff = l.hyper.coeff * self.grad_scale
+                coeff = l.hyper.coeff * grad_scale
                 if l.name in self.fused:
                     sm = self.by_name[self.fused[l.name]]
                     add(sm.in_names[0], l.backward_fused(coeff, self._caches[l.name], ctx))

@@ -197,6 +197,15 @@ class NcclSum:
 _WORLD = []
 
 
+def share_node_cores(world) -> None:
+    """Tell the CPU thread pool (layers/cpu_threads.py) how many processes of this job run on this node, so
+    that their compute threads share its cores (unless a thread count is set). Called by the commands that
+    run under MPI (train, make-batches, detect) once they have their world."""
+    from convnet_cli.layers.cpu_threads import share_cores
+
+    share_cores(getattr(world, "local_size", 1))
+
+
 def get_world():
     """The world of this process (made once): MPIWorld under a launcher with K > 1, else SingleWorld."""
     if _WORLD:
@@ -218,9 +227,6 @@ def get_world():
             raise ConfigError(
                 f"{launcher} started {size} processes but mpi4py's MPI sees {world.size}: mpi4py was built "
                 "for another MPI than the launcher on PATH; use the mpiexec of the MPI mpi4py was built with")
-        from convnet_cli.layers.cpu_threads import share_cores
-
-        share_cores(world.local_size)  # the compute threads of the processes on one node share its cores
     _WORLD.append(world)
     return world
 

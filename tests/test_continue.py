@@ -191,3 +191,56 @@ def test_continuing_from_an_older_checkpoint_keeps_a_better_best(tiny_batches, t
         assert recorded["metric"] == pytest.approx(min(later)) and (run / "best.npz").read_bytes() != best
     else:
         assert (run / "best.npz").read_bytes() == best
+
+
+# conv2 has 4 input channels: a 3x3 conv that may run as im2col + GEMM or as Winograd F(2x2, 3x3)
+WINOGRAD_LAYERS = LAYERS.replace("pool1:  {type: pool, inputs: conv1,",
+                                 "conv2:  {type: conv, inputs: conv1, filters: 4, filterSize: 3, padding: 1}\n"
+                                 "pool1:  {type: pool, inputs: conv2,")
+
+
+def _train_with_algo(tiny_batches, root, save, monkeypatch, prefer, *extra):
+    """Train in-process with the machine's own choice of conv path (layers/winograd.py's cache or timing)
+    standing in as `prefer` for every shape (SMALL_FLOPS 0: every 3x3 conv has the choice)."""
+    from convnet_cli.layers import winograd
+
+    monkeypatch.setattr(winograd, "SMALL_FLOPS", 0.0)
+    monkeypatch.setattr(winograd, "_choose_here", lambda key, flops, runs: (prefer, None))
+    args = extra or ("train", "--data-path", str(tiny_batches), "--save-path", str(root / save), "--layer-def",
+                     str(root / "layers.yaml"), "--layer-params", str(root / "params.yaml"), "--mini", "4",
+                     "--seed", "5", "--quiet", "--epochs", "2")
+    r = invoke(list(args))
+    assert r.exit_code == 0, r.output
+    return r
+
+
+def test_resume_takes_the_runs_own_conv_paths_whatever_the_machine_prefers(tiny_batches, tmp_path, monkeypatch):
+    """The conv path (im2col or Winograd) chosen per shape changes the bits. A run records its choices in its
+    checkpoints, so a resume on a machine that prefers the other path (another CPU, a removed cache file)
+    still gives the uninterrupted run's weights."""
+    from convnet_cli.train.checkpoint import load_checkpoint
+
+    monkeypatch.setenv("CONVNET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("CONVNET_CONV_ALGO", raising=False)
+    (tmp_path / "layers.yaml").write_text(WINOGRAD_LAYERS)
+    (tmp_path / "params.yaml").write_text(PARAMS)
+    _train_with_algo(tiny_batches, tmp_path, "whole", monkeypatch, "winograd")
+    other = _train_with_algo(tiny_batches, tmp_path, "direct", monkeypatch, "direct")
+    assert other.exit_code == 0
+    (whole,) = (tmp_path / "whole").iterdir()
+    (direct,) = (tmp_path / "direct").iterdir()
+    want = _arrays(_newest(whole))
+    assert any(not np.array_equal(want[k], v) for k, v in _arrays(_newest(direct)).items())  # the paths differ
+    assert set(load_checkpoint(_newest(whole)).state["conv_algos"].values()) == {"winograd"}
+
+    args = ["train", "--data-path", str(tiny_batches), "--save-path", str(tmp_path / "split"), "--layer-def",
+            str(tmp_path / "layers.yaml"), "--layer-params", str(tmp_path / "params.yaml"), "--mini", "4",
+            "--seed", "5", "--quiet", "--epochs", "1"]
+    _train_with_algo(tiny_batches, tmp_path, "split", monkeypatch, "winograd", *args)
+    (split,) = (tmp_path / "split").iterdir()
+    shutil.rmtree(tmp_path / "cache", ignore_errors=True)
+    _train_with_algo(tiny_batches, tmp_path, "split", monkeypatch, "direct", "continue", str(split), "--epochs", "2",
+                     "--quiet")
+    got = _arrays(_newest(split))
+    for k, v in want.items():
+        np.testing.assert_array_equal(got[k], v, err_msg=k)

@@ -241,9 +241,9 @@ def check_combine(backend):
     x = backend.asarray(rng.normal(size=(6, 8, 8, 1)).astype(np.float32))
     y = backend.asarray(np.array([0, 1, 2, 0, 1, 2]), dtype=np.int32)
     xs, ys, drng = dp.share(Minibatch(x, y, []), backend.rng(3))
-    assert xs.shape[0] == 3 and net.grad_scale == 0.5
-    costs = net.forward({0: xs, 1: ys}, train=True, rng=drng)
-    grads = net.backward()
+    assert xs.shape[0] == 3 and dp.grad_scale == 0.5
+    costs = net.forward({0: xs, 1: ys}, train=True, rng=drng, allreduce=dp.allreduce)
+    grads = net.backward(grad_scale=dp.grad_scale)
     local = {k: {p: xp.asnumpy(g) if backend.is_gpu else g.copy() for p, g in v.items()} for k, v in grads.items()}
     calls_before = world.calls                    # batchnorm's sums in forward and backward
     assert calls_before == 2
@@ -703,8 +703,8 @@ def _sgd_steps(text, params, batches, world=None):
     costs = []
     for step, (x, y) in enumerate(batches):
         xs, ys, rng = dp.share(Minibatch(x, y, []), CPU.rng(100 + step))
-        c = net.forward({0: xs, 1: ys}, train=True, rng=rng)
-        grads = net.backward()
+        c = net.forward({0: xs, 1: ys}, train=True, rng=rng, allreduce=dp.allreduce)
+        grads = net.backward(grad_scale=dp.grad_scale)
         costs.append(dp.combine(grads, c, x.shape[0], intr)["logprob"][0])
         net.update(grads)
     return net.get_arrays(), costs
@@ -746,8 +746,8 @@ def _float64_gradients(text, params, x, y, world=None):
             ps[k] = ps[k].astype(np.float64)
     dp = DataParallel(world or SingleWorld(), net)
     xs, ys, rng = dp.share(Minibatch(x, y, []), CPU.rng(100))
-    costs = net.forward({0: xs, 1: ys}, train=True, rng=rng)
-    grads = net.backward()
+    costs = net.forward({0: xs, 1: ys}, train=True, rng=rng, allreduce=dp.allreduce)
+    grads = net.backward(grad_scale=dp.grad_scale)
     dp.combine(grads, costs, x.shape[0], type("I", (), {"requested": False})())
     return {f"{l}/{k}": np.array(v) for l, g in grads.items() for k, v in g.items()}
 

@@ -6,7 +6,7 @@ import os
 import click
 
 from convnet_cli.detect.events import DEFAULT_SPLIT_DIP
-from convnet_cli.parallel import collective_errors, get_world
+from convnet_cli.parallel import collective_errors, get_world, share_node_cores
 
 
 @click.command("detect")
@@ -51,6 +51,7 @@ def command(checkpoint, recordings, out_dir, hop, threshold, classes, merge_gap,
         click.echo(msg, err=True)
 
     world = get_world()
+    share_node_cores(world)
     with collective_errors(world):  # under mpiexec: the recordings split over the processes; rank 0 reports
         s = detect(checkpoint, list(recordings), out_dir, hop=hop, threshold=threshold, classes=classes,
                    merge_gap=merge_gap, split_dip=split_dip, max_event=max_event, scores=scores, combined=combined,

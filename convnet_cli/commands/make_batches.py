@@ -13,7 +13,7 @@ from convnet_cli.ingest.noise import noise_options
 from convnet_cli.ingest.recordings import make_batches_from_annotations
 from convnet_cli.ingest.recordings import summary_line as windows_summary
 from convnet_cli.ingest.sharded import make_batches_sharded
-from convnet_cli.parallel import collective_errors, get_world
+from convnet_cli.parallel import collective_errors, get_world, share_node_cores
 
 
 def _fmax(value):
@@ -87,6 +87,7 @@ def command(**opts):
     Under `mpiexec -n K` the clips (or the recordings' windows) are decoded by K processes (BATCH_DIR on a
     file system all of them see); the output is that of one process."""
     world = get_world()
+    share_node_cores(world)
     with collective_errors(world):
         s = _make(world, **opts)
     if s is not None and world.is_root:

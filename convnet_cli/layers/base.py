@@ -60,6 +60,10 @@ class Context:
     # training split over processes: sums a small float64 array over them (batchnorm statistics); else None
     allreduce: Any = None
     keep_cache: bool = True  # False: forward only (inference); a layer may skip what only backward needs
+    # the run's record of which computation path each layer shape takes where several give different bits
+    # (conv: im2col or Winograd, layers/winograd.py choose): {shape key: path}, kept in checkpoints; None:
+    # choose by this machine's cache alone
+    algos: dict | None = None
     extra: dict = field(default_factory=dict)
 
 

@@ -279,7 +279,8 @@ class ConvLayer(_ConvBase):
             runs = {"direct": lambda: self._forward_im2col(x, wm, b, xp.empty_like(out), xp),
                     "winograd": lambda: (winograd.conv_forward(x, w33, b, geo.ph, geo.pw, xp.empty_like(out),
                                                                post=self.neuron_on), None)}
-            algo, res = winograd.choose(self._algo_key("forward", x), 2.0 * n * p * geo.k * geo.f, runs)
+            flops = 2.0 * n * p * geo.k * geo.f
+            algo, res = winograd.choose(self._algo_key("forward", x), flops, runs, ctx.algos)
             out, xpad = res if res is not None else runs[algo]()
             return out, (x, xpad)
         return out, (x, self._forward_im2col(x, wm, b, out, xp)[1])
@@ -344,7 +345,7 @@ class ConvLayer(_ConvBase):
             runs = {"direct": lambda: self._backward_im2col(x, xpad, dout, wm, want_dx, shared, xp),
                     "winograd": lambda: self._backward_winograd(x, dout, wm, want_dx, shared, xp)}
             flops = (3.0 if want_dx else 2.0) * n * p * geo.k * geo.f
-            algo, res = winograd.choose(self._algo_key("backward", x), flops, runs)
+            algo, res = winograd.choose(self._algo_key("backward", x), flops, runs, ctx.algos)
             dw, dx, db_shared = res if res is not None else runs[algo]()
         else:
             dw, dx, db_shared = self._backward_im2col(x, xpad, dout, wm, want_dx, shared, xp)

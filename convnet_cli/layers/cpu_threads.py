@@ -40,7 +40,7 @@ _POOL_LOCK = threading.Lock()
 _BLAS_ONE = {}  # pid -> True when this process's BLAS was set to one thread, False when it cannot be
 
 
-_NODE_PROCESSES = [1]  # processes of this MPI job on this node (parallel.get_world), sharing its cores
+_NODE_PROCESSES = [1]  # processes of this MPI job on this node (parallel.share_node_cores), sharing its cores
 
 
 def share_cores(processes_on_node: int):

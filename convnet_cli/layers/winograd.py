@@ -387,14 +387,28 @@ def _save():
         pass
 
 
-def choose(key: str, flops: float, runs: dict):
-    """The path for `key`: forced, cached, 'direct' for little work, or timed now.
+def choose(key: str, flops: float, runs: dict, record: dict | None = None):
+    """The path for `key`: forced (CONVNET_CONV_ALGO), the run's own record, this machine's cache file,
+    'direct' for little work, or timed now.
 
-    runs: {algo: zero-argument function computing that path's result}. Returns (algo, result or None):
-    when the paths were timed, the chosen one's last result comes back so that it is not computed again."""
+    runs: {algo: zero-argument function computing that path's result}. record: the choices of a training run
+    ({key: algo}, kept in its checkpoints, layers/base.py Context.algos); the path taken is written into it,
+    so that a resume takes the same paths, and computes the same bits, on any machine and whatever its cache
+    file says. Returns (algo, result or None): when the paths were timed, the chosen one's last result comes
+    back so that it is not computed again."""
     algo = forced()
     if algo is not None:
         return algo, None
+    if record is not None and record.get(key) in ALGOS:
+        return record[key], None
+    algo, result = _choose_here(key, flops, runs)
+    if record is not None:
+        record[key] = algo
+    return algo, result
+
+
+def _choose_here(key: str, flops: float, runs: dict):
+    """The path this machine prefers for `key` (cached, 'direct' for little work, or timed now)."""
     _load()
     if key in _CHOICES:
         return _CHOICES[key], None

@@ -51,6 +51,9 @@ class RunState:
     seconds: float = 0.0         # training time so far
     tests_without_improvement: int = 0
     stopped_early: bool = False
+    # the computation path each conv shape took ({shape key: path}, layers/winograd.py choose): a resume takes
+    # the same paths, so it computes the same bits on any machine and whatever its algorithm cache says
+    conv_algos: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -7,8 +7,8 @@ processes reach the weights of one process:
 - dropout draws the single-process mask of the whole minibatch and keeps its own rows (`SlicedRandom`);
 - the cost gradient is scaled by share / minibatch (the costs average over the minibatch they see), so the
   summed gradients are those of the whole minibatch;
-- batchnorm adds its per-channel sums over the processes in forward and backward (`Net.sync`, read by
-  layers/norm.py), so its statistics are those of the whole minibatch;
+- batchnorm adds its per-channel sums over the processes in forward and backward (`allreduce`, which the
+  trainer passes to Net.forward, read by layers/norm.py), so its statistics are those of the whole minibatch;
 - after backward ONE Allreduce sums a flat buffer holding every learned gradient, the costs and error
   rates (weighted by cases) and a stop flag (Ctrl-C on any process), so every process updates with the
   same numbers and stops at the same minibatch.
@@ -97,9 +97,12 @@ class DataParallel:
         self.stop = False        # Ctrl-C seen on some process at the last sum
         self.weight = 1.0        # 1, or 0 where a too-small minibatch is counted by rank 0 alone
         self.counted = 0.0       # cases of the current minibatch this process counts
+        self.grad_scale = 1.0    # the share of the current minibatch's cost gradient this process owes
+        # the sum over the processes of batchnorm's per-channel sums (Net.forward's allreduce), or None
+        self.allreduce = None
         if self.size > 1:
             world.attach(net.backend)
-            net.sync = self._sum_weighted
+            self.allreduce = self._sum_weighted
 
     def _sum_weighted(self, local):
         """Batchnorm's per-channel sums over the processes (float64 (m,) array on the net's device)."""
@@ -110,13 +113,13 @@ class DataParallel:
     # -- one minibatch --------------------------------------------------------------------------------
     def share(self, mb, rng):
         """(x, labels, rng) of this process's share of minibatch `mb`, with its dropout generator; sets
-        the cost scale on the net."""
+        `grad_scale`, which the trainer passes to Net.backward."""
         if self.size == 1:
             return mb.x, mb.labels, rng
         n = int(mb.x.shape[0])
         lo, hi = self._bounds(n)
         self.counted = self.weight * (hi - lo)
-        self.net.grad_scale = self.counted / n
+        self.grad_scale = self.counted / n
         return mb.x[lo:hi], mb.labels[lo:hi], SlicedRandom(rng, lo, hi, n)
 
     def _bounds(self, n: int) -> tuple:

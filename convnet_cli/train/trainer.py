@@ -24,7 +24,7 @@ from convnet_cli.config.yamlio import display_name, read_text
 from convnet_cli.errors import ConfigError, NonFiniteError
 from convnet_cli.fileio import copy_atomic, write_text_atomic
 from convnet_cli.net import Net
-from convnet_cli.parallel import get_world, on_root, rank_device
+from convnet_cli.parallel import get_world, on_root, rank_device, share_node_cores
 from convnet_cli.train import best as best_by
 from convnet_cli.train.checkpoint import (RunState, load_checkpoint, newest_checkpoint, prune_checkpoints,
                                           read_state, resolve_checkpoint, save_checkpoint)
@@ -159,6 +159,7 @@ class Trainer:
             return None
         path = os.path.join(self.run_dir, name)
         self.state.seconds = round(time.time() - self.started, 3)
+        self.state.conv_algos = dict(sorted(self.net.algos.items()))
         return save_checkpoint(path, self.net.get_arrays(), self.state)
 
     def _log(self, record: dict):
@@ -228,8 +229,8 @@ class Trainer:
             ep = (epoch - 1) + s.batch_in_epoch / max(self.batches_per_epoch, 1)
             rng = net.backend.rng(derive_seed(self.o.seed, epoch, batchnum, m))
             x, labels, rng = self.dp.share(mb, rng)
-            costs = net.forward({0: x, 1: labels}, train=True, rng=rng)
-            grads = net.backward()
+            costs = net.forward({0: x, 1: labels}, train=True, rng=rng, allreduce=self.dp.allreduce)
+            grads = net.backward(grad_scale=self.dp.grad_scale)
             # under MPI one Allreduce: gradients, costs and Ctrl-C flags of all processes
             costs = self.dp.combine(grads, costs, mb.x.shape[0], intr)
             self._check_finite(costs, epoch, batchnum)
@@ -433,6 +434,7 @@ def start(o: TrainOptions, echo=None) -> int:
     o.test_range = o.test_range or list(batchset.test_range)
     _check_ranges(o, batchset)
     world = get_world()
+    share_node_cores(world)
     check_same_batches(world, batchset)
     backend = get_backend(rank_device(o.device, world))
     layer_def_text = read_text(o.layer_def, "layer definition")
@@ -494,6 +496,7 @@ def resume(path: str, explicit: dict, echo=None) -> int:
     check_batches_fit(state, batchset, ckpt.path)
     _check_ranges(o, batchset)
     world = get_world()
+    share_node_cores(world)
     check_same_batches(world, batchset)
     backend = get_backend(rank_device(o.device, world))
     if world.is_root:  # under MPI rank 0 alone touches the run directory
