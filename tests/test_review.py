@@ -265,6 +265,15 @@ def test_a_clip_decodes_only_its_stretch(tmp_path, monkeypatch):
     assert len(x) == 6000 and sum(spans) == 6000      # 3 s of a 10-minute recording
 
 
+def test_a_long_event_keeps_the_start_of_its_clip(tmp_path, monkeypatch):
+    from convnet_cli.review import media
+
+    monkeypatch.setattr(media, "MAX_CLIP_S", 5.0)
+    path = write_recording(str(tmp_path / "long.wav"), 60.0, sr=2000)
+    x, facts = media.cut_clip(path, 10.0, 40.0, 1.0)
+    assert len(x) == 10000 and (facts["clip_begin"], facts["clip_end"], facts["truncated"]) == (9.0, 14.0, True)
+
+
 def test_verdict_files_are_a_raven_table_and_a_csv_that_read_back(detected, tmp_path):
     from convnet_cli.review.build import prepare
     from convnet_cli.review.verdicts import read_verdicts
@@ -467,3 +476,47 @@ def test_evaluate_review_dir_reports_precision_per_class_and_per_score_bin(detec
     assert abs(t["precision_all"] - 0.5) < 1e-9               # (5*0 + 5*0 + 5*1 + 5*1) / 20
     r = invoke(["evaluate", str(det)])                         # no ANNOTATIONS and not a review folder
     assert r.exit_code == 2 and "Missing argument 'ANNOTATIONS'" in r.output
+
+
+def test_kill_9_while_a_verdict_is_being_saved_leaves_both_files_whole(detected, tmp_path):
+    """The server as its own process, killed (SIGKILL) at once, 2 ms and 10 ms after a verdict is sent: both
+    files stay parseable and hold every verdict whose reply came back; the one in flight is in both, in the
+    CSV only, or in neither; the next run writes the table from the CSV."""
+    import signal
+    import threading
+    import time
+    import urllib.request
+
+    from tests.review_fixtures import start_server, verdicts_on_disk
+
+    _, det = detected
+    out = tmp_path / "rv"
+
+    def post(url, item, verdict):
+        req = urllib.request.Request(url + "api/verdict", json.dumps({"id": item, "verdict": verdict}).encode(),
+                                     {"Content-Type": "application/json"})
+        try:
+            return urllib.request.urlopen(req, timeout=30).status
+        except OSError:
+            return None
+
+    confirmed = {}
+    for k, delay in enumerate((0.0, 0.002, 0.01)):
+        p, url = start_server(det, out)
+        try:
+            assert post(url, 2 * k + 1, "false") == 200
+            confirmed[2 * k + 1] = "false"
+            threading.Thread(target=post, args=(url, 2 * k + 2, "true"), daemon=True).start()
+            time.sleep(delay)
+        finally:
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait(30)
+        in_csv, in_table = verdicts_on_disk(out)
+        for i, v in confirmed.items():
+            assert in_csv[i] == in_table[i] == v
+        assert set(in_table) <= set(in_csv) and set(in_csv) - set(confirmed) <= {2 * k + 2}
+        confirmed.update({i: v for i, v in in_csv.items() if i not in confirmed})
+    r = invoke(["review", str(det), "--out", str(out), "--no-serve", "--quiet"])
+    assert r.exit_code == 0, r.output
+    in_csv, in_table = verdicts_on_disk(out)
+    assert in_csv == in_table == confirmed

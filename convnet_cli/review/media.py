@@ -19,7 +19,8 @@
 
 PNGs are written here (an 8-bit palette PNG from a NumPy image with zlib and struct) rather than with
 matplotlib: review must work without the `plot` extra, the files are the same wherever they are made (the
-tests compare them), and one image costs a few milliseconds, not a figure's ~100 ms per item.
+tests read them back), and it is ~3.5x faster (60-100 ms an image against 230-360 ms for a bare matplotlib
+specgram figure, on 2 shared cores).
 """
 from __future__ import annotations
 

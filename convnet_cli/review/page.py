@@ -107,7 +107,7 @@ JS = r"""
 "use strict";
 var D = JSON.parse(document.getElementById("review-data").textContent);
 var items = D.items, FILE = D.mode === "file", KEY = "convnet-review:" + D.sample_key;
-var verdicts = {}, saved = {}, queue = [], busy = false, failed = "";
+var verdicts = {}, saved = {}, queue = [], busy = false, failed = "", mediaErr = "";
 Object.keys(D.verdicts).forEach(function (k) { verdicts[k] = D.verdicts[k]; saved[k] = D.verdicts[k]; });
 function store(k, v) { try { if (v === undefined) return localStorage.getItem(k); localStorage.setItem(k, v); }
   catch (e) { return null; } }
@@ -135,7 +135,7 @@ function ticks(it) {
     s.textContent = fmt(x, dec) + " s"; t.appendChild(s); }
   var nyq = it.nyquist, khz = nyq >= 2000;
   for (var k = 0; k <= 4; k++) { var hz = nyq * k / 4, s2 = document.createElement("span");
-    s2.style.top = (100 - k * 25) + "%";
+    s2.style.top = (100 - k * 25) + "%"; s2.style.transform = k === 0 ? "translateY(-100%)" : k === 4 ? "none" : "";
     s2.textContent = khz ? fmt(hz / 1000, hz % 1000 ? 1 : 0) + " kHz" : fmt(hz, 0) + " Hz"; f.appendChild(s2); }
 }
 
@@ -147,7 +147,7 @@ function render() {
   var vb = $("verdict"); vb.className = "badge v-" + (v || "none"); vb.textContent = v ? v : "not reviewed";
   if ($("spec").getAttribute("src") !== it.image) $("spec").setAttribute("src", it.image);
   if (audio.getAttribute("src") !== it.listen) {
-    audio.setAttribute("src", it.listen); audio.load(); $("playhead").style.display = "none";
+    audio.setAttribute("src", it.listen); audio.load(); $("playhead").style.display = "none"; mediaErr = "";
     if ($("autoplay").checked) audio.play().catch(function () {});
   }
   text("slowed", it.slowed > 1 ? "slowed " + it.slowed + "x (time expansion: " + fmt(it.nyquist / 1000, 0) +
@@ -176,7 +176,8 @@ function render() {
 
 function status() {
   var s = $("status");
-  if (failed) { s.dataset.state = "error"; s.textContent = failed; return; }
+  var err = [failed, mediaErr].filter(Boolean).join("; ");
+  if (err) { s.dataset.state = "error"; s.textContent = err; return; }
   if (FILE) { s.dataset.state = "saved"; s.textContent = "marks kept in this browser"; return; }
   if (queue.length || busy) { s.dataset.state = "saving"; s.textContent = "saving\u2026"; return; }
   s.dataset.state = Object.keys(saved).length ? "saved" : "idle";
@@ -210,7 +211,7 @@ function mark(v) {
   render();
 }
 function go(d) { var j = Math.min(items.length - 1, Math.max(0, cur + d)); if (j !== cur) { cur = j; render(); } }
-function toggle() { if (audio.paused) audio.play().catch(function (e) { failed = "cannot play: " + e.message; status(); });
+function toggle() { if (audio.paused) audio.play().catch(function (e) { mediaErr = "cannot play: " + e.message; status(); });
   else audio.pause(); }
 
 function cells(q) { return q.map(function (c) { c = String(c);
@@ -247,7 +248,7 @@ function head() { if (!audio.paused && audio.duration) {
     var p = $("playhead"); p.style.display = "block"; p.style.left = (audio.currentTime / audio.duration * 100) + "%"; }
   if (!audio.paused) requestAnimationFrame(head); }
 audio.addEventListener("play", function () { requestAnimationFrame(head); });
-audio.addEventListener("error", function () { failed = "cannot play " + items[cur].listen + " (media error " +
+audio.addEventListener("error", function () { mediaErr = "cannot play " + items[cur].listen + " (media error " +
   (audio.error ? audio.error.code : "?") + ")"; status(); });
 if (FILE) $("filemode").style.display = "block";
 window.convnetReview = {csvText: csvText, tableText: tableText, verdicts: verdicts,
