@@ -205,7 +205,8 @@ def stratified_counts(population, n: int):
 
 
 def draw(dets, classes, per_class: int, select: str, seed: int):
-    """([Item-less Detections in review order], {class: bin facts for review.json (stratified only)})."""
+    """The drawn detections in review order (class by class, each by falling score), and {class: its bins'
+    edges and detection counts} for review.json (stratified only)."""
     if select not in SELECT:
         raise ConfigError(f"--select {select}: use one of {', '.join(SELECT)}")
     out, bins = [], {}

@@ -23,7 +23,7 @@ from convnet_cli.ingest.annotations import VERDICTS
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 MAX_BODY = 4096
-_MEDIA = re.compile(r"^/(clips|listen|images)/([A-Za-z0-9_.-]+)$")
+_MEDIA = re.compile(r"^/(clips|listen|images)/([A-Za-z0-9_-][A-Za-z0-9_.-]*)$")   # one file name, never '..'
 _TYPES = {".wav": "audio/wav", ".png": "image/png"}
 
 
