@@ -16,7 +16,7 @@ from convnet_cli.errors import ConvnetError
 
 # Module names; a command whose name is a Python keyword lives in `<name>_.py` (continue_).
 COMMANDS = ("make_batches", "train", "continue_", "predict", "detect", "evaluate", "show", "info", "convert_cfg",
-            "demo", "export")
+            "demo", "export", "review")
 
 
 def _module_name(command: str) -> str:

@@ -1,10 +1,13 @@
 """Metrics on host arrays (NumPy only), the one place for them: what `predict --report` prints and writes,
-the test metrics of `train` and `--best-by`, and the precision-recall arithmetic of `evaluate`.
+the test metrics of `train` and `--best-by`, the precision-recall arithmetic of `evaluate`, and the interval
+of a reviewed precision (`evaluate REVIEW_DIR`).
 
 Every function takes plain arrays: probs (n, K) class probabilities, y_true (n,) int labels in [0, K).
 Cases with an unknown label (-1) are the caller's to drop before calling these.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -231,3 +234,23 @@ def mean_average_precision(aps) -> float | None:
     """The mean of the classes' APs that are defined (a class without a positive has none), or None."""
     vals = [a for a in aps if a is not None]
     return float(np.mean(vals)) if vals else None
+
+
+# ---- a proportion with its confidence interval ------------------------------------------------------
+
+Z_95 = 1.959963984540054   # the standard normal's 97.5% quantile: a two-sided 95% interval
+
+
+def wilson_interval(successes: int, n: int, z: float = Z_95):
+    """The Wilson score interval (Wilson, 1927) of a proportion successes/n: (low, high), or None for n = 0.
+
+    (p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n), p = successes/n. Unlike p ± z·sqrt(p(1-p)/n) it stays
+    inside [0, 1] and is not of zero width at 0/n or n/n, which is what a reviewed sample of 20 often is."""
+    if n <= 0:
+        return None
+    p = successes / n
+    zz = z * z
+    denom = 1.0 + zz / n
+    center = (p + zz / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + zz / (4 * n * n)) / denom
+    return max(0.0, center - half), min(1.0, center + half)

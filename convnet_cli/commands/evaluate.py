@@ -8,7 +8,7 @@ import click
 
 @click.command("evaluate")
 @click.argument("detections", type=click.Path())
-@click.argument("annotations", type=click.Path())
+@click.argument("annotations", required=False, type=click.Path())
 @click.option("--min-overlap", type=float, default=0.5, show_default=True,
               help="Overlap, as a fraction of the shorter of the two, that makes a detection match an annotation.")
 @click.option("--classes", help="Classes to score, comma-separated.  [default: the classes detect reported]")
@@ -25,7 +25,11 @@ def command(detections, annotations, min_overlap, classes, target_precision, lab
 
     \b
     convnet evaluate detections/ annotations/ --out eval/
+    convnet evaluate review/         # a convnet review folder: the reviewed precision per class
     """
+    if annotations is None:  # DETECTIONS is a review folder (verdicts.csv): see convnet_cli/commands/review.py
+        from convnet_cli.commands.review import evaluate_review_dir
+        return evaluate_review_dir(detections, out_dir, classes, quiet)
     from convnet_cli.detect.evaluate import evaluate, format_table, load_pair, plot_pr, write_json
     from convnet_cli.fileio import make_out_dir
 

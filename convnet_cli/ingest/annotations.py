@@ -18,6 +18,9 @@ Which recording a row belongs to:
 - otherwise the table's file name: `<stem>.Table.1.selections.txt` (any `<stem>.*.txt`) belongs to
   `<stem>.<audio ext>`; `Selection.recording` is then the stem (see `table_stem`).
 
+A `Verdict` column (`convnet review`'s tables and CSVs) gives each row's `Selection.verdict`: true, false or
+unsure (any case; an empty cell is unsure); such a table does not claim its recording as annotated whole.
+
 CSV tables: `filename,start,end,label[,low_freq,high_freq][,score]`, and detect's `detections.csv`
 (`filename,begin_s,end_s,class,score`). The label is `label_col`, else the first present of `Annotation`,
 `Class`, `Label`, `Species`, `Call Type` (any case); a table with none labels every row `call` (with a
@@ -53,6 +56,7 @@ _LOW_COLUMNS = ("Low Freq (Hz)", "Low Frequency (Hz)", "low_freq", "low_freq_hz"
 _HIGH_COLUMNS = ("High Freq (Hz)", "High Frequency (Hz)", "high_freq", "high_freq_hz", "fmax")
 _FILE_COLUMNS_CSV = ("filename", "file", "recording", "clip_name", "path", "Begin Path", "Begin File")
 _SCORE_COLUMNS = ("Score", "score", "probability", "confidence")
+VERDICTS = ("true", "false", "unsure")
 _RAVEN_SUFFIX = re.compile(r"(\.table\.\d+)?(\.selections)?$", re.IGNORECASE)
 
 
@@ -67,6 +71,10 @@ class Selection:
     score: float | None = None
     source: str = ""        # table file path
     line: int = 0           # 1-based line in that file
+    # a reviewed detection (`convnet review`, a `Verdict` column): 'true' (an annotation of its class), 'false'
+    # (its class verified absent), 'unsure' (unknown); None for an ordinary annotation. A multi-label planner
+    # reads false as "class absent" and unsure as "class unknown" for the windows the selection covers.
+    verdict: str | None = None
 
 
 # ---- names ---------------------------------------------------------------------------------------
@@ -332,6 +340,7 @@ def _parse(path, rows, label_col, in_folder, raven, claims=None, warn=_stderr_wa
         li = _find(header, LABEL_COLUMNS)
     low_i, high_i = _find(header, _LOW_COLUMNS), _find(header, _HIGH_COLUMNS)
     score_i = _find(header, _SCORE_COLUMNS)
+    verdict_i = _find(header, ("Verdict",))
     view_i = _find(header, ("View",))
     offset_i = _find(header, ("File Offset (s)", "File Offset"))
     if raven:
@@ -345,9 +354,10 @@ def _parse(path, rows, label_col, in_folder, raven, claims=None, warn=_stderr_wa
                             "a CSV table needs filename,start,end,label (the recording's path relative to "
                             "RECORDINGS in 'filename')")
     stem = table_stem(path) if file_i is None else None
-    if stem is not None and claims is not None:
+    if stem is not None and claims is not None and verdict_i is None:   # reviewed detections annotate nothing whole
         claims.append(Selection(stem, 0.0, 0.0, "", source=path, line=header_line))
-    known = {i for i in (bi, ei, si, li, low_i, high_i, score_i, view_i, offset_i, file_i) if i is not None}
+    known = {i for i in (bi, ei, si, li, low_i, high_i, score_i, verdict_i, view_i, offset_i, file_i)
+             if i is not None}
     text_cols = set()        # columns holding text, for a table without a label column
     out = []
     kept = {}                # (Selection, recording, begin, end) -> position in out: Raven's views of one selection
@@ -397,7 +407,8 @@ def _parse(path, rows, label_col, in_folder, raven, claims=None, warn=_stderr_wa
         low = _optional(path, lineno, header, low_i, row)
         high = _optional(path, lineno, header, high_i, row)
         score = _optional(path, lineno, header, score_i, row)
-        sel = Selection(recording, begin, end, label, low, high, score, path, lineno)
+        verdict = None if verdict_i is None else _verdict(path, lineno, header[verdict_i], row[verdict_i])
+        sel = Selection(recording, begin, end, label, low, high, score, path, lineno, verdict)
         number = row[si].strip() if raven and si is not None else ""
         if number:
             at = kept.get((number, recording, begin, end))
@@ -425,6 +436,17 @@ def _parse(path, rows, label_col, in_folder, raven, claims=None, warn=_stderr_wa
                  f"'{DEFAULT_LABEL}'; its text column(s) {', '.join(repr(n) for n in names)} may hold the labels: "
                  "name one with --label-col")
     return out
+
+
+def _verdict(path, lineno, col_name, text):
+    """A `Verdict` cell: true, false or unsure (any case); an empty cell is a detection not reviewed: unsure."""
+    v = text.strip().lower()
+    if not v:
+        return "unsure"
+    if v not in VERDICTS:
+        raise DataError(f"{path} line {lineno}, column '{col_name}': {_shown(text.strip())} is not a verdict; use "
+                        "true, false or unsure (an empty cell counts as unsure)")
+    return v
 
 
 def _optional(path, lineno, header, i, row):

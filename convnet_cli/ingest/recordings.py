@@ -58,6 +58,9 @@ class Recording:
     duration: float = 0.0
     sample_rate: int = 0
     selections: list = field(default_factory=list)
+    # annotated whole: a table without a Verdict column names it, so a window no annotation covers is
+    # background. A recording named only by reviewed detections (verdict rows) is not (see plan_windows).
+    whole: bool = False
 
 
 @dataclass
@@ -69,8 +72,10 @@ class WindowPlan:
     labels: np.ndarray        # int64: index into label_names
     label_names: list
     counts: dict              # label -> windows kept
-    left_out: int             # ambiguous windows
+    left_out: int             # ambiguous windows (and those an `unsure` verdict covers)
     background_dropped: int   # background windows not drawn (--background-ratio)
+    hard_negatives: int = 0   # background windows kept because a `false` verdict covers them
+    not_reviewed: int = 0     # windows of recordings labelled only by verdicts that no verdict covers
 
 
 # ---- step 1: recordings and tables ------------------------------------------------------------------
@@ -116,7 +121,8 @@ def collect_recordings(recordings_dir, tables, label_col=None, warn=print):
     for s in selections:
         labels.setdefault(s.label, f"{s.source} line {s.line}")
     by_rec = assign_to_recordings(selections, root, rels)
-    for rel in assign_to_recordings(claims, root, rels):
+    claimed = set(assign_to_recordings(claims, root, rels))
+    for rel in claimed:
         by_rec.setdefault(rel, [])
     recs, skipped = [], []
     clip_warn = _CappedWarn(warn, "selections clipped or left out at recordings' ends")
@@ -130,7 +136,8 @@ def collect_recordings(recordings_dir, tables, label_col=None, warn=print):
         except AudioError as exc:
             skipped.append((rel, exc.reason))
             continue
-        recs.append(Recording(rel, path, duration, sr, clip_to_duration(by_rec[rel], duration, clip_warn)))
+        recs.append(Recording(rel, path, duration, sr, clip_to_duration(by_rec[rel], duration, clip_warn),
+                              whole=rel in claimed))
     clip_warn.close()
     return recs, skipped, labels
 
@@ -146,6 +153,13 @@ def plan_windows(recs, spec: FeatureSpec, hop_s, min_overlap=0.5, background="ba
     {label: where first found}; default: those of recs' selections), sorted. A label whose annotations
     always overlap another class more, or lie past the recordings' ends, is a class of 0 windows, so two
     surveys made apart keep the same classes and indices.
+
+    Reviewed detections (a selection's `verdict`, from `convnet review`): `true` (or None, an ordinary
+    annotation) labels windows as above; `false` makes the windows it covers by `min_overlap` that no class
+    labels verified negatives: background windows that `background_ratio` never drops (they count towards
+    its budget: the draw tops them up to R per class window); `unsure` leaves out the background windows it
+    touches. A recording named only by verdict rows (not `whole`, no ordinary annotation) was reviewed, not
+    annotated: only its windows a true or false verdict covers are kept (`not_reviewed` counts the rest).
     """
     if table_labels is None:
         table_labels = {}
@@ -161,23 +175,37 @@ def plan_windows(recs, spec: FeatureSpec, hop_s, min_overlap=0.5, background="ba
             raise DataError(f"{table_labels[missing[0]]}: label '{missing[0]}' is not one of the label names "
                             f"({', '.join(label_names)}){did_you_mean(missing[0], label_names)}; fix the table or "
                             "--label-names")
-    recs_i, wins, codes = [], [], []
+    recs_i, wins, codes, hards = [], [], [], []
     code = {}                     # label -> provisional id (ints per window, not strings: months of audio fit)
-    left_out = 0
+    left_out = not_reviewed = 0
     for i, r in enumerate(recs):
         starts = window_starts(r.duration, spec.duration, hop_s)
-        lab = label_windows(starts, spec.duration, r.selections, min_overlap, background)
+        annotations = [s for s in r.selections if s.verdict in (None, "true")]
+        lab = label_windows(starts, spec.duration, annotations, min_overlap, background)
         c = np.fromiter((-1 if v is None else code.setdefault(v, len(code)) for v in lab), dtype=np.int64,
                         count=len(lab))
         del lab
+        hard = np.zeros(c.size, dtype=bool)
+        if any(s.verdict is not None for s in r.selections):
+            bg = c == code.get(background, -3)
+            unsure = _covered(starts, spec.duration, [s for s in r.selections if s.verdict == "unsure"], None)
+            false = _covered(starts, spec.duration, [s for s in r.selections if s.verdict == "false"], min_overlap)
+            hard = bg & ~unsure & false
+            c[bg & unsure] = -1
+            if not r.whole and all(s.verdict is not None for s in r.selections):
+                unknown = bg & ~unsure & ~hard
+                c[unknown] = -2
+                not_reviewed += int(unknown.sum())
+        left_out += int((c == -1).sum())
         idx = np.flatnonzero(c >= 0)
-        left_out += int(c.size - idx.size)
         recs_i.append(np.full(idx.size, i, dtype=np.int64))
         wins.append(idx.astype(np.int64))
         codes.append(c[idx])
+        hards.append(hard[idx])
     rec = np.concatenate(recs_i) if recs_i else np.zeros(0, np.int64)
     win = np.concatenate(wins) if wins else np.zeros(0, np.int64)
     prov = np.concatenate(codes) if codes else np.zeros(0, np.int64)
+    hard = np.concatenate(hards) if hards else np.zeros(0, bool)
     present = [c for c in code if (prov == code[c]).any()]
     if label_names is None:
         found = sorted(set(table_labels) - {background})
@@ -194,17 +222,36 @@ def plan_windows(recs, spec: FeatureSpec, hop_s, min_overlap=0.5, background="ba
     labels = remap[prov]
     dropped = 0
     if background_ratio is not None and background in index:
-        bg = np.flatnonzero(labels == index[background])
-        allowed = int(math.floor(background_ratio * (labels.size - bg.size) + 1e-9))
+        is_bg = labels == index[background]
+        bg = np.flatnonzero(is_bg & ~hard)          # verified negatives are never dropped
+        allowed = int(math.floor(background_ratio * (labels.size - int(is_bg.sum())) + 1e-9))
+        allowed = max(0, allowed - int((is_bg & hard).sum()))
         if bg.size > allowed:
             rng = np.random.default_rng([int(seed), 11])
             drop = np.setdiff1d(bg, rng.choice(bg, size=allowed, replace=False))
             keep = np.ones(labels.size, dtype=bool)
             keep[drop] = False
-            rec, win, labels = rec[keep], win[keep], labels[keep]
+            rec, win, labels, hard = rec[keep], win[keep], labels[keep], hard[keep]
             dropped = int(drop.size)
     counts = {c: int((labels == j).sum()) for c, j in index.items()}
-    return WindowPlan(rec, win, labels, names, counts, left_out, dropped)
+    return WindowPlan(rec, win, labels, names, counts, left_out, dropped, int(hard.sum()), not_reviewed)
+
+
+def _covered(starts, window_s, selections, min_overlap):
+    """(n,) bool: windows that one of `selections` overlaps by at least `min_overlap` of the shorter of the
+    two (None: by any amount), as label_windows measures it."""
+    out = np.zeros(len(starts), dtype=bool)
+    eps = 1e-9
+    for s in selections:
+        lo = int(np.searchsorted(starts, s.begin - window_s, side="right"))
+        hi = int(np.searchsorted(starts, s.end, side="left"))
+        if hi <= lo:
+            continue
+        t = starts[lo:hi]
+        ov = np.minimum(t + window_s, s.end) - np.maximum(t, s.begin)
+        need = eps if min_overlap is None else min_overlap * min(window_s, s.end - s.begin) - eps
+        out[lo:hi] |= (ov > eps) & (ov >= need)
+    return out
 
 
 def split_by_group(groups, labels, test_fraction, seed, what="recording"):
