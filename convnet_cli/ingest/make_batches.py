@@ -32,7 +32,8 @@ import numpy as np
 
 from convnet_cli.data.batch_files import META, encode_batch
 from convnet_cli.data.skipped_list import format_skipped
-from convnet_cli.data.batch_set_swap import STAGING_PREFIX, BatchDirLock, install_set, recover
+from convnet_cli.data.batch_set_swap import (STAGING_PREFIX, BatchDirLock, committed, finish_interrupted, install_set,
+                                             recover)
 from convnet_cli.errors import ConfigError, DataError
 from convnet_cli.fileio import write_pickle_atomic, write_text_atomic
 from convnet_cli.ingest.audio import AudioError, fit_length, read_audio, resample
@@ -577,21 +578,31 @@ def _install(staging, batch_dir, files):
     install_set(staging, batch_dir, files)
 
 
-def refuse_existing(batch_dir, overwrite):
-    """DataError when BATCH_DIR is a file, or holds batch files and `overwrite` is not given."""
+def refuse_existing(batch_dir, overwrite, completed=None):
+    """DataError when BATCH_DIR is a file, or holds batch files and `overwrite` is not given.
+
+    A set a killed make-batches left half moved into place is finished first (README: the next make-batches
+    finishes an interrupted move), and then counts as existing. completed: whether the caller has just done
+    that under the lock (None: do it here, taking the lock when a swap is pending)."""
     if os.path.exists(batch_dir) and not os.path.isdir(batch_dir):
         raise DataError(f"{batch_dir}: is a file; BATCH_DIR must be a folder (new or empty)")
+    if completed is None:
+        completed = finish_interrupted(batch_dir) if os.path.isdir(batch_dir) else False
     old = existing_batch_files(batch_dir)
     if old and not overwrite:
-        raise DataError(f"{batch_dir}: already holds batch files ({', '.join(old[:3])}{' …' if len(old) > 3 else ''}); "
-                        "pass --overwrite to replace them, or choose another folder")
+        done = ("; the set an interrupted make-batches left half installed there was completed first"
+                if completed else "")
+        raise DataError(f"{batch_dir}: already holds batch files ({', '.join(old[:3])}{' …' if len(old) > 3 else ''})"
+                        f"{done}; pass --overwrite to replace them, or choose another folder")
 
 
 @contextmanager
 def writing_set(batch_dir, overwrite):
     """The staging folder a new set is written into, with BATCH_DIR locked against a second make-batches,
     a set an earlier make-batches left half-installed finished first, and the existing files checked again
-    under the lock. On failure the staging folder goes (and BATCH_DIR, when it was made here)."""
+    under the lock. On failure the staging folder goes (and BATCH_DIR, when it was made here), unless the
+    swap record already names it: from that commit on its files are the set readers see, and the next
+    make-batches finishes moving them."""
     created = not os.path.exists(batch_dir)
     try:
         os.makedirs(batch_dir, exist_ok=True)
@@ -600,22 +611,22 @@ def writing_set(batch_dir, overwrite):
     lock = BatchDirLock(batch_dir)
     staging = None
     try:
-        recover(batch_dir)
-        refuse_existing(batch_dir, overwrite)
+        refuse_existing(batch_dir, overwrite, completed=recover(batch_dir))
         try:
             staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=batch_dir)
         except OSError as exc:
             raise DataError(f"{batch_dir}: cannot write into the batch folder ({exc.strerror or exc})") from None
         yield staging
     except BaseException:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            lock.release()
-            try:
-                os.rmdir(batch_dir)
-            except OSError:
-                pass
+        if staging is None or not committed(batch_dir, staging):
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            if created:
+                lock.release()
+                try:
+                    os.rmdir(batch_dir)
+                except OSError:
+                    pass
         raise
     finally:
         lock.release()
