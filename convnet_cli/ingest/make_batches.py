@@ -501,7 +501,8 @@ def finish_set(ds, spec, staging, w, dtype, noise=None) -> tuple:
         "read": sum(w.sizes) - w.copies, "copies": w.copies, "skipped": len(w.skipped), "batches": len(w.files),
         "train_range": train_range, "test_range": test_range,
         "train_cases": int(sum(w.sizes[:w.n_train])), "test_cases": int(sum(w.sizes[w.n_train:])),
-        "shape": tuple(spec.shape),
+        "shape": tuple(spec.shape), "ignored": int(ds.extra.get("ignored_files", 0)),
+        "outside_classes": int(ds.extra.get("ignored_loose_files", 0)),
         "timings": {"decode": float(w.timings[0]), "resample": float(w.timings[1]),
                     "features": float(w.timings[2]), "imports": float(w.timings[3]), "write": w.t_write},
     }

@@ -130,7 +130,9 @@ def _assemble(ds, plan, spec, staging, dtype, results, noise=None) -> tuple:
         by_batch.update(r["batches"])
         timings += r["timings"]
     num_vis = int(np.prod(spec.shape))
-    w = _Written(files=[], sizes=[], skipped=[], moments=_Moments(num_vis), timings=timings)
+    # rows of the labels CSV refused before decoding are listed first, as with one process
+    w = _Written(files=[], sizes=[], skipped=list(ds.extra.get("skipped", [])), moments=_Moments(num_vis),
+                 timings=timings)
     t0 = time.perf_counter()
     for b in range(len(plan.batches)):
         cases, skipped, stats, copies = by_batch[b]
