@@ -89,8 +89,7 @@ def check_audio_file(path: str):
     if stat.S_ISDIR(st.st_mode):
         raise AudioError(path, "is a folder, not an audio file")
     if not stat.S_ISREG(st.st_mode):
-        raise AudioError(path, f"not a regular file ({special_mode(st.st_mode) or 'unknown kind'}); only plain "
-                               "audio files are read")
+        raise AudioError(path, f"is {special_mode(st.st_mode) or 'something'}, not a regular file")
     if st.st_size == 0:
         raise AudioError(path, "empty file (0 bytes)")
     reason = _undecodable(path)

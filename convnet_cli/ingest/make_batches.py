@@ -89,7 +89,7 @@ def extract_chunk(paths, spec_dict, compute=True, noise=None):
         if case is not None:
             try:
                 clip = make_copy(clip, spec.sample_rate, noise, case, copy)
-            except (RuntimeError, OSError, ValueError) as exc:  # a noise file that went bad since it was listed
+            except (RuntimeError, OSError, ValueError, DataError) as exc:  # a noise file gone bad since checked
                 skipped.append((j, f"noisy copy {copy}: cannot read the noise ({exc})"))
                 continue
         clips.append(clip)
@@ -101,17 +101,24 @@ def extract_chunk(paths, spec_dict, compute=True, noise=None):
         out = np.stack(clips)
         if compute:
             out = compute_features(out, spec, np)
-            out, ok = _drop_nonfinite(out, ok, skipped)
+            copies = {j: paths[j][2] for j in ok if not isinstance(paths[j], str)}
+            out, ok = _drop_nonfinite(out, ok, skipped, copies)
     return out, ok, skipped, (t_decode, t_resample, time.perf_counter() - t2, t_import)
 
 
-def _drop_nonfinite(feats, ok, skipped):
-    """Clips whose features hold NaN or inf move from `ok` to `skipped`: a set never holds non-finite data."""
+def _drop_nonfinite(feats, ok, skipped, copies=None):
+    """Clips whose features hold NaN or inf move from `ok` to `skipped`: a set never holds non-finite data.
+    copies: {position: copy number} of the noisy copies among them (their reason names the copy's flags)."""
     bad = ~np.isfinite(feats.reshape(feats.shape[0], -1)).all(axis=1)
     if not bad.any():
         return feats, ok
+    copies = copies or {}
     for j in np.flatnonzero(bad):
-        skipped.append((ok[j], "its features overflow to NaN or inf (samples far too loud)"))
+        if ok[j] in copies:
+            skipped.append((ok[j], f"noisy copy {copies[ok[j]]}: its features overflow to NaN or inf (the copy is "
+                                   "far too loud: lower --gain, or raise --noise-snr)"))
+        else:
+            skipped.append((ok[j], "its features overflow to NaN or inf (samples far too loud)"))
     keep = np.flatnonzero(~bad)
     return (feats[keep] if keep.size else None), [ok[j] for j in keep]
 
