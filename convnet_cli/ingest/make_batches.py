@@ -43,6 +43,7 @@ from convnet_cli.ingest.sources import collect_dataset
 
 DTYPES = ("float32", "float16", "uint8")
 CHUNK = 32          # clips per task handed to a worker process
+JOBS_PER_CPU = 4    # --jobs above this many per CPU is refused (max_jobs)
 SKIPPED = "skipped.txt"
 _BATCH_FILE = re.compile(r"^data_batch_\d+$")
 
@@ -403,6 +404,14 @@ class _NoBar:
         pass
 
 
+def max_jobs() -> int:
+    """The most --jobs accepted: JOBS_PER_CPU worker processes per CPU this process may use. Each worker costs
+    some 60 MB (a Python with NumPy, SciPy and soundfile), and more workers than CPUs decode no faster."""
+    from convnet_cli.backend import default_threads
+
+    return JOBS_PER_CPU * max(1, default_threads())
+
+
 def _check_options(batch_size, test_fraction, dtype, jobs, seed):
     if int(batch_size) < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
@@ -412,8 +421,84 @@ def _check_options(batch_size, test_fraction, dtype, jobs, seed):
         raise ConfigError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     if jobs is not None and int(jobs) < 1:
         raise ConfigError(f"--jobs {jobs}: must be at least 1")
+    if jobs is not None and int(jobs) > max_jobs():
+        cpus = max_jobs() // JOBS_PER_CPU
+        raise ConfigError(f"--jobs {jobs}: more than {JOBS_PER_CPU} worker processes per CPU ({cpus} CPU"
+                          f"{'s' if cpus != 1 else ''} here: at most {max_jobs()}); each takes some 60 MB and more "
+                          f"of them than CPUs decode no faster: give --jobs {cpus} or leave it out")
     if int(seed) < 0:
         raise ConfigError(f"--seed {seed}: must be 0 or more")
+
+
+# ---- will it fit: the set's size against the free space of BATCH_DIR's file system ---------------
+
+CASE_OVERHEAD = 64   # bytes a case costs besides its values: its name and label in the pickle
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+
+
+def _free_space(batch_dir):
+    """(the folder asked, its free bytes) for BATCH_DIR, or its nearest existing parent; None when unknown."""
+    folder = os.path.abspath(batch_dir)
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        return folder, shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def check_fits(batch_dir, num_vis, dtype, cases, added=0, added_flag=None, flag=None, spill=False, fix=""):
+    """ConfigError when a set of `cases` + `added` cases cannot fit in the free space of BATCH_DIR's file
+    system, found before anything is decoded. The one to blame: `added_flag` when the set without the `added`
+    cases (noisy copies) would fit, else `flag` (what sets the number of cases, e.g. --window-hop), else BATCH_DIR.
+    spill: the features are first written as float32 rows to the staging folder (make-batches --annotations),
+    which holds them until every batch is written."""
+    where = _free_space(batch_dir)
+    if where is None:
+        return
+    folder, free = where
+    per_case = int(num_vis) * np.dtype(dtype).itemsize + CASE_OVERHEAD + (4 * int(num_vis) if spill else 0)
+    need = (int(cases) + int(added)) * per_case
+    if need <= free:
+        return
+    blame = added_flag if added and int(cases) * per_case <= free else (flag or batch_dir)
+    spilled = " and their float32 features while they are extracted" if spill else ""
+    raise ConfigError(f"{blame}: the batch set needs about {_size(need)} ({int(cases) + int(added):,} cases of "
+                      f"{int(num_vis):,} values as {dtype}{spilled}), but {folder} has {_size(free)} free; "
+                      f"{fix or 'free some space, or choose another BATCH_DIR'}")
+
+
+def window_count(duration_s: float, window_s: float, hop_s: float) -> int:
+    """len(ingest/windows.py's window_starts(...)), by arithmetic: no array of starts is made."""
+    if duration_s + 1e-9 < window_s:
+        return 0
+    return int(math.floor((duration_s - window_s) / hop_s + 1e-9)) + 1
+
+
+def check_windows_fit(batch_dir, windows, num_vis, dtype, window_hop, noise=None, train_windows=0):
+    """check_fits for make-batches --annotations: `windows` windows (of which `train_windows` get `noise`'s
+    copies), their features spilled to the staging folder while they are extracted. Called with every
+    window of the recordings before the plan (when all are kept), and with the plan's windows after it."""
+    copies = noise.copies * int(train_windows) if noise is not None else 0
+    check_fits(batch_dir, num_vis, dtype, windows, copies, f"--copies {noise.copies}" if noise is not None else None,
+               flag=f"--window-hop {window_hop:g}" if window_hop is not None else None, spill=True,
+               fix="give a larger --window-hop, a --background-ratio, fewer --copies, store --dtype float16 or "
+                   "uint8, free some space, or choose another BATCH_DIR")
+
+
+def check_clips_fit(batch_dir, plan, num_vis, dtype, noise):
+    """check_fits for a set of clips planned as `plan`, with the noisy copies of its training clips."""
+    n = sum(len(b) for b in plan.batches)
+    copies = noise.copies * sum(len(b) for b in plan.batches[:plan.num_train]) if noise is not None else 0
+    check_fits(batch_dir, num_vis, dtype, n, copies, f"--copies {noise.copies}" if noise is not None else None,
+               fix="lower --copies, " * bool(copies) + "store --dtype float16 or uint8, free some space, or choose "
+                   "another BATCH_DIR")
 
 
 def make_batches(audio_dir, batch_dir, *, labels_csv=None, file_col=None, label_col=None, no_labels=False,
@@ -442,6 +527,7 @@ def make_batches(audio_dir, batch_dir, *, labels_csv=None, file_col=None, label_
     groups = split_groups(ds.names, split_by) if split_by else None
     plan = plan_batches(ds.labels, int(batch_size), float(test_fraction), int(seed), groups)
     clips = len(ds)
+    check_clips_fit(batch_dir, plan, int(np.prod(spec.shape)), dtype, noise)
     if noise is not None:
         ds, plan = with_copies(ds, plan, noise, int(batch_size), int(seed))
 
