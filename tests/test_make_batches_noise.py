@@ -254,9 +254,9 @@ def test_a_fifo_in_the_noise_dir_is_refused_naming_it(ws, tmp_path):
     os.mkfifo(fifo)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        p = subprocess.run([sys.executable, "-m", "convnet_cli", "make-batches", str(ws / "audio"), str(tmp_path / "out"),
-                            "--features", str(ws / "features.yaml"), "--jobs", "1", "--quiet", "--noise-dir",
-                            str(noise)], capture_output=True, text=True, timeout=120,
+        p = subprocess.run([sys.executable, "-m", "convnet_cli", "make-batches", str(ws / "audio"),
+                            str(tmp_path / "out"), "--features", str(ws / "features.yaml"), "--jobs", "1", "--quiet",
+                            "--noise-dir", str(noise)], capture_output=True, text=True, timeout=120,
                            env=dict(os.environ, PYTHONPATH=root))
     except subprocess.TimeoutExpired:
         pytest.fail("make-batches hung on a FIFO in --noise-dir")

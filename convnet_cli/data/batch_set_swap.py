@@ -173,7 +173,7 @@ def _swap_record(batch_dir):
     try:
         fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK)
         with os.fdopen(fd, "rb") as f:
-            rec = json.loads(f.read(1 << 20).decode("utf-8"))
+            rec = json.loads(f.read().decode("utf-8"))
     except OSError as exc:
         return None, f"cannot be read ({exc.strerror or exc})"
     except ValueError:   # never torn (it is renamed into place): not JSON, so not ours
@@ -294,13 +294,21 @@ def recover(batch_dir, keep=()) -> bool:
     keep = {os.path.basename(os.fspath(k)) for k in keep}
     for name in os.listdir(batch_dir):
         path = os.path.join(batch_dir, name)
-        if _STAGING.match(name) and name not in keep and stat.S_ISDIR(os.lstat(path).st_mode):
+        if _STAGING.match(name) and name not in keep and _is_real_dir(path):
             shutil.rmtree(path, ignore_errors=True)
     try:
         os.remove(os.path.join(batch_dir, SWAP + ".tmp"))
     except OSError:
         pass
     return rec is not None
+
+
+def _is_real_dir(path) -> bool:
+    """A folder, not a link to one."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def finish_interrupted(batch_dir) -> bool:

@@ -1,9 +1,10 @@
 """Audio files -> fixed-length mono float32 clips at the feature sample rate (host only, NumPy).
 
 Steps, each its own function so the batch maker can time them: `read_audio` (decode with soundfile: every
-format its libsndfile reads, `FORMAT_EXTENSIONS`; multichannel mixed to mono by averaging), `resample` (scipy.signal.resample_poly by
-the reduced ratio of the rates), `fit_length` (center-crop when longer, zero-pad at the end when shorter).
-Every failure is a DataError naming the file and the reason, so callers can skip the file and list it.
+format its libsndfile reads, `FORMAT_EXTENSIONS`; multichannel mixed to mono by averaging), `resample`
+(scipy.signal.resample_poly by the reduced ratio of the rates), `fit_length` (center-crop when longer,
+zero-pad at the end when shorter). Every failure is a DataError naming the file and the reason, so callers
+can skip the file and list it.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ FORMAT_EXTENSIONS = {
     "WAV": (".wav",), "WAVEX": (".wav",), "FLAC": (".flac",), "OGG": (".ogg", ".oga", ".opus"),
     "AIFF": (".aiff", ".aif", ".aifc"), "MP3": (".mp3", ".mp2"), "CAF": (".caf",), "W64": (".w64",),
     "RF64": (".rf64",), "AU": (".au", ".snd"), "NIST": (".nist", ".sph"), "IRCAM": (".sf", ".ircam"),
-    "VOC": (".voc",), "PAF": (".paf",), "SVX": (".8svx", ".svx", ".iff"), "AVR": (".avr",), "SD2": (".sd2",),
+    "VOC": (".voc",), "PAF": (".paf",), "SVX": (".8svx", ".svx"), "AVR": (".avr",), "SD2": (".sd2",),
     "SDS": (".sds",), "PVF": (".pvf",), "XI": (".xi",), "WVE": (".wve",), "MPC2K": (".mpc2k",),
 }
 # Audio soundfile cannot decode: listed among the skipped files with what to do, not passed over in silence.

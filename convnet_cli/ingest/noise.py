@@ -181,8 +181,9 @@ def read_stretch(path: str, frames: int, rate: int, n: int, sr: int, rng) -> np.
             f.seek(start)
             data = f.read(min(need, frames - start), dtype="float32", always_2d=True)
     except (RuntimeError, sf.SoundFileError, OSError, ValueError, TypeError) as exc:
-        raise NoiseReadError(f"--noise-dir: {path}: cannot be read at sample {start} ({str(exc).strip().rstrip('.')}); remove "
-                             "it from the noise folder or fix it") from None
+        why = str(exc).strip().rstrip(".")
+        raise NoiseReadError(f"--noise-dir: {path}: cannot be read at sample {start} ({why}); remove it from the "
+                             "noise folder or fix it") from None
     x = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     x = resample(np.ascontiguousarray(x), rate, sr)
     if x.shape[0] < n:
