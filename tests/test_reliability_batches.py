@@ -311,6 +311,9 @@ def test_a_fifo_lock_and_a_folder_swap_are_one_line_naming_the_path(tmp_path, ti
     (out / ".make-batches.swap").mkdir()
     _one_line(_tiny_cli(tiny_audio_dir, out), str(out / ".make-batches.swap"), "folder", "remove it")
     assert os.listdir(out) == [".make-batches.swap"]
+    os.rmdir(out / ".make-batches.swap")
+    (out / ".make-batches.swap.tmp").mkdir()
+    _one_line(_tiny_cli(tiny_audio_dir, out), str(out / ".make-batches.swap.tmp"), "folder", "remove it")
 
 
 _KILL_FRESH = textwrap.dedent("""

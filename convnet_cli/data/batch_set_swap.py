@@ -296,8 +296,11 @@ def recover(batch_dir, keep=()) -> bool:
         path = os.path.join(batch_dir, name)
         if _STAGING.match(name) and name not in keep and _is_real_dir(path):
             shutil.rmtree(path, ignore_errors=True)
+    tmp = os.path.join(batch_dir, SWAP + ".tmp")
+    if _is_real_dir(tmp):   # the commit would fail only after the whole set is written: say so now
+        raise _not_ours(tmp, "temp file", "is a folder")
     try:
-        os.remove(os.path.join(batch_dir, SWAP + ".tmp"))
+        os.remove(tmp)
     except OSError:
         pass
     return rec is not None
