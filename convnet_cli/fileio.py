@@ -9,6 +9,8 @@
 - `open_error(path, exc, what, fix)`: the one ladder from an exception raised while opening or reading a
   user's file to the one-line error that says what is wrong with it (not found, a folder, permission
   denied, not UTF-8, any other OS error).
+- `special_file(path)`: what a path is when it is neither a regular file nor a folder (a FIFO, a device):
+  opening one can block forever or read without end, so readers ask first and refuse it, naming it.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import errno
 import os
 import pickle
 import secrets
+import stat
 
 from convnet_cli.errors import DataError
 
@@ -154,3 +157,21 @@ def open_error(path, exc, name: str, should_be: str, fix: str = "check the path"
     if isinstance(exc, UnicodeDecodeError):
         return error(f"{path}: is not UTF-8 text; {should_be}")
     return error(f"{path}: cannot read {name} ({getattr(exc, 'strerror', None) or exc})")
+
+
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"))
+
+
+def special_file(path) -> str | None:
+    """'a FIFO (named pipe)', 'a socket', 'a character device' or 'a block device' when `path` (links followed)
+    is one; None for a regular file, a folder, or a path that cannot be looked at (opening it then says why)."""
+    try:
+        return special_mode(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return None
+
+
+def special_mode(mode) -> str | None:
+    """special_file's answer for an st_mode already at hand (an fstat of an open file)."""
+    return next((what for test, what in _SPECIAL if test(mode)), None)

@@ -413,3 +413,51 @@ def test_foreign_meta_values_print(tmp_path):
     r = invoke(["info", str(tmp_path / "b")])
     assert r.exit_code == 0, r.output
     assert "sample_rate 8000" in r.output
+
+
+def _info_subprocess(path, timeout=120):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        return subprocess.run([sys.executable, "-m", "convnet_cli", "info", str(path)], capture_output=True,
+                              text=True, timeout=timeout, env=dict(os.environ, PYTHONPATH=root))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"convnet info {path} hung")
+
+
+def test_a_fifo_given_to_info_is_one_line(tmp_path):
+    fifo = tmp_path / "data_batch_1"
+    os.mkfifo(fifo)
+    p = _info_subprocess(fifo)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert str(fifo) in p.stderr and "FIFO" in p.stderr
+
+
+def test_a_fifo_inside_a_batch_folder_is_one_line(ws, tmp_path):
+    out = tmp_path / "b"
+    shutil.copytree(ws / "batches", out)
+    os.remove(out / "data_batch_2")
+    os.mkfifo(out / "data_batch_2")
+    p = _info_subprocess(out)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert str(out / "data_batch_2") in p.stderr and "FIFO" in p.stderr
+
+
+def test_a_half_installed_set_is_reported(ws, tmp_path):
+    """After a kill during make-batches' final moves, convnet reads the new set whole; info says that other
+    readers (cuda-convnet's own provider) would not, and how to finish the move."""
+    out = tmp_path / "b"
+    shutil.copytree(ws / "batches", out)
+    staging = out / ".make-batches-abc123"
+    staging.mkdir()
+    files = sorted(n for n in os.listdir(out) if n.startswith("data_batch_")) + ["skipped.txt", META]
+    for name in files[-3:]:                          # the moves stopped before these
+        shutil.copy(out / name, staging / name)
+    (out / ".make-batches.swap").write_text(json.dumps({"staging": staging.name, "files": files}))
+    d = info_json(out)
+    assert d["interrupted_install"] is True
+    r = invoke(["info", str(out)])
+    assert r.exit_code == 0 and "half installed" in r.output and "make-batches" in r.output, r.output
+    assert info_json(ws / "batches")["interrupted_install"] is False

@@ -82,3 +82,39 @@ def test_nan_samples_and_missing_file(tmp_path):
         read_audio(p)
     with pytest.raises(AudioError, match="cannot read"):
         read_audio(str(tmp_path / "nope.wav"))
+
+
+def test_every_format_soundfile_decodes_has_its_extensions():
+    from convnet_cli.ingest.audio import AUDIO_EXTENSIONS, FORMAT_EXTENSIONS, is_audio_name
+
+    left_out = {"RAW", "MAT4", "MAT5", "HTK"}          # no header / data files (see ingest/audio.py)
+    missing = set(sf.available_formats()) - left_out - set(FORMAT_EXTENSIONS)
+    assert not missing, missing
+    for ext in (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3", ".opus", ".caf", ".M4A"):
+        assert is_audio_name("x" + ext), ext
+    assert set(AUDIO_EXTENSIONS) >= {e for exts in FORMAT_EXTENSIONS.values() for e in exts}
+    assert not is_audio_name("notes.txt") and not is_audio_name(".x.wav")
+
+
+@pytest.mark.skipif("MP3" not in sf.available_formats(), reason="this libsndfile reads no MP3")
+def test_mp3_decodes(tmp_path):
+    p = str(tmp_path / "a.mp3")
+    sf.write(p, tone(1000, 8000, 0.5, np.random.default_rng(0), noise=0.0), 8000, format="MP3")
+    y, sr = read_audio(p)
+    assert sr == 8000 and abs(peak_hz(y, sr) - 1000) < 20
+
+
+def test_fifos_and_undecodable_formats_are_refused_without_opening(tmp_path):
+    import os
+
+    from convnet_cli.ingest.windows import recording_info
+
+    fifo = str(tmp_path / "pipe.wav")
+    os.mkfifo(fifo)                                      # opening it would block: never opened
+    for reader in (read_audio, recording_info):
+        with pytest.raises(AudioError, match=r"is a FIFO .*, not a regular file"):
+            reader(fifo)
+    m4a = tmp_path / "phone.m4a"
+    m4a.write_bytes(b"\0\0\0\x20ftypM4A " + bytes(100))
+    with pytest.raises(AudioError, match=r"does not decode \.m4a files; convert it"):
+        read_audio(str(m4a))

@@ -185,3 +185,98 @@ def test_annotations_copies_training_windows_only(tmp_path):
     for n in test:
         assert in_range(meta1, noisy[n][0], "test_range") and np.array_equal(noisy[n][2], clean[n][2])
     assert meta1["copies"]["copies"] == 1 and meta1["copies"]["noise_snr"] == [0.0, 0.0] and "copies" not in meta0
+
+
+def _one_line(r, *words):
+    assert r.exit_code == 2, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("convnet: error: "), r.output
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+@pytest.mark.parametrize("extra, flag", [
+    (["--gain", "1e308,1e308"], "--gain '1e308,1e308'"),
+    (["--gain", "1000,1000"], "--gain '1000,1000'"),                        # was blamed on the features
+    (["--noise-dir", "NOISE", "--noise-snr=-1e308,1e308"], "--noise-snr '-1e308,1e308'"),
+    (["--noise-dir", "NOISE", "--noise-snr", "-100,0"], "--noise-snr '-100,0'"),
+])
+def test_db_ranges_beyond_60_db_name_the_flag(ws, tmp_path, extra, flag):
+    extra = [str(ws / "noise") if e == "NOISE" else e for e in extra]
+    _one_line(mb(ws, tmp_path / "out", *extra), flag, "60 dB")
+    assert not (tmp_path / "out").exists()
+    assert parse_db_range("-60,60", "--gain") == (-60.0, 60.0)
+
+
+def _noise_dir_with(ws, tmp_path, make):
+    noise = tmp_path / "noise"
+    import shutil
+
+    shutil.copytree(ws / "noise", noise)
+    return noise, make(noise)
+
+
+def _truncated_flac(noise):
+    path = noise / "cut.flac"
+    write_clip(str(path), (0.3 * np.random.default_rng(2).standard_normal(SR * 10)).astype(np.float32), SR)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 3])
+    return path
+
+
+def test_a_truncated_noise_file_is_refused_naming_it(ws, tmp_path):
+    noise, bad = _noise_dir_with(ws, tmp_path, _truncated_flac)
+    _one_line(mb(ws, tmp_path / "out", "--noise-dir", str(noise), "--copies", "3"), str(bad), "truncated")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_truncated_noise_file_with_annotations_is_one_line(ws, tmp_path):
+    from tests.annotation_fixtures import write_raven, write_recording
+    from tests.test_make_batches_annotations import FEATURES as AFEATURES
+
+    noise, bad = _noise_dir_with(ws, tmp_path, _truncated_flac)
+    rec, tables = tmp_path / "rec", tmp_path / "tables"
+    for stem, seed in (("a", 1), ("b", 2)):
+        write_recording(str(rec / f"{stem}.flac"), 8.0, calls=[(1.0, 2.0, 300.0)], seed=seed)
+        write_raven(str(tables / f"{stem}.Table.1.selections.txt"), [(1.0, 2.0, "upcall", 200, 400)])
+    (tmp_path / "f.yaml").write_text(AFEATURES)
+    r = invoke(["make-batches", str(rec), str(tmp_path / "out"), "--annotations", str(tables), "--features",
+                str(tmp_path / "f.yaml"), "--jobs", "1", "--quiet", "--noise-dir", str(noise)])
+    _one_line(r, str(bad), "truncated")
+
+
+def test_a_fifo_in_the_noise_dir_is_refused_naming_it(ws, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    noise, fifo = _noise_dir_with(ws, tmp_path, lambda d: d / "pipe.wav")
+    os.mkfifo(fifo)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        p = subprocess.run([sys.executable, "-m", "convnet_cli", "make-batches", str(ws / "audio"),
+                            str(tmp_path / "out"), "--features", str(ws / "features.yaml"), "--jobs", "1", "--quiet",
+                            "--noise-dir", str(noise)], capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, PYTHONPATH=root))
+    except subprocess.TimeoutExpired:
+        pytest.fail("make-batches hung on a FIFO in --noise-dir")
+    assert p.returncode == 2 and str(fifo) in p.stderr and "FIFO" in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_copies_whose_features_overflow_name_the_gain(ws, tmp_path, monkeypatch):
+    import convnet_cli.ingest.make_batches as mbm
+    from convnet_cli.data.skipped_list import parse_skipped
+
+    real = mbm.compute_features
+
+    def poisoned(x, spec, xp):
+        out = real(x, spec, xp)
+        out[np.abs(x).max(axis=1) > 1.5] = np.inf     # the loud copies only
+        return out
+
+    monkeypatch.setattr(mbm, "compute_features", poisoned)
+    r = mb(ws, tmp_path / "out", "--gain", "20,20")
+    assert r.exit_code == 0, r.output
+    listed = parse_skipped((tmp_path / "out" / "skipped.txt").read_text())
+    assert listed and all(n.endswith("#copy1") and "noisy copy 1" in why and "--gain" in why for n, why in listed)

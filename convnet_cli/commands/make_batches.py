@@ -162,4 +162,8 @@ def summary_line(s: dict) -> str:
             f"{s['seconds']:.1f} s -> {s['batch_dir']}")
     if s["skipped"]:
         line += f"; skipped files listed in {os.path.join(s['batch_dir'], 'skipped.txt')}"
+    for key, what in (("ignored", "non-audio file"), ("outside_classes", "audio file outside the class folders")):
+        if s.get(key):
+            n = s[key]
+            line += f"; {n} {what.replace('file', 'files', 1) if n != 1 else what} ignored"
     return line

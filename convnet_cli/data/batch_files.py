@@ -33,7 +33,7 @@ import numpy as np
 from convnet_cli.data.batch_set_swap import pending_swap
 from convnet_cli.data.targets import read_targets
 from convnet_cli.errors import DataError
-from convnet_cli.fileio import open_error
+from convnet_cli.fileio import open_error, special_file
 
 META = "batches.meta"
 _BATCH_RE = re.compile(r"^data_batch_(\d+)$")
@@ -114,6 +114,10 @@ def restricted_load(file_or_path, name: str | None = None, unpickler=None):
     """
     if isinstance(file_or_path, (str, os.PathLike)):
         path = os.fspath(file_or_path)
+        special = special_file(path)
+        if special:   # opening a FIFO would block until a writer comes
+            raise DataError(f"{path}: is {special}, not a batch file; remove it, or re-create the set with "
+                            "convnet make-batches")
         try:
             with open(path, "rb") as f:
                 return restricted_load(f, name or path, unpickler)

@@ -7,7 +7,7 @@ holds, as one dict (printed as text by text.py, or as JSON), reading no more of 
 What PATH is, is decided by what is there, not by its name alone: a folder with batches.meta is a batch
 folder, a folder with checkpoints (or train_log.jsonl) a run directory; a file is a checkpoint when it is a
 zip (.npz), an ONNX model when it is named .onnx or starts as an ONNX protobuf does, a batch file or meta
-when it is a pickle of one. Anything else is one DataError line (exit 2).
+when it is a pickle of one. Anything else (a FIFO or device too, never opened) is one DataError line (exit 2).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import re
 
 from convnet_cli.data.batch_files import META
 from convnet_cli.errors import DataError
+from convnet_cli.fileio import special_file
 from convnet_cli.info.text import render
 
 _CHECKPOINT = re.compile(r"^(\d+\.\d+|best)\.npz$")
@@ -53,6 +54,9 @@ def kind_of(path: str) -> str:
             raise DataError(f"{path}: holds {len(runs)} run director{'y' if len(runs) == 1 else 'ies'}, not one run; "
                             f"give one of them, e.g. convnet info {os.path.join(path, runs[-1])}")
         raise DataError(f"{path}: nothing convnet can describe in this folder; {_WHAT}")
+    special = special_file(path)
+    if special:   # opening a FIFO blocks until a writer comes, a device reads without end
+        raise DataError(f"{path}: is {special}, not a file convnet can describe; {_WHAT}")
     head = _magic(path)
     if not head:
         raise DataError(f"{path}: empty file; {_WHAT}")

@@ -12,6 +12,7 @@ import numpy as np
 
 from convnet_cli.data.batch_files import META, BatchSet
 from convnet_cli.data.batch_labels import load_without_data, read_batch_labels
+from convnet_cli.data.batch_set_swap import pending_swap
 from convnet_cli.data.skipped_list import iter_skipped
 from convnet_cli.errors import DataError
 
@@ -121,6 +122,7 @@ def describe_batch_folder(batch_dir: str, progress: bool = False) -> dict:
         else "none stored: computed over the training range when training starts",
         "features": bs.features,
         "skipped": _skipped_summary(bs.batch_dir, meta.get("skipped")),
+        "interrupted_install": pending_swap(bs.batch_dir) is not None,
     }
 
 

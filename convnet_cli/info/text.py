@@ -112,6 +112,10 @@ def _batches(d) -> str:
         _line("normalisation", d["normalisation"]),
         _line("features", _features(d["features"])),
         *_skipped(d["skipped"]),
+        *([_line("note", "a killed make-batches left this set half installed (.make-batches.swap): convnet reads "
+                         "the new set whole, a reader of the plain files (cuda-convnet's own data provider) would "
+                         "see a mix; run that make-batches again to finish the move")]
+          if d.get("interrupted_install") else []),
         "",
     ]
     rows = [[name, totals["train"]["per_class"][i], totals["test"]["per_class"][i], totals["all"]["per_class"][i]]

@@ -1,21 +1,39 @@
 """Audio files -> fixed-length mono float32 clips at the feature sample rate (host only, NumPy).
 
-Steps, each its own function so the batch maker can time them: `read_audio` (decode with soundfile:
-wav, flac, ogg, aiff; multichannel mixed to mono by averaging), `resample` (scipy.signal.resample_poly by
-the reduced ratio of the rates), `fit_length` (center-crop when longer, zero-pad at the end when shorter).
-Every failure is a DataError naming the file and the reason, so callers can skip the file and list it.
+Steps, each its own function so the batch maker can time them: `read_audio` (decode with soundfile: every
+format its libsndfile reads, `FORMAT_EXTENSIONS`; multichannel mixed to mono by averaging), `resample`
+(scipy.signal.resample_poly by the reduced ratio of the rates), `fit_length` (center-crop when longer,
+zero-pad at the end when shorter). Every failure is a DataError naming the file and the reason, so callers
+can skip the file and list it.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
+import stat
 
 import numpy as np
 
 from convnet_cli.errors import DataError
+from convnet_cli.fileio import special_mode
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif")
+# The file extensions of each format soundfile (libsndfile) decodes (soundfile.available_formats(); tests check
+# that none is missing). Left out: RAW (no header, so any file would "decode" to noise), MAT4/MAT5 and HTK
+# (data files that seldom hold sound). MP3 needs libsndfile 1.1 or later, Opus (in Ogg) 1.0.29 or later.
+FORMAT_EXTENSIONS = {
+    "WAV": (".wav",), "WAVEX": (".wav",), "FLAC": (".flac",), "OGG": (".ogg", ".oga", ".opus"),
+    "AIFF": (".aiff", ".aif", ".aifc"), "MP3": (".mp3", ".mp2"), "CAF": (".caf",), "W64": (".w64",),
+    "RF64": (".rf64",), "AU": (".au", ".snd"), "NIST": (".nist", ".sph"), "IRCAM": (".sf", ".ircam"),
+    "VOC": (".voc",), "PAF": (".paf",), "SVX": (".8svx", ".svx"), "AVR": (".avr",), "SD2": (".sd2",),
+    "SDS": (".sds",), "PVF": (".pvf",), "XI": (".xi",), "WVE": (".wve",), "MPC2K": (".mpc2k",),
+}
+# Audio soundfile cannot decode: listed among the skipped files with what to do, not passed over in silence.
+UNDECODABLE_EXTENSIONS = (".m4a", ".m4b", ".mp4", ".aac", ".wma", ".amr", ".ape", ".wv", ".ac3", ".mka")
+AUDIO_EXTENSIONS = tuple(dict.fromkeys((".wav", ".flac", ".ogg", ".aiff", ".aif")
+                                       + sum(FORMAT_EXTENSIONS.values(), ()) + UNDECODABLE_EXTENSIONS))
+AUDIO_KINDS = "wav, flac, ogg, mp3, aiff or another format soundfile reads"   # for messages
 # Beyond these a file is refused (skipped with the reason): above 1.536 MHz no microphone or hydrophone records
 # (ultrasound recorders stop at 1 MHz), and resampling such a claim would need hundreds of GiB; float samples
 # far beyond ±1 make features overflow to inf.
@@ -38,6 +56,48 @@ def is_audio_name(name: str) -> bool:
     return name.lower().endswith(AUDIO_EXTENSIONS) and not os.path.basename(name).startswith(".")
 
 
+@functools.lru_cache(maxsize=1)
+def _available_formats() -> frozenset:
+    import soundfile as sf
+
+    return frozenset(sf.available_formats())
+
+
+def _undecodable(path: str):
+    """The reason soundfile cannot decode `path`, by its extension, or None."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext in UNDECODABLE_EXTENSIONS:
+        return (f"soundfile (libsndfile) does not decode {ext} files; convert it to flac or wav "
+                f"(e.g. ffmpeg -i IN{ext} OUT.flac)")
+    formats = [f for f, exts in FORMAT_EXTENSIONS.items() if ext in exts]
+    if formats and not any(f in _available_formats() for f in formats):
+        import soundfile as sf
+
+        return (f"this soundfile's libsndfile ({sf.__libsndfile_version__}) does not decode {ext} files; "
+                "upgrade it (pip install -U soundfile) or convert the file to flac or wav")
+    return None
+
+
+def check_audio_file(path: str):
+    """AudioError unless `path` is a non-empty regular file (links followed) of a format soundfile decodes.
+    Asked before anything opens it: opening a FIFO blocks until a writer comes, a device reads without end."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise AudioError(path, "cannot read: not found") from None
+    except OSError as exc:
+        raise AudioError(path, f"cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise AudioError(path, "is a folder, not an audio file")
+    if not stat.S_ISREG(st.st_mode):
+        raise AudioError(path, f"is {special_mode(st.st_mode) or 'something'}, not a regular file")
+    if st.st_size == 0:
+        raise AudioError(path, "empty file (0 bytes)")
+    reason = _undecodable(path)
+    if reason:
+        raise AudioError(path, reason)
+
+
 def _truncation(log: str):
     """A reason string when libsndfile's log shows a file cut short, else None."""
     for m in _SHORT_CHUNK.finditer(log or ""):
@@ -57,12 +117,7 @@ def read_audio(path: str, crop_to=None):
     """
     import soundfile as sf
 
-    try:
-        size = os.path.getsize(path)
-    except OSError as exc:
-        raise AudioError(path, f"cannot read ({exc.strerror or exc})") from None
-    if size == 0:
-        raise AudioError(path, "empty file (0 bytes)")
+    check_audio_file(path)
     try:
         with sf.SoundFile(path) as f:
             sr = int(f.samplerate)

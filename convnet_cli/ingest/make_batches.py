@@ -32,7 +32,8 @@ import numpy as np
 
 from convnet_cli.data.batch_files import META, encode_batch
 from convnet_cli.data.skipped_list import format_skipped
-from convnet_cli.data.batch_set_swap import STAGING_PREFIX, BatchDirLock, install_set, recover
+from convnet_cli.data.batch_set_swap import (STAGING_PREFIX, BatchDirLock, committed, finish_interrupted, install_set,
+                                             recover)
 from convnet_cli.errors import ConfigError, DataError
 from convnet_cli.fileio import write_pickle_atomic, write_text_atomic
 from convnet_cli.ingest.audio import AudioError, fit_length, read_audio, resample
@@ -42,6 +43,7 @@ from convnet_cli.ingest.sources import collect_dataset
 
 DTYPES = ("float32", "float16", "uint8")
 CHUNK = 32          # clips per task handed to a worker process
+JOBS_PER_CPU = 4    # --jobs above this many per CPU is refused (max_jobs)
 SKIPPED = "skipped.txt"
 _BATCH_FILE = re.compile(r"^data_batch_\d+$")
 
@@ -88,7 +90,7 @@ def extract_chunk(paths, spec_dict, compute=True, noise=None):
         if case is not None:
             try:
                 clip = make_copy(clip, spec.sample_rate, noise, case, copy)
-            except (RuntimeError, OSError, ValueError) as exc:  # a noise file that went bad since it was listed
+            except (RuntimeError, OSError, ValueError, DataError) as exc:  # a noise file gone bad since checked
                 skipped.append((j, f"noisy copy {copy}: cannot read the noise ({exc})"))
                 continue
         clips.append(clip)
@@ -100,17 +102,24 @@ def extract_chunk(paths, spec_dict, compute=True, noise=None):
         out = np.stack(clips)
         if compute:
             out = compute_features(out, spec, np)
-            out, ok = _drop_nonfinite(out, ok, skipped)
+            copies = {j: paths[j][2] for j in ok if not isinstance(paths[j], str)}
+            out, ok = _drop_nonfinite(out, ok, skipped, copies)
     return out, ok, skipped, (t_decode, t_resample, time.perf_counter() - t2, t_import)
 
 
-def _drop_nonfinite(feats, ok, skipped):
-    """Clips whose features hold NaN or inf move from `ok` to `skipped`: a set never holds non-finite data."""
+def _drop_nonfinite(feats, ok, skipped, copies=None):
+    """Clips whose features hold NaN or inf move from `ok` to `skipped`: a set never holds non-finite data.
+    copies: {position: copy number} of the noisy copies among them (their reason names the copy's flags)."""
     bad = ~np.isfinite(feats.reshape(feats.shape[0], -1)).all(axis=1)
     if not bad.any():
         return feats, ok
+    copies = copies or {}
     for j in np.flatnonzero(bad):
-        skipped.append((ok[j], "its features overflow to NaN or inf (samples far too loud)"))
+        if ok[j] in copies:
+            skipped.append((ok[j], f"noisy copy {copies[ok[j]]}: its features overflow to NaN or inf (the copy is "
+                                   "far too loud: lower --gain, or raise --noise-snr)"))
+        else:
+            skipped.append((ok[j], "its features overflow to NaN or inf (samples far too loud)"))
     keep = np.flatnonzero(~bad)
     return (feats[keep] if keep.size else None), [ok[j] for j in keep]
 
@@ -395,6 +404,14 @@ class _NoBar:
         pass
 
 
+def max_jobs() -> int:
+    """The most --jobs accepted: JOBS_PER_CPU worker processes per CPU this process may use. Each worker costs
+    some 60 MB (a Python with NumPy, SciPy and soundfile), and more workers than CPUs decode no faster."""
+    from convnet_cli.backend import default_threads
+
+    return JOBS_PER_CPU * max(1, default_threads())
+
+
 def _check_options(batch_size, test_fraction, dtype, jobs, seed):
     if int(batch_size) < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
@@ -404,8 +421,84 @@ def _check_options(batch_size, test_fraction, dtype, jobs, seed):
         raise ConfigError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     if jobs is not None and int(jobs) < 1:
         raise ConfigError(f"--jobs {jobs}: must be at least 1")
+    if jobs is not None and int(jobs) > max_jobs():
+        cpus = max_jobs() // JOBS_PER_CPU
+        raise ConfigError(f"--jobs {jobs}: more than {JOBS_PER_CPU} worker processes per CPU ({cpus} CPU"
+                          f"{'s' if cpus != 1 else ''} here: at most {max_jobs()}); each takes some 60 MB and more "
+                          f"of them than CPUs decode no faster: give --jobs {cpus} or leave it out")
     if int(seed) < 0:
         raise ConfigError(f"--seed {seed}: must be 0 or more")
+
+
+# ---- will it fit: the set's size against the free space of BATCH_DIR's file system ---------------
+
+CASE_OVERHEAD = 64   # bytes a case costs besides its values: its name and label in the pickle
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+
+
+def _free_space(batch_dir):
+    """(the folder asked, its free bytes) for BATCH_DIR, or its nearest existing parent; None when unknown."""
+    folder = os.path.abspath(batch_dir)
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        return folder, shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def check_fits(batch_dir, num_vis, dtype, cases, added=0, added_flag=None, flag=None, spill=False, fix=""):
+    """ConfigError when a set of `cases` + `added` cases cannot fit in the free space of BATCH_DIR's file
+    system, found before anything is decoded. The one to blame: `added_flag` when the set without the `added`
+    cases (noisy copies) would fit, else `flag` (what sets the number of cases, e.g. --window-hop), else BATCH_DIR.
+    spill: the features are first written as float32 rows to the staging folder (make-batches --annotations),
+    which holds them until every batch is written."""
+    where = _free_space(batch_dir)
+    if where is None:
+        return
+    folder, free = where
+    per_case = int(num_vis) * np.dtype(dtype).itemsize + CASE_OVERHEAD + (4 * int(num_vis) if spill else 0)
+    need = (int(cases) + int(added)) * per_case
+    if need <= free:
+        return
+    blame = added_flag if added and int(cases) * per_case <= free else (flag or batch_dir)
+    spilled = " and their float32 features while they are extracted" if spill else ""
+    raise ConfigError(f"{blame}: the batch set needs about {_size(need)} ({int(cases) + int(added):,} cases of "
+                      f"{int(num_vis):,} values as {dtype}{spilled}), but {folder} has {_size(free)} free; "
+                      f"{fix or 'free some space, or choose another BATCH_DIR'}")
+
+
+def window_count(duration_s: float, window_s: float, hop_s: float) -> int:
+    """len(ingest/windows.py's window_starts(...)), by arithmetic: no array of starts is made."""
+    if duration_s + 1e-9 < window_s:
+        return 0
+    return int(math.floor((duration_s - window_s) / hop_s + 1e-9)) + 1
+
+
+def check_windows_fit(batch_dir, windows, num_vis, dtype, window_hop, noise=None, train_windows=0):
+    """check_fits for make-batches --annotations: `windows` windows (of which `train_windows` get `noise`'s
+    copies), their features spilled to the staging folder while they are extracted. Called with every
+    window of the recordings before the plan (when all are kept), and with the plan's windows after it."""
+    copies = noise.copies * int(train_windows) if noise is not None else 0
+    check_fits(batch_dir, num_vis, dtype, windows, copies, f"--copies {noise.copies}" if noise is not None else None,
+               flag=f"--window-hop {window_hop:g}" if window_hop is not None else None, spill=True,
+               fix="give a larger --window-hop, a --background-ratio, fewer --copies, store --dtype float16 or "
+                   "uint8, free some space, or choose another BATCH_DIR")
+
+
+def check_clips_fit(batch_dir, plan, num_vis, dtype, noise):
+    """check_fits for a set of clips planned as `plan`, with the noisy copies of its training clips."""
+    n = sum(len(b) for b in plan.batches)
+    copies = noise.copies * sum(len(b) for b in plan.batches[:plan.num_train]) if noise is not None else 0
+    check_fits(batch_dir, num_vis, dtype, n, copies, f"--copies {noise.copies}" if noise is not None else None,
+               fix="lower --copies, " * bool(copies) + "store --dtype float16 or uint8, free some space, or choose "
+                   "another BATCH_DIR")
 
 
 def make_batches(audio_dir, batch_dir, *, labels_csv=None, file_col=None, label_col=None, no_labels=False,
@@ -434,6 +527,7 @@ def make_batches(audio_dir, batch_dir, *, labels_csv=None, file_col=None, label_
     groups = split_groups(ds.names, split_by) if split_by else None
     plan = plan_batches(ds.labels, int(batch_size), float(test_fraction), int(seed), groups)
     clips = len(ds)
+    check_clips_fit(batch_dir, plan, int(np.prod(spec.shape)), dtype, noise)
     if noise is not None:
         ds, plan = with_copies(ds, plan, noise, int(batch_size), int(seed))
 
@@ -500,7 +594,8 @@ def finish_set(ds, spec, staging, w, dtype, noise=None) -> tuple:
         "read": sum(w.sizes) - w.copies, "copies": w.copies, "skipped": len(w.skipped), "batches": len(w.files),
         "train_range": train_range, "test_range": test_range,
         "train_cases": int(sum(w.sizes[:w.n_train])), "test_cases": int(sum(w.sizes[w.n_train:])),
-        "shape": tuple(spec.shape),
+        "shape": tuple(spec.shape), "ignored": int(ds.extra.get("ignored_files", 0)),
+        "outside_classes": int(ds.extra.get("ignored_loose_files", 0)),
         "timings": {"decode": float(w.timings[0]), "resample": float(w.timings[1]),
                     "features": float(w.timings[2]), "imports": float(w.timings[3]), "write": w.t_write},
     }
@@ -577,21 +672,31 @@ def _install(staging, batch_dir, files):
     install_set(staging, batch_dir, files)
 
 
-def refuse_existing(batch_dir, overwrite):
-    """DataError when BATCH_DIR is a file, or holds batch files and `overwrite` is not given."""
+def refuse_existing(batch_dir, overwrite, completed=None):
+    """DataError when BATCH_DIR is a file, or holds batch files and `overwrite` is not given.
+
+    A set a killed make-batches left half moved into place is finished first (README: the next make-batches
+    finishes an interrupted move), and then counts as existing. completed: whether the caller has just done
+    that under the lock (None: do it here, taking the lock when a swap is pending)."""
     if os.path.exists(batch_dir) and not os.path.isdir(batch_dir):
         raise DataError(f"{batch_dir}: is a file; BATCH_DIR must be a folder (new or empty)")
+    if completed is None:
+        completed = finish_interrupted(batch_dir) if os.path.isdir(batch_dir) else False
     old = existing_batch_files(batch_dir)
     if old and not overwrite:
-        raise DataError(f"{batch_dir}: already holds batch files ({', '.join(old[:3])}{' …' if len(old) > 3 else ''}); "
-                        "pass --overwrite to replace them, or choose another folder")
+        done = ("; the set an interrupted make-batches left half installed there was completed first"
+                if completed else "")
+        raise DataError(f"{batch_dir}: already holds batch files ({', '.join(old[:3])}{' …' if len(old) > 3 else ''})"
+                        f"{done}; pass --overwrite to replace them, or choose another folder")
 
 
 @contextmanager
 def writing_set(batch_dir, overwrite):
     """The staging folder a new set is written into, with BATCH_DIR locked against a second make-batches,
     a set an earlier make-batches left half-installed finished first, and the existing files checked again
-    under the lock. On failure the staging folder goes (and BATCH_DIR, when it was made here)."""
+    under the lock. On failure the staging folder goes (and BATCH_DIR, when it was made here), unless the
+    swap record already names it: from that commit on its files are the set readers see, and the next
+    make-batches finishes moving them."""
     created = not os.path.exists(batch_dir)
     try:
         os.makedirs(batch_dir, exist_ok=True)
@@ -600,22 +705,22 @@ def writing_set(batch_dir, overwrite):
     lock = BatchDirLock(batch_dir)
     staging = None
     try:
-        recover(batch_dir)
-        refuse_existing(batch_dir, overwrite)
+        refuse_existing(batch_dir, overwrite, completed=recover(batch_dir))
         try:
             staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=batch_dir)
         except OSError as exc:
             raise DataError(f"{batch_dir}: cannot write into the batch folder ({exc.strerror or exc})") from None
         yield staging
     except BaseException:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            lock.release()
-            try:
-                os.rmdir(batch_dir)
-            except OSError:
-                pass
+        if staging is None or not committed(batch_dir, staging):
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            if created:
+                lock.release()
+                try:
+                    os.rmdir(batch_dir)
+                except OSError:
+                    pass
         raise
     finally:
         lock.release()

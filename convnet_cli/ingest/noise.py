@@ -6,6 +6,12 @@ folder at a random SNR in [lo, hi] dB, and with `--gain` scaled by a random gain
 the clip's mean power over the noise stretch's; a silent clip gets the noise at the SNR relative to -40 dBFS.
 A noise recording shorter than the clip is looped. The test range is never augmented.
 
+--gain and --noise-snr lie within ±DB_LIMIT (60) dB: 60 dB scales the samples 1000 times (or by 1/1000),
+beyond what augmentation needs, and far beyond it the copies' features overflow (float32 power spectra end
+near +380 dB) or the noise vanishes below float32's precision. Every noise file is checked when the options
+are (a FIFO, a device, an unreadable or truncated file is refused, naming it): header, and the last samples
+read, which a file cut short does not have.
+
 Every draw comes from a generator seeded by (seed, case index, copy), never from a running stream, so the
 same command writes the same batches whatever --jobs is and however the clips fall into worker tasks.
 Noise files are opened, not decoded whole: only the stretch a copy needs is read (seek + read).
@@ -18,11 +24,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from convnet_cli.errors import ConfigError
-from convnet_cli.ingest.audio import resample
+from convnet_cli.errors import ConfigError, DataError
+from convnet_cli.ingest.audio import AUDIO_KINDS, AudioError, _truncation, check_audio_file, resample
 
 SILENT_POWER = 1e-4   # -40 dBFS: the reference power of an all-zero clip
 DEFAULT_SNR = (0.0, 20.0)
+DB_LIMIT = 60.0       # |dB| of --gain and --noise-snr (module docstring)
+_TAIL = 4096          # samples read at the end of each noise file when it is checked
+_EXAMPLE = {"--gain": "-6,6", "--noise-snr": "0,20"}
+_MEANS = {"--gain": f"{DB_LIMIT:g} dB scales the samples {10 ** (DB_LIMIT / 20):g} times",
+          "--noise-snr": f"at -{DB_LIMIT:g} dB the noise is {10 ** (DB_LIMIT / 20):g} times the clip's amplitude"}
 
 
 @dataclass(frozen=True)
@@ -66,8 +77,12 @@ def parse_db_range(text, flag: str) -> tuple:
         vals = []
     if len(vals) == 1:
         vals = vals * 2
+    example = f"{flag} {_EXAMPLE.get(flag, '0,20')}"
     if len(vals) != 2 or not all(math.isfinite(v) for v in vals) or vals[0] > vals[1]:
-        raise ConfigError(f"{flag} {text!r}: expected LO,HI in dB with LO <= HI, e.g. {flag} 0,20")
+        raise ConfigError(f"{flag} {text!r}: expected LO,HI in dB with LO <= HI, e.g. {example}")
+    if max(abs(v) for v in vals) > DB_LIMIT:
+        means = f" ({_MEANS[flag]})" if flag in _MEANS else ""
+        raise ConfigError(f"{flag} {text!r}: each bound must lie within ±{DB_LIMIT:g} dB{means}; e.g. {example}")
     return (vals[0], vals[1])
 
 
@@ -94,29 +109,59 @@ def noise_options(noise_dir=None, snr=None, copies=None, gain=None, seed=0) -> N
 
 
 def _noise_files(noise_dir):
-    import soundfile as sf
-
     from convnet_cli.ingest.sources import find_audio
 
     if not os.path.isdir(noise_dir):
         raise ConfigError(f"--noise-dir {noise_dir}: no such folder; give a folder of noise recordings")
     names = find_audio(noise_dir)
     if not names:
-        raise ConfigError(f"--noise-dir {noise_dir}: holds no audio files (.wav, .flac, .ogg, .aiff); "
-                          "put noise recordings there")
+        raise ConfigError(f"--noise-dir {noise_dir}: holds no audio files ({AUDIO_KINDS}); put noise recordings "
+                          "there")
     files, frames, rates = [], [], []
     for name in names:
         path = os.path.abspath(os.path.join(noise_dir, name))
-        try:
-            info = sf.info(path)
-        except (RuntimeError, OSError, ValueError) as exc:
-            raise ConfigError(f"--noise-dir: {path}: cannot be read as audio ({exc}); remove it or fix it") from None
-        if info.frames <= 0 or info.samplerate <= 0:
-            raise ConfigError(f"--noise-dir: {path}: holds no samples; remove it")
+        n, rate = _check_noise(path)
         files.append(path)
-        frames.append(int(info.frames))
-        rates.append(int(info.samplerate))
+        frames.append(n)
+        rates.append(rate)
     return tuple(files), tuple(frames), tuple(rates)
+
+
+def _check_noise(path):
+    """(frames, sample rate) of a usable noise file; ConfigError naming it otherwise."""
+    import soundfile as sf
+
+    def refuse(reason):
+        return ConfigError(f"--noise-dir: {path}: {reason}; remove it from the noise folder or fix it")
+
+    try:
+        check_audio_file(path)   # never opens a FIFO or a device
+    except AudioError as exc:
+        raise refuse(exc.reason) from None
+    try:
+        with sf.SoundFile(path) as f:
+            n, rate, log = int(f.frames), int(f.samplerate), f.extra_info
+            reason = _truncation(log)
+            if not reason and n > 0 and rate > 0:
+                if not f.seekable():
+                    raise refuse("soundfile cannot seek in it (each copy reads a random stretch)")
+                want = min(n, _TAIL)
+                f.seek(n - want)
+                got = f.read(want, dtype="float32", always_2d=True).shape[0]
+                if got < want:
+                    reason = f"truncated: its last {want - got} of {n} samples are missing"
+    except (RuntimeError, sf.SoundFileError, OSError, ValueError, TypeError) as exc:
+        raise refuse(f"cannot be read as audio to its end ({str(exc).strip().rstrip('.') or type(exc).__name__}): "
+                     "truncated or damaged") from None
+    if reason:
+        raise refuse(reason)
+    if n <= 0 or rate <= 0:
+        raise refuse("holds no samples")
+    return n, rate
+
+
+class NoiseReadError(DataError):
+    """A noise file that went bad after it was checked (read part way)."""
 
 
 def copy_rng(seed: int, case: int, copy: int):
@@ -131,9 +176,14 @@ def read_stretch(path: str, frames: int, rate: int, n: int, sr: int, rng) -> np.
 
     need = int(math.ceil(n * rate / sr)) + 1
     start = int(rng.integers(0, max(frames - need, 0) + 1))
-    with sf.SoundFile(path) as f:
-        f.seek(start)
-        data = f.read(min(need, frames - start), dtype="float32", always_2d=True)
+    try:
+        with sf.SoundFile(path) as f:
+            f.seek(start)
+            data = f.read(min(need, frames - start), dtype="float32", always_2d=True)
+    except (RuntimeError, sf.SoundFileError, OSError, ValueError, TypeError) as exc:
+        why = str(exc).strip().rstrip(".")
+        raise NoiseReadError(f"--noise-dir: {path}: cannot be read at sample {start} ({why}); remove it from the "
+                             "noise folder or fix it") from None
     x = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     x = resample(np.ascontiguousarray(x), rate, sr)
     if x.shape[0] < n:

@@ -39,8 +39,8 @@ from convnet_cli.ingest.audio import AudioError
 from convnet_cli.ingest.features import FeatureSpec
 from convnet_cli.ingest.noise import copy_name, window_copies
 from convnet_cli.ingest.make_batches import (NothingReadError, _check_options, _install, _Moments, _mp_context,
-                                             _single_threaded_children, refuse_existing, split_groups,
-                                             writing_set)
+                                             _single_threaded_children, check_windows_fit, refuse_existing,
+                                             split_groups, window_count, writing_set)
 from convnet_cli.ingest.sources import find_audio
 from convnet_cli.ingest.windows import iter_selected_window_features, label_windows, recording_info, window_starts
 from convnet_cli.parallel import SingleWorld, on_root
@@ -429,6 +429,9 @@ def _run_tasks(tasks, recs, spec, hop_s, staging, jobs, on_progress):
 def _check(hop_s, min_overlap, background, background_ratio, spec):
     if hop_s is not None and not (hop_s > 0 and math.isfinite(hop_s)):
         raise ConfigError(f"--window-hop {hop_s}: must be a positive number of seconds")
+    if hop_s is not None and hop_s * spec.sample_rate < 1:   # windows start on samples: below one, they repeat
+        raise ConfigError(f"--window-hop {hop_s:g}: below one sample ({1 / spec.sample_rate:g} s at the features' "
+                          f"{spec.sample_rate} Hz), so windows would repeat; give at least {1 / spec.sample_rate:g}")
     if not (0.0 <= min_overlap <= 1.0):
         raise ConfigError(f"--min-overlap {min_overlap}: must be between 0 and 1 (a fraction of the shorter of "
                           "window and annotation)")
@@ -437,6 +440,24 @@ def _check(hop_s, min_overlap, background, background_ratio, spec):
     if background_ratio is not None and not (background_ratio >= 0 and math.isfinite(background_ratio)):
         raise ConfigError(f"--background-ratio {background_ratio}: must be 0 or more (background windows kept per "
                           "class window)")
+
+
+def _check_classes(plan, recs, background, label_names):
+    """ConfigError for a set of one class (nothing to tell apart), unless --label-names fixes the classes."""
+    present = [c for c in plan.label_names if plan.counts.get(c)]
+    if label_names is not None or len(present) != 1:
+        return
+    only = present[0]
+    anyway = ("; to batch it anyway (a test set for another set's classes) give --label-names")
+    if only != background:
+        raise ConfigError(f"every window is annotated '{only}', none is left as background: a set of one class, "
+                          f"which nothing can learn from; add recordings or stretches without calls{anyway}")
+    if any(s.label == background for r in recs for s in r.selections):
+        why = f"the tables' only label is also the --background label, so every window is '{only}'"
+    else:
+        why = "every window is background (no annotation covers --min-overlap of a window)"
+    raise ConfigError(f"--background {background}: {why}: a set of one class, which nothing can learn from; "
+                      f"choose another --background label (the default is background) or check the tables{anyway}")
 
 
 class _Bar:
@@ -504,6 +525,10 @@ def make_batches_from_annotations(recordings_dir, batch_dir, tables, *, features
             pass
     refuse_existing(batch_dir, overwrite)
     recs, skipped, table_labels = collect_recordings(recordings_dir, tables, label_col, warn)
+    num_vis = int(np.prod(spec.shape))
+    if background_ratio is None:   # every window is kept: refuse a count that cannot fit before planning it
+        on_root(world, lambda: check_windows_fit(batch_dir, sum(window_count(r.duration, spec.duration, hop_s)
+                                                                for r in recs), num_vis, dtype, window_hop))
     short = [r for r in recs if window_starts(r.duration, spec.duration, hop_s).size == 0]
     for r in short:
         skipped.append((r.rel, f"shorter ({r.duration:.3f} s) than one window ({spec.duration:g} s)"))
@@ -526,6 +551,7 @@ def make_batches_from_annotations(recordings_dir, batch_dir, tables, *, features
         raise DataError(f"{recordings_dir}: no windows to write: recordings shorter than one window "
                         f"({spec.duration:g} s), every window ambiguous, or --background-ratio 0 without any "
                         "annotated window")
+    _check_classes(plan, recs, str(background), label_names)
     if split_by:
         keys = split_groups([recs[i].rel for i in range(len(recs))], split_by)
         key_id = {k: j for j, k in enumerate(sorted(set(keys)))}
@@ -534,6 +560,7 @@ def make_batches_from_annotations(recordings_dir, batch_dir, tables, *, features
     else:
         groups, what = plan.rec, "recording"
     test = split_by_group(groups, plan.labels, float(test_fraction), int(seed), what)
+    on_root(world, lambda: check_windows_fit(batch_dir, n, num_vis, dtype, window_hop, noise, int((~test).sum())))
     rng = np.random.default_rng([int(seed), 13])
     train_b = deal(np.flatnonzero(~test), plan.labels, int(batch_size), rng)
     test_b = deal(np.flatnonzero(test), plan.labels, int(batch_size), rng)

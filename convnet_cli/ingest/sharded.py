@@ -23,8 +23,8 @@ from convnet_cli.data.batch_files import encode_batch
 from convnet_cli.fileio import write_pickle_atomic
 from convnet_cli.ingest.features import FeatureSpec
 from convnet_cli.ingest.make_batches import (CHUNK, _check_options, _install, _Moments, _progress, _Written,
-                                             finish_set, plan_batches, refuse_existing, run_chunks, split_groups,
-                                             with_copies, writing_set)
+                                             check_clips_fit, finish_set, plan_batches, refuse_existing, run_chunks,
+                                             split_groups, with_copies, writing_set)
 from convnet_cli.ingest.sources import collect_dataset
 from convnet_cli.parallel import on_root
 
@@ -51,6 +51,7 @@ def make_batches_sharded(world, audio_dir, batch_dir, *, labels_csv=None, file_c
     groups = split_groups(ds.names, split_by) if split_by else None
     plan = plan_batches(ds.labels, int(batch_size), float(test_fraction), int(seed), groups)
     clips = len(ds)
+    on_root(world, lambda: check_clips_fit(batch_dir, plan, int(np.prod(spec.shape)), dtype, noise))
     if noise is not None:
         ds, plan = with_copies(ds, plan, noise, int(batch_size), int(seed))
     with contextlib.ExitStack() as rank0:
@@ -130,7 +131,9 @@ def _assemble(ds, plan, spec, staging, dtype, results, noise=None) -> tuple:
         by_batch.update(r["batches"])
         timings += r["timings"]
     num_vis = int(np.prod(spec.shape))
-    w = _Written(files=[], sizes=[], skipped=[], moments=_Moments(num_vis), timings=timings)
+    # rows of the labels CSV refused before decoding are listed first, as with one process
+    w = _Written(files=[], sizes=[], skipped=list(ds.extra.get("skipped", [])), moments=_Moments(num_vis),
+                 timings=timings)
     t0 = time.perf_counter()
     for b in range(len(plan.batches)):
         cases, skipped, stats, copies = by_batch[b]

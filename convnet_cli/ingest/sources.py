@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from convnet_cli.errors import ConfigError, DataError, did_you_mean
-from convnet_cli.fileio import open_error
+from convnet_cli.fileio import open_error, special_file
 from convnet_cli.ingest.annotations import label_char_error
-from convnet_cli.ingest.audio import AUDIO_EXTENSIONS, is_audio_name
+from convnet_cli.ingest.audio import AUDIO_KINDS, is_audio_name
 
 FILE_COLUMNS = ("clip_name", "filename", "file", "fname", "path")
 LABEL_COLUMNS = ("label", "labels", "class")
@@ -38,20 +38,29 @@ class Dataset:
         return len(self.paths)
 
 
-def find_audio(root: str) -> list:
-    """Relative '/'-paths of every audio file under root, sorted; hidden files and folders left out."""
-    out = []
+def scan_audio(root: str) -> tuple:
+    """(relative '/'-paths of every file under root with an audio extension (ingest/audio.py), sorted; how
+    many other files there are). Hidden files and folders are left out of both. A FIFO or device with an
+    audio name is listed: the reader refuses it with the reason, so it ends up in skipped.txt."""
+    out, other = [], 0
     for folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in files:
             if is_audio_name(name):
                 rel = os.path.relpath(os.path.join(folder, name), root)
                 out.append(rel.replace(os.sep, "/"))
-    return sorted(out)
+            elif not name.startswith("."):
+                other += 1
+    return sorted(out), other
+
+
+def find_audio(root: str) -> list:
+    """Relative '/'-paths of every audio file under root, sorted; hidden files and folders left out."""
+    return scan_audio(root)[0]
 
 
 def _exts() -> str:
-    return ", ".join(AUDIO_EXTENSIONS)
+    return AUDIO_KINDS
 
 
 def _check_names(found, label_names, where):
@@ -94,12 +103,12 @@ def collect_dataset(audio_dir, labels_csv=None, file_col=None, label_col=None, n
         return _from_csv(audio_dir, os.fspath(labels_csv), file_col, label_col, label_names)
     if file_col or label_col:
         raise ConfigError("--file-col and --label-col name columns of the --labels CSV; give --labels FILE.csv too")
-    rel = find_audio(audio_dir)
+    rel, ignored = scan_audio(audio_dir)
     if not rel:
         raise DataError(f"{audio_dir}: no audio files ({_exts()}) found in it or its subfolders; check the path")
     if no_labels:
         return Dataset(audio_dir, [os.path.join(audio_dir, r) for r in rel], rel,
-                       np.full(len(rel), -1, dtype=np.int64), [], "unlabeled")
+                       np.full(len(rel), -1, dtype=np.int64), [], "unlabeled", extra={"ignored_files": ignored})
     classes = sorted({r.split("/", 1)[0] for r in rel if "/" in r})
     if not classes:
         raise ConfigError(f"{audio_dir}: holds audio files but no class folders; for a flat folder give "
@@ -118,7 +127,7 @@ def collect_dataset(audio_dir, labels_csv=None, file_col=None, label_col=None, n
     index = {n: i for i, n in enumerate(label_names)}
     labels = np.array([index[r.split("/", 1)[0]] for r in rel], dtype=np.int64)
     return Dataset(audio_dir, [os.path.join(audio_dir, r) for r in rel], rel, labels, list(label_names),
-                   "folders", extra={"ignored_loose_files": len(loose)})
+                   "folders", extra={"ignored_loose_files": len(loose), "ignored_files": ignored})
 
 
 def _pick_column(header, given, defaults, csv_path, flag, what):
@@ -185,9 +194,9 @@ def _from_csv(audio_dir, csv_path, file_col, label_col, label_names) -> Dataset:
             outside.append((name.replace(os.sep, "/"), f"{csv_path} line {lineno}: the name points outside AUDIO_DIR "
                                                        f"({audio_dir}); only files inside it are read"))
             continue
-        if not os.path.isfile(p):
+        if not _is_file(p):
             alt = os.path.join(base, name)  # names written relative to the CSV (e.g. 'train/x.aiff')
-            if os.path.isfile(alt) and _inside(alt, audio_dir):
+            if _is_file(alt) and _inside(alt, audio_dir):
                 p = alt
             else:
                 missing.append((lineno, name))
@@ -217,3 +226,8 @@ def _inside(path, root) -> bool:
     root = os.path.normpath(os.path.abspath(root))
     path = os.path.normpath(os.path.abspath(path))
     return os.path.commonpath([root, path]) == root and path != root
+
+
+def _is_file(path) -> bool:
+    """A file, or a FIFO or device (the reader refuses it with the reason, listed in skipped.txt): not a folder."""
+    return os.path.isfile(path) or special_file(path) is not None

@@ -22,13 +22,12 @@ as PCEN, or starts off the hop grid) each window is cut out and passed to `compu
 from __future__ import annotations
 
 import math
-import os
 import re
 from typing import Iterator
 
 import numpy
 
-from convnet_cli.ingest.audio import MAX_AMPLITUDE, AudioError, _truncation
+from convnet_cli.ingest.audio import MAX_AMPLITUDE, AudioError, _truncation, check_audio_file
 from convnet_cli.ingest.features import FeatureSpec, compute_features
 
 BLOCK_S = 60.0                # seconds of audio per block
@@ -39,13 +38,7 @@ _PIECE_BYTES = 2 * 2 ** 20    # frames per compute_features call on a long run: 
 # ---- what a recording holds -----------------------------------------------------------------------
 
 def _check_file(path):
-    try:
-        size = os.path.getsize(path)
-    except OSError as exc:
-        raise AudioError(path, "not found" if isinstance(exc, FileNotFoundError)
-                         else f"cannot read ({exc.strerror or exc})") from None
-    if size == 0:
-        raise AudioError(path, "empty file (0 bytes)")
+    check_audio_file(path)   # before soundfile opens it: a FIFO, a device, an empty or undecodable file
 
 
 def _open_error(path, exc):

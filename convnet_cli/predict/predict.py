@@ -16,10 +16,9 @@ import numpy as np
 from convnet_cli.backend import get_backend, to_host
 from convnet_cli.errors import ConfigError, DataError
 from convnet_cli.fileio import atomic_write, write_text_atomic
+from convnet_cli.ingest.audio import AUDIO_EXTENSIONS, AUDIO_KINDS
 from convnet_cli.net import Net
 from convnet_cli.train.checkpoint import load_checkpoint
-
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif")
 
 
 @dataclass
@@ -154,7 +153,7 @@ def collect_audio(inputs) -> list:
                         parent = os.path.basename(os.path.dirname(p)) if os.path.dirname(rel) else None
                         found.append((p, rel.replace(os.sep, "/"), parent))
             if not found:
-                raise DataError(f"{item}: no audio files (.wav, .flac, .ogg, .aiff) in this folder")
+                raise DataError(f"{item}: no audio files ({AUDIO_KINDS}) in this folder")
             out.extend(found)
         elif os.path.isfile(item):
             out.append((item, os.path.basename(item), None))
