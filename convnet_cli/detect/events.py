@@ -30,12 +30,6 @@ DEFAULT_THRESHOLD = 0.5
 # A dip this far below the peaks on both sides splits a run of windows: a softmax score wavers by less
 # than this within one call, and falls further than this between two calls of a chorus.
 DEFAULT_SPLIT_DIP = 0.3
-# characters a Raven table (tab-separated, one row a line, no quoting) cannot hold in a cell
-_CELL_BREAKERS = {"\t": "a tab", "\n": "a line break", "\r": "a line break", "\x0b": "a vertical tab",
-                  "\x0c": "a form feed", "\x1c": "a separator", "\x1d": "a separator", "\x1e": "a separator",
-                  "\x85": "a line break (NEL)", "\u2028": "a line separator", "\u2029": "a paragraph separator"}
-
-
 @dataclass(frozen=True)
 class Event:
     begin: float   # seconds from the recording's start
@@ -104,12 +98,14 @@ def parse_thresholds(text, label_names) -> dict:
 def check_class_names(classes, checkpoint: str):
     """ConfigError for a class to report whose name a Raven table's cell cannot hold (a tab or a line
     break): the table would cut it, and a --resume, which reads the tables back, would report another name."""
+    from convnet_cli.ingest.annotations import breaking_char
+
     for c in classes:
-        for ch in str(c):
-            if ch in _CELL_BREAKERS:
-                raise ConfigError(f"{checkpoint}: the class {str(c)!r} holds {_CELL_BREAKERS[ch]}, which a Raven "
-                                  f"selection table (tab-separated, one row a line) cannot hold; leave it out with "
-                                  f"--classes, or train with a label without it")
+        what = breaking_char(c)
+        if what is not None:
+            raise ConfigError(f"{checkpoint}: the class {str(c)!r} holds {what}, which a Raven selection table "
+                              f"(tab-separated, one row a line) cannot hold; leave it out with --classes, or train "
+                              f"with a label without it")
 
 
 def _dips(q, split_dip: float) -> list:

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
-import re
 import shutil
 
 from convnet_cli.errors import DataError
 from convnet_cli.fileio import atomic_write, write_text_atomic
+from convnet_cli.ingest.annotations import plain_decimal
 
 TABLE_SUFFIX = ".selections.txt"
 COMBINED_NAME = "detections" + TABLE_SUFFIX
@@ -69,7 +68,6 @@ def write_table(path: str, events, begin_file: str, low_hz: float, high_hz: floa
     return path
 
 
-_PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def detection_row(where: str, cells) -> tuple:
@@ -80,16 +78,16 @@ def detection_row(where: str, cells) -> tuple:
     b, e, c, sc = (str(x).strip() for x in cells)
     times = []
     for col, text in (("begin", b), ("end", e)):
-        v = float(text) if _PLAIN_NUMBER.fullmatch(text) else math.nan
-        if not (math.isfinite(v) and v >= 0):
+        v = plain_decimal(text)
+        if v is None or v < 0:
             raise DataError(f"{where}, {col} time {text!r}: not a number of seconds >= 0; fix that cell")
         times.append(v)
     if times[1] <= times[0]:
         raise DataError(f"{where}: end {times[1]:g} s is not after begin {times[0]:g} s; fix that row")
     if not c:
         raise DataError(f"{where}: empty class; name the class of every detection")
-    score = float(sc) if _PLAIN_NUMBER.fullmatch(sc) else math.nan
-    if not 0.0 <= score <= 1.0:
+    score = plain_decimal(sc)
+    if score is None or not 0.0 <= score <= 1.0:
         raise DataError(f"{where}, score {sc!r}: not a number between 0 and 1; fix that cell (detect writes "
                         "probabilities)")
     return times[0], times[1], c, score

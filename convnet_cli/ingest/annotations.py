@@ -290,8 +290,9 @@ def _csv_rows(path, lines, first):
     return rows
 
 
-def _decimal(text: str):
-    """A plain decimal number (what Raven and spreadsheets write) as a finite float, else None."""
+def plain_decimal(text: str):
+    """A plain decimal number (what Raven and spreadsheets write: no spaces, '_', inf, nan or hex) as a finite
+    float, else None. Every reader of a table's numbers (annotations, detect's own tables) goes through it."""
     if not _DECIMAL.fullmatch(text):
         return None
     v = float(text)
@@ -299,7 +300,7 @@ def _decimal(text: str):
 
 
 def _number(path, lineno, col_name, text, what):
-    v = _decimal(text)
+    v = plain_decimal(text)
     if v is None:
         shown = _shown(text) if text else "'(empty)'"
         raise DataError(f"{path} line {lineno}, column '{col_name}': {what} {shown} is not a number of seconds "
@@ -307,16 +308,23 @@ def _number(path, lineno, col_name, text, what):
     return v
 
 
+def breaking_char(text: str):
+    """What in `text` a one-line cell cannot hold (a tab, a line break, another control character), as
+    words ('a tab'), else None. Class names go into tab-separated tables, CSV cells and one-line lists."""
+    for ch in str(text):
+        if ch in _LINE_BREAKS or unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+            return _LINE_BREAKS.get(ch) or f"U+{ord(ch):04X} (a control character)"
+    return None
+
+
 def label_char_error(where, col_name, label):
     """The one-line DataError for a label holding a tab, a line break or another control character, else
-    None (where: 'file line N'). Class names go into tab-separated tables, CSV cells and one-line lists,
-    where such a character would cut them; the tables' and the --labels CSV's readers refuse them."""
-    for ch in label:
-        if ch in _LINE_BREAKS or unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
-            what = _LINE_BREAKS.get(ch) or f"U+{ord(ch):04X} (a control character)"
-            return DataError(f"{where}, column '{col_name}': the label {_shown(label)} holds {what}; remove it "
-                             "(a class name is one line without tabs or control characters)")
-    return None
+    None (where: 'file line N'); the tables' and the --labels CSV's readers refuse them."""
+    what = breaking_char(label)
+    if what is None:
+        return None
+    return DataError(f"{where}, column '{col_name}': the label {_shown(label)} holds {what}; remove it "
+                     "(a class name is one line without tabs or control characters)")
 
 
 def _parse(path, rows, label_col, in_folder, raven, claims=None, warn=_stderr_warn):
@@ -388,7 +396,7 @@ def _parse(path, rows, label_col, in_folder, raven, claims=None, warn=_stderr_wa
             label = DEFAULT_LABEL
             if not label_col:
                 text_cols.update(i for i, c in enumerate(row[:len(header)])
-                                 if i not in known and c.strip() and _decimal(c.strip()) is None)
+                                 if i not in known and c.strip() and plain_decimal(c.strip()) is None)
         else:
             exc = label_char_error(f"{path} line {lineno}", header[li], row[li].strip(" "))
             if exc is not None:
@@ -452,7 +460,7 @@ def _verdict(path, lineno, col_name, text):
 def _optional(path, lineno, header, i, row):
     if i is None or not row[i].strip():
         return None
-    v = _decimal(row[i])
+    v = plain_decimal(row[i])
     if v is None:
         raise DataError(f"{path} line {lineno}, column '{header[i]}': {_shown(row[i])} is not a number (a plain "
                         "decimal such as 12.5); fix that cell")

@@ -21,11 +21,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import sys
 import time
 from collections import deque
-from contextlib import closing
 from dataclasses import dataclass, field
 
 import numpy as np
