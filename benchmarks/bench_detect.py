@@ -43,7 +43,7 @@ def write_recording(path: str, hours: float, calls: bool = True, seed: int = 0) 
     import soundfile as sf
     from scipy.signal import lfilter
 
-    from convnet_cli.demo import _sweep
+    from convnet_cli.demo import sweep
 
     rng = np.random.default_rng(seed)
     total = int(hours * 3600 * SR)
@@ -57,7 +57,7 @@ def write_recording(path: str, hours: float, calls: bool = True, seed: int = 0) 
             if calls:
                 for t in np.arange(rng.uniform(5, 30), n / SR - 2, 30.0):
                     i = int(t * SR)
-                    x[i:i + 2000] += _sweep(rng, 2000, 55, 230, 0.8, 0.1, 0.08, 1.5)
+                    x[i:i + 2000] += sweep(rng, 2000, 55, 230, 0.8, 0.1, 0.08, 1.5)
             f.write(np.clip(x, -1, 1).astype(np.float32))
             done += n
     return path

@@ -15,7 +15,7 @@ SR = 2000
 SECONDS = 2.0
 
 
-def _colored_noise(rng, n):
+def colored_noise(rng, n):
     from scipy.signal import lfilter
 
     # ocean noise falls with frequency: first-order low-passed noise mixed with white noise
@@ -24,7 +24,7 @@ def _colored_noise(rng, n):
     return 0.6 * red + 0.4 * rng.standard_normal(n)
 
 
-def _sweep(rng, n, f0, f1, dur, onset, amp, curve):
+def sweep(rng, n, f0, f1, dur, onset, amp, curve):
     t = np.arange(int(dur * SR)) / SR
     frac = t / dur
     freq = f0 + (f1 - f0) * frac ** curve
@@ -46,11 +46,11 @@ def _distractors(rng, n):
             f = rng.uniform(40, 400)
             dur = rng.uniform(0.3, 1.8)
             onset = rng.uniform(0, SECONDS - dur)
-            out += _sweep(rng, n, f, f, dur, onset, rng.uniform(0.3, 1.0), 1.0)
+            out += sweep(rng, n, f, f, dur, onset, rng.uniform(0.3, 1.0), 1.0)
         elif kind == 1:  # down-sweep, the upcall's look-alike
             dur = rng.uniform(0.4, 1.0)
             onset = rng.uniform(0, SECONDS - dur)
-            out += _sweep(rng, n, rng.uniform(180, 300), rng.uniform(40, 90), dur, onset, rng.uniform(0.4, 1.0), 1.0)
+            out += sweep(rng, n, rng.uniform(180, 300), rng.uniform(40, 90), dur, onset, rng.uniform(0.4, 1.0), 1.0)
         else:  # clicks
             for _ in range(rng.integers(1, 6)):
                 i = rng.integers(0, n - 20)
@@ -60,11 +60,11 @@ def _distractors(rng, n):
 
 def make_clip(rng, positive: bool) -> np.ndarray:
     n = int(SR * SECONDS)
-    x = _colored_noise(rng, n) + _distractors(rng, n)
+    x = colored_noise(rng, n) + _distractors(rng, n)
     if positive:
         dur = rng.uniform(0.5, 1.0)
         onset = rng.uniform(0.05, SECONDS - dur - 0.05)
-        x += _sweep(rng, n, rng.uniform(45, 70), rng.uniform(200, 260), dur, onset, rng.uniform(0.5, 1.6),
+        x += sweep(rng, n, rng.uniform(45, 70), rng.uniform(200, 260), dur, onset, rng.uniform(0.5, 1.6),
                     rng.uniform(1.0, 2.0))
     return (0.1 * x / (np.abs(x).max() + 1e-9)).astype(np.float32)
 

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from convnet_cli.demo import SR, _colored_noise, _sweep, train_demo
+from convnet_cli.demo import SR, colored_noise, sweep, train_demo
 
 CALL_TYPES = ("upcall", "gunshot")
 
@@ -37,7 +37,7 @@ def _noise(rng, n):
     red = lfilter([1.0], [1.0, -0.95], rng.standard_normal(n))
     red /= red.std() + 1e-9
     mix = _drift(rng, n, lo=0.2, hi=0.9)
-    return _drift(rng, n) * (mix * red + (1 - mix) * white) * 0.5 + 0.3 * _colored_noise(rng, n)
+    return _drift(rng, n) * (mix * red + (1 - mix) * white) * 0.5 + 0.3 * colored_noise(rng, n)
 
 
 def _ship(rng, n):
@@ -56,7 +56,7 @@ def _ship(rng, n):
 def _upcall(rng):
     dur = rng.uniform(0.5, 1.0)
     n = int(dur * SR)
-    x = _sweep(rng, n, rng.uniform(45, 70), rng.uniform(200, 260), dur, 0.0, 1.0, rng.uniform(1.0, 2.0))
+    x = sweep(rng, n, rng.uniform(45, 70), rng.uniform(200, 260), dur, 0.0, 1.0, rng.uniform(1.0, 2.0))
     return x, 40.0, 300.0
 
 
@@ -75,10 +75,10 @@ def _distractor(rng):
     if kind == 0:  # steady tone
         dur = rng.uniform(0.4, 2.0)
         f = rng.uniform(40, 400)
-        return _sweep(rng, int(dur * SR), f, f, dur, 0.0, rng.uniform(0.3, 0.9), 1.0)
+        return sweep(rng, int(dur * SR), f, f, dur, 0.0, rng.uniform(0.3, 0.9), 1.0)
     if kind == 1:  # down-sweep: the upcall's mirror image
         dur = rng.uniform(0.4, 1.0)
-        return _sweep(rng, int(dur * SR), rng.uniform(180, 300), rng.uniform(40, 90), dur, 0.0,
+        return sweep(rng, int(dur * SR), rng.uniform(180, 300), rng.uniform(40, 90), dur, 0.0,
                       rng.uniform(0.4, 1.0), 1.0)
     x = np.zeros(int(rng.uniform(0.3, 1.0) * SR))  # a click train (dolphins, snapping shrimp)
     for i in rng.integers(0, len(x) - 20, rng.integers(3, 10)):

@@ -370,9 +370,9 @@ def test_features_for_files_match_the_batches(tiny_audio_dir, tiny_batches, tmp_
 
 
 def test_interrupt_leaves_nothing_behind(tmp_path, tiny_audio_dir, monkeypatch):
-    import convnet_cli.ingest.make_batches as mb
+    import convnet_cli.data.writer as writer
 
-    real = mb.encode_batch
+    real = writer.encode_batch
     calls = []
 
     def encode(*a, **k):
@@ -381,7 +381,7 @@ def test_interrupt_leaves_nothing_behind(tmp_path, tiny_audio_dir, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(mb, "encode_batch", encode)
+    monkeypatch.setattr(writer, "encode_batch", encode)
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "notes.txt").write_text("keep me")
     with pytest.raises(KeyboardInterrupt):

@@ -19,7 +19,8 @@ from convnet_cli.ingest.recordings import split_by_group
 from tests.annotation_fixtures import write_csv_table, write_raven, write_recording
 from tests.helpers import invoke
 
-FEATURES = "sample_rate: 2000\nduration: 2.0\nkind: logmel\nn_fft: 256\nhop: 100\nn_mels: 16\nfmin: 20\nfmax: 600\n"
+FEATURES = ("sample_rate: 2000\nduration: 2.0\nkind: logmel\nn_fft: 256\nhop: 100\nn_mels: 16\nfmin: 20\nfmax: 600\n"
+            "normalize: pixel\n")
 
 # recording A (12 s, windows of 2 s every 1 s: starts 0..10) and the labels worked out by hand
 A_SELECTIONS = [
@@ -83,7 +84,7 @@ def test_hand_computed_windows(survey, tmp_path):
     expected.update({f"site1/recC.flac@{k:.3f}": "background" for k in range(11)})
     assert {n: v[0] for n, v in got.items()} == expected
     assert meta["label_names"] == ["background", "gunshot", "upcall"]
-    assert meta["features"]["window_hop"] == 1.0 and meta["features"]["duration"] == 2.0
+    assert meta["window"] == {"duration": 2.0, "hop": 1.0} and meta["features"]["duration"] == 2.0
     assert meta["num_batches"] == 5 and max(meta["batch_cases"]) <= 7 and meta["skipped"] == 1
     with open(tmp_path / "b" / "skipped.txt") as f:
         assert f.read() == "file,reason\nsite2/recD.flac,no annotation table names this recording\n"

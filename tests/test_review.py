@@ -254,13 +254,13 @@ def test_a_clip_decodes_only_its_stretch(tmp_path, monkeypatch):
 
     path = write_recording(str(tmp_path / "long.wav"), 600.0, sr=2000)
     spans = []
-    real = windows._Reader._decode
+    real = windows.RecordingReader._decode
 
     def spy(self, a, b):
         spans.append(b - a)
         return real(self, a, b)
 
-    monkeypatch.setattr(windows._Reader, "_decode", spy)
+    monkeypatch.setattr(windows.RecordingReader, "_decode", spy)
     x, facts = cut_clip(path, 300.0, 301.0, 1.0)
     assert len(x) == 6000 and sum(spans) == 6000      # 3 s of a 10-minute recording
 

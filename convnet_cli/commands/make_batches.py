@@ -8,7 +8,8 @@ import click
 
 from convnet_cli.errors import ConfigError
 from convnet_cli.ingest.features import KINDS, WINDOWS, FeatureSpec
-from convnet_cli.ingest.make_batches import DTYPES, make_batches
+from convnet_cli.data.writer import DTYPES
+from convnet_cli.ingest.make_batches import make_batches
 from convnet_cli.ingest.noise import noise_options
 from convnet_cli.ingest.recordings import make_batches_from_annotations
 from convnet_cli.ingest.recordings import summary_line as windows_summary
@@ -77,7 +78,15 @@ def _fmax(value):
                                                     "[background].")
 @click.option("--background-ratio", type=float, metavar="R",
               help="With --annotations: keep at most R background windows per class window, drawn with --seed "
-                   "[all].")
+                   "[all]; with --multi-label: R windows without any class per window that holds one.")
+@click.option("--multi-label", is_flag=True,
+              help="Every case a set of classes (overlapping calls): with --annotations every class whose "
+                   "annotation covers --min-overlap of a window is present (touched below it: unknown, masked), no "
+                   "background class; with --labels a labels column of ';'-separated classes or one 0/1 column per "
+                   "class. Batch files get `targets`; train the net with cost.bce on logistic outputs.")
+@click.option("--normalize", type=click.Choice(("pixel", "band", "global")),
+              help="The statistics stored and applied: one mean/std per value of a case (pixel, cuda-convnet's), per "
+                   "frequency row over time and cases (band), or one for all (global) [band].")
 def command(**opts):
     """Turn AUDIO_DIR (a folder per class, or a flat folder with --labels) into batch files in BATCH_DIR.
 
@@ -100,12 +109,12 @@ def command(**opts):
 def _make(world, audio_dir, batch_dir, labels_csv, file_col, label_col, no_labels, label_names, features_file,
           sample_rate, duration, kind, n_fft, hop, window, n_mels, fmin, fmax, n_mfcc, batch_size, test_fraction,
           split_by, seed, jobs, dtype, overwrite, quiet, annotations, window_hop, min_overlap, background,
-          background_ratio, noise_dir, noise_snr, copies, gain):
+          background_ratio, noise_dir, noise_snr, copies, gain, multi_label, normalize):
     """The summary of the batch set made (None on a rank that made none)."""
     fmax = _fmax(fmax)
     spec = FeatureSpec.from_file(features_file, dict(
         sample_rate=sample_rate, duration=duration, kind=kind, n_fft=n_fft, hop=hop, window=window,
-        n_mels=n_mels, fmin=fmin, fmax=fmax, n_mfcc=n_mfcc))
+        n_mels=n_mels, fmin=fmin, fmax=fmax, n_mfcc=n_mfcc, normalize=normalize))
     if test_fraction is None:
         test_fraction = 0.0 if no_labels else 0.2
     names = [n.strip() for n in label_names.split(",")] if label_names else None
@@ -113,6 +122,9 @@ def _make(world, audio_dir, batch_dir, labels_csv, file_col, label_col, no_label
     if noise is not None and no_labels:
         raise ConfigError("--noise-dir/--gain copies augment a training range; an unlabeled set (--no-labels) "
                           "has none: drop them")
+    if multi_label and background is not None:
+        raise ConfigError("--background names the class of windows without annotations; a --multi-label set has "
+                          "none (a window without a class is all absent): drop --background")
     if annotations is not None:
         for flag, given in (("--labels", labels_csv), ("--file-col", file_col), ("--no-labels", no_labels)):
             if given:
@@ -123,8 +135,8 @@ def _make(world, audio_dir, batch_dir, labels_csv, file_col, label_col, no_label
             dtype=dtype, overwrite=overwrite, progress=not quiet, window_hop=window_hop,
             min_overlap=0.5 if min_overlap is None else min_overlap,
             background="background" if background is None else background,
-            background_ratio=background_ratio, warn=lambda line: click.echo(line, err=True), noise=noise,
-            world=world)
+            background_ratio=background_ratio, multi_label=multi_label, warn=lambda line: click.echo(line, err=True),
+            noise=noise, world=world)
         world.barrier()  # the other ranks wait for rank 0's batch files
         return _noted(s, noise)
     given = [flag for flag, v in (("--window-hop", window_hop), ("--min-overlap", min_overlap),
@@ -137,7 +149,7 @@ def _make(world, audio_dir, batch_dir, labels_csv, file_col, label_col, no_label
     s = make(audio_dir, batch_dir, labels_csv=labels_csv, file_col=file_col, label_col=label_col,
              no_labels=no_labels, features=spec, batch_size=batch_size, test_fraction=test_fraction,
              split_by=split_by, seed=seed, jobs=jobs, dtype=dtype, overwrite=overwrite,
-             progress=not quiet, label_names=names, noise=noise)
+             progress=not quiet, label_names=names, noise=noise, multi_label=multi_label)
     return _noted(s, noise)
 
 

@@ -31,7 +31,7 @@ import re
 import numpy as np
 
 from convnet_cli.data.batch_set_swap import pending_swap
-from convnet_cli.data.targets import read_targets
+from convnet_cli.data.targets import ClassTargets, Targets, read_targets
 from convnet_cli.errors import DataError
 from convnet_cli.fileio import open_error, special_file
 
@@ -45,7 +45,7 @@ _TRUNCATED = "truncated batch file (ended early); re-create it with convnet make
 
 # ---- the restricted unpickler ---------------------------------------------------------------------
 
-def _numpy_attr(candidates):
+def numpy_attr(candidates):
     """The first importable module.attr of `candidates` (numpy moved numpy.core to numpy._core in 2.0)."""
     import importlib
 
@@ -57,7 +57,7 @@ def _numpy_attr(candidates):
     return None
 
 
-def _latin1_encode(text, encoding="latin1", errors="strict"):
+def latin1_encode(text, encoding="latin1", errors="strict"):
     # Protocol-2 pickles of bytes call _codecs.encode(str, 'latin1'); nothing else is let through.
     if str(encoding).lower().replace("-", "").replace("_", "") not in ("latin1", "iso88591"):
         raise pickle.UnpicklingError(f"refused to unpickle '_codecs.encode' with encoding {encoding!r}")
@@ -68,13 +68,13 @@ def _allowed():
     core = ("numpy._core", "numpy.core")
     table = {}
     for short, attr in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer")):
-        obj = _numpy_attr([(f"{c}.{short}", attr) for c in core])
+        obj = numpy_attr([(f"{c}.{short}", attr) for c in core])
         if obj is not None:
             for c in core:
                 table[(f"{c}.{short}", attr)] = obj
     table[("numpy", "ndarray")] = np.ndarray
     table[("numpy", "dtype")] = np.dtype
-    table[("_codecs", "encode")] = _latin1_encode
+    table[("_codecs", "encode")] = latin1_encode
     import collections
 
     table[("collections", "OrderedDict")] = collections.OrderedDict
@@ -87,7 +87,7 @@ def _allowed():
 _ALLOWED = None
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         global _ALLOWED
         if _ALLOWED is None:
@@ -126,7 +126,7 @@ def restricted_load(file_or_path, name: str | None = None, unpickler=None):
     f = file_or_path
     label = name or getattr(f, "name", None) or "<batch file>"
     try:
-        return (unpickler or _RestrictedUnpickler)(f, encoding="latin1").load()
+        return (unpickler or RestrictedUnpickler)(f, encoding="latin1").load()
     except _Refused as exc:
         raise DataError(f"{label}: refused to unpickle '{exc.what}': {_REFUSED}") from None
     except EOFError:
@@ -146,13 +146,16 @@ def batch_path(batch_dir, i: int) -> str:
     return os.path.join(os.fspath(batch_dir), f"data_batch_{int(i)}")
 
 
-def encode_batch(data, labels, filenames, dtype="float32"):
-    """The dict of one batch file. data: (num_vis, n) float32; dtype: float32, float16 or uint8.
+def encode_batch(data, targets, filenames, dtype="float32"):
+    """The dict of one batch file. data: (num_vis, n) float32; targets: the cases' data/targets.py Targets
+    (or plain labels, one int per case); dtype: float32, float16 or uint8.
 
     Returns (batch dict, the de-quantized data as a reader will see it, float32).
     """
     data = np.asarray(data, dtype=np.float32)
-    out = {"labels": [int(v) for v in labels], "filenames": [str(s) for s in filenames]}
+    if not isinstance(targets, Targets):
+        targets = ClassTargets(targets)
+    out = {**targets.batch_entries(), "filenames": [str(s) for s in filenames]}
     if dtype == "float32":
         out["data"] = np.ascontiguousarray(data)
         seen = out["data"]
@@ -179,7 +182,7 @@ def encode_batch(data, labels, filenames, dtype="float32"):
 
 # ---- reading a batch directory --------------------------------------------------------------------
 
-def _str_keys(d):
+def str_keys(d):
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in d.items()}
 
 
@@ -225,7 +228,7 @@ class BatchSet:
         if not isinstance(meta, dict):
             raise DataError(f"{self.meta_path}: holds a {type(meta).__name__}, not the dict of a batches.meta; "
                             "re-create it with convnet make-batches")
-        meta = _str_keys(meta)
+        meta = str_keys(meta)
         self.meta = meta
         self._files = self._scan()
 
@@ -280,12 +283,15 @@ class BatchSet:
         self._std = _column(meta["data_std"], self.num_vis, "data_std", self.meta_path) \
             if meta.get("data_std") is not None else None
         feats = meta.get("features")
-        self.features = dict(_str_keys(feats)) if isinstance(feats, dict) else None
+        self.features = dict(str_keys(feats)) if isinstance(feats, dict) else None
         sizes = meta.get("batch_cases")
         self._sizes = [int(v) for v in sizes] if isinstance(sizes, (list, tuple)) else None
         self.num_cases_per_batch = int(meta.get("num_cases_per_batch") or 0)
         # every case a set of classes (data/targets.py): batch files hold `targets` besides `labels`
         self.multi_label = bool(meta.get("multi_label", False))
+        # windows of long recordings: {"duration": s, "hop": s} (ingest/windows.py WindowSpec), else None
+        window = meta.get("window")
+        self.window = dict(str_keys(window)) if isinstance(window, dict) else None
 
     def _scan(self) -> dict:
         files = {}
@@ -381,7 +387,7 @@ class BatchSet:
         d = restricted_load(path)
         if not isinstance(d, dict) or not any(k in (b"data", "data") for k in d):
             raise DataError(f"{path}: not a batch file (no 'data' entry); re-create it with convnet make-batches")
-        d = _str_keys(d)
+        d = str_keys(d)
         data = d["data"]
         if not isinstance(data, np.ndarray) or data.ndim != 2 or data.dtype.kind not in "fiu":
             shape = getattr(data, "shape", None)

@@ -150,9 +150,9 @@ def _reconstruct_info(cls, shape, typecode):
 
 def _encode_info(text, encoding="latin1", errors="strict"):
     if len(text) >= SKIP_BYTES:
-        batch_files._latin1_encode("", encoding, errors)  # the same check of the encoding
+        batch_files.latin1_encode("", encoding, errors)  # the same check of the encoding
         return _Skipped(len(text))
-    return batch_files._latin1_encode(text, encoding, errors)
+    return batch_files.latin1_encode(text, encoding, errors)
 
 
 _REAL = {}   # numpy's reconstructors, to build the small arrays
@@ -163,15 +163,15 @@ def _swap() -> dict:
     global _SWAP
     if _SWAP is None:
         core = ("numpy._core", "numpy.core")
-        frombuffer = batch_files._numpy_attr([(f"{c}.numeric", "_frombuffer") for c in core])
-        reconstruct = batch_files._numpy_attr([(f"{c}.multiarray", "_reconstruct") for c in core])
+        frombuffer = batch_files.numpy_attr([(f"{c}.numeric", "_frombuffer") for c in core])
+        reconstruct = batch_files.numpy_attr([(f"{c}.multiarray", "_reconstruct") for c in core])
         _REAL.update(frombuffer=frombuffer, reconstruct=reconstruct)
         _SWAP = {id(frombuffer): _frombuffer_info, id(reconstruct): _reconstruct_info,
-                 id(batch_files._latin1_encode): _encode_info}
+                 id(batch_files.latin1_encode): _encode_info}
     return _SWAP
 
 
-class _LabelsUnpickler(batch_files._RestrictedUnpickler):
+class _LabelsUnpickler(batch_files.RestrictedUnpickler):
     def __init__(self, file, **kw):
         super().__init__(_SkippingReader(file, SKIP_BYTES), **kw)
         self._swap = _swap()
@@ -199,7 +199,7 @@ def read_batch_labels(path) -> BatchLabels:
     d = load_without_data(path)
     if not isinstance(d, dict) or not any(k in (b"data", "data") for k in d):
         raise DataError(f"{path}: not a batch file (no 'data' entry); re-create it with convnet make-batches")
-    d = batch_files._str_keys(d)
+    d = batch_files.str_keys(d)
     data = d["data"]
     if not isinstance(data, (np.ndarray, ArrayInfo)) or data.ndim != 2 or data.dtype.kind not in "fiu":
         shape = getattr(data, "shape", None)
@@ -209,7 +209,7 @@ def read_batch_labels(path) -> BatchLabels:
     labels = d.get("labels")
     if labels is not None:
         if isinstance(labels, ArrayInfo):  # labels in an array of over 1 MiB: read this file in full
-            labels = batch_files._str_keys(batch_files.restricted_load(path))["labels"]
+            labels = batch_files.str_keys(batch_files.restricted_load(path))["labels"]
         try:
             labels = np.asarray(labels).astype(np.int64).reshape(-1)
         except (TypeError, ValueError):

@@ -431,16 +431,16 @@ def window_probabilities(run, path: str, spec, hop: float, batch: int, xp, on_pr
 
 def _spec_and_hop(ckpt, hop):
     from convnet_cli.ingest.features import FeatureSpec
+    from convnet_cli.ingest.windows import WindowSpec
 
     feats = ckpt.state.get("features")
     if not feats:
         raise DataError(f"{ckpt.path}: the network was trained on batches without feature settings (not made "
                         f"from audio), so detect cannot compute its windows; train on batches from make-batches")
-    feats = dict(feats)
-    window_hop = feats.pop("window_hop", None)
     spec = FeatureSpec.from_dict(feats, ckpt.path)
     if hop is None:
-        hop = float(window_hop) if window_hop else spec.duration / 2
+        stored = WindowSpec.stored(ckpt.state.get("window"), feats)
+        hop = stored.hop if stored is not None else WindowSpec.of(spec).hop
     hop = float(hop)
     if not (math.isfinite(hop) and hop >= MIN_HOP):
         raise ConfigError(f"--window-hop {hop:g}: give a finite number of seconds, at least {MIN_HOP:g} (the tables "

@@ -98,7 +98,7 @@ def check_audio_file(path: str):
         raise AudioError(path, reason)
 
 
-def _truncation(log: str):
+def truncation_reason(log: str):
     """A reason string when libsndfile's log shows a file cut short, else None."""
     for m in _SHORT_CHUNK.finditer(log or ""):
         declared, present = int(m.group(2)), int(m.group(3))
@@ -138,7 +138,7 @@ def read_audio(path: str, crop_to=None):
         raise AudioError(path, f"cannot decode: {msg}") from None
     except (OSError, ValueError, TypeError) as exc:
         raise AudioError(path, f"cannot decode: {exc}") from None
-    reason = _truncation(log)
+    reason = truncation_reason(log)
     if reason:
         raise AudioError(path, reason)
     if data.shape[0] == 0:

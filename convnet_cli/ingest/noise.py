@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from convnet_cli.errors import ConfigError, DataError
-from convnet_cli.ingest.audio import AUDIO_KINDS, AudioError, _truncation, check_audio_file, resample
+from convnet_cli.ingest.audio import AUDIO_KINDS, AudioError, check_audio_file, resample, truncation_reason
 
 SILENT_POWER = 1e-4   # -40 dBFS: the reference power of an all-zero clip
 DEFAULT_SNR = (0.0, 20.0)
@@ -141,7 +141,7 @@ def _check_noise(path):
     try:
         with sf.SoundFile(path) as f:
             n, rate, log = int(f.frames), int(f.samplerate), f.extra_info
-            reason = _truncation(log)
+            reason = truncation_reason(log)
             if not reason and n > 0 and rate > 0:
                 if not f.seekable():
                     raise refuse("soundfile cannot seek in it (each copy reads a random stretch)")
@@ -229,7 +229,7 @@ def window_copies(recs, plan, cases, spec, hop_s: float, opts: NoiseOptions, out
     {recording index: reason} for recordings that could not be read here)."""
     from convnet_cli.ingest.audio import AudioError
     from convnet_cli.ingest.features import compute_features
-    from convnet_cli.ingest.windows import _Reader
+    from convnet_cli.ingest.windows import RecordingReader
 
     n = spec.num_samples
     order, bad = [], {}
@@ -249,7 +249,7 @@ def window_copies(recs, plan, cases, spec, hop_s: float, opts: NoiseOptions, out
             mine = cases[plan.rec[cases] == ri]
             mine = mine[np.argsort(plan.win[mine], kind="stable")]
             try:
-                reader = _Reader(recs[ri].path, spec.sample_rate)
+                reader = RecordingReader(recs[ri].path, spec.sample_rate)
             except AudioError as exc:
                 bad[ri] = exc.reason
                 continue

@@ -23,25 +23,26 @@ import math
 import os
 import sys
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from convnet_cli.data.batch_files import META, encode_batch
+from convnet_cli.data.batch_set_swap import install_set
+from convnet_cli.data.targets import ABSENT, PRESENT, UNKNOWN, ClassTargets, MultiLabelTargets
+from convnet_cli.data.writer import (NothingReadError, SetWriter, batch_count, check_fits, check_set_options, deal,
+                                     refuse_existing, writing_set)
 from convnet_cli.errors import ConfigError, DataError, did_you_mean
-from convnet_cli.data.skipped_list import format_skipped
-from convnet_cli.fileio import write_pickle_atomic, write_text_atomic
 from convnet_cli.ingest.annotations import assign_to_recordings, clip_to_duration, read_tables_and_claims
 from convnet_cli.ingest.audio import AudioError
 from convnet_cli.ingest.features import FeatureSpec
+from convnet_cli.ingest.make_batches import new_set_features, split_groups
 from convnet_cli.ingest.noise import copy_name, window_copies
-from convnet_cli.ingest.make_batches import (NothingReadError, _check_options, _install, _Moments, _mp_context,
-                                             _single_threaded_children, check_windows_fit, refuse_existing,
-                                             split_groups, window_count, writing_set)
 from convnet_cli.ingest.sources import find_audio
-from convnet_cli.ingest.windows import iter_selected_window_features, label_windows, recording_info, window_starts
+from convnet_cli.ingest.windows import (WindowSpec, class_overlap, iter_selected_window_features, label_windows,
+                                        recording_info, window_count, window_starts)
+from convnet_cli.ingest.workers import ordered_map
 from convnet_cli.parallel import SingleWorld, on_root
+from convnet_cli.progress import AudioProgress
 
 TASK_S = 600.0          # audio per extraction task: parallelism within a long recording, progress that moves
 SKIPPED = "skipped.txt"
@@ -74,6 +75,23 @@ class WindowPlan:
     background_dropped: int   # background windows not drawn (--background-ratio)
     hard_negatives: int = 0   # background windows kept because a `false` verdict covers them
     not_reviewed: int = 0     # windows of recordings labelled only by verdicts that no verdict covers
+    # multi-label (--multi-label): every window's set of classes, data/targets.py MultiLabelTargets (n, K);
+    # `labels` is then each window's class of largest overlap (-1: none), and `unknown` the entries masked
+    multi: MultiLabelTargets | None = None
+    unknown: int = 0
+
+    @property
+    def targets(self):
+        """What each window is trained towards (data/targets.py)."""
+        return self.multi if self.multi is not None else ClassTargets(self.labels)
+
+    def take(self, keep) -> "WindowPlan":
+        """The plan of the windows `keep` (a bool mask or indices); counts as they were."""
+        multi = None if self.multi is None else self.multi.take(np.flatnonzero(keep) if np.asarray(keep).dtype == bool
+                                                                  else keep)
+        return WindowPlan(self.rec[keep], self.win[keep], self.labels[keep], self.label_names, self.counts,
+                          self.left_out, self.background_dropped, self.hard_negatives, self.not_reviewed, multi,
+                          self.unknown)
 
 
 # ---- step 1: recordings and tables ------------------------------------------------------------------
@@ -252,6 +270,103 @@ def _covered(starts, window_s, selections, min_overlap):
     return out
 
 
+def plan_multilabel_windows(recs, spec: FeatureSpec, hop_s, min_overlap=0.5, background_ratio=None, seed=0,
+                            label_names=None, table_labels=None) -> WindowPlan:
+    """Which windows become cases, and their sets of classes (docs/CONFIG.md, multi-label; SPEC 17).
+
+    Per window and class: present when an annotation of the class covers at least `min_overlap` of the
+    shorter of the two (as plan_windows), unknown (masked: neither present nor absent) when annotations of
+    the class touch the window but none covers that much, absent otherwise; every class at once, so
+    overlapping calls of different classes are all present. There is no background class. Windows without a
+    present class are kept at most `background_ratio` per window that holds one (drawn with `seed`).
+    The classes: `label_names` when given, else every label of the tables, sorted.
+
+    Verdicts (`convnet review`): `true` (or none) annotates as above; `false` makes its class absent in the
+    windows it covers by `min_overlap` (where no annotation makes it present), and such windows are kept
+    whatever `background_ratio` says (verified negatives); `unsure` makes its class unknown where it is not
+    present. A recording named only by verdict rows keeps only the windows a true or false verdict covers.
+    """
+    if table_labels is None:
+        table_labels = {}
+        for r in recs:
+            for s in r.selections:
+                table_labels.setdefault(s.label, f"{s.source} line {s.line}" if s.source else s.recording)
+    if label_names is not None:
+        names = [str(n) for n in label_names]
+        if not names or len(set(names)) != len(names) or not all(names):
+            raise ConfigError(f"--label-names {','.join(names)}: give each name once (none empty)")
+        missing = [c for c in table_labels if c not in names]
+        if missing:
+            raise DataError(f"{table_labels[missing[0]]}: label '{missing[0]}' is not one of the label names "
+                            f"({', '.join(names)}){did_you_mean(missing[0], names)}; fix the table or --label-names")
+    else:
+        names = sorted(table_labels)
+    k = len(names)
+    index = {c: j for j, c in enumerate(names)}
+    recs_i, wins, mats, prims, hards = [], [], [], [], []
+    not_reviewed = 0
+    for i, r in enumerate(recs):
+        starts = window_starts(r.duration, spec.duration, hop_s)
+        n = starts.size
+        mat = np.full((n, k), ABSENT, dtype=np.uint8)
+        best = np.zeros((n, k), dtype=np.float64)
+        hard = np.zeros(n, dtype=bool)
+        reviewed = np.zeros(n, dtype=bool)
+        by_class = {}
+        for s in r.selections:
+            by_class.setdefault(s.label, []).append(s)
+        for label, sels in by_class.items():
+            j = index[label]
+            annotations = [s for s in sels if s.verdict in (None, "true")]
+            ov, touched = class_overlap(starts, spec.duration, annotations, min_overlap)
+            present = ov > 0
+            mat[present, j] = PRESENT
+            mat[touched & ~present, j] = UNKNOWN
+            best[:, j] = ov
+            verdicts = [s for s in sels if s.verdict is not None]
+            if verdicts:
+                false = _covered(starts, spec.duration, [s for s in verdicts if s.verdict == "false"], min_overlap)
+                unsure = _covered(starts, spec.duration, [s for s in verdicts if s.verdict == "unsure"], None)
+                verified_absent = false & ~present & ~unsure
+                mat[verified_absent, j] = ABSENT
+                mat[unsure & ~present, j] = UNKNOWN
+                hard |= verified_absent
+                reviewed |= _covered(starts, spec.duration, [s for s in verdicts if s.verdict in ("true", "false")],
+                                     min_overlap)
+        keep = np.ones(n, dtype=bool)
+        if r.selections and not r.whole and all(s.verdict is not None for s in r.selections):
+            keep = reviewed
+            not_reviewed += int((~reviewed).sum())
+        primary = np.where(best.max(axis=1) > 0, best.argmax(axis=1), -1) if k else np.full(n, -1)
+        idx = np.flatnonzero(keep)
+        recs_i.append(np.full(idx.size, i, dtype=np.int64))
+        wins.append(idx.astype(np.int64))
+        mats.append(mat[idx])
+        prims.append(primary[idx].astype(np.int64))
+        hards.append(hard[idx])
+    rec = np.concatenate(recs_i) if recs_i else np.zeros(0, np.int64)
+    win = np.concatenate(wins) if wins else np.zeros(0, np.int64)
+    mat = np.concatenate(mats) if mats else np.zeros((0, k), np.uint8)
+    primary = np.concatenate(prims) if prims else np.zeros(0, np.int64)
+    hard = np.concatenate(hards) if hards else np.zeros(0, bool)
+    keep = np.ones(rec.size, dtype=bool)
+    dropped = 0
+    empty = ~(mat == PRESENT).any(axis=1)
+    if background_ratio is not None:
+        candidates = np.flatnonzero(empty & ~hard)     # verified negatives are never dropped
+        allowed = int(math.floor(background_ratio * int((~empty).sum()) + 1e-9))
+        allowed = max(0, allowed - int((empty & hard).sum()))
+        if candidates.size > allowed:
+            rng = np.random.default_rng([int(seed), 11])
+            drop = np.setdiff1d(candidates, rng.choice(candidates, size=allowed, replace=False))
+            keep[drop] = False
+            dropped = int(drop.size)
+    rec, win, mat, primary, hard = rec[keep], win[keep], mat[keep], primary[keep], hard[keep]
+    counts = {c: int((mat[:, j] == PRESENT).sum()) for j, c in enumerate(names)}
+    return WindowPlan(rec, win, primary, names, counts, 0, dropped, int((hard & ~(mat == PRESENT).any(axis=1)).sum()),
+                      not_reviewed, MultiLabelTargets(mat, primary), int((mat == UNKNOWN).sum()))
+
+
 def split_by_group(groups, labels, test_fraction, seed, what="recording"):
     """Boolean test mask over cases: whole groups go to test, about `test_fraction` of the cases.
 
@@ -305,16 +420,6 @@ def split_by_group(groups, labels, test_fraction, seed, what="recording"):
         if g is not None:
             in_test[g] = True
     return in_test[inv]
-
-
-def deal(idx, labels, batch_size, rng):
-    """idx split into ceil(len / batch_size) batches, each class dealt round-robin, each batch shuffled."""
-    if idx.size == 0:
-        return []
-    k = max(1, math.ceil(idx.size / batch_size))
-    lab = labels[idx]
-    order = np.concatenate([rng.permutation(idx[lab == c]) for c in np.unique(lab)])
-    return [rng.permutation(order[b::k]) for b in range(k)]
 
 
 # ---- step 3: extraction (module level so 'spawn' processes can import it) ---------------------------
@@ -371,9 +476,8 @@ def _run_tasks(tasks, recs, spec, hop_s, staging, jobs, on_progress):
     """Run the extraction tasks; yields (task, rows written, reason or None) in order. on_progress(seconds of
     audio) moves the bar: block by block with one job, task by task with several."""
     spec_dict = spec.to_dict()
-    jobs = max(1, min(int(jobs), len(tasks)))
     out = lambda t: os.path.join(staging, f"windows_{t[0]}.f32")   # noqa: E731
-    if jobs == 1:
+    if max(1, min(int(jobs), len(tasks))) == 1:
         for t in tasks:
             span, reported = t[4], [0.0]
             lo = t[2][0] * hop_s
@@ -390,36 +494,15 @@ def _run_tasks(tasks, recs, spec, hop_s, staging, jobs, on_progress):
                 on_progress(max(0.0, span - reported[0]))
             yield t, n, reason
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
 
-    pending = deque()
-    it = iter(tasks)
-    with _single_threaded_children():
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=_mp_context(multiprocessing))
-        try:
-            def submit():
-                t = next(it, None)
-                if t is not None:
-                    pending.append((t, pool.submit(extract_task, recs[t[1]].path, spec_dict, hop_s, t[2], out(t))))
+    def died(item):
+        return (f"a worker process died while reading {recs[item[0][1]].path} (out of memory, or a file that "
+                "crashes the decoder); run with --jobs 1 to see more")
 
-            for _ in range(2 * jobs):
-                submit()
-            while pending:
-                t, fut = pending.popleft()
-                try:
-                    n, reason = fut.result()
-                except BrokenProcessPool:
-                    raise DataError(f"a worker process died while reading {recs[t[1]].path} (out of memory, or a "
-                                    "file that crashes the decoder); run with --jobs 1 to see more") from None
-                submit()
-                on_progress(t[4])
-                yield t, n, reason
-        finally:
-            for _, fut in pending:
-                fut.cancel()
-            pool.shutdown(wait=True)
+    items = [(t, (recs[t[1]].path, spec_dict, hop_s, t[2], out(t))) for t in tasks]
+    for (t, _), (n, reason) in ordered_map(extract_task, items, jobs, ahead=2, died=died):
+        on_progress(t[4])
+        yield t, n, reason
 
 
 # ---- the command's body ---------------------------------------------------------------------------
@@ -458,125 +541,274 @@ def _check_classes(plan, recs, background, label_names):
                       f"choose another --background label (the default is background) or check the tables{anyway}")
 
 
-class _Bar:
-    """Progress in hours of audio, with the rate as a multiple of real time."""
+@dataclass
+class AnnotationOptions:
+    """The options of make-batches --annotations (docs/CONFIG.md) besides the features, the noisy copies and
+    the MPI world: the windows and their labels, then what every batch set takes."""
 
-    def __init__(self, enabled, total_s):
-        self.enabled, self.total, self.done, self.t0 = enabled, max(total_s, 1e-9), 0.0, time.perf_counter()
-        self.bar = None
-        if enabled:
-            import click
+    window_hop: float | None = None      # seconds between windows (default: half a window)
+    min_overlap: float = 0.5
+    background: str = "background"       # the label of windows without a call (single-label)
+    background_ratio: float | None = None
+    label_col: str | None = None
+    label_names: list | None = None
+    multi_label: bool = False             # every window a set of classes (SPEC 17)
+    batch_size: int = 1000
+    test_fraction: float = 0.2
+    split_by: str | None = None
+    seed: int = 0
+    jobs: int | None = None
+    dtype: str = "float32"
+    overwrite: bool = False
+    progress: bool = True
 
-            self.bar = click.progressbar(length=int(math.ceil(self.total * 1000)), label="make-batches",
-                                         file=sys.stderr, show_pos=False, show_percent=True, show_eta=True,
-                                         width=30, item_show_func=lambda item: item)
-
-    def __enter__(self):
-        if self.bar is not None:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *a):
-        if self.bar is not None:
-            return self.bar.__exit__(*a)
-        return False
-
-    def add(self, seconds):
-        self.done += seconds
-        if self.bar is not None:
-            rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
-            text = f"{self.done / 3600:.2f}/{self.total / 3600:.2f} h of audio, {rate:.0f}x real time"
-            self.bar.update(int(round(seconds * 1000)), current_item=text)
+    def check(self, spec):
+        check_set_options(self.batch_size, self.test_fraction, self.dtype, self.jobs, self.seed)
+        _check(self.window_hop, float(self.min_overlap), self.background, self.background_ratio, spec)
 
 
-def make_batches_from_annotations(recordings_dir, batch_dir, tables, *, features: FeatureSpec = None,
-                                  window_hop=None, min_overlap=0.5, background="background", background_ratio=None,
-                                  label_col=None, label_names=None, batch_size=1000, test_fraction=0.2,
-                                  split_by=None, seed=0, jobs=None, dtype="float32", overwrite=False, progress=True,
-                                  warn=None, noise=None, world=None) -> dict:
+def make_batches_from_annotations(recordings_dir, batch_dir, tables, *, features: FeatureSpec = None, warn=None,
+                                  noise=None, world=None, **options) -> dict:
     """Write BATCH_DIR/data_batch_1..K, batches.meta and skipped.txt from RECORDINGS and TABLES (docs/CONFIG.md).
 
-    Returns a summary dict (recordings, read, skipped, windows, counts, classes, batches, ranges, cases,
-    shape, audio_s, seconds, batch_dir). noise: ingest/noise.py's NoiseOptions, for noisy copies of the
-    training windows (see _add_copies).
+    options: the fields of AnnotationOptions (window_hop, min_overlap, background, ..., multi_label, seed,
+    jobs, ...). noise: ingest/noise.py's NoiseOptions, for noisy copies of the training windows (see
+    _add_copies). Returns a summary dict (recordings, read, skipped, windows, counts, classes, batches,
+    ranges, cases, shape, audio_s, seconds, batch_dir).
 
     world: convnet_cli/parallel.py's, under `mpiexec -n K`: every process makes the same plan, the extraction
     tasks are dealt to the processes (their spill files go to the staging folder, which BATCH_DIR's file
     system shares), rank 0 assembles and writes the batches; the others return None.
     """
+    unknown = [k for k in options if k not in {f.name for f in fields(AnnotationOptions)}]
+    if unknown:
+        raise TypeError(f"make_batches_from_annotations: unknown option {unknown[0]!r}")
+    o = AnnotationOptions(**options)
     world = world or SingleWorld()
     t_start = time.perf_counter()
-    spec = features if features is not None else FeatureSpec()
-    _check_options(batch_size, test_fraction, dtype, jobs, seed)
-    _check(window_hop, float(min_overlap), background, background_ratio, spec)
-    hop_s = float(window_hop) if window_hop is not None else spec.duration / 2
+    spec = new_set_features(features)
+    o.check(spec)
+    window = WindowSpec.of(spec, o.window_hop)
     if warn is None:
         def warn(line):
             print(line, file=sys.stderr)
+    if not world.is_root:
+        def warn(line):
+            pass
     batch_dir = os.fspath(batch_dir)
+    jobs = o.jobs
     if jobs is None:
         from convnet_cli.backend import default_threads
 
         jobs = max(1, default_threads() // getattr(world, "local_size", 1))
-    if not world.is_root:
-        def warn(line):
-            pass
-    refuse_existing(batch_dir, overwrite)
-    recs, skipped, table_labels = collect_recordings(recordings_dir, tables, label_col, warn)
+    refuse_existing(batch_dir, o.overwrite)
+    recs, skipped, plan = _plan(recordings_dir, batch_dir, tables, spec, window, o, world, warn)
+    train_b, test_b = _split(recs, plan, o, batch_dir, spec, world, noise)
+
+    with contextlib.ExitStack() as rank0:
+        # rank 0 holds the set's staging folder and lock; every rank gets the folder (or rank 0's error)
+        staging = on_root(world, lambda: rank0.enter_context(writing_set(batch_dir, o.overwrite)))
+        spill = _extract(world, recs, plan, spec, window, staging, jobs, o.progress)
+        if not world.is_root:
+            return None
+        summary = _write_set(recs, plan, spill, train_b, test_b, spec, window, staging, o, skipped,
+                             recordings_dir, noise)
+        install_set(staging, batch_dir, summary.pop("_files"))
+    summary.update(batch_dir=batch_dir, recordings=len(recs) + len(skipped), classes=len(plan.label_names),
+                   label_names=list(plan.label_names), left_out=plan.left_out,
+                   background_dropped=plan.background_dropped, window_hop=window.hop, multi_label=o.multi_label,
+                   unknown=plan.unknown, seconds=time.perf_counter() - t_start)
+    return summary
+
+
+def _plan(recordings_dir, batch_dir, tables, spec, window, o, world, warn):
+    """Steps 1 and 2: (recordings, skipped [(rel, reason)], WindowPlan). The one-line errors of a plan that
+    cannot make a set (no recording, no window, one class, too large for the disk)."""
+    recs, skipped, table_labels = collect_recordings(recordings_dir, tables, o.label_col, warn)
     num_vis = int(np.prod(spec.shape))
-    if background_ratio is None:   # every window is kept: refuse a count that cannot fit before planning it
-        on_root(world, lambda: check_windows_fit(batch_dir, sum(window_count(r.duration, spec.duration, hop_s)
-                                                                for r in recs), num_vis, dtype, window_hop))
-    short = [r for r in recs if window_starts(r.duration, spec.duration, hop_s).size == 0]
+    if o.background_ratio is None:   # every window is kept: refuse a count that cannot fit before planning it
+        on_root(world, lambda: check_windows_fit(batch_dir, sum(window_count(r.duration, window.duration, window.hop)
+                                                                for r in recs), num_vis, o.dtype, o.window_hop))
+    short = [r for r in recs if window_count(r.duration, window.duration, window.hop) == 0]
     for r in short:
-        skipped.append((r.rel, f"shorter ({r.duration:.3f} s) than one window ({spec.duration:g} s)"))
+        skipped.append((r.rel, f"shorter ({r.duration:.3f} s) than one window ({window.duration:g} s)"))
     recs = [r for r in recs if r not in short]
     skipped.sort()
     if not recs:
         first = "; ".join(f"{n}: {r}" for n, r in skipped[:3])
         raise NothingReadError(f"{recordings_dir}: none of the {len(skipped)} recordings could be used ({first}"
                                f"{' …' if len(skipped) > 3 else ''}); nothing was written")
-    plan = plan_windows(recs, spec, hop_s, float(min_overlap), str(background), background_ratio, int(seed),
-                        label_names, table_labels)
-    empty = [c for c, k in plan.counts.items() if k == 0 and c != background]
+    if o.multi_label:
+        plan = plan_multilabel_windows(recs, spec, window.hop, float(o.min_overlap), o.background_ratio,
+                                       int(o.seed), o.label_names, table_labels)
+    else:
+        plan = plan_windows(recs, spec, window.hop, float(o.min_overlap), str(o.background), o.background_ratio,
+                            int(o.seed), o.label_names, table_labels)
+    empty = [c for c, k in plan.counts.items() if k == 0 and c != o.background]
     if empty:
         warn(f"warning: {len(empty)} class{'es have' if len(empty) > 1 else ' has'} no window ({', '.join(empty)}): "
-             "annotations overlapped more by another class, below --min-overlap, past a recording's end or in "
-             "skipped recordings; kept as classes of 0 windows so label indices match other sets made from "
-             "these tables")
-    n = plan.labels.size
-    if n == 0:
+             + ("annotations below --min-overlap" if o.multi_label else
+                "annotations overlapped more by another class, below --min-overlap")
+             + ", past a recording's end or in skipped recordings; kept as classes of 0 windows so label indices "
+               "match other sets made from these tables")
+    if plan.labels.size == 0:
         raise DataError(f"{recordings_dir}: no windows to write: recordings shorter than one window "
-                        f"({spec.duration:g} s), every window ambiguous, or --background-ratio 0 without any "
+                        f"({window.duration:g} s), every window ambiguous, or --background-ratio 0 without any "
                         "annotated window")
-    _check_classes(plan, recs, str(background), label_names)
-    if split_by:
-        keys = split_groups([recs[i].rel for i in range(len(recs))], split_by)
+    if not o.multi_label:
+        _check_classes(plan, recs, str(o.background), o.label_names)
+    return recs, skipped, plan
+
+
+def _split(recs, plan, o, batch_dir, spec, world, noise):
+    """The split by recording (or --split-by group) and the class deal: (train batches, test batches), each a
+    list of index arrays into the plan. Stratified by each window's class (multi-label: its class of largest
+    overlap, or none)."""
+    if o.split_by:
+        keys = split_groups([recs[i].rel for i in range(len(recs))], o.split_by)
         key_id = {k: j for j, k in enumerate(sorted(set(keys)))}
         groups = np.array([key_id[keys[i]] for i in plan.rec], dtype=np.int64)
         what = "--split-by group"
     else:
         groups, what = plan.rec, "recording"
-    test = split_by_group(groups, plan.labels, float(test_fraction), int(seed), what)
-    on_root(world, lambda: check_windows_fit(batch_dir, n, num_vis, dtype, window_hop, noise, int((~test).sum())))
-    rng = np.random.default_rng([int(seed), 13])
-    train_b = deal(np.flatnonzero(~test), plan.labels, int(batch_size), rng)
-    test_b = deal(np.flatnonzero(test), plan.labels, int(batch_size), rng)
+    strata = plan.labels
+    test = split_by_group(groups, strata, float(o.test_fraction), int(o.seed), what)
+    on_root(world, lambda: check_windows_fit(batch_dir, plan.labels.size, int(np.prod(spec.shape)), o.dtype,
+                                             o.window_hop, noise, int((~test).sum())))
+    rng = np.random.default_rng([int(o.seed), 13])
+    train, held = np.flatnonzero(~test), np.flatnonzero(test)
+    return (deal(train, strata, batch_count(train.size, int(o.batch_size)), rng),
+            deal(held, strata, batch_count(held.size, int(o.batch_size)), rng))
 
-    with contextlib.ExitStack() as rank0:
-        # rank 0 holds the set's staging folder and lock; every rank gets the folder (or rank 0's error)
-        staging = on_root(world, lambda: rank0.enter_context(writing_set(batch_dir, overwrite)))
-        summary = _extract_and_write(recs, plan, train_b, test_b, spec, hop_s, staging, jobs, dtype, progress,
-                                     skipped, _Moments, recordings_dir, NothingReadError, world, noise,
-                                     int(batch_size), int(seed))
-        if not world.is_root:
-            return None
-        _install(staging, batch_dir, summary.pop("_files"))
-    summary.update(batch_dir=batch_dir, recordings=len(recs) + len(skipped), classes=len(plan.label_names),
-                   label_names=list(plan.label_names), left_out=plan.left_out,
-                   background_dropped=plan.background_dropped, window_hop=hop_s,
-                   seconds=time.perf_counter() - t_start)
-    return summary
+
+def check_windows_fit(batch_dir, windows, num_vis, dtype, window_hop, noise=None, train_windows=0):
+    """data/writer.py's check_fits for make-batches --annotations: `windows` windows (of which `train_windows`
+    get `noise`'s copies), their features spilled to the staging folder while they are extracted. Called with
+    every window of the recordings before the plan (when all are kept), and with the plan's windows after it."""
+    copies = noise.copies * int(train_windows) if noise is not None else 0
+    check_fits(batch_dir, num_vis, dtype, windows, copies, f"--copies {noise.copies}" if noise is not None else None,
+               flag=f"--window-hop {window_hop:g}" if window_hop is not None else None, spill=True,
+               fix="give a larger --window-hop, a --background-ratio, fewer --copies, store --dtype float16 or "
+                   "uint8, free some space, or choose another BATCH_DIR")
+
+
+@dataclass
+class _Spill:
+    """Where step 3 left each window's features: the spill file (task) and its row, per case of the plan."""
+
+    task_of: np.ndarray     # int64 (n,): the task whose file holds the case's row (-1: none)
+    row_of: np.ndarray      # int64 (n,)
+    rows: dict              # task id -> rows in its file
+    bad: dict               # recording index -> why it could not be read
+    seconds: float          # extraction time
+
+
+def _extract(world, recs, plan, spec, window, staging, jobs, progress) -> _Spill | None:
+    """Step 3 over the processes of `world`: every planned window's features into spill files in staging.
+    Returns the _Spill on rank 0, None on the other ranks (once their tasks are done)."""
+    tasks = _tasks(plan, recs, window.hop)
+    total_s = sum(recs[i].duration for i in sorted({t[1] for t in tasks}))
+    if world.size > 1:  # the bar follows this process's tasks (shown on rank 0)
+        total_s = sum(t[4] for t in tasks) / world.size
+    n = plan.labels.size
+    spill = _Spill(np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.int64), {}, {}, 0.0)
+    t0 = time.perf_counter()
+    with AudioProgress("make-batches", total_s, enabled=progress and world.is_root) as bar:
+        for t, rows, reason in _shared_tasks(world, tasks, recs, spec, window.hop, staging, jobs, bar.add):
+            tid, ri, wins, cases, _ = t
+            if reason is not None:
+                spill.bad.setdefault(ri, reason)
+                continue
+            if rows != len(cases):
+                spill.bad.setdefault(ri, f"decoded {rows} of {len(cases)} windows")
+                continue
+            spill.task_of[cases] = tid
+            spill.row_of[cases] = np.arange(rows)
+            spill.rows[tid] = rows
+    spill.seconds = time.perf_counter() - t0
+    return spill if world.is_root else None
+
+
+def _write_set(recs, plan, spill, train_b, test_b, spec, window, staging, o, skipped, recordings_dir,
+               noise=None) -> dict:
+    """Step 4 (rank 0): the batch files from the spill files, then skipped.txt and batches.meta; the summary
+    (with `_files`, the set's files for the install)."""
+    for ri, reason in sorted(spill.bad.items()):
+        skipped.append((recs[ri].rel, reason))
+    ok = np.ones(plan.labels.size, dtype=bool)
+    for ri in spill.bad:
+        ok &= plan.rec != ri
+    if not ok.any():
+        first = "; ".join(f"{n}: {r}" for n, r in skipped[:3])
+        raise NothingReadError(f"{recordings_dir}: none of the recordings could be read ({first}"
+                               f"{' …' if len(skipped) > 3 else ''}); nothing was written")
+    src = copy_no = None
+    task_of, row_of = spill.task_of, spill.row_of
+    if noise is not None:
+        train_b, src, copy_no, task_of, row_of, ok = _add_copies(recs, plan, train_b, spec, window.hop, staging, noise,
+                                                                 int(o.batch_size), int(o.seed), task_of, row_of,
+                                                                 spill.rows, ok)
+    t1 = time.perf_counter()
+    num_vis = int(np.prod(spec.shape))
+    writer = SetWriter(staging, num_vis, o.dtype)
+    targets = plan.targets
+    for idx, is_train in [(b, True) for b in train_b] + [(b, False) for b in test_b]:
+        idx = idx[ok[idx]]
+        if idx.size == 0:
+            continue
+        cols = np.empty((num_vis, idx.size), dtype=np.float32)
+        tids = task_of[idx]
+        for tid in np.unique(tids):
+            at = np.flatnonzero(tids == tid)
+            mm = np.memmap(os.path.join(staging, f"windows_{tid}.f32"), dtype=np.float32, mode="r",
+                           shape=(spill.rows[int(tid)], num_vis))
+            cols[:, at] = mm[row_of[idx[at]]].T
+            del mm
+        source = idx if src is None else src[idx]
+        names = [_window_name(recs, plan, window.hop, i, 0 if copy_no is None else copy_no[j])
+                 for i, j in zip(source, idx)]
+        writer.write(cols, targets.take(source), names, is_train,
+                     copies=0 if copy_no is None else int((copy_no[idx] > 0).sum()))
+        del cols
+    for tid in spill.rows:
+        try:
+            os.remove(os.path.join(staging, f"windows_{tid}.f32"))
+        except OSError:
+            pass
+    if writer.moments.count == 0:
+        raise DataError(f"{recordings_dir}: none of the windows planned for the training range could be read "
+                        f"({len(skipped)} recordings skipped; see skipped.txt reasons with --jobs 1), or use "
+                        "--test-fraction 0")
+    kept = plan.take(ok[:plan.labels.size])
+    counts = {c: int(v) for c, v in zip(plan.label_names, _class_counts(kept))}
+    extra = {"window": window.to_dict(),
+             "windows": {"counts": counts, "left_out": int(plan.left_out),
+                         "background_dropped": int(plan.background_dropped),
+                         "hard_negatives": int(plan.hard_negatives), "not_reviewed": int(plan.not_reviewed)}}
+    if plan.multi is not None:
+        extra["multi_label"] = True
+        extra["windows"]["unknown"] = int((kept.multi.matrix == UNKNOWN).sum())
+    if noise is not None:  # as ingest/make_batches.py records them
+        extra["copies"] = noise.meta()
+    files = writer.finish(plan.label_names, spec, skipped, recordings_dir, extra)
+    audio_s = sum(r.duration for i, r in enumerate(recs) if i not in spill.bad)
+    return {
+        "read": len(recs) - len(spill.bad), "skipped": len(skipped), "batches": len(writer.files),
+        "windows": int(sum(writer.sizes)), "counts": counts, "train_range": writer.train_range,
+        "test_range": writer.test_range, "train_cases": writer.train_cases, "test_cases": writer.test_cases,
+        "shape": tuple(spec.shape), "audio_s": float(audio_s), "hard_negatives": int(plan.hard_negatives),
+        "not_reviewed": int(plan.not_reviewed),
+        "timings": {"extract": spill.seconds, "write": time.perf_counter() - t1},
+        "_files": files,
+    }
+
+
+def _class_counts(plan) -> np.ndarray:
+    """Windows per class: those labelled with it, or (multi-label) those where it is present."""
+    k = len(plan.label_names)
+    if plan.multi is not None:
+        return (plan.multi.matrix == PRESENT).sum(axis=0)
+    return np.bincount(plan.labels[plan.labels >= 0], minlength=k)
 
 
 def _shared_tasks(world, tasks, recs, spec, hop_s, staging, jobs, on_progress):
@@ -626,136 +858,9 @@ def _add_copies(recs, plan, train_b, spec, hop_s, staging, noise, batch_size, se
     row_of = np.concatenate([row_of, np.arange(len(order), dtype=np.int64)])
     ok = np.concatenate([ok, np.ones(len(order), dtype=bool)])
     rng = np.random.default_rng([seed, 14])
-    train_b = deal(np.concatenate([train, np.arange(n, n + len(order), dtype=np.int64)]), plan.labels[src],
-                   batch_size, rng)
+    cases = np.concatenate([train, np.arange(n, n + len(order), dtype=np.int64)])
+    train_b = deal(cases, plan.labels[src], batch_count(cases.size, batch_size), rng)
     return train_b, src, copy_no, task_of, row_of, ok
-
-
-def _extract_and_write(recs, plan, train_b, test_b, spec, hop_s, staging, jobs, dtype, progress, skipped,
-                       moments_cls, recordings_dir, nothing_read, world, noise=None, batch_size=1000, seed=0):
-    """The batch files into staging; a summary (rank 0), None (another rank, once its tasks are done)."""
-    num_vis = int(np.prod(spec.shape))
-    tasks = _tasks(plan, recs, hop_s)
-    total_s = sum(recs[i].duration for i in sorted({t[1] for t in tasks}))
-    if world.size > 1:  # the bar follows this process's tasks (shown on rank 0)
-        total_s = sum(t[4] for t in tasks) / world.size
-    task_of = np.full(plan.labels.size, -1, dtype=np.int64)
-    row_of = np.zeros(plan.labels.size, dtype=np.int64)
-    rows = {}
-    bad = {}                    # recording index -> reason
-    t0 = time.perf_counter()
-    with _Bar(progress and world.is_root, total_s) as bar:
-        for t, n, reason in _shared_tasks(world, tasks, recs, spec, hop_s, staging, jobs, bar.add):
-            tid, ri, wins, cases, _ = t
-            if reason is not None:
-                bad.setdefault(ri, reason)
-                continue
-            if n != len(cases):
-                bad.setdefault(ri, f"decoded {n} of {len(cases)} windows")
-                continue
-            task_of[cases] = tid
-            row_of[cases] = np.arange(n)
-            rows[tid] = n
-    t_extract = time.perf_counter() - t0
-    if not world.is_root:
-        return None
-    for ri, reason in sorted(bad.items()):
-        skipped.append((recs[ri].rel, reason))
-    ok = np.ones(plan.labels.size, dtype=bool)
-    for ri in bad:
-        ok &= plan.rec != ri
-    audio_s = sum(r.duration for i, r in enumerate(recs) if i not in bad)
-    if not ok.any():
-        first = "; ".join(f"{n}: {r}" for n, r in skipped[:3])
-        raise nothing_read(f"{recordings_dir}: none of the recordings could be read ({first}"
-                           f"{' …' if len(skipped) > 3 else ''}); nothing was written")
-
-    src = copy_no = None
-    if noise is not None:
-        train_b, src, copy_no, task_of, row_of, ok = _add_copies(recs, plan, train_b, spec, hop_s, staging, noise,
-                                                                 batch_size, seed, task_of, row_of, rows, ok)
-
-    # ---- assemble the batches ---------------------------------------------------------------------
-    t1 = time.perf_counter()
-    moments = moments_cls(num_vis)
-    files, sizes = [], []
-    n_train_written = 0
-    batches = [(b, True) for b in train_b] + [(b, False) for b in test_b]
-    for idx, is_train in batches:
-        idx = idx[ok[idx]]
-        if idx.size == 0:
-            continue
-        cols = np.empty((num_vis, idx.size), dtype=np.float32)
-        tids = task_of[idx]
-        for tid in np.unique(tids):
-            at = np.flatnonzero(tids == tid)
-            mm = np.memmap(os.path.join(staging, f"windows_{tid}.f32"), dtype=np.float32, mode="r",
-                           shape=(rows[int(tid)], num_vis))
-            cols[:, at] = mm[row_of[idx[at]]].T
-            del mm
-        if src is None:
-            names = [f"{recs[plan.rec[i]].rel}@{plan.win[i] * hop_s:.3f}" for i in idx]
-            labels = plan.labels[idx]
-        else:
-            names = [_window_name(recs, plan, hop_s, src[i], copy_no[i]) for i in idx]
-            labels = plan.labels[src[idx]]
-        batch, seen = encode_batch(cols, labels, names, dtype)
-        name = f"data_batch_{len(files) + 1}"
-        write_pickle_atomic(os.path.join(staging, name), batch)
-        files.append(name)
-        sizes.append(int(idx.size))
-        if is_train:
-            moments.add(seen)
-            n_train_written = len(files)
-        del batch, seen, cols
-    for tid in rows:
-        try:
-            os.remove(os.path.join(staging, f"windows_{tid}.f32"))
-        except OSError:
-            pass
-    if moments.count == 0:
-        raise DataError(f"{recordings_dir}: none of the windows planned for the training range could be read "
-                        f"({len(skipped)} recordings skipped; see skipped.txt reasons with --jobs 1), or use "
-                        "--test-fraction 0")
-    mean, std = moments.result()
-    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
-        raise DataError(f"{recordings_dir}: the training range's mean/std overflowed (features too large to "
-                        "sum); nothing was written; check the --features settings and the loudest recordings")
-    written = len(files)
-    train_range = [1, n_train_written] if n_train_written else []
-    test_range = [n_train_written + 1, written] if written > n_train_written else []
-    feats = spec.to_dict()
-    feats["window_hop"] = float(hop_s)
-    counts = {c: int(((plan.labels == j) & ok[:plan.labels.size]).sum()) for j, c in enumerate(plan.label_names)}
-    meta = {
-        "label_names": list(plan.label_names),
-        "num_vis": num_vis,
-        "data_shape": list(spec.shape),
-        "num_cases_per_batch": max(sizes),
-        "num_batches": written,
-        "train_range": train_range,
-        "test_range": test_range,
-        "data_mean": mean,
-        "data_std": std,
-        "features": feats,
-        "skipped": len(skipped),
-        "batch_cases": sizes,
-        "dtype": dtype,
-        "windows": {"counts": counts, "left_out": int(plan.left_out),
-                    "background_dropped": int(plan.background_dropped)},
-    }
-    if noise is not None:  # as ingest/make_batches.py records them
-        meta["copies"] = noise.meta()
-    write_text_atomic(os.path.join(staging, SKIPPED), format_skipped(skipped))
-    write_pickle_atomic(os.path.join(staging, META), meta)
-    return {
-        "read": len(recs) - len(bad), "skipped": len(skipped), "batches": written, "windows": int(sum(sizes)),
-        "counts": counts, "train_range": train_range, "test_range": test_range,
-        "train_cases": int(sum(sizes[:n_train_written])), "test_cases": int(sum(sizes[n_train_written:])),
-        "shape": tuple(spec.shape), "audio_s": float(audio_s),
-        "timings": {"extract": t_extract, "write": time.perf_counter() - t1},
-        "_files": files + [SKIPPED, META],
-    }
 
 
 def _window_name(recs, plan, hop_s, i, copy):
@@ -770,9 +875,17 @@ def summary_line(s: dict) -> str:
     shape = "x".join(str(v) for v in s["shape"])
     counts = ", ".join(f"{c} {n}" for c, n in s["counts"].items())
     rate = s["audio_s"] / max(s["seconds"], 1e-9)
+    if s.get("multi_label"):
+        held = (f"windows holding each class: {counts}; {s.get('unknown', 0)} class entries unknown (touched below "
+                f"--min-overlap)"
+                f"{', %d windows without a class not drawn' % s['background_dropped'] if s['background_dropped'] else ''}")
+    else:
+        held = (f"{counts}; {s['left_out']} ambiguous left out"
+                f"{', %d background not drawn' % s['background_dropped'] if s['background_dropped'] else ''}")
+    if s.get("hard_negatives"):
+        held += f", {s['hard_negatives']} verified negatives"
     line = (f"make-batches: {s['read']} recordings read ({s['audio_s'] / 3600:.2f} h of audio), {s['skipped']} "
-            f"skipped, {s['windows']} windows ({counts}; {s['left_out']} ambiguous left out"
-            f"{', %d background not drawn' % s['background_dropped'] if s['background_dropped'] else ''}), "
+            f"skipped, {s['windows']} windows ({held}), "
             f"{s['batches']} batches (train {rng(s['train_range'], s['train_cases'])}, "
             f"test {rng(s['test_range'], s['test_cases'])}), case shape {shape}, "
             f"{s['seconds']:.1f} s ({rate:.0f}x real time) -> {s['batch_dir']}")

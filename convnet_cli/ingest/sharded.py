@@ -19,24 +19,25 @@ from contextlib import closing
 
 import numpy as np
 
-from convnet_cli.data.batch_files import encode_batch
-from convnet_cli.fileio import write_pickle_atomic
+from convnet_cli.data.batch_set_swap import install_set
+from convnet_cli.data.writer import SetWriter, check_set_options, refuse_existing, writing_set
 from convnet_cli.ingest.features import FeatureSpec
-from convnet_cli.ingest.make_batches import (CHUNK, _check_options, _install, _Moments, _progress, _Written,
-                                             check_clips_fit, finish_set, plan_batches, refuse_existing, run_chunks,
-                                             split_groups, with_copies, writing_set)
+from convnet_cli.ingest.make_batches import (CHUNK, batch_columns, case_targets, check_clips_fit, chunk_skipped,
+                                             clip_summary, finish_clips, new_set_features, plan_batches, run_chunks,
+                                             split_groups, with_copies)
 from convnet_cli.ingest.sources import collect_dataset
 from convnet_cli.parallel import on_root
+from convnet_cli.progress import Progress
 
 
 def make_batches_sharded(world, audio_dir, batch_dir, *, labels_csv=None, file_col=None, label_col=None,
                          no_labels=False, features: FeatureSpec = None, batch_size=1000, test_fraction=0.2,
                          split_by=None, seed=0, jobs=None, dtype="float32", overwrite=False, progress=True,
-                         label_names=None, noise=None) -> dict:
+                         label_names=None, noise=None, multi_label=False) -> dict:
     """make_batches (ingest/make_batches.py) split over the ranks of `world`; every rank returns the summary."""
     t_start = time.perf_counter()
-    spec = features if features is not None else FeatureSpec()
-    _check_options(batch_size, test_fraction, dtype, jobs, seed)
+    spec = new_set_features(features)
+    check_set_options(batch_size, test_fraction, dtype, jobs, seed)
     batch_dir = os.fspath(batch_dir)
     if jobs is None:
         from convnet_cli.backend import default_threads
@@ -45,11 +46,11 @@ def make_batches_sharded(world, audio_dir, batch_dir, *, labels_csv=None, file_c
 
     def listing():  # the checks and the listing once, on rank 0; the others get the result
         refuse_existing(batch_dir, overwrite)
-        return collect_dataset(audio_dir, labels_csv, file_col, label_col, no_labels, label_names)
+        return collect_dataset(audio_dir, labels_csv, file_col, label_col, no_labels, label_names, multi_label)
 
     ds = on_root(world, listing)
     groups = split_groups(ds.names, split_by) if split_by else None
-    plan = plan_batches(ds.labels, int(batch_size), float(test_fraction), int(seed), groups)
+    plan = plan_batches(ds.targets.labels, int(batch_size), float(test_fraction), int(seed), groups)
     clips = len(ds)
     on_root(world, lambda: check_clips_fit(batch_dir, plan, int(np.prod(spec.shape)), dtype, noise))
     if noise is not None:
@@ -67,8 +68,10 @@ def make_batches_sharded(world, audio_dir, batch_dir, *, labels_csv=None, file_c
             errors = [r for r in results if isinstance(r, Exception)]
             if errors:
                 raise errors[0]
-            summary, files = _assemble(ds, plan, spec, staging, dtype, results, noise)
-            _install(staging, batch_dir, files)
+            writer, skipped, timings = _assemble(ds, plan, spec, staging, dtype, results)
+            files = finish_clips(ds, spec, writer, skipped, noise)
+            install_set(staging, batch_dir, files)
+            summary = clip_summary(ds, spec, writer, skipped, timings)
             summary.update(batch_dir=batch_dir, files=clips, classes=len(ds.label_names),
                            label_names=list(ds.label_names), seconds=time.perf_counter() - t_start,
                            processes=world.size)
@@ -94,59 +97,39 @@ def _decode_share(world, ds, plan, spec, staging, jobs, dtype, progress, noise=N
     out = {b: [0, [], None, 0] for b in mine}
     parts = {b: [] for b in mine}
     timings = np.zeros(4)
-    length = sum(remaining.values())
-    with _progress(progress and world.is_root, length) as bar, \
+    with Progress("make-batches", sum(remaining.values()), "clips", enabled=progress and world.is_root) as bar, \
             closing(run_chunks(chunks, spec, jobs, noise=noise)) as results:
         for (b, part), chunk, (arr, ok, bad, times) in results:
             timings += times
-            # a copy of a clip that cannot be decoded repeats the clip's own entry: named once
-            out[b][1].extend((ds.names[part[j]], reason) for j, reason in bad
-                             if isinstance(ds.paths[part[j]], str) or reason.startswith("noisy copy"))
+            out[b][1].extend(chunk_skipped(ds, part, bad))
             if arr is not None:
                 parts[b].append((arr, [part[j] for j in ok]))
             remaining[b] -= len(chunk)
-            bar.update(len(chunk))
+            bar.add(len(chunk))
             if remaining[b] or not parts[b]:
                 continue
-            feats = np.concatenate([p[0] for p in parts[b]]) if len(parts[b]) > 1 else parts[b][0][0]
-            index = [i for p in parts[b] for i in p[1]]
-            parts[b] = []
-            cols = feats.reshape(feats.shape[0], num_vis).T
-            del feats
-            batch, seen = encode_batch(cols, ds.labels[index], [ds.names[i] for i in index], dtype)
-            write_pickle_atomic(os.path.join(staging, f"part_{b}"), batch)
+            cols, index = batch_columns(parts[b], num_vis)
+            out[b][2] = SetWriter.write_part(staging, f"part_{b}", cols, case_targets(ds, index),
+                                             [ds.names[i] for i in index], dtype, b < plan.num_train)
             out[b][0] = len(index)
             out[b][3] = sum(1 for i in index if not isinstance(ds.paths[i], str))
-            if b < plan.num_train:
-                out[b][2] = _Moments.batch_stats(seen)
     return {"batches": {b: tuple(v) for b, v in out.items()}, "timings": timings}
 
 
-def _assemble(ds, plan, spec, staging, dtype, results, noise=None) -> tuple:
-    """Rank 0: name the parts data_batch_1.. in plan order, merge the statistics in that order, then write
-    skipped.txt and batches.meta as one process does."""
+def _assemble(ds, plan, spec, staging, dtype, results) -> tuple:
+    """Rank 0: name the parts data_batch_1.. in plan order, merging the statistics in that order with the same
+    arithmetic as one process: (writer, skipped, timings)."""
     by_batch = {}
     timings = np.zeros(4)
     for r in results:
         by_batch.update(r["batches"])
         timings += r["timings"]
-    num_vis = int(np.prod(spec.shape))
-    # rows of the labels CSV refused before decoding are listed first, as with one process
-    w = _Written(files=[], sizes=[], skipped=list(ds.extra.get("skipped", [])), moments=_Moments(num_vis),
-                 timings=timings)
-    t0 = time.perf_counter()
+    writer = SetWriter(staging, int(np.prod(spec.shape)), dtype)
+    # rows of the labels CSV refused before decoding (names outside AUDIO_DIR), as one process lists them
+    skipped = list(ds.extra.get("skipped", []))
     for b in range(len(plan.batches)):
-        cases, skipped, stats, copies = by_batch[b]
-        w.skipped.extend(skipped)
-        if not cases:
-            continue
-        name = f"data_batch_{len(w.files) + 1}"
-        os.replace(os.path.join(staging, f"part_{b}"), os.path.join(staging, name))
-        w.files.append(name)
-        w.sizes.append(cases)
-        w.copies += copies
-        if b < plan.num_train:
-            w.moments.merge(*stats)
-            w.n_train = len(w.files)
-    w.t_write += time.perf_counter() - t0
-    return finish_set(ds, spec, staging, w, dtype, noise)
+        cases, bad, stats, copies = by_batch[b]
+        skipped.extend(bad)
+        if cases:
+            writer.adopt(f"part_{b}", cases, stats, b < plan.num_train, copies)
+    return writer, skipped, timings

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy
 
-from convnet_cli.ingest.audio import MAX_AMPLITUDE, AudioError, _truncation, check_audio_file
+from convnet_cli.ingest.audio import MAX_AMPLITUDE, AudioError, check_audio_file, truncation_reason
 from convnet_cli.ingest.features import FeatureSpec, compute_features
 
 BLOCK_S = 60.0                # seconds of audio per block
@@ -58,7 +59,7 @@ def recording_info(path: str) -> tuple[float, int]:
         info = sf.info(path)
     except (RuntimeError, sf.SoundFileError, OSError, ValueError, TypeError) as exc:
         raise _open_error(path, exc) from None
-    reason = _truncation(getattr(info, "extra_info", ""))
+    reason = truncation_reason(getattr(info, "extra_info", ""))
     if reason:
         raise AudioError(path, reason)
     sr = int(info.samplerate)
@@ -77,6 +78,64 @@ def window_starts(duration_s: float, window_s: float, hop_s: float) -> numpy.nda
         return numpy.zeros(0, dtype=numpy.float64)
     n = int(math.floor((duration_s - window_s) / hop_s + 1e-9)) + 1
     return numpy.arange(n, dtype=numpy.float64) * hop_s
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """The windows cut from long recordings: `duration` seconds every `hop` seconds (make-batches
+    --window-hop, detect's default slide). Stored on its own in batches.meta and checkpoints as
+    {"duration": d, "hop": h}; batch folders made before kept the hop as features["window_hop"]."""
+
+    duration: float
+    hop: float
+
+    @classmethod
+    def of(cls, spec, hop=None) -> "WindowSpec":
+        """The features' duration, every `hop` seconds (default: half a window)."""
+        return cls(float(spec.duration), float(hop) if hop is not None else float(spec.duration) / 2)
+
+    @classmethod
+    def stored(cls, window, features=None) -> "WindowSpec | None":
+        """The WindowSpec a batches.meta / checkpoint recorded: its `window` entry, else an older folder's
+        features["window_hop"]; None for a set of clips."""
+        if isinstance(window, dict) and window.get("hop"):
+            return cls(float(window["duration"]), float(window["hop"]))
+        if isinstance(features, dict) and features.get("window_hop"):
+            return cls(float(features["duration"]), float(features["window_hop"]))
+        return None
+
+    def to_dict(self) -> dict:
+        return {"duration": float(self.duration), "hop": float(self.hop)}
+
+
+def window_count(duration_s: float, window_s: float, hop_s: float) -> int:
+    """len(window_starts(...)), by arithmetic: no array of starts is made."""
+    if duration_s + 1e-9 < window_s:
+        return 0
+    return int(math.floor((duration_s - window_s) / hop_s + 1e-9)) + 1
+
+
+def class_overlap(starts, window_s: float, selections, min_overlap: float):
+    """How the annotations `selections` (of one class) meet each window [t, t + window_s): (overlap, touched),
+    (n,) float64 and bool: the largest overlap in seconds of one annotation that covers at least
+    `min_overlap` of the shorter of the two (0 where none does), and whether any annotation overlaps the window
+    at all. The rule of label_windows, for one class (multi-label planning takes every class so)."""
+    starts = numpy.asarray(starts, dtype=numpy.float64)
+    best = numpy.zeros(starts.shape[0], dtype=numpy.float64)
+    touched = numpy.zeros(starts.shape[0], dtype=bool)
+    eps = 1e-9
+    for s in selections:
+        lo = int(numpy.searchsorted(starts, s.begin - window_s, side="right"))
+        hi = int(numpy.searchsorted(starts, s.end, side="left"))
+        if hi <= lo:
+            continue
+        t = starts[lo:hi]
+        ov = numpy.minimum(t + window_s, s.end) - numpy.maximum(t, s.begin)
+        hit = ov > eps
+        touched[lo:hi] |= hit
+        ok = hit & (ov / min(window_s, s.end - s.begin) >= min_overlap - eps)
+        best[lo:hi] = numpy.where(ok, numpy.maximum(best[lo:hi], ov), best[lo:hi])
+    return best, touched
 
 
 def label_windows(starts, window_s: float, selections, min_overlap: float = 0.5, background: str = "background"):
@@ -125,7 +184,7 @@ def label_windows(starts, window_s: float, selections, min_overlap: float = 0.5,
 
 # ---- decoding and resampling in blocks ------------------------------------------------------------
 
-class _Reader:
+class RecordingReader:
     """One open recording: `read(o0, o1)` -> mono float32 samples [o0, o1) of the signal at `sr_out`
     (zeros past the end), decoding only the input those samples need."""
 
@@ -138,7 +197,7 @@ class _Reader:
             self.f = sf.SoundFile(path)
         except (RuntimeError, sf.SoundFileError, OSError, ValueError, TypeError) as exc:
             raise _open_error(path, exc) from None
-        reason = _truncation(self.f.extra_info)   # libsndfile shortens a cut WAV's frames and says so in its log
+        reason = truncation_reason(self.f.extra_info)   # libsndfile shortens a cut WAV's frames, says so in its log
         if reason:
             self.f.close()
             raise AudioError(path, reason)
@@ -202,7 +261,7 @@ class _Reader:
 
 def resample_blocks(path: str, sr_out: int, block_s: float = BLOCK_S) -> Iterator[numpy.ndarray]:
     """The whole recording at `sr_out`, mono float32, as consecutive blocks (for tests and benchmarks)."""
-    r = _Reader(path, sr_out)
+    r = RecordingReader(path, sr_out)
     try:
         step = max(1, int(round(block_s * sr_out)))
         for o0 in range(0, r.n_out, step):
@@ -256,7 +315,7 @@ def iter_selected_window_features(path: str, spec: FeatureSpec, hop_s: float, ke
     Only the blocks those windows need are decoded. on_block(t) is called after each block, t the recording
     time (s) processed so far. AudioError for a file that cannot be decoded (at open, or part way through).
     """
-    reader = _Reader(path, spec.sample_rate)
+    reader = RecordingReader(path, spec.sample_rate)
     try:
         duration = reader.frames / reader.sr_in
         starts = window_starts(duration, spec.duration, hop_s)

@@ -166,7 +166,7 @@ class Layer:
         """The error for a layer whose type has no ONNX translation. supported: the type names export
         takes; by default the registered types whose class overrides `to_onnx`."""
         if supported is None:
-            supported = sorted(t for t, c in _REGISTRY.items() if c.provides("to_onnx"))
+            supported = sorted(t for t, c in LAYER_CLASSES.items() if c.provides("to_onnx"))
         return self.error(f"type '{self.type}' cannot be exported to ONNX (no ONNX operator reproduces it); "
                           f"export supports {', '.join(supported)}")
 
@@ -237,8 +237,8 @@ class CostLayer(Layer):
         return (1, 1, 1)
 
 
-_REGISTRY: dict = {}
-_ALIASES: dict = {}
+LAYER_CLASSES: dict = {}
+LAYER_ALIASES: dict = {}
 
 
 def register(cls=None, *, aliases: tuple = ()):
@@ -247,9 +247,9 @@ def register(cls=None, *, aliases: tuple = ()):
     def wrap(c):
         if not c.type:
             raise TypeError(f"{c.__name__} has no type name")
-        _REGISTRY[c.type] = c
+        LAYER_CLASSES[c.type] = c
         for a in aliases:
-            _ALIASES[a] = c.type
+            LAYER_ALIASES[a] = c.type
         return c
 
     return wrap(cls) if cls is not None else wrap

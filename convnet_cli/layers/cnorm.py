@@ -22,14 +22,14 @@ The code is xp-generic (shifted slices), so it runs on CuPy as is.
 from __future__ import annotations
 
 from convnet_cli.layers.base import register
-from convnet_cli.layers.norm import _ResponseNorm, _window_sums
+from convnet_cli.layers.norm import ResponseNormBase, window_sums
 
 
 def contrast_norm_forward(x, size: int, min_div: float, scale: float, power: float):
     """x: (N, H, W, C) -> (out, (d, denom)) as in the module docstring."""
     n = size * size
-    d = x - _window_sums(x, "rnorm", size) / n
-    denom = min_div + (scale / n) * _window_sums(d * d, "rnorm", size)
+    d = x - window_sums(x, "rnorm", size) / n
+    denom = min_div + (scale / n) * window_sums(d * d, "rnorm", size)
     return x * denom ** (-power), (d, denom)
 
 
@@ -37,12 +37,12 @@ def contrast_norm_backward(dout, x, out, d, denom, size: int, scale: float, powe
     """dx of contrast_norm_forward."""
     n = size * size
     g_denom = -power * dout * out / denom
-    g_d = (2 * scale / n) * d * _window_sums(g_denom, "rnorm", size, adjoint=True)
-    return dout * denom ** (-power) + g_d - _window_sums(g_d, "rnorm", size, adjoint=True) / n
+    g_d = (2 * scale / n) * d * window_sums(g_denom, "rnorm", size, adjoint=True)
+    return dout * denom ** (-power) + g_d - window_sums(g_d, "rnorm", size, adjoint=True) / n
 
 
 @register
-class ContrastNorm(_ResponseNorm):
+class ContrastNorm(ResponseNormBase):
     """cuda-convnet `cnorm`: each unit divided by the local variance of a size x size patch of its channel."""
 
     type = "cnorm"

@@ -58,7 +58,7 @@ def _is_cupy(a) -> bool:
 _RNORM_AXES = {"rnorm": (1, 2), "cmrnorm": (3,)}
 
 
-def _window_sums(a, kind: str, size: int, adjoint: bool = False):
+def window_sums(a, kind: str, size: int, adjoint: bool = False):
     before, after = size // 2, size - 1 - size // 2
     if adjoint:  # the transpose of the window sum: each position gives to the windows that read it
         before, after = after, before
@@ -69,7 +69,7 @@ def _window_sums(a, kind: str, size: int, adjoint: bool = False):
 
 def response_norm_forward_numpy(x, kind: str, size: int, min_div: float, scale: float, n: int, power: float):
     """x: (N, H, W, C) -> (out, denom): denom = minDiv + scale/n * (window sum of x^2), out = x denom^-pow."""
-    denom = min_div + (scale / n) * _window_sums(x * x, kind, size)
+    denom = min_div + (scale / n) * window_sums(x * x, kind, size)
     return x * denom ** (-power), denom
 
 
@@ -78,7 +78,7 @@ def response_norm_backward_numpy(x, denom, out, dout, kind: str, size: int, scal
 
     out_i = x_i d_i^-p with d_i = k + a/n sum_{j in win(i)} x_j^2, so
     dx_j = dout_j d_j^-p - 2 p a/n x_j sum_{i: j in win(i)} dout_i x_i d_i^(-p-1)."""
-    back = _window_sums(dout * out / denom, kind, size, adjoint=True)
+    back = window_sums(dout * out / denom, kind, size, adjoint=True)
     return dout * denom ** (-power) - (2 * power * scale / n) * x * back
 
 
@@ -177,7 +177,7 @@ def response_norm_backward_cupy(x, denom, out, dout, kind: str, size: int, scale
     return dx
 
 
-class _ResponseNorm(Layer):
+class ResponseNormBase(Layer):
     keys = {"size": Key("int", min=1, doc="width of the normalization window, e.g. 5")}
     hyper_defaults = {"scale": 0.0001, "pow": 0.75, "minDiv": 1.0}
     axes: tuple = ()  # activation axes the window runs along (NHWC)
@@ -245,7 +245,7 @@ class _ResponseNorm(Layer):
 
 
 @register
-class ResponseNorm(_ResponseNorm):
+class ResponseNorm(ResponseNormBase):
     """cuda-convnet `rnorm`: each unit divided by the energy of a size x size patch of its own channel."""
 
     type = "rnorm"
@@ -259,7 +259,7 @@ class ResponseNorm(_ResponseNorm):
 
 
 @register
-class CrossMapResponseNorm(_ResponseNorm):
+class CrossMapResponseNorm(ResponseNormBase):
     """cuda-convnet `cmrnorm` (AlexNet's local response normalization): across `size` adjacent channels."""
 
     type = "cmrnorm"

@@ -8,14 +8,14 @@ import importlib
 import pkgutil
 
 import convnet_cli.layers as _pkg
-from convnet_cli.layers.base import _ALIASES, _REGISTRY
+from convnet_cli.layers.base import LAYER_ALIASES, LAYER_CLASSES
 
 for _mod in sorted(m.name for m in pkgutil.iter_modules(_pkg.__path__)):
     if _mod not in ("base", "registry"):
         importlib.import_module(f"convnet_cli.layers.{_mod}")
 
-REGISTRY = _REGISTRY
-ALIASES = _ALIASES
+REGISTRY = LAYER_CLASSES
+ALIASES = LAYER_ALIASES
 
 
 def layer_class(type_name: str):

@@ -146,13 +146,13 @@ def prepare(detections, out_dir, *, recordings=None, per_class=50, select="rando
             seed=0, given=None, progress=True, echo=print) -> Review:
     """Steps 1-3 of the module doc -> the Review. given: {flag name: value} of the sampling flags the user
     gave (SAMPLING_FLAGS' keys), for the note when a sample is kept."""
-    from convnet_cli.review.sample import REVIEW_CSV, _is_detect_dir, read_sample
+    from convnet_cli.review.sample import REVIEW_CSV, is_detect_dir, read_sample
 
     out_dir = os.fspath(out_dir)
     _check_flags(per_class, select, context)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ConfigError(f"--out {out_dir}: is a file; give a folder for the review")
-    if _is_detect_dir(out_dir):
+    if is_detect_dir(out_dir):
         raise ConfigError(f"--out {out_dir}: is a detect OUT_DIR; give the review a folder of its own "
                           f"(e.g. {os.path.join(out_dir, 'review')})")
     os.makedirs(out_dir, exist_ok=True)

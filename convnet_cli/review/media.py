@@ -103,7 +103,7 @@ def cut_clip(path: str, begin: float, end: float, context: float):
     seconds each side, clipped at the recording's ends and to MAX_CLIP_S / MAX_CLIP_SAMPLES. Only that
     stretch is decoded."""
     from convnet_cli.errors import DataError
-    from convnet_cli.ingest.windows import _Reader, recording_info
+    from convnet_cli.ingest.windows import RecordingReader, recording_info
 
     duration, sr = recording_info(path)
     if begin >= duration:
@@ -114,7 +114,7 @@ def cut_clip(path: str, begin: float, end: float, context: float):
     truncated = t1 - t0 > longest
     if truncated:
         t1 = t0 + longest
-    reader = _Reader(path, sr)
+    reader = RecordingReader(path, sr)
     try:
         s0 = int(round(t0 * sr))
         s1 = max(s0 + 1, min(reader.frames, int(round(t1 * sr))))

@@ -89,7 +89,7 @@ class Item:
 
 # ---- reading DETECTIONS -------------------------------------------------------------------------------
 
-def _is_detect_dir(path) -> bool:
+def is_detect_dir(path) -> bool:
     from convnet_cli.detect.detect import DONE, SETTINGS
 
     return os.path.isdir(path) and any(os.path.exists(os.path.join(path, n)) for n in (DONE, SETTINGS))
@@ -119,9 +119,9 @@ def load_detections(path: str, exclude: str | None = None):
         raise DataError(f"{path}: no such detections folder or file; give a detect OUT_DIR, its detections.csv, "
                         "or Raven tables with Class and Score columns")
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    settings = _settings(folder) if _is_detect_dir(folder) else None
-    done = read_done(folder) if _is_detect_dir(folder) else {}
-    if os.path.isdir(path) and os.path.exists(os.path.join(path, DETECTIONS_CSV)) and _is_detect_dir(path):
+    settings = _settings(folder) if is_detect_dir(folder) else None
+    done = read_done(folder) if is_detect_dir(folder) else {}
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, DETECTIONS_CSV)) and is_detect_dir(path):
         selections = read_tables(os.path.join(path, DETECTIONS_CSV))
     elif os.path.isdir(path):
         selections = read_tables(path)

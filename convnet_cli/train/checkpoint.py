@@ -44,6 +44,7 @@ class RunState:
     data_mean: list = field(default_factory=list)    # the training statistics, flat
     data_std: list = field(default_factory=list)
     features: dict | None = None  # how make-batches computed the features (predict recomputes them so)
+    window: dict | None = None    # the windows of long recordings the batches hold ({duration, hop}): detect's
     data_path: str = ""
     rng: dict = field(default_factory=dict)
     history: list = field(default_factory=list)      # {type, epoch, batch, progress, cost, error} per record

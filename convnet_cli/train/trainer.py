@@ -591,7 +591,7 @@ def _initial_state(o, batchset, layer_def_text, params_text) -> RunState:
         data_shape=list(batchset.data_shape),
         data_mean=[float(v) for v in np.asarray(batchset.data_mean, dtype=np.float32).reshape(-1)],
         data_std=[float(v) for v in np.asarray(batchset.data_std, dtype=np.float32).reshape(-1)],
-        features=batchset.features, data_path=os.path.abspath(o.data_path),
+        features=batchset.features, window=batchset.window, data_path=os.path.abspath(o.data_path),
         rng={"seed": o.seed, "scheme": "derived per (seed, epoch, batch, minibatch)"},
     )
 
