@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from convnet_cli.detect import raven
-from convnet_cli.detect.events import (Event, events_for_class, parse_thresholds, reported_classes,
-                                       windows_to_events)
+from convnet_cli.detect.events import Event, events_for_class, reported_classes, windows_to_events
 from convnet_cli.errors import ConfigError
+from convnet_cli.thresholds import parse_thresholds
 
 
 def test_runs_of_windows_become_events_with_first_start_last_end_and_max_score():

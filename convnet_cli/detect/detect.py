@@ -49,10 +49,11 @@ from convnet_cli.data.batch_set_swap import BatchDirLock
 from convnet_cli.data.skipped_list import format_skipped
 from convnet_cli.fileio import make_out_dir, write_text_atomic
 from convnet_cli.detect import raven
-from convnet_cli.detect.events import (DEFAULT_SPLIT_DIP, check_class_names, parse_thresholds, reported_classes,
+from convnet_cli.detect.events import (DEFAULT_SPLIT_DIP, check_class_names, reported_classes,
                                        windows_to_events)
 from convnet_cli.errors import ConfigError, DataError
 from convnet_cli.parallel import SingleWorld, on_root, rank_device
+from convnet_cli.thresholds import parse_thresholds
 
 DONE = "done.jsonl"
 DONE_PART = "done.{rank}.jsonl"   # a process's own journal under MPI, merged into done.jsonl at the end

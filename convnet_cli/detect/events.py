@@ -26,7 +26,6 @@ from convnet_cli.errors import did_you_mean
 
 # A label with one of these names (case-insensitive) is the "nothing here" class: never reported by default.
 BACKGROUND_NAMES = ("background", "noise", "negative", "other", "0")
-DEFAULT_THRESHOLD = 0.5
 # A dip this far below the peaks on both sides splits a run of windows: a softmax score wavers by less
 # than this within one call, and falls further than this between two calls of a chorus.
 DEFAULT_SPLIT_DIP = 0.3
@@ -61,38 +60,6 @@ def reported_classes(label_names, classes=None) -> list:
         raise ConfigError(f"every class of the network ({', '.join(names)}) is a background class; "
                           f"name the ones to report with --classes")
     return out
-
-
-def parse_thresholds(text, label_names) -> dict:
-    """--threshold: '0.7' (every class), 'upcall=0.8,gunshot=0.6' (unnamed classes 0.5), or both
-    ('0.7,upcall=0.9'). -> {label: threshold} for every label."""
-    names = list(label_names)
-    default = DEFAULT_THRESHOLD
-    per = {}
-    if text is not None and str(text).strip():
-        for part in str(text).split(","):
-            part = part.strip()
-            if not part:
-                continue
-            if "=" in part:
-                name, value = (s.strip() for s in part.rsplit("=", 1))
-                if name not in names:
-                    raise ConfigError(f"--threshold {text!r}: the network has no class '{name}'"
-                                      f"{did_you_mean(name, names)}; its classes: {', '.join(names)}")
-            else:
-                name, value = None, part
-            try:
-                t = float(value)
-            except ValueError:
-                raise ConfigError(f"--threshold {text!r}: {value!r} is not a number; give T or CLASS=T,... "
-                                  f"with T between 0 and 1") from None
-            if not 0.0 <= t <= 1.0:
-                raise ConfigError(f"--threshold {text!r}: {t:g} is outside 0..1 (thresholds are probabilities)")
-            if name is None:
-                default = t
-            else:
-                per[name] = t
-    return {n: per.get(n, default) for n in names}
 
 
 def check_class_names(classes, checkpoint: str):
