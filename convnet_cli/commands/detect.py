@@ -10,21 +10,27 @@ from convnet_cli.parallel import collective_errors, get_world, share_node_cores
 
 
 @click.command("detect")
-@click.option("-f", "checkpoint", required=True, type=click.Path(),
+@click.option("-f", "checkpoint", type=click.Path(),
               help="Checkpoint file, or a run directory (then best.npz, else the newest).")
-@click.argument("recordings", nargs=-1, required=True, type=click.Path())
+@click.argument("recordings", nargs=-1, type=click.Path())
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder for the selection tables, detections.csv and done.jsonl.")
 @click.option("--window-hop", "--hop", "hop", type=float,
               help="Seconds between window starts, at least 0.001 (--hop: the same).  [default: the training "
                    "window_hop, else half the window]")
-@click.option("--threshold", help="Probability an event needs: T for every class, or CLASS=T,...  [default: 0.5]")
+@click.option("--threshold", help="Probability an event needs: T for every class, CLASS=T,..., or a thresholds.yaml "
+                                 "(evaluate --calibrate's)  [default: 0.5]")
+@click.option("--from-scores", "from_scores", type=click.Path(file_okay=False), metavar="OUT_DIR",
+              help="Make the events and tables again from an earlier detect --scores run's scores.csv with these "
+                   "thresholds and event settings, without reading audio or running the net (no -f, no RECORDINGS); "
+                   "settings not given are that run's.")
 @click.option("--classes", help="Classes to report, comma-separated.  [default: all but a background class]")
-@click.option("--merge-gap", type=float, default=0.0, show_default=True,
-              help="Join windows of a class less than this many seconds apart into one event.")
-@click.option("--split-dip", type=float, default=DEFAULT_SPLIT_DIP, show_default=True,
+@click.option("--merge-gap", type=float, default=None,
+              help="Join windows of a class less than this many seconds apart into one event.  [default: 0]")
+@click.option("--split-dip", type=float, default=None,
               help="Split a run of overlapping windows where the score dips at least this far below the highest "
-                   "window on each side (calls in a chorus); the events meet at the dip window's centre. 0: never.")
+                   "window on each side (calls in a chorus); the events meet at the dip window's centre. 0: never.  "
+                   f"[default: {DEFAULT_SPLIT_DIP:g}]")
 @click.option("--max-event", type=float,
               help="Cut an event longer than this many seconds into equal pieces no longer than it (pieces with "
                    "no window above the threshold are dropped).  [default: no cap]")
@@ -37,14 +43,22 @@ from convnet_cli.parallel import collective_errors, get_world, share_node_cores
               help="Windows per forward pass; bounds memory (the upcall net: ~220 MB in all at 128, ~370 at 256).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, gpu, gpu:N or auto.")
 @click.option("--quiet", is_flag=True, help="No progress bar; print only errors and the summary line.")
-def command(checkpoint, recordings, out_dir, hop, threshold, classes, merge_gap, split_dip, max_event, scores, combined,
-            resume, overwrite, batch, device, quiet):
+def command(checkpoint, recordings, out_dir, hop, threshold, from_scores, classes, merge_gap, split_dip, max_event,
+            scores, combined, resume, overwrite, batch, device, quiet):
     """Detect events in recordings of any length with a trained network.
 
     \b
     convnet detect -f RUNS/ConvNet__... recordings/ --out detections/
     convnet detect -f RUNS/ConvNet__... recordings/ --out detections/ --threshold upcall=0.8 --merge-gap 1 --resume
+    convnet detect --from-scores detections/ --threshold eval/thresholds.yaml --out detections-calibrated/
     """
+    if from_scores is not None:
+        return _from_scores(from_scores, checkpoint, recordings, out_dir, hop, threshold, classes, merge_gap,
+                            split_dip, max_event, scores, combined, resume, overwrite)
+    if checkpoint is None or not recordings:
+        raise click.UsageError("give -f RUN and RECORDINGS (or --from-scores OUT_DIR to re-threshold an earlier run)")
+    merge_gap = 0.0 if merge_gap is None else merge_gap
+    split_dip = DEFAULT_SPLIT_DIP if split_dip is None else split_dip
     from convnet_cli.detect.detect import detect
 
     def echo(msg):
@@ -74,4 +88,21 @@ def command(checkpoint, recordings, out_dir, hop, threshold, classes, merge_gap,
     if s.skipped and s.done + s.resumed == 0:
         click.echo("convnet: error: none of the recordings could be read", err=True)
         return 1
+    return 0
+
+
+def _from_scores(src, checkpoint, recordings, out_dir, hop, threshold, classes, merge_gap, split_dip, max_event,
+                 scores, combined, resume, overwrite):
+    """detect --from-scores: detect/rescore.py."""
+    from convnet_cli.detect.rescore import detect_from_scores
+
+    given = [flag for flag, v in (("-f", checkpoint), ("RECORDINGS", recordings), ("--window-hop", hop),
+                                  ("--scores", scores), ("--resume", resume)) if v]
+    if given:
+        raise click.UsageError(f"{given[0]} does not apply with --from-scores (the windows and their scores are "
+                               "the earlier run's); drop it")
+    s = detect_from_scores(src, out_dir, threshold=threshold, classes=classes, merge_gap=merge_gap,
+                           split_dip=split_dip, max_event=max_event, combined=combined, overwrite=overwrite)
+    click.echo(f"{s.recordings} recording(s), {s.windows:,} windows from {src}: {s.detections} detection(s); "
+               f"tables: {out_dir}{os.sep}*.selections.txt; all detections: {s.files['detections']}")
     return 0

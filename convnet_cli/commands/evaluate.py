@@ -18,8 +18,11 @@ import click
                                   "Species or Call Type]")
 @click.option("--out", "out_dir", default=".", show_default=True, type=click.Path(file_okay=False),
               help="Folder for evaluation.json and pr_curve.png.")
+@click.option("--calibrate", metavar="precision=P|f1",
+              help="Also write DIR/thresholds.yaml: per class the lowest score threshold reaching precision P, or "
+                   "the F1-best one (detect and predict take it: --threshold DIR/thresholds.yaml).")
 @click.option("--quiet", is_flag=True, help="Print only the table.")
-def command(detections, annotations, min_overlap, classes, target_precision, label_col, out_dir, quiet):
+def command(detections, annotations, min_overlap, classes, target_precision, label_col, out_dir, calibrate, quiet):
     """Score detections (a detect OUT_DIR, its detections.csv, or Raven tables) against annotations
     (Raven tables, a folder of them, or a CSV filename,start,end,label).
 
@@ -28,11 +31,17 @@ def command(detections, annotations, min_overlap, classes, target_precision, lab
     convnet evaluate review/         # a convnet review folder: the reviewed precision per class
     """
     if annotations is None:  # DETECTIONS is a review folder (verdicts.csv): see convnet_cli/commands/review.py
+        if calibrate:
+            raise click.UsageError("--calibrate needs the ANNOTATIONS (the precision-recall curve of every score); "
+                                   "a review folder gives the reviewed precision per score bin")
         from convnet_cli.commands.review import evaluate_review_dir
         return evaluate_review_dir(detections, out_dir, classes, quiet)
-    from convnet_cli.detect.evaluate import evaluate, format_table, load_pair, plot_pr, write_json
+    from convnet_cli.detect.evaluate import (calibrate as calibrate_thresholds, evaluate, format_table, load_pair,
+                                             parse_calibrate, plot_pr, write_json)
     from convnet_cli.fileio import make_out_dir
+    from convnet_cli.thresholds import THRESHOLDS_FILE, write_thresholds
 
+    rule = parse_calibrate(calibrate) if calibrate else None
     make_out_dir(out_dir, "--out")   # before the work: a read-only --out is one line, not a lost evaluation
     dets, anns, wanted, notes = load_pair(detections, annotations, label_col=label_col, classes=classes)
     ev = evaluate(dets, anns, wanted, min_overlap, target_precision, notes)
@@ -43,6 +52,17 @@ def command(detections, annotations, min_overlap, classes, target_precision, lab
     path = write_json(ev.result, out_dir, ev.notes)
     if not quiet:
         click.echo(f"wrote {path}")
+    if rule is not None:
+        chosen, cal_notes = calibrate_thresholds(ev.curves, wanted, rule)
+        how = (f"precision >= {rule[1]:g}: the lowest score threshold reaching it" if rule[0] == "precision"
+               else "the threshold of the highest F1")
+        out = write_thresholds(os.path.join(out_dir, THRESHOLDS_FILE), chosen,
+                               f"convnet evaluate --calibrate {calibrate}: per class {how},\n"
+                               f"over {detections} against {annotations} (min overlap {min_overlap:g})\n"
+                               + "\n".join(cal_notes))
+        for n in cal_notes:
+            click.echo(f"note: {n}", err=True)
+        click.echo("thresholds: " + ", ".join(f"{c} {t:.4g}" for c, t in chosen.items()) + f" -> {out}")
     try:
         png = plot_pr(ev.curves, os.path.join(out_dir, "pr_curve.png"), target_precision)
         if not quiet:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from convnet_cli import metrics
 from convnet_cli.errors import ConfigError, DataError, did_you_mean
 
 RESULT_KEYS = ("tp", "fp", "fn", "precision", "recall", "f1", "average_precision", "threshold_at_precision",
@@ -91,19 +92,9 @@ def _ratio(a, b):
 
 
 def pr_curve(scored, n_annotations: int):
-    """scored: [(score, is_tp)] -> (thresholds, precision, recall) at each distinct score, falling."""
-    if not scored:
-        return np.zeros(0), np.zeros(0), np.zeros(0)
-    s = np.array([x for x, _ in scored], dtype=np.float64)
-    tp = np.array([t for _, t in scored], dtype=np.float64)
-    order = np.argsort(-s, kind="stable")
-    s, tp = s[order], tp[order]
-    ctp = np.cumsum(tp)
-    cnt = np.arange(1, len(s) + 1, dtype=np.float64)
-    last = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]  # the last detection of each tied score
-    prec = ctp[last] / cnt[last]
-    rec = ctp[last] / n_annotations if n_annotations else np.full(len(last), np.nan)
-    return s[last], prec, rec
+    """scored: [(score, is_tp)] -> (thresholds, precision, recall) at each distinct score, falling
+    (convnet_cli/metrics.py's pr_curve, with the annotations as the positives)."""
+    return metrics.pr_curve([x for x, _ in scored], [t for _, t in scored], n_annotations)
 
 
 def summarize(scored, n_fn: int, target_precision: float) -> dict:
@@ -118,7 +109,7 @@ def summarize(scored, n_fn: int, target_precision: float) -> dict:
     ap = None
     at, at_recall = None, None
     if n_ann:
-        ap = float(np.sum(np.diff(np.r_[0.0, rec]) * prec)) if len(thr) else 0.0
+        ap = metrics.average_precision_from_curve(prec, rec)
         ok = np.flatnonzero(prec >= target_precision)
         if ok.size:
             k = int(ok[-1])  # thresholds fall along the curve: the last one reaching P is the lowest
@@ -374,7 +365,8 @@ def load_pair(detections_path: str, annotations_path: str, label_col=None, class
         anns_raw = {r: [Interval(i.begin, i.end, i.label) for i in v]
                     for r, v in _read_out_dir(annotations_path)[0].items()}
     else:
-        anns_raw = _group(read_tables(annotations_path, label_col))
+        # a reviewed table's false and unsure rows are not calls (convnet review's verdicts)
+        anns_raw = _group([a for a in read_tables(annotations_path, label_col) if a.verdict in (None, "true")])
     universe = list(processed) if processed is not None else sorted(dets)
     pairs = pair_recordings(universe, sorted(anns_raw))
     notes = []
@@ -423,6 +415,54 @@ def load_pair(detections_path: str, annotations_path: str, label_col=None, class
     universe_set = set(universe) | set(anns)
     return ({r: dets.get(r, []) for r in universe_set}, {r: anns.get(r, []) for r in universe_set}, wanted,
             notes)
+
+
+# ---- calibration: thresholds per class from the precision-recall curves --------------------------------
+
+def parse_calibrate(text: str):
+    """--calibrate 'precision=P' -> ('precision', P); 'f1' -> ('f1', None). ConfigError otherwise."""
+    t = str(text).strip().lower().replace(" ", "")
+    if t == "f1":
+        return "f1", None
+    if t.startswith("precision="):
+        try:
+            p = float(t.split("=", 1)[1])
+        except ValueError:
+            p = float("nan")
+        if 0.0 < p <= 1.0:
+            return "precision", p
+    raise ConfigError(f"--calibrate {text!r}: give precision=P (P in (0, 1], e.g. precision=0.9) or f1")
+
+
+def calibrate(curves: dict, classes, rule) -> tuple:
+    """({class: threshold}, notes): per class the lowest score threshold whose precision reaches P
+    (`('precision', P)`), or the one of the highest F1 (`('f1', None)`), read off the class's precision-recall
+    curve over its detections' scores. A class whose curve never reaches P gets 1.0 (detect then reports only
+    scores of 1.0) and a class without detections or annotations keeps 0.5; the notes say which."""
+    from convnet_cli.thresholds import DEFAULT_THRESHOLD
+
+    kind, target = rule
+    out, notes = {}, []
+    for c in classes:
+        thr, prec, rec = curves[c]
+        if len(thr) == 0 or (kind == "f1" and not np.isfinite(rec).any()):
+            out[c] = DEFAULT_THRESHOLD
+            notes.append(f"{c}: no {'detections' if len(thr) == 0 else 'annotations'} to calibrate on; "
+                         f"threshold {DEFAULT_THRESHOLD:g} kept")
+            continue
+        if kind == "precision":
+            ok = np.flatnonzero(prec >= target)
+            if ok.size:
+                out[c] = float(thr[int(ok[-1])])  # thresholds fall along the curve: the last one is the lowest
+            else:
+                out[c] = 1.0
+                notes.append(f"{c}: no threshold reaches precision {target:g} (at most {float(prec.max()):.3f}); "
+                             "threshold 1.0")
+        else:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                f1 = np.where(prec + rec > 0, 2 * prec * rec / (prec + rec), 0.0)
+            out[c] = float(thr[int(np.nanargmax(f1))])
+    return out, notes
 
 
 # ---- output -----------------------------------------------------------------------------------------
