@@ -86,8 +86,9 @@ def _distractor(rng):
     return x
 
 
-def make_recording(rng, seconds: float):
-    """(signal float32 (n,) at SR, [(begin, end, label, low Hz, high Hz)])."""
+def make_recording(rng, seconds: float, distractors_per_s: float = 0.1):
+    """(signal float32 (n,) at SR, [(begin, end, label, low Hz, high Hz)]); `distractors_per_s`: steady tones,
+    down-sweeps and click trains per second of audio."""
     n = int(seconds * SR)
     x = _noise(rng, n) + _ship(rng, n)
     level = np.sqrt(np.convolve(x ** 2, np.ones(SR) / SR, mode="same")) + 1e-6  # local noise level
@@ -101,7 +102,7 @@ def make_recording(rng, seconds: float):
         x[i:i + len(call)] += snr * level[i] * call
         events.append((t, t + len(call) / SR, label, lo, hi))
         t += len(call) / SR + rng.uniform(3.0, 8.0)  # 2-s windows can tell calls this far apart
-    for _ in range(int(seconds / 10)):
+    for _ in range(int(seconds * distractors_per_s)):
         d = _distractor(rng)
         i = int(rng.integers(0, n - len(d)))
         x[i:i + len(d)] += rng.uniform(1.0, 2.5) * level[i] * d

@@ -107,6 +107,35 @@ def test_make_batches_with_a_verdict_table(tmp_path):
     assert sorted(names) == [("a.wav@12.000", "tone"), ("a.wav@2.000", "tone"), ("a.wav@5.000", "background")]
 
 
+def test_a_recording_known_only_by_verdicts_always_trains(tmp_path):
+    """Its windows are a sample around detections: a test range of them would choose best.npz on windows
+    unlike those detect meets (measured: benchmarks/bench_verified_negatives.py), so it stays in training."""
+    from convnet_cli.data.batch_files import BatchSet
+
+    rec = tmp_path / "rec"
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    for k in range(3):   # three annotated recordings
+        write_recording(str(rec / f"a{k}.wav"), 12.0, sr=1000, calls=[(2.0, 3.0, 200.0)], seed=k)
+        write_raven(str(tables / f"a{k}.Table.1.selections.txt"), [(2.0, 3.0, "tone", 100, 300)], label_col="Class")
+    write_recording(str(rec / "rev.wav"), 12.0, sr=1000, calls=[(4.0, 5.0, 200.0)], seed=9)
+    (tables / "verdicts.selections.txt").write_text(
+        "Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\tLow Freq (Hz)\tHigh Freq (Hz)\tBegin File\t"
+        "Begin Path\tClass\tScore\tVerdict\n"
+        f"1\tSpectrogram 1\t1\t4.000\t5.000\t0.0\t500.0\trev.wav\t{rec / 'rev.wav'}\ttone\t0.9000\ttrue\n"
+        f"2\tSpectrogram 1\t1\t8.000\t9.000\t0.0\t500.0\trev.wav\t{rec / 'rev.wav'}\ttone\t0.8000\tfalse\n")
+    feats = tmp_path / "f.yaml"
+    feats.write_text("sample_rate: 1000\nduration: 1.0\nn_fft: 128\nhop: 50\nn_mels: 16\n")
+    for seed in range(6):
+        out = tmp_path / f"b{seed}"
+        r = invoke(["make-batches", str(rec), str(out), "--annotations", str(tables), "--features", str(feats),
+                    "--window-hop", "1", "--test-fraction", "0.5", "--seed", str(seed), "--jobs", "1", "--quiet"])
+        assert r.exit_code == 0, r.output
+        bs = BatchSet(out)
+        test_names = [n for b in bs.test_range for n in bs.load_batch(b)[2]]
+        assert test_names and not any(n.startswith("rev.wav@") for n in test_names)
+
+
 # ---- the sample -------------------------------------------------------------------------------------
 
 from convnet_cli.errors import ConfigError  # noqa: E402

@@ -672,7 +672,15 @@ def _split(recs, plan, o, batch_dir, spec, world, noise):
     else:
         groups, what = plan.rec, "recording"
     strata = plan.labels
-    test = split_by_group(groups, strata, float(o.test_fraction), int(o.seed), what)
+    # a recording known only through review verdicts (not annotated whole) gives windows around detections, a
+    # sample unlike what detect meets: it always trains, and the test range is made of annotated recordings
+    reviewed_only = np.array([bool(r.selections) and not r.whole and all(s.verdict is not None for s in r.selections)
+                              for r in recs], dtype=bool)
+    test = np.zeros(plan.labels.size, dtype=bool)
+    eligible = ~reviewed_only[plan.rec] if reviewed_only.size else np.ones(plan.labels.size, dtype=bool)
+    if eligible.any():
+        test[eligible] = split_by_group(groups[eligible], strata[eligible], float(o.test_fraction), int(o.seed),
+                                        what)
     on_root(world, lambda: check_windows_fit(batch_dir, plan.labels.size, int(np.prod(spec.shape)), o.dtype,
                                              o.window_hop, noise, int((~test).sum())))
     rng = np.random.default_rng([int(o.seed), 13])
