@@ -76,6 +76,23 @@ class Progress:
             self.bar = None
 
 
+class TrainProgress(Progress):
+    """An epoch's bar over its batch files, with the training rate in cases per second."""
+
+    def __init__(self, label: str, batches: int, enabled: bool = True, done: int = 0):
+        self.cases = 0
+        super().__init__(label, batches, "batches", enabled, done)
+
+    def add(self, amount: float = 1, cases: int = 0):
+        self.cases += int(cases)
+        super().add(amount)
+
+    def _text(self, _item=None) -> str:
+        el = time.perf_counter() - self.t0
+        rate = f", {self.cases / el:,.0f} cases/s" if el > 0 and self.cases else ""
+        return f"{self.done:,.0f}/{self.total:,.0f} batches{rate}"
+
+
 class AudioProgress(Progress):
     """A bar over seconds of audio, shown in hours (minutes below an hour), with the rate as a multiple of
     real time."""

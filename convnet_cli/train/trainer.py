@@ -12,7 +12,6 @@ import functools
 import math
 import os
 import signal
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 
@@ -25,6 +24,7 @@ from convnet_cli.errors import ConfigError, NonFiniteError
 from convnet_cli.fileio import copy_atomic, write_text_atomic
 from convnet_cli.net import Net
 from convnet_cli.parallel import get_world, on_root, rank_device, share_node_cores
+from convnet_cli.progress import TrainProgress
 from convnet_cli.train import best as best_by
 from convnet_cli.train.checkpoint import (RunState, load_checkpoint, newest_checkpoint, prune_checkpoints,
                                           read_state, resolve_checkpoint, save_checkpoint)
@@ -151,6 +151,7 @@ class Trainer:
         self.started = time.time() - state.seconds
         self.dp = DataParallel(get_world(), net)  # under MPI: shares, sums; rank 0 alone writes files
         self.test_auc = None
+        self.last_cases = 0      # cases of the batch file trained last (the bar's rate)
         self._saved_at = state.batches_done  # batch files done at the last checkpoint (a run without tests)
 
     # -- state -------------------------------------------------------------------------------------
@@ -177,12 +178,8 @@ class Trainer:
                 epoch = s.epoch
                 done_in_epoch = s.batch_in_epoch
                 n_batches = self.batches_per_epoch
-                bar = None
-                if not self.o.quiet:
-                    bar = click.progressbar(length=n_batches, label=f"epoch {epoch}/{self.o.epochs}",
-                                            file=sys.stderr, show_pos=True)
-                    bar.__enter__()
-                    bar.update(done_in_epoch)
+                bar = TrainProgress(f"epoch {epoch}/{self.o.epochs}", n_batches, enabled=not self.o.quiet,
+                                    done=done_in_epoch).__enter__()
                 try:
                     for batchnum, minibatches in self.train_provider.iter_epoch(epoch, skip=done_in_epoch):
                         stopped = self._train_batch(epoch, batchnum, minibatches, intr)
@@ -192,8 +189,7 @@ class Trainer:
                         s.batches_done += 1
                         s.batchnum = batchnum
                         s.minibatch = 0
-                        if bar is not None:
-                            bar.update(1)
+                        bar.add(1, cases=self.last_cases)
                         last_of_epoch = s.batch_in_epoch == n_batches
                         due = (self.o.test_freq and s.batches_done % self.o.test_freq == 0) or (
                             not self.o.test_freq and last_of_epoch)
@@ -201,14 +197,11 @@ class Trainer:
                             s.epoch += 1
                             s.batch_in_epoch = 0
                         if due or (last_of_epoch and s.epoch > self.o.epochs):
-                            if bar is not None:
-                                bar.__exit__(None, None, None)
-                                bar = None
+                            bar.close()
                             if self._test_and_save(epoch, batchnum):
                                 return 0
                 finally:
-                    if bar is not None:
-                        bar.__exit__(None, None, None)
+                    bar.close()
         return 0
 
     def _train_batch(self, epoch, batchnum, minibatches, intr) -> bool:
@@ -239,6 +232,7 @@ class Trainer:
             cases += n
             _accumulate(totals, costs, n)
         s.minibatch = 0
+        self.last_cases = cases
         # this batch counts as done in the record (the state's counter moves on after it returns)
         record = _record("train", epoch, batchnum, s.batches_done + 1, totals, cases, time.time() - start, net,
                          rates, self.batches_per_epoch)
