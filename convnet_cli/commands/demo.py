@@ -23,8 +23,18 @@ from convnet_cli.demo import config_path, make_upcall_dataset, train_demo
 @click.option("--recordings", is_flag=True,
               help="The long-recording pipeline instead: annotated recordings -> make-batches --annotations -> "
                    "train -> detect -> evaluate (--clips is ignored; --epochs default 15).")
-def command(root, batch_dir, clips, epochs, device, seed, quiet, recordings):
+@click.option("--chorus", is_flag=True,
+              help="Several species at once: a chorus of four call types that often overlap, trained and detected "
+                   "multi-label, beside the same net trained single-label (--clips, --batches are ignored; --epochs "
+                   "default 15).")
+def command(root, batch_dir, clips, epochs, device, seed, quiet, recordings, chorus):
     """Run the whole pipeline on built-in synthetic right-whale upcall data."""
+    if recordings and chorus:
+        raise click.UsageError("give --recordings or --chorus, not both")
+    if chorus:
+        from convnet_cli.demo_chorus import main as chorus_demo
+
+        return chorus_demo(os.path.join(root, "chorus"), epochs or 15, device, seed, quiet)
     if recordings:
         from convnet_cli.demo_recordings import main as recordings_demo
 
