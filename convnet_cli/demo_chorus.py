@@ -75,21 +75,12 @@ def make_recording(rng, seconds: float = 90.0):
     return (0.5 * x / (np.abs(x).max() + 1e-9)).astype(np.float32), events
 
 
-def raven_table(events) -> str:
-    head = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
-            "Species"]
-    lines = ["\t".join(head)]
-    for i, (b, e, label, lo, hi) in enumerate(events, 1):
-        for view in ("Waveform 1", "Spectrogram 1"):
-            lines.append("\t".join([str(i), view, "1", f"{b:.4f}", f"{e:.4f}", f"{lo:.1f}", f"{hi:.1f}", label]))
-    return "\n".join(lines) + "\n"
-
-
 def make_chorus_recordings(root: str, n_train: int = 8, n_heldout: int = 3, seed: int = 0) -> dict:
     """root/recordings/{train,heldout}/chorusNN.flac and root/annotations/{train,heldout}/*.Table.1.selections.txt;
     returns {'train': (recordings, tables), 'heldout': (...), 'calls': n, 'overlapping': n}."""
     import soundfile as sf
 
+    from convnet_cli.demo_recordings import raven_table
     from convnet_cli.fileio import write_text_atomic
 
     rng = np.random.default_rng([seed, 17])
@@ -107,7 +98,7 @@ def make_chorus_recordings(root: str, n_train: int = 8, n_heldout: int = 3, seed
                 tmp = os.path.join(rec_dir, f".{stem}.tmp.flac")
                 sf.write(tmp, x, SR, subtype="PCM_16")
                 os.replace(tmp, path)
-            write_text_atomic(os.path.join(ann_dir, f"{stem}.Table.1.selections.txt"), raven_table(events))
+            write_text_atomic(os.path.join(ann_dir, f"{stem}.Table.1.selections.txt"), raven_table(events, "Species"))
             calls += len(events)
             overlapping += len(overlapping_pairs([(b, e, lab) for b, e, lab, _, _ in events]))
         out[part] = (rec_dir, ann_dir)

@@ -110,10 +110,10 @@ def make_recording(rng, seconds: float, distractors_per_s: float = 0.1):
     return x.astype(np.float32), events
 
 
-def raven_table(events) -> str:
-    """Raven Pro's layout: one row per selection and view, tab-separated."""
+def raven_table(events, label_col: str = "Annotation") -> str:
+    """Raven Pro's layout: one row per selection and view, tab-separated; the label in `label_col`."""
     head = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
-            "Annotation"]
+            label_col]
     lines = ["\t".join(head)]
     for i, (b, e, label, lo, hi) in enumerate(events, 1):
         for view in ("Waveform 1", "Spectrogram 1"):
