@@ -1,5 +1,5 @@
 """Held-out accuracy of the keywords starter net (convnet_cli/layer_configs/keywords.yaml) by `init`, with and
-without make-batches --noise-dir, at the same number of epochs (README: 'Which init the starter configs use').
+without make-batches --noise-dir, at the same number of epochs (docs/DESIGN.md: 'Which init the starter configs use').
 
     python benchmarks/bench_keywords_init_noise.py ../shared/audio/keywords WORKDIR [--epochs 8] [--inits ...]
 

@@ -1,5 +1,5 @@
 """Every user mistake in a layer-def or layer-params file is a ConfigError whose one-line message names the
-file, the layer, the key and the fix (README.md, the paragraph on user errors); the cuda-convnet spellings
+file, the layer, the key and the fix (README.md and docs/COMMANDS.md, on user errors); the cuda-convnet spellings
 still load."""
 from __future__ import annotations
 

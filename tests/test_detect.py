@@ -305,7 +305,7 @@ def test_demo_recordings_synthesis_is_read_back_as_raven_tables(tmp_path):
 
 
 def test_demo_recordings_runs_end_to_end(tmp_path, monkeypatch):
-    """The pipeline with one epoch (the 15-epoch result is in the README): every stage leaves its files."""
+    """The pipeline with one epoch (the 15-epoch result is in docs/RECORDINGS.md): every stage leaves its files."""
     import convnet_cli.demo_recordings as demo
 
     real = demo.make_annotated_recordings

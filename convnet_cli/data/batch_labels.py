@@ -19,7 +19,7 @@ to `_codecs.encode`) fetch their payload with read(); it is seeked over too (rea
 unpickler decodes those zeros into a string: there the payload costs one transient string of its size
 (not read from disk, no array built, nothing kept).
 
-Measured by benchmarks/bench_info.py (numbers in the README, "convnet info"): the labels of four 64 MB
+Measured by benchmarks/bench_info.py (numbers in docs/PERFORMANCE.md, "convnet info"): the labels of four 64 MB
 float32 batch files (protocol 5, as make-batches writes) in 2-5 ms, 0.3 MB read and under 1 MiB of peak
 memory, where `restricted_load` takes ~200 ms, reads all 256 MB and peaks 61 MiB higher.
 """

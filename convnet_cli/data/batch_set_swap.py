@@ -1,4 +1,4 @@
-"""Replacing a whole batch set atomically, and one writer per batch folder (README).
+"""Replacing a whole batch set atomically, and one writer per batch folder (docs/COMMANDS.md).
 
 A batch set is many files (data_batch_1..K, batches.meta, skipped.txt); no single rename replaces them all.
 So `convnet make-batches` writes the new set into a hidden staging folder inside BATCH_DIR and then:
@@ -29,7 +29,7 @@ Why not swap the whole folder (build BATCH_DIR beside, two renames) so that read
 swap record (cuda-convnet's own data provider) never see a mix either: BATCH_DIR may hold the user's own
 files, may be a mount point or the current folder of a shell, and its parent may not be writable; between
 the two renames there would be no BATCH_DIR at all, and the lock, inside the folder, would stay with the
-old one. A symlink flip changes what the user's BATCH_DIR is. So the record stays, and the README says
+old one. A symlink flip changes what the user's BATCH_DIR is. So the record stays, and docs/COMMANDS.md says
 when a plain reader can see a mix (after a kill during the moves, until the next make-batches finishes them).
 """
 from __future__ import annotations

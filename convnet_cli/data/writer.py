@@ -197,7 +197,7 @@ def existing_batch_files(batch_dir) -> list:
 def refuse_existing(batch_dir, overwrite, completed=None):
     """DataError when BATCH_DIR is a file, or holds batch files and `overwrite` is not given.
 
-    A set a killed make-batches left half moved into place is finished first (README: the next make-batches
+    A set a killed make-batches left half moved into place is finished first (docs/COMMANDS.md: the next make-batches
     finishes an interrupted move), and then counts as existing. completed: whether the caller has just done
     that under the lock (None: do it here, taking the lock when a swap is pending)."""
     if os.path.exists(batch_dir) and not os.path.isdir(batch_dir):

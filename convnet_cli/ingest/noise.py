@@ -1,4 +1,4 @@
-"""make-batches `--noise-dir`, `--noise-snr`, `--copies`, `--gain` (README): noisy copies of the training clips.
+"""make-batches `--noise-dir`, `--noise-snr`, `--copies`, `--gain` (docs/COMMANDS.md): noisy copies of the training clips.
 
 Each training clip is written once as it is and `copies` more times, each copy mixed on the waveform (after
 resampling and cropping, before the features) with a random stretch of a random recording of the noise

@@ -93,7 +93,7 @@ def _sorted_labels(values):
 
 def collect_dataset(audio_dir, labels_csv=None, file_col=None, label_col=None, no_labels=False,
                     label_names=None, multi_label=False) -> Dataset:
-    """List the clips of AUDIO_DIR and their labels (the layouts of README.md, 'From a folder of audio to a
+    """List the clips of AUDIO_DIR and their labels (the layouts of docs/COMMANDS.md, 'make-batches'; README.md, 'From a folder of audio to a
     CSV'). multi_label: every clip a set of classes (docs/CONFIG.md, multi-label): from the --labels CSV's
     `;`-separated labels column or its 0/1 column per class, or, with class folders, the folder's class
     present and the others absent. ConfigError/DataError on bad input."""

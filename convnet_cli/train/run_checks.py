@@ -1,4 +1,4 @@
-"""Checks and housekeeping around a run's start and resume (README): the options are in range, the
+"""Checks and housekeeping around a run's start and resume (docs/COMMANDS.md, train): the options are in range, the
 batch folder fits the run, the paths the run keeps are absolute, every params file version is kept, and
 what a killed run left behind (temp files, log records past its last checkpoint) is cleaned up.
 """

@@ -2,7 +2,7 @@
 (threads summing through ctx.allreduce) against the whole minibatch on NumPy, the one-sum-per-step packing
 on device arrays, and a real NCCL communicator of one rank made as MPIWorld.attach makes it.
 
-Not run yet: no GPU was available where these were written (see README, 'Running on a cluster')."""
+Not run yet: no GPU was available where these were written (see docs/CLUSTER.md)."""
 from __future__ import annotations
 
 import numpy as np
