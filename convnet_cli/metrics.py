@@ -236,6 +236,110 @@ def mean_average_precision(aps) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+# ---- multi-label: a set of classes per case (SPEC 17) -------------------------------------------------
+
+def predicted_sets(probs, thresholds) -> np.ndarray:
+    """(n, K) bool: class c is predicted for a case when its probability is at or above thresholds[c]."""
+    probs = np.asarray(probs, dtype=np.float64)
+    return probs >= np.asarray(thresholds, dtype=np.float64).reshape(1, -1)
+
+
+def _cardinality(sets) -> dict:
+    """How many cases hold 0, 1 and 2 or more classes; sets: (n, K) bool."""
+    per = np.asarray(sets, dtype=bool).sum(axis=1)
+    return {"0": int((per == 0).sum()), "1": int((per == 1).sum()), "2+": int((per >= 2).sum())}
+
+
+def _prf(tp: int, fp: int, fn: int) -> tuple:
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def multilabel_report(probs, present, known, label_names, thresholds) -> dict:
+    """What `predict --report` shows for a multi-label network, as a JSON-ready dict.
+
+    probs: (n, K) per-class probabilities (logistic outputs); present: (n, K) 0/1 true targets; known: (n, K)
+    bool, the entries that count (unknown ones are left out of every figure); thresholds: K probabilities.
+    Keys: multi_label (true), cases, labels, thresholds {name: t}, per_class {name: {average_precision,
+    roc_auc, precision, recall, f1 (at the threshold), support (cases where present), negatives, unknown}},
+    macro_map (mean of the per-class APs that are defined), micro_map (the AP of every known entry ranked as
+    one list), micro {precision, recall, f1} at the thresholds, exact_match (cases whose predicted set is the
+    true set, over the cases with no unknown entry), cardinality {true, predicted: {"0", "1", "2+": cases}}
+    (true counts the present classes; predicted, the classes at or above their threshold), unknown_entries.
+    An AP or ROC AUC that is undefined (no positive, or one kind of target only) is null."""
+    probs = np.asarray(probs, dtype=np.float64)
+    n, k = probs.shape if probs.ndim == 2 else (0, len(label_names))
+    names = [str(s) for s in label_names]
+    if len(names) != k:
+        raise ValueError(f"{len(names)} label names for {k} classes")
+    present = np.asarray(present).astype(bool).reshape(n, k)
+    known = np.asarray(known, dtype=bool).reshape(n, k)
+    thr = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    pred = predicted_sets(probs, thr)
+    aps = per_class_average_precision(probs, present, known)
+    per_class, tps, fps, fns = {}, 0, 0, 0
+    for c in range(k):
+        m = known[:, c]
+        y, p, s = present[m, c], pred[m, c], probs[m, c]
+        tp, fp, fn = int((p & y).sum()), int((p & ~y).sum()), int((~p & y).sum())
+        tps, fps, fns = tps + tp, fps + fp, fns + fn
+        precision, recall, f1 = _prf(tp, fp, fn)
+        try:
+            auc = roc_auc(s, y.astype(np.int64))
+        except ValueError:
+            auc = None
+        per_class[names[c]] = {"average_precision": aps[c], "roc_auc": auc, "threshold": float(thr[c]),
+                               "precision": precision, "recall": recall, "f1": f1, "support": int(y.sum()),
+                               "negatives": int((~y).sum()), "unknown": int((~m).sum())}
+    precision, recall, f1 = _prf(tps, fps, fns)
+    full = known.all(axis=1)
+    return {
+        "multi_label": True,
+        "cases": int(n),
+        "labels": names,
+        "thresholds": {names[c]: float(thr[c]) for c in range(k)},
+        "per_class": per_class,
+        "macro_map": mean_average_precision(aps),
+        "micro_map": average_precision(probs[known], present[known]),
+        "micro": {"precision": precision, "recall": recall, "f1": f1},
+        "exact_match": float(np.mean((pred[full] == present[full]).all(axis=1))) if full.any() else None,
+        "cardinality": {"true": _cardinality(present & known), "predicted": _cardinality(pred)},
+        "unknown_entries": int((~known).sum()),
+    }
+
+
+def format_multilabel_report(report: dict) -> str:
+    """A readable text table of a multilabel_report dict."""
+    def num(v, width):
+        return ("n/a" if v is None else f"{v:.4f}").rjust(width)
+
+    names = list(report["labels"])
+    width = max([5] + [len(n) for n in names])
+    lines = [f"cases       {report['cases']}",
+             f"macro mAP   {num(report['macro_map'], 0)}",
+             f"micro mAP   {num(report['micro_map'], 0)}",
+             "",
+             f"{'class'.ljust(width)}  AP      ROC AUC  thresh  precision  recall  f1      support  unknown"]
+    for name in names:
+        r = report["per_class"][name]
+        lines.append(f"{name.ljust(width)}  {num(r['average_precision'], 6)}  {num(r['roc_auc'], 7)}  "
+                     f"{r['threshold']:6.3f}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:6.4f}  "
+                     f"{r['support']:7d}  {r['unknown']:7d}")
+    m = report["micro"]
+    lines.append(f"{'micro'.ljust(width)}  {'':6}  {'':7}  {'':6}  {m['precision']:9.4f}  {m['recall']:6.4f}  "
+                 f"{m['f1']:6.4f}")
+    lines.append("")
+    exact = report["exact_match"]
+    lines.append(f"exact set match  {'n/a' if exact is None else format(exact, '.4f')} (cases without unknown entries)")
+    for which in ("true", "predicted"):
+        c = report["cardinality"][which]
+        lines.append(f"cases with 0 / 1 / 2+ classes ({which}): {c['0']} / {c['1']} / {c['2+']}")
+    lines.append(f"unknown entries (left out): {report['unknown_entries']}")
+    return "\n".join(lines)
+
+
 # ---- a proportion with its confidence interval ------------------------------------------------------
 
 Z_95 = 1.959963984540054   # the standard normal's 97.5% quantile: a two-sided 95% interval

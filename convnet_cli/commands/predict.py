@@ -23,20 +23,41 @@ from convnet_cli.train.trainer import parse_range
 @click.option("--views", type=click.IntRange(min=2), default=5, show_default=True, help="Views for --multiview.")
 @click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True,
               help="Cases (or audio files) per forward pass; bounds memory.")
+@click.option("--threshold", "threshold",
+              help="Multi-label networks: the probability at or above which a class is predicted: T, CLASS=T,... "
+                   "or a thresholds.yaml (evaluate --calibrate's).  [default: 0.5]")
 @click.option("--topk", type=click.IntRange(min=1), default=5, show_default=True, help="k of top-k accuracy.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, gpu, gpu:N or auto.")
 @click.option("--jobs", type=click.IntRange(min=1), help="Processes decoding audio.  [default: 1]")
 @click.option("--quiet", is_flag=True, help="Print only errors.")
-def command(checkpoint, audio, data_path, test_range, out, report, multiview, views, batch, topk, device, jobs, quiet):
+def command(checkpoint, audio, data_path, test_range, out, report, multiview, views, batch, threshold, topk, device, jobs,
+            quiet):
     """Predict with a trained network.
 
     \b
     convnet predict -f RUNS/ConvNet__... --data-path BATCHES --out preds.csv --report
     convnet predict -f RUNS/ConvNet__.../best.npz recordings/ --out preds.csv
+    convnet predict -f RUNS/chorus --data-path BATCHES --out preds.csv --threshold trill=0.7 --report
+
+    For a multi-label network (one logistic unit per class) `predicted` and `true` are the ';'-joined
+    classes at or above the threshold, and --report gives per-class AP, ROC AUC and P/R/F1.
     """
     if audio and data_path:
         raise ConfigError("give either audio files/folders or --data-path, not both")
     prepare_out(out, "--out")  # before the work: a folder or an unwritable path is said at once
+    from convnet_cli.predict.predict import checkpoint_multi_label
+    from convnet_cli.thresholds import parse_thresholds
+    from convnet_cli.train.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(checkpoint)
+    names = list(checkpoint.state["label_names"])
+    thresholds = None
+    if checkpoint_multi_label(checkpoint.state):
+        given = parse_thresholds(threshold, names)
+        thresholds = [given[n] for n in names]
+    elif threshold is not None:
+        raise ConfigError(f"--threshold: {checkpoint.path} is a single-label network (its predicted class is the "
+                          "most probable one); --threshold applies to multi-label networks")
     n_views = views if multiview else 1
     if audio:
         preds = predict_audio(checkpoint, list(audio), device=device, batch=batch, views=n_views, jobs=jobs)
@@ -45,12 +66,12 @@ def command(checkpoint, audio, data_path, test_range, out, report, multiview, vi
     else:
         batches = parse_range(test_range, "--test-range") if test_range else None
         preds = predict_batches(checkpoint, data_path, batches, device=device, batch=batch, views=n_views)
-    path = write_csv(preds, out)
+    path = write_csv(preds, out, thresholds)
     if not quiet:
         click.echo(f"wrote {len(preds.filenames)} predictions to {path}")
     if report:
-        from convnet_cli.metrics import format_report
+        from convnet_cli.metrics import format_multilabel_report, format_report
 
-        rep, rpath = write_report(preds, os.path.dirname(os.path.abspath(out)), topk=topk)
-        click.echo(format_report(rep))
+        rep, rpath = write_report(preds, os.path.dirname(os.path.abspath(out)), topk=topk, thresholds=thresholds)
+        click.echo(format_multilabel_report(rep) if preds.multi_label else format_report(rep))
         click.echo(f"wrote {rpath}")

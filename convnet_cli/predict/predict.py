@@ -29,10 +29,43 @@ class Predictions:
     label_names: list
     inputs: np.ndarray | None = None  # (m, C, H, W) raw features of the first m cases, when asked
     skipped: list = field(default_factory=list)  # [(path, reason)] audio that could not be read
+    # a multi-label network (SPEC 17): probs are per-class logistic outputs, each case a set of classes;
+    # targets (n, K) uint8, data/targets.py PRESENT / ABSENT / UNKNOWN, or None when the truth is not known
+    multi_label: bool = False
+    targets: np.ndarray | None = None
 
     @property
     def labels_known(self) -> bool:
+        if self.multi_label:
+            return self.targets is not None and len(self.targets) > 0
         return len(self.labels) > 0 and bool((self.labels >= 0).all())
+
+
+def checkpoint_multi_label(state: dict) -> bool:
+    """Whether a checkpoint's network is multi-label (one logistic unit per class, each case a set of classes;
+    SPEC 17): its state's `multi_label` when it records one, else what the batches.meta of the folder it was
+    trained on says, when that folder is still there; else False (single-label)."""
+    if "multi_label" in state:
+        return bool(state["multi_label"])
+    path = state.get("data_path") or (state.get("options") or {}).get("data_path")
+    if not path or not os.path.isfile(os.path.join(str(path), "batches.meta")):
+        return False
+    from convnet_cli.data.batch_files import BatchSet
+
+    try:
+        return BatchSet(str(path)).multi_label
+    except DataError:
+        return False
+
+
+def target_matrix(targets, k: int) -> np.ndarray:
+    """(n, k) uint8 PRESENT / ABSENT / UNKNOWN of a data/targets.py Targets (one class per case: that class
+    present and the others absent; a case without a label: all unknown)."""
+    from convnet_cli.data.targets import ABSENT, PRESENT, UNKNOWN
+
+    out = np.where(targets.dense(k) > 0, PRESENT, ABSENT).astype(np.uint8)
+    out[~targets.known(k)] = UNKNOWN
+    return out
 
 
 def load_model(checkpoint, device: str = "cpu"):
@@ -114,19 +147,31 @@ def predict_batches(checkpoint, data_path: str | None = None, batches=None, laye
     if list(bs.data_shape) != list(st["data_shape"]):
         raise DataError(f"{data_path}: cases have shape {list(bs.data_shape)} but the network was trained on "
                         f"{list(st['data_shape'])}; make the batches with the features of the training run")
+    multi = checkpoint_multi_label(st)
+    if bs.multi_label and not multi:
+        raise DataError(f"{data_path}: the batches are multi-label (batches.meta multi_label), but the network "
+                        f"{ckpt.path} is single-label (one class per case); predict them with a network trained "
+                        f"on multi-label batches (logistic outputs and cost.bce)")
     batches = list(batches or st["options"].get("test_range") or bs.test_range)
     layer = net.output_layer(layer)
     run = Runner(net, ckpt, layer, batch, views)
-    probs, labels, names, kept = [], [], [], []
+    probs, labels, names, kept, targets = [], [], [], [], []
     remaining = max_cases
+    k = len(st["label_names"])
     for b in batches:
-        data, lab, fn = bs.load_batch(b)
+        x, scale, tg, fn = bs.read_batch(b)
+        if scale is not None:
+            x = np.float32(scale[0]) + np.float32(scale[1]) * x.astype(np.float32)
+        data = np.ascontiguousarray(x, dtype=np.float32)
         if remaining is not None:
-            data, lab, fn = data[:remaining], lab[:remaining], fn[:remaining]
-            remaining -= len(lab)
+            data, fn = data[:remaining], fn[:remaining]
+            tg = tg.take(np.arange(len(fn)))
+            remaining -= len(fn)
         raw = data.reshape((-1,) + tuple(bs.data_shape))
         probs.append(run(raw))
-        labels.append(np.asarray(lab, dtype=np.int64))
+        labels.append(np.asarray(tg.labels, dtype=np.int64))
+        if multi:
+            targets.append(target_matrix(tg, k))
         names.extend(fn)
         have = sum(len(k) for k in kept)
         if keep_inputs and have < keep_inputs:
@@ -135,7 +180,8 @@ def predict_batches(checkpoint, data_path: str | None = None, batches=None, laye
             break
     return Predictions(np.concatenate(probs) if probs else np.zeros((0, 0), np.float32),
                        np.concatenate(labels) if labels else np.zeros((0,), np.int64), names,
-                       list(st["label_names"]), np.concatenate(kept) if kept else None)
+                       list(st["label_names"]), np.concatenate(kept) if kept else None, multi_label=multi,
+                       targets=np.concatenate(targets) if targets else None)
 
 
 def collect_audio(inputs) -> list:
@@ -167,7 +213,9 @@ def predict_audio(checkpoint, inputs, layer: str | None = None, device: str = "c
     """Predict audio files and folders with the checkpoint's feature settings.
 
     Files in class-named subfolders (yes/clip.wav with a class 'yes') get that class as their true label
-    when every file does; otherwise labels are unknown (-1)."""
+    when every file does; otherwise labels are unknown (-1). A multi-label network's cases have no known
+    targets (a folder names one class, not a clip's whole set): give batches from make-batches --multi-label
+    for its report."""
     from convnet_cli.ingest.features import FeatureSpec
     from convnet_cli.ingest.make_batches import features_for_files
 
@@ -200,8 +248,9 @@ def predict_audio(checkpoint, inputs, layer: str | None = None, device: str = "c
     if not names:
         reason = f" ({skipped[0][1]})" if skipped else ""
         raise DataError(f"none of the {len(items)} audio file(s) could be read{reason}")
+    multi = checkpoint_multi_label(st)
     return Predictions(np.concatenate(probs), np.asarray(labels, dtype=np.int64), names, label_names,
-                       skipped=skipped)
+                       skipped=skipped, multi_label=multi)
 
 
 def check_probabilities(probs, case_name, not_written: str):
@@ -217,14 +266,24 @@ def check_probabilities(probs, case_name, not_written: str):
                         f"features far outside the training range) or the checkpoint; {not_written}")
 
 
-def write_csv(preds: Predictions, path: str) -> str:
+def class_sets(present, names) -> list:
+    """The ';'-joined names of the classes of each row of present (n, K) bool ('' for none)."""
+    return [";".join(names[c] for c in np.flatnonzero(row)) for row in np.asarray(present, dtype=bool)]
+
+
+def write_csv(preds: Predictions, path: str, thresholds=None) -> str:
     """filename,predicted,<label 1>,...,<label K>[,true] with probabilities to 6 decimals; atomic.
 
-    DataError when a probability is not finite (naming the case): a CSV never holds nan."""
+    Multi-label (preds.multi_label): `predicted` is the ';'-joined classes whose probability is at or above
+    their threshold (thresholds: K values, default 0.5 each), `true` the ';'-joined classes present (unknown
+    entries are not listed). DataError when a probability is not finite (naming the case): a CSV never holds
+    nan."""
     check_probabilities(preds.probs, lambda i: preds.filenames[i], f"{path} was not written")
     prepare_out(path, "--out")
     with_true = preds.labels_known
     names = preds.label_names
+    if preds.multi_label:
+        return _write_multilabel_csv(preds, path, thresholds, with_true)
 
     def write(fb):
         f = io.TextIOWrapper(fb, encoding="utf-8", newline="")
@@ -236,6 +295,28 @@ def write_csv(preds: Predictions, path: str) -> str:
             if with_true:
                 row.append(names[preds.labels[i]])
             w.writerow(row)
+        f.flush()
+        f.detach()
+
+    atomic_write(path, write)
+    return path
+
+
+def _write_multilabel_csv(preds: Predictions, path: str, thresholds, with_true: bool) -> str:
+    from convnet_cli.data.targets import PRESENT
+    from convnet_cli.metrics import predicted_sets
+
+    names = preds.label_names
+    thr = [0.5] * len(names) if thresholds is None else list(thresholds)
+    predicted = class_sets(predicted_sets(preds.probs.reshape(-1, len(names)), thr), names)
+    true = class_sets(preds.targets == PRESENT, names) if with_true else None
+
+    def write(fb):
+        f = io.TextIOWrapper(fb, encoding="utf-8", newline="")
+        w = csv.writer(f)
+        w.writerow(["filename", "predicted"] + list(names) + (["true"] if with_true else []))
+        for i, fn in enumerate(preds.filenames):
+            w.writerow([fn, predicted[i]] + [f"{p:.6f}" for p in preds.probs[i]] + ([true[i]] if with_true else []))
         f.flush()
         f.detach()
 
@@ -255,10 +336,23 @@ def prepare_out(path: str, flag: str):
                           "choose another path") from None
 
 
-def write_report(preds: Predictions, folder: str, topk: int = 5) -> tuple:
-    """(report dict, path of report.json). Needs known labels."""
-    from convnet_cli.metrics import classification_report
+def write_report(preds: Predictions, folder: str, topk: int = 5, thresholds=None) -> tuple:
+    """(report dict, path of report.json). Needs known labels. Multi-label: metrics.py multilabel_report at
+    `thresholds` (K values, default 0.5 each), unknown targets left out."""
+    from convnet_cli.metrics import classification_report, multilabel_report
 
+    if preds.multi_label:
+        if not preds.labels_known:
+            raise DataError("--report needs the true classes, and these cases have none: for a multi-label "
+                            "network predict batches made with make-batches --multi-label (--data-path)")
+        from convnet_cli.data.targets import PRESENT, UNKNOWN
+
+        thr = [0.5] * len(preds.label_names) if thresholds is None else list(thresholds)
+        report = multilabel_report(preds.probs, preds.targets == PRESENT, preds.targets != UNKNOWN,
+                                   preds.label_names, thr)
+        path = os.path.join(folder, "report.json")
+        write_text_atomic(path, json.dumps(report, indent=2))
+        return report, path
     if not preds.labels_known:
         raise DataError("--report needs the true labels, and these cases have none (unlabeled batches or "
                         "audio outside class-named folders)")

@@ -1,0 +1,209 @@
+"""predict on multi-label networks (SPEC 17): ';'-joined predicted and true classes at a threshold, the
+per-class report (AP, ROC AUC, P/R/F1, support, macro and micro mAP, cardinality) with unknown targets left
+out; on batch files made by make-batches --annotations --multi-label from synthesised recordings, and on audio.
+"""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from convnet_cli.metrics import average_precision, multilabel_report, roc_auc
+from tests.helpers import invoke
+from tests.multilabel_fixtures import FEATURES, LABELS, two_tone_checkpoint, write_recording
+
+# (begin, end, class): overlapping low and high calls, lone ones of each; the low call at 14.2 s covers 0.3 s of
+# the window 13.5-14.5, below --min-overlap: an unknown entry
+CALLS_A = [(2.0, 5.0, "low"), (3.0, 6.0, "high"), (9.0, 11.0, "high"), (14.2, 16.0, "low"), (19.0, 19.3, "low")]
+CALLS_B = [(1.0, 3.0, "high"), (1.5, 3.5, "low"), (7.0, 9.0, "low")]
+
+
+def _rows(path):
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.reader(f))
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Two recordings with overlapping calls, their annotation CSV, multi-label batches of their windows, and
+    the two-tone checkpoint."""
+    import yaml
+
+    root = tmp_path_factory.mktemp("ml_predict")
+    write_recording(root / "rec" / "a.wav", 22, CALLS_A, seed=1)
+    write_recording(root / "rec" / "b.wav", 12, CALLS_B, seed=2)
+    lines = ["filename,start,end,label"] + [f"a.wav,{b},{e},{c}" for b, e, c in CALLS_A] \
+        + [f"b.wav,{b},{e},{c}" for b, e, c in CALLS_B]
+    (root / "ann.csv").write_text("\n".join(lines) + "\n")
+    (root / "features.yaml").write_text(yaml.safe_dump(FEATURES))
+    r = invoke(["make-batches", str(root / "rec"), str(root / "batches"), "--annotations", str(root / "ann.csv"),
+                "--multi-label", "--features", str(root / "features.yaml"), "--window-hop", "0.5",
+                "--test-fraction", "0", "--batch-size", "30", "--jobs", "1", "--quiet"])
+    assert r.exit_code == 0, r.output
+    ck = two_tone_checkpoint(root / "ck.npz")
+    return root, ck
+
+
+def _batch_truth(batches):
+    from convnet_cli.data.batch_files import BatchSet
+
+    bs = BatchSet(str(batches))
+    assert bs.multi_label
+    names, mats = [], []
+    for b in bs.batch_numbers:
+        _, _, t, fn = bs.read_batch(b)
+        names += fn
+        mats.append(t.matrix)
+    return bs, names, np.concatenate(mats)
+
+
+def test_predict_csv_joins_classes_at_the_threshold(workspace, tmp_path):
+    root, ck = workspace
+    bs, names, truth = _batch_truth(root / "batches")
+    out = tmp_path / "p.csv"
+    r = invoke(["predict", "-f", ck, "--data-path", str(root / "batches"), "--test-range",
+                ",".join(str(b) for b in bs.batch_numbers), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = _rows(out)
+    assert rows[0] == ["filename", "predicted"] + LABELS + ["true"]
+    body = rows[1:]
+    assert [row[0] for row in body] == names
+    both = 0
+    for row, t in zip(body, truth):
+        probs = [float(v) for v in row[2:4]]
+        want = ";".join(c for c, p in zip(LABELS, probs) if p >= 0.5)
+        assert row[1] == want
+        assert row[4] == ";".join(c for c, v in zip(LABELS, t) if v == 1)
+        both += row[4] == "high;low"
+    assert both >= 2, "the overlapping calls give windows holding both classes"
+    # the net finds both classes of a window where both sound
+    both_rows = [row for row in body if row[4] == "high;low"]
+    assert sum(row[1] == "high;low" for row in both_rows) >= len(both_rows) - 1
+
+
+def test_threshold_per_class_and_from_a_file(workspace, tmp_path):
+    root, ck = workspace
+    bs, _, _ = _batch_truth(root / "batches")
+    rng = ",".join(str(b) for b in bs.batch_numbers)
+    base = ["predict", "-f", ck, "--data-path", str(root / "batches"), "--test-range", rng]
+    assert invoke(base + ["--out", str(tmp_path / "all.csv"), "--threshold", "high=1.0,0.0"]).exit_code == 0
+    for row in _rows(tmp_path / "all.csv")[1:]:
+        high = float(row[2])
+        assert row[1] == ("high;low" if high >= 1.0 else "low")
+    (tmp_path / "thresholds.yaml").write_text("low: 1.0\n")
+    assert invoke(base + ["--out", str(tmp_path / "f.csv"), "--threshold", str(tmp_path / "thresholds.yaml")]) \
+        .exit_code == 0
+    for row in _rows(tmp_path / "f.csv")[1:]:
+        probs = [float(v) for v in row[2:4]]
+        assert row[1] == ";".join(c for c, p, t in zip(LABELS, probs, (0.5, 1.0)) if p >= t)
+    r = invoke(base + ["--out", str(tmp_path / "x.csv"), "--threshold", "hihg=0.3"])
+    assert r.exit_code == 2 and "hihg" in r.output and "did you mean 'high'" in r.output
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_report_per_class_metrics_leave_unknown_targets_out(workspace, tmp_path):
+    root, ck = workspace
+    bs, _, truth = _batch_truth(root / "batches")
+    assert (truth == 255).any(), "the short call makes unknown entries"
+    out = tmp_path / "p.csv"
+    r = invoke(["predict", "-f", ck, "--data-path", str(root / "batches"), "--test-range",
+                ",".join(str(b) for b in bs.batch_numbers), "--out", str(out), "--report", "--threshold", "0.4"])
+    assert r.exit_code == 0, r.output
+    for word in ("macro mAP", "micro mAP", "ROC AUC", "cases with 0 / 1 / 2+ classes", "unknown entries"):
+        assert word in r.output
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["multi_label"] is True and rep["cases"] == len(truth)
+    probs = np.array([[float(v) for v in row[2:4]] for row in _rows(out)[1:]])
+    for c, name in enumerate(LABELS):
+        known = truth[:, c] != 255
+        y = truth[known, c] == 1
+        pc = rep["per_class"][name]
+        assert pc["support"] == int(y.sum()) and pc["unknown"] == int((~known).sum())
+        assert pc["average_precision"] == pytest.approx(average_precision(probs[known, c], y), abs=1e-5)
+        assert pc["roc_auc"] == pytest.approx(roc_auc(probs[known, c], y.astype(int)), abs=1e-5)
+        p = probs[known, c] >= 0.4
+        tp = int((p & y).sum())
+        assert pc["precision"] == pytest.approx(tp / max(1, p.sum()))
+        assert pc["recall"] == pytest.approx(tp / y.sum())
+        assert pc["threshold"] == 0.4
+        assert pc["average_precision"] > 0.9
+    assert rep["unknown_entries"] == int((truth == 255).sum())
+    present = (truth == 1).sum(axis=1)
+    assert rep["cardinality"]["true"] == {"0": int((present == 0).sum()), "1": int((present == 1).sum()),
+                                          "2+": int((present >= 2).sum())}
+    assert rep["macro_map"] == pytest.approx(np.mean([rep["per_class"][n]["average_precision"] for n in LABELS]))
+    known = truth != 255
+    assert rep["micro_map"] == pytest.approx(average_precision(probs[known], truth[known] == 1), abs=1e-5)
+
+
+def test_multilabel_report_by_hand():
+    """Figures on a small case worked out by hand; an unknown entry changes nothing."""
+    probs = np.array([[0.9, 0.2], [0.6, 0.7], [0.1, 0.8], [0.4, 0.3]])
+    present = np.array([[1, 0], [0, 1], [0, 1], [1, 0]])
+    known = np.ones((4, 2), bool)
+    rep = multilabel_report(probs, present, known, ["a", "b"], [0.5, 0.5])
+    a, b = rep["per_class"]["a"], rep["per_class"]["b"]
+    # a: ranking 0.9(+) 0.6(-) 0.4(+) 0.1(-): AP = 1/2 * 1 + 1/2 * 2/3
+    assert a["average_precision"] == pytest.approx(0.5 + 1 / 3)
+    assert a["roc_auc"] == pytest.approx(3 / 4)
+    assert (a["precision"], a["recall"]) == (0.5, 0.5)
+    assert b["average_precision"] == pytest.approx(1.0) and b["roc_auc"] == pytest.approx(1.0)
+    assert (b["precision"], b["recall"], b["f1"]) == (1.0, 1.0, 1.0)
+    assert rep["macro_map"] == pytest.approx((0.5 + 1 / 3 + 1.0) / 2)
+    assert rep["micro"] == {"precision": pytest.approx(3 / 4), "recall": pytest.approx(3 / 4), "f1": pytest.approx(3 / 4)}
+    assert rep["cardinality"]["predicted"] == {"0": 1, "1": 2, "2+": 1}
+    assert rep["cardinality"]["true"] == {"0": 0, "1": 4, "2+": 0}
+    assert rep["exact_match"] == pytest.approx(2 / 4)
+    # one more case, with a confident wrong score, whose entries are unknown: nothing moves
+    rep2 = multilabel_report(np.r_[probs, [[0.99, 0.99]]], np.r_[present, [[0, 0]]],
+                             np.r_[known, [[False, False]]], ["a", "b"], [0.5, 0.5])
+    for key in ("macro_map", "micro_map", "micro", "exact_match"):
+        assert rep2[key] == rep[key]
+    assert rep2["unknown_entries"] == 2 and rep2["per_class"]["a"]["unknown"] == 1
+
+
+def test_predict_audio_of_a_multilabel_net(workspace, tmp_path):
+    root, ck = workspace
+    clips = tmp_path / "clips"
+    write_recording(clips / "both.wav", 1.0, [(0, 1, "low"), (0, 1, "high")], seed=5)
+    write_recording(clips / "low.wav", 1.0, [(0, 1, "low")], seed=6)
+    write_recording(clips / "none.wav", 1.0, [], seed=7)
+    out = tmp_path / "a.csv"
+    r = invoke(["predict", "-f", ck, str(clips), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = _rows(out)
+    assert rows[0] == ["filename", "predicted"] + LABELS       # no truth: no `true` column
+    assert {row[0]: row[1] for row in rows[1:]} == {"both.wav": "high;low", "low.wav": "low", "none.wav": ""}
+    r = invoke(["predict", "-f", ck, str(clips), "--out", str(out), "--report"])
+    assert r.exit_code == 2 and "--multi-label" in r.output
+
+
+def test_multi_label_read_from_the_batches_the_net_was_trained_on(workspace, tmp_path):
+    """A checkpoint that does not record multi_label is multi-label when its batch folder says so."""
+    root, _ = workspace
+    ck = two_tone_checkpoint(tmp_path / "ck.npz", record_multi_label=False)
+    from convnet_cli.predict.predict import checkpoint_multi_label
+    from convnet_cli.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(ck).state
+    assert not checkpoint_multi_label(state)
+    assert checkpoint_multi_label(dict(state, data_path=str(root / "batches")))
+    assert not checkpoint_multi_label(dict(state, data_path=str(root / "batches"), multi_label=False))
+
+
+def test_single_label_predict_refuses_threshold_and_multilabel_batches(workspace, tmp_path):
+    from tests.detect_fixtures import tone_checkpoint
+
+    root, _ = workspace
+    ck = tone_checkpoint(tmp_path / "tone.npz")
+    r = invoke(["predict", "-f", ck, "--data-path", str(root / "batches"), "--test-range", "1",
+                "--out", str(tmp_path / "p.csv")])
+    assert r.exit_code == 2 and "multi-label" in r.output and "single-label" in r.output
+    clip = write_recording(tmp_path / "c" / "x.wav", 1.0, [], seed=1)
+    r = invoke(["predict", "-f", ck, clip, "--out", str(tmp_path / "p.csv"), "--threshold", "0.3"])
+    assert r.exit_code == 2 and "--threshold" in r.output and "single-label" in r.output
+    r = invoke(["predict", "-f", ck, clip, "--out", str(tmp_path / "p.csv")])
+    assert r.exit_code == 0
+    assert _rows(tmp_path / "p.csv")[0] == ["filename", "predicted", "noise", "tone"]
+    assert os.path.exists(tmp_path / "p.csv")
