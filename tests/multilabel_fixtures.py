@@ -49,9 +49,11 @@ def write_recording(path, seconds: float, calls=(), sr: int = 1000, seed: int = 
     return str(path)
 
 
-def two_tone_checkpoint(path, window_hop: float | None = 0.5, record_multi_label: bool = True) -> str:
+def two_tone_checkpoint(path, window_hop: float | None = 0.5, record_multi_label: bool = True,
+                        label_names=None) -> str:
     """The checkpoint (see the module doc). record_multi_label: write `multi_label: true` in its state (as
-    train does); False leaves it to the batch folder named by data_path."""
+    train does); False leaves it to the batch folder named by data_path. label_names: other names for the
+    classes of LABELS, in that order."""
     spec = FeatureSpec.from_dict(FEATURES)
     sr, n = spec.sample_rate, spec.num_samples
     combos = [(), ("low",), ("high",), ("low", "high")]
@@ -76,7 +78,7 @@ def two_tone_checkpoint(path, window_hop: float | None = 0.5, record_multi_label
         feats_state["window_hop"] = window_hop
     state = {"epoch": 1, "batchnum": 1, "options": {}, "layer_def": LAYERS, "layer_params": PARAMS,
              "layer_def_name": "two-tone.yaml", "layer_params_name": "two-tone-params.yaml",
-             "label_names": list(LABELS), "data_shape": list(spec.shape),
+             "label_names": list(label_names or LABELS), "data_shape": list(spec.shape),
              "data_mean": [float(v) for v in mean], "data_std": [float(v) for v in std], "features": feats_state,
              "history": [], "best": None}
     if record_multi_label:

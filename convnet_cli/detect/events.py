@@ -41,9 +41,10 @@ def is_background(label: str) -> bool:
     return str(label).strip().lower() in BACKGROUND_NAMES
 
 
-def reported_classes(label_names, classes=None) -> list:
+def reported_classes(label_names, classes=None, multi_label: bool = False) -> list:
     """The classes to report: `classes` (a list or 'a,b' text, checked against the net's labels), else
-    every label except background ones, in label order."""
+    every label except background ones, in label order; for a multi-label network (no background class:
+    every label is a class of its own, SPEC 17) every label."""
     names = list(label_names)
     if classes:
         wanted = [c.strip() for c in classes.split(",")] if isinstance(classes, str) else list(classes)
@@ -55,6 +56,8 @@ def reported_classes(label_names, classes=None) -> list:
         if not wanted:
             raise ConfigError("--classes: name at least one class")
         return [n for n in names if n in wanted]
+    if multi_label:
+        return names
     out = [n for n in names if not is_background(n)]
     if not out:
         raise ConfigError(f"every class of the network ({', '.join(names)}) is a background class; "

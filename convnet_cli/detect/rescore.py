@@ -104,7 +104,8 @@ def detect_from_scores(src: str, out_dir: str, *, threshold=None, classes=None, 
         raise ConfigError(f"--out {out_dir}: is the --from-scores folder itself; give a new folder for the new tables")
     st = _settings(src)
     label_names = [str(n) for n in st["label_names"]]
-    wanted = reported_classes(label_names, classes if classes is not None else st.get("classes"))
+    wanted = reported_classes(label_names, classes if classes is not None else st.get("classes"),
+                              bool(st.get("multi_label")))
     check_class_names(wanted, os.path.join(src, SETTINGS))
     thresholds = parse_thresholds(threshold, label_names)
     merge_gap = float(st.get("merge_gap", 0.0) if merge_gap is None else merge_gap)
