@@ -467,7 +467,7 @@ def detect(checkpoint, inputs, out_dir: str, *, hop=None, threshold=None, classe
     KeyboardInterrupt: the files covering the recordings finished so far are written, then it is raised
     again (the CLI exits 130). world: under MPI, the recordings are split over its processes (module doc);
     the summary of rank 0 covers all of them."""
-    from convnet_cli.predict.predict import Runner, load_model
+    from convnet_cli.predict.predict import Runner, checkpoint_multi_label, load_model
 
     world = world or SingleWorld()
     echo = (echo or (lambda msg: None)) if world.is_root else (lambda msg: None)
@@ -487,7 +487,8 @@ def detect(checkpoint, inputs, out_dir: str, *, hop=None, threshold=None, classe
         echo(f"note: --window-hop {hop:g} s is longer than the {spec.duration:g}-s window: "
              f"{100 * (1 - spec.duration / hop):.0f}% of each recording is never looked at")
     label_names = [str(n) for n in ckpt.state["label_names"]]
-    wanted = reported_classes(label_names, classes)
+    multi_label = checkpoint_multi_label(ckpt.state)   # every class on its own, none of them background
+    wanted = reported_classes(label_names, classes, multi_label)
     check_class_names(wanted, ckpt.path)
     thresholds = parse_thresholds(threshold, label_names)
     run = Runner(net, ckpt, net.output_layer(), batch, 1)
@@ -495,7 +496,7 @@ def detect(checkpoint, inputs, out_dir: str, *, hop=None, threshold=None, classe
                 "hop": hop, "duration": float(spec.duration),
                 "thresholds": {c: thresholds[c] for c in wanted}, "classes": wanted,
                 "merge_gap": merge_gap, "split_dip": split_dip, "max_event": max_event,
-                "label_names": label_names, "features": spec.to_dict()}
+                "label_names": label_names, "features": spec.to_dict(), "multi_label": multi_label}
 
     held = []   # rank 0's lock on OUT_DIR, held until every file is written
 
