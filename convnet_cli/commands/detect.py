@@ -24,7 +24,8 @@ from convnet_cli.parallel import collective_errors, get_world, share_node_cores
               help="Make the events and tables again from an earlier detect --scores run's scores.csv with these "
                    "thresholds and event settings, without reading audio or running the net (no -f, no RECORDINGS); "
                    "settings not given are that run's.")
-@click.option("--classes", help="Classes to report, comma-separated.  [default: all but a background class]")
+@click.option("--classes", help="Classes to report, comma-separated.  [default: all but a background class; every "
+                                "class of a multi-label network]")
 @click.option("--merge-gap", type=float, default=None,
               help="Join windows of a class less than this many seconds apart into one event.  [default: 0]")
 @click.option("--split-dip", type=float, default=None,
