@@ -26,8 +26,9 @@ def command(checkpoint, out, layer, verify, quiet):
     convnet export -f RUNS/ConvNet__.../12.40.npz --out model.onnx --verify
 
     The model's input `features` is float32 (N, C, H, W), a case as make-batches writes it (the
-    normalisation of the batches is inside the model); its output `probs` is (N, classes). The class
-    names, feature settings, data shape, convnet version and epoch are in its metadata.
+    normalisation of the batches is inside the model); its output `probs` is (N, classes): softmax
+    probabilities, or for a multi-label network one logistic output per class. The class names, feature
+    settings, data shape, convnet version, epoch and multi_label are in its metadata.
     """
     from convnet_cli.export.onnx import checkpoint_to_onnx, write_model
 
@@ -38,8 +39,9 @@ def command(checkpoint, out, layer, verify, quiet):
         shape = json.loads(props["data_shape"])
         k = len(json.loads(props["label_names"])) or model.graph.output[0].type.tensor_type.shape.dim[1].dim_value
         size = os.path.getsize(path)
+        kind = ", one logistic output per class (multi-label)" if props.get("multi_label") == "true" else ""
         click.echo(f"wrote {path} ({size / 1e6:.2f} MB, opset {model.opset_import[0].version}) from {ckpt.path}: "
-                   f"features (N, {', '.join(str(s) for s in shape)}) float32 -> probs (N, {k}), "
+                   f"features (N, {', '.join(str(s) for s in shape)}) float32 -> probs (N, {k}){kind}, "
                    f"epoch {props['epoch']}")
     if verify:
         diff = verify_model(path, ckpt, layer)

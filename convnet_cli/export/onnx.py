@@ -7,8 +7,9 @@ The model takes `features`, float32 (N, C, H, W): a case exactly as make-batches
 feature code computes it from audio), before normalisation. Inside, it first normalises as `convnet
 predict` does, (features - data_mean) / max(data_std, 1e-6) with the checkpoint's arrays, then runs the
 layers that lead to the probabilities (the second input of the first cost.logreg/cost.bce, as predict
-picks it), and returns `probs`, float32 (N, classes). Metadata (`metadata_props`): label_names,
-features, data_shape (JSON), convnet_version, epoch, batch.
+picks it), and returns `probs`, float32 (N, classes): the softmax's class probabilities, or for a
+multi-label network the logistic output of each class. Metadata (`metadata_props`): label_names,
+features, data_shape (JSON), convnet_version, epoch, batch, multi_label ("true" or "false").
 
 The net computes in NHWC; the graph is NCHW, ONNX's layout, so every layer's math is restated for NCHW by
 its class: `Layer.to_onnx(g, xs, params)` in convnet_cli/layers/ adds the layer's nodes to the builder `g`
@@ -28,7 +29,7 @@ from convnet_cli.backend import to_host
 from convnet_cli.errors import ConfigError, DataError
 from convnet_cli.fileio import atomic_write
 from convnet_cli.layers.registry import REGISTRY
-from convnet_cli.predict.predict import load_model
+from convnet_cli.predict.predict import checkpoint_multi_label, load_model
 
 OPSET = 17
 INPUT_NAME = "features"
@@ -185,6 +186,8 @@ def net_to_onnx(net, state: dict, out_layer: str | None = None, source: str = "c
         "batch": str(batch),
         "output_layer": out_layer,
         "normalization": "inside the model: (features - data_mean) / max(data_std, 1e-6)",
+        # true: probs are one logistic output per class, each case a set of classes (SPEC 17); false: softmax
+        "multi_label": "true" if checkpoint_multi_label(state) else "false",
     }
     helper.set_model_props(model, meta)
     onnx.checker.check_model(model)
