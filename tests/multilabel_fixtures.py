@@ -85,3 +85,47 @@ def two_tone_checkpoint(path, window_hop: float | None = 0.5, record_multi_label
         state["multi_label"] = True
     return save_checkpoint(str(path), {"fc1/weights": np.stack(weights).astype(np.float32),
                                        "fc1/biases": np.asarray(biases, np.float32)}, state)
+
+
+# two recordings: overlapping low and high calls, lone ones of each; the low call at 14.2 s covers 0.3 s of
+# the window 13.5-14.5, below --min-overlap: an unknown entry
+CALLS_A = [(2.0, 5.0, "low"), (3.0, 6.0, "high"), (9.0, 11.0, "high"), (14.2, 16.0, "low"), (19.0, 19.3, "low")]
+CALLS_B = [(1.0, 3.0, "high"), (1.5, 3.5, "low"), (7.0, 9.0, "low")]
+
+
+def make_multilabel_batches(root, test_fraction: float = 0.0, batch_size: int = 30) -> str:
+    """ROOT/rec (a.wav, b.wav with CALLS_A, CALLS_B), ROOT/ann.csv and ROOT/batches made by
+    `make-batches --annotations --multi-label` with 1-s windows every 0.5 s; the batch folder's path."""
+    import yaml
+
+    from tests.helpers import invoke
+
+    root = str(root)
+    write_recording(os.path.join(root, "rec", "a.wav"), 22, CALLS_A, seed=1)
+    write_recording(os.path.join(root, "rec", "b.wav"), 12, CALLS_B, seed=2)
+    lines = ["filename,start,end,label"] + [f"a.wav,{b},{e},{c}" for b, e, c in CALLS_A] \
+        + [f"b.wav,{b},{e},{c}" for b, e, c in CALLS_B]
+    with open(os.path.join(root, "ann.csv"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(root, "features.yaml"), "w") as f:
+        f.write(yaml.safe_dump(FEATURES))
+    out = os.path.join(root, "batches")
+    r = invoke(["make-batches", os.path.join(root, "rec"), out, "--annotations", os.path.join(root, "ann.csv"),
+                "--multi-label", "--features", os.path.join(root, "features.yaml"), "--window-hop", "0.5",
+                "--test-fraction", str(test_fraction), "--batch-size", str(batch_size), "--jobs", "1", "--quiet"])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def batch_truth(batches):
+    """(BatchSet, filenames, targets (n, K) uint8) over every batch file of a multi-label folder."""
+    from convnet_cli.data.batch_files import BatchSet
+
+    bs = BatchSet(str(batches))
+    assert bs.multi_label
+    names, mats = [], []
+    for b in bs.batch_numbers:
+        _, _, t, fn = bs.read_batch(b)
+        names += fn
+        mats.append(t.matrix)
+    return bs, names, np.concatenate(mats)

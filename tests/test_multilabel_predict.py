@@ -11,13 +11,7 @@ import pytest
 
 from convnet_cli.metrics import average_precision, multilabel_report, roc_auc
 from tests.helpers import invoke
-from tests.multilabel_fixtures import FEATURES, LABELS, two_tone_checkpoint, write_recording
-
-# (begin, end, class): overlapping low and high calls, lone ones of each; the low call at 14.2 s covers 0.3 s of
-# the window 13.5-14.5, below --min-overlap: an unknown entry
-CALLS_A = [(2.0, 5.0, "low"), (3.0, 6.0, "high"), (9.0, 11.0, "high"), (14.2, 16.0, "low"), (19.0, 19.3, "low")]
-CALLS_B = [(1.0, 3.0, "high"), (1.5, 3.5, "low"), (7.0, 9.0, "low")]
-
+from tests.multilabel_fixtures import LABELS, batch_truth, make_multilabel_batches, two_tone_checkpoint, write_recording
 
 def _rows(path):
     with open(path, encoding="utf-8", newline="") as f:
@@ -28,39 +22,14 @@ def _rows(path):
 def workspace(tmp_path_factory):
     """Two recordings with overlapping calls, their annotation CSV, multi-label batches of their windows, and
     the two-tone checkpoint."""
-    import yaml
-
     root = tmp_path_factory.mktemp("ml_predict")
-    write_recording(root / "rec" / "a.wav", 22, CALLS_A, seed=1)
-    write_recording(root / "rec" / "b.wav", 12, CALLS_B, seed=2)
-    lines = ["filename,start,end,label"] + [f"a.wav,{b},{e},{c}" for b, e, c in CALLS_A] \
-        + [f"b.wav,{b},{e},{c}" for b, e, c in CALLS_B]
-    (root / "ann.csv").write_text("\n".join(lines) + "\n")
-    (root / "features.yaml").write_text(yaml.safe_dump(FEATURES))
-    r = invoke(["make-batches", str(root / "rec"), str(root / "batches"), "--annotations", str(root / "ann.csv"),
-                "--multi-label", "--features", str(root / "features.yaml"), "--window-hop", "0.5",
-                "--test-fraction", "0", "--batch-size", "30", "--jobs", "1", "--quiet"])
-    assert r.exit_code == 0, r.output
-    ck = two_tone_checkpoint(root / "ck.npz")
-    return root, ck
-
-
-def _batch_truth(batches):
-    from convnet_cli.data.batch_files import BatchSet
-
-    bs = BatchSet(str(batches))
-    assert bs.multi_label
-    names, mats = [], []
-    for b in bs.batch_numbers:
-        _, _, t, fn = bs.read_batch(b)
-        names += fn
-        mats.append(t.matrix)
-    return bs, names, np.concatenate(mats)
+    make_multilabel_batches(root)
+    return root, two_tone_checkpoint(root / "ck.npz")
 
 
 def test_predict_csv_joins_classes_at_the_threshold(workspace, tmp_path):
     root, ck = workspace
-    bs, names, truth = _batch_truth(root / "batches")
+    bs, names, truth = batch_truth(root / "batches")
     out = tmp_path / "p.csv"
     r = invoke(["predict", "-f", ck, "--data-path", str(root / "batches"), "--test-range",
                 ",".join(str(b) for b in bs.batch_numbers), "--out", str(out)])
@@ -84,7 +53,7 @@ def test_predict_csv_joins_classes_at_the_threshold(workspace, tmp_path):
 
 def test_threshold_per_class_and_from_a_file(workspace, tmp_path):
     root, ck = workspace
-    bs, _, _ = _batch_truth(root / "batches")
+    bs, _, _ = batch_truth(root / "batches")
     rng = ",".join(str(b) for b in bs.batch_numbers)
     base = ["predict", "-f", ck, "--data-path", str(root / "batches"), "--test-range", rng]
     assert invoke(base + ["--out", str(tmp_path / "all.csv"), "--threshold", "high=1.0,0.0"]).exit_code == 0
@@ -104,7 +73,7 @@ def test_threshold_per_class_and_from_a_file(workspace, tmp_path):
 
 def test_report_per_class_metrics_leave_unknown_targets_out(workspace, tmp_path):
     root, ck = workspace
-    bs, _, truth = _batch_truth(root / "batches")
+    bs, _, truth = batch_truth(root / "batches")
     assert (truth == 255).any(), "the short call makes unknown entries"
     out = tmp_path / "p.csv"
     r = invoke(["predict", "-f", ck, "--data-path", str(root / "batches"), "--test-range",

@@ -19,7 +19,8 @@ ERROR_SEARCH_FACTOR = 10
 @click.option("--preds", "preds_layer", metavar="LAYER",
               help="Test cases with the top-k classes of LAYER (the softmax layer, e.g. probs).")
 @click.option("--only-errors", is_flag=True, help="With --preds: only misclassified cases.")
-@click.option("--confusion", is_flag=True, help="Confusion matrix on the test batches.")
+@click.option("--confusion", is_flag=True, help="Confusion matrix on the test batches (a multi-label run: per-class "
+                                                "precision-recall curves and class co-occurrence instead).")
 @click.option("--out-dir", type=click.Path(file_okay=False), help="Where to write the PNGs.  [default: the run directory]")
 @click.option("--data-path", type=click.Path(), help="Batch folder for --preds/--confusion.  [default: the run's]")
 @click.option("--topk", type=click.IntRange(min=1), default=3, show_default=True, help="Classes per case for --preds.")
@@ -64,6 +65,9 @@ def command(run_path, cost, filters_layer, preds_layer, only_errors, confusion, 
                               f"classes; --preds takes the softmax layer that feeds the cost")
         if preds.inputs is None or len(preds.inputs) == 0:
             raise ConfigError("no test cases to show; check --data-path and the run's test range")
+        if only_errors and preds.multi_label:
+            raise ConfigError("--only-errors: a multi-label run's cases hold sets of classes, not one class to get "
+                              "wrong; leave --only-errors out (predict --report gives per-class precision and recall)")
         if only_errors and not (preds.labels >= 0).any():
             raise ConfigError("--only-errors needs true labels, and the test batches have none")
         n = len(preds.inputs)
@@ -82,6 +86,9 @@ def command(run_path, cost, filters_layer, preds_layer, only_errors, confusion, 
         from convnet_cli.metrics import confusion_matrix
 
         full = predictions(run, preds_layer, data_path, None)
+        if full.multi_label:
+            _multilabel_confusion(full, plots, out_dir, name, written)
+            return
         known = full.labels >= 0
         if not known.any():
             raise ConfigError("--confusion needs true labels, and the test batches have none")
@@ -92,3 +99,19 @@ def command(run_path, cost, filters_layer, preds_layer, only_errors, confusion, 
         conf = confusion_matrix(full.labels[known], full.probs[known].argmax(axis=1), k)
         written(plots.plot_confusion(conf, full.label_names, os.path.join(out_dir, "confusion.png"),
                                      title=f"{name}: confusion matrix"))
+
+
+def _multilabel_confusion(preds, plots, out_dir, name, written):
+    """--confusion for a multi-label run: a case holds a set of classes, so no confusion matrix; each class's
+    precision-recall curve and the classes' co-occurrence (true and predicted at 0.5) instead."""
+    from convnet_cli.show.run import multilabel_figures
+
+    if not preds.labels_known:
+        raise ConfigError("--confusion needs the true classes, and the test batches have none")
+    click.echo("note: a multi-label run has no confusion matrix (each case holds a set of classes); writing "
+               "per-class precision-recall curves and class co-occurrence instead", err=True)
+    curves, true_co, pred_co = multilabel_figures(preds)
+    written(plots.plot_pr_curves(curves, os.path.join(out_dir, "pr-curves.png"),
+                                 title=f"{name}: precision-recall per class"))
+    written(plots.plot_cooccurrence(true_co, pred_co, preds.label_names, os.path.join(out_dir, "cooccurrence.png"),
+                                    title=f"{name}: class co-occurrence (predicted at 0.5)"))

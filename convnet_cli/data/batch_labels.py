@@ -62,13 +62,16 @@ class ArrayInfo:
 @dataclass
 class BatchLabels:
     """One batch file, read without its data. labels: int64 (n,) (-1 = unlabelled), or None when the
-    file holds no labels; data: the `data` entry as an ArrayInfo (or a small real array)."""
+    file holds no labels; data: the `data` entry as an ArrayInfo (or a small real array); targets: a
+    multi-label file's `targets` as stored (classes, cases), unchecked (data/targets.py read_targets checks
+    them), or None."""
 
     path: str
     labels: np.ndarray | None
     data_shape: tuple
     data_dtype: np.dtype
     has_scale: bool  # uint8 data written with --dtype uint8 (data_offset/data_scale)
+    targets: object = None
 
 
 class _Skipped:
@@ -214,4 +217,8 @@ def read_batch_labels(path) -> BatchLabels:
             labels = np.asarray(labels).astype(np.int64).reshape(-1)
         except (TypeError, ValueError):
             raise DataError(f"{path}: labels must be integers; re-create it with convnet make-batches") from None
-    return BatchLabels(path, labels, tuple(int(s) for s in data.shape), np.dtype(data.dtype), "data_scale" in d)
+    targets = d.get("targets")
+    if isinstance(targets, ArrayInfo):  # targets of over 1 MiB (many classes and cases): read this file in full
+        targets = batch_files.str_keys(batch_files.restricted_load(path))["targets"]
+    return BatchLabels(path, labels, tuple(int(s) for s in data.shape), np.dtype(data.dtype), "data_scale" in d,
+                       targets)

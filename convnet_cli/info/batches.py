@@ -1,6 +1,7 @@
 """`convnet info` for a batch folder (or one batch file): classes, cases per class and per batch, ranges,
 shape, dtype, features and skipped files — from batches.meta and the `labels` of each batch file, never
-from the data arrays (data/batch_labels.py seeks over them)."""
+from the data arrays (data/batch_labels.py seeks over them). A multi-label folder (SPEC 17) adds, from the
+`targets` of each file: unknown entries per class, class co-occurrence and cases with 0 / 1 / 2+ classes."""
 from __future__ import annotations
 
 import os
@@ -42,6 +43,27 @@ def _cases_and_labels(bl, num_vis: int, k: int, path: str):
     return n, y
 
 
+def _multilabel_counts(bl, n: int, y, k: int, path: str):
+    """(counts as _class_counts gives them, the (n, k) uint8 targets) of a multi-label batch file: per_class
+    counts the cases where each class is present (a case may count for several)."""
+    from convnet_cli.data.targets import PRESENT, read_targets
+
+    m = read_targets({"labels": y, "targets": bl.targets}, n, k, True, path).matrix
+    return {"per_class": [int(c) for c in (m == PRESENT).sum(axis=0)], "unlabelled": 0}, m
+
+
+def _multilabel_summary(m, k: int) -> dict:
+    """Of targets m (n, k) uint8: unknown entries per class, cooccurrence (k, k) (cases where both classes
+    are present; the diagonal: where each is) and how many cases hold 0, 1 and 2+ classes."""
+    from convnet_cli.data.targets import PRESENT, UNKNOWN
+
+    on = (m == PRESENT).astype(np.int64)
+    per = on.sum(axis=1)
+    return {"unknown": [int(c) for c in (m == UNKNOWN).sum(axis=0)],
+            "cooccurrence": (on.T @ on).tolist(),
+            "cardinality": {"0": int((per == 0).sum()), "1": int((per == 1).sum()), "2+": int((per >= 2).sum())}}
+
+
 def _class_counts(y, k: int) -> dict:
     """{'per_class': [count of class 0..k-1], 'unlabelled': count of -1}."""
     counts = np.bincount(y[y >= 0], minlength=k) if y.size else np.zeros(k, np.int64)
@@ -75,7 +97,8 @@ def describe_batch_folder(batch_dir: str, progress: bool = False) -> dict:
     train, test = set(bs.train_range), set(bs.test_range)
     batches, dtypes, scaled = [], Counter(), False
     totals = {"train": np.zeros(k, np.int64), "test": np.zeros(k, np.int64), "all": np.zeros(k, np.int64)}
-    unlabelled = Counter()
+    unlabelled, cases = Counter(), Counter()
+    targets = {"train": [], "test": [], "all": []}   # multi-label: each split's (n, k) targets
     numbers = bs.batch_numbers
     show_bar = progress and len(numbers) >= _BAR_FROM and sys.stderr.isatty()
     bar = click.progressbar(numbers, label="reading labels", file=sys.stderr, show_pos=True) if show_bar else None
@@ -85,8 +108,14 @@ def describe_batch_folder(batch_dir: str, progress: bool = False) -> dict:
             path = bs.batch_file(i)
             bl = read_batch_labels(path)
             n, y = _cases_and_labels(bl, bs.num_vis, k, path)
-            counts = _class_counts(y, k)
             split = "train" if i in train else "test" if i in test else None
+            if bs.multi_label:
+                counts, m = _multilabel_counts(bl, n, y, k, path)
+                for key in ("all", split):
+                    if key:
+                        targets[key].append(m)
+            else:
+                counts = _class_counts(y, k)
             batches.append({"batch": i, "file": os.path.basename(path), "split": split, "cases": n, **counts})
             dtypes[str(bl.data_dtype)] += 1
             scaled = scaled or bl.has_scale
@@ -94,12 +123,17 @@ def describe_batch_folder(batch_dir: str, progress: bool = False) -> dict:
                 if key:
                     totals[key] += counts["per_class"]
                     unlabelled[key] += counts["unlabelled"]
+                    cases[key] += n
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
     meta = bs.meta
     stored = meta.get("dtype")
     dtype = ", ".join(dtypes) if dtypes else (str(stored) if stored else None)
+    multi = None
+    if bs.multi_label:
+        multi = {key: _multilabel_summary(np.concatenate(v) if v else np.zeros((0, k), np.uint8), k)
+                 for key, v in targets.items()}
     return {
         "kind": "batches",
         "path": bs.batch_dir,
@@ -115,7 +149,9 @@ def describe_batch_folder(batch_dir: str, progress: bool = False) -> dict:
         "train_range": list(bs.train_range),
         "test_range": list(bs.test_range),
         "per_class": {key: {"per_class": [int(c) for c in v], "unlabelled": int(unlabelled[key]),
-                            "cases": int(v.sum() + unlabelled[key])} for key, v in totals.items()},
+                            "cases": int(cases[key])} for key, v in totals.items()},
+        # a set of classes per case (SPEC 17): per split, unknown entries, co-occurrence and cardinality
+        "multi_label": multi,
         "batches": batches,
         "normalisation": "data_mean/data_std in batches.meta (training range)"
         if meta.get("data_mean") is not None and meta.get("data_std") is not None
@@ -129,7 +165,7 @@ def describe_batch_folder(batch_dir: str, progress: bool = False) -> dict:
 def describe_batch_file(path: str) -> dict:
     """One data_batch_N (or CIFAR test_batch): its cases per class; label names from the folder's meta."""
     folder = os.path.dirname(path) or "."
-    names, num_vis, split = [], None, None
+    names, num_vis, split, multi = [], None, None, False
     meta_path = os.path.join(folder, META)
     if os.path.isfile(meta_path):
         try:
@@ -137,7 +173,7 @@ def describe_batch_file(path: str) -> dict:
         except DataError:
             bs = None  # the file alone still has something to say
         if bs is not None:
-            names, num_vis = list(bs.label_names), bs.num_vis
+            names, num_vis, multi = list(bs.label_names), bs.num_vis, bs.multi_label
             number = next((i for i in bs.batch_numbers
                            if os.path.abspath(bs.batch_file(i)) == os.path.abspath(path)), None)
             split = "train" if number in bs.train_range else "test" if number in bs.test_range else None
@@ -149,10 +185,16 @@ def describe_batch_file(path: str) -> dict:
     else:
         k = len(names)
         n, y = _cases_and_labels(bl, num_vis, k, path)
-    counts = _class_counts(y, k)
+    summary = None
+    if multi:
+        counts, m = _multilabel_counts(bl, n, y, k, path)
+        summary = _multilabel_summary(m, k)
+    else:
+        counts = _class_counts(y, k)
     return {"kind": "batch_file", "path": path, "folder_meta": meta_path if names else None,
             "label_names": names or [str(i) for i in range(k)], "cases": n, "stored_shape": list(bl.data_shape),
-            "dtype": str(bl.data_dtype), "uint8_scaled": bl.has_scale, "split": split, **counts}
+            "dtype": str(bl.data_dtype), "uint8_scaled": bl.has_scale, "split": split, **counts,
+            "multi_label": summary}
 
 
 def looks_like_batch_pickle(path: str) -> str | None:

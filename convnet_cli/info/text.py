@@ -118,12 +118,17 @@ def _batches(d) -> str:
           if d.get("interrupted_install") else []),
         "",
     ]
+    multi = d.get("multi_label")
     rows = [[name, totals["train"]["per_class"][i], totals["test"]["per_class"][i], totals["all"]["per_class"][i]]
             for i, name in enumerate(names)]
-    if totals["all"]["unlabelled"]:
-        rows.append(["(unlabelled)", totals["train"]["unlabelled"], totals["test"]["unlabelled"],
-                     totals["all"]["unlabelled"]])
-    lines += _table(["class", "train", "test", "total"], rows) + [""]
+    if multi:
+        lines[1] = _line("classes", f"{k}: {', '.join(names)} (multi-label: a set of classes per case)")
+        lines += _multilabel(names, rows, multi) + [""]
+    else:
+        if totals["all"]["unlabelled"]:
+            rows.append(["(unlabelled)", totals["train"]["unlabelled"], totals["test"]["unlabelled"],
+                         totals["all"]["unlabelled"]])
+        lines += _table(["class", "train", "test", "total"], rows) + [""]
     wide = k <= _CLASS_COLUMNS
     header = ["batch", "file", "split", "cases"] + (names if wide else ["smallest class", "largest class"])
     rows = []
@@ -146,6 +151,21 @@ def _batches(d) -> str:
     return "\n".join(lines)
 
 
+def _multilabel(names, rows, multi) -> list:
+    """The class table of a multi-label folder (cases where each class is present, and its unknown entries),
+    the co-occurrence counts and the cases with 0 / 1 / 2+ classes."""
+    for row, unknown in zip(rows, multi["all"]["unknown"]):
+        row.append(unknown)
+    out = ["cases where each class is present (a case may hold several; unknown: entries left out of the cost)"]
+    out += _table(["class", "train", "test", "total", "unknown"], rows) + [""]
+    out.append("co-occurrence (cases holding both classes; the diagonal: cases holding that class)")
+    out += _table(["class"] + list(names), [[n] + row for n, row in zip(names, multi["all"]["cooccurrence"])])
+    out += ["", "cases by the number of classes they hold"]
+    card = [multi[split]["cardinality"] for split in ("train", "test", "all")]
+    out += _table(["classes", "train", "test", "total"], [[n] + [c[n] for c in card] for n in ("0", "1", "2+")])
+    return out
+
+
 def _batch_file(d) -> str:
     names = d["label_names"]
     lines = [_line("batch file", d["path"]),
@@ -156,6 +176,14 @@ def _batch_file(d) -> str:
                            + (", uint8 with data_offset/data_scale" if d["uint8_scaled"] else "")),
              ""]
     rows = [[n, c] for n, c in zip(names, d["per_class"])]
+    multi = d.get("multi_label")
+    if multi:
+        for row, unknown in zip(rows, multi["unknown"]):
+            row.append(unknown)
+        c = multi["cardinality"]
+        return "\n".join(lines + _table(["class", "present", "unknown"], rows)
+                         + ["", _line("classes", f"{c['0']:,} cases with none, {c['1']:,} with 1, "
+                                                 f"{c['2+']:,} with 2 or more")])
     if d["unlabelled"]:
         rows.append(["(unlabelled)", d["unlabelled"]])
     return "\n".join(lines + _table(["class", "cases"], rows))

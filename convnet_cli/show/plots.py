@@ -4,6 +4,8 @@
     plot_filters(weights, path)                   filters (F, C, fh, fw) as a normalized grid, 16 per row
     plot_preds(inputs, probs, labels, names, path) cases with their top-k class bars, true class marked
     plot_confusion(conf, names, path)             a labeled confusion matrix (rows = true class)
+    plot_pr_curves(curves, path)                  multi-label: each class's precision-recall curve, its AP
+    plot_cooccurrence(true, predicted, names, path)  multi-label: cases holding both classes, true and predicted
 
 matplotlib is optional (the `plot` extra) and imported only here, inside the functions, with the Agg
 renderer through `matplotlib.figure.Figure` (no pyplot, no global backend switch, no display needed).
@@ -41,7 +43,9 @@ def _figure(width_px: float, height_px: float):
 
 
 def _save(fig, path: str) -> str:
-    fig.savefig(path, dpi=DPI, format="png", facecolor="white")
+    from convnet_cli.fileio import atomic_write
+
+    atomic_write(path, lambda f: fig.savefig(f, dpi=DPI, format="png", facecolor="white"))
     return path
 
 
@@ -355,4 +359,76 @@ def plot_confusion(conf, label_names, path: str, title: str | None = None) -> st
     total = int(conf.sum())
     acc = np.trace(conf) / total if total else float("nan")
     ax.set_title(f"{title or 'confusion matrix'}  ({total} cases, accuracy {acc:.4f})", fontsize=11)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# multi-label: per-class precision-recall and class co-occurrence (in place of a confusion matrix)
+# ---------------------------------------------------------------------------------------------------
+PR_SIZE = (900, 750)
+
+
+def plot_pr_curves(curves: dict, path: str, title: str | None = None) -> str:
+    """curves: {class: {"precision": (m,), "recall": (m,), "ap": float or None, "at_threshold": (P, R) or
+    None, "threshold": t, "support": positives}}: one step curve per class (recall on x), the point of the
+    class's threshold marked; the legend gives each class's AP."""
+    if not curves:
+        raise ValueError("no class to plot")
+    fig = _figure(*PR_SIZE)
+    ax = fig.add_axes([0.09, 0.08, 0.62, 0.84])
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+              "#17becf"]
+    for i, (name, c) in enumerate(curves.items()):
+        color = colors[i % len(colors)]
+        ap = c.get("ap")
+        label = f"{name}  AP {'n/a' if ap is None else format(ap, '.3f')}  ({c.get('support', 0)} present)"
+        rec, prec = np.r_[0.0, np.asarray(c["recall"], float)], np.r_[1.0, np.asarray(c["precision"], float)]
+        if len(rec) > 1 and np.isfinite(rec).all():
+            ax.step(rec, prec, where="pre", color=color, lw=1.6, label=label)
+        else:
+            ax.plot([], [], color=color, label=label)
+        if c.get("at_threshold") is not None:
+            p, r = c["at_threshold"]
+            ax.plot([r], [p], "o", color=color, ms=6)
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8 if len(curves) <= 20 else 6, frameon=False)
+    ax.set_title(f"{title or 'precision-recall per class'}  (dots: each class's threshold)", fontsize=11)
+    return _save(fig, path)
+
+
+def plot_cooccurrence(true_counts, predicted_counts, label_names, path: str, title: str | None = None) -> str:
+    """Two (k, k) matrices side by side: cases holding both classes, in the targets and in the predictions
+    at the thresholds (the diagonal: cases holding each class); colored by the fraction of the row's diagonal
+    (how often the column's class comes with the row's), counts in the cells up to 30 classes."""
+    names = [str(s) for s in label_names]
+    k = len(names)
+    mats = [np.asarray(m, dtype=np.int64) for m in (true_counts, predicted_counts)]
+    if any(m.shape != (k, k) for m in mats):
+        raise ValueError(f"co-occurrence matrices {[m.shape for m in mats]} for {k} label names")
+    side = int(min(1400, max(420, 160 + 40 * k)))
+    fig = _figure(2 * side + 120, side + 60)
+    fs = 9 if k <= 20 else 7 if k <= 40 else 5
+    margin = min(0.3, 0.12 + 0.01 * max(len(n) for n in names))
+    for j, (m, what) in enumerate(zip(mats, ("true", "predicted"))):
+        diag = np.diag(m).reshape(-1, 1)
+        frac = np.divide(m, diag, out=np.zeros(m.shape, dtype=np.float64), where=diag > 0)
+        left = 0.04 + j * 0.48
+        ax = fig.add_axes([left + margin / 2, margin, 0.44 - margin / 2, 0.86 - margin])
+        ax.imshow(frac, cmap="Blues", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
+        ticks = np.arange(k)
+        ax.set_xticks(ticks)
+        ax.set_yticks(ticks)
+        ax.set_xticklabels(names, rotation=45 if max(len(n) for n in names) > 3 else 0, ha="right", fontsize=fs)
+        ax.set_yticklabels(names, fontsize=fs)
+        if k <= 30:
+            for r in range(k):
+                for c in range(k):
+                    ax.text(c, r, str(m[r, c]), ha="center", va="center", fontsize=fs,
+                            color="white" if frac[r, c] > 0.5 else "black")
+        ax.set_title(f"{what}: cases holding both", fontsize=10)
+    fig.suptitle(title or "class co-occurrence", fontsize=11)
     return _save(fig, path)

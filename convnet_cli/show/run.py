@@ -128,5 +128,32 @@ def predictions(run: RunPaths, layer: str | None, data_path: str | None, max_cas
                            keep_inputs=keep_inputs)
 
 
+def multilabel_figures(preds, thresholds=None) -> tuple:
+    """(curves for plots.plot_pr_curves, true and predicted co-occurrence (k, k)) of multi-label predictions
+    with known targets; unknown entries are left out (of the co-occurrence too: a pair counts where both
+    classes are known present, or predicted at their thresholds on known entries)."""
+    from convnet_cli.data.targets import PRESENT, UNKNOWN
+    from convnet_cli.metrics import average_precision_from_curve, pr_curve, predicted_sets
+
+    names = list(preds.label_names)
+    thr = np.asarray([0.5] * len(names) if thresholds is None else thresholds, dtype=np.float64)
+    present, known = preds.targets == PRESENT, preds.targets != UNKNOWN
+    pred = predicted_sets(preds.probs, thr) & known
+    curves = {}
+    for c, name in enumerate(names):
+        m = known[:, c]
+        y, s = present[m, c], preds.probs[m, c]
+        n_pos = int(y.sum())
+        _, prec, rec = pr_curve(s, y, n_pos)
+        hit = s >= thr[c]
+        at = (float((hit & y).sum() / hit.sum()) if hit.any() else 1.0, float((hit & y).sum() / n_pos)) \
+            if n_pos else None
+        curves[name] = {"precision": prec, "recall": rec, "ap": average_precision_from_curve(prec, rec) if n_pos
+                        else None, "at_threshold": at, "threshold": float(thr[c]), "support": n_pos}
+    on_true = (present & known).astype(np.int64)
+    on_pred = pred.astype(np.int64)
+    return curves, on_true.T @ on_true, on_pred.T @ on_pred
+
+
 def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]+", "_", text).strip("_") or "layer"
