@@ -1,5 +1,5 @@
 """detect and evaluate with a multi-label network (SPEC 17): every class on its own, so events of different
-classes overlap in time; no background class; evaluate scores each class (tests/multilabel_fixtures.py's
+classes overlap in time; no background class; evaluate scores each class (tests/multilabel_detector.py's
 hand-made two-tone detector on synthesised recordings)."""
 import csv
 import json
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.helpers import invoke
-from tests.multilabel_fixtures import two_tone_checkpoint, write_recording
+from tests.multilabel_detector import two_tone_checkpoint, write_recording
 
 # a low call with a high one inside it, a high and a low that overlap in part, and a lone one of each
 CALLS = [(5.0, 9.0, "low"), (6.0, 8.0, "high"), (15.0, 17.0, "high"), (16.5, 19.0, "low"), (25.0, 27.0, "low"),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import invoke
-from tests.multilabel_fixtures import FEATURES, two_tone_checkpoint, write_recording
+from tests.multilabel_detector import FEATURES, two_tone_checkpoint, write_recording
 
 onnx = pytest.importorskip("onnx", reason="export needs the onnx package (the export extra)")
 

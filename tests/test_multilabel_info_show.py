@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import invoke
-from tests.multilabel_fixtures import LABELS, batch_truth, make_multilabel_batches, two_tone_checkpoint
+from tests.multilabel_detector import LABELS, batch_truth, make_multilabel_batches, two_tone_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 
 from convnet_cli.metrics import average_precision, multilabel_report, roc_auc
 from tests.helpers import invoke
-from tests.multilabel_fixtures import LABELS, batch_truth, make_multilabel_batches, two_tone_checkpoint, write_recording
+from tests.multilabel_detector import LABELS, batch_truth, make_multilabel_batches, two_tone_checkpoint, write_recording
 
 def _rows(path):
     with open(path, encoding="utf-8", newline="") as f:
