@@ -582,6 +582,7 @@ def _initial_state(o, batchset, layer_def_text, params_text) -> RunState:
         layer_def_name=os.path.basename(o.layer_def),
         layer_params_name=os.path.basename(o.layer_params) if o.layer_params else "params.yaml",
         label_names=list(batchset.label_names),
+        multi_label=bool(batchset.multi_label),
         data_shape=list(batchset.data_shape),
         data_mean=[float(v) for v in np.asarray(batchset.data_mean, dtype=np.float32).reshape(-1)],
         data_std=[float(v) for v in np.asarray(batchset.data_std, dtype=np.float32).reshape(-1)],
