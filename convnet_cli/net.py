@@ -56,6 +56,17 @@ class Net:
                 src = self.by_name[l.in_names[1]]
                 if isinstance(src, l.fuses_with) and src.neuron is None:
                     self.fused[l.name] = src.name
+        # A cost that takes over the neuron of the layer feeding its scores (cost.bce on an fc with neuron:
+        # logistic, when nothing else reads that fc): the cost reads the logits too and returns their gradient.
+        self.fused_neuron = {}
+        for l in self.cost_layers:
+            name = l.fuses_neuron_name
+            if name and l.scores_input is not None:
+                src = self.by_name[l.in_names[l.scores_input]]
+                if (src.neuron is not None and getattr(src.neuron, "name", None) == name and src.chunk_neuron is None
+                        and not src.is_data and self.consumers[src.name] == [l.name]):
+                    self.fused_neuron[l.name] = src.name
+        self._logit_layers = set(self.fused_neuron.values())
         self.set_learning(learn)
         self.outputs = {}
         self._caches = {}
@@ -169,6 +180,7 @@ class Net:
                       algos=self.algos)
         self._ctx = ctx
         outs, caches, ncaches = {}, {}, {}
+        logits = {}  # the neuron inputs of the layers in self._logit_layers (see fused_neuron)
         costs = {}
         have_labels = 1 in data and data[1] is not None
         drop_after = None if keep_cache else self._last_readers(keep)
@@ -187,6 +199,10 @@ class Net:
                 if l.name in self.fused:
                     sm = self.by_name[self.fused[l.name]]
                     val, caches[l.name] = l.forward_fused(outs[l.in_names[0]], outs[sm.in_names[0]], ctx)
+                elif l.name in self.fused_neuron and self.fused_neuron[l.name] in logits:
+                    src = self.fused_neuron[l.name]
+                    val, caches[l.name] = l.forward_logits(outs[l.in_names[0]], logits[src], outs[src], ctx)
+                    caches[("logits", src)] = True
                 else:
                     val, caches[l.name] = l.forward([outs[i] for i in l.in_names], self.params[l.name], ctx)
                 costs[l.name] = val
@@ -196,6 +212,8 @@ class Net:
             if l.chunk_neuron is not None:  # the layer applied it; its output is the neuron's cache
                 ncaches[l.name] = out
             elif l.neuron is not None:
+                if l.name in self._logit_layers and have_labels:
+                    logits[l.name] = out
                 out, ncaches[l.name] = l.neuron.forward(out, xp)
             outs[l.name] = out
         if drop_after is not None:
@@ -246,6 +264,7 @@ class Net:
             raise RuntimeError("Net.backward after forward(keep_cache=False): that forward pass kept nothing "
                                "for backward; call forward with keep_cache=True")
         douts = {}
+        dlogits = {}  # gradients with respect to the logits of a layer whose neuron a cost took over
         grads = {}
 
         def add(name, d):
@@ -264,14 +283,20 @@ class Net:
                     sm = self.by_name[self.fused[l.name]]
                     add(sm.in_names[0], l.backward_fused(coeff, self._caches[l.name], ctx))
                     continue
+                src = self.fused_neuron.get(l.name)
+                if src is not None and ("logits", src) in self._caches:
+                    dlogits[src] = l.backward_logits(coeff, self._caches[l.name], ctx)
+                    continue
                 dxs, _ = l.backward(coeff, self._caches[l.name], self.params[l.name], ctx)
                 for name, d in zip(l.in_names, dxs):
                     add(name, d)
                 continue
             dout = douts.pop(l.name, None)
-            if dout is None:
+            if l.name in dlogits:  # the cost gave the gradient past the neuron (nothing else reads this layer)
+                dout = dlogits.pop(l.name)
+            elif dout is None:
                 continue
-            if l.neuron is not None:
+            elif l.neuron is not None:
                 dout = l.neuron.backward(dout, self._ncaches[l.name], self.xp)
             dxs, g = l.backward(dout, self._caches[l.name], self.params[l.name], ctx)
             if g:

@@ -892,3 +892,60 @@ def test_a_full_disk_on_one_rank_of_make_batches_reaches_rank_0_which_cleans_up(
     assert all("No space left" in str(e) for e in errors), errors
     left = os.listdir(out) if out.exists() else []
     assert not [n for n in left if n.startswith(STAGING_PREFIX) or n == LOCK], left
+
+
+# -- multi-label targets (SPEC 17) ----------------------------------------------------------------------------
+ML_LAYERS = LAYERS.replace("outputs: 3, init: glorot_uniform}", "outputs: 3, init: glorot_uniform, neuron: logistic}").replace(
+    "probs:  {type: softmax, inputs: fc2}\nlogprob: {type: cost.logreg, inputs: [labels, probs]}\n",
+    "bce:    {type: cost.bce, inputs: [labels, fc2], posWeight: [1, 2, 0.5]}\n")
+
+
+def write_multilabel_batches(folder, n_batches=3, per_batch=10, shape=(1, 8, 8), classes=3, seed=0):
+    """Gaussian cases whose mean moves with each class present; targets (classes, cases) 1 / 0 / 255 unknown."""
+    write_batches(folder, n_batches, per_batch, shape, classes, seed)
+    rng = np.random.default_rng(seed + 100)
+    num_vis = int(np.prod(shape))
+    for b in range(1, n_batches + 1):
+        t = (rng.random((classes, per_batch)) < 0.4).astype(np.uint8)
+        t[rng.random((classes, per_batch)) < 0.15] = 255
+        rows = rng.normal(0, 1, (per_batch, num_vis)) + 3.0
+        for c in range(classes):
+            rows[:, c * 20:(c + 1) * 20] += 1.5 * (t[c] == 1)[:, None]
+        primary = np.where((t == 1).any(axis=0), (t == 1).argmax(axis=0), -1)
+        batch, _ = encode_batch(rows.T.astype(np.float32), primary, [f"b{b}c{k}" for k in range(per_batch)], "float32")
+        batch["targets"] = t
+        write_pickle_atomic(folder / f"data_batch_{b}", batch)
+    from convnet_cli.data.batch_files import restricted_load
+
+    meta = restricted_load(str(folder / "batches.meta"))
+    meta["multi_label"] = True
+    write_pickle_atomic(folder / "batches.meta", meta)
+
+
+@needs_mpi
+def test_two_ranks_reach_one_process_on_multi_label_targets(tmp_path):
+    """cost.bce on masked multi-label targets, split over 2 ranks: the weights, costs and per-class test AP of
+    one process (the test scores of both ranks' shares are gathered before the AP is taken)."""
+    write_multilabel_batches(tmp_path / "batches", seed=4)
+    (tmp_path / "layers.yaml").write_text(ML_LAYERS)
+    (tmp_path / "params.yaml").write_text(PARAMS)
+    args = ["train", "--data-path", str(tmp_path / "batches"), "--layer-def", str(tmp_path / "layers.yaml"),
+            "--layer-params", str(tmp_path / "params.yaml"), "--mini", "3", "--seed", "5", "--epochs", "2",
+            "--augment", "mixup", "--balance", "--quiet"]
+    one = convnet(args + ["--save-path", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr
+    two = convnet(args + ["--save-path", str(tmp_path / "two")], ranks=2)
+    assert two.returncode == 0, two.stderr + two.stdout
+    run1, run2 = only_run(tmp_path / "one"), only_run(tmp_path / "two")
+    assert_same_weights(weights(run1, 2), weights(run2, 2))
+    logs = [[r for r in map(json.loads, open(os.path.join(run, "train_log.jsonl"))) if r["type"] in ("train", "test")]
+            for run in (run1, run2)]
+    assert [(r["type"], r["cases"]) for r in logs[0]] == [(r["type"], r["cases"]) for r in logs[1]]
+    for a, b in zip(*logs):
+        assert a["cost"] == pytest.approx(b["cost"], rel=1e-4)
+        assert a["error"] == pytest.approx(b["error"], abs=1e-6)
+        if a["type"] == "test":
+            assert a["map"] is not None and a["map"] == pytest.approx(b["map"], abs=1e-6)
+            assert a["ap"].keys() == b["ap"].keys()
+            for k in a["ap"]:
+                assert a["ap"][k] == pytest.approx(b["ap"][k], abs=1e-6)

@@ -41,9 +41,10 @@ def _default(name: str) -> str:
               help="Keep the newest K numbered checkpoints plus best.npz; 0 keeps all." + _default("max_checkpoints"))
 @click.option("--augment", help=f"Comma list of {', '.join(AUGMENTATIONS)}.")
 @click.option("--early-stop", type=click.IntRange(min=1), help="Stop after N tests without improvement.")
-@click.option("--best-by", type=click.Choice(("cost", "error", "auc")),
+@click.option("--best-by", type=click.Choice(("cost", "error", "auc", "map")),
               help="Which test makes best.npz (and counts for --early-stop): lowest test cost, lowest test error, "
-                   "or highest test ROC AUC (two classes)." + _default("best_by"))
+                   "highest test ROC AUC (two classes), or highest test mean average precision over the classes "
+                   "(multi-label batches).  [default: map on multi-label batches, else cost]")
 @click.option("--balance/--no-balance", default=None,
               help="Draw minibatches so that every class is seen equally often (imbalanced data)."
                    + _default("balance"))

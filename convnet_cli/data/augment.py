@@ -9,7 +9,8 @@ the order given on the command line):
 - `timemask`: the same along W (up to floor(0.15 W) columns);
 - `mixup`: within each minibatch, case i becomes lam_i x_i + (1 - lam_i) x_p(i) for a random pairing p,
   lam_i = max(l, 1 - l), l ~ Beta(0.2, 0.2) (so the case keeps its own file name as the larger part);
-  the targets mix the same way.
+  the targets mix the same way (multi-label targets too: a class unknown in either case is unknown in the
+  mix).
 
 An augmentation is a function `fn(x, y, rng, xp, ctx) -> (x, y)` registered with `@augmentation(name)`:
 x is the (n, H, W, C) float32 batch on `xp` (numpy or cupy), y the host labels ((n,) ints, or (n, K) soft
@@ -127,11 +128,15 @@ def timemask(x, y, rng, xp, ctx):
 @augmentation("mixup", needs_labels=True)
 def mixup(x, y, rng, xp, ctx):
     n = x.shape[0]
-    if y.size and y.min() < 0:
-        raise DataError(f"{ctx.source}: mixup needs every case labeled, but some labels are -1")
-    onehot = np.zeros((n, ctx.num_classes), np.float32)
-    onehot[np.arange(n), y] = 1.0
+    if y.ndim == 2:  # multi-label targets (data/targets.py): 1 / 0 / -1 unknown
+        onehot = np.asarray(y, np.float32)
+    else:
+        if y.size and y.min() < 0:
+            raise DataError(f"{ctx.source}: mixup needs every case labeled, but some labels are -1")
+        onehot = np.zeros((n, ctx.num_classes), np.float32)
+        onehot[np.arange(n), y] = 1.0
     y = onehot.copy()
+    unknown = (onehot < 0) if y.ndim == 2 and bool((onehot < 0).any()) else None
     for a in range(0, n, ctx.mini):
         b = min(n, a + ctx.mini)
         m = b - a
@@ -141,4 +146,6 @@ def mixup(x, y, rng, xp, ctx):
         lx = xp.asarray(lam)
         x[a:b] = lx[:, None, None, None] * x[a:b] + (1 - lx)[:, None, None, None] * x[xp.asarray(pair)]
         y[a:b] = lam[:, None] * onehot[a:b] + (1 - lam)[:, None] * onehot[pair]
+        if unknown is not None:  # a class unknown in either case is unknown in the mix
+            y[a:b][unknown[a:b] | unknown[pair]] = -1.0
     return x, y

@@ -204,7 +204,7 @@ class CostLayer(Layer):
     name): `scores_input`, the index of the input that holds the class scores (the net's output for
     predict, detect and export; None for a cost without class scores, such as a sum of squares),
     `needs_labels`, `reports_error` (its metrics hold a classification error), `multi_label` (it trains on
-    multi-label targets, see data/targets.py), and `check_data`, which refuses data it cannot train on."""
+    multi-label targets, see data/targets.py), `fuses_neuron_name`, and `check_data`, which refuses data it cannot train on."""
 
     is_cost = True
     hyper_defaults = {"coeff": 1.0}
@@ -214,6 +214,11 @@ class CostLayer(Layer):
     needs_labels: ClassVar[bool] = True
     reports_error: ClassVar[bool] = False
     multi_label: ClassVar[bool] = False
+    # The name of a neuron (`logistic`) this cost can take over when the layer feeding its scores applies it
+    # and feeds nothing else: the net then also passes that neuron's input (the logits) to
+    # forward_logits(labels, logits, outputs, ctx) and takes backward_logits(coeff, cache, ctx) as the
+    # gradient with respect to them, skipping the neuron's own backward.
+    fuses_neuron_name: ClassVar[str | None] = None
 
     @property
     def is_classifier(self) -> bool:

@@ -272,21 +272,39 @@ class LogregCost(CostLayer):
         return ((coeff / p.shape[0]) * (p - t)).reshape(shape)
 
 
+def softplus(x, xp):
+    """log(1 + exp(x)), computed without overflow."""
+    return xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x)))
+
+
 @register(aliases=("cost.binxent",))
 class BCECost(CostLayer):
     """Binary cross-entropy on logistic outputs in (0, 1). inputs: [labels, outputs].
 
-    With one output unit the label (0/1) is the target; with K units each unit is a one-vs-rest target
-    (the one-hot label). `posWeight` weighs the positive term, as in PyTorch's pos_weight."""
+    With one output unit the label (0/1) is the target; with K units each unit is a one-vs-rest target:
+    the one-hot label, or on multi-label batches (data/targets.py) the case's targets, (N, K) float with 1
+    present, 0 absent and -1 unknown. Unknown entries add nothing to the cost or the gradient. The cost is
+    the sum over units, averaged over the cases of the minibatch. `posWeight` (one number, or one per class
+    in label order) weighs the positive term, as PyTorch's pos_weight.
+
+    When the layer feeding it has `neuron: logistic` and feeds nothing else, the net hands this cost the
+    neuron's input (the logits) too: the cost is then computed from the logits (log p = -softplus(-z)) and
+    the gradient taken with respect to them, (p (w t + 1 - t) - w t) / N, as BCEWithLogitsLoss: no clipping
+    of saturated outputs."""
 
     type = "cost.bce"
-    keys = {"posWeight": Key("float", 1.0, min=0)}
+    keys = {"posWeight": Key("floats", 1.0, min=0, doc="the weight of the positive term: one number, or one "
+                                                        "per class in label order")}
     scores_input = 1
     reports_error = True
     multi_label = True
+    fuses_neuron_name = "logistic"
+    # set by check_data: the batches carry multi-label targets (the error is then per class decision)
+    multi_label_data = False
 
     def check_data(self, label_names, multi_label, source=""):
         k = len(label_names)
+        self.multi_label_data = bool(multi_label)
         # one logistic unit scores the second of two classes (0/1 labels); otherwise one unit per class
         _check_outputs(self, label_names, self.num_scores == k or (not multi_label and k == 2 and self.num_scores == 1))
 
@@ -296,34 +314,94 @@ class BCECost(CostLayer):
             raise _labels_first(self)
         if out[1:] != (1, 1):
             raise self.error(f"its second input '{self.in_names[1]}' must have shape (K, 1, 1), got {out}")
+        w = self.pos_weights
+        if len(w) not in (1, out[0]):
+            raise self.error(f"posWeight has {len(w)} values but '{self.in_names[1]}' has {out[0]} outputs; give "
+                             f"one number, or one per class ({out[0]}) in label order")
         return (1, 1, 1)
 
     def _targets(self, labels, k, xp, dtype):
-        if k == 1:
-            y = labels[:, 1] if labels.ndim == 2 else labels
-            return y.astype(dtype).reshape(-1, 1)
-        return _targets(labels, k, xp, dtype)
+        """(t (N, K) with unknown entries 0, mask (N, K) of the known entries or None when all are)."""
+        if k == 1 and labels.ndim == 2 and labels.shape[1] == 2:  # mixup's soft 0/1 labels
+            labels = labels[:, 1:]
+        if k == 1 and labels.ndim == 1:
+            return labels.astype(dtype).reshape(-1, 1), None
+        t = _targets(labels, k, xp, dtype)
+        if labels.ndim == 2:
+            known = t >= 0
+            if not bool(known.all()):
+                return xp.where(known, t, 0).astype(dtype, copy=False), known.astype(dtype)
+        return t, None
+
+    @property
+    def pos_weights(self) -> list:
+        """posWeight as a list: one number, or one per class."""
+        w = self.props.posWeight
+        return [float(v) for v in w] if isinstance(w, (list, tuple)) else [float(w)]
+
+    def _pos_weight(self, k, xp, dtype):
+        w = self.pos_weights
+        if len(w) == 1:
+            return float(w[0])
+        return xp.asarray(w, dtype=dtype).reshape(1, k)
+
+    def _metrics(self, cost, p, labels, t, mask, xp):
+        n = p.shape[0]
+        if p.shape[1] == 1:
+            error = float(((p[:, 0] > 0.5) != (t[:, 0] > 0.5)).sum()) / n
+        elif self.multi_label_data:
+            # the class decisions at 0.5 that are wrong, per case and class (an unknown entry is never wrong):
+            # a mean over cases, as the costs are, so shares of a minibatch add up to the whole
+            wrong = (p >= 0.5) != (t >= 0.5)
+            if mask is not None:
+                wrong = wrong & (mask > 0)
+            error = float(wrong.sum()) / (n * p.shape[1])
+        else:
+            error, _ = classification_errors(p, labels, 1, xp)
+        return {"cost": cost, "error": error, "topk_error": error}
 
     def forward(self, xs, params, ctx):
         xp = ctx.xp
         labels, p = xs[0], xs[1].reshape(xs[1].shape[0], -1)
-        t = self._targets(labels, p.shape[1], xp, p.dtype)
+        t, mask = self._targets(labels, p.shape[1], xp, p.dtype)
         eps = 1e-7 if p.dtype.itemsize <= 4 else 1e-15
         pc = xp.clip(p, eps, 1 - eps)
-        w = self.props.posWeight
+        w = self._pos_weight(p.shape[1], xp, p.dtype)
         n = p.shape[0]
-        cost = -float((w * t * xp.log(pc) + (1 - t) * xp.log(1 - pc)).sum()) / n
-        if p.shape[1] == 1:
-            error = float(((p[:, 0] > 0.5) != (t[:, 0] > 0.5)).sum()) / n
-        else:
-            error, _ = classification_errors(p, labels, 1, xp)
-        return (cost, {"cost": cost, "error": error, "topk_error": error}), (pc, t, xs[1].shape)
+        per = w * t * xp.log(pc) + (1 - t) * xp.log(1 - pc)
+        if mask is not None:
+            per = per * mask
+        cost = -float(per.sum()) / n
+        return (cost, self._metrics(cost, p, labels, t, mask, xp)), (pc, t, mask, xs[1].shape)
 
     def backward(self, coeff, cache, params, ctx):
-        pc, t, shape = cache
-        w = self.props.posWeight
+        pc, t, mask, shape = cache
+        w = self._pos_weight(pc.shape[1], ctx.xp, pc.dtype)
         d = -(coeff / pc.shape[0]) * (w * t / pc - (1 - t) / (1 - pc))
+        if mask is not None:
+            d = d * mask
         return [None, d.reshape(shape)], {}
+
+    def forward_logits(self, labels, logits, probs, ctx):
+        """The cost from the logits z of the logistic outputs `probs` (see the class docstring)."""
+        xp = ctx.xp
+        z = logits.reshape(logits.shape[0], -1)
+        p = probs.reshape(z.shape)
+        t, mask = self._targets(labels, z.shape[1], xp, z.dtype)
+        w = self._pos_weight(z.shape[1], xp, z.dtype)
+        per = w * t * softplus(-z, xp) + (1 - t) * softplus(z, xp)
+        if mask is not None:
+            per = per * mask
+        cost = float(per.sum()) / z.shape[0]
+        return (cost, self._metrics(cost, p, labels, t, mask, xp)), (p, t, mask, w, logits.shape)
+
+    def backward_logits(self, coeff, cache, ctx):
+        """Gradient with respect to the logits."""
+        p, t, mask, w, shape = cache
+        d = (coeff / p.shape[0]) * (p * (w * t + 1 - t) - w * t)
+        if mask is not None:
+            d = d * mask
+        return d.reshape(shape)
 
 
 @register

@@ -1,10 +1,13 @@
-"""Which test result is the best so far (`--best-by`): the lowest test cost (the default), the lowest test
-error, or the highest test ROC AUC (two classes only).
+"""Which test result is the best so far (`--best-by`): the lowest test cost (the default for single-label
+batches), the lowest test error, the highest test ROC AUC (two classes only), or the highest test mean
+average precision over the classes (`map`: multi-label batches, where it is the default).
 
 Why cost by default: on imbalanced or small test sets the error rate sits at the prior for many epochs while
 the model improves (it moves in steps of 1/cases), so best.npz chosen by error can be an early model; the
 log-loss moves with every case's probability. AUC ranks cases by the positive class's score, which is what a
-detector is judged by when its threshold is set later.
+detector is judged by when its threshold is set later. mAP does the same per class for multi-label targets
+(SPEC 17): each class's average precision over the test cases whose entry for it is known, the mean over
+the classes that have a positive among them.
 """
 from __future__ import annotations
 
@@ -12,16 +15,33 @@ import numpy as np
 
 from convnet_cli.backend import to_host
 from convnet_cli.errors import ConfigError
-from convnet_cli.metrics import roc_auc
+from convnet_cli.metrics import mean_average_precision, per_class_average_precision, roc_auc
 
-BEST_BY = ("cost", "error", "auc")
+BEST_BY = ("cost", "error", "auc", "map")
+HIGHER_IS_BETTER = ("auc", "map")
 
 
-def check_best_by(best_by: str, label_names, layers) -> None:
+def default_best_by(multi_label: bool) -> str:
+    """--best-by when none is given: map on multi-label batches, cost otherwise."""
+    return "map" if multi_label else "cost"
+
+
+def check_best_by(best_by: str, label_names, layers, multi_label: bool = False) -> None:
     """ConfigError when `best_by` is unknown or cannot be computed for this data and net."""
     if best_by not in BEST_BY:
         raise ConfigError(f"--best-by {best_by!r}: expected one of {', '.join(BEST_BY)}")
     cost = first_cost(layers)
+    if best_by == "map":
+        if not multi_label:
+            raise ConfigError("--best-by map: the mean average precision over classes is for multi-label batches "
+                              "(make-batches --multi-label); on these single-label batches use --best-by cost, "
+                              "error or auc")
+        if cost is None or not cost.is_classifier:
+            raise ConfigError("--best-by map: the net needs a cost.bce layer whose scores rank the cases; use "
+                              "--best-by cost")
+    if best_by == "auc" and multi_label:
+        raise ConfigError("--best-by auc: the batches are multi-label; rank by the mean of the classes' average "
+                          "precision with --best-by map (the default), or use cost or error")
     if best_by == "error" and (cost is None or not cost.reports_error):
         raise ConfigError("--best-by error: the net has no classification cost (cost.logreg or cost.bce) "
                           "that reports an error rate; use --best-by cost")
@@ -48,12 +68,21 @@ class Scores:
         self.scores, self.labels = [], []
 
     @classmethod
-    def for_net(cls, net, label_names):
-        """A collector when the data has two classes and the net a classification cost, else None."""
+    def for_net(cls, net, label_names, multi_label: bool = False):
+        """A collector when the data has two classes and the net a classification cost (the ROC AUC), or on
+        multi-label batches (MultiLabelScores: per-class AP), else None."""
         cost = first_cost(net.layers)
-        if len(label_names) != 2 or cost is None or not cost.is_classifier:
+        if cost is None or not cost.is_classifier:
+            return None
+        if multi_label:
+            return MultiLabelScores(net, label_names)
+        if len(label_names) != 2:
             return None
         return cls(net)
+
+    def metrics(self) -> dict:
+        """What the test record gains: {'auc': ROC AUC or None}."""
+        return {"auc": self.auc()}
 
     def add(self, labels) -> None:
         out = self.net.outputs.get(self.cost.in_names[self.cost.scores_input])
@@ -77,6 +106,35 @@ class Scores:
         return float(roc_auc(s, y))
 
 
+class MultiLabelScores(Scores):
+    """Collects every test case's K scores and its targets ((n, K): 1 present, 0 absent, -1 unknown), for
+    the classes' average precision (known entries only) and their mean."""
+
+    def __init__(self, net, label_names):
+        super().__init__(net)
+        self.label_names = [str(n) for n in label_names]
+
+    def add(self, labels) -> None:
+        out = self.net.outputs.get(self.cost.in_names[self.cost.scores_input])
+        if out is None:
+            return
+        p = np.asarray(to_host(out), dtype=np.float64)
+        self.scores.append(p.reshape(p.shape[0], -1))
+        self.labels.append(np.asarray(to_host(labels), dtype=np.float64).reshape(p.shape[0], -1))
+
+    def per_class_ap(self) -> list:
+        """[AP or None] per class (None: no positive among the known test entries)."""
+        if not self.scores:
+            return [None] * len(self.label_names)
+        s, t = np.concatenate(self.scores), np.concatenate(self.labels)
+        return per_class_average_precision(s, t > 0.5, t >= 0)
+
+    def metrics(self) -> dict:
+        """What the test record gains: {'map': mean AP, 'ap': {class: AP or None}}."""
+        aps = self.per_class_ap()
+        return {"map": mean_average_precision(aps), "ap": dict(zip(self.label_names, aps))}
+
+
 def metric(record: dict, best_by: str):
     """The record's value for `best_by` (None when it has none)."""
     return record.get(best_by)
@@ -89,7 +147,7 @@ def improves(value, best: dict | None, best_by: str) -> bool:
         return True
     if value is None:
         return False
-    return value > best["metric"] if best_by == "auc" else value < best["metric"]
+    return value > best["metric"] if best_by in HIGHER_IS_BETTER else value < best["metric"]
 
 
 def best_of_run(best: dict | None, best_file_state: dict | None, best_by: str) -> dict | None:

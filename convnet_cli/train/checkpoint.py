@@ -40,6 +40,7 @@ class RunState:
     layer_def_name: str = "layers.yaml"
     layer_params_name: str = "params.yaml"
     label_names: list = field(default_factory=list)
+    multi_label: bool = False    # trained on multi-label targets (batches.meta multi_label): logistic outputs
     data_shape: list = field(default_factory=list)   # (C, H, W) of a case
     data_mean: list = field(default_factory=list)    # the training statistics, flat
     data_std: list = field(default_factory=list)

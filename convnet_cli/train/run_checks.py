@@ -75,13 +75,20 @@ def overlap_warning(train_range, test_range) -> str | None:
 
 
 def check_batches_fit(state, batchset, ckpt_path: str):
-    """DataError when the batch folder is not the data the checkpoint was trained on (shape, label names
-    and their order, normalisation)."""
+    """DataError when the batch folder is not the data the checkpoint was trained on (shape, single- or
+    multi-label targets, label names and their order, normalisation)."""
     where = f"{batchset.batch_dir}: does not fit the run of {ckpt_path}"
     fix = "resume with the run's own --data-path, or start a new run (--init-from) on this data"
     saved_shape = [int(v) for v in state.data_shape or []]
     if saved_shape and saved_shape != list(batchset.data_shape):
         raise DataError(f"{where}: data shape {list(batchset.data_shape)}, the run was trained on {saved_shape}; {fix}")
+    multi = bool(getattr(batchset, "multi_label", False))
+    if bool(getattr(state, "multi_label", False)) != multi:
+        made = "multi-label" if state.multi_label else "single-label"
+        flag = "with" if state.multi_label else "without"
+        raise DataError(f"{where}: the run trained on {made} batches and these are "
+                        f"{'multi-label' if multi else 'single-label'}; resume with the run's own --data-path, or "
+                        f"make the batches again {flag} --multi-label")
     saved_names = [str(n) for n in state.label_names or []]
     if saved_names and saved_names != list(batchset.label_names):
         raise DataError(f"{where}: label names {_short(batchset.label_names)}, the run's are {_short(saved_names)} "

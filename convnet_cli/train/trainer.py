@@ -50,7 +50,8 @@ class TrainOptions:
     max_checkpoints: int | None = 5  # the newest 5 plus best.npz; 0 keeps all
     augment: list = field(default_factory=list)
     early_stop: int | None = None
-    best_by: str = "cost"        # cost, error or auc: which test makes best.npz (train/best.py)
+    best_by: str | None = None   # cost, error, auc or map: which test makes best.npz (train/best.py); None:
+                                 # map on multi-label batches, else cost (start() settles it)
     balance: bool = False
     init_from: str | None = None
     quiet: bool = False
@@ -150,7 +151,7 @@ class Trainer:
         self.total_batches = self.batches_per_epoch * options.epochs
         self.started = time.time() - state.seconds
         self.dp = DataParallel(get_world(), net)  # under MPI: shares, sums; rank 0 alone writes files
-        self.test_auc = None
+        self.test_scores = {}    # what the test's per-case scores add to its record: auc, or map and ap
         self.last_cases = 0      # cases of the batch file trained last (the bar's rate)
         self._saved_at = state.batches_done  # batch files done at the last checkpoint (a run without tests)
 
@@ -258,7 +259,7 @@ class Trainer:
         """(totals, cases) over the test range, in test mode: totals {cost layer: {metric: sum over cases}}
         (see _accumulate; _record turns them into means), cases the number of test cases."""
         totals, cases = {}, 0
-        scores = best_by.Scores.for_net(self.net, self.state.label_names)
+        scores = best_by.Scores.for_net(self.net, self.state.label_names, bool(self.state.multi_label))
         for _, minibatches in self.test_provider.iter_epoch(0):
             for mb in minibatches:
                 x, labels, n = self.dp.test_share(mb)
@@ -267,7 +268,7 @@ class Trainer:
                     scores.add(labels)
                 cases += n
                 _accumulate(totals, costs, n)
-        self.test_auc = self.dp.gather_scores(scores).auc() if scores is not None else None
+        self.test_scores = self.dp.gather_scores(scores).metrics() if scores is not None else {}
         return self.dp.sum_totals(totals, cases)
 
     def _save_untested(self, epoch, batchnum) -> bool:
@@ -295,10 +296,10 @@ class Trainer:
         totals, cases = self.test()
         record = _record("test", epoch, batchnum, s.batches_done, totals, cases, time.time() - start, self.net,
                          {}, self.batches_per_epoch)
-        if self.test_auc is not None:
-            record["auc"] = self.test_auc
+        record.update({k: v for k, v in self.test_scores.items() if v is not None})
         self._log(record)
-        s.history.append({k: record.get(k) for k in ("type", "epoch", "batch", "progress", "cost", "error", "auc")})
+        s.history.append({k: record.get(k) for k in ("type", "epoch", "batch", "progress", "cost", "error", "auc")
+                          + (("map",) if "map" in record else ())})
         metric = best_by.metric(record, self.o.best_by)
         improved = best_by.improves(metric, s.best, self.o.best_by)
         if improved:
@@ -317,7 +318,8 @@ class Trainer:
         if train:
             parts.append(f"cost {train['cost']:.4f}" + (f" err {train['error']:.3f}" if train["error"] is not None else ""))
         parts.append(f"test cost {record['cost']:.4f}" + (f" err {record['error']:.3f}" if record["error"] is not None else "")
-                     + (f" auc {record['auc']:.4f}" if record.get("auc") is not None else ""))
+                     + (f" auc {record['auc']:.4f}" if record.get("auc") is not None else "")
+                     + (f" mAP {record['map']:.4f}" if record.get("map") is not None else ""))
         if lr is not None:
             parts.append(f"lr {lr:.3g}")
         parts.append(f"{time.time() - self.started:.1f}s")
@@ -436,7 +438,9 @@ def start(o: TrainOptions, echo=None) -> int:
     net = Net.from_text(layer_def_text, params_text, batchset.data_shape, backend, o.seed, o.layer_def,
                         o.layer_params, check=functools.partial(_check_classes, batchset=batchset,
                                                                  source=display_name(o.layer_def)))
-    best_by.check_best_by(o.best_by, batchset.label_names, net.layers)
+    if o.best_by is None:
+        o.best_by = best_by.default_best_by(batchset.multi_label)
+    best_by.check_best_by(o.best_by, batchset.label_names, net.layers, batchset.multi_label)
     copied = init_from(net, o.init_from) if o.init_from else None
     state = _initial_state(o, batchset, layer_def_text, params_text)
     # under MPI: one run directory, made by rank 0
@@ -509,7 +513,9 @@ def resume(path: str, explicit: dict, echo=None) -> int:
     if reread:  # kept once the net accepted it
         params_name = on_root(world, lambda: keep_params_version(run_dir, _base_params_name(state), params_text,
                                                                  o.layer_params, state))
-    best_by.check_best_by(o.best_by, batchset.label_names, net.layers)
+    if o.best_by is None:
+        o.best_by = best_by.default_best_by(batchset.multi_label)
+    best_by.check_best_by(o.best_by, batchset.label_names, net.layers, batchset.multi_label)
     # best.npz may hold a better test than the resumed checkpoint knows of (a resume from an earlier
     # checkpoint file): only a test that beats it replaces it
     state.best = best_by.best_of_run(state.best, on_root(world, lambda: read_state(os.path.join(run_dir, "best.npz"))),
@@ -582,6 +588,7 @@ def _initial_state(o, batchset, layer_def_text, params_text) -> RunState:
         layer_def_name=os.path.basename(o.layer_def),
         layer_params_name=os.path.basename(o.layer_params) if o.layer_params else "params.yaml",
         label_names=list(batchset.label_names),
+        multi_label=bool(batchset.multi_label),
         data_shape=list(batchset.data_shape),
         data_mean=[float(v) for v in np.asarray(batchset.data_mean, dtype=np.float32).reshape(-1)],
         data_std=[float(v) for v in np.asarray(batchset.data_std, dtype=np.float32).reshape(-1)],
