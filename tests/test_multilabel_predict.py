@@ -176,3 +176,40 @@ def test_single_label_predict_refuses_threshold_and_multilabel_batches(workspace
     assert r.exit_code == 0
     assert _rows(tmp_path / "p.csv")[0] == ["filename", "predicted", "noise", "tone"]
     assert os.path.exists(tmp_path / "p.csv")
+
+
+def test_a_trained_multilabel_run_predicts_as_its_training_tests(tmp_path):
+    """make-batches --labels CSV --multi-label -> train (cost.bce) -> predict --report: predict's per-class AP
+    on the test batches is the AP the run logged for its best test (same net, same cases), `true` is each
+    clip's set from the labels CSV, and export --verify agrees in ONNX Runtime."""
+    from tests.multilabel_fixtures import CLASSES, make_multilabel_clips
+
+    sets = make_multilabel_clips(str(tmp_path), n=40, seed=0)
+    r = invoke(["make-batches", str(tmp_path / "clips"), str(tmp_path / "batches"), "--labels",
+                str(tmp_path / "labels.csv"), "--multi-label", "--features", str(tmp_path / "features.yaml"),
+                "--batch-size", "10", "--test-fraction", "0.25", "--jobs", "1", "--quiet"])
+    assert r.exit_code == 0, r.output
+    r = invoke(["train", "--data-path", str(tmp_path / "batches"), "--save-path", str(tmp_path / "runs"),
+                "--layer-def", str(tmp_path / "layers.yaml"), "--layer-params", str(tmp_path / "params.yaml"),
+                "--mini", "4", "--epochs", "4"])
+    assert r.exit_code == 0, r.output
+    (run,) = [tmp_path / "runs" / d for d in os.listdir(tmp_path / "runs")]
+    best = json.loads(np.load(run / "best.npz")["__state__"].item())["best"]
+    logged = next(rec for rec in map(json.loads, open(run / "train_log.jsonl"))
+                  if rec["type"] == "test" and rec["epoch"] == best["epoch"] and rec["batch"] == best["batch"])
+    out = tmp_path / "p.csv"
+    r = invoke(["predict", "-f", str(run), "--data-path", str(tmp_path / "batches"), "--out", str(out), "--report"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["labels"] == list(CLASSES)
+    for c in CLASSES:
+        want, got = logged["ap"][c], rep["per_class"][c]["average_precision"]
+        assert (want is None and got is None) or got == pytest.approx(want, abs=1e-5), (c, want, got)
+    assert rep["macro_map"] == pytest.approx(logged["map"], abs=1e-5)
+    rows = _rows(out)
+    assert rows[0] == ["filename", "predicted", *CLASSES, "true"]
+    for row in rows[1:]:
+        assert row[-1] == ";".join(sorted(sets[os.path.basename(row[0])]))
+    pytest.importorskip("onnxruntime", reason="export --verify runs the model in ONNX Runtime")
+    r = invoke(["export", "-f", str(run), "--out", str(tmp_path / "m.onnx"), "--verify"])
+    assert r.exit_code == 0 and "multi-label" in r.output, r.output
