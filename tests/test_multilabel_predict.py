@@ -213,3 +213,31 @@ def test_a_trained_multilabel_run_predicts_as_its_training_tests(tmp_path):
     pytest.importorskip("onnxruntime", reason="export --verify runs the model in ONNX Runtime")
     r = invoke(["export", "-f", str(run), "--out", str(tmp_path / "m.onnx"), "--verify"])
     assert r.exit_code == 0 and "multi-label" in r.output, r.output
+
+
+def test_a_multilabel_net_on_single_label_batches(tmp_path):
+    """Each case's one class is present and the others absent; batches of other classes are refused."""
+    import yaml
+
+    from tests.multilabel_detector import FEATURES
+
+    for label in LABELS:
+        for i in range(3):
+            write_recording(tmp_path / "clips" / label / f"{label}{i}.wav", 1.0, [(0, 1, label)], seed=20 + i)
+    (tmp_path / "features.yaml").write_text(yaml.safe_dump(FEATURES))
+    r = invoke(["make-batches", str(tmp_path / "clips"), str(tmp_path / "single"), "--features",
+                str(tmp_path / "features.yaml"), "--test-fraction", "0", "--jobs", "1", "--quiet"])
+    assert r.exit_code == 0, r.output
+    ck = two_tone_checkpoint(tmp_path / "ck.npz")
+    out = tmp_path / "p.csv"
+    r = invoke(["predict", "-f", ck, "--data-path", str(tmp_path / "single"), "--test-range", "1", "--out", str(out),
+                "--report"])
+    assert r.exit_code == 0, r.output
+    rows = _rows(out)[1:]
+    assert len(rows) == 6 and all(row[1] == row[-1] == row[0].split("/")[0] for row in rows)
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["cardinality"]["true"] == {"0": 0, "1": 6, "2+": 0} and rep["unknown_entries"] == 0
+    ck2 = two_tone_checkpoint(tmp_path / "ck2.npz", label_names=["hi", "lo"])
+    r = invoke(["predict", "-f", ck2, "--data-path", str(tmp_path / "single"), "--test-range", "1",
+                "--out", str(out)])
+    assert r.exit_code == 2 and "--label-names hi,lo" in r.output

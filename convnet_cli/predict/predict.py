@@ -152,6 +152,10 @@ def predict_batches(checkpoint, data_path: str | None = None, batches=None, laye
         raise DataError(f"{data_path}: the batches are multi-label (batches.meta multi_label), but the network "
                         f"{ckpt.path} is single-label (one class per case); predict them with a network trained "
                         f"on multi-label batches (logistic outputs and cost.bce)")
+    if multi and list(bs.label_names) != list(st["label_names"]):
+        raise DataError(f"{data_path}: the batches' classes ({', '.join(bs.label_names)}) are not the network's "
+                        f"({', '.join(st['label_names'])}); make the batches with --label-names "
+                        f"{','.join(st['label_names'])}")
     batches = list(batches or st["options"].get("test_range") or bs.test_range)
     layer = net.output_layer(layer)
     run = Runner(net, ckpt, layer, batch, views)
