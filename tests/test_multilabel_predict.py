@@ -210,6 +210,11 @@ def test_a_trained_multilabel_run_predicts_as_its_training_tests(tmp_path):
     assert rows[0] == ["filename", "predicted", *CLASSES, "true"]
     for row in rows[1:]:
         assert row[-1] == ";".join(sorted(sets[os.path.basename(row[0])]))
+    info = invoke(["info", str(run)])
+    assert info.exit_code == 0 and "multi-label: one logistic output per class" in info.output
+    assert f"map {logged['map']:.4f} at {best['epoch']}.{best['batch']} (by map" in info.output
+    d = json.loads(invoke(["info", str(run), "--json"]).output)
+    assert d["multi_label"] is True and d["best"]["map"] == pytest.approx(logged["map"])
     pytest.importorskip("onnxruntime", reason="export --verify runs the model in ONNX Runtime")
     r = invoke(["export", "-f", str(run), "--out", str(tmp_path / "m.onnx"), "--verify"])
     assert r.exit_code == 0 and "multi-label" in r.output, r.output

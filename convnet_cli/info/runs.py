@@ -128,15 +128,15 @@ def _best(state: dict, tests: list, by: str, run_dir: str) -> dict | None:
         hits = [t for t in tests if t.get("epoch") == mark["epoch"] and t.get("batch") == mark.get("batch")]
         record = hits[-1] if hits else None
     if record is None and tests and not mark:
-        key = by if by in ("cost", "error", "auc") else "cost"
+        key = by if by in ("cost", "error", "auc", "map") else "cost"
         scored = [t for t in tests if t.get(key) is not None]
         if scored:
-            pick = max if key == "auc" else min
+            pick = max if key in ("auc", "map") else min
             record = pick(scored, key=lambda t: t[key])
     if record is None and not mark:
         return None
     out = {"by": by, "epoch": (record or mark).get("epoch"), "batch": (record or mark).get("batch")}
-    for key in ("cost", "error", "auc"):
+    for key in ("cost", "error", "auc", "map"):   # map: a multi-label run's mean average precision
         if record is not None and record.get(key) is not None:
             out[key] = record[key]
     if "metric" in mark:
@@ -177,6 +177,7 @@ def describe_run(path: str) -> dict:
         "checkpoint": ckpt,
         "format_version": state.get("version"),
         "label_names": list(state.get("label_names") or []),
+        "multi_label": bool(state.get("multi_label")),   # one logistic output per class (SPEC 17)
         "data_shape": list(state.get("data_shape") or []),
         "features": state.get("features"),
         "data_path": state.get("data_path") or options.get("data_path"),

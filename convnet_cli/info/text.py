@@ -194,7 +194,7 @@ def _batch_file(d) -> str:
 def _best(b) -> str:
     if not b:
         return "no test yet"
-    parts = [f"{k} {b[k]:.4f}" for k in ("error", "cost", "auc") if b.get(k) is not None]
+    parts = [f"{k} {b[k]:.4f}" for k in ("error", "cost", "auc", "map") if b.get(k) is not None]
     where = f"{b['epoch']}.{b['batch']}"
     file = f"; {b['checkpoint']}" if b.get("checkpoint") else ""
     return f"{', '.join(parts) or 'metric ' + str(b.get('metric'))} at {where} (by {b['by']}{file})"
@@ -220,7 +220,8 @@ def _run(d) -> str:
     lines = [
         _line("run directory" if d["kind"] == "run" else "checkpoint", d["path"]),
         _line("state from", f"{os.path.basename(d['checkpoint'])} (format {d['format_version']})"),
-        _line("classes", f"{len(names)}: {', '.join(names)}" if names else "-"),
+        _line("classes", (f"{len(names)}: {', '.join(names)}" if names else "-")
+              + (" (multi-label: one logistic output per class)" if d.get("multi_label") else "")),
         _line("data", f"{_shape(d['data_shape'])} per case; batches {d['data_path'] or '?'}"),
         _line("features", _features(d["features"])),
         _line("configs", f"{d['layer_def'] or '?'}, {d['layer_params'] or '?'} (copies in the run directory)"),
