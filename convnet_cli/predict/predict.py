@@ -18,6 +18,7 @@ from convnet_cli.errors import ConfigError, DataError
 from convnet_cli.fileio import atomic_write, write_text_atomic
 from convnet_cli.ingest.audio import AUDIO_EXTENSIONS, AUDIO_KINDS
 from convnet_cli.net import Net
+from convnet_cli.thresholds import DEFAULT_THRESHOLD
 from convnet_cli.train.checkpoint import load_checkpoint
 
 
@@ -311,7 +312,7 @@ def _write_multilabel_csv(preds: Predictions, path: str, thresholds, with_true: 
     from convnet_cli.metrics import predicted_sets
 
     names = preds.label_names
-    thr = [0.5] * len(names) if thresholds is None else list(thresholds)
+    thr = [DEFAULT_THRESHOLD] * len(names) if thresholds is None else list(thresholds)
     predicted = class_sets(predicted_sets(preds.probs.reshape(-1, len(names)), thr), names)
     true = class_sets(preds.targets == PRESENT, names) if with_true else None
 
@@ -351,7 +352,7 @@ def write_report(preds: Predictions, folder: str, topk: int = 5, thresholds=None
                             "network predict batches made with make-batches --multi-label (--data-path)")
         from convnet_cli.data.targets import PRESENT, UNKNOWN
 
-        thr = [0.5] * len(preds.label_names) if thresholds is None else list(thresholds)
+        thr = [DEFAULT_THRESHOLD] * len(preds.label_names) if thresholds is None else list(thresholds)
         report = multilabel_report(preds.probs, preds.targets == PRESENT, preds.targets != UNKNOWN,
                                    preds.label_names, thr)
         path = os.path.join(folder, "report.json")

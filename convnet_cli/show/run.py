@@ -134,9 +134,10 @@ def multilabel_figures(preds, thresholds=None) -> tuple:
     classes are known present, or predicted at their thresholds on known entries)."""
     from convnet_cli.data.targets import PRESENT, UNKNOWN
     from convnet_cli.metrics import average_precision_from_curve, pr_curve, predicted_sets
+    from convnet_cli.thresholds import DEFAULT_THRESHOLD
 
     names = list(preds.label_names)
-    thr = np.asarray([0.5] * len(names) if thresholds is None else thresholds, dtype=np.float64)
+    thr = np.asarray([DEFAULT_THRESHOLD] * len(names) if thresholds is None else thresholds, dtype=np.float64)
     present, known = preds.targets == PRESENT, preds.targets != UNKNOWN
     pred = predicted_sets(preds.probs, thr) & known
     curves = {}
