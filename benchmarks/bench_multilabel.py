@@ -16,8 +16,8 @@
 2. make-batches --annotations on one synthetic recording of `--hours` (6) hours at 8 kHz (a 20 s chorus at
    the start of every minute, the rest noise; WAV written in 60 s blocks), single-label against
    --multi-label, each in a fresh subprocess (--jobs 1, --dtype uint8, --background-ratio 1, --test-fraction 0
-   as the recording is one), twice each, alternating: the faster wall seconds, x real time, and the larger peak RSS (getrusage of the subprocess and of its own children, measured the same way for
-   both).
+   as the recording is one), three times each (--repeats), alternating: the fastest wall seconds (all are
+   printed), x real time, and the larger peak RSS (getrusage of the subprocess and of its own children, measured the same way for both).
 """
 from __future__ import annotations
 
@@ -280,7 +280,7 @@ def make_batches_run(folder, multi, jobs=1):
             "cases": cases, "bytes": size, "summary": r.stdout.strip().splitlines()[0] if r.stdout else ""}
 
 
-def ingest(root, hours, repeats=2):
+def ingest(root, hours, repeats=3):
     folder = os.path.join(root, "long")
     t = time.time()
     audio_s, calls = long_recording(folder, hours)
@@ -307,6 +307,8 @@ def print_ingest(res):
         r = res[tag]
         print(f"{tag + '-label':14}{r['seconds']:9.1f}{r['x_realtime']:13.1f}{r['peak_rss_mb']:13.1f}{r['cases']:8d}"
               f"{r['bytes'] / 1e6:12.1f}")
+    for tag in ("single", "multi"):
+        print(f"{tag}-label runs (s): {', '.join(f'{v:.1f}' for v in sorted(res[tag]['runs']))}")
     s, m = res["single"], res["multi"]
     print(f"multi / single: time {m['seconds'] / s['seconds']:.3f}, peak RSS {m['peak_rss_mb'] / s['peak_rss_mb']:.3f}")
 
@@ -318,6 +320,7 @@ def main():
     ap.add_argument("--small", action="store_true", help="a check of the script: 2 + 1 chorus recordings of 40 s")
     ap.add_argument("--skip-chorus", action="store_true")
     ap.add_argument("--skip-ingest", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3, help="make-batches runs of each kind, alternating [3]")
     ap.add_argument("--keep", help="work in this folder and keep it (default: a temporary one, removed)")
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args()
@@ -330,7 +333,7 @@ def main():
             results["chorus"] = chorus(root, a.epochs, sizes)
             print_chorus(results["chorus"])
         if not a.skip_ingest:
-            results["ingest"] = ingest(root, a.hours)
+            results["ingest"] = ingest(root, a.hours, a.repeats)
             print_ingest(results["ingest"])
         if a.json:
             with open(a.json, "w") as f:
