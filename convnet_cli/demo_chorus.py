@@ -21,8 +21,6 @@ import numpy as np
 SR = 8000
 CALL_TYPES = ("buzz", "trill", "upsweep", "whistle")
 BANDS = {"whistle": (1100.0, 1700.0), "upsweep": (250.0, 1000.0), "trill": (2100.0, 2700.0), "buzz": (2900.0, 3900.0)}
-FEATURES = {"sample_rate": SR, "duration": 1.0, "kind": "logmel", "n_fft": 256, "hop": 64, "window": "hann",
-            "n_mels": 48, "fmin": 100.0, "fmax": 4000.0, "normalize": "band"}
 
 
 def _call(rng, label):
@@ -75,7 +73,8 @@ def make_recording(rng, seconds: float = 90.0):
     return (0.5 * x / (np.abs(x).max() + 1e-9)).astype(np.float32), events
 
 
-def make_chorus_recordings(root: str, n_train: int = 8, n_heldout: int = 3, seed: int = 0) -> dict:
+def make_chorus_recordings(root: str, n_train: int = 8, n_heldout: int = 3, seed: int = 0,
+                           seconds: float = 90.0) -> dict:
     """root/recordings/{train,heldout}/chorusNN.flac and root/annotations/{train,heldout}/*.Table.1.selections.txt;
     returns {'train': (recordings, tables), 'heldout': (...), 'calls': n, 'overlapping': n}."""
     import soundfile as sf
@@ -91,7 +90,7 @@ def make_chorus_recordings(root: str, n_train: int = 8, n_heldout: int = 3, seed
         os.makedirs(ann_dir, exist_ok=True)
         for _ in range(count):
             k += 1
-            x, events = make_recording(rng)
+            x, events = make_recording(rng, seconds)
             stem = f"chorus{k:02d}"
             path = os.path.join(rec_dir, stem + ".flac")
             if not os.path.exists(path):
@@ -149,8 +148,10 @@ def single_label_twin(layer_def_text: str) -> str:
     return yaml.safe_dump(layers, sort_keys=False)
 
 
-def run(root: str, epochs: int = 15, device: str = "cpu", seed: int = 0, quiet: bool = False, say=print) -> dict:
-    """Both pipelines on the chorus recordings: {'multi': result, 'single': result, 'pairs': ..., 'seconds'}."""
+def run(root: str, epochs: int = 15, device: str = "cpu", seed: int = 0, quiet: bool = False, say=print,
+        n_train: int = 8, n_heldout: int = 3, seconds: float = 90.0) -> dict:
+    """Both pipelines on the chorus recordings (n_train + n_heldout of `seconds` each): {'multi': result,
+    'single': result, 'seconds': s}, a result {'evaluation', 'pairs_found', 'pairs', 'run', 'detections'}."""
     import time
 
     from convnet_cli.demo import config_path
@@ -161,11 +162,12 @@ def run(root: str, epochs: int = 15, device: str = "cpu", seed: int = 0, quiet: 
     from convnet_cli.train.trainer import TrainOptions, start
 
     t0 = time.time()
-    say(f"1/4 synthetic chorus recordings (8 kHz, 8 x 90 s to train on, 3 x 90 s held out) -> {root}")
-    made = make_chorus_recordings(root, seed=seed)
+    say(f"1/4 synthetic chorus recordings (8 kHz, {n_train} x {seconds:g} s to train on, {n_heldout} x {seconds:g} s "
+        f"held out) -> {root}")
+    made = make_chorus_recordings(root, n_train, n_heldout, seed=seed, seconds=seconds)
     (train_rec, train_ann), (held_rec, held_ann) = made["train"], made["heldout"]
     say(f"    {made['calls']} calls of {len(CALL_TYPES)} types, {made['overlapping']} pairs sounding at once")
-    spec = FeatureSpec.from_dict(FEATURES, "chorus features")
+    spec = FeatureSpec.from_file(config_path("chorus-features.yaml"), {})
     with open(config_path("chorus.yaml"), encoding="utf-8") as f:
         multi_def = f.read()
     defs = {"multi": (multi_def, True), "single": (single_label_twin(multi_def), False)}
@@ -199,14 +201,15 @@ def run(root: str, epochs: int = 15, device: str = "cpu", seed: int = 0, quiet: 
     return results
 
 
-def main(root: str, epochs: int, device: str, seed: int, quiet: bool) -> int:
+def main(root: str, epochs: int, device: str, seed: int, quiet: bool, **sizes) -> int:
+    """`convnet demo --chorus`: run() and its table on stdout. sizes: run()'s n_train, n_heldout, seconds."""
     import click
 
     def say(msg):
         if not quiet:
             click.echo(msg, err=True)
 
-    r = run(root, epochs=epochs, device=device, seed=seed, quiet=quiet, say=say)
+    r = run(root, epochs=epochs, device=device, seed=seed, quiet=quiet, say=say, **sizes)
 
     def ap(v):
         return "-" if v is None else f"{v:.3f}"

@@ -150,6 +150,16 @@ def improves(value, best: dict | None, best_by: str) -> bool:
     return value > best["metric"] if best_by in HIGHER_IS_BETTER else value < best["metric"]
 
 
+def improves_record(record: dict, best: dict | None, best_by: str) -> bool:
+    """improves() for a test record; a tie in map (it saturates at 1 on an easy test set) goes to the lower
+    test cost, so best.npz is not the first of many equal tests."""
+    value = metric(record, best_by)
+    if improves(value, best, best_by):
+        return True
+    return (best_by == "map" and value is not None and value == best.get("metric")
+            and record.get("cost") is not None and record["cost"] < best.get("cost", float("inf")))
+
+
 def best_of_run(best: dict | None, best_file_state: dict | None, best_by: str) -> dict | None:
     """The best test a resumed run must beat: the resumed checkpoint's `best`, or the one best.npz records
     (its own state, `best_file_state`) when that is better by the same `best_by`."""

@@ -301,9 +301,11 @@ class Trainer:
         s.history.append({k: record.get(k) for k in ("type", "epoch", "batch", "progress", "cost", "error", "auc")
                           + (("map",) if "map" in record else ())})
         metric = best_by.metric(record, self.o.best_by)
-        improved = best_by.improves(metric, s.best, self.o.best_by)
+        improved = best_by.improves_record(record, s.best, self.o.best_by)
         if improved:
             s.best = {"metric": metric, "by": self.o.best_by, "epoch": epoch, "batch": batchnum}
+            if self.o.best_by == "map":  # a tie in mAP goes to the lower cost (best.improves_record)
+                s.best["cost"] = record["cost"]
             s.tests_without_improvement = 0
         else:
             s.tests_without_improvement += 1
