@@ -39,8 +39,8 @@ from convnet_cli.ingest.features import FeatureSpec
 from convnet_cli.ingest.make_batches import new_set_features, split_groups
 from convnet_cli.ingest.noise import copy_name, window_copies
 from convnet_cli.ingest.sources import find_audio
-from convnet_cli.ingest.windows import (WindowSpec, class_overlap, iter_selected_window_features, label_windows,
-                                        recording_header, window_count, window_starts)
+from convnet_cli.ingest.windows import (WindowSpec, class_overlap, covers_enough, iter_selected_window_features,
+                                        label_windows, recording_header, window_count, window_overlaps, window_starts)
 from convnet_cli.ingest.workers import ordered_map
 from convnet_cli.parallel import SingleWorld, on_root
 from convnet_cli.progress import AudioProgress
@@ -190,6 +190,30 @@ def _on_channels(selections, channels, rel, warn):
 
 # ---- step 2: the plan ---------------------------------------------------------------------------------
 
+def labels_of(recs) -> dict:
+    """{label: where first found ('table line N', or the recording)} of the recordings' selections."""
+    found = {}
+    for r in recs:
+        for s in r.selections:
+            found.setdefault(s.label, f"{s.source} line {s.line}" if s.source else s.recording)
+    return found
+
+
+def checked_label_names(label_names, table_labels) -> list | None:
+    """--label-names as a list of str (None when not given): ConfigError unless each name is given once and
+    none is empty, DataError naming where a table label not among them is first found."""
+    if label_names is None:
+        return None
+    names = [str(n) for n in label_names]
+    if not names or len(set(names)) != len(names) or not all(names):
+        raise ConfigError(f"--label-names {','.join(names)}: give each name once (none empty)")
+    missing = [c for c in table_labels if c not in names]
+    if missing:
+        raise DataError(f"{table_labels[missing[0]]}: label '{missing[0]}' is not one of the label names "
+                        f"({', '.join(names)}){did_you_mean(missing[0], names)}; fix the table or --label-names")
+    return names
+
+
 def plan_windows(recs, spec: FeatureSpec, hop_s, min_overlap=0.5, background="background", background_ratio=None,
                  seed=0, label_names=None, table_labels=None) -> WindowPlan:
     """Which windows become cases, and their labels (docs/CONFIG.md).
@@ -207,20 +231,8 @@ def plan_windows(recs, spec: FeatureSpec, hop_s, min_overlap=0.5, background="ba
     touches. A recording named only by verdict rows (not `whole`, no ordinary annotation) was reviewed, not
     annotated: only its windows a true or false verdict covers are kept (`not_reviewed` counts the rest).
     """
-    if table_labels is None:
-        table_labels = {}
-        for r in recs:
-            for s in r.selections:
-                table_labels.setdefault(s.label, f"{s.source} line {s.line}" if s.source else s.recording)
-    if label_names is not None:
-        label_names = [str(n) for n in label_names]
-        if not label_names or len(set(label_names)) != len(label_names) or not all(label_names):
-            raise ConfigError(f"--label-names {','.join(label_names)}: give each name once (none empty)")
-        missing = [c for c in table_labels if c not in label_names]
-        if missing:
-            raise DataError(f"{table_labels[missing[0]]}: label '{missing[0]}' is not one of the label names "
-                            f"({', '.join(label_names)}){did_you_mean(missing[0], label_names)}; fix the table or "
-                            "--label-names")
+    table_labels = table_labels if table_labels is not None else labels_of(recs)
+    label_names = checked_label_names(label_names, table_labels)
     recs_i, wins, codes, hards = [], [], [], []
     code = {}                     # label -> provisional id (ints per window, not strings: months of audio fit)
     left_out = not_reviewed = 0
@@ -285,18 +297,10 @@ def plan_windows(recs, spec: FeatureSpec, hop_s, min_overlap=0.5, background="ba
 
 def _covered(starts, window_s, selections, min_overlap):
     """(n,) bool: windows that one of `selections` overlaps by at least `min_overlap` of the shorter of the
-    two (None: by any amount), as label_windows measures it."""
+    two (None: by any amount), as label_windows measures it (windows.py's window_overlaps, covers_enough)."""
     out = np.zeros(len(starts), dtype=bool)
-    eps = 1e-9
-    for s in selections:
-        lo = int(np.searchsorted(starts, s.begin - window_s, side="right"))
-        hi = int(np.searchsorted(starts, s.end, side="left"))
-        if hi <= lo:
-            continue
-        t = starts[lo:hi]
-        ov = np.minimum(t + window_s, s.end) - np.maximum(t, s.begin)
-        need = eps if min_overlap is None else min_overlap * min(window_s, s.end - s.begin) - eps
-        out[lo:hi] |= (ov > eps) & (ov >= need)
+    for s, lo, hi, ov, hit in window_overlaps(np.asarray(starts, dtype=np.float64), window_s, selections):
+        out[lo:hi] |= covers_enough(ov, hit, window_s, s, min_overlap)
     return out
 
 
@@ -316,20 +320,9 @@ def plan_multilabel_windows(recs, spec: FeatureSpec, hop_s, min_overlap=0.5, bac
     whatever `background_ratio` says (verified negatives); `unsure` makes its class unknown where it is not
     present. A recording named only by verdict rows keeps only the windows a true or false verdict covers.
     """
-    if table_labels is None:
-        table_labels = {}
-        for r in recs:
-            for s in r.selections:
-                table_labels.setdefault(s.label, f"{s.source} line {s.line}" if s.source else s.recording)
-    if label_names is not None:
-        names = [str(n) for n in label_names]
-        if not names or len(set(names)) != len(names) or not all(names):
-            raise ConfigError(f"--label-names {','.join(names)}: give each name once (none empty)")
-        missing = [c for c in table_labels if c not in names]
-        if missing:
-            raise DataError(f"{table_labels[missing[0]]}: label '{missing[0]}' is not one of the label names "
-                            f"({', '.join(names)}){did_you_mean(missing[0], names)}; fix the table or --label-names")
-    else:
+    table_labels = table_labels if table_labels is not None else labels_of(recs)
+    names = checked_label_names(label_names, table_labels)
+    if names is None:
         names = sorted(table_labels)
     k = len(names)
     index = {c: j for j, c in enumerate(names)}

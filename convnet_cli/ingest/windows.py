@@ -132,6 +132,32 @@ def window_count(duration_s: float, window_s: float, hop_s: float) -> int:
     return int(math.floor((duration_s - window_s) / hop_s + 1e-9)) + 1
 
 
+OVERLAP_EPS = 1e-9    # seconds: overlaps (and fractions of them) this close count as equal
+
+
+def window_overlaps(starts, window_s: float, selections):
+    """For each selection that overlaps some window [t, t + window_s) of `starts` (sorted float64 seconds):
+    (selection, lo, hi, overlap, hit): the windows starts[lo:hi] it can meet, the overlap of each in seconds,
+    and where it is more than OVERLAP_EPS. The one measure of label_windows, class_overlap and the planners."""
+    for s in selections:
+        # windows [t, t + w) overlapping [begin, end): t < end and t + w > begin
+        lo = int(numpy.searchsorted(starts, s.begin - window_s, side="right"))
+        hi = int(numpy.searchsorted(starts, s.end, side="left"))
+        if hi <= lo:
+            continue
+        t = starts[lo:hi]
+        ov = numpy.minimum(t + window_s, s.end) - numpy.maximum(t, s.begin)
+        yield s, lo, hi, ov, ov > OVERLAP_EPS
+
+
+def covers_enough(ov, hit, window_s: float, selection, min_overlap) -> numpy.ndarray:
+    """Where the overlaps `ov` (of window_overlaps) cover at least `min_overlap` of the shorter of window and
+    selection; min_overlap None: any overlap (`hit`)."""
+    if min_overlap is None:
+        return hit
+    return hit & (ov / min(window_s, selection.end - selection.begin) >= min_overlap - OVERLAP_EPS)
+
+
 def class_overlap(starts, window_s: float, selections, min_overlap: float):
     """How the annotations `selections` (of one class) meet each window [t, t + window_s): (overlap, touched),
     (n,) float64 and bool: the largest overlap in seconds of one annotation that covers at least
@@ -140,17 +166,9 @@ def class_overlap(starts, window_s: float, selections, min_overlap: float):
     starts = numpy.asarray(starts, dtype=numpy.float64)
     best = numpy.zeros(starts.shape[0], dtype=numpy.float64)
     touched = numpy.zeros(starts.shape[0], dtype=bool)
-    eps = 1e-9
-    for s in selections:
-        lo = int(numpy.searchsorted(starts, s.begin - window_s, side="right"))
-        hi = int(numpy.searchsorted(starts, s.end, side="left"))
-        if hi <= lo:
-            continue
-        t = starts[lo:hi]
-        ov = numpy.minimum(t + window_s, s.end) - numpy.maximum(t, s.begin)
-        hit = ov > eps
+    for s, lo, hi, ov, hit in window_overlaps(starts, window_s, selections):
         touched[lo:hi] |= hit
-        ok = hit & (ov / min(window_s, s.end - s.begin) >= min_overlap - eps)
+        ok = covers_enough(ov, hit, window_s, s, min_overlap)
         best[lo:hi] = numpy.where(ok, numpy.maximum(best[lo:hi], ov), best[lo:hi])
     return best, touched
 
@@ -170,19 +188,10 @@ def label_windows(starts, window_s: float, selections, min_overlap: float = 0.5,
     touched = numpy.zeros(n, dtype=bool)
     names = sorted({s.label for s in selections})
     index = {c: i for i, c in enumerate(names)}
-    eps = 1e-9
-    for s in selections:
-        # windows [t, t + w) overlapping [begin, end): t < end and t + w > begin
-        lo = int(numpy.searchsorted(starts, s.begin - window_s, side="right"))
-        hi = int(numpy.searchsorted(starts, s.end, side="left"))
-        if hi <= lo:
-            continue
-        t = starts[lo:hi]
-        ov = numpy.minimum(t + window_s, s.end) - numpy.maximum(t, s.begin)
-        hit = ov > eps
+    eps = OVERLAP_EPS
+    for s, lo, hi, ov, hit in window_overlaps(starts, window_s, selections):
         touched[lo:hi] |= hit
-        frac = ov / min(window_s, s.end - s.begin)
-        ok = hit & (frac >= min_overlap - eps)
+        ok = covers_enough(ov, hit, window_s, s, min_overlap)
         c = index[s.label]
         cur_b, cur_l = best[lo:hi], best_label[lo:hi]
         better = ok & ((ov > cur_b + eps) | ((numpy.abs(ov - cur_b) <= eps) & ((cur_l < 0) | (c < cur_l))))
