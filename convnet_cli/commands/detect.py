@@ -5,6 +5,7 @@ import os
 
 import click
 
+from convnet_cli.commands.audio_flags import reading_flags
 from convnet_cli.detect.events import DEFAULT_SPLIT_DIP
 from convnet_cli.parallel import collective_errors, get_world, share_node_cores
 
@@ -42,12 +43,10 @@ from convnet_cli.parallel import collective_errors, get_world, share_node_cores
 @click.option("--batch", type=click.IntRange(min=1), default=128, show_default=True,
               help="Windows per forward pass; bounds memory (the upcall net: ~220 MB in all at 128, ~370 at 256).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, gpu, gpu:N or auto.")
-@click.option("--channel", default="mix", show_default=True, metavar="N|all|mix",
-              help="Read channel N (1 for the first), every channel on its own (each event's channel in the tables' "
-                   "Channel column and a channel column in detections.csv), or the channels averaged.")
-@click.option("--time-expansion", type=float, default=1.0, show_default=True, metavar="F",
-              help="The recordings were stored slowed down F times (time-expanded bat recordings): the true rate is "
-                   "the header's times F, and every time and frequency written is real time.")
+@reading_flags("Read channel N (1 for the first), every channel on its own (each event's channel in the tables' "
+               "Channel column and a channel column in detections.csv), or the channels averaged.",
+               "The recordings were stored slowed down F times (time-expanded bat recordings): the true rate is the "
+               "header's times F, and every time and frequency written is real time.")
 @click.option("--quiet", is_flag=True, help="No progress bar; print only errors and the summary line.")
 def command(checkpoint, recordings, out_dir, hop, threshold, from_scores, classes, merge_gap, split_dip, max_event,
             scores, combined, resume, overwrite, batch, device, channel, time_expansion, quiet):

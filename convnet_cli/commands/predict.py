@@ -5,6 +5,7 @@ import os
 
 import click
 
+from convnet_cli.commands.audio_flags import reading_flags
 from convnet_cli.errors import ConfigError
 from convnet_cli.predict.predict import (predict_audio, predict_batches, prepare_out, write_csv,
                                          write_report)
@@ -26,12 +27,9 @@ from convnet_cli.train.trainer import parse_range
 @click.option("--topk", type=click.IntRange(min=1), default=5, show_default=True, help="k of top-k accuracy.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, gpu, gpu:N or auto.")
 @click.option("--jobs", type=click.IntRange(min=1), help="Processes decoding audio.  [default: 1]")
-@click.option("--channel", default="mix", show_default=True, metavar="N|all|mix",
-              help="Audio: read channel N (1 for the first), every channel on its own (a row each, named "
-                   "<file>#ch<k>), or the channels averaged.")
-@click.option("--time-expansion", type=float, default=1.0, show_default=True, metavar="F",
-              help="Audio stored slowed down F times (time-expanded bat recordings): the true rate is the header's "
-                   "times F.")
+@reading_flags("Audio: read channel N (1 for the first), every channel on its own (a row each, named <file>#ch<k>), "
+               "or the channels averaged.",
+               "Audio stored slowed down F times (time-expanded bat recordings): the true rate is the header's times F.")
 @click.option("--quiet", is_flag=True, help="Print only errors.")
 def command(checkpoint, audio, data_path, test_range, out, report, multiview, views, batch, topk, device, jobs,
             channel, time_expansion, quiet):

@@ -38,7 +38,7 @@ from convnet_cli.ingest.features import FeatureSpec, compute_features
 BLOCK_S = 60.0                # seconds of audio per block
 MAX_SAMPLE_RATE = 1_000_000   # above this a header is corrupt, not a recording
 _PIECE_BYTES = 2 * 2 ** 20    # frames per compute_features call on a long run: ~2 MiB of frame tensor
-MAX_BLOCK_SAMPLES = 2 ** 23   # a block's samples at the features' rate at most (32 MiB of float32)
+MAX_BLOCK_SAMPLES = 2 ** 22   # a block's samples at the features' rate at most (16 MiB of float32)
 DECODE_FRAMES = 2 ** 20       # frames decoded per soundfile read: a 4-channel file holds 4 times this at once
 
 
