@@ -18,27 +18,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from child_rss import convnet_peak_mb as child  # noqa: E402
 BAT_FEATURES = os.path.join(ROOT, "convnet_cli", "layer_configs", "bat-features.yaml")
 BLOCK_S = 10.0
 CALL_EVERY = 2.0
-
-_CHILD = """
-import atexit, sys
-def _report():
-    with open('/proc/self/status') as f:
-        sys.stdout.write(''.join(l for l in f if l.startswith('VmHWM')))
-atexit.register(_report)
-from convnet_cli.cli import main
-main(sys.argv[1:])
-"""
-
 
 def write_recording(path: str, minutes: float, rate: int, channels: int, seed: int = 0) -> list:
     """The WAV, BLOCK_S seconds at a time; returns the calls' (begin, end) seconds."""
@@ -93,18 +83,6 @@ def make_checkpoint(path: str) -> str:
     return save_checkpoint(path, arrays, state)
 
 
-def child(args) -> tuple:
-    """(peak RSS MiB, seconds) of `convnet ARGS` in a fresh process."""
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", _CHILD] + args, env=env, stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, text=True)
-    if p.returncode:
-        raise SystemExit(f"convnet {' '.join(args[:1])} exited {p.returncode}: {p.stderr.strip()[-400:]}")
-    kb = [int(line.split()[1]) for line in p.stdout.splitlines() if line.startswith("VmHWM")]
-    return kb[0] / 1024, time.perf_counter() - t0
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=10.0)
@@ -140,7 +118,7 @@ def main(argv=None):
         if channel:
             rows.append(("detect --channel all",) + child(det + ["--overwrite"] + channel))
     audio_s = a.minutes * 60
-    print(f"\n| command | peak RSS (MiB) | wall (s) | x real time |\n|---|---:|---:|---:|")
+    print("\n| command | peak RSS (MiB) | wall (s) | x real time |\n|---|---:|---:|---:|")
     for name, rss, secs in rows:
         print(f"| {name} | {rss:,.0f} | {secs:,.1f} | {audio_s / secs:,.1f} |")
 
