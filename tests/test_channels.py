@@ -261,7 +261,7 @@ def test_detect_channel_all_writes_each_events_channel(tmp_path):
     sf.write(str(tmp_path / "rec" / "quad.wav"), np.stack(cols, axis=1), 2000, subtype="FLOAT")
     out = tmp_path / "out"
     r = invoke(["detect", "-f", str(ck), str(tmp_path / "rec"), "--out", str(out), "--quiet", "--channel", "all",
-                "--combined"])
+                "--combined", "--scores"])
     assert r.exit_code == 0, r.output
     rows = _table(out / "quad.selections.txt")
     got = sorted((r["Channel"], float(r["Begin Time (s)"])) for r in rows)
@@ -273,15 +273,24 @@ def test_detect_channel_all_writes_each_events_channel(tmp_path):
     assert list(dets[0]) == ["filename", "begin_s", "end_s", "class", "score", "channel"]
     assert sorted(d["channel"] for d in dets) == ["2", "4"] and {d["filename"] for d in dets} == {"quad.wav"}
     assert sorted(r["Channel"] for r in _table(out / "detections.selections.txt")) == ["2", "4"]
+    # scores.csv names each channel's windows; --from-scores makes the same events on the same channels
+    with open(out / "scores.csv", newline="") as f:
+        assert {row["filename"] for row in csv.DictReader(f)} == {f"quad.wav#ch{k}" for k in (1, 2, 3, 4)}
+    r = invoke(["detect", "--from-scores", str(out), "--out", str(tmp_path / "re")])
+    assert r.exit_code == 0, r.output
+    again = _table(tmp_path / "re" / "quad.selections.txt")
+    assert [(r["Channel"], r["Begin Time (s)"]) for r in again] == [(r["Channel"], r["Begin Time (s)"]) for r in rows]
+    with open(tmp_path / "re" / "detections.csv", newline="") as f:
+        assert sorted(d["channel"] for d in csv.DictReader(f)) == ["2", "4"]
     # a resume keeps the channels (the table is read back, not recomputed)
     r = invoke(["detect", "-f", str(ck), str(tmp_path / "rec"), "--out", str(out), "--quiet", "--channel", "all",
-                "--resume"])
+                "--resume", "--scores"])
     assert r.exit_code == 0, r.output
     with open(out / "detections.csv", newline="") as f:
         assert sorted(d["channel"] for d in csv.DictReader(f)) == ["2", "4"]
     # another --channel is other settings: a resume refuses it
     r = invoke(["detect", "-f", str(ck), str(tmp_path / "rec"), "--out", str(out), "--quiet", "--channel", "2",
-                "--resume"])
+                "--resume", "--scores"])
     assert r.exit_code == 2 and "channel" in r.output
     # one channel: its events, in its Channel column
     r = invoke(["detect", "-f", str(ck), str(tmp_path / "rec"), "--out", str(tmp_path / "o4"), "--quiet",

@@ -661,7 +661,8 @@ def _detect_into(out_dir, recordings, job: _Job, *, echo, world, t0) -> DetectSu
                     os.makedirs(os.path.join(out_dir, SCORES_DIR), exist_ok=True)
                     part = os.path.join(SCORES_DIR, table[:-len(raven.TABLE_SUFFIX)] + ".csv")
                     write_text_atomic(os.path.join(out_dir, part), "".join(
-                        raven.scores_text(rec.name if ch is None else stream_name(rec.name, ch), st, spec.duration, p)
+                        raven.scores_text(stream_name(rec.name, ch) if o.channel == "all" else rec.name, st,
+                                          spec.duration, p)
                         for ch, st, p in zip(rec.streams, starts, probs)))
                     record["scores"] = part
                 raven.write_table(os.path.join(out_dir, table), events, os.path.basename(rec.path), low_hz, high_hz)

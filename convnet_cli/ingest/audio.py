@@ -124,6 +124,15 @@ def stream_name(name: str, channel) -> str:
     return name if channel is None else f"{name}#ch{int(channel)}"
 
 
+_STREAM = re.compile(r"^(.*)#ch([1-9][0-9]*)$", re.DOTALL)
+
+
+def split_stream_name(name: str) -> tuple:
+    """(name, channel) of a stream_name ('<name>#ch<k>' -> (name, k)); (name, None) for any other name."""
+    m = _STREAM.match(name)
+    return (m.group(1), int(m.group(2))) if m else (name, None)
+
+
 def is_audio_name(name: str) -> bool:
     return name.lower().endswith(AUDIO_EXTENSIONS) and not os.path.basename(name).startswith(".")
 
