@@ -307,3 +307,34 @@ def test_detect_channel_all_writes_each_events_channel(tmp_path):
     line = one_line_error(invoke(["detect", "-f", str(ck), str(tmp_path / "rec"), "--out", str(tmp_path / "o9"),
                                   "--quiet", "--channel", "9"]))
     assert "quad.wav" in line and "has 4 channels" in line
+
+
+def test_evaluate_matches_detections_to_annotations_on_their_channel(tmp_path):
+    """A --channel all run's detections match only the annotations of their channel; a mixed run's match any."""
+    from convnet_cli.detect.evaluate import evaluate, load_pair
+
+    ck = tone_checkpoint(tmp_path / "best.npz")
+    (tmp_path / "rec").mkdir()
+    calls = [(5.0, 8.0), (20.0, 23.0)]
+    sf.write(str(tmp_path / "rec" / "st.wav"),
+             np.stack([signal(2000, 30.0, [calls[0]], seed=2), signal(2000, 30.0, [calls[1]], seed=4)], axis=1),
+             2000, subtype="FLOAT")
+    for out, extra in (("all", ["--channel", "all"]), ("mix", [])):
+        r = invoke(["detect", "-f", str(ck), str(tmp_path / "rec"), "--out", str(tmp_path / out), "--quiet", *extra])
+        assert r.exit_code == 0, r.output
+    ann = tmp_path / "st.Table.1.selections.txt"
+
+    def scored(out, channels):
+        ann.write_text("Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\tAnnotation\n" + "".join(
+            f"{i}\tSpectrogram 1\t{ch}\t{b}\t{e}\ttone\n" for i, ((b, e), ch) in enumerate(zip(calls, channels), 1)))
+        dets, anns, classes, notes = load_pair(str(tmp_path / out), str(ann))
+        res = evaluate(dets, anns, ["tone"], 0.5, 0.9, notes).result["classes"]["tone"]
+        return res["tp"], res["fp"], res["fn"]
+
+    assert scored("all", (1, 2)) == (2, 0, 0)
+    assert scored("all", (1, 1)) == (1, 1, 1)       # the second call was found on channel 2, annotated on 1
+    assert scored("all", ("", "")) == (2, 0, 0)     # no channel given: any channel
+    assert scored("mix", (1, 2)) == (2, 0, 0)       # the channels mixed: Channel 1 in the tables, any matches
+    # detections.csv carries the channels too
+    dets, anns, classes, notes = load_pair(str(tmp_path / "all" / "detections.csv"), str(ann))
+    assert sorted(d.channel for v in dets.values() for d in v) == [1, 2]
