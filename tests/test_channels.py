@@ -338,3 +338,38 @@ def test_evaluate_matches_detections_to_annotations_on_their_channel(tmp_path):
     # detections.csv carries the channels too
     dets, anns, classes, notes = load_pair(str(tmp_path / "all" / "detections.csv"), str(ann))
     assert sorted(d.channel for v in dets.values() for d in v) == [1, 2]
+
+
+def test_review_cuts_clips_from_the_detections_channel_and_real_time(tmp_path):
+    """convnet review of a --channel all run plays the channel each detection was found on; of a time-expanded
+    run, the real-time stretch at the true rate."""
+    ck = tone_checkpoint(tmp_path / "best.npz")
+    (tmp_path / "rec").mkdir()
+    cols = np.stack([signal(2000, 20.0, [(5.0, 8.0)], seed=2), _noise(2000, 20.0, 5)], axis=1)
+    sf.write(str(tmp_path / "rec" / "st.wav"), cols, 2000, subtype="FLOAT")
+    r = invoke(["detect", "-f", str(ck), str(tmp_path / "rec"), "--out", str(tmp_path / "det"), "--quiet",
+                "--channel", "all"])
+    assert r.exit_code == 0, r.output
+    r = invoke(["review", str(tmp_path / "det"), "--out", str(tmp_path / "rev"), "--no-serve", "--context", "0"])
+    assert r.exit_code == 0, r.output
+    with open(tmp_path / "rev" / "review.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["channel"] for row in rows] == ["1"]
+    x, sr = sf.read(str(tmp_path / "rev" / rows[0]["clip"]), dtype="float32")
+    b = int(round(float(rows[0]["begin_s"]) * 2000))
+    np.testing.assert_allclose(x, cols[b:b + x.size, 0], atol=1e-4)       # channel 1's samples, not the mix
+    # time-expanded: a 200 Hz header, F = 10; the clip is at 2 kHz, cut at the real times
+    (tmp_path / "te").mkdir()
+    sf.write(str(tmp_path / "te" / "te.wav"), cols[:, 0], 200, subtype="FLOAT")
+    r = invoke(["detect", "-f", str(ck), str(tmp_path / "te"), "--out", str(tmp_path / "dte"), "--quiet",
+                "--time-expansion", "10"])
+    assert r.exit_code == 0, r.output
+    r = invoke(["review", str(tmp_path / "dte"), "--out", str(tmp_path / "rte"), "--no-serve", "--context", "0"])
+    assert r.exit_code == 0, r.output
+    with open(tmp_path / "rte" / "review.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and rows[0]["channel"] == ""
+    x, sr = sf.read(str(tmp_path / "rte" / rows[0]["clip"]), dtype="float32")
+    assert sr == 2000
+    b = int(round(float(rows[0]["begin_s"]) * 2000))
+    np.testing.assert_allclose(x, cols[b:b + x.size, 0], atol=1e-4)
