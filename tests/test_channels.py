@@ -340,6 +340,16 @@ def test_evaluate_matches_detections_to_annotations_on_their_channel(tmp_path):
     assert sorted(d.channel for v in dets.values() for d in v) == [1, 2]
 
 
+def _reviewed(det, out):
+    """(review.csv rows, the first item's clip samples and rate) of `convnet review DET --out OUT`."""
+    r = invoke(["review", str(det), "--out", str(out), "--no-serve", "--context", "0"])
+    assert r.exit_code == 0, r.output
+    with open(out / "review.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    x, sr = sf.read(str(out / rows[0]["clip"]), dtype="float32")
+    return rows, x, sr
+
+
 def test_review_cuts_clips_from_the_detections_channel_and_real_time(tmp_path):
     """convnet review of a --channel all run plays the channel each detection was found on; of a time-expanded
     run, the real-time stretch at the true rate."""
@@ -350,12 +360,8 @@ def test_review_cuts_clips_from_the_detections_channel_and_real_time(tmp_path):
     r = invoke(["detect", "-f", str(ck), str(tmp_path / "rec"), "--out", str(tmp_path / "det"), "--quiet",
                 "--channel", "all"])
     assert r.exit_code == 0, r.output
-    r = invoke(["review", str(tmp_path / "det"), "--out", str(tmp_path / "rev"), "--no-serve", "--context", "0"])
-    assert r.exit_code == 0, r.output
-    with open(tmp_path / "rev" / "review.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows, x, sr = _reviewed(tmp_path / "det", tmp_path / "rev")
     assert [row["channel"] for row in rows] == ["1"]
-    x, sr = sf.read(str(tmp_path / "rev" / rows[0]["clip"]), dtype="float32")
     b = int(round(float(rows[0]["begin_s"]) * 2000))
     np.testing.assert_allclose(x, cols[b:b + x.size, 0], atol=1e-4)       # channel 1's samples, not the mix
     # time-expanded: a 200 Hz header, F = 10; the clip is at 2 kHz, cut at the real times
@@ -364,12 +370,7 @@ def test_review_cuts_clips_from_the_detections_channel_and_real_time(tmp_path):
     r = invoke(["detect", "-f", str(ck), str(tmp_path / "te"), "--out", str(tmp_path / "dte"), "--quiet",
                 "--time-expansion", "10"])
     assert r.exit_code == 0, r.output
-    r = invoke(["review", str(tmp_path / "dte"), "--out", str(tmp_path / "rte"), "--no-serve", "--context", "0"])
-    assert r.exit_code == 0, r.output
-    with open(tmp_path / "rte" / "review.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == 1 and rows[0]["channel"] == ""
-    x, sr = sf.read(str(tmp_path / "rte" / rows[0]["clip"]), dtype="float32")
-    assert sr == 2000
+    rows, x, sr = _reviewed(tmp_path / "dte", tmp_path / "rte")
+    assert len(rows) == 1 and rows[0]["channel"] == "" and sr == 2000
     b = int(round(float(rows[0]["begin_s"]) * 2000))
     np.testing.assert_allclose(x, cols[b:b + x.size, 0], atol=1e-4)
