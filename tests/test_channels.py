@@ -374,3 +374,23 @@ def test_review_cuts_clips_from_the_detections_channel_and_real_time(tmp_path):
     assert len(rows) == 1 and rows[0]["channel"] == "" and sr == 2000
     b = int(round(float(rows[0]["begin_s"]) * 2000))
     np.testing.assert_allclose(x, cols[b:b + x.size, 0], atol=1e-4)
+
+
+def test_noisy_copies_of_a_channel_are_copies_of_that_channel(stereo_clips, tmp_path):
+    r = invoke(["make-batches", str(stereo_clips / "audio"), str(tmp_path / "b"), "--features",
+                str(stereo_clips / "features.yaml"), "--channel", "all", "--jobs", "1", "--quiet",
+                "--test-fraction", "0", "--gain", "0,0", "--copies", "1"])
+    assert r.exit_code == 0, r.output
+    _, got = cases(tmp_path / "b")
+    assert len(got) == 2 * 16
+    for name in ("tone/1.wav#ch2", "tone/1.wav#ch1", "noise/3.wav#ch2"):     # a 0 dB gain: the same features
+        np.testing.assert_allclose(got[name + "#copy1"][2], got[name][2], atol=1e-5)
+    assert not np.allclose(got["tone/1.wav#ch1"][2], got["tone/1.wav#ch2"][2], atol=1e-2)
+
+
+def test_noisy_copies_of_windows_are_read_from_their_channel(quad, tmp_path):
+    r = _windows(quad, "rec", tmp_path / "b", "--channel", "all", "--gain", "0,0", "--copies", "1")
+    assert r.exit_code == 0, r.output
+    _, got = cases(tmp_path / "b")
+    for name in ("rec1.wav#ch3@4.000", "rec1.wav#ch1@4.000", "rec2.wav#ch4@0.000"):
+        np.testing.assert_allclose(got[name + "#copy1"][2], got[name][2], atol=1e-5)
