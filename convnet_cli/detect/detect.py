@@ -8,7 +8,8 @@ OUT_DIR bookkeeping, so that a 100,000-file job survives a crash or a Ctrl-C:
 - each recording's table is written atomically when the recording is finished, then a line
   {path, size, mtime, name, table, duration, windows, detections} is appended to `done.jsonl` (fsynced);
   `--resume` skips recordings whose line still matches their size and mtime and redoes the others;
-- `detect.json` holds the settings (checkpoint, hop, thresholds, classes, merge gap, split dip, event cap); a
+- `detect.json` holds the settings (checkpoint, hop, thresholds, classes, merge gap, split dip, event cap,
+  channel, time expansion); a
   resume with other settings is refused, since its tables would not agree with the earlier ones, and so is
   one whose detect.json is missing or unreadable while a journal is there;
 - every done.jsonl line is checked (field types; `table` and `scores` name files inside OUT_DIR, no
