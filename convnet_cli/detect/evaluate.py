@@ -36,7 +36,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from convnet_cli import metrics
-from convnet_cli.errors import ConfigError, DataError, did_you_mean
+from convnet_cli.detect.events import pick_classes
+from convnet_cli.errors import ConfigError, DataError
 
 RESULT_KEYS = ("tp", "fp", "fn", "precision", "recall", "f1", "average_precision", "threshold_at_precision",
                "recall_at_threshold")
@@ -417,15 +418,9 @@ def load_pair(detections_path: str, annotations_path: str, label_col=None, class
         notes.append(f"{len(lonely)} detected recording(s) have no annotations: their {n_lonely} detections "
                      f"count as false positives")
     if classes:
-        wanted = [c.strip() for c in classes.split(",")] if isinstance(classes, str) else list(classes)
-        wanted = [c for c in wanted if c]
-        present = ({i.label for v in dets.values() for i in v} | {i.label for v in anns_raw.values() for i in v}
-                   | set(detect_classes or ()))
-        for c in wanted:
-            if c not in present:
-                raise ConfigError(f"--classes: no detection or annotation has the class '{c}'"
-                                  f"{did_you_mean(c, present)}; the classes present: "
-                                  f"{', '.join(sorted(present)) or 'none'}")
+        present = sorted({i.label for v in dets.values() for i in v} | {i.label for v in anns_raw.values() for i in v}
+                         | set(detect_classes or ()))
+        wanted = pick_classes(classes, present, "no detection or annotation has the class", "the classes present")
     elif detect_classes:
         wanted = detect_classes
     else:

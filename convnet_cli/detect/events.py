@@ -42,19 +42,26 @@ def is_background(label: str) -> bool:
     return str(label).strip().lower() in BACKGROUND_NAMES
 
 
+def pick_classes(classes, known, no_class: str, listing: str) -> list:
+    """`--classes` (a list or 'a,b' text) as a list in the order given, each once, each checked to be one of
+    `known`; an unknown one is the error '--classes: <no_class> 'c' ... ; <listing>: <known>'."""
+    wanted = [c.strip() for c in (classes.split(",") if isinstance(classes, str) else classes)]
+    wanted = list(dict.fromkeys(c for c in wanted if c))
+    if not wanted:
+        raise ConfigError("--classes: name at least one class")
+    for c in wanted:
+        if c not in known:
+            raise ConfigError(f"--classes: {no_class} '{c}'{did_you_mean(c, list(known))}; {listing}: "
+                              f"{', '.join(known) or 'none'}")
+    return wanted
+
+
 def reported_classes(label_names, classes=None) -> list:
     """The classes to report: `classes` (a list or 'a,b' text, checked against the net's labels), else
     every label except background ones, in label order."""
     names = list(label_names)
     if classes:
-        wanted = [c.strip() for c in classes.split(",")] if isinstance(classes, str) else list(classes)
-        wanted = [c for c in wanted if c]
-        for c in wanted:
-            if c not in names:
-                raise ConfigError(f"--classes: the network has no class '{c}'{did_you_mean(c, names)}; "
-                                  f"its classes: {', '.join(names)}")
-        if not wanted:
-            raise ConfigError("--classes: name at least one class")
+        wanted = pick_classes(classes, names, "the network has no class", "its classes")
         return [n for n in names if n in wanted]
     out = [n for n in names if not is_background(n)]
     if not out:

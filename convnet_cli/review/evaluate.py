@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 
-from convnet_cli.errors import ConfigError, DataError, did_you_mean
+from convnet_cli.detect.events import pick_classes
+from convnet_cli.errors import DataError
 from convnet_cli.metrics import wilson_interval
 
 CONFIDENCE = 0.95
@@ -48,11 +49,7 @@ def review_precision(review_dir: str, classes=None) -> dict:
         if it.label not in sampled:
             sampled.append(it.label)
     if classes:
-        wanted = [c.strip() for c in classes.split(",") if c.strip()] if isinstance(classes, str) else list(classes)
-        for c in wanted:
-            if c not in sampled:
-                raise ConfigError(f"--classes: the review in {review_dir} holds no class '{c}'"
-                                  f"{did_you_mean(c, sampled)}; its classes: {', '.join(sampled)}")
+        wanted = pick_classes(classes, sampled, f"the review in {review_dir} holds no class", "its classes")
         items = [it for it in items if it.label in wanted]
         sampled = [c for c in sampled if c in wanted]
     classes = sampled

@@ -30,7 +30,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from convnet_cli.errors import ConfigError, DataError, did_you_mean
+from convnet_cli.detect.events import pick_classes
+from convnet_cli.errors import ConfigError, DataError
 from convnet_cli.fileio import write_text_atomic
 
 SELECT = ("top", "random", "stratified")
@@ -160,14 +161,7 @@ def choose_classes(dets, classes, detect_classes):
     seen = sorted({d.label for d in dets})
     known = list(detect_classes or []) + [c for c in seen if c not in (detect_classes or [])]
     if classes:
-        wanted = [c.strip() for c in classes.split(",") if c.strip()] if isinstance(classes, str) else list(classes)
-        for c in wanted:
-            if c not in known:
-                raise ConfigError(f"--classes: no detections of class '{c}'{did_you_mean(c, known)}; the classes "
-                                  f"detected: {', '.join(known) or 'none'}")
-        if len(set(wanted)) != len(wanted):
-            raise ConfigError(f"--classes {','.join(wanted)}: give each class once")
-        return wanted
+        return pick_classes(classes, known, "no detections of class", "the classes detected")
     return list(detect_classes) if detect_classes else seen
 
 
