@@ -9,9 +9,8 @@ OUT_DIR bookkeeping, so that a 100,000-file job survives a crash or a Ctrl-C:
   {path, size, mtime, name, table, duration, windows, detections} is appended to `done.jsonl` (fsynced);
   `--resume` skips recordings whose line still matches their size and mtime and redoes the others;
 - `detect.json` holds the settings (checkpoint, hop, thresholds, classes, merge gap, split dip, event cap,
-  channel, time expansion); a
-  resume with other settings is refused, since its tables would not agree with the earlier ones, and so is
-  one whose detect.json is missing or unreadable while a journal is there;
+  channel, time expansion); a resume with other settings is refused, since its tables would not agree with
+  the earlier ones, and so is one whose detect.json is missing or unreadable while a journal is there;
 - every done.jsonl line is checked (field types; `table` and `scores` name files inside OUT_DIR, no
   symlink out of it): a bad line is a one-line error naming the journal and the line;
 - OUT_DIR's files are detect's own only when a detect.json or a journal is there: then detect.json, the
