@@ -26,7 +26,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from blas_threads import THREADS as _THREADS  # noqa: E402  (first: before numpy)
 
 import argparse  # noqa: E402
-import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
@@ -158,30 +157,11 @@ def side_by_side(ckpt_path: str, recording: str, batch: int, max_windows: int | 
     return n, t_feat, t_ours, t_torch, worst
 
 
-# The child reports its own high-water mark (/proc/self/status VmHWM, of the memory map made at exec). The
-# kernel's ru_maxrss of a child would also count the pages it shared with this (torch-laden) process
-# between fork and exec.
-_CHILD = """
-import atexit, sys
-def _report():
-    with open('/proc/self/status') as f:
-        sys.stdout.write(''.join(l for l in f if l.startswith('VmHWM')))
-atexit.register(_report)
-from convnet_cli.cli import main
-main(sys.argv[1:])
-"""
-
-
 def peak_rss_mb(ckpt_path: str, recording: str, out_dir: str, batch: int, hop: float | None):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    cmd = [sys.executable, "-c", _CHILD, "detect", "-f", ckpt_path, recording, "--out", out_dir, "--quiet",
-           "--overwrite", "--batch", str(batch)] + (["--hop", str(hop)] if hop else [])
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
-    if p.returncode:
-        raise SystemExit(f"detect exited {p.returncode}")
-    kb = [int(line.split()[1]) for line in p.stdout.splitlines() if line.startswith("VmHWM")]
-    return kb[0] / 1024, time.perf_counter() - t0
+    from child_rss import convnet_peak_mb   # benchmarks/: the child's own VmHWM
+
+    return convnet_peak_mb(["detect", "-f", ckpt_path, recording, "--out", out_dir, "--quiet", "--overwrite",
+                            "--batch", str(batch)] + (["--hop", str(hop)] if hop else []), "detect")
 
 
 def main(argv=None):

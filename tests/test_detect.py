@@ -331,13 +331,13 @@ def test_recording_shorter_than_a_window_gets_an_empty_table_and_a_note(tmp_path
 
 
 def test_progress_label_counts_audio_and_real_time_rate():
-    from convnet_cli.detect.detect import _Progress
+    from convnet_cli.progress import AudioProgress   # detect's bar (as make-batches --annotations')
 
-    p = _Progress(7200.0, enabled=False)
+    p = AudioProgress("detect", 7200.0, enabled=False)
     p.t0 -= 2.0           # as if 2 s had passed
     p.add(1800.0)
-    label = p._label()
+    label = p._text()
     assert label.startswith("0.50/2.00 h of audio, ") and label.endswith("x real time")
     rate = float(label.split(", ")[1].split("x")[0].replace(",", ""))
     assert 100 < rate <= 900   # 1800 s of audio in a little over 2 s
-    assert _Progress(600.0, enabled=False)._label().startswith("0.00/10.00 min of audio")
+    assert AudioProgress("detect", 600.0, enabled=False)._text().startswith("0.00/10.00 min of audio")

@@ -5,6 +5,7 @@ import os
 
 import click
 
+from convnet_cli.commands.audio_flags import reading_flags
 from convnet_cli.detect.events import DEFAULT_SPLIT_DIP
 from convnet_cli.parallel import collective_errors, get_world, share_node_cores
 
@@ -43,9 +44,13 @@ from convnet_cli.parallel import collective_errors, get_world, share_node_cores
 @click.option("--batch", type=click.IntRange(min=1), default=128, show_default=True,
               help="Windows per forward pass; bounds memory (the upcall net: ~220 MB in all at 128, ~370 at 256).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, gpu, gpu:N or auto.")
+@reading_flags("Read channel N (1 for the first), every channel on its own (each event's channel in the tables' "
+               "Channel column and a channel column in detections.csv), or the channels averaged.",
+               "The recordings were stored slowed down F times (time-expanded bat recordings): the true rate is the "
+               "header's times F, and every time and frequency written is real time.")
 @click.option("--quiet", is_flag=True, help="No progress bar; print only errors and the summary line.")
 def command(checkpoint, recordings, out_dir, hop, threshold, from_scores, classes, merge_gap, split_dip, max_event,
-            scores, combined, resume, overwrite, batch, device, quiet):
+            scores, combined, resume, overwrite, batch, device, channel, time_expansion, quiet):
     """Detect events in recordings of any length with a trained network.
 
     \b
@@ -55,12 +60,12 @@ def command(checkpoint, recordings, out_dir, hop, threshold, from_scores, classe
     """
     if from_scores is not None:
         return _from_scores(from_scores, checkpoint, recordings, out_dir, hop, threshold, classes, merge_gap,
-                            split_dip, max_event, scores, combined, resume, overwrite)
+                            split_dip, max_event, scores, combined, resume, overwrite, channel, time_expansion)
     if checkpoint is None or not recordings:
         raise click.UsageError("give -f RUN and RECORDINGS (or --from-scores OUT_DIR to re-threshold an earlier run)")
     merge_gap = 0.0 if merge_gap is None else merge_gap
     split_dip = DEFAULT_SPLIT_DIP if split_dip is None else split_dip
-    from convnet_cli.detect.detect import detect
+    from convnet_cli.detect.detect import DetectOptions, detect
 
     def echo(msg):
         click.echo(msg, err=True)
@@ -68,10 +73,11 @@ def command(checkpoint, recordings, out_dir, hop, threshold, from_scores, classe
     world = get_world()
     share_node_cores(world)
     with collective_errors(world):  # under mpiexec: the recordings split over the processes; rank 0 reports
-        s = detect(checkpoint, list(recordings), out_dir, hop=hop, threshold=threshold, classes=classes,
-                   merge_gap=merge_gap, split_dip=split_dip, max_event=max_event, scores=scores, combined=combined,
-                   resume=resume, overwrite=overwrite, batch=batch, device=device, progress=not quiet, echo=echo,
-                   world=world)
+        options = DetectOptions(hop=hop, threshold=threshold, classes=classes, merge_gap=merge_gap,
+                                split_dip=split_dip, max_event=max_event, scores=scores, combined=combined,
+                                resume=resume, overwrite=overwrite, batch=batch, device=device, progress=not quiet,
+                                channel=channel, time_expansion=time_expansion)
+        s = detect(checkpoint, list(recordings), out_dir, options=options, echo=echo, world=world)
     if not world.is_root:
         return 0
     for name, reason in s.skipped:
@@ -93,12 +99,13 @@ def command(checkpoint, recordings, out_dir, hop, threshold, from_scores, classe
 
 
 def _from_scores(src, checkpoint, recordings, out_dir, hop, threshold, classes, merge_gap, split_dip, max_event,
-                 scores, combined, resume, overwrite):
+                 scores, combined, resume, overwrite, channel="mix", time_expansion=1.0):
     """detect --from-scores: detect/rescore.py."""
     from convnet_cli.detect.rescore import detect_from_scores
 
     given = [flag for flag, v in (("-f", checkpoint), ("RECORDINGS", recordings), ("--window-hop", hop),
-                                  ("--scores", scores), ("--resume", resume)) if v]
+                                  ("--scores", scores), ("--resume", resume), ("--channel", channel != "mix"),
+                                  ("--time-expansion", time_expansion != 1.0)) if v]
     if given:
         raise click.UsageError(f"{given[0]} does not apply with --from-scores (the windows and their scores are "
                                "the earlier run's); drop it")

@@ -6,6 +6,7 @@ import os
 
 import click
 
+from convnet_cli.commands.audio_flags import reading_flags
 from convnet_cli.errors import ConfigError
 from convnet_cli.ingest.features import KINDS, WINDOWS, FeatureSpec
 from convnet_cli.data.writer import DTYPES
@@ -87,6 +88,11 @@ def _fmax(value):
 @click.option("--normalize", type=click.Choice(("pixel", "band", "global")),
               help="The statistics stored and applied: one mean/std per value of a case (pixel, cuda-convnet's), per "
                    "frequency row over time and cases (band), or one for all (global) [band].")
+@reading_flags("Read channel N of every file (1 for the first), every channel as a stream of its own (cases named "
+               "<file>#ch<k>; with --annotations a table's Channel column labels its channel only), or the channels "
+               "averaged.",
+               "The recordings were stored slowed down F times (time-expanded bat recordings): their true rate is the "
+               "header's times F; every time and frequency is real time.")
 def command(**opts):
     """Turn AUDIO_DIR (a folder per class, or a flat folder with --labels) into batch files in BATCH_DIR.
 
@@ -109,7 +115,7 @@ def command(**opts):
 def _make(world, audio_dir, batch_dir, labels_csv, file_col, label_col, no_labels, label_names, features_file,
           sample_rate, duration, kind, n_fft, hop, window, n_mels, fmin, fmax, n_mfcc, batch_size, test_fraction,
           split_by, seed, jobs, dtype, overwrite, quiet, annotations, window_hop, min_overlap, background,
-          background_ratio, noise_dir, noise_snr, copies, gain, multi_label, normalize):
+          background_ratio, noise_dir, noise_snr, copies, gain, multi_label, normalize, channel, time_expansion):
     """The summary of the batch set made (None on a rank that made none)."""
     fmax = _fmax(fmax)
     spec = FeatureSpec.from_file(features_file, dict(
@@ -136,7 +142,7 @@ def _make(world, audio_dir, batch_dir, labels_csv, file_col, label_col, no_label
             min_overlap=0.5 if min_overlap is None else min_overlap,
             background="background" if background is None else background,
             background_ratio=background_ratio, multi_label=multi_label, warn=lambda line: click.echo(line, err=True),
-            noise=noise, world=world)
+            noise=noise, world=world, channel=channel, time_expansion=time_expansion)
         world.barrier()  # the other ranks wait for rank 0's batch files
         return _noted(s, noise)
     given = [flag for flag, v in (("--window-hop", window_hop), ("--min-overlap", min_overlap),
@@ -149,7 +155,8 @@ def _make(world, audio_dir, batch_dir, labels_csv, file_col, label_col, no_label
     s = make(audio_dir, batch_dir, labels_csv=labels_csv, file_col=file_col, label_col=label_col,
              no_labels=no_labels, features=spec, batch_size=batch_size, test_fraction=test_fraction,
              split_by=split_by, seed=seed, jobs=jobs, dtype=dtype, overwrite=overwrite,
-             progress=not quiet, label_names=names, noise=noise, multi_label=multi_label)
+             progress=not quiet, label_names=names, noise=noise, multi_label=multi_label,
+             channel=channel, time_expansion=time_expansion)
     return _noted(s, noise)
 
 

@@ -5,6 +5,7 @@ import os
 
 import click
 
+from convnet_cli.commands.audio_flags import reading_flags
 from convnet_cli.errors import ConfigError
 from convnet_cli.predict.predict import (predict_audio, predict_batches, prepare_out, write_csv,
                                          write_report)
@@ -29,9 +30,12 @@ from convnet_cli.train.trainer import parse_range
 @click.option("--topk", type=click.IntRange(min=1), default=5, show_default=True, help="k of top-k accuracy.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, gpu, gpu:N or auto.")
 @click.option("--jobs", type=click.IntRange(min=1), help="Processes decoding audio.  [default: 1]")
+@reading_flags("Audio: read channel N (1 for the first), every channel on its own (a row each, named <file>#ch<k>), "
+               "or the channels averaged.",
+               "Audio stored slowed down F times (time-expanded bat recordings): the true rate is the header's times F.")
 @click.option("--quiet", is_flag=True, help="Print only errors.")
 def command(checkpoint, audio, data_path, test_range, out, report, multiview, views, batch, threshold, topk, device, jobs,
-            quiet):
+            channel, time_expansion, quiet):
     """Predict with a trained network.
 
     \b
@@ -60,10 +64,15 @@ def command(checkpoint, audio, data_path, test_range, out, report, multiview, vi
                           "most probable one); --threshold applies to multi-label networks")
     n_views = views if multiview else 1
     if audio:
-        preds = predict_audio(checkpoint, list(audio), device=device, batch=batch, views=n_views, jobs=jobs)
+        preds = predict_audio(checkpoint, list(audio), device=device, batch=batch, views=n_views, jobs=jobs,
+                              channel=channel, time_expansion=time_expansion)
         for path, reason in preds.skipped:
             click.echo(f"skipped {path}: {reason}", err=True)
     else:
+        given = [f for f, v in (("--channel", channel != "mix"), ("--time-expansion", time_expansion != 1.0)) if v]
+        if given:
+            raise ConfigError(f"{given[0]} applies to audio files; batch files (--data-path) hold features already: "
+                              "drop it")
         batches = parse_range(test_range, "--test-range") if test_range else None
         preds = predict_batches(checkpoint, data_path, batches, device=device, batch=batch, views=n_views)
     path = write_csv(preds, out, thresholds)

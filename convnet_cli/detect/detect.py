@@ -8,9 +8,9 @@ OUT_DIR bookkeeping, so that a 100,000-file job survives a crash or a Ctrl-C:
 - each recording's table is written atomically when the recording is finished, then a line
   {path, size, mtime, name, table, duration, windows, detections} is appended to `done.jsonl` (fsynced);
   `--resume` skips recordings whose line still matches their size and mtime and redoes the others;
-- `detect.json` holds the settings (checkpoint, hop, thresholds, classes, merge gap, split dip, event cap); a
-  resume with other settings is refused, since its tables would not agree with the earlier ones, and so is
-  one whose detect.json is missing or unreadable while a journal is there;
+- `detect.json` holds the settings (checkpoint, hop, thresholds, classes, merge gap, split dip, event cap,
+  channel, time expansion); a resume with other settings is refused, since its tables would not agree with
+  the earlier ones, and so is one whose detect.json is missing or unreadable while a journal is there;
 - every done.jsonl line is checked (field types; `table` and `scores` name files inside OUT_DIR, no
   symlink out of it): a bad line is a one-line error naming the journal and the line;
 - OUT_DIR's files are detect's own only when a detect.json or a journal is there: then detect.json, the
@@ -38,10 +38,9 @@ import math
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -53,6 +52,7 @@ from convnet_cli.detect.events import (DEFAULT_SPLIT_DIP, check_class_names, rep
                                        windows_to_events)
 from convnet_cli.errors import ConfigError, DataError
 from convnet_cli.parallel import SingleWorld, on_root, rank_device
+from convnet_cli.progress import AudioProgress
 from convnet_cli.thresholds import parse_thresholds
 
 DONE = "done.jsonl"
@@ -65,9 +65,9 @@ LOCK = ".detect.lock"
 OWN_NAMES = (DONE, SETTINGS, SKIPPED, raven.DETECTIONS_CSV, raven.SCORES_CSV, raven.COMBINED_NAME, SCORES_DIR)
 # settings that change what a table holds: a resume must keep them
 _FIXED = ("checkpoint", "checkpoint_mtime", "hop", "duration", "thresholds", "classes", "merge_gap", "split_dip",
-          "max_event")
+          "max_event", "channel", "time_expansion")
 # settings an older detect.json lacks, with the value that older detect used
-_ADDED_LATER = {"split_dip": 0.0, "max_event": None}
+_ADDED_LATER = {"split_dip": 0.0, "max_event": None, "channel": "mix", "time_expansion": 1.0}
 # Times are written in milliseconds: a finer hop gives windows with the same begin time in the tables
 MIN_HOP = 0.001
 # a journal record: field -> the JSON types it may have (bool is never a number here)
@@ -83,6 +83,7 @@ class Recording:
     size: int = 0
     mtime: float = 0.0
     duration: float = 0.0
+    streams: list = field(default_factory=lambda: [None])   # the channels read (1-based), [None]: mixed
 
 
 @dataclass
@@ -365,46 +366,12 @@ def _interrupt_deferred():
         raise KeyboardInterrupt
 
 
-class _Progress:
-    """A click progress bar over seconds of audio, labelled in hours with the rate as x real time."""
-
-    def __init__(self, total_s: float, enabled: bool):
-        import click
-
-        self.total, self.done, self.t0 = float(total_s), 0.0, time.perf_counter()
-        self.shown = 0
-        self.bar = None
-        if enabled and total_s > 0:
-            self.bar = click.progressbar(length=max(1, int(np.ceil(total_s))), label="detect", show_pos=False,
-                                         show_eta=True, item_show_func=self._label, file=sys.stderr, width=24)
-            self.bar.__enter__()
-
-    def _label(self, _item=None):
-        el = time.perf_counter() - self.t0
-        rate = f"{self.done / el:,.0f}x real time" if el > 0 and self.done > 0 else "x real time"
-        unit, scale = ("h", 3600.0) if self.total >= 3600 else ("min", 60.0)
-        return f"{self.done / scale:.2f}/{self.total / scale:.2f} {unit} of audio, {rate}"
-
-    def add(self, seconds: float):
-        self.done += seconds
-        if self.bar is not None:
-            step = int(self.done) - self.shown
-            if step > 0:
-                self.shown += step
-                self.bar.update(step, None)
-            else:
-                self.bar.render_progress()
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
-
-
-def window_probabilities(run, path: str, spec, hop: float, batch: int, xp, on_progress=None, name=None):
+def window_probabilities(run, path: str, spec, hop: float, batch: int, xp, on_progress=None, name=None,
+                         channel=None, time_expansion: float = 1.0):
     """(starts (n,) float64, probs (n, K) float32 or None when there is no window, seconds covered) of
-    every window of one recording; on_progress(seconds) as the windows advance. DataError (predict's) when
-    the net gives a probability that is not finite: an overflowing checkpoint must not pass for 'no event'."""
+    every window of one recording (its `channel`, or the channels mixed; read at its header's rate times
+    `time_expansion`); on_progress(seconds) as the windows advance. DataError (predict's) when the net gives
+    a probability that is not finite: an overflowing checkpoint must not pass for 'no event'."""
     from convnet_cli.ingest.windows import iter_window_features
     from convnet_cli.predict.predict import check_probabilities
 
@@ -413,7 +380,8 @@ def window_probabilities(run, path: str, spec, hop: float, batch: int, xp, on_pr
     # a block long enough for `batch` windows keeps forward passes full (the reader's default 60 s would
     # cut them at 59 windows of 2 s every 1 s); capped so that a huge --batch cannot ask for hours at once
     block_s = min(max(60.0, batch * hop + spec.duration), 900.0)
-    for s, feats in iter_window_features(path, spec, hop, batch=batch, xp=xp, block_s=block_s):
+    for s, feats in iter_window_features(path, spec, hop, batch=batch, xp=xp, block_s=block_s, channel=channel,
+                                         time_expansion=time_expansion):
         if len(s) == 0:
             continue
         starts.append(np.asarray(s, dtype=np.float64))
@@ -458,44 +426,83 @@ def _check_event_flags(merge_gap, split_dip, max_event):
         raise ConfigError(f"--max-event {max_event:g}: give a finite number of seconds > 0 (or leave it out)")
 
 
-def detect(checkpoint, inputs, out_dir: str, *, hop=None, threshold=None, classes=None, merge_gap: float = 0.0,
-           split_dip: float = DEFAULT_SPLIT_DIP, max_event: float | None = None,
-           scores: bool = False, combined: bool = False, resume: bool = False, overwrite: bool = False,
-           batch: int = 128, device: str = "cpu", progress: bool = True, echo=None, world=None) -> DetectSummary:
+@dataclass
+class DetectOptions:
+    """detect's settings besides the checkpoint, the recordings, OUT_DIR and the MPI world (docs/COMMANDS.md,
+    detect): the windows, the events, what is written and how the work runs."""
+
+    hop: float | None = None             # --window-hop (default: the training window_hop, else half a window)
+    threshold: object = None             # --threshold: T, 'CLASS=T,...' or a thresholds.yaml
+    classes: object = None               # --classes (default: all but a background class)
+    merge_gap: float = 0.0
+    split_dip: float = DEFAULT_SPLIT_DIP
+    max_event: float | None = None
+    scores: bool = False                 # also scores.csv
+    combined: bool = False               # also detections.selections.txt
+    resume: bool = False
+    overwrite: bool = False
+    batch: int = 128                     # windows per forward pass
+    device: str = "cpu"
+    progress: bool = True
+    channel: object = "mix"              # --channel: 'mix', 'all' or N (1-based)
+    time_expansion: float = 1.0          # --time-expansion: the true rate is the header's times this
+
+    def check(self):
+        """ConfigError for flags that exclude each other or are out of range; normalises the values."""
+        from convnet_cli.ingest.audio import check_time_expansion, parse_channel
+
+        if self.resume and self.overwrite:
+            raise ConfigError("give --resume or --overwrite, not both")
+        self.merge_gap, self.split_dip = float(self.merge_gap), float(self.split_dip)
+        self.max_event = None if self.max_event is None else float(self.max_event)
+        _check_event_flags(self.merge_gap, self.split_dip, self.max_event)
+        self.channel = parse_channel(self.channel)
+        self.time_expansion = check_time_expansion(self.time_expansion)
+
+    @property
+    def by_channel(self) -> bool:
+        """True when the channels are read apart (--channel N or all): the tables and CSVs say which."""
+        return self.channel != "mix"
+
+
+def detect(checkpoint, inputs, out_dir: str, *, echo=None, world=None, options: DetectOptions | None = None,
+           **kw) -> DetectSummary:
     """Run the net over every recording of `inputs` and write OUT_DIR (see the module doc).
 
+    options: a DetectOptions, or its fields as keywords (hop=, threshold=, ..., channel=, time_expansion=).
     KeyboardInterrupt: the files covering the recordings finished so far are written, then it is raised
     again (the CLI exits 130). world: under MPI, the recordings are split over its processes (module doc);
     the summary of rank 0 covers all of them."""
     from convnet_cli.predict.predict import Runner, checkpoint_multi_label, load_model
 
+    unknown = [k for k in kw if k not in {f.name for f in fields(DetectOptions)}]
+    if unknown:
+        raise TypeError(f"detect: unknown option {unknown[0]!r}")
+    o = replace(options, **kw) if options is not None else DetectOptions(**kw)
     world = world or SingleWorld()
     echo = (echo or (lambda msg: None)) if world.is_root else (lambda msg: None)
-    if resume and overwrite:
-        raise ConfigError("give --resume or --overwrite, not both")
-    merge_gap, split_dip = float(merge_gap), float(split_dip)
-    max_event = None if max_event is None else float(max_event)
-    _check_event_flags(merge_gap, split_dip, max_event)
+    o.check()
     t0 = time.perf_counter()
     recordings = on_root(world, lambda: collect_recordings(inputs))
-    net, ckpt = load_model(checkpoint, rank_device(device, world))
-    spec, hop = _spec_and_hop(ckpt, hop)
-    if max_event is not None and max_event < spec.duration:
-        raise ConfigError(f"--max-event {max_event:g}: shorter than the checkpoint's {spec.duration:g}-s window "
+    net, ckpt = load_model(checkpoint, rank_device(o.device, world))
+    spec, hop = _spec_and_hop(ckpt, o.hop)
+    if o.max_event is not None and o.max_event < spec.duration:
+        raise ConfigError(f"--max-event {o.max_event:g}: shorter than the checkpoint's {spec.duration:g}-s window "
                           f"(the shortest event); give at least {spec.duration:g} s, or leave it out")
     if hop > spec.duration:
         echo(f"note: --window-hop {hop:g} s is longer than the {spec.duration:g}-s window: "
              f"{100 * (1 - spec.duration / hop):.0f}% of each recording is never looked at")
     label_names = [str(n) for n in ckpt.state["label_names"]]
     multi_label = checkpoint_multi_label(ckpt.state)   # every class on its own, none of them background
-    wanted = reported_classes(label_names, classes, multi_label)
+    wanted = reported_classes(label_names, o.classes, multi_label)
     check_class_names(wanted, ckpt.path)
-    thresholds = parse_thresholds(threshold, label_names)
-    run = Runner(net, ckpt, net.output_layer(), batch, 1)
+    thresholds = parse_thresholds(o.threshold, label_names)
+    run = Runner(net, ckpt, net.output_layer(), o.batch, 1)
     settings = {"checkpoint": os.path.abspath(ckpt.path), "checkpoint_mtime": os.path.getmtime(ckpt.path),
                 "hop": hop, "duration": float(spec.duration),
                 "thresholds": {c: thresholds[c] for c in wanted}, "classes": wanted,
-                "merge_gap": merge_gap, "split_dip": split_dip, "max_event": max_event,
+                "merge_gap": o.merge_gap, "split_dip": o.split_dip, "max_event": o.max_event,
+                "channel": o.channel, "time_expansion": o.time_expansion,
                 "label_names": label_names, "features": spec.to_dict(), "multi_label": multi_label}
 
     held = []   # rank 0's lock on OUT_DIR, held until every file is written
@@ -504,33 +511,50 @@ def detect(checkpoint, inputs, out_dir: str, *, hop=None, threshold=None, classe
         make_out_dir(out_dir, "--out")
         lock = BatchDirLock(out_dir, LOCK, "convnet detect", "wait for it to finish, or give another --out")
         try:
-            _prepare_out(out_dir, settings, resume, overwrite)
+            _prepare_out(out_dir, settings, o.resume, o.overwrite)
         except BaseException:
             lock.release()
             raise
         held.append(lock)
 
     on_root(world, prepare)
+    job = _Job(run=run, net=net, spec=spec, hop=hop, label_names=label_names, wanted=wanted, thresholds=thresholds,
+               settings=settings, options=o)
     try:
-        return _detect_into(out_dir, recordings, run=run, net=net, spec=spec, hop=hop, batch=batch,
-                            label_names=label_names, wanted=wanted, thresholds=thresholds, settings=settings,
-                            scores=scores, combined=combined, resume=resume, progress=progress, echo=echo,
-                            world=world, t0=t0)
+        return _detect_into(out_dir, recordings, job, echo=echo, world=world, t0=t0)
     finally:
         for lock in held:
             lock.release()
 
 
-def _detect_into(out_dir, recordings, *, run, net, spec, hop, batch, label_names, wanted, thresholds, settings,
-                 scores, combined, resume, progress, echo, world, t0) -> DetectSummary:
-    """detect's work once OUT_DIR is prepared and locked."""
-    from convnet_cli.ingest.audio import AudioError
-    from convnet_cli.ingest.windows import recording_info
+@dataclass
+class _Job:
+    """What detect's work needs once the checkpoint is loaded and the settings are made."""
 
-    low_hz, high_hz = float(spec.fmin), float(spec.fmax_hz)
-    done = read_done(out_dir) if resume else {}
+    run: object              # predict's Runner
+    net: object
+    spec: object             # the checkpoint's FeatureSpec
+    hop: float
+    label_names: list
+    wanted: list             # the classes reported
+    thresholds: dict
+    settings: dict           # detect.json's
+    options: DetectOptions
 
-    summary = DetectSummary(out_dir=out_dir, recordings=len(recordings))
+    @property
+    def band(self) -> tuple:
+        """(low, high) Hz of the tables' frequency box: the features' band."""
+        return float(self.spec.fmin), float(self.spec.fmax_hz)
+
+
+def _todo(out_dir, recordings, job, done, summary) -> list:
+    """The recordings this run does (stat'ed, their length and streams read from the header); those a resume
+    finds done and unchanged are counted in `summary.resumed`, those that cannot be read listed in
+    `summary.skipped`. ChannelError (exit 2) for a --channel N past a recording's channels."""
+    from convnet_cli.ingest.audio import AudioError, channel_streams
+    from convnet_cli.ingest.windows import recording_header
+
+    o = job.options
     todo = []
     for rec in recordings:
         try:
@@ -541,18 +565,23 @@ def _detect_into(out_dir, recordings, *, run, net, spec, hop, batch, label_names
         prev = done.get(rec.path)
         if (prev and prev.get("size") == rec.size and prev.get("mtime") == rec.mtime
                 and os.path.exists(os.path.join(out_dir, prev.get("table", "")))
-                and (not scores or (prev.get("scores") and os.path.exists(os.path.join(out_dir, prev["scores"]))))):
+                and (not o.scores or (prev.get("scores") and os.path.exists(os.path.join(out_dir, prev["scores"]))))):
             summary.resumed += 1
             continue
         try:
-            rec.duration, _ = recording_info(rec.path)
+            rec.duration, _, channels = recording_header(rec.path, o.time_expansion)
         except AudioError as exc:
             summary.skipped.append((rec.name, exc.reason))
             continue
+        rec.streams = channel_streams(rec.path, o.channel, channels)
         todo.append(rec)
+    return todo
 
-    # table names: kept for recordings already done, new ones chosen so that nothing clashes, neither with
-    # each other nor with a file of someone else's (a Raven table of the user's) in OUT_DIR
+
+def _table_names(out_dir, recordings, todo, done) -> dict:
+    """{path: table name} for the recordings to do: kept for recordings already done, new ones chosen so that
+    nothing clashes, neither with each other nor with a file of someone else's (a Raven table of the user's)
+    in OUT_DIR."""
     redo = {t.path for t in todo}
     own = {r["table"] for r in done.values()}
     taken = {r["table"] for p, r in done.items() if p not in redo}
@@ -568,44 +597,79 @@ def _detect_into(out_dir, recordings, *, run, net, spec, hop, batch, label_names
             t = f"{base}__{k}{raven.TABLE_SUFFIX}"
         taken.add(t)
         fresh[rec.path] = t
+    return fresh
+
+
+def _recording_events(rec, job, bar, echo):
+    """(window starts, probabilities, events) of one recording over its streams (each channel read apart, or
+    the channels mixed), events in time order with their channel. AudioError when it cannot be read."""
+    from convnet_cli.ingest.audio import stream_name
+
+    o, spec, s = job.options, job.spec, job.settings
+    all_starts, all_probs, events = [], [], []
+    for ch in rec.streams:
+        name = rec.name if ch is None else stream_name(rec.name, ch)
+        starts, probs, covered = window_probabilities(job.run, rec.path, spec, job.hop, o.batch, job.net.xp, bar.add,
+                                                      name=name, channel=ch, time_expansion=o.time_expansion)
+        bar.add(max(0.0, rec.duration - covered))
+        if len(starts) == 0:
+            probs = np.zeros((0, len(job.label_names)), np.float32)
+        found = windows_to_events(starts, probs, job.label_names, spec.duration, job.thresholds, job.wanted,
+                                  s["merge_gap"], s["split_dip"], s["max_event"])
+        events.extend(replace(e, channel=ch) for e in found)
+        all_starts.append(starts)
+        all_probs.append(probs)
+    if len(all_starts[0]) == 0:
+        echo(f"note: {rec.name} ({rec.duration:.2f} s) is shorter than one {spec.duration:g}-s window; no windows")
+    events.sort(key=lambda e: (e.begin, e.channel or 0, e.label))
+    return all_starts, all_probs, events
+
+
+def _detect_into(out_dir, recordings, job: _Job, *, echo, world, t0) -> DetectSummary:
+    """detect's work once OUT_DIR is prepared and locked."""
+    from convnet_cli.ingest.audio import AudioError, stream_name
+
+    o, spec = job.options, job.spec
+    low_hz, high_hz = job.band
+    done = read_done(out_dir) if o.resume else {}
+
+    summary = DetectSummary(out_dir=out_dir, recordings=len(recordings))
+    todo = _todo(out_dir, recordings, job, done, summary)
+    fresh = _table_names(out_dir, recordings, todo, done)
     if summary.resumed:
         echo(f"resume: {summary.resumed} recording(s) already done and unchanged, {len(todo)} to do")
 
     mine = _deal(todo, world)
     journal = DONE if world.size == 1 else DONE_PART.format(rank=world.rank)
     read_before = len(summary.skipped)   # the same on every process; those found in the loop are its own
-    bar = _Progress(sum(r.duration for r in mine), progress and world.is_root)
+    bar = AudioProgress("detect", sum(r.duration * len(r.streams) for r in mine), enabled=o.progress and world.is_root)
     this_run = {}   # table name -> events of recordings done in this run (saves re-reading their tables)
     try:
         for rec in mine:
+            before = bar.done
             try:
-                starts, probs, covered = window_probabilities(run, rec.path, spec, hop, batch, net.xp, bar.add,
-                                                              name=rec.name)
+                starts, probs, events = _recording_events(rec, job, bar, echo)
             except AudioError as exc:
                 summary.skipped.append((rec.name, exc.reason))
-                bar.add(max(0.0, rec.duration))
+                bar.add(max(0.0, rec.duration * len(rec.streams) - (bar.done - before)))
                 continue
-            bar.add(max(0.0, rec.duration - covered))
-            if len(starts) == 0:
-                echo(f"note: {rec.name} ({rec.duration:.2f} s) is shorter than one {spec.duration:g}-s window; "
-                     f"no windows")
-                probs = np.zeros((0, len(label_names)), np.float32)
-            events = windows_to_events(starts, probs, label_names, spec.duration, thresholds, wanted,
-                                       settings["merge_gap"], settings["split_dip"], settings["max_event"])
             with _interrupt_deferred():  # table, done.jsonl and the bookkeeping go together or not at all
                 table = fresh[rec.path]
                 record = {"path": rec.path, "size": rec.size, "mtime": rec.mtime, "name": rec.name, "table": table,
-                          "duration": rec.duration, "windows": int(len(starts)), "detections": len(events)}
-                if scores:
+                          "duration": rec.duration, "windows": int(sum(len(x) for x in starts)),
+                          "detections": len(events)}
+                if o.scores:
                     os.makedirs(os.path.join(out_dir, SCORES_DIR), exist_ok=True)
                     part = os.path.join(SCORES_DIR, table[:-len(raven.TABLE_SUFFIX)] + ".csv")
-                    write_text_atomic(os.path.join(out_dir, part),
-                                      raven.scores_text(rec.name, starts, spec.duration, probs))
+                    write_text_atomic(os.path.join(out_dir, part), "".join(
+                        raven.scores_text(stream_name(rec.name, ch) if o.channel == "all" else rec.name, st,
+                                          spec.duration, p)
+                        for ch, st, p in zip(rec.streams, starts, probs)))
                     record["scores"] = part
                 raven.write_table(os.path.join(out_dir, table), events, os.path.basename(rec.path), low_hz, high_hz)
                 _append_done(out_dir, record, journal)
                 done[rec.path] = record
-                this_run[table] = [(e.begin, e.end, e.label, e.score) for e in events]
+                this_run[table] = [(e.begin, e.end, e.label, e.score, e.channel or raven.CHANNEL) for e in events]
                 summary.done += 1
                 summary.detections += len(events)
                 summary.audio_s += rec.duration
@@ -614,7 +678,7 @@ def _detect_into(out_dir, recordings, *, run, net, spec, hop, batch, label_names
         summary.interrupted = True
         _gather(world, out_dir, done, this_run, summary, read_before)
         if world.is_root:
-            _finish(out_dir, done, this_run, label_names, scores, combined, low_hz, high_hz, summary)
+            _finish(out_dir, done, this_run, job, summary)
         summary.seconds = time.perf_counter() - t0
         echo(f"interrupted: {summary.done} recording(s) finished in this run and written "
              f"({len(done)} in {out_dir} in all); run again with --resume to do the rest")
@@ -626,7 +690,7 @@ def _detect_into(out_dir, recordings, *, run, net, spec, hop, batch, label_names
     if _gather(world, out_dir, done, this_run, summary, read_before):
         summary.interrupted = True
     if world.is_root:
-        _finish(out_dir, done, this_run, label_names, scores, combined, low_hz, high_hz, summary)
+        _finish(out_dir, done, this_run, job, summary)
     summary.seconds = time.perf_counter() - t0
     if summary.interrupted:
         echo(f"interrupted: {summary.done} recording(s) finished in this run and written "
@@ -695,18 +759,21 @@ def _gather(world, out_dir, done, this_run, summary, read_before) -> bool:
     return bool(world.bcast(interrupted))
 
 
-def _finish(out_dir, done, this_run, label_names, scores, combined, low_hz, high_hz, summary):
+def _finish(out_dir, done, this_run, job: _Job, summary):
     """detections.csv (+ scores.csv, the combined table) over every recording done, and skipped.txt."""
+    o, label_names = job.options, job.label_names
+    scores, combined = o.scores, o.combined
+    low_hz, high_hz = job.band
     records = sorted(done.values(), key=lambda r: r.get("name", r["path"]))
     records = [r for r in records if os.path.exists(os.path.join(out_dir, r.get("table", "")))]
 
     def events_of(r):
         t = r["table"]
-        return this_run[t] if t in this_run else raven.read_own_table(os.path.join(out_dir, t))
+        return this_run[t] if t in this_run else raven.read_own_table(os.path.join(out_dir, t), channels=True)
 
     summary.files["tables"] = len(records)
     summary.files["detections"] = raven.write_detections_csv(
-        os.path.join(out_dir, raven.DETECTIONS_CSV), ((r["name"], events_of(r)) for r in records))
+        os.path.join(out_dir, raven.DETECTIONS_CSV), ((r["name"], events_of(r)) for r in records), o.by_channel)
     if combined:
         summary.files["combined"] = raven.write_combined_table(
             os.path.join(out_dir, raven.COMBINED_NAME),

@@ -31,7 +31,7 @@ import json
 import math
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -49,6 +49,9 @@ class Interval:
     end: float
     label: str
     score: float | None = None
+    # the recording's channel (1-based; a detect --channel run's events, an annotation's Channel column); None:
+    # any channel. A detection and an annotation on two different channels never match.
+    channel: int | None = None
 
 
 def overlap_fraction(b0, e0, b1, e1) -> float:
@@ -67,8 +70,10 @@ def match(detections, annotations, min_overlap: float):
     if annotations:
         ab = np.array([a.begin for a in annotations], dtype=np.float64)
         ae = np.array([a.end for a in annotations], dtype=np.float64)
+        ach = np.array([0 if a.channel is None else a.channel for a in annotations], dtype=np.int64)
     else:
         ab = ae = np.zeros(0)
+        ach = np.zeros(0, dtype=np.int64)
     free = np.ones(len(annotations), dtype=bool)
     out = []
     for d in dets:
@@ -80,6 +85,8 @@ def match(detections, annotations, min_overlap: float):
             with np.errstate(divide="ignore", invalid="ignore"):
                 frac = np.where((inter > 0) & (shorter > 0), inter / np.where(shorter > 0, shorter, 1), 0.0)
             frac = np.where(free, frac, -1.0)
+            if d.channel is not None:          # an annotation on another channel is not this detection's
+                frac = np.where((ach == 0) | (ach == d.channel), frac, -1.0)
             j = int(np.argmax(frac)) if frac.size else -1
             if j >= 0 and frac[j] >= min_overlap and frac[j] > 0:
                 free[j] = False
@@ -232,7 +239,7 @@ def _group(selections):
     out = defaultdict(list)
     for s in selections:
         out[s.recording].append(Interval(float(s.begin), float(s.end), str(s.label),
-                                         None if s.score is None else float(s.score)))
+                                         None if s.score is None else float(s.score), s.channel))
     return out
 
 
@@ -255,7 +262,7 @@ def check_scores(selections):
 def _read_detections_csv(path: str):
     """detect's detections.csv -> {recording: [Interval]}, every row checked (raven.detection_row); None when
     the header is not detect's (then it is read as any other table). Quoted names may hold line breaks."""
-    from convnet_cli.detect.raven import DETECTIONS_HEADER, detection_row
+    from convnet_cli.detect.raven import CHANNEL_COLUMN, DETECTIONS_HEADER, detection_row
     from convnet_cli.fileio import open_error
 
     out, at = defaultdict(list), 1
@@ -263,20 +270,28 @@ def _read_detections_csv(path: str):
         with open(path, encoding="utf-8-sig", newline="") as f:
             reader = csv.reader(f)
             header = next(reader, None)
-            if header is None or tuple(h.strip() for h in header) != DETECTIONS_HEADER:
+            head = tuple(h.strip() for h in header) if header is not None else None
+            if head not in (DETECTIONS_HEADER, DETECTIONS_HEADER + (CHANNEL_COLUMN,)):
                 return None
             at = reader.line_num + 1
             for row in reader:
                 where, at = f"{path} line {at}", reader.line_num + 1
                 if not any(c.strip() for c in row):
                     continue
-                if len(row) != len(DETECTIONS_HEADER):
-                    raise DataError(f"{where}: {len(row)} cells, the header has {len(DETECTIONS_HEADER)} "
-                                    f"({','.join(DETECTIONS_HEADER)}); fix that row")
+                if len(row) != len(head):
+                    raise DataError(f"{where}: {len(row)} cells, the header has {len(head)} "
+                                    f"({','.join(head)}); fix that row")
                 if not row[0].strip():
                     raise DataError(f"{where}: empty filename; name the recording of every detection")
-                b, e, c, score = detection_row(where, row[1:])
-                out[row[0]].append(Interval(b, e, c, score))
+                b, e, c, score = detection_row(where, row[1:5])
+                channel = None
+                if len(head) > len(DETECTIONS_HEADER):
+                    cell = row[5].strip()
+                    if not (cell.isdigit() and int(cell) >= 1):
+                        raise DataError(f"{where}, channel {cell!r}: not a channel number (1 for the first); fix "
+                                        "that cell")
+                    channel = int(cell)
+                out[row[0]].append(Interval(b, e, c, score, channel))
     except (OSError, UnicodeDecodeError) as exc:
         raise open_error(path, exc, "detections file", "give detect's detections.csv (UTF-8 CSV)") from None
     except csv.Error as exc:
@@ -290,6 +305,8 @@ def _read_out_dir(folder, events: bool = True):
     from convnet_cli.detect.detect import read_done
     from convnet_cli.detect.raven import read_own_table
 
+    settings = _detect_settings(folder) or {}
+    by_channel = settings.get("channel", "mix") != "mix"   # a --channel N or all run: its events' channels count
     out, names = {}, []
     for rec in sorted(read_done(folder).values(), key=lambda r: r["name"]):
         table = os.path.join(folder, rec["table"])
@@ -297,7 +314,8 @@ def _read_out_dir(folder, events: bool = True):
             continue
         names.append(rec["name"])
         if events:
-            out[rec["name"]] = [Interval(b, e, c, sc) for b, e, c, sc in read_own_table(table)]
+            out[rec["name"]] = [Interval(b, e, c, sc, ch if by_channel else None)
+                                for b, e, c, sc, ch in read_own_table(table, channels=True)]
     return out, names
 
 
@@ -345,14 +363,23 @@ def load_detections(path: str):
         sel = []
         for t in (singles or tables):
             sel += read_tables(t)
-        return _group(check_scores(sel)), None, classes
+        return _tables_channels(_group(check_scores(sel)), settings), None, classes
     done = None
     if os.path.basename(path) == DETECTIONS_CSV and is_out_dir(folder):
         done = _read_out_dir(folder, events=False)[1]
     got = _read_detections_csv(path) if path.lower().endswith(".csv") else None
     if got is not None:
         return got, done, classes
-    return _group(check_scores(read_tables(path))), done, classes
+    return _tables_channels(_group(check_scores(read_tables(path))), settings), done, classes
+
+
+def _tables_channels(dets, settings):
+    """Detections read from Raven tables keep their Channel only when a detect --channel N or all run wrote
+    them (its detect.json says so): another detector's tables, and detect's mixed runs, say Channel 1 for
+    sound from every channel, and must match annotations on any channel."""
+    if settings and settings.get("channel", "mix") != "mix":
+        return dets
+    return {r: [replace(i, channel=None) for i in v] for r, v in dets.items()}
 
 
 def load_pair(detections_path: str, annotations_path: str, label_col=None, classes=None):
@@ -363,7 +390,7 @@ def load_pair(detections_path: str, annotations_path: str, label_col=None, class
 
     dets, processed, detect_classes = load_detections(detections_path)
     if is_out_dir(annotations_path):   # another detect's output as the reference: its tables, once each
-        anns_raw = {r: [Interval(i.begin, i.end, i.label) for i in v]
+        anns_raw = {r: [Interval(i.begin, i.end, i.label, None, i.channel) for i in v]
                     for r, v in _read_out_dir(annotations_path)[0].items()}
     else:
         # a reviewed table's false and unsure rows are not calls (convnet review's verdicts)

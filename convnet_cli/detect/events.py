@@ -35,6 +35,7 @@ class Event:
     end: float
     label: str
     score: float   # highest window probability in the event
+    channel: int | None = None   # the recording's channel it was found on (detect --channel); None: mixed
 
 
 def is_background(label: str) -> bool:

@@ -2,11 +2,13 @@
 
 - `<stem>.selections.txt`: a Raven Pro selection table per recording, tab-separated, header
   `Selection View Channel Begin Time (s) End Time (s) Low Freq (Hz) High Freq (Hz) Begin File Class Score`,
-  one row per event, View `Spectrogram 1`, Channel 1, times in seconds from the recording's start.
+  one row per event, View `Spectrogram 1`, Channel the event's (1 for a mix of the channels), times in
+  seconds from the recording's start.
 - `detections.selections.txt` (--combined): one table over all recordings with Raven's multi-file columns:
   `Begin Time (s)` counts from the start of the first recording as if the recordings were played one after
   another (Raven's file-sequence time), `File Offset (s)` from the start of the recording `Begin Path`.
-- `detections.csv`: `filename,begin_s,end_s,class,score` over all recordings.
+- `detections.csv`: `filename,begin_s,end_s,class,score` over all recordings (and `,channel` when detect read
+  the channels apart: `--channel N` or `all`).
 - `scores.csv` (--scores): `filename,begin_s,end_s,<label 1>,...` one row per window.
 
 Times are written with 3 decimals (1 ms: finer than any spectrogram hop), scores with 4 and window
@@ -33,6 +35,7 @@ TABLE_SUFFIX = ".selections.txt"
 COMBINED_NAME = "detections" + TABLE_SUFFIX
 DETECTIONS_CSV = "detections.csv"
 DETECTIONS_HEADER = ("filename", "begin_s", "end_s", "class", "score")
+CHANNEL_COLUMN = "channel"      # detections.csv's last column when detect read the channels apart
 SCORES_CSV = "scores.csv"
 TABLE_HEADER = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
                 "High Freq (Hz)", "Begin File", "Class", "Score")
@@ -55,10 +58,11 @@ def _clean(text) -> str:
 
 
 def table_text(events, begin_file: str, low_hz: float, high_hz: float) -> str:
-    """A Raven selection table of one recording's events (Event-like: begin, end, label, score)."""
+    """A Raven selection table of one recording's events (Event-like: begin, end, label, score; a `channel`
+    attribute that is not None goes into the Channel column)."""
     lines = ["\t".join(TABLE_HEADER)]
     for i, e in enumerate(events, 1):
-        lines.append("\t".join([str(i), VIEW, str(CHANNEL), _t(e.begin), _t(e.end), _hz(low_hz), _hz(high_hz),
+        lines.append("\t".join([str(i), VIEW, str(getattr(e, "channel", None) or CHANNEL), _t(e.begin), _t(e.end), _hz(low_hz), _hz(high_hz),
                                 _clean(begin_file), _clean(e.label), f"{e.score:.4f}"]))
     return "\n".join(lines) + "\n"
 
@@ -93,9 +97,10 @@ def detection_row(where: str, cells) -> tuple:
     return times[0], times[1], c, score
 
 
-def read_own_table(path: str) -> list:
-    """Rows of a table this module wrote -> [(begin, end, class, score)]; DataError naming the line of a row
-    that is not one (detection_row). (Other tables go through convnet_cli.ingest.annotations.read_tables.)"""
+def read_own_table(path: str, channels: bool = False) -> list:
+    """Rows of a table this module wrote -> [(begin, end, class, score)] (with `channels`: (begin, end, class,
+    score, channel)); DataError naming the line of a row that is not one (detection_row). (Other tables go
+    through convnet_cli.ingest.annotations.read_tables.)"""
     out = []
     try:
         with open(path, encoding="utf-8", newline="") as f:
@@ -111,6 +116,7 @@ def read_own_table(path: str) -> list:
     except ValueError:
         raise DataError(f"{path} line 1: not a table detect wrote (its header lacks Begin Time (s), End Time (s), "
                         "Class or Score); run detect again with --overwrite") from None
+    ci = header.index("Channel") if "Channel" in header else None
     for lineno, line in enumerate(lines[1:], 2):
         row = line.rstrip("\r").split("\t")
         if not line.strip():
@@ -118,7 +124,11 @@ def read_own_table(path: str) -> list:
         if len(row) != len(header):
             raise DataError(f"{path} line {lineno}: {len(row)} cells, the header has {len(header)}; run detect "
                             "again with --overwrite")
-        out.append(detection_row(f"{path} line {lineno}", [row[i] for i in cols]))
+        det = detection_row(f"{path} line {lineno}", [row[i] for i in cols])
+        if channels:
+            cell = row[ci].strip() if ci is not None else ""
+            det = det + (int(cell) if cell.isdigit() and int(cell) >= 1 else CHANNEL,)
+        out.append(det)
     return out
 
 
@@ -155,28 +165,32 @@ def _rows_to_csv(rows) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def write_detections_csv(path: str, per_recording) -> str:
-    """per_recording: iterable of (filename, [(begin, end, class, score)]) -> detections.csv, atomically."""
+def write_detections_csv(path: str, per_recording, channels: bool = False) -> str:
+    """per_recording: iterable of (filename, [(begin, end, class, score[, channel])]) -> detections.csv,
+    atomically; with `channels` a last column `channel` (the 5th item of each event, 1 when absent)."""
     def write(f):
-        f.write(_rows_to_csv([DETECTIONS_HEADER]))
+        f.write(_rows_to_csv([DETECTIONS_HEADER + ((CHANNEL_COLUMN,) if channels else ())]))
         for name, events in per_recording:
-            f.write(_rows_to_csv([(name, _t(b), _t(e), c, f"{s:.4f}") for b, e, c, s in events]))
+            f.write(_rows_to_csv([(name, _t(ev[0]), _t(ev[1]), ev[2], f"{ev[3]:.4f}")
+                                  + ((str(ev[4] if len(ev) > 4 else CHANNEL),) if channels else ())
+                                  for ev in events]))
 
     atomic_write(path, write)
     return path
 
 
 def write_combined_table(path: str, per_recording, low_hz: float, high_hz: float) -> str:
-    """per_recording: iterable of (Begin Path, duration seconds, [(begin, end, class, score)]), in the
+    """per_recording: iterable of (Begin Path, duration seconds, [(begin, end, class, score[, channel])]), in the
     order the recordings follow each other -> one Raven table with file-sequence times, atomically."""
     def write(f):
         f.write(("\t".join(COMBINED_HEADER) + "\n").encode("utf-8"))
         sel, offset = 0, 0.0
         for begin_path, duration, events in per_recording:
             lines = []
-            for b, e, c, s in events:
+            for ev in events:
+                b, e, c, s = ev[:4]
                 sel += 1
-                lines.append("\t".join([str(sel), VIEW, str(CHANNEL), _t(offset + b), _t(offset + e), _hz(low_hz),
+                lines.append("\t".join([str(sel), VIEW, str(ev[4] if len(ev) > 4 else CHANNEL), _t(offset + b), _t(offset + e), _hz(low_hz),
                                         _hz(high_hz), _clean(begin_path), _t(b),
                                         _clean(os.path.basename(begin_path)), _clean(c), f"{s:.4f}"]))
             if lines:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -96,6 +96,26 @@ def iter_scores(path: str, label_names):
             yield name, np.asarray(starts), np.asarray(probs, dtype=np.float64).reshape(-1, k)
 
 
+def _recording_streams(path: str, label_names, channel):
+    """scores.csv -> yield (recording name, [(channel, starts, probs)]) per recording: under the earlier run's
+    --channel all its rows name each channel '<name>#ch<k>' (detect writes a recording's channels one after
+    another); under --channel N every row is channel N; under mix the channel is None."""
+    from convnet_cli.ingest.audio import split_stream_name
+
+    base, streams = None, []
+    for name, starts, probs in iter_scores(path, label_names):
+        ch = None if channel == "mix" else channel
+        if channel == "all":
+            name, ch = split_stream_name(name)
+        if name != base and streams:
+            yield base, streams
+            streams = []
+        base = name
+        streams.append((ch, starts, probs))
+    if streams:
+        yield base, streams
+
+
 def detect_from_scores(src: str, out_dir: str, *, threshold=None, classes=None, merge_gap=None, split_dip=None,
                        max_event=None, combined: bool = False, overwrite: bool = False) -> RescoreSummary:
     """Write NEW_DIR's tables from SRC's scores.csv (the module docstring). ConfigError/DataError one line."""
@@ -123,23 +143,31 @@ def detect_from_scores(src: str, out_dir: str, *, threshold=None, classes=None, 
                           "--overwrite to replace it, or another --out")
     summary = RescoreSummary(out_dir)
     per_rec, journal = [], []
-    for name, starts, probs in iter_scores(os.path.join(src, raven.SCORES_CSV), label_names):
-        rec = dict(records.get(name) or {"name": name, "path": name, "duration": float(starts[-1]) + duration,
+    channel = st.get("channel", "mix")    # the earlier run's --channel: its events keep their channels
+    for name, streams in _recording_streams(os.path.join(src, raven.SCORES_CSV), label_names, channel):
+        n_windows = sum(len(starts) for _, starts, _ in streams)
+        last = max(float(starts[-1]) for _, starts, _ in streams)
+        rec = dict(records.get(name) or {"name": name, "path": name, "duration": last + duration,
                                          "size": 0, "mtime": 0.0, "table": raven.table_names([name])[name]})
-        events = windows_to_events(starts, probs, label_names, duration, thresholds, wanted, merge_gap, split_dip,
-                                   max_event)
+        events = []
+        for ch, starts, probs in streams:
+            found = windows_to_events(starts, probs, label_names, duration, thresholds, wanted, merge_gap,
+                                      split_dip, max_event)
+            events.extend(replace(e, channel=ch) for e in found)
+        events.sort(key=lambda e: (e.begin, e.channel or 0, e.label))
         raven.write_table(os.path.join(out_dir, rec["table"]), events, os.path.basename(rec["path"]), low_hz,
                           high_hz)
-        rec.update(windows=int(len(starts)), detections=len(events))
+        rec.update(windows=n_windows, detections=len(events))
         rec.pop("scores", None)
         journal.append(json.dumps(rec, sort_keys=True) + "\n")
-        per_rec.append((rec, [(e.begin, e.end, e.label, e.score) for e in events]))
+        per_rec.append((rec, [(e.begin, e.end, e.label, e.score, e.channel or raven.CHANNEL) for e in events]))
         summary.recordings += 1
-        summary.windows += len(starts)
+        summary.windows += n_windows
         summary.detections += len(events)
     per_rec.sort(key=lambda r: r[0]["name"])
     summary.files["detections"] = raven.write_detections_csv(os.path.join(out_dir, raven.DETECTIONS_CSV),
-                                                             ((r["name"], ev) for r, ev in per_rec))
+                                                             ((r["name"], ev) for r, ev in per_rec),
+                                                             channel != "mix")
     if combined:
         summary.files["combined"] = raven.write_combined_table(
             os.path.join(out_dir, raven.COMBINED_NAME),

@@ -18,6 +18,10 @@ Which recording a row belongs to:
 - otherwise the table's file name: `<stem>.Table.1.selections.txt` (any `<stem>.*.txt`) belongs to
   `<stem>.<audio ext>`; `Selection.recording` is then the stem (see `table_stem`).
 
+A `Channel` column (Raven's, 1-based; in a CSV `channel`) gives `Selection.channel`: with make-batches
+`--channel all` (or N) a selection labels that channel only; a table without it (or an empty cell) labels
+every channel.
+
 A `Verdict` column (`convnet review`'s tables and CSVs) gives each row's `Selection.verdict`: true, false or
 unsure (any case; an empty cell is unsure); such a table does not claim its recording as annotated whole.
 
@@ -56,6 +60,7 @@ _LOW_COLUMNS = ("Low Freq (Hz)", "Low Frequency (Hz)", "low_freq", "low_freq_hz"
 _HIGH_COLUMNS = ("High Freq (Hz)", "High Frequency (Hz)", "high_freq", "high_freq_hz", "fmax")
 _FILE_COLUMNS_CSV = ("filename", "file", "recording", "clip_name", "path", "Begin Path", "Begin File")
 _SCORE_COLUMNS = ("Score", "score", "probability", "confidence")
+_CHANNEL_COLUMNS = ("Channel", "channel")
 VERDICTS = ("true", "false", "unsure")
 _RAVEN_SUFFIX = re.compile(r"(\.table\.\d+)?(\.selections)?$", re.IGNORECASE)
 
@@ -75,6 +80,8 @@ class Selection:
     # (its class verified absent), 'unsure' (unknown); None for an ordinary annotation. A multi-label planner
     # reads false as "class absent" and unsure as "class unknown" for the windows the selection covers.
     verdict: str | None = None
+    # the recording's channel the selection is on (Raven's `Channel` column, 1-based); None: every channel
+    channel: int | None = None
 
 
 # ---- names ---------------------------------------------------------------------------------------
@@ -327,10 +334,34 @@ def label_char_error(where, col_name, label):
                      "(a class name is one line without tabs or control characters)")
 
 
-def _parse(path, rows, label_col, in_folder, raven, claims=None, warn=_stderr_warn):
-    header_line, header = rows[0][0], [h.strip() for h in rows[0][1]]
-    bi = _find(header, _BEGIN_COLUMNS)
-    ei = _find(header, _END_COLUMNS)
+@dataclass
+class _Columns:
+    """Where a table's header puts each column a selection is read from (indices; None: absent)."""
+
+    header: list
+    line: int                     # the header's line
+    begin: int
+    end: int
+    number: int | None            # Raven's `Selection`
+    label: int | None
+    low: int | None
+    high: int | None
+    score: int | None
+    verdict: int | None
+    view: int | None
+    offset: int | None            # `File Offset (s)`
+    file: int | None              # `Begin Path`/`Begin File` (Raven) or the CSV's file column
+    channel: int | None           # Raven's `Channel` (1-based)
+
+    def known(self) -> set:
+        return {i for i in (self.begin, self.end, self.number, self.label, self.low, self.high, self.score,
+                            self.verdict, self.view, self.offset, self.file, self.channel) if i is not None}
+
+
+def _columns(path, header, header_line, label_col, in_folder, raven):
+    """The _Columns of a table's header; None for a .txt in a folder that is not a selection table (a note, a
+    skipped.txt). DataError for a table without its time or file columns, or without --label-col's column."""
+    bi, ei = _find(header, _BEGIN_COLUMNS), _find(header, _END_COLUMNS)
     si = _find(header, ("Selection",))
     if bi is None or ei is None:
         if in_folder and si is None and bi is None and ei is None:
@@ -346,11 +377,6 @@ def _parse(path, rows, label_col, in_folder, raven, claims=None, warn=_stderr_wa
                             f"{did_you_mean(label_col, header)}; fix --label-col")
     else:
         li = _find(header, LABEL_COLUMNS)
-    low_i, high_i = _find(header, _LOW_COLUMNS), _find(header, _HIGH_COLUMNS)
-    score_i = _find(header, _SCORE_COLUMNS)
-    verdict_i = _find(header, ("Verdict",))
-    view_i = _find(header, ("View",))
-    offset_i = _find(header, ("File Offset (s)", "File Offset"))
     if raven:
         file_i = _find(header, ("Begin Path",))
         if file_i is None:
@@ -361,15 +387,123 @@ def _parse(path, rows, label_col, in_folder, raven, claims=None, warn=_stderr_wa
             raise DataError(f"{path} line {header_line}: no file name column in the header ({', '.join(header)}); "
                             "a CSV table needs filename,start,end,label (the recording's path relative to "
                             "RECORDINGS in 'filename')")
-    stem = table_stem(path) if file_i is None else None
-    if stem is not None and claims is not None and verdict_i is None:   # reviewed detections annotate nothing whole
+    return _Columns(header, header_line, bi, ei, si, li, _find(header, _LOW_COLUMNS),
+                    _find(header, _HIGH_COLUMNS), _find(header, _SCORE_COLUMNS), _find(header, ("Verdict",)),
+                    _find(header, ("View",)), _find(header, ("File Offset (s)", "File Offset")), file_i,
+                    _find(header, _CHANNEL_COLUMNS))
+
+
+def _row_times(path, lineno, cols, row):
+    """(begin, end) of a row in seconds from its recording's start (its `File Offset (s)` when given)."""
+    header = cols.header
+    begin = _number(path, lineno, header[cols.begin], row[cols.begin], "begin time")
+    end = _number(path, lineno, header[cols.end], row[cols.end], "end time")
+    if cols.offset is not None and row[cols.offset].strip():
+        offset = _number(path, lineno, header[cols.offset], row[cols.offset], "file offset")
+        if offset < 0:
+            raise DataError(f"{path} line {lineno}, column '{header[cols.offset]}': negative file offset "
+                            f"{offset:g} s; the offset is seconds from the start of the row's file")
+        begin, end = offset, offset + (end - begin)
+    if begin < 0 or end < 0:
+        col = header[cols.begin] if begin < 0 else header[cols.end]
+        raise DataError(f"{path} line {lineno}, column '{col}': negative time "
+                        f"{begin if begin < 0 else end:g} s; times are seconds from the recording's start")
+    if end <= begin:
+        raise DataError(f"{path} line {lineno}, column '{header[cols.end]}': end {end:g} s is not after begin "
+                        f"{begin:g} s; fix the selection (or swap the two)")
+    return begin, end
+
+
+def _row_label(path, lineno, cols, row):
+    """The row's label: its label column's cell (refused when empty or holding a tab or control character),
+    or DEFAULT_LABEL in a table without a label column."""
+    if cols.label is None:
+        return DEFAULT_LABEL
+    name = cols.header[cols.label]
+    exc = label_char_error(f"{path} line {lineno}", name, row[cols.label].strip(" "))
+    if exc is not None:
+        raise exc
+    label = row[cols.label].strip()
+    if not label:
+        raise DataError(f"{path} line {lineno}, column '{name}': empty label; label every selection "
+                        f"(or delete the row)")
+    return label
+
+
+def _row_recording(path, lineno, cols, row, stem):
+    """The recording a row names: its file column's path, or (a Raven table without one) the table's stem."""
+    if cols.file is None:
+        return stem
+    recording = _norm_path(row[cols.file])
+    if not recording:
+        raise DataError(f"{path} line {lineno}, column '{cols.header[cols.file]}': empty file name; name the "
+                        "recording this selection belongs to")
+    return recording
+
+
+def _row_channel(path, lineno, cols, row):
+    """The row's `Channel` (1-based int), None without that column or with an empty cell."""
+    if cols.channel is None or not row[cols.channel].strip():
+        return None
+    text = row[cols.channel].strip()
+    if not (text.isdigit() and int(text) >= 1):
+        raise DataError(f"{path} line {lineno}, column '{cols.header[cols.channel]}': {_shown(text)} is not a "
+                        "channel number (1 for the first channel); fix that cell")
+    return int(text)
+
+
+class _Views:
+    """Raven writes each selection once per view under one `Selection` number: `add` keeps the first row of a
+    number, file, channel and times, takes a spectrogram view's frequency box into it, and warns when a number
+    comes back with other times (both kept)."""
+
+    def __init__(self, path, cols, warn, raven):
+        self.path, self.cols, self.warn, self.raven = path, cols, warn, raven
+        self.out = []
+        self.kept = {}       # (Selection, recording, channel, begin, end) -> position in out
+        self.numbered = {}   # (Selection, recording, channel) -> [(begin, end, line)] kept under that number
+
+    def add(self, sel, row, lineno):
+        cols = self.cols
+        number = row[cols.number].strip() if self.raven and cols.number is not None else ""
+        if not number:
+            self.out.append(sel)
+            return
+        key = (number, sel.recording, sel.channel)
+        at = self.kept.get(key + (sel.begin, sel.end))
+        if at is not None:                     # another view of a selection already read
+            view = row[cols.view].strip().lower() if cols.view is not None else ""
+            if view.startswith("spectrogram"):   # the spectrogram view's frequency box wins
+                k = self.out[at]
+                self.out[at] = replace(k, low_freq=sel.low_freq if sel.low_freq is not None else k.low_freq,
+                                       high_freq=sel.high_freq if sel.high_freq is not None else k.high_freq)
+            return
+        others = self.numbered.setdefault(key, [])
+        if others:
+            b0, e0, line0 = others[0]
+            where = "" if cols.file is None else f" of '{sel.recording}'"
+            self.warn(f"{self.path} lines {line0} and {lineno}: Selection {number}{where} appears with other times "
+                      f"({_secs(b0)}-{_secs(e0)} s and {_secs(sel.begin)}-{_secs(sel.end)} s); both kept: give them "
+                      "their own numbers if they are two calls, or delete the wrong row")
+        others.append((sel.begin, sel.end, lineno))
+        self.kept[key + (sel.begin, sel.end)] = len(self.out)
+        self.out.append(sel)
+
+
+def _parse(path, rows, label_col, in_folder, raven, claims=None, warn=_stderr_warn):
+    """The selections of a table's rows [(line, cells)], the first the header (see the module doc); None for
+    a .txt in a folder that is not a selection table. claims: where a Raven table matched to its recording by
+    its file name (and not a review's) says so (read_tables_and_claims)."""
+    header_line, header = rows[0][0], [h.strip() for h in rows[0][1]]
+    cols = _columns(path, header, header_line, label_col, in_folder, raven)
+    if cols is None:
+        return None
+    stem = table_stem(path) if cols.file is None else None
+    if stem is not None and claims is not None and cols.verdict is None:   # reviewed detections annotate nothing whole
         claims.append(Selection(stem, 0.0, 0.0, "", source=path, line=header_line))
-    known = {i for i in (bi, ei, si, li, low_i, high_i, score_i, verdict_i, view_i, offset_i, file_i)
-             if i is not None}
+    known = cols.known()
     text_cols = set()        # columns holding text, for a table without a label column
-    out = []
-    kept = {}                # (Selection, recording, begin, end) -> position in out: Raven's views of one selection
-    numbered = {}            # (Selection, recording) -> [(begin, end, line)] kept under that number
+    views = _Views(path, cols, warn, raven)
     for lineno, row in rows[1:]:
         if not any(c.strip() for c in row):
             continue
@@ -377,73 +511,27 @@ def _parse(path, rows, label_col, in_folder, raven, claims=None, warn=_stderr_wa
             raise DataError(f"{path} line {lineno}: {len(row)} tab-separated cells, the header has {len(header)}: a "
                             "tab inside a label or note? Remove it (a tab separates cells in a Raven table)")
         row = row + [""] * (len(header) - len(row))
-        begin = _number(path, lineno, header[bi], row[bi], "begin time")
-        end = _number(path, lineno, header[ei], row[ei], "end time")
-        if offset_i is not None and row[offset_i].strip():
-            offset = _number(path, lineno, header[offset_i], row[offset_i], "file offset")
-            if offset < 0:
-                raise DataError(f"{path} line {lineno}, column '{header[offset_i]}': negative file offset "
-                                f"{offset:g} s; the offset is seconds from the start of the row's file")
-            begin, end = offset, offset + (end - begin)
-        if begin < 0 or end < 0:
-            col = header[bi] if begin < 0 else header[ei]
-            raise DataError(f"{path} line {lineno}, column '{col}': negative time "
-                            f"{begin if begin < 0 else end:g} s; times are seconds from the recording's start")
-        if end <= begin:
-            raise DataError(f"{path} line {lineno}, column '{header[ei]}': end {end:g} s is not after begin "
-                            f"{begin:g} s; fix the selection (or swap the two)")
-        if li is None:
-            label = DEFAULT_LABEL
-            if not label_col:
-                text_cols.update(i for i, c in enumerate(row[:len(header)])
-                                 if i not in known and c.strip() and plain_decimal(c.strip()) is None)
-        else:
-            exc = label_char_error(f"{path} line {lineno}", header[li], row[li].strip(" "))
-            if exc is not None:
-                raise exc
-            label = row[li].strip()
-            if not label:
-                raise DataError(f"{path} line {lineno}, column '{header[li]}': empty label; label every selection "
-                                f"(or delete the row)")
-        if file_i is None:
-            recording = stem
-        else:
-            recording = _norm_path(row[file_i])
-            if not recording:
-                raise DataError(f"{path} line {lineno}, column '{header[file_i]}': empty file name; name the "
-                                "recording this selection belongs to")
-        low = _optional(path, lineno, header, low_i, row)
-        high = _optional(path, lineno, header, high_i, row)
-        score = _optional(path, lineno, header, score_i, row)
-        verdict = None if verdict_i is None else _verdict(path, lineno, header[verdict_i], row[verdict_i])
-        sel = Selection(recording, begin, end, label, low, high, score, path, lineno, verdict)
-        number = row[si].strip() if raven and si is not None else ""
-        if number:
-            at = kept.get((number, recording, begin, end))
-            if at is not None:                     # another view of a selection already read
-                view = row[view_i].strip().lower() if view_i is not None else ""
-                if view.startswith("spectrogram"):   # the spectrogram view's frequency box wins
-                    k = out[at]
-                    out[at] = replace(k, low_freq=low if low is not None else k.low_freq,
-                                      high_freq=high if high is not None else k.high_freq)
-                continue
-            others = numbered.setdefault((number, recording), [])
-            if others:
-                b0, e0, line0 = others[0]
-                where = "" if file_i is None else f" of '{recording}'"
-                warn(f"{path} lines {line0} and {lineno}: Selection {number}{where} appears with other times "
-                     f"({_secs(b0)}-{_secs(e0)} s and {_secs(begin)}-{_secs(end)} s); both kept: give them their "
-                     "own numbers if they are two calls, or delete the wrong row")
-            others.append((begin, end, lineno))
-            kept[(number, recording, begin, end)] = len(out)
-        out.append(sel)
-    if text_cols:
-        names = [header[i] for i in sorted(text_cols) if header[i] and not _NOT_LABELS.search(header[i])]
-        if names:
-            warn(f"{path}: no label column ({', '.join(LABEL_COLUMNS)}): every selection is labelled "
-                 f"'{DEFAULT_LABEL}'; its text column(s) {', '.join(repr(n) for n in names)} may hold the labels: "
-                 "name one with --label-col")
-    return out
+        begin, end = _row_times(path, lineno, cols, row)
+        if cols.label is None and not label_col:
+            text_cols.update(i for i, c in enumerate(row[:len(header)])
+                             if i not in known and c.strip() and plain_decimal(c.strip()) is None)
+        verdict = None if cols.verdict is None else _verdict(path, lineno, header[cols.verdict], row[cols.verdict])
+        sel = Selection(_row_recording(path, lineno, cols, row, stem), begin, end, _row_label(path, lineno, cols, row),
+                        _optional(path, lineno, header, cols.low, row), _optional(path, lineno, header, cols.high, row),
+                        _optional(path, lineno, header, cols.score, row), path, lineno, verdict,
+                        _row_channel(path, lineno, cols, row))
+        views.add(sel, row, lineno)
+    _warn_unlabelled(path, header, text_cols, warn)
+    return views.out
+
+
+def _warn_unlabelled(path, header, text_cols, warn):
+    """The warning for a table without a label column whose text columns may hold the labels."""
+    names = [header[i] for i in sorted(text_cols) if header[i] and not _NOT_LABELS.search(header[i])]
+    if names:
+        warn(f"{path}: no label column ({', '.join(LABEL_COLUMNS)}): every selection is labelled "
+             f"'{DEFAULT_LABEL}'; its text column(s) {', '.join(repr(n) for n in names)} may hold the labels: "
+             "name one with --label-col")
 
 
 def _verdict(path, lineno, col_name, text):

@@ -1,7 +1,8 @@
 """Audio files -> fixed-length mono float32 clips at the feature sample rate (host only, NumPy).
 
 Steps, each its own function so the batch maker can time them: `read_audio` (decode with soundfile: every
-format its libsndfile reads, `FORMAT_EXTENSIONS`; multichannel mixed to mono by averaging), `resample`
+format its libsndfile reads, `FORMAT_EXTENSIONS`; multichannel mixed to mono by averaging, or one channel
+taken: `--channel`), `resample`
 (scipy.signal.resample_poly by the reduced ratio of the rates), `fit_length` (center-crop when longer,
 zero-pad at the end when shorter). Every failure is a DataError naming the file and the reason, so callers
 can skip the file and list it.
@@ -16,7 +17,7 @@ import stat
 
 import numpy as np
 
-from convnet_cli.errors import DataError
+from convnet_cli.errors import ConfigError, DataError
 from convnet_cli.fileio import special_mode
 
 # The file extensions of each format soundfile (libsndfile) decodes (soundfile.available_formats(); tests check
@@ -44,12 +45,92 @@ MAX_AMPLITUDE = 1e6
 _SHORT_CHUNK = re.compile(r"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 
 
+CHANNEL_MIX, CHANNEL_ALL = "mix", "all"
+MAX_TIME_EXPANSION = 1000.0
+
+
 class AudioError(DataError):
     """An audio file that cannot be used; `reason` is the message without the path."""
 
     def __init__(self, path: str, reason: str):
         super().__init__(f"{path}: {reason}")
         self.path, self.reason = path, reason
+
+
+class ChannelError(ConfigError):
+    """--channel N for a file with fewer channels: a one-line error (exit 2), not a file to skip."""
+
+
+def parse_channel(value, flag: str = "--channel"):
+    """--channel's value: 'mix' (the default: every channel averaged), 'all' (each channel its own stream) or
+    a channel number N >= 1 (int). ConfigError for anything else."""
+    if value is None:
+        return CHANNEL_MIX
+    if isinstance(value, int) and not isinstance(value, bool):
+        text = str(value)
+    else:
+        text = str(value).strip().lower()
+    if text in (CHANNEL_MIX, CHANNEL_ALL):
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise ConfigError(f"{flag} {value}: give a channel number (1 for the first), all (each channel on its own) or "
+                      "mix (the channels averaged, the default)")
+
+
+def check_time_expansion(value, flag: str = "--time-expansion") -> float:
+    """--time-expansion's factor F (the recording was stored slowed down F times) as a float; ConfigError
+    unless 0 < F <= MAX_TIME_EXPANSION."""
+    f = 1.0 if value is None else float(value)
+    if not (math.isfinite(f) and 0 < f <= MAX_TIME_EXPANSION):
+        raise ConfigError(f"{flag} {value}: give the factor the recorder slowed the sound down by (e.g. 10; 1 for a "
+                          f"real-time recording), above 0 and at most {MAX_TIME_EXPANSION:g}")
+    return f
+
+
+def true_rate(header_rate: int, time_expansion: float = 1.0) -> int:
+    """The rate the sound was recorded at: the header's times the time-expansion factor, in whole Hz."""
+    return int(round(int(header_rate) * float(time_expansion)))
+
+
+def check_channel(path: str, channel, channels: int):
+    """ChannelError when the 1-based `channel` (an int; None, 'mix' and 'all' always fit) is not one of the
+    file's `channels`."""
+    if isinstance(channel, int) and not 1 <= channel <= int(channels):
+        raise ChannelError(f"{path}: --channel {channel}, but the file has {int(channels)} channel"
+                           f"{'s' if channels != 1 else ''}; give 1 to {int(channels)}, all or mix")
+
+
+def channel_streams(path: str, channel, channels: int) -> list:
+    """The streams a file of `channels` channels makes under --channel `channel`: [None] (mix: the channels
+    averaged), [N] (one channel, 1-based; ChannelError past the last) or [1, ..., channels] (all)."""
+    if channel in (None, CHANNEL_MIX):
+        return [None]
+    if channel == CHANNEL_ALL:
+        return list(range(1, int(channels) + 1))
+    check_channel(path, channel, channels)
+    return [int(channel)]
+
+
+def take_channel(data, channel):
+    """(n,) float32 of `data` (n, C): channel `channel` (1-based), or the mean of the channels (None)."""
+    if isinstance(channel, int) and not isinstance(channel, bool):
+        return data[:, channel - 1]
+    return data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+
+
+def stream_name(name: str, channel) -> str:
+    """A recording's or clip's name for one channel of it: '<name>#ch<k>' (channel None: the name)."""
+    return name if channel is None else f"{name}#ch{int(channel)}"
+
+
+_STREAM = re.compile(r"^(.*)#ch([1-9][0-9]*)$", re.DOTALL)
+
+
+def split_stream_name(name: str) -> tuple:
+    """(name, channel) of a stream_name ('<name>#ch<k>' -> (name, k)); (name, None) for any other name."""
+    m = _STREAM.match(name)
+    return (m.group(1), int(m.group(2))) if m else (name, None)
 
 
 def is_audio_name(name: str) -> bool:
@@ -109,21 +190,29 @@ def truncation_reason(log: str):
     return None
 
 
-def read_audio(path: str, crop_to=None):
+def read_audio(path: str, crop_to=None, channel=None, time_expansion: float = 1.0):
     """Decode `path` -> ((samples,) float32 mono, sample rate). AudioError (a DataError) on any failure.
 
     crop_to=(rate, n): when the file is already at `rate` and longer than n samples, only its center n
     samples are decoded (the same samples `fit_length` would keep; saves decoding long recordings).
+    channel: None (or 'mix') averages the channels; N (1-based) takes channel N (ChannelError, a ConfigError,
+    when the file has fewer). time_expansion F: the file was stored slowed down F times, so the rate returned
+    is the header's times F.
     """
     import soundfile as sf
 
     check_audio_file(path)
+    channel = None if channel == CHANNEL_MIX else channel
     try:
         with sf.SoundFile(path) as f:
-            sr = int(f.samplerate)
-            if not 0 < sr <= MAX_SAMPLE_RATE:   # before reading: a header can claim any rate
-                raise AudioError(path, f"sample rate {sr} Hz in the header is not a real recording's "
+            sr = true_rate(f.samplerate, time_expansion)
+            if not 0 < int(f.samplerate) <= MAX_SAMPLE_RATE:   # before reading: a header can claim any rate
+                raise AudioError(path, f"sample rate {int(f.samplerate)} Hz in the header is not a real recording's "
                                        f"(expected 1 to {MAX_SAMPLE_RATE:,} Hz); the header is damaged")
+            if not 0 < sr <= MAX_SAMPLE_RATE:
+                raise AudioError(path, f"--time-expansion {time_expansion:g} makes the rate {sr:,} Hz, beyond the "
+                                       f"{MAX_SAMPLE_RATE:,} Hz any recorder reaches; check the factor")
+            check_channel(path, channel, f.channels)
             frames = -1
             if crop_to is not None and sr == int(crop_to[0]) and f.seekable() and f.frames > int(crop_to[1]):
                 frames = int(crop_to[1])
@@ -145,7 +234,7 @@ def read_audio(path: str, crop_to=None):
         raise AudioError(path, "zero-length clip (no samples)")
     if sr <= 0:
         raise AudioError(path, f"invalid sample rate {sr}")
-    mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+    mono = take_channel(data, channel)
     if not np.isfinite(mono).all():
         raise AudioError(path, "holds NaN or infinite samples")
     peak = float(np.abs(mono).max())
@@ -177,7 +266,9 @@ def fit_length(x, n: int):
     return out
 
 
-def load_clip(path: str, spec):
-    """Decode, mix to mono, resample to spec.sample_rate, crop/pad to spec.num_samples -> (samples,) float32."""
-    x, sr = read_audio(path, crop_to=(spec.sample_rate, spec.num_samples))
+def load_clip(path: str, spec, channel=None, time_expansion: float = 1.0):
+    """Decode, mix to mono (or take `channel`), resample to spec.sample_rate, crop/pad to spec.num_samples ->
+    (samples,) float32."""
+    x, sr = read_audio(path, crop_to=(spec.sample_rate, spec.num_samples), channel=channel,
+                       time_expansion=time_expansion)
     return fit_length(resample(x, sr, spec.sample_rate), spec.num_samples)

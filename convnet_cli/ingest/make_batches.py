@@ -26,7 +26,8 @@ from convnet_cli.data.batch_set_swap import install_set
 from convnet_cli.data.writer import (NothingReadError, SetWriter, batch_count, check_fits, check_set_options, deal,
                                      refuse_existing, writing_set)
 from convnet_cli.errors import ConfigError, DataError
-from convnet_cli.ingest.audio import AudioError, fit_length, read_audio, resample
+from convnet_cli.ingest.audio import (CHANNEL_ALL, CHANNEL_MIX, AudioError, channel_streams, check_time_expansion,
+                                     fit_length, parse_channel, read_audio, resample, stream_name)
 from convnet_cli.ingest.features import FeatureSpec, compute_features
 from convnet_cli.ingest.noise import copy_name, make_copy
 from convnet_cli.ingest.sources import collect_dataset
@@ -38,11 +39,12 @@ CHUNK = 32          # clips per task handed to a worker process
 
 # ---- the worker (module level so 'spawn' / 'forkserver' processes can import it) ------------------
 
-def extract_chunk(paths, spec_dict, compute=True, noise=None):
+def extract_chunk(paths, spec_dict, compute=True, noise=None, channels=None, time_expansion=1.0):
     """Decode, resample, crop/pad and (when `compute`) featurize `paths` on the host.
 
     An entry of `paths` may be (path, case, copy): then the clip is copy `copy` of case `case`, made by
-    ingest/noise.py's make_copy with the NoiseOptions `noise`.
+    ingest/noise.py's make_copy with the NoiseOptions `noise`. channels: the channel (1-based) read of each
+    entry, None for the channels mixed (default: every entry mixed); time_expansion: read_audio's.
 
     Returns (array or None, ok positions, [(position, reason)], (decode s, resample s, features s, imports s)).
     The array is (m, 1, H, W) float32 features, or (m, samples) float32 clips when not `compute`.
@@ -59,7 +61,8 @@ def extract_chunk(paths, spec_dict, compute=True, noise=None):
             path, case, copy = path
         t0 = time.perf_counter()
         try:
-            x, sr = read_audio(path, crop_to=(spec.sample_rate, n))
+            x, sr = read_audio(path, crop_to=(spec.sample_rate, n), channel=None if channels is None else channels[j],
+                               time_expansion=time_expansion)
         except AudioError as exc:
             skipped.append((j, exc.reason))
             t_decode += time.perf_counter() - t0
@@ -106,9 +109,9 @@ def _drop_nonfinite(feats, ok, skipped, copies=None):
     return (feats[keep] if keep.size else None), [ok[j] for j in keep]
 
 
-def run_chunks(chunks, spec: FeatureSpec, jobs: int, compute=True, noise=None):
-    """chunks: [(key, paths)] -> yield (key, paths, extract_chunk result) in order, in `jobs` processes
-    (ingest/workers.py: bounded memory, results consumed in order)."""
+def run_chunks(chunks, spec: FeatureSpec, jobs: int, compute=True, noise=None, time_expansion=1.0):
+    """chunks: [(key, paths)] or [(key, paths, channels)] (extract_chunk's) -> yield (key, paths, extract_chunk
+    result) in order, in `jobs` processes (ingest/workers.py: bounded memory, results consumed in order)."""
     spec_dict = spec.to_dict()
 
     def died(item):
@@ -116,33 +119,85 @@ def run_chunks(chunks, spec: FeatureSpec, jobs: int, compute=True, noise=None):
         return (f"a worker process died while reading one of {paths[0]} … {paths[-1]} (out of memory, or a file "
                 "that crashes the decoder); run with --jobs 1 to find out which")
 
-    items = [(key, (paths, spec_dict, compute, noise)) for key, paths in chunks]
+    items = [(c[0], (c[1], spec_dict, compute, noise, c[2] if len(c) > 2 else None, time_expansion)) for c in chunks]
     for (key, args), res in ordered_map(extract_chunk, items, jobs, died=died):
         yield key, args[0], res
 
 
-def features_for_files(paths, spec: FeatureSpec, jobs=1, backend=None):
+def features_for_files(paths, spec: FeatureSpec, jobs=1, backend=None, channels=None, time_expansion=1.0,
+                       positions=False):
     """Features of audio files as make-batches computes them (for `convnet predict` on raw audio).
 
-    Returns (array (n, 1, H, W) float32, ok_paths, skipped [(path, reason)]). The array is a host numpy
+    Returns (array (n, 1, H, W) float32, ok_paths, skipped [(path, reason)]); with `positions`, the files'
+    positions in `paths` instead of their paths (a file read for two channels is there twice). The array is a host numpy
     array, or a device array when `backend` is a GPU backend (decoding stays on the host; the features
-    are computed on the GPU).
+    are computed on the GPU). channels: the channel read of each file (1-based; None: mixed), as
+    extract_chunk's; time_expansion: read_audio's.
     """
     paths = [os.fspath(p) for p in paths]
     on_gpu = backend is not None and getattr(backend, "is_gpu", False)
-    chunks = [(a, paths[a:a + CHUNK]) for a in range(0, len(paths), CHUNK)]
-    parts, ok_paths, skipped = [], [], []
-    for _, chunk, (arr, ok, bad, _) in run_chunks(chunks, spec, jobs or 1, compute=not on_gpu):
+    chunks = [(a, paths[a:a + CHUNK], None if channels is None else list(channels[a:a + CHUNK]))
+              for a in range(0, len(paths), CHUNK)]
+    parts, ok_at, skipped = [], [], []
+    for a, chunk, (arr, ok, bad, _) in run_chunks(chunks, spec, jobs or 1, compute=not on_gpu,
+                                                  time_expansion=time_expansion):
         if arr is not None:
             parts.append(compute_features(backend.asarray(arr), spec, backend.xp) if on_gpu else arr)
-        ok_paths.extend(chunk[j] for j in ok)
-        skipped.extend((chunk[j], reason) for j, reason in bad)
+        ok_at.extend(a + j if positions else chunk[j] for j in ok)
+        skipped.extend((a + j if positions else chunk[j], reason) for j, reason in bad)
     xp = backend.xp if on_gpu else np
     if parts:
         out = xp.concatenate(parts) if len(parts) > 1 else parts[0]
     else:
         out = xp.zeros((0,) + spec.shape, dtype=xp.float32)
-    return out, ok_paths, skipped
+    return out, ok_at, skipped
+
+
+def file_streams(path: str, channel) -> list:
+    """The streams of one audio file under --channel `channel` (audio.py's channel_streams): [None] for
+    'mix'; for N or 'all' the file's header is read (a file that cannot be read is one stream, [1] or [N],
+    which its reader then skips with the reason)."""
+    if channel in (None, CHANNEL_MIX):
+        return [None]
+    import soundfile as sf
+
+    try:
+        channels = int(sf.info(path).channels)
+    except Exception:  # noqa: BLE001 - any unreadable file: the reader says why, and skips it
+        return [1 if channel == CHANNEL_ALL else int(channel)]
+    return channel_streams(path, channel, channels)
+
+
+def channel_dataset(ds, channel):
+    """The Dataset (sources.py) under --channel `channel`: unchanged for 'mix'; for N every clip read from its
+    channel N (ChannelError, exit 2, for a file with fewer); for 'all' each channel of a clip a case of its
+    own, named '<name>#ch<k>', with the clip's label. `channels` of the result: each case's channel."""
+    channel = parse_channel(channel)
+    if channel == CHANNEL_MIX:
+        return ds
+    paths, names, src, chans = [], [], [], []
+    for i, (p, name) in enumerate(zip(ds.paths, ds.names)):
+        for ch in file_streams(p, channel):
+            paths.append(p)
+            names.append(stream_name(name, ch) if channel == CHANNEL_ALL else name)
+            src.append(i)
+            chans.append(ch)
+    src = np.asarray(src, dtype=np.int64)
+    multi = None if ds.multi is None else ds.multi.take(src)
+    extra = dict(ds.extra, files=list(ds.names), file_of=src)
+    return dataclasses.replace(ds, paths=paths, names=names, labels=ds.labels[src], multi=multi, channels=chans,
+                               extra=extra)
+
+
+def split_keys(ds, split_by):
+    """The groups of the split: --split-by's on the case names, else (the channels of one file as cases of
+    their own) each case's file, so a file's channels stay on one side; None: no groups."""
+    if split_by:
+        return split_groups(ds.names, split_by)
+    if "file_of" in ds.extra:
+        files = ds.extra["files"]
+        return [files[i] for i in ds.extra["file_of"]]
+    return None
 
 
 # ---- planning ------------------------------------------------------------------------------------
@@ -228,15 +283,18 @@ def with_copies(ds, plan: Plan, noise, batch_size: int, seed: int):
     n = len(ds)
     train_idx = np.sort(np.concatenate(plan.batches[:plan.num_train])) if plan.num_train else np.zeros(0, np.int64)
     paths, names, source = list(ds.paths), list(ds.names), []
+    chans = None if ds.channels is None else list(ds.channels)
     for copy in range(1, noise.copies + 1):
         for i in train_idx.tolist():
             paths.append((ds.paths[i], i, copy))
             names.append(copy_name(ds.names[i], copy))
             source.append(i)
+            if chans is not None:
+                chans.append(ds.channels[i])
     source = np.asarray(source, dtype=np.int64)
     labels = np.concatenate([ds.labels, ds.labels[source]])
     multi = None if ds.multi is None else ds.multi.concat([ds.multi, ds.multi.take(source)])
-    big = dataclasses.replace(ds, paths=paths, names=names, labels=labels, multi=multi)
+    big = dataclasses.replace(ds, paths=paths, names=names, labels=labels, multi=multi, channels=chans)
     all_train = np.concatenate([train_idx, np.arange(n, n + len(source), dtype=np.int64)])
     train_batches = deal(all_train, big.targets.labels, batch_count(all_train.size, batch_size),
                          np.random.default_rng([int(seed), 1]))
@@ -257,7 +315,7 @@ def check_clips_fit(batch_dir, plan, num_vis, dtype, noise):
 def make_batches(audio_dir, batch_dir, *, labels_csv=None, file_col=None, label_col=None, no_labels=False,
                  features: FeatureSpec = None, batch_size=1000, test_fraction=0.2, split_by=None, seed=0,
                  jobs=None, dtype="float32", overwrite=False, progress=True, label_names=None, noise=None,
-                 multi_label=False) -> dict:
+                 multi_label=False, channel=CHANNEL_MIX, time_expansion=1.0) -> dict:
     """Write BATCH_DIR/data_batch_1..K, batches.meta and skipped.txt from the audio of AUDIO_DIR.
 
     Returns a summary dict: files, read, skipped, classes, batches, train_range, test_range, train_cases,
@@ -266,12 +324,14 @@ def make_batches(audio_dir, batch_dir, *, labels_csv=None, file_col=None, label_
 
     noise: ingest/noise.py's NoiseOptions (--noise-dir, --copies, ...): noisy copies of the training clips.
     multi_label: every clip a set of classes (sources.py's collect_dataset), batch files with `targets`.
+    channel: --channel ('mix', 'all' or N; see channel_dataset); time_expansion: --time-expansion's factor.
 
     Long recordings with annotation tables take convnet_cli/ingest/recordings.py instead.
     """
     t_start = time.perf_counter()
     spec = new_set_features(features)
     check_set_options(batch_size, test_fraction, dtype, jobs, seed)
+    channel, time_expansion = parse_channel(channel), check_time_expansion(time_expansion)
     batch_dir = os.fspath(batch_dir)
     if jobs is None:
         from convnet_cli.backend import default_threads
@@ -279,7 +339,8 @@ def make_batches(audio_dir, batch_dir, *, labels_csv=None, file_col=None, label_
         jobs = default_threads()
     refuse_existing(batch_dir, overwrite)
     ds = collect_dataset(audio_dir, labels_csv, file_col, label_col, no_labels, label_names, multi_label)
-    groups = split_groups(ds.names, split_by) if split_by else None
+    ds = channel_dataset(ds, channel)
+    groups = split_keys(ds, split_by)
     plan = plan_batches(ds.targets.labels, int(batch_size), float(test_fraction), int(seed), groups)
     clips = len(ds)
     check_clips_fit(batch_dir, plan, int(np.prod(spec.shape)), dtype, noise)
@@ -288,11 +349,11 @@ def make_batches(audio_dir, batch_dir, *, labels_csv=None, file_col=None, label_
 
     with writing_set(batch_dir, overwrite) as staging:
         writer = SetWriter(staging, int(np.prod(spec.shape)), dtype)
-        skipped, timings = write_batches(ds, plan, spec, writer, jobs, progress, noise)
+        skipped, timings = write_batches(ds, plan, spec, writer, jobs, progress, noise, time_expansion)
         files = finish_clips(ds, spec, writer, skipped, noise)
         install_set(staging, batch_dir, files)
     summary = clip_summary(ds, spec, writer, skipped, timings)
-    summary.update(batch_dir=batch_dir, files=clips, classes=len(ds.label_names),
+    summary.update(batch_dir=batch_dir, files=len(ds.extra.get("files", ())) or clips, classes=len(ds.label_names),
                    label_names=list(ds.label_names), seconds=time.perf_counter() - t_start)
     return summary
 
@@ -309,24 +370,24 @@ def case_targets(ds, index):
     return ds.targets.take(np.asarray(index, dtype=np.int64))
 
 
-def write_batches(ds, plan, spec, writer: SetWriter, jobs, progress, noise=None) -> tuple:
+def write_batches(ds, plan, spec, writer: SetWriter, jobs, progress, noise=None, time_expansion=1.0) -> tuple:
     """Compute the features of the planned batches in chunks (in `jobs` processes) and hand each batch to the
     writer as soon as all its chunks are in; clips that cannot be read are skipped (a batch file may come out
     smaller, or not at all). Returns (skipped [(name, reason)], timings (4,): decode, resample, features,
     imports summed over the workers)."""
     num_vis = int(np.prod(spec.shape))
-    chunks = []           # ((planned batch index, dataset indices), paths)
+    chunks = []           # ((planned batch index, dataset indices), paths, channels)
     for b, idx in enumerate(plan.batches):
         for a in range(0, len(idx), CHUNK):
             part = idx[a:a + CHUNK]
-            chunks.append(((b, part), [ds.paths[i] for i in part]))
+            chunks.append(chunk_of(ds, (b, part), part))
     remaining = [len(idx) for idx in plan.batches]
     # rows of the labels CSV refused before decoding (names outside AUDIO_DIR) are listed first
     skipped = list(ds.extra.get("skipped", []))
     timings = np.zeros(4)
     parts = []
     with Progress("make-batches", len(ds), "clips", enabled=progress) as bar, \
-            closing(run_chunks(chunks, spec, jobs, noise=noise)) as results:
+            closing(run_chunks(chunks, spec, jobs, noise=noise, time_expansion=time_expansion)) as results:
         for (b, part), chunk, (arr, ok, bad, times) in results:
             timings += times
             skipped.extend(chunk_skipped(ds, part, bad))
@@ -340,6 +401,11 @@ def write_batches(ds, plan, spec, writer: SetWriter, jobs, progress, noise=None)
             writer.write(cols, case_targets(ds, index), [ds.names[i] for i in index], b < plan.num_train,
                          copies=sum(1 for i in index if not isinstance(ds.paths[i], str)))
     return skipped, timings
+
+
+def chunk_of(ds, key, part) -> tuple:
+    """run_chunks's (key, paths, channels) for the dataset's cases `part`."""
+    return key, [ds.paths[i] for i in part], None if ds.channels is None else [ds.channels[i] for i in part]
 
 
 def chunk_skipped(ds, part, bad) -> list:

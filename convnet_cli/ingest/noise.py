@@ -249,7 +249,7 @@ def window_copies(recs, plan, cases, spec, hop_s: float, opts: NoiseOptions, out
             mine = cases[plan.rec[cases] == ri]
             mine = mine[np.argsort(plan.win[mine], kind="stable")]
             try:
-                reader = RecordingReader(recs[ri].path, spec.sample_rate)
+                reader = RecordingReader(recs[ri].path, spec.sample_rate, recs[ri].channel, recs[ri].time_expansion)
             except AudioError as exc:
                 bad[ri] = exc.reason
                 continue

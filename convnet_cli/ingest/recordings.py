@@ -33,13 +33,14 @@ from convnet_cli.data.writer import (NothingReadError, SetWriter, batch_count, c
                                      refuse_existing, writing_set)
 from convnet_cli.errors import ConfigError, DataError, did_you_mean
 from convnet_cli.ingest.annotations import assign_to_recordings, clip_to_duration, read_tables_and_claims
-from convnet_cli.ingest.audio import AudioError
+from convnet_cli.ingest.audio import (CHANNEL_ALL, CHANNEL_MIX, AudioError, channel_streams, check_time_expansion,
+                                     parse_channel, stream_name)
 from convnet_cli.ingest.features import FeatureSpec
 from convnet_cli.ingest.make_batches import new_set_features, split_groups
 from convnet_cli.ingest.noise import copy_name, window_copies
 from convnet_cli.ingest.sources import find_audio
-from convnet_cli.ingest.windows import (WindowSpec, class_overlap, iter_selected_window_features, label_windows,
-                                        recording_info, window_count, window_starts)
+from convnet_cli.ingest.windows import (WindowSpec, class_overlap, covers_enough, iter_selected_window_features,
+                                        label_windows, recording_header, window_count, window_overlaps, window_starts)
 from convnet_cli.ingest.workers import ordered_map
 from convnet_cli.parallel import SingleWorld, on_root
 from convnet_cli.progress import AudioProgress
@@ -60,6 +61,12 @@ class Recording:
     # annotated whole: a table without a Verdict column names it, so a window no annotation covers is
     # background. A recording named only by reviewed detections (verdict rows) is not (see plan_windows).
     whole: bool = False
+    channel: int | None = None     # the channel read (1-based; --channel N or all), None: the channels mixed
+    time_expansion: float = 1.0    # --time-expansion: the file's rate times this is the true rate
+    name: str = ""                 # what the cases' names start with: rel, or '<rel>#ch<k>' under --channel all
+
+    def __post_init__(self):
+        self.name = self.name or self.rel
 
 
 @dataclass
@@ -112,12 +119,15 @@ class _CappedWarn:
             self.warn(f"warning: … and {self.n - self.limit} more {self.what}")
 
 
-def collect_recordings(recordings_dir, tables, label_col=None, warn=print):
+def collect_recordings(recordings_dir, tables, label_col=None, warn=print, channel=CHANNEL_MIX,
+                       time_expansion: float = 1.0):
     """([Recording with selections], [(rel, reason) skipped], {label: 'table line N' where first found}).
 
     The labels are those of every selection the tables hold, also of selections past a recording's end and
     of recordings that are skipped: they are the classes of the set (see plan_windows). DataError for bad
-    tables or paths."""
+    tables or paths. channel: --channel's value ('mix', 'all' or N): with 'all' each channel of a recording is
+    a Recording of its own (named '<rel>#ch<k>'), and a selection with a `Channel` labels that channel only;
+    ChannelError (exit 2) for an N past a recording's channels. time_expansion: --time-expansion's factor."""
     recordings_dir = os.fspath(recordings_dir)
     if not os.path.exists(recordings_dir):
         raise DataError(f"{recordings_dir}: no such folder; give the folder that holds the recordings")
@@ -148,17 +158,61 @@ def collect_recordings(recordings_dir, tables, label_col=None, warn=print):
             continue
         path = os.path.join(root, rel)
         try:
-            duration, sr = recording_info(path)
+            duration, sr, channels = recording_header(path, time_expansion)
         except AudioError as exc:
             skipped.append((rel, exc.reason))
             continue
-        recs.append(Recording(rel, path, duration, sr, clip_to_duration(by_rec[rel], duration, clip_warn),
-                              whole=rel in claimed))
+        sels = clip_to_duration(by_rec[rel], duration, clip_warn)
+        streams = channel_streams(path, channel, channels)
+        if streams != [None]:
+            sels = _on_channels(sels, channels, rel, clip_warn)
+        for ch in streams:
+            mine = sels if ch is None else [s for s in sels if s.channel is None or s.channel == ch]
+            recs.append(Recording(rel, path, duration, sr, mine, whole=rel in claimed, channel=ch,
+                                  time_expansion=float(time_expansion),
+                                  name=stream_name(rel, ch) if channel == CHANNEL_ALL else rel))
     clip_warn.close()
     return recs, skipped, labels
 
 
+def _on_channels(selections, channels, rel, warn):
+    """The selections whose `Channel` is one of the recording's `channels` (or none); warn(line) for the others."""
+    out = []
+    for s in selections:
+        if s.channel is not None and s.channel > channels:
+            where = f"{s.source} line {s.line}" if s.source else s.recording
+            warn(f"{where}: selection on channel {s.channel}, but '{rel}' has {channels} channel"
+                 f"{'s' if channels != 1 else ''}; left out")
+            continue
+        out.append(s)
+    return out
+
+
 # ---- step 2: the plan ---------------------------------------------------------------------------------
+
+def labels_of(recs) -> dict:
+    """{label: where first found ('table line N', or the recording)} of the recordings' selections."""
+    found = {}
+    for r in recs:
+        for s in r.selections:
+            found.setdefault(s.label, f"{s.source} line {s.line}" if s.source else s.recording)
+    return found
+
+
+def checked_label_names(label_names, table_labels) -> list | None:
+    """--label-names as a list of str (None when not given): ConfigError unless each name is given once and
+    none is empty, DataError naming where a table label not among them is first found."""
+    if label_names is None:
+        return None
+    names = [str(n) for n in label_names]
+    if not names or len(set(names)) != len(names) or not all(names):
+        raise ConfigError(f"--label-names {','.join(names)}: give each name once (none empty)")
+    missing = [c for c in table_labels if c not in names]
+    if missing:
+        raise DataError(f"{table_labels[missing[0]]}: label '{missing[0]}' is not one of the label names "
+                        f"({', '.join(names)}){did_you_mean(missing[0], names)}; fix the table or --label-names")
+    return names
+
 
 def plan_windows(recs, spec: FeatureSpec, hop_s, min_overlap=0.5, background="background", background_ratio=None,
                  seed=0, label_names=None, table_labels=None) -> WindowPlan:
@@ -177,20 +231,8 @@ def plan_windows(recs, spec: FeatureSpec, hop_s, min_overlap=0.5, background="ba
     touches. A recording named only by verdict rows (not `whole`, no ordinary annotation) was reviewed, not
     annotated: only its windows a true or false verdict covers are kept (`not_reviewed` counts the rest).
     """
-    if table_labels is None:
-        table_labels = {}
-        for r in recs:
-            for s in r.selections:
-                table_labels.setdefault(s.label, f"{s.source} line {s.line}" if s.source else s.recording)
-    if label_names is not None:
-        label_names = [str(n) for n in label_names]
-        if not label_names or len(set(label_names)) != len(label_names) or not all(label_names):
-            raise ConfigError(f"--label-names {','.join(label_names)}: give each name once (none empty)")
-        missing = [c for c in table_labels if c not in label_names]
-        if missing:
-            raise DataError(f"{table_labels[missing[0]]}: label '{missing[0]}' is not one of the label names "
-                            f"({', '.join(label_names)}){did_you_mean(missing[0], label_names)}; fix the table or "
-                            "--label-names")
+    table_labels = table_labels if table_labels is not None else labels_of(recs)
+    label_names = checked_label_names(label_names, table_labels)
     recs_i, wins, codes, hards = [], [], [], []
     code = {}                     # label -> provisional id (ints per window, not strings: months of audio fit)
     left_out = not_reviewed = 0
@@ -255,18 +297,10 @@ def plan_windows(recs, spec: FeatureSpec, hop_s, min_overlap=0.5, background="ba
 
 def _covered(starts, window_s, selections, min_overlap):
     """(n,) bool: windows that one of `selections` overlaps by at least `min_overlap` of the shorter of the
-    two (None: by any amount), as label_windows measures it."""
+    two (None: by any amount), as label_windows measures it (windows.py's window_overlaps, covers_enough)."""
     out = np.zeros(len(starts), dtype=bool)
-    eps = 1e-9
-    for s in selections:
-        lo = int(np.searchsorted(starts, s.begin - window_s, side="right"))
-        hi = int(np.searchsorted(starts, s.end, side="left"))
-        if hi <= lo:
-            continue
-        t = starts[lo:hi]
-        ov = np.minimum(t + window_s, s.end) - np.maximum(t, s.begin)
-        need = eps if min_overlap is None else min_overlap * min(window_s, s.end - s.begin) - eps
-        out[lo:hi] |= (ov > eps) & (ov >= need)
+    for s, lo, hi, ov, hit in window_overlaps(np.asarray(starts, dtype=np.float64), window_s, selections):
+        out[lo:hi] |= covers_enough(ov, hit, window_s, s, min_overlap)
     return out
 
 
@@ -286,20 +320,9 @@ def plan_multilabel_windows(recs, spec: FeatureSpec, hop_s, min_overlap=0.5, bac
     whatever `background_ratio` says (verified negatives); `unsure` makes its class unknown where it is not
     present. A recording named only by verdict rows keeps only the windows a true or false verdict covers.
     """
-    if table_labels is None:
-        table_labels = {}
-        for r in recs:
-            for s in r.selections:
-                table_labels.setdefault(s.label, f"{s.source} line {s.line}" if s.source else s.recording)
-    if label_names is not None:
-        names = [str(n) for n in label_names]
-        if not names or len(set(names)) != len(names) or not all(names):
-            raise ConfigError(f"--label-names {','.join(names)}: give each name once (none empty)")
-        missing = [c for c in table_labels if c not in names]
-        if missing:
-            raise DataError(f"{table_labels[missing[0]]}: label '{missing[0]}' is not one of the label names "
-                            f"({', '.join(names)}){did_you_mean(missing[0], names)}; fix the table or --label-names")
-    else:
+    table_labels = table_labels if table_labels is not None else labels_of(recs)
+    names = checked_label_names(label_names, table_labels)
+    if names is None:
         names = sorted(table_labels)
     k = len(names)
     index = {c: j for j, c in enumerate(names)}
@@ -424,8 +447,10 @@ def split_by_group(groups, labels, test_fraction, seed, what="recording"):
 
 # ---- step 3: extraction (module level so 'spawn' processes can import it) ---------------------------
 
-def extract_task(path, spec_dict, hop_s, keep, out_path, block_s=None, on_block=None):
-    """Features of windows `keep` of `path`, appended as (n, num_vis) float32 rows to out_path.
+def extract_task(path, spec_dict, hop_s, keep, out_path, block_s=None, on_block=None, channel=None,
+                 time_expansion=1.0):
+    """Features of windows `keep` of `path` (its `channel`, or the channels mixed), appended as (n, num_vis)
+    float32 rows to out_path.
 
     Returns (rows written, None), or (0, reason) when the recording cannot be read (the partial file is
     removed). on_block(t): see iter_selected_window_features."""
@@ -434,7 +459,8 @@ def extract_task(path, spec_dict, hop_s, keep, out_path, block_s=None, on_block=
     try:
         with open(out_path, "wb") as f:
             for starts, feats in iter_selected_window_features(path, spec, hop_s, keep, batch=256, block_s=block_s,
-                                                               on_block=on_block):
+                                                               on_block=on_block, channel=channel,
+                                                               time_expansion=time_expansion):
                 f.write(np.ascontiguousarray(feats, dtype=np.float32).tobytes())
                 n += len(starts)
         return n, None
@@ -489,7 +515,9 @@ def _run_tasks(tasks, recs, spec, hop_s, staging, jobs, on_progress):
                     on_progress(step)
 
             try:
-                n, reason = extract_task(recs[t[1]].path, spec_dict, hop_s, t[2], out(t), on_block=on_block)
+                r = recs[t[1]]
+                n, reason = extract_task(r.path, spec_dict, hop_s, t[2], out(t), on_block=on_block, channel=r.channel,
+                                         time_expansion=r.time_expansion)
             finally:
                 on_progress(max(0.0, span - reported[0]))
             yield t, n, reason
@@ -499,7 +527,8 @@ def _run_tasks(tasks, recs, spec, hop_s, staging, jobs, on_progress):
         return (f"a worker process died while reading {recs[item[0][1]].path} (out of memory, or a file that "
                 "crashes the decoder); run with --jobs 1 to see more")
 
-    items = [(t, (recs[t[1]].path, spec_dict, hop_s, t[2], out(t))) for t in tasks]
+    items = [(t, (recs[t[1]].path, spec_dict, hop_s, t[2], out(t), None, None, recs[t[1]].channel,
+                  recs[t[1]].time_expansion)) for t in tasks]
     for (t, _), (n, reason) in ordered_map(extract_task, items, jobs, ahead=2, died=died):
         on_progress(t[4])
         yield t, n, reason
@@ -553,6 +582,8 @@ class AnnotationOptions:
     label_col: str | None = None
     label_names: list | None = None
     multi_label: bool = False             # every window a set of classes (SPEC 17)
+    channel: object = CHANNEL_MIX         # --channel: 'mix', 'all' or N (1-based)
+    time_expansion: float = 1.0           # --time-expansion: the true rate is the header's times this
     batch_size: int = 1000
     test_fraction: float = 0.2
     split_by: str | None = None
@@ -564,6 +595,8 @@ class AnnotationOptions:
 
     def check(self, spec):
         check_set_options(self.batch_size, self.test_fraction, self.dtype, self.jobs, self.seed)
+        self.channel = parse_channel(self.channel)
+        self.time_expansion = check_time_expansion(self.time_expansion)
         _check(self.window_hop, float(self.min_overlap), self.background, self.background_ratio, spec)
 
 
@@ -624,14 +657,17 @@ def make_batches_from_annotations(recordings_dir, batch_dir, tables, *, features
 def _plan(recordings_dir, batch_dir, tables, spec, window, o, world, warn):
     """Steps 1 and 2: (recordings, skipped [(rel, reason)], WindowPlan). The one-line errors of a plan that
     cannot make a set (no recording, no window, one class, too large for the disk)."""
-    recs, skipped, table_labels = collect_recordings(recordings_dir, tables, o.label_col, warn)
+    recs, skipped, table_labels = collect_recordings(recordings_dir, tables, o.label_col, warn, o.channel,
+                                                     o.time_expansion)
     num_vis = int(np.prod(spec.shape))
     if o.background_ratio is None:   # every window is kept: refuse a count that cannot fit before planning it
         on_root(world, lambda: check_windows_fit(batch_dir, sum(window_count(r.duration, window.duration, window.hop)
                                                                 for r in recs), num_vis, o.dtype, o.window_hop))
     short = [r for r in recs if window_count(r.duration, window.duration, window.hop) == 0]
     for r in short:
-        skipped.append((r.rel, f"shorter ({r.duration:.3f} s) than one window ({window.duration:g} s)"))
+        why = (r.rel, f"shorter ({r.duration:.3f} s) than one window ({window.duration:g} s)")
+        if why not in skipped:   # the channels of one file: named once
+            skipped.append(why)
     recs = [r for r in recs if r not in short]
     skipped.sort()
     if not recs:
@@ -666,11 +702,11 @@ def _split(recs, plan, o, batch_dir, spec, world, noise):
     overlap, or none)."""
     if o.split_by:
         keys = split_groups([recs[i].rel for i in range(len(recs))], o.split_by)
-        key_id = {k: j for j, k in enumerate(sorted(set(keys)))}
-        groups = np.array([key_id[keys[i]] for i in plan.rec], dtype=np.int64)
         what = "--split-by group"
     else:
-        groups, what = plan.rec, "recording"
+        keys, what = [r.rel for r in recs], "recording"   # the channels of a recording stay on one side
+    key_id = {k: j for j, k in enumerate(sorted(set(keys)))}
+    groups = np.array([key_id[k] for k in keys], dtype=np.int64)[plan.rec] if recs else np.zeros(0, np.int64)
     strata = plan.labels
     # a recording known only through review verdicts (not annotated whole) gives windows around detections, a
     # sample unlike what detect meets: it always trains, and the test range is made of annotated recordings
@@ -742,7 +778,8 @@ def _write_set(recs, plan, spill, train_b, test_b, spec, window, staging, o, ski
     """Step 4 (rank 0): the batch files from the spill files, then skipped.txt and batches.meta; the summary
     (with `_files`, the set's files for the install)."""
     for ri, reason in sorted(spill.bad.items()):
-        skipped.append((recs[ri].rel, reason))
+        if (recs[ri].rel, reason) not in skipped:     # the channels of one file fail alike: named once
+            skipped.append((recs[ri].rel, reason))
     ok = np.ones(plan.labels.size, dtype=bool)
     for ri in spill.bad:
         ok &= plan.rec != ri
@@ -872,7 +909,7 @@ def _add_copies(recs, plan, train_b, spec, hop_s, staging, noise, batch_size, se
 
 
 def _window_name(recs, plan, hop_s, i, copy):
-    name = f"{recs[plan.rec[i]].rel}@{plan.win[i] * hop_s:.3f}"
+    name = f"{recs[plan.rec[i]].name}@{plan.win[i] * hop_s:.3f}"
     return copy_name(name, int(copy)) if copy else name
 
 

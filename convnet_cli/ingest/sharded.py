@@ -22,9 +22,10 @@ import numpy as np
 from convnet_cli.data.batch_set_swap import install_set
 from convnet_cli.data.writer import SetWriter, check_set_options, refuse_existing, writing_set
 from convnet_cli.ingest.features import FeatureSpec
-from convnet_cli.ingest.make_batches import (CHUNK, batch_columns, case_targets, check_clips_fit, chunk_skipped,
-                                             clip_summary, finish_clips, new_set_features, plan_batches, run_chunks,
-                                             split_groups, with_copies)
+from convnet_cli.ingest.audio import check_time_expansion, parse_channel
+from convnet_cli.ingest.make_batches import (CHUNK, batch_columns, case_targets, channel_dataset, check_clips_fit,
+                                             chunk_of, chunk_skipped, clip_summary, finish_clips, new_set_features,
+                                             plan_batches, run_chunks, split_keys, with_copies)
 from convnet_cli.ingest.sources import collect_dataset
 from convnet_cli.parallel import on_root
 from convnet_cli.progress import Progress
@@ -33,11 +34,12 @@ from convnet_cli.progress import Progress
 def make_batches_sharded(world, audio_dir, batch_dir, *, labels_csv=None, file_col=None, label_col=None,
                          no_labels=False, features: FeatureSpec = None, batch_size=1000, test_fraction=0.2,
                          split_by=None, seed=0, jobs=None, dtype="float32", overwrite=False, progress=True,
-                         label_names=None, noise=None, multi_label=False) -> dict:
+                         label_names=None, noise=None, multi_label=False, channel="mix", time_expansion=1.0) -> dict:
     """make_batches (ingest/make_batches.py) split over the ranks of `world`; every rank returns the summary."""
     t_start = time.perf_counter()
     spec = new_set_features(features)
     check_set_options(batch_size, test_fraction, dtype, jobs, seed)
+    channel, time_expansion = parse_channel(channel), check_time_expansion(time_expansion)
     batch_dir = os.fspath(batch_dir)
     if jobs is None:
         from convnet_cli.backend import default_threads
@@ -46,10 +48,11 @@ def make_batches_sharded(world, audio_dir, batch_dir, *, labels_csv=None, file_c
 
     def listing():  # the checks and the listing once, on rank 0; the others get the result
         refuse_existing(batch_dir, overwrite)
-        return collect_dataset(audio_dir, labels_csv, file_col, label_col, no_labels, label_names, multi_label)
+        return channel_dataset(collect_dataset(audio_dir, labels_csv, file_col, label_col, no_labels, label_names,
+                                               multi_label), channel)
 
     ds = on_root(world, listing)
-    groups = split_groups(ds.names, split_by) if split_by else None
+    groups = split_keys(ds, split_by)
     plan = plan_batches(ds.targets.labels, int(batch_size), float(test_fraction), int(seed), groups)
     clips = len(ds)
     on_root(world, lambda: check_clips_fit(batch_dir, plan, int(np.prod(spec.shape)), dtype, noise))
@@ -59,7 +62,7 @@ def make_batches_sharded(world, audio_dir, batch_dir, *, labels_csv=None, file_c
         # rank 0 holds the set's staging folder and the folder's lock; every rank gets the staging folder
         staging = on_root(world, lambda: rank0.enter_context(writing_set(batch_dir, overwrite)))
         try:
-            mine = _decode_share(world, ds, plan, spec, staging, jobs, dtype, progress, noise)
+            mine = _decode_share(world, ds, plan, spec, staging, jobs, dtype, progress, noise, time_expansion)
         except Exception as exc:  # noqa: BLE001 - rank 0 raises the first rank's error for all
             mine = exc
         results = world.gather(mine)
@@ -80,7 +83,7 @@ def make_batches_sharded(world, audio_dir, batch_dir, *, labels_csv=None, file_c
         return on_root(world, assemble)
 
 
-def _decode_share(world, ds, plan, spec, staging, jobs, dtype, progress, noise=None) -> dict:
+def _decode_share(world, ds, plan, spec, staging, jobs, dtype, progress, noise=None, time_expansion=1.0) -> dict:
     """Decode and write the planned batches b with b mod K == rank as staging/part_<b>.
 
     Returns {"batches": {b: (cases, skipped [(name, reason)], train stats or None, noisy copies)},
@@ -92,13 +95,13 @@ def _decode_share(world, ds, plan, spec, staging, jobs, dtype, progress, noise=N
         idx = plan.batches[b]
         for a in range(0, len(idx), CHUNK):
             part = idx[a:a + CHUNK]
-            chunks.append(((b, part), [ds.paths[i] for i in part]))
+            chunks.append(chunk_of(ds, (b, part), part))
     remaining = {b: len(plan.batches[b]) for b in mine}
     out = {b: [0, [], None, 0] for b in mine}
     parts = {b: [] for b in mine}
     timings = np.zeros(4)
     with Progress("make-batches", sum(remaining.values()), "clips", enabled=progress and world.is_root) as bar, \
-            closing(run_chunks(chunks, spec, jobs, noise=noise)) as results:
+            closing(run_chunks(chunks, spec, jobs, noise=noise, time_expansion=time_expansion)) as results:
         for (b, part), chunk, (arr, ok, bad, times) in results:
             timings += times
             out[b][1].extend(chunk_skipped(ds, part, bad))

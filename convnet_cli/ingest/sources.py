@@ -35,6 +35,7 @@ class Dataset:
     source: str = ""       # the CSV, for messages
     extra: dict = field(default_factory=dict)
     multi: object = None   # data/targets.py MultiLabelTargets of the clips (make-batches --multi-label), else None
+    channels: list | None = None   # the channel read of each case (1-based; None: mixed), under make-batches --channel
 
     def __len__(self):
         return len(self.paths)

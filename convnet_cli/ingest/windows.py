@@ -1,8 +1,11 @@
 """Fixed-length windows over recordings of any length, read in blocks (docs/CONFIG.md; used by make-batches and detect).
 
-A recording is never decoded whole. For each run of windows that fits in one block (default 60 s), the
-samples the run needs are decoded with soundfile (seek + read), mixed to mono, resampled to the features'
-rate and turned into features; memory holds about one block whatever the recording's length.
+A recording is never decoded whole. For each run of windows that fits in one block (default 60 s, at most
+MAX_BLOCK_SAMPLES samples at the features' rate, so 384 kHz files take shorter blocks), the samples the run
+needs are decoded with soundfile (seek + read, a piece at a time), mixed to mono or one channel taken
+(`channel`), resampled to the features' rate and turned into features; memory holds about one block
+whatever the recording's length. A time-expanded recording (`time_expansion` F) is read at F times its
+header's rate, so every time here is real time.
 
 Resampling per block without seams: `scipy.signal.resample_poly` by the reduced ratio up/down designs a
 symmetric FIR of half-length 10*max(up, down) (at the upsampled rate) and aligns output sample m with input
@@ -28,12 +31,15 @@ from typing import Iterator
 
 import numpy
 
-from convnet_cli.ingest.audio import MAX_AMPLITUDE, AudioError, check_audio_file, truncation_reason
+from convnet_cli.ingest.audio import (CHANNEL_MIX, MAX_AMPLITUDE, AudioError, check_audio_file, check_channel,
+                                     take_channel, true_rate, truncation_reason)
 from convnet_cli.ingest.features import FeatureSpec, compute_features
 
 BLOCK_S = 60.0                # seconds of audio per block
 MAX_SAMPLE_RATE = 1_000_000   # above this a header is corrupt, not a recording
 _PIECE_BYTES = 2 * 2 ** 20    # frames per compute_features call on a long run: ~2 MiB of frame tensor
+MAX_BLOCK_SAMPLES = 2 ** 22   # a block's samples at the features' rate at most (16 MiB of float32)
+DECODE_FRAMES = 2 ** 20       # frames decoded per soundfile read: a 4-channel file holds 4 times this at once
 
 
 # ---- what a recording holds -----------------------------------------------------------------------
@@ -50,8 +56,15 @@ def _open_error(path, exc):
     return AudioError(path, f"cannot decode: {msg}")
 
 
-def recording_info(path: str) -> tuple[float, int]:
-    """(duration in seconds, native sample rate) from the header, without decoding. AudioError if unusable."""
+def recording_info(path: str, time_expansion: float = 1.0) -> tuple[float, int]:
+    """(duration in seconds, sample rate) from the header, without decoding, in real time: a time-expanded
+    recording's rate is the header's times `time_expansion`. AudioError if unusable."""
+    duration, sr, _ = recording_header(path, time_expansion)
+    return duration, sr
+
+
+def recording_header(path: str, time_expansion: float = 1.0) -> tuple[float, int, int]:
+    """(duration in seconds, sample rate, channels) from the header, in real time (see recording_info)."""
     import soundfile as sf
 
     _check_file(path)
@@ -67,7 +80,11 @@ def recording_info(path: str) -> tuple[float, int]:
         raise AudioError(path, f"absurd sample rate {sr} Hz in the header (corrupt file?)")
     if info.frames <= 0:
         raise AudioError(path, "zero-length recording (no samples)")
-    return info.frames / sr, sr
+    sr = true_rate(sr, time_expansion)
+    if sr <= 0 or sr > MAX_SAMPLE_RATE:
+        raise AudioError(path, f"--time-expansion {time_expansion:g} makes the rate {sr:,} Hz, beyond "
+                               f"{MAX_SAMPLE_RATE:,} Hz; check the factor")
+    return info.frames / sr, sr, int(info.channels)
 
 
 def window_starts(duration_s: float, window_s: float, hop_s: float) -> numpy.ndarray:
@@ -115,6 +132,32 @@ def window_count(duration_s: float, window_s: float, hop_s: float) -> int:
     return int(math.floor((duration_s - window_s) / hop_s + 1e-9)) + 1
 
 
+OVERLAP_EPS = 1e-9    # seconds: overlaps (and fractions of them) this close count as equal
+
+
+def window_overlaps(starts, window_s: float, selections):
+    """For each selection that overlaps some window [t, t + window_s) of `starts` (sorted float64 seconds):
+    (selection, lo, hi, overlap, hit): the windows starts[lo:hi] it can meet, the overlap of each in seconds,
+    and where it is more than OVERLAP_EPS. The one measure of label_windows, class_overlap and the planners."""
+    for s in selections:
+        # windows [t, t + w) overlapping [begin, end): t < end and t + w > begin
+        lo = int(numpy.searchsorted(starts, s.begin - window_s, side="right"))
+        hi = int(numpy.searchsorted(starts, s.end, side="left"))
+        if hi <= lo:
+            continue
+        t = starts[lo:hi]
+        ov = numpy.minimum(t + window_s, s.end) - numpy.maximum(t, s.begin)
+        yield s, lo, hi, ov, ov > OVERLAP_EPS
+
+
+def covers_enough(ov, hit, window_s: float, selection, min_overlap) -> numpy.ndarray:
+    """Where the overlaps `ov` (of window_overlaps) cover at least `min_overlap` of the shorter of window and
+    selection; min_overlap None: any overlap (`hit`)."""
+    if min_overlap is None:
+        return hit
+    return hit & (ov / min(window_s, selection.end - selection.begin) >= min_overlap - OVERLAP_EPS)
+
+
 def class_overlap(starts, window_s: float, selections, min_overlap: float):
     """How the annotations `selections` (of one class) meet each window [t, t + window_s): (overlap, touched),
     (n,) float64 and bool: the largest overlap in seconds of one annotation that covers at least
@@ -123,17 +166,9 @@ def class_overlap(starts, window_s: float, selections, min_overlap: float):
     starts = numpy.asarray(starts, dtype=numpy.float64)
     best = numpy.zeros(starts.shape[0], dtype=numpy.float64)
     touched = numpy.zeros(starts.shape[0], dtype=bool)
-    eps = 1e-9
-    for s in selections:
-        lo = int(numpy.searchsorted(starts, s.begin - window_s, side="right"))
-        hi = int(numpy.searchsorted(starts, s.end, side="left"))
-        if hi <= lo:
-            continue
-        t = starts[lo:hi]
-        ov = numpy.minimum(t + window_s, s.end) - numpy.maximum(t, s.begin)
-        hit = ov > eps
+    for s, lo, hi, ov, hit in window_overlaps(starts, window_s, selections):
         touched[lo:hi] |= hit
-        ok = hit & (ov / min(window_s, s.end - s.begin) >= min_overlap - eps)
+        ok = covers_enough(ov, hit, window_s, s, min_overlap)
         best[lo:hi] = numpy.where(ok, numpy.maximum(best[lo:hi], ov), best[lo:hi])
     return best, touched
 
@@ -153,19 +188,10 @@ def label_windows(starts, window_s: float, selections, min_overlap: float = 0.5,
     touched = numpy.zeros(n, dtype=bool)
     names = sorted({s.label for s in selections})
     index = {c: i for i, c in enumerate(names)}
-    eps = 1e-9
-    for s in selections:
-        # windows [t, t + w) overlapping [begin, end): t < end and t + w > begin
-        lo = int(numpy.searchsorted(starts, s.begin - window_s, side="right"))
-        hi = int(numpy.searchsorted(starts, s.end, side="left"))
-        if hi <= lo:
-            continue
-        t = starts[lo:hi]
-        ov = numpy.minimum(t + window_s, s.end) - numpy.maximum(t, s.begin)
-        hit = ov > eps
+    eps = OVERLAP_EPS
+    for s, lo, hi, ov, hit in window_overlaps(starts, window_s, selections):
         touched[lo:hi] |= hit
-        frac = ov / min(window_s, s.end - s.begin)
-        ok = hit & (frac >= min_overlap - eps)
+        ok = covers_enough(ov, hit, window_s, s, min_overlap)
         c = index[s.label]
         cur_b, cur_l = best[lo:hi], best_label[lo:hi]
         better = ok & ((ov > cur_b + eps) | ((numpy.abs(ov - cur_b) <= eps) & ((cur_l < 0) | (c < cur_l))))
@@ -186,12 +212,17 @@ def label_windows(starts, window_s: float, selections, min_overlap: float = 0.5,
 
 class RecordingReader:
     """One open recording: `read(o0, o1)` -> mono float32 samples [o0, o1) of the signal at `sr_out`
-    (zeros past the end), decoding only the input those samples need."""
+    (zeros past the end), decoding only the input those samples need.
 
-    def __init__(self, path: str, sr_out: int):
+    channel: None (or 'mix') averages the channels; N (1-based) reads channel N only (ChannelError, a
+    ConfigError, when the file has fewer). time_expansion F: the file holds sound slowed down F times, so
+    its samples are read as if at F times the header's rate."""
+
+    def __init__(self, path: str, sr_out: int, channel=None, time_expansion: float = 1.0):
         import soundfile as sf
 
         self.path = path
+        self.channel = None if channel == CHANNEL_MIX else channel
         _check_file(path)
         try:
             self.f = sf.SoundFile(path)
@@ -201,10 +232,18 @@ class RecordingReader:
         if reason:
             self.f.close()
             raise AudioError(path, reason)
-        self.sr_in = int(self.f.samplerate)
-        if self.sr_in <= 0 or self.sr_in > MAX_SAMPLE_RATE:
+        header_rate = int(self.f.samplerate)
+        self.sr_in = true_rate(header_rate, time_expansion)
+        if header_rate <= 0 or self.sr_in <= 0 or self.sr_in > MAX_SAMPLE_RATE:
             self.f.close()
-            raise AudioError(path, f"absurd sample rate {self.sr_in} Hz in the header (corrupt file?)")
+            raise AudioError(path, f"absurd sample rate {self.sr_in} Hz (header {header_rate} Hz, time expansion "
+                                   f"{time_expansion:g}; corrupt file?)")
+        self.channels = int(self.f.channels)
+        try:
+            check_channel(path, self.channel, self.channels)
+        except Exception:
+            self.f.close()
+            raise
         self.frames = int(self.f.frames)
         g = math.gcd(self.sr_in, int(sr_out))
         self.up, self.down = int(sr_out) // g, self.sr_in // g
@@ -222,15 +261,20 @@ class RecordingReader:
 
         if b <= a:
             return numpy.zeros(0, dtype=numpy.float32)
+        mono = numpy.empty(b - a, dtype=numpy.float32)
         try:
             self.f.seek(a)
-            data = self.f.read(b - a, dtype="float32", always_2d=True)
+            # a piece at a time: a many-channel file never holds more than DECODE_FRAMES frames of every channel
+            for p in range(a, b, DECODE_FRAMES):
+                q = min(b, p + DECODE_FRAMES)
+                data = self.f.read(q - p, dtype="float32", always_2d=True)
+                if data.shape[0] < q - p:
+                    raise AudioError(self.path, f"truncated: the header promises {self.frames / self.sr_in:.3f} s, the "
+                                                f"audio ends near {(p + data.shape[0]) / self.sr_in:.3f} s")
+                mono[p - a:q - a] = take_channel(data, self.channel)
+                del data
         except (RuntimeError, sf.SoundFileError, OSError, ValueError) as exc:
             raise AudioError(self.path, f"cannot decode at {a / self.sr_in:.3f} s: {exc}") from None
-        if data.shape[0] < b - a:
-            raise AudioError(self.path, f"truncated: the header promises {self.frames / self.sr_in:.3f} s, the audio "
-                                        f"ends near {(a + data.shape[0]) / self.sr_in:.3f} s")
-        mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=numpy.float32)
         if not numpy.isfinite(mono).all():
             raise AudioError(self.path, f"holds NaN or infinite samples near {a / self.sr_in:.3f} s")
         if mono.size and float(numpy.abs(mono).max()) > MAX_AMPLITUDE:   # features would overflow to inf
@@ -259,9 +303,10 @@ class RecordingReader:
         return out
 
 
-def resample_blocks(path: str, sr_out: int, block_s: float = BLOCK_S) -> Iterator[numpy.ndarray]:
+def resample_blocks(path: str, sr_out: int, block_s: float = BLOCK_S, channel=None,
+                    time_expansion: float = 1.0) -> Iterator[numpy.ndarray]:
     """The whole recording at `sr_out`, mono float32, as consecutive blocks (for tests and benchmarks)."""
-    r = RecordingReader(path, sr_out)
+    r = RecordingReader(path, sr_out, channel, time_expansion)
     try:
         step = max(1, int(round(block_s * sr_out)))
         for o0 in range(0, r.n_out, step):
@@ -302,20 +347,24 @@ def _run_features(buf, offsets, spec: FeatureSpec, xp):
 
 
 def iter_window_features(path: str, spec: FeatureSpec, hop_s: float, batch: int = 256, xp=numpy,
-                         block_s: float | None = None) -> Iterator[tuple[numpy.ndarray, numpy.ndarray]]:
+                         block_s: float | None = None, channel=None,
+                         time_expansion: float = 1.0) -> Iterator[tuple[numpy.ndarray, numpy.ndarray]]:
     """Yield (starts_s float64 (n,), features float32 (n, 1, H, W) on xp), n <= batch, for every window of
-    window_starts(duration, spec.duration, hop_s), in order. Memory bounded whatever the length."""
-    yield from iter_selected_window_features(path, spec, hop_s, None, batch, xp, block_s)
+    window_starts(duration, spec.duration, hop_s), in order. Memory bounded whatever the length.
+    channel, time_expansion: as RecordingReader's."""
+    yield from iter_selected_window_features(path, spec, hop_s, None, batch, xp, block_s, channel=channel,
+                                             time_expansion=time_expansion)
 
 
 def iter_selected_window_features(path: str, spec: FeatureSpec, hop_s: float, keep=None, batch: int = 256,
-                                  xp=numpy, block_s: float | None = None, on_block=None):
+                                  xp=numpy, block_s: float | None = None, on_block=None, channel=None,
+                                  time_expansion: float = 1.0):
     """As iter_window_features, for the windows whose indices are in `keep` (sorted ints; None = all).
 
     Only the blocks those windows need are decoded. on_block(t) is called after each block, t the recording
     time (s) processed so far. AudioError for a file that cannot be decoded (at open, or part way through).
     """
-    reader = RecordingReader(path, spec.sample_rate)
+    reader = RecordingReader(path, spec.sample_rate, channel, time_expansion)
     try:
         duration = reader.frames / reader.sr_in
         starts = window_starts(duration, spec.duration, hop_s)
@@ -327,7 +376,7 @@ def iter_selected_window_features(path: str, spec: FeatureSpec, hop_s: float, ke
                 raise ValueError(f"window index out of range 0..{starts.shape[0] - 1}")
         sr = spec.sample_rate
         n_win = spec.num_samples
-        block = max(int(round((block_s or BLOCK_S) * sr)), 2 * n_win)
+        block = max(min(int(round((block_s or BLOCK_S) * sr)), MAX_BLOCK_SAMPLES), 2 * n_win)
         first_sample = numpy.round(keep * hop_s * sr).astype(numpy.int64) if keep.size else keep
         i = 0
         while i < keep.size:

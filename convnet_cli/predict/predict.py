@@ -214,26 +214,30 @@ def collect_audio(inputs) -> list:
 
 
 def predict_audio(checkpoint, inputs, layer: str | None = None, device: str = "cpu", batch: int = 256,
-                  views: int = 1, jobs: int | None = None) -> Predictions:
+                  views: int = 1, jobs: int | None = None, channel="mix", time_expansion: float = 1.0) -> Predictions:
     """Predict audio files and folders with the checkpoint's feature settings.
 
     Files in class-named subfolders (yes/clip.wav with a class 'yes') get that class as their true label
     when every file does; otherwise labels are unknown (-1). A multi-label network's cases have no known
     targets (a folder names one class, not a clip's whole set): give batches from make-batches --multi-label
-    for its report."""
+    for its report. channel: --channel ('mix', N, or 'all': a row per channel, named '<name>#ch<k>');
+    time_expansion: --time-expansion's factor."""
+    from convnet_cli.ingest.audio import CHANNEL_ALL, check_time_expansion, parse_channel, stream_name
     from convnet_cli.ingest.features import FeatureSpec
-    from convnet_cli.ingest.make_batches import features_for_files
+    from convnet_cli.ingest.make_batches import features_for_files, file_streams
 
+    channel, time_expansion = parse_channel(channel), check_time_expansion(time_expansion)
     net, ckpt = load_model(checkpoint, device)
     st = ckpt.state
     if not st.get("features"):
         raise DataError(f"{ckpt.path}: the network was trained on batches without feature settings (not made "
                         f"from audio); predict from batch files with --data-path")
     spec = FeatureSpec.from_dict(st["features"], ckpt.path)
-    items = collect_audio(inputs)
+    items = [(p, stream_name(d, ch) if channel == CHANNEL_ALL else d, lbl, ch)
+             for p, d, lbl in collect_audio(inputs) for ch in file_streams(p, channel)]
     label_names = list(st["label_names"])
     index = {n: i for i, n in enumerate(label_names)}
-    known = all(lbl in index for _, _, lbl in items)
+    known = all(lbl in index for _, _, lbl, _ in items)
     layer = net.output_layer(layer)
     run = Runner(net, ckpt, layer, batch, views)
     probs, labels, names, skipped = [], [], [], []
@@ -241,15 +245,17 @@ def predict_audio(checkpoint, inputs, layer: str | None = None, device: str = "c
     for i in range(0, len(items), chunk):
         part = items[i:i + chunk]
         # on a GPU the spectrograms are computed there (decoding stays on the host) and stay for the net
-        feats, ok_paths, bad = features_for_files([p for p, _, _ in part], spec, jobs=jobs or 1,
-                                                  backend=net.backend)
-        skipped.extend(bad)
-        ok = set(ok_paths)
-        kept = [t for t in part if t[0] in ok]
+        feats, ok_at, bad = features_for_files([t[0] for t in part], spec, jobs=jobs or 1, backend=net.backend,
+                                               channels=[t[3] for t in part], time_expansion=time_expansion,
+                                               positions=True)
+        for j, reason in bad:
+            if (part[j][0], reason) not in skipped:   # a file's channels fail alike: named once
+                skipped.append((part[j][0], reason))
+        kept = [part[j] for j in ok_at]
         if len(kept):
             probs.append(run(feats if net.backend.is_gpu else np.asarray(feats, dtype=np.float32)))
-            names.extend(d for _, d, _ in kept)
-            labels.extend(index[lbl] if known else -1 for _, _, lbl in kept)
+            names.extend(t[1] for t in kept)
+            labels.extend(index[t[2]] if known else -1 for t in kept)
     if not names:
         reason = f" ({skipped[0][1]})" if skipped else ""
         raise DataError(f"none of the {len(items)} audio file(s) could be read{reason}")

@@ -79,7 +79,7 @@ def _draw(detections, review_dir, recordings, per_class, select, context, classe
     counts = {c: sum(1 for d in dets if d.label == c) for c in wanted}
     settings = {"detections": os.path.abspath(detections), "select": select, "per_class": int(per_class),
                 "seed": int(seed), "context": float(context), "classes": wanted,
-                "detections_per_class": counts, "bins": bins}
+                "detections_per_class": counts, "bins": bins, "time_expansion": ctx["time_expansion"]}
     smp.write_sample(review_dir, items, settings)
     return items, settings
 
@@ -116,7 +116,7 @@ def _write_media(review_dir, media):
                       json.dumps({str(k): media[k] for k in sorted(media)}, indent=1) + "\n")
 
 
-def _media(review_dir, items, context, progress):
+def _media(review_dir, items, context, progress, time_expansion=1.0):
     from convnet_cli.progress import Progress
     from convnet_cli.review.media import make_media
 
@@ -133,7 +133,7 @@ def _media(review_dir, items, context, progress):
     try:
         with Progress("review: clips", total=len(todo), unit="clips", enabled=progress) as bar:
             for k, it in enumerate(todo, 1):
-                media[it.id] = make_media(it, review_dir, context)
+                media[it.id] = make_media(it, review_dir, context, time_expansion)
                 bar.add(1)
                 if k % 25 == 0:
                     _write_media(review_dir, media)
@@ -165,7 +165,7 @@ def prepare(detections, out_dir, *, recordings=None, per_class=50, select="rando
         items, settings = _draw(detections, out_dir, recordings, per_class, select, context, classes, seed, echo)
     for n in notes:
         echo(f"note: {n}")
-    media = _media(out_dir, items, context, progress)
+    media = _media(out_dir, items, context, progress, float(settings.get("time_expansion", 1.0)))
     store = VerdictStore(out_dir, items, {k: v.get("nyquist", 0.0) for k, v in media.items()})
     store.sync_table()
     return Review(out_dir, items, settings, media, store, notes)

@@ -98,14 +98,15 @@ def wav_bytes(x, sr: int, subtype: str = "PCM_16") -> bytes:
 
 # ---- the clip -------------------------------------------------------------------------------------------
 
-def cut_clip(path: str, begin: float, end: float, context: float):
+def cut_clip(path: str, begin: float, end: float, context: float, channel=None, time_expansion: float = 1.0):
     """(samples (n,) float32 mono at the recording's rate, facts): the event [begin, end] with `context`
     seconds each side, clipped at the recording's ends and to MAX_CLIP_S / MAX_CLIP_SAMPLES. Only that
-    stretch is decoded."""
+    stretch is decoded: of `channel` (1-based; None: the channels mixed), at the header's rate times
+    `time_expansion` (the true rate of a time-expanded recording; times are real time)."""
     from convnet_cli.errors import DataError
     from convnet_cli.ingest.windows import RecordingReader, recording_info
 
-    duration, sr = recording_info(path)
+    duration, sr = recording_info(path, time_expansion)
     if begin >= duration:
         raise DataError(f"{path}: the detection at {begin:.3f} s starts after the recording's end "
                         f"({duration:.3f} s); is this the recording detect read?")
@@ -114,7 +115,7 @@ def cut_clip(path: str, begin: float, end: float, context: float):
     truncated = t1 - t0 > longest
     if truncated:
         t1 = t0 + longest
-    reader = RecordingReader(path, sr)
+    reader = RecordingReader(path, sr, channel, time_expansion)
     try:
         s0 = int(round(t0 * sr))
         s1 = max(s0 + 1, min(reader.frames, int(round(t1 * sr))))
@@ -222,11 +223,12 @@ def spectrogram_png(x, sr: int, clip_begin: float, clip_end: float, begin: float
 
 # ---- one item ---------------------------------------------------------------------------------------------
 
-def make_media(item, review_dir: str, context: float) -> dict:
-    """Write an item's clip, listening copy and PNG (each atomically) -> its facts for media.json."""
+def make_media(item, review_dir: str, context: float, time_expansion: float = 1.0) -> dict:
+    """Write an item's clip, listening copy and PNG (each atomically) -> its facts for media.json. The clip
+    is of the item's channel (mixed when it has none), a time-expanded recording read at its true rate."""
     import os
 
-    x, facts = cut_clip(item.path, item.begin, item.end, context)
+    x, facts = cut_clip(item.path, item.begin, item.end, context, item.channel, time_expansion)
     sr = facts["sample_rate"]
     for sub in ("clips", "listen", "images"):
         os.makedirs(os.path.join(review_dir, sub), exist_ok=True)

@@ -41,6 +41,7 @@ REVIEW_JSON = "review.json"
 # the eight columns of SPEC 18, then what the page and the verdict table need: the audio file found, the band
 COLUMNS = ("id", "recording", "begin_s", "end_s", "class", "score", "clip", "image", "path", "low_freq",
            "high_freq")
+CHANNEL_COLUMN = "channel"   # review.csv's last column: the channel a clip is cut from (empty: mixed)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Detection:
     source: str = ""        # the file it was read from, and its line
     line: int = 0
     path: str = ""          # the audio file, once found
+    channel: int | None = None   # the channel a detect --channel run found it on (1-based); None: mixed
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class Item:
     path: str
     low_freq: float | None = None
     high_freq: float | None = None
+    channel: int | None = None   # the recording's channel the clip is cut from (1-based); None: mixed
 
     @property
     def stem(self) -> str:
@@ -146,7 +149,11 @@ def load_detections(path: str, exclude: str | None = None):
         dets.append(Detection(s.recording, float(s.begin), float(s.end), s.label, float(s.score),
                               s.low_freq, s.high_freq, s.source, s.line))
     classes = list(settings["classes"]) if settings and settings.get("classes") else None
-    return dets, {"done": done, "classes": classes, "band": band}
+    by_channel = bool(settings) and settings.get("channel", "mix") != "mix"   # detect --channel N or all
+    if by_channel:
+        dets = [replace(d, channel=s.channel) for d, s in zip(dets, selections)]
+    expansion = float((settings or {}).get("time_expansion", 1.0))
+    return dets, {"done": done, "classes": classes, "band": band, "time_expansion": expansion}
 
 
 def choose_classes(dets, classes, detect_classes):
@@ -315,17 +322,17 @@ def items_of(dets, band=None):
         if lo is None and hi is None and band:
             lo, hi = band
         items.append(Item(i, d.recording, round(d.begin, 3), round(d.end, 3), d.label, round(d.score, 4), d.path,
-                          lo, hi))
+                          lo, hi, d.channel))
     return items
 
 
 def review_csv_text(items) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(COLUMNS)
+    w.writerow(COLUMNS + (CHANNEL_COLUMN,))
     for it in items:
         w.writerow([it.id, it.recording, _t(it.begin), _t(it.end), it.label, f"{it.score:.4f}", it.clip, it.image,
-                    it.path, _hz(it.low_freq), _hz(it.high_freq)])
+                    it.path, _hz(it.low_freq), _hz(it.high_freq), "" if it.channel is None else str(it.channel)])
     return buf.getvalue()
 
 
@@ -353,10 +360,11 @@ def read_sample(review_dir: str):
         if not any(c.strip() for c in row):
             continue
         try:
-            v = dict(zip(COLUMNS, row))
+            v = dict(zip(COLUMNS + (CHANNEL_COLUMN,), row))
+            channel = v.get(CHANNEL_COLUMN, "").strip()
             items.append(Item(int(v["id"]), v["recording"], float(v["begin_s"]), float(v["end_s"]), v["class"],
                               float(v["score"]), v["path"], float(v["low_freq"]) if v["low_freq"] else None,
-                              float(v["high_freq"]) if v["high_freq"] else None))
+                              float(v["high_freq"]) if v["high_freq"] else None, int(channel) if channel else None))
         except (KeyError, ValueError):
             raise DataError(f"{path} line {n}: not a row convnet review writes (id, recording, times, class, "
                             "score, ...); restore the file or give another --out") from None
