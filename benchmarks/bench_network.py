@@ -195,6 +195,42 @@ def torch_step(torch, model, shape, classes, batch):
     return step
 
 
+def networks(torch, norm: bool = False) -> dict:
+    """name -> (layer def text, params text, input (C, H, W), classes, function making the torch model);
+    torch None: the convnet side alone (the functions are not to be called)."""
+    nets = {
+        "upcall": (UPCALL, PARAMS.replace("NORMS\n", ""), (1, 64, 48), 2, lambda: torch_upcall(torch)),
+        "cifar18": (cifar18_yaml(norm), params_yaml(norm), (3, 32, 32), 10,
+                    lambda: torch_cifar18(torch, norm)),
+        "keywords": (keywords_yaml(), PARAMS.replace("NORMS\n", "drop: {keep: 0.7}\n"), (1, 40, 98), 10,
+                     lambda: torch_keywords(torch)),
+    }
+    from bench_gpu import torch_nets
+    from convnet_cli.demo import config_path
+
+    twins = torch_nets(torch) if torch is not None else {}
+    for whale in ("whale-birnn-small", "whale-birnn"):
+        texts = []
+        for f in (f"{whale}.yaml", f"{whale}-params.yaml"):
+            with open(config_path(f), encoding="utf-8") as fh:
+                texts.append(fh.read())
+        nets[whale] = (texts[0], texts[1], (1, 81, 49), 2, twins.get(whale))
+    return nets
+
+
+def torch_net_step(torch, name, model, shape, classes, batch):
+    """The torch side's training step of network `name` (the whale nets: bench_gpu.py's, with their
+    optimizer and clipping)."""
+    if not name.startswith("whale"):
+        return torch_step(torch, model, shape, classes, batch)
+    from bench_gpu import torch_train_step
+
+    c, h, w = shape
+    g = torch.Generator().manual_seed(0)
+    return torch_train_step(torch, name, model, torch.randn(batch, c, h, w, generator=g),
+                            torch.randint(0, classes, (batch,), generator=g))
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2, help="threads for both NumPy's BLAS and PyTorch")
@@ -218,23 +254,7 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    nets = {
-        "upcall": (UPCALL, PARAMS.replace("NORMS\n", ""), (1, 64, 48), 2, lambda: torch_upcall(torch)),
-        "cifar18": (cifar18_yaml(args.norm), params_yaml(args.norm), (3, 32, 32), 10,
-                    lambda: torch_cifar18(torch, args.norm)),
-        "keywords": (keywords_yaml(), PARAMS.replace("NORMS\n", "drop: {keep: 0.7}\n"), (1, 40, 98), 10,
-                     lambda: torch_keywords(torch)),
-    }
-    from bench_gpu import torch_nets, torch_train_step
-    from convnet_cli.demo import config_path
-
-    twins = torch_nets(torch)
-    for whale in ("whale-birnn-small", "whale-birnn"):
-        texts = []
-        for f in (f"{whale}.yaml", f"{whale}-params.yaml"):
-            with open(config_path(f), encoding="utf-8") as fh:
-                texts.append(fh.read())
-        nets[whale] = (texts[0], texts[1], (1, 81, 49), 2, twins[whale])
+    nets = networks(torch, args.norm)
     from flops import rate, sgemm_peak, step_flops
 
     peak = sgemm_peak()
@@ -262,13 +282,7 @@ def main(argv=None):
         n_ours = net.num_params()
         n_torch = sum(p.numel() for p in model.parameters())
         assert n_ours == n_torch, f"{name}: {n_ours} parameters here, {n_torch} in the torch model"
-        if name.startswith("whale"):
-            c, h, w = shape
-            g = torch.Generator().manual_seed(0)
-            theirs_fn = torch_train_step(torch, name, model, torch.randn(batch, c, h, w, generator=g),
-                                         torch.randint(0, classes, (batch,), generator=g))
-        else:
-            theirs_fn = torch_step(torch, model, shape, classes, batch)
+        theirs_fn = torch_net_step(torch, name, model, shape, classes, batch)
         t_ours, t_torch = timed_steps([ours_fn, theirs_fn], args.warmup, args.steps)
         ours, theirs = 1000 * statistics.median(t_ours), 1000 * statistics.median(t_torch)
         # on a shared machine the load changes from step to step: the ratio of the two steps of each round
