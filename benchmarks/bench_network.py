@@ -2,9 +2,10 @@
 network in PyTorch CPU.
 
     python benchmarks/bench_network.py [--threads 2] [--batch 128] [--steps 10] [--warmup 2]
-                                       [--nets upcall,cifar18,keywords] [--norm]
+                                       [--nets upcall,cifar18,keywords,whale-birnn-small,whale-birnn]
+                                       [--norm] [--big-batch 16]
 
-Three networks, written in our layer-def YAML (keywords: the packaged layer_configs/keywords.yaml) and in torch.nn:
+Five networks, written in our layer-def YAML (keywords: the packaged layer_configs/keywords.yaml) and in torch.nn:
   upcall   input (1, 64, 48), logmel-like: conv 32 5x5 pad 2 relu, pool max 3/2, conv 32 5x5 pad 2 relu,
            pool max 3/2, conv 64 3x3 pad 1 relu, pool avg over the whole map, fc 2, softmax, logreg
   cifar18  cuda-convnet's CIFAR-10 "18%" net, input (3, 32, 32): conv 32 5x5 pad 2, pool max 3/2, relu,
@@ -13,8 +14,15 @@ Three networks, written in our layer-def YAML (keywords: the packaged layer_conf
            torch.nn.LocalResponseNorm on the torch side)
   keywords input (1, 40, 98): conv 3x3 + batchnorm + relu + max pool 2, three times (32, 48, 64 filters),
            conv 96 3x3 + batchnorm + relu, global average pool, dropout, fc 10, softmax, logreg
+  whale-birnn-small  the packaged layer_configs/whale-birnn-small.yaml with its params file (rmsprop, clipNorm
+           on the GRUs), input (1, 81, 49): three convs, a bidirectional GRU of 32 and a GRU of 32 over the
+           10 time steps, the last step, fc 16 + batchnorm + relu, fc 2; torch: nn.GRU(bidirectional=True)
+  whale-birnn  neon's whale-call net, layer_configs/whale-birnn.yaml (three bidirectional relu RNNs of 256
+           after convs of 128, 256, 512 filters); torch: nn.RNN(nonlinearity="relu", bidirectional=True);
+           run at --big-batch (16 by default: a step at 128 takes seconds on two cores)
 
-Both sides: float32, sgd with momentum 0.9 and weight decay on the weights, the same thread count (BLAS and
+Both sides: float32, sgd with momentum 0.9 and weight decay on the weights (the whale nets: rmsprop and the
+gradient-norm clipping of their params files, as benchmarks/bench_gpu.py's torch twins, which they share), the same thread count (BLAS and
 OpenMP threads for NumPy, torch.set_num_threads for PyTorch), random data of the same shapes (torch NCHW,
 ours NHWC). Each time is the median of --steps steps after --warmup steps; the two sides take turns step
 by step, so that on a shared machine both see the same load. ratio = convnet / torch (above
@@ -187,13 +195,50 @@ def torch_step(torch, model, shape, classes, batch):
     return step
 
 
+def networks(torch, norm: bool = False) -> dict:
+    """name -> (layer def text, params text, input (C, H, W), classes, function making the torch model);
+    torch None: the convnet side alone (the functions are not to be called)."""
+    nets = {
+        "upcall": (UPCALL, PARAMS.replace("NORMS\n", ""), (1, 64, 48), 2, lambda: torch_upcall(torch)),
+        "cifar18": (cifar18_yaml(norm), params_yaml(norm), (3, 32, 32), 10,
+                    lambda: torch_cifar18(torch, norm)),
+        "keywords": (keywords_yaml(), PARAMS.replace("NORMS\n", "drop: {keep: 0.7}\n"), (1, 40, 98), 10,
+                     lambda: torch_keywords(torch)),
+    }
+    from bench_gpu import torch_nets
+    from convnet_cli.demo import config_path
+
+    twins = torch_nets(torch) if torch is not None else {}
+    for whale in ("whale-birnn-small", "whale-birnn"):
+        texts = []
+        for f in (f"{whale}.yaml", f"{whale}-params.yaml"):
+            with open(config_path(f), encoding="utf-8") as fh:
+                texts.append(fh.read())
+        nets[whale] = (texts[0], texts[1], (1, 81, 49), 2, twins.get(whale))
+    return nets
+
+
+def torch_net_step(torch, name, model, shape, classes, batch):
+    """The torch side's training step of network `name` (the whale nets: bench_gpu.py's, with their
+    optimizer and clipping)."""
+    if not name.startswith("whale"):
+        return torch_step(torch, model, shape, classes, batch)
+    from bench_gpu import torch_train_step
+
+    c, h, w = shape
+    g = torch.Generator().manual_seed(0)
+    return torch_train_step(torch, name, model, torch.randn(batch, c, h, w, generator=g),
+                            torch.randint(0, classes, (batch,), generator=g))
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2, help="threads for both NumPy's BLAS and PyTorch")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--nets", default="upcall,cifar18,keywords")
+    ap.add_argument("--nets", default="upcall,cifar18,keywords,whale-birnn-small,whale-birnn")
+    ap.add_argument("--big-batch", type=int, default=16, help="minibatch of whale-birnn (the others: --batch)")
     ap.add_argument("--norm", action="store_true", help="cifar18 with its cmrnorm layers (LocalResponseNorm)")
     return ap.parse_args(argv)
 
@@ -209,17 +254,11 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    nets = {
-        "upcall": (UPCALL, PARAMS.replace("NORMS\n", ""), (1, 64, 48), 2, lambda: torch_upcall(torch)),
-        "cifar18": (cifar18_yaml(args.norm), params_yaml(args.norm), (3, 32, 32), 10,
-                    lambda: torch_cifar18(torch, args.norm)),
-        "keywords": (keywords_yaml(), PARAMS.replace("NORMS\n", "drop: {keep: 0.7}\n"), (1, 40, 98), 10,
-                     lambda: torch_keywords(torch)),
-    }
+    nets = networks(torch, args.norm)
     from flops import rate, sgemm_peak, step_flops
 
     peak = sgemm_peak()
-    print(f"one training step (forward + backward + sgd update), float32, batch {args.batch}, "
+    print(f"one training step (forward + backward + update), float32, batch {args.batch}, "
           f"{args.threads} thread(s); numpy {np.__version__}, torch {torch.__version__}; "
           f"median of {args.steps} steps after {args.warmup}")
     print(f"SGEMM peak (numpy.matmul 2048^3 float32, the fastest run; measured now and again after each network, "
@@ -227,7 +266,7 @@ def main(argv=None):
           f"over its time, and % of that peak")
     print("ratio = median ours / median torch; per-round = median of (ours / torch) over the rounds; best = "
           "fastest ours / fastest torch; GF/s from the medians; 'best' columns: % of peak of the fastest steps")
-    header = (f"{'network':<16}{'ours ms/step':>14}{'torch ms/step':>15}{'ratio':>8}{'round':>8}{'best':>7}"
+    header = (f"{'network':<20}{'ours ms/step':>14}{'torch ms/step':>15}{'ratio':>8}{'round':>8}{'best':>7}"
               f"{'GFLOP':>8}{'ours GF/s':>11}{'%peak':>7}{'torch GF/s':>12}{'%peak':>7}{'ours min':>10}"
               f"{'torch min':>10}"
               f"{'peak':>7}{'ours best':>10}{'torch best':>11}")
@@ -237,24 +276,26 @@ def main(argv=None):
         if name not in nets:
             raise SystemExit(f"--nets: unknown network '{name}'; choose from {', '.join(nets)}")
         layer_def, params, shape, classes, make_torch = nets[name]
-        ours_fn, net = ours_step(np, Net, layer_def, params, shape, classes, args.batch)
+        batch = args.big_batch if name == "whale-birnn" else args.batch
+        ours_fn, net = ours_step(np, Net, layer_def, params, shape, classes, batch)
         model = make_torch()
         n_ours = net.num_params()
         n_torch = sum(p.numel() for p in model.parameters())
         assert n_ours == n_torch, f"{name}: {n_ours} parameters here, {n_torch} in the torch model"
-        t_ours, t_torch = timed_steps([ours_fn, torch_step(torch, model, shape, classes, args.batch)],
-                                      args.warmup, args.steps)
+        theirs_fn = torch_net_step(torch, name, model, shape, classes, batch)
+        t_ours, t_torch = timed_steps([ours_fn, theirs_fn], args.warmup, args.steps)
         ours, theirs = 1000 * statistics.median(t_ours), 1000 * statistics.median(t_torch)
         # on a shared machine the load changes from step to step: the ratio of the two steps of each round
         # (taken back to back) varies less than the ratio of the medians; its median is printed too, and
         # the ratio of the fastest steps (what each side reaches when the machine is quiet)
         round_ratio = statistics.median(a / b for a, b in zip(t_ours, t_torch))
         best_ratio = min(t_ours) / min(t_torch)
-        label = name + ("+norm" if name == "cifar18" and args.norm else "")
+        label = name + ("+norm" if name == "cifar18" and args.norm else "") + (
+            f"@{batch}" if batch != args.batch else "")
         peak = max(peak, sgemm_peak())  # again: on a shared machine the first measurement may have met load
-        fl = step_flops(net, args.batch)
+        fl = step_flops(net, batch)
         r_ours, r_torch = rate(fl, ours), rate(fl, theirs)
-        print(f"{label:<16}{ours:>14.1f}{theirs:>15.1f}{ours / theirs:>8.2f}{round_ratio:>8.2f}{best_ratio:>7.2f}"
+        print(f"{label:<20}{ours:>14.1f}{theirs:>15.1f}{ours / theirs:>8.2f}{round_ratio:>8.2f}{best_ratio:>7.2f}"
               f"{fl / 1e9:>8.2f}{r_ours:>11.1f}{100 * r_ours / peak:>6.0f}%"
               f"{r_torch:>12.1f}{100 * r_torch / peak:>6.0f}%"
               f"{1000 * min(t_ours):>10.1f}{1000 * min(t_torch):>10.1f}{peak:>7.0f}"

@@ -4,8 +4,11 @@
                                          [--features 64] [--hidden 128] [--repeats 5]
 
 Both sides run float32 with the same number of threads (BLAS/OpenMP for NumPy, torch.set_num_threads for
-PyTorch); each cell of the table is the median of --repeats runs after one warm-up run. ratio = convnet
-time / torch time (above 1: convnet is slower).
+PyTorch). convnet runs twice: with the NumPy cells (the reference) and, when numba is installed (the `jit`
+extra), with the fused numba cells of recurrent_jit.py (lstm and gru; rnn has no JIT cell). The sides take
+turns run by run, so that on a shared machine they see the same load; each time is the median of --repeats
+runs after one warm-up run. ratio = convnet time / torch time (above 1: convnet is slower); jit ratio = the
+JIT path's.
 """
 from __future__ import annotations
 
@@ -43,20 +46,30 @@ def main(argv=None):
     from convnet_cli.layers.registry import layer_class
 
     torch.set_num_threads(args.threads)
-    ctx = Context(xp=np, train=True)
+    from convnet_cli.layers import recurrent_jit
 
-    def median_time(fn):
-        fn()
-        times = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
+    jit = recurrent_jit.available()
+    contexts = {path: Context(xp=np, train=True, algos={recurrent_jit.CELL_KEY: path})
+                for path in (("numpy", "jit") if jit else ("numpy",))}
+
+    def median_times(fns):
+        """Median seconds of each function; they take turns run by run."""
+        for fn in fns:
             fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+        times = [[] for _ in fns]
+        for _ in range(args.repeats):
+            for fn, t in zip(fns, times):
+                t0 = time.perf_counter()
+                fn()
+                t.append(time.perf_counter() - t0)
+        return [statistics.median(t) for t in times]
 
     print(f"forward + backward, float32, batch {args.batch}, {args.features} features -> {args.hidden} hidden, "
           f"{args.threads} thread(s); numpy {np.__version__}, torch {torch.__version__}; median of {args.repeats}")
-    header = f"{'layer':<6}{'steps':>6}{'convnet ms':>12}{'torch ms':>10}{'ratio':>7}"
+    if not jit:
+        print(f"no JIT column: {recurrent_jit.unavailable_reason()}")
+    header = (f"{'layer':<6}{'steps':>6}{'convnet ms':>12}{'jit ms':>8}{'torch ms':>10}{'ratio':>7}"
+              f"{'jit ratio':>10}")
     print(header)
     print("-" * len(header))
     torch_class = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
@@ -70,7 +83,7 @@ def main(argv=None):
             x = rng.standard_normal((args.batch, 1, steps, args.features)).astype(np.float32)
             dout = rng.standard_normal((args.batch, 1, steps, args.hidden)).astype(np.float32)
 
-            def ours():
+            def ours(ctx):
                 out, cache = layer.forward([x], params, ctx)
                 layer.backward(dout, cache, params, ctx)
 
@@ -87,8 +100,12 @@ def main(argv=None):
                 out = module(seq)[0]
                 out.backward(tdout)
 
-            a, b = median_time(ours), median_time(theirs)
-            print(f"{type_name:<6}{steps:>6}{a * 1e3:>12.1f}{b * 1e3:>10.1f}{a / b:>7.2f}", flush=True)
+            with_jit = jit and layer.has_jit
+            fns = [lambda: ours(contexts["numpy"]), theirs] + ([lambda: ours(contexts["jit"])] if with_jit else [])
+            a, b, *j = median_times(fns)
+            jit_ms, jit_ratio = (f"{j[0] * 1e3:>8.1f}", f"{j[0] / b:>10.2f}") if j else (f"{'-':>8}", f"{'-':>10}")
+            print(f"{type_name:<6}{steps:>6}{a * 1e3:>12.1f}{jit_ms}{b * 1e3:>10.1f}{a / b:>7.2f}{jit_ratio}",
+                  flush=True)
 
 
 if __name__ == "__main__":

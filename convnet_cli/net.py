@@ -176,6 +176,9 @@ class Net:
         allreduce: in a data-parallel step (train/data_parallel.py), the sum over the processes that layers
         reducing over the minibatch (batchnorm's statistics) apply to their per-process sums."""
         xp = self.xp
+        # the last pass's activations and caches go now, not when this pass ends: else both passes' would be
+        # alive at once (twice a step's memory at the peak)
+        self.outputs, self._caches, self._ncaches = {}, None, None
         ctx = Context(xp=xp, train=train, rng=rng, allreduce=allreduce if train else None, keep_cache=keep_cache,
                       algos=self.algos)
         self._ctx = ctx
@@ -261,8 +264,12 @@ class Net:
         minibatch's, in a data-parallel step; 1 in one process)."""
         ctx = self._ctx
         if self._caches is None:
-            raise RuntimeError("Net.backward after forward(keep_cache=False): that forward pass kept nothing "
-                               "for backward; call forward with keep_cache=True")
+            raise RuntimeError("Net.backward needs a forward(keep_cache=True) before each call: the last forward "
+                               "pass kept nothing for backward (keep_cache=False), or a backward used it up")
+        # Each layer's cache is dropped once its backward has run, so that memory serves the gradients of the
+        # layers below (the outputs stay, for first_nonfinite and the callers that read them).
+        caches, ncaches = self._caches, self._ncaches
+        self._caches = self._ncaches = None
         douts = {}
         dlogits = {}  # gradients with respect to the logits of a layer whose neuron a cost took over
         grads = {}
@@ -276,29 +283,31 @@ class Net:
             if l.is_data:
                 continue
             if l.is_cost:
-                if l.name not in self._caches:
+                if l.name not in caches:
                     continue
                 coeff = l.hyper.coeff * grad_scale
                 if l.name in self.fused:
                     sm = self.by_name[self.fused[l.name]]
-                    add(sm.in_names[0], l.backward_fused(coeff, self._caches[l.name], ctx))
+                    add(sm.in_names[0], l.backward_fused(coeff, caches.pop(l.name), ctx))
                     continue
                 src = self.fused_neuron.get(l.name)
-                if src is not None and ("logits", src) in self._caches:
-                    dlogits[src] = l.backward_logits(coeff, self._caches[l.name], ctx)
+                if src is not None and ("logits", src) in caches:
+                    dlogits[src] = l.backward_logits(coeff, caches.pop(l.name), ctx)
                     continue
-                dxs, _ = l.backward(coeff, self._caches[l.name], self.params[l.name], ctx)
+                dxs, _ = l.backward(coeff, caches.pop(l.name), self.params[l.name], ctx)
                 for name, d in zip(l.in_names, dxs):
                     add(name, d)
                 continue
             dout = douts.pop(l.name, None)
+            cache, ncache = caches.pop(l.name, None), ncaches.pop(l.name, None)
             if l.name in dlogits:  # the cost gave the gradient past the neuron (nothing else reads this layer)
                 dout = dlogits.pop(l.name)
             elif dout is None:
                 continue
             elif l.neuron is not None:
-                dout = l.neuron.backward(dout, self._ncaches[l.name], self.xp)
-            dxs, g = l.backward(dout, self._caches[l.name], self.params[l.name], ctx)
+                dout = l.neuron.backward(dout, ncache, self.xp)
+            dxs, g = l.backward(dout, cache, self.params[l.name], ctx)
+            del cache, ncache
             if g:
                 grads[l.name] = g
             for name, d in zip(l.in_names, dxs):

@@ -244,3 +244,51 @@ def test_resume_takes_the_runs_own_conv_paths_whatever_the_machine_prefers(tiny_
     got = _arrays(_newest(split))
     for k, v in want.items():
         np.testing.assert_array_equal(got[k], v, err_msg=k)
+
+
+GRU_LAYERS = """\
+data:   {type: data, dataIdx: 0}
+labels: {type: data, dataIdx: 1}
+conv1:  {type: conv, inputs: data, filters: 3, filterSize: 3, padding: 1, neuron: relu}
+gru1:   {type: gru, inputs: conv1, outputs: 5, bidirectional: 1}
+last:   {type: seqpool, inputs: gru1, pool: last}
+fc2:    {type: fc, inputs: last, outputs: 2}
+probs:  {type: softmax, inputs: fc2}
+logprob: {type: cost.logreg, inputs: [labels, probs]}
+"""
+
+
+@pytest.mark.parametrize("first_path", ["jit", "numpy"])
+def test_resume_takes_the_runs_own_recurrent_cell_path(tiny_batches, tmp_path, monkeypatch, first_path):
+    """The recurrent cells' path (numba's JIT cells or the NumPy ones) changes the bits; a run records it, so
+    a resume on this machine (which prefers the JIT when numba is there) gives the uninterrupted run's
+    weights whichever path the run started on."""
+    pytest.importorskip("numba", reason="numba not installed (the jit extra): there is only one cell path")
+    from convnet_cli.layers import recurrent_jit
+    from convnet_cli.train.checkpoint import load_checkpoint
+
+    (tmp_path / "layers.yaml").write_text(GRU_LAYERS)
+    (tmp_path / "params.yaml").write_text(PARAMS.split("\n")[0] + "\n")
+
+    def train(save, *extra, jit_env=None, epochs="2"):
+        if jit_env is None:
+            monkeypatch.delenv("CONVNET_JIT", raising=False)
+        else:
+            monkeypatch.setenv("CONVNET_JIT", jit_env)
+        args = extra or ("train", "--data-path", str(tiny_batches), "--save-path", str(tmp_path / save),
+                         "--layer-def", str(tmp_path / "layers.yaml"), "--layer-params",
+                         str(tmp_path / "params.yaml"), "--mini", "4", "--seed", "5", "--quiet", "--epochs", epochs)
+        r = invoke(list(args))
+        assert r.exit_code == 0, r.output
+        return next((tmp_path / save).iterdir())
+
+    first_env = "0" if first_path == "numpy" else None
+    whole = train("whole", jit_env=first_env)
+    assert load_checkpoint(_newest(whole)).state["conv_algos"][recurrent_jit.CELL_KEY] == first_path
+    split = train("split", jit_env=first_env, epochs="1")
+    train("split", "continue", str(split), "--epochs", "2", "--quiet")  # the machine's preference: jit
+    want, got = _arrays(_newest(whole)), _arrays(_newest(split))
+    for k, v in want.items():
+        np.testing.assert_array_equal(got[k], v, err_msg=k)
+    other = train("other", jit_env="0" if first_path == "jit" else None)
+    assert any(not np.array_equal(want[k], v) for k, v in _arrays(_newest(other)).items())  # the paths differ

@@ -201,6 +201,29 @@ def test_recurrent_weight_gradients_beside_the_loop_give_the_same_bits(monkeypat
     _same_bits_at_1_and_3_threads(monkeypatch, lambda: _run_layer(layer, x, params, dout))
 
 
+@pytest.mark.parametrize("type_name", ["lstm", "gru"])
+def test_recurrent_jit_case_chunks_give_the_same_bits(monkeypatch, type_name):
+    """The numba cells (the `jit` extra) run each chunk of cases' whole step loop on its own pool thread
+    (recurrent.py run_case_chunks): 40 cases make three chunks; one thread or three, the same bits."""
+    pytest.importorskip("numba", reason="numba not installed (the jit extra): no JIT cells to check")
+    from convnet_cli.layers import recurrent_jit
+
+    layer = make_layer(type_name, [(5, 2, 9)], outputs=6, bidirectional=1)
+    params = {k: v.astype(np.float32) for k, v in layer.init_params(np.random.default_rng(0)).items()}
+    x = nhwc((5, 2, 9), n=40, dtype=np.float32)
+    c, h, w = layer.out_shape
+    dout = np.random.default_rng(2).standard_normal((40, h, w, c)).astype(np.float32)
+
+    def run():
+        ctx = Context(xp=np, train=True, algos={recurrent_jit.CELL_KEY: "jit"})
+        out, cache = layer.forward([x], params, ctx)
+        assert cache[1][0][-1] is True  # the JIT path ran
+        dxs, grads = layer.backward(dout, cache, params, ctx)
+        return [out, dxs[0]] + [grads[k] for k in sorted(grads)]
+
+    _same_bits_at_1_and_3_threads(monkeypatch, run)
+
+
 def test_where_blas_cannot_be_set_to_one_thread_the_gemm_chunks_run_in_order(monkeypatch, small_chunks):
     """Another BLAS (or OS) without a thread setter: no GEMM work goes to the pool (BLAS keeps its own
     threads), element-wise work still does, and the results are the same bits."""

@@ -396,3 +396,53 @@ def test_training_stays_float32():
     for lname, g in grads.items():
         for k, v in g.items():
             assert v.dtype == np.float32, f"grad {lname}/{k}"
+
+
+# -- memory: what a training step keeps -------------------------------------------------------------------
+def test_a_step_keeps_no_caches_past_their_backward_and_no_pass_past_the_next():
+    """Each layer's cache goes once its backward has run (a second backward is refused in one line), the
+    outputs stay for first_nonfinite, and a forward lets the last pass's arrays go before it computes."""
+    import weakref
+
+    net = Net.from_text(SMALL, SGD_PARAMS, SMALL_SHAPE, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 16, 20, 1)).astype(np.float32)
+    y = rng.integers(0, 4, 6)
+    net.forward({0: x, 1: y}, train=True)
+    first_conv_out = weakref.ref(net.outputs["conv1"])
+    net.backward()
+    assert net.outputs["conv1"] is first_conv_out()  # kept for first_nonfinite
+    with pytest.raises(RuntimeError, match="needs a forward"):
+        net.backward()
+    seen = {}
+
+    def watch(layer_forward):
+        def run(xs, params, ctx):
+            seen.setdefault("alive", first_conv_out() is not None)
+            return layer_forward(xs, params, ctx)
+        return run
+
+    conv1 = net.by_name["conv1"]
+    conv1.forward = watch(conv1.forward)
+    net.forward({0: x, 1: y}, train=True)
+    assert seen == {"alive": False}  # the first pass's conv1 output was gone before conv1 ran again
+    assert net.first_nonfinite() is None
+
+
+def test_batchnorm_backward_from_x_gives_the_bits_of_the_kept_xhat():
+    """CPU training batchnorm keeps x and the mean, not xhat; backward recomputes xhat by the forward's own
+    operations, so dx, dgamma and dbeta are the bits the kept xhat gave."""
+    from convnet_cli.layers.norm import batchnorm_backward_numpy
+
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((4, 5, 6, 7)) * 3 + 1).astype(np.float32)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    mean = x.reshape(-1, 7).mean(axis=0)
+    inv_std = (1 / np.sqrt(x.reshape(-1, 7).var(axis=0) + 1e-5)).astype(np.float32)
+    gamma = rng.uniform(0.5, 1.5, 7).astype(np.float32)
+    xhat = x - mean
+    xhat *= inv_std
+    want = batchnorm_backward_numpy(dout, xhat, inv_std, gamma, True)
+    got = batchnorm_backward_numpy(dout, None, inv_std, gamma, True, x=x, mean=mean)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)

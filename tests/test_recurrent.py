@@ -357,3 +357,143 @@ def test_torch_parity_lstm_into_seqpool():
         (out[-1] if pool == "last" else out.mean(0)).sum().backward()
         _close(dx, xt.grad.numpy().transpose(0, 2, 3, 1), f"{pool} dx")
         _close(grads["weight_hh"], module.weight_hh_l0.grad.numpy(), f"{pool} weight_hh")
+
+
+# -- the numba cells (the optional jit extra) against the NumPy twins, the reference ---------------------
+def _numba():
+    return pytest.importorskip("numba", reason="numba not installed (the jit extra): the JIT cells are not built")
+
+
+def test_jit_lstm_cell_equals_numpy_twin():
+    _numba()
+    from convnet_cli.layers import recurrent_jit
+
+    assert recurrent_jit.available()
+    rng = np.random.default_rng(3)
+    n, o = 5, 7
+    pre = (rng.standard_normal((n, 4 * o)) * 3).astype(np.float32)
+    rec = rng.standard_normal((n, 4 * o)).astype(np.float32)
+    c_prev = rng.standard_normal((n, o)).astype(np.float32)
+    h, c, act = lstm_cell_forward_numpy(pre + rec, c_prev)
+    jp, jh, jc = pre.copy(), np.empty_like(c_prev), np.empty_like(c_prev)
+    recurrent_jit.lstm_forward(jp, rec, c_prev, jh, jc)
+    for got, want in ((jp, act), (jh, h), (jc, c)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+    jp0 = pre.copy()  # the first step: no recurrent term
+    recurrent_jit.lstm_forward(jp0, None, c_prev, jh, jc)
+    np.testing.assert_allclose(jh, lstm_cell_forward_numpy(pre, c_prev)[0], rtol=0, atol=2e-6)
+    dh, dc = rng.standard_normal((n, o)).astype(np.float32), rng.standard_normal((n, o)).astype(np.float32)
+    dpre, dc_prev = lstm_cell_backward_numpy(act, c, c_prev, dh, dc.copy())
+    jd, jdc = np.empty_like(act), dc.copy()
+    recurrent_jit.lstm_backward(act, c, c_prev, dh, jdc, jd)
+    np.testing.assert_allclose(jd, dpre, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(jdc, dc_prev, rtol=0, atol=2e-6)
+
+
+def test_jit_gru_cell_equals_numpy_twin():
+    _numba()
+    from convnet_cli.layers import recurrent_jit
+
+    rng = np.random.default_rng(4)
+    n, o = 5, 7
+    xg, hg = (rng.standard_normal((n, 3 * o)) * 2).astype(np.float32), rng.standard_normal((n, 3 * o)).astype(np.float32)
+    bhh = rng.standard_normal(3 * o).astype(np.float32)
+    h_prev = rng.standard_normal((n, o)).astype(np.float32)
+    h, act, hn = gru_cell_forward_numpy(xg, hg + bhh, h_prev)
+    jx, jh, jhn = xg.copy(), np.empty_like(h_prev), np.empty_like(h_prev)
+    recurrent_jit.gru_forward(jx, hg, bhh, h_prev, jh, jhn)
+    for got, want in ((jx, act), (jh, h), (jhn, hn)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+    jx0 = xg.copy()  # the first step: hg is the bias alone
+    recurrent_jit.gru_forward(jx0, None, bhh, h_prev, jh, jhn)
+    np.testing.assert_allclose(jh, gru_cell_forward_numpy(xg, np.broadcast_to(bhh, hg.shape), h_prev)[0],
+                               rtol=0, atol=2e-6)
+    dh = rng.standard_normal((n, o)).astype(np.float32)
+    want = gru_cell_backward_numpy(act, hn, h_prev, dh)
+    got = (np.empty_like(act), np.empty_like(act), np.empty_like(h_prev))
+    recurrent_jit.gru_backward(act, hn, h_prev, dh, *got)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=0, atol=2e-6)
+
+
+def test_jit_tanh_is_within_its_stated_error():
+    """The kernels' rational tanh (recurrent_jit.py: within 3.2e-7 of the exact one) over its whole range,
+    through the LSTM's g gate (pre-activation x -> tanh(x)) and beyond its clamp."""
+    _numba()
+    from convnet_cli.layers import recurrent_jit
+
+    x = np.linspace(-12, 12, 4001, dtype=np.float32)
+    o = x.size
+    pre = np.zeros((1, 4 * o), dtype=np.float32)
+    pre[0, 2 * o:3 * o] = x
+    recurrent_jit.lstm_forward(pre, None, np.zeros((1, o), np.float32), np.empty((1, o), np.float32),
+                               np.empty((1, o), np.float32))
+    err = np.abs(pre[0, 2 * o:3 * o].astype(np.float64) - np.tanh(x.astype(np.float64)))
+    assert err.max() <= 3.5e-7
+    assert np.all(np.abs(pre[0, 2 * o:3 * o]) <= 1)
+
+
+@pytest.mark.parametrize("type_name", ["lstm", "gru"])
+def test_jit_layer_path_equals_numpy_path(type_name):
+    """The whole layer on the JIT cells (case chunks on the pool's threads) against the NumPy cells: outputs
+    and every gradient within float32 rounding of each other."""
+    _numba()
+    from convnet_cli.layers import recurrent_jit
+
+    layer = recurrent(type_name, (3, 2, 11), outputs=9, bidirectional=1)
+    params = {k: v.astype(np.float32) for k, v in layer.init_params(np.random.default_rng(0)).items()}
+    params["bias_hh"] = np.random.default_rng(5).uniform(-0.5, 0.5, params["bias_hh"].shape).astype(np.float32)
+    x = nhwc((3, 2, 11), n=37, seed=6, dtype=np.float32)
+    c, h, w = layer.out_shape
+    dout = np.random.default_rng(7).standard_normal((37, h, w, c)).astype(np.float32)
+    results = {}
+    for path in ("numpy", "jit"):
+        ctx = Context(xp=np, train=True, algos={recurrent_jit.CELL_KEY: path})
+        out, cache = layer.forward([x], params, ctx)
+        dxs, grads = layer.backward(dout, cache, params, ctx)
+        results[path] = [out, dxs[0]] + [grads[k] for k in sorted(grads)]
+        assert ctx.algos == {recurrent_jit.CELL_KEY: path}
+    for a, b in zip(results["numpy"], results["jit"]):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_jit_path_is_recorded_and_can_be_turned_off(monkeypatch):
+    """A run records the cell path in its algos (kept in checkpoints, so a resume takes the same one);
+    CONVNET_JIT=0 takes the NumPy cells; float64 (the gradient checks) always does."""
+    _numba()
+    from convnet_cli.layers import recurrent_jit
+
+    layer = recurrent("lstm", SHAPE, outputs=4)
+    params = {k: v.astype(np.float32) for k, v in layer.init_params(np.random.default_rng(0)).items()}
+    x = nhwc(SHAPE, n=3, dtype=np.float32)
+    monkeypatch.delenv("CONVNET_JIT", raising=False)
+    record = {}
+    _, cache = layer.forward([x], params, Context(xp=np, train=True, algos=record))
+    assert record == {recurrent_jit.CELL_KEY: "jit"} and cache[1][0][-1] is True
+    _, cache = layer.forward([x.astype(np.float64)], params, Context(xp=np, train=True, algos={}))
+    assert cache[1][0][-1] is False
+    monkeypatch.setenv("CONVNET_JIT", "0")
+    record = {}
+    _, cache = layer.forward([x], params, Context(xp=np, train=True, algos=record))
+    assert record == {recurrent_jit.CELL_KEY: "numpy"} and cache[1][0][-1] is False
+    monkeypatch.delenv("CONVNET_JIT")
+    _, cache = layer.forward([x], params, Context(xp=np, train=True, algos={recurrent_jit.CELL_KEY: "numpy"}))
+    assert cache[1][0][-1] is False  # a resumed run keeps the NumPy path it started on
+
+
+def test_a_run_recorded_on_the_jit_path_resumes_on_numpy_with_one_warning(monkeypatch, capsys):
+    """Without numba a checkpoint that says 'jit' cannot be followed: the NumPy cells run, and one warning
+    says the numbers differ by float32 rounding and how to install the extra."""
+    from convnet_cli.layers import recurrent_jit
+
+    monkeypatch.setattr(recurrent_jit, "available", lambda: False)
+    monkeypatch.setattr(recurrent_jit, "unavailable_reason", lambda: "numba does not import (test)")
+    monkeypatch.setattr(recurrent_jit, "_WARNED", [False])
+    monkeypatch.delenv("CONVNET_JIT", raising=False)
+    record = {recurrent_jit.CELL_KEY: "jit"}
+    assert recurrent_jit.choose(record) == "numpy"
+    assert recurrent_jit.choose(record) == "numpy"
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and "numba does not import (test)" in err and "convnet[jit]" in err
+    assert record == {recurrent_jit.CELL_KEY: "jit"}  # the record is the run's: left as it was
+    assert recurrent_jit.choose({}) == "numpy"

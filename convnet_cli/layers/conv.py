@@ -282,8 +282,11 @@ class ConvLayer(_ConvBase):
             flops = 2.0 * n * p * geo.k * geo.f
             algo, res = winograd.choose(self._algo_key("forward", x), flops, runs, ctx.algos)
             out, xpad = res if res is not None else runs[algo]()
-            return out, (x, xpad)
-        return out, (x, self._forward_im2col(x, wm, b, out, xp)[1])
+            return out, (x, None)
+        self._forward_im2col(x, wm, b, out, xp)
+        # the padded copy of x is not kept: backward pads again (one copy of the map, while the layers
+        # above have already let their caches go), which saves a map-sized array per layer at the peak
+        return out, (x, None)
 
     def _algo_key(self, direction, x):
         """The shape key of the Winograd / im2col choice. Both paths run in chunks of cases, so the batch
@@ -367,7 +370,7 @@ class ConvLayer(_ConvBase):
         p = geo.ho * geo.wo
         dtype = x.dtype
         d2 = dout.reshape(n * p, geo.f)
-        if xpad is None:  # the forward pass went another way
+        if xpad is None:  # the forward pass does not keep its padded copy
             xpad = pad_nhwc(x, geo.ph, geo.pw, xp)
         db = xp.zeros(geo.f, dtype=dtype) if shared else None
         if want_dx and geo.transposed_dx():

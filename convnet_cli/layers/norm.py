@@ -359,25 +359,28 @@ class BatchNorm(Layer):
         count = x2.shape[0]
         eps = self.props.epsilon
         if ctx.train:
-            mean, var, xhat = _batch_stats_numpy(x2)
+            # (x - mean) goes into the output's buffer and is normalized there: no map-sized xhat is kept;
+            # backward recomputes it, by the same operations (the same bits), from x, which the layer below
+            # keeps as its output anyway
+            out = np.empty_like(x2)
+            mean, var, _ = _batch_stats_numpy(x2, out)
             m = self.props.momentum
             running_mean, running_var = params["running_mean"], params["running_var"]
             running_mean[...] = m * running_mean + (1 - m) * mean.astype(running_mean.dtype, copy=False)
             unbiased = var * (count / max(count - 1, 1))
             running_var[...] = m * running_var + (1 - m) * unbiased.astype(running_var.dtype, copy=False)
             inv_std = (1 / xp.sqrt(var + eps)).astype(x.dtype, copy=False)
-            out = np.empty_like(x2)
 
             def normalize(worker, bound):  # xhat in place, then out, while the rows are in the cache
                 r0, r1 = bound
-                h = xhat[r0:r1]
+                h = out[r0:r1]
                 h *= inv_std
-                np.multiply(h, gamma, out=out[r0:r1])
-                out[r0:r1] += beta
-                self.neuron_on(out[r0:r1])  # a fused relu (see base.py)
+                h *= gamma
+                h += beta
+                self.neuron_on(h)  # a fused relu (see base.py)
 
             _row_chunks_map(normalize, x2)
-            return out.reshape(shape), (xhat.reshape(shape), inv_std, gamma, True)
+            return out.reshape(shape), (None, inv_std, gamma, True, (x, mean))
         # test mode: one scale and one shift per channel, two passes over the map (detect and predict
         # spend most of their time here and in the convolutions); xhat only when backward may follow
         mean = params["running_mean"].astype(x.dtype, copy=False)
@@ -481,9 +484,13 @@ class BatchNorm(Layer):
         return [dx.reshape(shape)], {"gamma": dgamma, "beta": dbeta}
 
     def backward(self, dout, cache, params, ctx):
-        xhat, inv_std, gamma, train = cache
+        xhat, inv_std, gamma, train = cache[:4]
         if train and ctx.allreduce is not None:
             return self._backward_split(dout, xhat, inv_std, gamma, ctx)
+        if xhat is None:  # the CPU's training forward kept x and the mean instead
+            x, mean = cache[4]
+            dx, dgamma, dbeta = batchnorm_backward_numpy(dout, None, inv_std, gamma, train, x=x, mean=mean)
+            return [dx], {"gamma": dgamma, "beta": dbeta}
         fn = batchnorm_backward_cupy if _is_cupy(dout) else batchnorm_backward_numpy
         dx, dgamma, dbeta = fn(dout, xhat, inv_std, gamma, train)
         return [dx], {"gamma": dgamma, "beta": dbeta}
@@ -499,22 +506,34 @@ def batchnorm_forward_numpy(x, mean, inv_std, gamma, beta):
     return xhat * gamma + beta, xhat
 
 
-def batchnorm_backward_numpy(dout, xhat, inv_std, gamma, train: bool):
+def batchnorm_backward_numpy(dout, xhat, inv_std, gamma, train: bool, x=None, mean=None):
     """(dx, dgamma, dbeta). In training the batch mean and variance depend on x too (cs231n's
     batchnorm_backward, simplified); in test mode they are constants. In chunks of rows on the threads,
-    the sums per fixed block of chunks (cpu_threads.py)."""
+    the sums per fixed block of chunks (cpu_threads.py). xhat None: it is recomputed from x and mean, as
+    the forward pass computed it, into dx's buffer, which the gradient then overwrites in place."""
     shape = dout.shape
     d2 = dout.reshape(-1, shape[-1])
-    xh = xhat.reshape(-1, shape[-1])
-    count = d2.shape[0]
+    dx = np.empty_like(d2)
+    if xhat is None:
+        x2 = x.reshape(-1, shape[-1])
+        xh = dx
 
-    def sums(rows):
-        return _ones(rows.stop - rows.start, dout.dtype) @ d2[rows], np.einsum("ij,ij->j", d2[rows], xh[rows])
+        def sums(rows):
+            h = dx[rows]
+            np.subtract(x2[rows], mean, out=h)
+            h *= inv_std
+            return _ones(rows.stop - rows.start, dout.dtype) @ d2[rows], np.einsum("ij,ij->j", d2[rows], h)
+    else:
+        xh = xhat.reshape(-1, shape[-1])
+
+        def sums(rows):
+            return (_ones(rows.stop - rows.start, dout.dtype) @ d2[rows],
+                    np.einsum("ij,ij->j", d2[rows], xh[rows]))
+    count = d2.shape[0]
 
     parts = _row_blocks_map(sums, d2)
     dbeta = ordered_sum(p[0] for p in parts)
     dgamma = ordered_sum(p[1] for p in parts)
-    dx = np.empty_like(d2)
     scale = gamma * inv_std
     if train:
         # gamma * inv_std * (dout - dbeta / count - xhat * dgamma / count)
@@ -523,7 +542,7 @@ def batchnorm_backward_numpy(dout, xhat, inv_std, gamma, train: bool):
         def grad(worker, bound):
             r0, r1 = bound
             g = dx[r0:r1]
-            np.multiply(xh[r0:r1], a, out=g)
+            np.multiply(xh[r0:r1], a, out=g)  # in place where xh is dx itself
             g += d2[r0:r1]
             g -= b
             g *= scale
@@ -559,13 +578,13 @@ def _row_blocks_map(fn, x2):
                         parallel_threads(np, len(blks)))
 
 
-def _batch_stats_numpy(x2):
+def _batch_stats_numpy(x2, out=None):
     """(mean, biased variance, x - mean) of the columns of x2 (N*H*W, C): the two-pass variance, each pass
-    in blocks of rows over the threads."""
+    in blocks of rows over the threads; x - mean is written into `out` when given."""
     count = x2.shape[0]
     mean = ordered_sum(_row_blocks_map(lambda rows: _ones(rows.stop - rows.start, x2.dtype) @ x2[rows], x2))
     mean /= count
-    xhat = np.empty_like(x2)
+    xhat = np.empty_like(x2) if out is None else out
 
     def sqdev(rows):
         np.subtract(x2[rows], mean, out=xhat[rows])

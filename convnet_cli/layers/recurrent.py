@@ -44,7 +44,9 @@ from typing import ClassVar
 
 from convnet_cli.backend import cuda_elementwise, get_array_module
 from convnet_cli.layers.base import Key, Layer, register
-from convnet_cli.layers.cpu_threads import background_executor, chunk_bounds, matmul, parallel_threads
+from convnet_cli.layers import recurrent_jit
+from convnet_cli.layers.cpu_threads import (background_executor, chunk_bounds, matmul, parallel_map,
+                                            parallel_threads)
 from convnet_cli.layers.init import INIT_KINDS
 from convnet_cli.layers.neurons import parse_neuron
 
@@ -460,11 +462,24 @@ class RecurrentLayer(Layer):
     def _params(self, params, suffix, dtype):
         return {n: params[n + suffix].astype(dtype, copy=False) for n in self.NAMES}
 
+    # the cell has a numba twin (recurrent_jit.py): lstm and gru
+    has_jit: ClassVar[bool] = False
+    jit = False  # this forward pass's choice (forward sets it)
+
+    def _use_jit(self, x, ctx) -> bool:
+        """The fused numba cells for float32 NumPy arrays when the run (or this machine) takes that path."""
+        import numpy as np
+
+        if not self.has_jit or not isinstance(x, np.ndarray) or x.dtype != np.float32:
+            return False
+        return recurrent_jit.choose(ctx.algos) == "jit"
+
     def forward(self, xs, params, ctx):
         """xs[0]: (N, H, W, C) -> (N, 1, W, D*outputs), D = 2 when bidirectional."""
         xp = ctx.xp
         x = xs[0]
         seq = to_sequence(x)
+        self.jit = self._use_jit(x, ctx)  # read by _run; _back reads it from the cache
         outs, caches = [], []
         for suffix, backwards in self._directions():
             s = seq[::-1] if backwards else seq
@@ -501,6 +516,20 @@ class RecurrentLayer(Layer):
         out = matmul(seq.reshape(t * n, f), w.T).reshape(t, n, -1)
         out += b
         return out
+
+
+def case_chunks(n: int) -> list:
+    """The JIT cells' split of a minibatch of n cases: chunks of at least 16 cases, at most 4 of them, fixed by
+    n alone (so the bits do not depend on the thread count)."""
+    return chunk_bounds(n, max(16, -(-n // 4)))
+
+
+def run_case_chunks(fn, n: int, xp):
+    """fn(worker, (first, stop)) for every chunk of case_chunks(n), spread over the pool's threads: the cases
+    of a recurrent layer are independent over the whole sequence, so each chunk runs its own step loop (its
+    GEMMs and the numba cells release the GIL) with no hand-off between steps."""
+    chunks = case_chunks(n)
+    parallel_map(fn, chunks, parallel_threads(xp, len(chunks)))
 
 
 class _WeightGrads:
@@ -549,6 +578,13 @@ class _WeightGrads:
             else:
                 self.futures.append(self.pool.submit(self._block, self.next))
             self.next -= 1
+
+    def finish_all(self):
+        """All blocks at once, spread over the pool's threads (after a step loop that took the cores itself)."""
+        parallel_map(lambda worker, k: self._block(k), range(len(self.bounds)),
+                     parallel_threads(self.xp, len(self.bounds)))
+        self.next = -1
+        return self.finish()
 
     def finish(self):
         self.passed(0)
@@ -622,6 +658,8 @@ class LSTMLayer(RecurrentLayer):
     onnx_gate_order = (0, 3, 1, 2)  # i, f, g, o -> i, o, f, c
     _onnx_outputs = 3
 
+    has_jit = True
+
     def _run(self, seq, p, xp):
         steps, n, _ = seq.shape
         units = self.props.outputs
@@ -631,6 +669,20 @@ class LSTMLayer(RecurrentLayer):
         whh_t = p["weight_hh"].T
         recurrent = xp.empty_like(pre[0])
         c0 = xp.zeros((n, units), dtype=seq.dtype)
+        jit = self.jit
+        if jit:
+            def run_cases(worker, rows):
+                # one pass a step over this chunk's cases: the add, the gates (into pre[t]), c and h
+                r = slice(*rows)
+                rec, c_start = xp.empty_like(pre[0, r]), xp.zeros_like(c0[r])
+                for t in range(steps):
+                    if t:
+                        xp.matmul(hs[t - 1, r], whh_t, out=rec)
+                    recurrent_jit.lstm_forward(pre[t, r], rec if t else None, cs[t - 1, r] if t else c_start,
+                                               hs[t, r], cs[t, r])
+
+            run_case_chunks(run_cases, n, xp)
+            return hs, (seq, hs, cs, pre, jit)
         for t in range(steps):
             if t:
                 xp.matmul(hs[t - 1], whh_t, out=recurrent)
@@ -639,16 +691,31 @@ class LSTMLayer(RecurrentLayer):
             # activated gates take their place, and h and c go straight into hs[t] and cs[t] (fresh
             # arrays per step cost a pass over memory each and page faults on every batch).
             lstm_cell_forward(pre[t], cs[t - 1] if t else c0, out=(hs[t], cs[t], pre[t]))
-        return hs, (seq, hs, cs, pre)
+        return hs, (seq, hs, cs, pre, jit)
 
     def _back(self, dhs, cache, p, xp):
-        seq, hs, cs, acts = cache
+        seq, hs, cs, acts, jit = cache
         steps = hs.shape[0]
         dpre = xp.empty_like(acts)
         whh = p["weight_hh"]
         c0 = xp.zeros_like(hs[0])
         dh = xp.empty_like(hs[0])
         dc = xp.zeros_like(hs[0])  # the gradient reaching c from the step after; updated in place
+        if jit:
+            def back_cases(worker, rows):
+                r = slice(*rows)
+                dh_r, dc_r = xp.empty_like(dh[r]), xp.zeros_like(dc[r])
+                for t in range(steps - 1, -1, -1):
+                    if t == steps - 1:
+                        dh_r[...] = dhs[t, r]
+                    else:
+                        xp.matmul(dpre[t + 1, r], whh, out=dh_r)
+                        dh_r += dhs[t, r]
+                    recurrent_jit.lstm_backward(acts[t, r], cs[t, r], cs[t - 1, r] if t else c0[r], dh_r, dc_r,
+                                                dpre[t, r])
+
+            run_case_chunks(back_cases, hs.shape[1], xp)
+            return _WeightGrads(seq, dpre, hs, dpre, p, xp).finish_all()
         wg = _WeightGrads(seq, dpre, hs, dpre, p, xp)
         for t in range(steps - 1, -1, -1):
             if t == steps - 1:
@@ -673,6 +740,8 @@ class GRULayer(RecurrentLayer):
     def _onnx_attrs(self, directions):
         return {"linear_before_reset": 1}  # b_hn inside r's product, as PyTorch
 
+    has_jit = True
+
     def _run(self, seq, p, xp):
         steps, n, _ = seq.shape
         units = self.props.outputs
@@ -680,23 +749,55 @@ class GRULayer(RecurrentLayer):
         hs = xp.empty((steps, n, units), dtype=seq.dtype)
         hns = xp.empty_like(hs)
         whh_t, bhh = p["weight_hh"].T, p["bias_hh"]
+        jit = self.jit
+        if jit:
+            def run_cases(worker, rows):
+                # one pass a step over this chunk's cases: the recurrent bias, the gates (into xgs[t]), h, hn
+                r = slice(*rows)
+                h0 = xp.zeros((r.stop - r.start, units), dtype=seq.dtype)
+                hg = xp.empty_like(xgs[0, r])
+                for t in range(steps):
+                    if t:
+                        xp.matmul(hs[t - 1, r], whh_t, out=hg)
+                    recurrent_jit.gru_forward(xgs[t, r], hg if t else None, bhh, hs[t - 1, r] if t else h0,
+                                              hs[t, r], hns[t, r])
+
+            run_case_chunks(run_cases, n, xp)
+            return hs, (seq, hs, hns, xgs, jit)
         h = xp.zeros((n, units), dtype=seq.dtype)
         for t in range(steps):
             hg = xp.broadcast_to(bhh, (n, bhh.shape[0])) if t == 0 else h @ whh_t + bhh
             # the gates replace step t's input projection, used up (as in LSTMLayer._run)
             h, xgs[t], hns[t] = gru_cell_forward(xgs[t], hg, h)
             hs[t] = h
-        return hs, (seq, hs, hns, xgs)
+        return hs, (seq, hs, hns, xgs, jit)
 
     def _back(self, dhs, cache, p, xp):
-        seq, hs, hns, acts = cache
+        seq, hs, hns, acts, jit = cache
         dxg = xp.empty_like(acts)
         dhg = xp.empty_like(acts)
         whh = p["weight_hh"]
         zeros = xp.zeros_like(hs[0])
         wg = _WeightGrads(seq, dxg, hs, dhg, p, xp)
+        steps = hs.shape[0]
+        if jit:
+            def back_cases(worker, rows):
+                r = slice(*rows)
+                dh, direct = xp.empty_like(zeros[r]), xp.empty_like(zeros[r])
+                for t in range(steps - 1, -1, -1):
+                    if t == steps - 1:
+                        dh[...] = dhs[t, r]
+                    else:
+                        xp.matmul(dhg[t + 1, r], whh, out=dh)
+                        dh += direct
+                        dh += dhs[t, r]
+                    recurrent_jit.gru_backward(acts[t, r], hns[t, r], hs[t - 1, r] if t else zeros[r], dh,
+                                               dxg[t, r], dhg[t, r], direct)
+
+            run_case_chunks(back_cases, hs.shape[1], xp)
+            return wg.finish_all()
         dh_next = None
-        for t in range(hs.shape[0] - 1, -1, -1):
+        for t in range(steps - 1, -1, -1):
             dh = dhs[t] if dh_next is None else dhs[t] + dh_next
             dxg[t], dhg[t], direct = gru_cell_backward(acts[t], hns[t], hs[t - 1] if t else zeros, dh)
             dh_next = direct + dhg[t] @ whh
