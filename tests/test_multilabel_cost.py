@@ -261,3 +261,13 @@ def test_a_bce_net_with_outputs_unlike_the_classes_is_refused():
     net = Net.from_text(NET, "", SHAPE, seed=0)
     with pytest.raises(ConfigError, match="has 4 outputs but the data has 3 classes.*outputs: 3"):
         net.check_data(["a", "b", "c"], True)
+
+
+def test_a_softmax_feeding_cost_bce_is_refused_in_one_line_naming_the_layer_and_line():
+    text = SOFTMAX_NET.replace("logprob: {type: cost.logreg, inputs: [labels, probs]}",
+                               "bce: {type: cost.bce, inputs: [labels, probs]}")
+    with pytest.raises(ConfigError) as e:
+        Net.from_text(text, "", SHAPE, seed=0)
+    msg = str(e.value)
+    assert "\n" not in msg and "layer 'bce'" in msg and "'probs' is a softmax" in msg
+    assert "neuron: logistic" in msg and "(line 5)" in msg

@@ -297,6 +297,10 @@ def build_layers(specs: list, data_shape, source: str = "layers.yaml") -> list:
             check_layer_size(layer, prefix, _at(s.line))
         layer.neuron = parse_neuron(s.neuron) if s.neuron else None
         layer.line = s.line
+        if not s.cls.is_data:
+            problem = layer.input_problem([layers[i] for i in s.inputs])
+            if problem:
+                raise ConfigError(f"{prefix}layer '{s.name}': {problem}{_at(s.line)}")
         layers[s.name] = layer
         out.append(layer)
     return out

@@ -120,6 +120,11 @@ class Layer:
         """(C, H, W) of the output per case; raise self.error(...) when the inputs do not fit."""
         return self.in_shapes[0]
 
+    def input_problem(self, inputs) -> str | None:
+        """What is wrong with the layers feeding this one (`inputs`, built layers in in_names order, their
+        neurons set) beyond their shapes, as the fix to say in one line; None when nothing is."""
+        return None
+
     def set_hyper(self, values: dict):
         """Take this layer's run-time settings from the (re-)read params file (defaults where absent)."""
         merged = dict(self.hyper_defaults)

@@ -308,6 +308,14 @@ class BCECost(CostLayer):
         # one logistic unit scores the second of two classes (0/1 labels); otherwise one unit per class
         _check_outputs(self, label_names, self.num_scores == k or (not multi_label and k == 2 and self.num_scores == 1))
 
+    def input_problem(self, inputs):
+        src = inputs[self.scores_input]
+        if isinstance(src, SoftmaxLayer):
+            return (f"its scores input '{src.name}' is a softmax, whose outputs share one unit of probability "
+                    f"(one class per case), while cost.bce scores each class on its own; feed it the fc layer "
+                    f"before '{src.name}' with neuron: logistic (or use cost.logreg on the softmax)")
+        return None
+
     def infer_shape(self):
         lab, out = self.in_shapes
         if lab != (1, 1, 1):
