@@ -62,8 +62,9 @@ def write_recording(path: str, hours: float, calls: bool = True, seed: int = 0) 
     return path
 
 
-def make_checkpoint(path: str, recording: str) -> str:
-    """The packaged upcall net, freshly initialised, with the mean/std of the first 200 windows."""
+def make_checkpoint(path: str, recording: str, features: dict | None = None) -> str:
+    """The packaged upcall net, freshly initialised, with the mean/std of the first 200 windows; features: the
+    feature settings (default: upcall-features.yaml)."""
     import numpy as np
     import yaml
 
@@ -79,7 +80,7 @@ def make_checkpoint(path: str, recording: str) -> str:
     with open(config_path("upcall-params.yaml"), encoding="utf-8") as f:
         params = f.read()
     with open(config_path("upcall-features.yaml"), encoding="utf-8") as f:
-        feats = yaml.safe_load(f)
+        feats = features or yaml.safe_load(f)
     spec = FeatureSpec.from_dict(feats)
     first = np.concatenate([f for _, (_, f) in zip(range(4), iter_window_features(recording, spec, 1.0, batch=50))])
     first = first.reshape(len(first), -1)

@@ -86,6 +86,8 @@ def test_features_match_torch_stft(kind, win):
     {"pcen_time_constant": 0.06, "pcen_gain": 0.8, "pcen_bias": 10.0, "pcen_power": 0.25, "pcen_eps": 1e-4},
     {"pcen_power": 0.0},                                       # the log1p form
     {"pcen_bias": 0.0},                                        # the plain power form
+    {"pcen_power": 1.0},                                       # power 1: no compression
+    {"pcen_power": 0.5, "pcen_bias": 0.5},                     # the default power with another bias
 ])
 def test_pcen_equals_librosa_on_the_same_mel_magnitudes(params):
     librosa = pytest.importorskip("librosa", reason="librosa is the PCEN reference (pip install librosa)")

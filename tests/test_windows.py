@@ -96,7 +96,7 @@ def _clip_features(path, start_s, spec):
     (44100, 0.5, 2, "logmel"),    # resampled stereo
     (2000, 0.333, 1, "mfcc"),     # off the grid: each window through compute_features alone
     (16000, 0.75, 1, "logspec"),
-    (2000, 1.0, 1, "pcen"),       # on the grid, but PCEN smooths over a window's frames: never shared
+    (2000, 1.0, 1, "pcen"),       # on the grid: windows share the mel frames, PCEN runs on each window's own
 ])
 def test_window_features_equal_clip_features(tmp_path, sr_in, hop_s, channels, kind):
     spec = FeatureSpec.from_dict({**SPEC.to_dict(), "kind": kind})
@@ -145,6 +145,32 @@ def test_a_kind_that_is_not_frame_local_never_shares_frames(tmp_path, running_me
     starts, feats = np.concatenate(starts), np.concatenate(feats)
     for k in range(len(starts)):
         np.testing.assert_allclose(feats[k], _clip_features(p, starts[k], spec), rtol=1e-5, atol=1e-4)
+
+
+def test_pcen_windows_share_the_mel_frames_and_normalise_each_window_from_its_first_frame(tmp_path, monkeypatch):
+    # the shared STFT run computes only the mel magnitudes (frames_only); PCEN's smoother then starts at each
+    # window's first frame, so every window equals the same clip computed alone
+    import convnet_cli.ingest.windows as windows
+
+    spec = FeatureSpec.from_dict({**SPEC.to_dict(), "kind": "pcen"})
+    assert spec.shares_frames and not spec.frame_local
+    calls = []
+    real = windows.compute_features
+
+    def spy(signals, spec_, xp, frames_only=False):
+        calls.append(frames_only)
+        return real(signals, spec_, xp, frames_only=frames_only)
+
+    monkeypatch.setattr(windows, "compute_features", spy)
+    p = write_recording(str(tmp_path / "r.flac"), 12.0, sr=2000, calls=[(3.0, 4.0, 180.0)], block_s=5.0)
+    starts, feats = zip(*iter_window_features(p, spec, 1.0, batch=4, block_s=6.0))
+    starts, feats = np.concatenate(starts), np.concatenate(feats)
+    assert calls and all(calls)
+    monkeypatch.undo()
+    for k in range(len(starts)):
+        np.testing.assert_allclose(feats[k], _clip_features(p, starts[k], spec), rtol=1e-5, atol=1e-5)
+    # the first frame of every window is normalised from the smoother's start, not from the frames before it
+    assert not np.allclose(feats[1][0, :, 0], feats[0][0, :, spec.num_frames // 2], atol=1e-3)
 
 
 def test_selected_windows_equal_the_same_windows_of_all(tmp_path):

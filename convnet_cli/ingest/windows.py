@@ -19,8 +19,11 @@ Features: window k starts at sample round(k * hop_s * sample_rate) of the resamp
 multiple of `hop`) and the feature kind is frame-local (`FeatureKind.frame_local`: a frame's values depend on
 its own samples only), the STFT frames of the whole run are computed once by `compute_features` and each
 window takes its W frames: the same numbers as computing the window alone (no padding, no per-clip
-normalisation), without computing overlapping frames twice. Otherwise (a kind that smooths over time, such
-as PCEN, or starts off the hop grid) each window is cut out and passed to `compute_features` as a clip.
+normalisation), without computing overlapping frames twice. A kind that smooths over time but splits into a
+frame-local part and a per-clip part (`FeatureKind.splits`: PCEN's mel magnitudes, then its smoother from
+each clip's first frame) shares the first and applies the second to each window's frames. Otherwise (another
+kind that is not frame-local, or starts off the hop grid) each window is cut out and passed to
+`compute_features` as a clip.
 """
 from __future__ import annotations
 
@@ -324,7 +327,7 @@ def _run_features(buf, offsets, spec: FeatureSpec, xp):
     if offsets.size:                      # only the stretch these windows cover
         buf = buf[int(offsets[0]):int(offsets[-1]) + n_win]
         offsets = offsets - offsets[0]
-    if offsets.size and spec.frame_local and not (offsets % spec.hop).any():
+    if offsets.size and spec.shares_frames and not (offsets % spec.hop).any():
         # one STFT over the run, in pieces of P frames (~2 MiB of frame tensor each); windows take their frames
         total = 1 + (buf.shape[0] - spec.n_fft) // spec.hop
         p = max(1, _PIECE_BYTES // (spec.n_fft * 4))
@@ -333,15 +336,19 @@ def _run_features(buf, offsets, spec: FeatureSpec, xp):
         if full:
             view = numpy.lib.stride_tricks.as_strided(
                 buf, shape=(full, (p - 1) * spec.hop + spec.n_fft), strides=(p * spec.hop * 4, 4))
-            f = compute_features(xp.asarray(view), spec, xp)        # (full, 1, H, p)
+            f = compute_features(xp.asarray(view), spec, xp, frames_only=True)   # (full, 1, H, p)
             parts.append(f[:, 0].transpose(1, 0, 2).reshape(f.shape[2], full * p))
         if total > full * p:
             rest = buf[full * p * spec.hop:(total - 1) * spec.hop + spec.n_fft]
-            parts.append(compute_features(xp.asarray(rest[None]), spec, xp)[0, 0])
+            parts.append(compute_features(xp.asarray(rest[None]), spec, xp, frames_only=True)[0, 0])
         frames = xp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]   # (H, total)
         first = xp.asarray(offsets // spec.hop)
         idx = first[:, None] + xp.arange(spec.num_frames)[None, :]
-        return frames[:, idx].transpose(1, 0, 2)[:, None]           # (n, 1, H, W)
+        feats = frames[:, idx].transpose(1, 0, 2)                    # (n, H, W)
+        if not spec.frame_local:                                      # the kind's per-clip part, window by window
+            kind = spec.feature_kind
+            feats = kind.clip_part(xp.ascontiguousarray(feats.transpose(0, 2, 1)), spec, xp).transpose(0, 2, 1)
+        return feats[:, None]                                         # (n, 1, H, W)
     sig = numpy.stack([buf[d:d + n_win] for d in offsets]) if offsets.size else numpy.zeros((0, n_win), numpy.float32)
     return compute_features(xp.asarray(sig), spec, xp)
 
