@@ -75,3 +75,44 @@ def test_from_scores_keeps_every_class_of_a_multilabel_run(detected, tmp_path):
     r = invoke(["detect", "--from-scores", str(root / "out"), "--out", str(tmp_path / "low"), "--classes", "low"])
     assert r.exit_code == 0, r.output
     assert [d["class"] for d in _rows(tmp_path / "low" / "detections.csv")] == ["low"] * 3
+
+
+def test_review_of_a_multilabel_detect_feeds_absent_classes_back(detected, tmp_path):
+    """review samples every class of a multi-label run, overlapping events included; a 'false' verdict on a
+    high event makes 'high' absent (0) in the windows it covers in make-batches --multi-label, while the low
+    call under it stays present (SPEC 17, 18)."""
+    import yaml
+
+    from convnet_cli.review.build import prepare
+    from tests.multilabel_detector import FEATURES, batch_truth
+
+    root, _ = detected
+    review = prepare(str(root / "out"), str(tmp_path / "rv"), select="top", progress=False, echo=lambda m: None)
+    items = {(it.label, round(it.begin), round(it.end)): it for it in review.items}
+    assert {c for c, _, _ in items} == {"high", "low"} and len(items) == 6, sorted(items)
+    high = [it for it in review.items if it.label == "high" and it.begin < 7.0 < it.end]
+    low = [it for it in review.items if it.label == "low" and it.begin < 7.0 < it.end]
+    assert len(high) == 1 and len(low) == 1        # the high call inside the low one: both in the sample
+    review.store.record(high[0].id, "false")
+    review.store.record(low[0].id, "true")
+
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    (tables / "calls.csv").write_text("filename,start,end,label\n"
+                                      + "".join(f"chorus.wav,{b},{e},{c}\n" for b, e, c in CALLS if b > 10))
+    (tables / "verdicts.selections.txt").write_bytes((tmp_path / "rv" / "verdicts.selections.txt").read_bytes())
+    feats = tmp_path / "f.yaml"
+    feats.write_text(yaml.safe_dump(FEATURES))
+    out = tmp_path / "b"
+    r = invoke(["make-batches", str(root / "rec"), str(out), "--annotations", str(tables), "--multi-label",
+                "--features", str(feats), "--window-hop", "0.5", "--test-fraction", "0", "--jobs", "1", "--quiet"])
+    assert r.exit_code == 0, r.output
+    bs, names, truth = batch_truth(out)
+    k = {c: bs.label_names.index(c) for c in ("high", "low")}
+    starts = {float(n.rsplit("@", 1)[1]): row for n, row in zip(names, truth)}
+    hb, he = high[0].begin, high[0].end
+    inside = [s for s in starts if hb <= s and s + 1.0 <= he]          # windows wholly inside the false event
+    assert inside, sorted(starts)
+    for s in inside:
+        assert starts[s][k["high"]] == 0, (s, starts[s])               # verified absent
+        assert starts[s][k["low"]] == 1, (s, starts[s])                # the verified low call is still there
