@@ -14,6 +14,8 @@ checkpoints: `<layer>/<param>` and `<layer>/<param>/<state>`.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from convnet_cli.backend import CPU, Backend, to_host
@@ -69,6 +71,7 @@ class Net:
         self._logit_layers = set(self.fused_neuron.values())
         self.set_learning(learn)
         self.outputs = {}
+        self._costs = {}  # the last forward's, for backward (see _costs_finite)
         self._caches = {}
         self._ncaches = {}
         self._ctx = None
@@ -166,7 +169,8 @@ class Net:
         """data: {dataIdx: array}; index 0 features (N, H, W, C), 1 labels (N,) or (N, K).
 
         Returns {cost layer: (cost, metrics)}; cost layers are skipped when labels are not given.
-        Every layer's output stays in `self.outputs` until the next call.
+        Every layer's output stays in `self.outputs` until the next call, or until backward has run past
+        it (backward keeps them all when a cost is not finite, for first_nonfinite).
 
         keep_cache=False is the inference path (predict): nothing is kept for a backward pass, and a
         layer's output is dropped as soon as its last consumer has run, except the outputs of layers
@@ -223,14 +227,23 @@ class Net:
             self._release(drop_after.get(len(self.layers) - 1, ()), outs, caches, ncaches)
             caches, ncaches = None, None
         self.outputs, self._caches, self._ncaches = outs, caches, ncaches
+        self._costs = costs
         return costs
+
+    def _costs_finite(self) -> bool:
+        """Whether every cost of the last forward is finite (a host number each: one sync on a GPU)."""
+        return all(math.isfinite(float(c)) for c, _ in self._costs.values())
+
+    def _read_by_costs(self) -> set:
+        """Names of the outputs that cost layers read (with a fused softmax + logreg, the softmax's input)."""
+        names = {i for l in self.cost_layers for i in l.in_names}
+        return names | {i for sm in self.fused.values() for i in self.by_name[sm].in_names}
 
     def _last_readers(self, keep) -> dict:
         """{layer index: names of the outputs that this layer is the last to read}, leaving out the
         outputs in `keep`, those that cost layers read (a caller may want them without labels; with a
         fused softmax + logreg, the softmax's input too) and those that nothing reads (the net's outputs)."""
-        never = set(keep) | {i for l in self.cost_layers for i in l.in_names}
-        never |= {i for sm in self.fused.values() for i in self.by_name[sm].in_names}  # fused log-softmax
+        never = set(keep) | self._read_by_costs()
         last = {}
         for index, l in enumerate(self.layers):
             for name in l.in_names:
@@ -266,10 +279,13 @@ class Net:
         if self._caches is None:
             raise RuntimeError("Net.backward needs a forward(keep_cache=True) before each call: the last forward "
                                "pass kept nothing for backward (keep_cache=False), or a backward used it up")
-        # Each layer's cache is dropped once its backward has run, so that memory serves the gradients of the
-        # layers below (the outputs stay, for first_nonfinite and the callers that read them).
+        # Each layer's cache is dropped once its backward has run, and its output once its neuron's backward
+        # has (every reader of it is above it and has run), so that memory serves the gradients of the
+        # layers below. When a cost of the last forward is not finite the outputs stay, for first_nonfinite.
         caches, ncaches = self._caches, self._ncaches
         self._caches = self._ncaches = None
+        outs = self.outputs if self._costs_finite() else {}
+        read_by_costs = self._read_by_costs()   # small, and what a caller reads after a step: they stay
         douts = {}
         dlogits = {}  # gradients with respect to the logits of a layer whose neuron a cost took over
         grads = {}
@@ -306,6 +322,9 @@ class Net:
                 continue
             elif l.neuron is not None:
                 dout = l.neuron.backward(dout, ncache, self.xp)
+            ncache = None
+            if l.name in outs and l.name not in read_by_costs:
+                outs[l.name] = None
             dxs, g = l.backward(dout, cache, self.params[l.name], ctx)
             del cache, ncache
             if g:

@@ -400,8 +400,8 @@ def test_training_stays_float32():
 
 # -- memory: what a training step keeps -------------------------------------------------------------------
 def test_a_step_keeps_no_caches_past_their_backward_and_no_pass_past_the_next():
-    """Each layer's cache goes once its backward has run (a second backward is refused in one line), the
-    outputs stay for first_nonfinite, and a forward lets the last pass's arrays go before it computes."""
+    """Each layer's cache and output go once backward has run past the layer (a second backward is refused
+    in one line), and a forward lets the last pass's arrays go before it computes."""
     import weakref
 
     net = Net.from_text(SMALL, SGD_PARAMS, SMALL_SHAPE, seed=0)
@@ -409,11 +409,16 @@ def test_a_step_keeps_no_caches_past_their_backward_and_no_pass_past_the_next():
     x = rng.standard_normal((6, 16, 20, 1)).astype(np.float32)
     y = rng.integers(0, 4, 6)
     net.forward({0: x, 1: y}, train=True)
-    first_conv_out = weakref.ref(net.outputs["conv1"])
+    inner = ("conv1", "bn1", "pool1", "conv2", "bn2", "pool2")   # fc1 and probs, read by the cost, stay
+    refs = {name: weakref.ref(net.outputs[name]) for name in inner}
     net.backward()
-    assert net.outputs["conv1"] is first_conv_out()  # kept for first_nonfinite
+    assert {name: r() is None for name, r in refs.items()} == {name: True for name in inner}
+    assert all(net.outputs[name] is None for name in inner)
+    assert net.outputs["probs"] is not None and net.outputs["fc1"] is not None
     with pytest.raises(RuntimeError, match="needs a forward"):
         net.backward()
+    net.forward({0: x, 1: y}, train=True)
+    first_conv_out = weakref.ref(net.outputs["conv1"])
     seen = {}
 
     def watch(layer_forward):
@@ -427,6 +432,19 @@ def test_a_step_keeps_no_caches_past_their_backward_and_no_pass_past_the_next():
     net.forward({0: x, 1: y}, train=True)
     assert seen == {"alive": False}  # the first pass's conv1 output was gone before conv1 ran again
     assert net.first_nonfinite() is None
+
+
+def test_a_backward_after_a_nonfinite_cost_keeps_the_outputs_for_first_nonfinite():
+    net = Net.from_text(SMALL, SGD_PARAMS, SMALL_SHAPE, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 16, 20, 1)).astype(np.float32)
+    x[2, 3, 4, 0] = np.inf
+    with np.errstate(all="ignore"):
+        costs = net.forward({0: x, 1: rng.integers(0, 4, 6)}, train=True)
+        assert not np.isfinite(costs["logprob"][0])
+        net.backward()
+    assert all(net.outputs[name] is not None for name in ("conv1", "bn1", "fc1"))
+    assert net.first_nonfinite() == "conv1"
 
 
 def test_batchnorm_backward_from_x_gives_the_bits_of_the_kept_xhat():
