@@ -94,3 +94,46 @@ def test_finder_reports_a_cycle():
 def test_no_import_cycles():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def _part(module: str) -> str:
+    """convnet_cli.train.trainer -> 'train'; convnet_cli.net -> 'net'."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+PIPELINES = {"train", "predict", "detect", "review", "info", "show", "export"}
+FOUNDATION = {"net", "layers", "config", "data", "ingest", "metrics", "updaters", "backend", "errors", "fileio",
+              "progress", "thresholds", "parallel"}
+
+
+def upward_imports(graph: dict) -> list:
+    """(module, imported) pairs against docs/DESIGN.md's direction: only cli.py and commands/ import the
+    commands; train/ imports no other pipeline (it once took its metrics from predict/); the foundation
+    (net, layers, config, data, ingest, metrics, ...) imports no pipeline."""
+    bad = []
+    for module, deps in graph.items():
+        part = _part(module)
+        for d in deps:
+            dp = _part(d)
+            if dp in ("commands", "cli") and part not in ("commands", "cli", "__main__"):
+                bad.append((module, d))
+            elif part == "train" and dp in PIPELINES - {"train"}:
+                bad.append((module, d))
+            elif part in FOUNDATION and dp in PIPELINES:
+                bad.append((module, d))
+    return sorted(bad)
+
+
+def test_upward_imports_are_found():
+    graph = {"convnet_cli.train.best": {"convnet_cli.predict.predict"}, "convnet_cli.net": {"convnet_cli.train.x"},
+             "convnet_cli.data.writer": {"convnet_cli.commands.make_batches"},
+             "convnet_cli.commands.train": {"convnet_cli.train.trainer"}}
+    assert upward_imports(graph) == [("convnet_cli.data.writer", "convnet_cli.commands.make_batches"),
+                                     ("convnet_cli.net", "convnet_cli.train.x"),
+                                     ("convnet_cli.train.best", "convnet_cli.predict.predict")]
+
+
+def test_imports_go_one_way():
+    bad = upward_imports(import_graph())
+    assert not bad, "imports against docs/DESIGN.md's direction: " + ", ".join(f"{a} -> {b}" for a, b in bad)
