@@ -85,6 +85,7 @@ def test_hand_computed_windows(survey, tmp_path):
     assert {n: v[0] for n, v in got.items()} == expected
     assert meta["label_names"] == ["background", "gunshot", "upcall"]
     assert meta["window"] == {"duration": 2.0, "hop": 1.0} and meta["features"]["duration"] == 2.0
+    assert meta["features"]["window_hop"] == 1.0   # SPEC 11: features also holds window_hop
     assert meta["num_batches"] == 5 and max(meta["batch_cases"]) <= 7 and meta["skipped"] == 1
     with open(tmp_path / "b" / "skipped.txt") as f:
         assert f.read() == "file,reason\nsite2/recD.flac,no annotation table names this recording\n"

@@ -344,6 +344,8 @@ class SetWriter:
             "dtype": self.dtype,
         }
         meta.update(extra or {})
+        if isinstance(meta.get("window"), dict):   # SPEC 11: `features` also holds window_hop, as it always has
+            meta["features"]["window_hop"] = float(meta["window"]["hop"])
         t0 = time.perf_counter()
         write_text_atomic(os.path.join(self.staging, SKIPPED), format_skipped(skipped))
         write_pickle_atomic(os.path.join(self.staging, META), meta)

@@ -269,8 +269,8 @@ _COMMON = {
 ALWAYS_STORED = ("n_mels", "fmin", "fmax", "n_mfcc")
 COMMON_KEYS = tuple(_COMMON)
 # Keys make-batches --annotations stores in batches.meta `features` next to the features keys (the window
-# hop of batch folders made before the window spec had its own entry); they are not feature settings, and
-# a features mapping may carry them.
+# hop, SPEC section 11; the WindowSpec's own `window` entry beside it is what convnet reads); they are not
+# feature settings, and a features mapping may carry them.
 NOT_FEATURE_KEYS = ("window_hop",)
 
 

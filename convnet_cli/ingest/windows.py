@@ -104,7 +104,8 @@ def window_starts(duration_s: float, window_s: float, hop_s: float) -> numpy.nda
 class WindowSpec:
     """The windows cut from long recordings: `duration` seconds every `hop` seconds (make-batches
     --window-hop, detect's default slide). Stored on its own in batches.meta and checkpoints as
-    {"duration": d, "hop": h}; batch folders made before kept the hop as features["window_hop"]."""
+    {"duration": d, "hop": h}; batches.meta's features also hold the hop as features["window_hop"] (SPEC 11,
+    and all that batch folders made before the window entry have)."""
 
     duration: float
     hop: float
