@@ -221,7 +221,8 @@ def test_a_trained_multilabel_run_predicts_as_its_training_tests(tmp_path):
 
 
 def test_a_multilabel_net_on_single_label_batches(tmp_path):
-    """Each case's one class is present and the others absent; batches of other classes are refused."""
+    """SPEC 17: a multi-label network given single-label batches is refused in one line naming the fix
+    (make-batches --multi-label); batches of other classes are refused too."""
     import yaml
 
     from tests.multilabel_detector import FEATURES
@@ -237,12 +238,36 @@ def test_a_multilabel_net_on_single_label_batches(tmp_path):
     out = tmp_path / "p.csv"
     r = invoke(["predict", "-f", ck, "--data-path", str(tmp_path / "single"), "--test-range", "1", "--out", str(out),
                 "--report"])
+    assert r.exit_code == 2 and "single-label" in r.output and "make-batches --multi-label" in r.output, r.output
+    assert not out.exists()
+    with open(tmp_path / "labels.csv", "w") as f:
+        f.write("file,labels\n" + "".join(f"{c}/{c}{i}.wav,{c}\n" for c in LABELS for i in range(3)))
+    r = invoke(["make-batches", str(tmp_path / "clips"), str(tmp_path / "multi"), "--labels",
+                str(tmp_path / "labels.csv"), "--multi-label", "--features", str(tmp_path / "features.yaml"),
+                "--test-fraction", "0", "--jobs", "1", "--quiet"])
+    assert r.exit_code == 0, r.output
+    r = invoke(["predict", "-f", ck, "--data-path", str(tmp_path / "multi"), "--test-range", "1", "--out", str(out),
+                "--report"])
     assert r.exit_code == 0, r.output
     rows = _rows(out)[1:]
     assert len(rows) == 6 and all(row[1] == row[-1] == row[0].split("/")[0] for row in rows)
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep["cardinality"]["true"] == {"0": 0, "1": 6, "2+": 0} and rep["unknown_entries"] == 0
     ck2 = two_tone_checkpoint(tmp_path / "ck2.npz", label_names=["hi", "lo"])
-    r = invoke(["predict", "-f", ck2, "--data-path", str(tmp_path / "single"), "--test-range", "1",
+    r = invoke(["predict", "-f", ck2, "--data-path", str(tmp_path / "multi"), "--test-range", "1",
                 "--out", str(out)])
     assert r.exit_code == 2 and "--label-names hi,lo" in r.output
+
+
+def test_a_multilabel_network_refuses_single_label_batches(workspace, tmp_path):
+    """SPEC 17: a multi-label net given single-label batches is refused in one line that says what to change."""
+    root, ck = workspace
+    out = tmp_path / "single"
+    r = invoke(["make-batches", str(root / "rec"), str(out), "--annotations", str(root / "ann.csv"),
+                "--features", str(root / "features.yaml"), "--window-hop", "0.5", "--test-fraction", "0",
+                "--jobs", "1", "--quiet"])
+    assert r.exit_code == 0, r.output
+    r = invoke(["predict", "-f", ck, "--data-path", str(out), "--test-range", "1", "--out", str(tmp_path / "p.csv")])
+    assert r.exit_code == 2, r.output
+    assert "single-label" in r.output and "multi-label" in r.output and "--multi-label" in r.output
+    assert "Traceback" not in r.output and not os.path.exists(tmp_path / "p.csv")

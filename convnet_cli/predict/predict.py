@@ -153,6 +153,10 @@ def predict_batches(checkpoint, data_path: str | None = None, batches=None, laye
         raise DataError(f"{data_path}: the batches are multi-label (batches.meta multi_label), but the network "
                         f"{ckpt.path} is single-label (one class per case); predict them with a network trained "
                         f"on multi-label batches (logistic outputs and cost.bce)")
+    if multi and not bs.multi_label:
+        raise DataError(f"{data_path}: the batches are single-label (one class per case), but the network "
+                        f"{ckpt.path} is multi-label (a set of classes per case); make the batches with "
+                        f"make-batches --multi-label, or predict them with a single-label network")
     if multi and list(bs.label_names) != list(st["label_names"]):
         raise DataError(f"{data_path}: the batches' classes ({', '.join(bs.label_names)}) are not the network's "
                         f"({', '.join(st['label_names'])}); make the batches with --label-names "
