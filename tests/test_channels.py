@@ -394,3 +394,30 @@ def test_noisy_copies_of_windows_are_read_from_their_channel(quad, tmp_path):
     _, got = cases(tmp_path / "b")
     for name in ("rec1.wav#ch3@4.000", "rec1.wav#ch1@4.000", "rec2.wav#ch4@0.000"):
         np.testing.assert_allclose(got[name + "#copy1"][2], got[name][2], atol=1e-5)
+
+
+def test_verdicts_keep_the_channel_of_their_detection(tmp_path):
+    """A verdict on a detection of channel 2 names channel 2 in verdicts.selections.txt and verdicts.csv, so
+    make-batches --channel all applies it to that channel only."""
+    from convnet_cli.ingest.annotations import read_tables
+    from convnet_cli.review.build import prepare
+
+    ck = tone_checkpoint(tmp_path / "best.npz")
+    (tmp_path / "rec").mkdir()
+    cols = np.stack([_noise(2000, 20.0, 5), signal(2000, 20.0, [(5.0, 8.0)], seed=2)], axis=1)
+    sf.write(str(tmp_path / "rec" / "st.wav"), cols, 2000, subtype="FLOAT")
+    r = invoke(["detect", "-f", str(ck), str(tmp_path / "rec"), "--out", str(tmp_path / "det"), "--quiet",
+                "--channel", "all"])
+    assert r.exit_code == 0, r.output
+    review = prepare(str(tmp_path / "det"), str(tmp_path / "rv"), select="top", progress=False, echo=lambda m: None)
+    assert [it.channel for it in review.items] == [2]
+    review.store.record(review.items[0].id, "false")
+    table = (tmp_path / "rv" / "verdicts.selections.txt").read_text().splitlines()
+    head = table[0].split("\t")
+    assert table[1].split("\t")[head.index("Channel")] == "2"
+    with open(tmp_path / "rv" / "verdicts.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["channel"] == "2" and row["verdict"] == "false"
+    for path in ("verdicts.selections.txt", "verdicts.csv"):
+        (sel,) = read_tables(str(tmp_path / "rv" / path))
+        assert sel.channel == 2 and sel.verdict == "false", path

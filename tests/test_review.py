@@ -316,7 +316,8 @@ def test_verdict_files_are_a_raven_table_and_a_csv_that_read_back(detected, tmp_
     store.record(3, "true")                      # a verdict changed
     assert read_verdicts(review.review_dir, review.items) == {1: "true", 2: "unsure", 3: "true"}
     rows = _csv(tmp_path / "rv" / "verdicts.csv")
-    assert list(rows[0]) == ["id", "recording", "begin_s", "end_s", "class", "score", "verdict"]
+    assert list(rows[0]) == ["id", "recording", "begin_s", "end_s", "class", "score", "channel", "verdict"]
+    assert {r["channel"] for r in rows} == {""}   # a mixed run: no channel of its own
     assert [(r["id"], r["verdict"]) for r in rows] == [("1", "true"), ("2", "unsure"), ("3", "true")]
     table = read_tables(str(tmp_path / "rv" / "verdicts.selections.txt"))
     items = {it.id: it for it in review.items}

@@ -26,7 +26,7 @@ from convnet_cli.ingest.annotations import VERDICTS
 
 VERDICTS_CSV = "verdicts.csv"
 VERDICTS_TABLE = "verdicts.selections.txt"
-CSV_HEADER = ("id", "recording", "begin_s", "end_s", "class", "score", "verdict")
+CSV_HEADER = ("id", "recording", "begin_s", "end_s", "class", "score", "channel", "verdict")
 TABLE_HEADER = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
                 "Begin File", "Begin Path", "Class", "Score", "Verdict")
 LOCK = ".verdicts.lock"
@@ -43,7 +43,7 @@ def csv_text(items, verdicts: dict) -> str:
     for it in items:
         if it.id in verdicts:
             w.writerow([it.id, it.recording, f"{it.begin:.3f}", f"{it.end:.3f}", it.label, f"{it.score:.4f}",
-                        verdicts[it.id]])
+                        "" if it.channel is None else it.channel, verdicts[it.id]])   # channel empty: mixed
     return buf.getvalue()
 
 
@@ -55,7 +55,8 @@ def table_text(items, verdicts: dict, nyquist=None) -> str:
             continue
         lo = 0.0 if it.low_freq is None else it.low_freq
         hi = it.high_freq if it.high_freq is not None else (nyquist or {}).get(it.id, 0.0)
-        lines.append("\t".join([str(it.id), "Spectrogram 1", "1", f"{it.begin:.3f}", f"{it.end:.3f}", f"{lo:.1f}",
+        channel = "1" if it.channel is None else str(it.channel)   # the detection's channel (1 when mixed)
+        lines.append("\t".join([str(it.id), "Spectrogram 1", channel, f"{it.begin:.3f}", f"{it.end:.3f}", f"{lo:.1f}",
                                 f"{hi:.1f}", _clean(os.path.basename(it.path)), _clean(it.path), _clean(it.label),
                                 f"{it.score:.4f}", verdicts[it.id]]))
     return "\n".join(lines) + "\n"
