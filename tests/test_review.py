@@ -60,6 +60,29 @@ def test_a_recording_labelled_only_by_verdicts_keeps_only_the_reviewed_windows()
     assert plan.left_out == 1 and plan.not_reviewed == 17
 
 
+def _multi_plan(selections, whole=False, **kw):
+    from convnet_cli.ingest.recordings import plan_multilabel_windows
+
+    rec = Recording("a.wav", "/x/a.wav", 20.0, 1000, selections, whole=whole)
+    plan = plan_multilabel_windows([rec], WIN, 1.0, **kw)
+    return {int(w): tuple(int(v) for v in row) for w, row in zip(plan.win, plan.multi.matrix)}, plan
+
+
+def test_multilabel_verdicts_leave_the_classes_nobody_reviewed_unknown():
+    """A recording known only through verdicts: in a reviewed window, the class of the verdict is present
+    (true) or absent (false); a class no verdict of its own covers there is unknown (255), not absent."""
+    sels = [Selection("a.wav", 2, 3, "high", verdict="true"), Selection("a.wav", 5, 6, "low", verdict="false"),
+            Selection("a.wav", 8, 9, "low", verdict="unsure")]
+    got, plan = _multi_plan(sels)            # classes (high, low)
+    assert plan.label_names == ["high", "low"]
+    assert got == {2: (1, 255), 5: (255, 0)}
+    assert plan.not_reviewed == 18
+    # a recording an ordinary table also names is annotated whole: the other classes are absent there
+    got, _ = _multi_plan(sels, whole=True)
+    assert got[2] == (1, 0) and got[5] == (0, 0) and got[8] == (0, 255)
+    assert got[12] == (0, 0)
+
+
 def test_verdict_column_is_read_from_raven_tables_and_csv(tmp_path):
     t = tmp_path / "v.selections.txt"
     t.write_text("Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\tBegin File\tClass\tScore\tVerdict\n"

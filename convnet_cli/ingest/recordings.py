@@ -318,7 +318,8 @@ def plan_multilabel_windows(recs, spec: FeatureSpec, hop_s, min_overlap=0.5, bac
     Verdicts (`convnet review`): `true` (or none) annotates as above; `false` makes its class absent in the
     windows it covers by `min_overlap` (where no annotation makes it present), and such windows are kept
     whatever `background_ratio` says (verified negatives); `unsure` makes its class unknown where it is not
-    present. A recording named only by verdict rows keeps only the windows a true or false verdict covers.
+    present. A recording named only by verdict rows keeps only the windows a true or false verdict covers,
+    and in them a class that no verdict or annotation of its own covers is unknown, not absent.
     """
     table_labels = table_labels if table_labels is not None else labels_of(recs)
     names = checked_label_names(label_names, table_labels)
@@ -335,6 +336,7 @@ def plan_multilabel_windows(recs, spec: FeatureSpec, hop_s, min_overlap=0.5, bac
         best = np.zeros((n, k), dtype=np.float64)
         hard = np.zeros(n, dtype=bool)
         reviewed = np.zeros(n, dtype=bool)
+        known = np.zeros((n, k), dtype=bool)    # per class: windows an annotation or a true/false verdict covers
         by_class = {}
         for s in r.selections:
             by_class.setdefault(s.label, []).append(s)
@@ -354,12 +356,17 @@ def plan_multilabel_windows(recs, spec: FeatureSpec, hop_s, min_overlap=0.5, bac
                 mat[verified_absent, j] = ABSENT
                 mat[unsure & ~present, j] = UNKNOWN
                 hard |= verified_absent
-                reviewed |= _covered(starts, spec.duration, [s for s in verdicts if s.verdict in ("true", "false")],
-                                     min_overlap)
+                checked = _covered(starts, spec.duration, [s for s in verdicts if s.verdict in ("true", "false")],
+                                   min_overlap)
+                reviewed |= checked
+                known[:, j] |= checked
+            known[:, j] |= present
         keep = np.ones(n, dtype=bool)
         if r.selections and not r.whole and all(s.verdict is not None for s in r.selections):
             keep = reviewed
             not_reviewed += int((~reviewed).sum())
+            # a sample of detections says nothing of the classes nobody reviewed in a window: unknown there
+            mat[(mat == ABSENT) & ~known] = UNKNOWN
         primary = np.where(best.max(axis=1) > 0, best.argmax(axis=1), -1) if k else np.full(n, -1)
         idx = np.flatnonzero(keep)
         recs_i.append(np.full(idx.size, i, dtype=np.int64))
