@@ -392,3 +392,17 @@ def test_labels_csv_of_clips_refuses_a_line_break_in_a_label(tmp_path):
     c.write_text('clip_name,notes,label\na.wav,"two\nlines",x\nb.wav,,y\nb.wav,,x\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"labels\.csv line 5: 'b\.wav' is listed again \(first on line 4\)"):
         collect_dataset(str(tmp_path / "clips"), str(c))
+
+
+def test_an_empty_table_with_a_begin_file_column_claims_its_recording_by_its_name(tmp_path):
+    """Raven writes `Begin File` into an empty table too: with no selection to name a file, the table is its
+    file name's recording's (annotated, no call), as the same table without that column is."""
+    from convnet_cli.ingest.annotations import read_tables_and_claims
+
+    header = "Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\tLow Freq (Hz)\tHigh Freq (Hz)\tBegin File\t" \
+             "File Offset (s)\tSpecies\n"
+    (tmp_path / "b.Table.1.selections.txt").write_text(header, encoding="utf-8")
+    sels, claims = read_tables_and_claims(str(tmp_path / "b.Table.1.selections.txt"))
+    assert sels == [] and [c.recording for c in claims] == ["b"]
+    (tmp_path / "v.selections.txt").write_text(header.replace("Species\n", "Species\tVerdict\n"), encoding="utf-8")
+    assert read_tables_and_claims(str(tmp_path / "v.selections.txt"))[1] == []   # a review's table claims nothing

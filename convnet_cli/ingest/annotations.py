@@ -522,6 +522,10 @@ def _parse(path, rows, label_col, in_folder, raven, claims=None, warn=_stderr_wa
                         _row_channel(path, lineno, cols, row))
         views.add(sel, row, lineno)
     _warn_unlabelled(path, header, text_cols, warn)
+    if not views.out and cols.file is not None and raven and claims is not None and cols.verdict is None:
+        # a table with a Begin File column but no selection names no file: it is its file name's recording's
+        # table, annotated and holding no call (Raven writes the column into empty tables too)
+        claims.append(Selection(table_stem(path), 0.0, 0.0, "", source=path, line=header_line))
     return views.out
 
 
