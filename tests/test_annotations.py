@@ -406,3 +406,18 @@ def test_an_empty_table_with_a_begin_file_column_claims_its_recording_by_its_nam
     assert sels == [] and [c.recording for c in claims] == ["b"]
     (tmp_path / "v.selections.txt").write_text(header.replace("Species\n", "Species\tVerdict\n"), encoding="utf-8")
     assert read_tables_and_claims(str(tmp_path / "v.selections.txt"))[1] == []   # a review's table claims nothing
+
+
+def test_a_raven_table_with_delta_time_and_no_end_time(tmp_path):
+    """Raven's measurement chooser may leave out `End Time (s)` and keep `Delta Time (s)`: end = begin + delta."""
+    p = tmp_path / "r.Table.1.selections.txt"
+    p.write_text("Selection\tView\tChannel\tBegin Time (s)\tDelta Time (s)\tLow Freq (Hz)\tHigh Freq (Hz)\tSpecies\n"
+                 "1\tSpectrogram 1\t1\t1.250\t0.500\t100\t900\tNOCA\n"
+                 "2\tSpectrogram 1\t1\t3.000\t2.000\t100\t900\tEATO\n", encoding="utf-8")
+    assert [(s.begin, s.end, s.label) for s in read_tables(str(p))] == [(1.25, 1.75, "NOCA"), (3.0, 5.0, "EATO")]
+    p.write_text("Selection\tBegin Time (s)\tDelta Time (s)\tSpecies\n1\t2.0\t0\tNOCA\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"line 2, column 'Delta Time \(s\)': end 2 s is not after begin 2 s"):
+        read_tables(str(p))
+    p.write_text("Selection\tBegin Time (s)\tSpecies\n1\t2.0\tNOCA\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"lacks 'End Time \(s\)'"):
+        read_tables(str(p))

@@ -352,10 +352,12 @@ class _Columns:
     offset: int | None            # `File Offset (s)`
     file: int | None              # `Begin Path`/`Begin File` (Raven) or the CSV's file column
     channel: int | None           # Raven's `Channel` (1-based)
+    delta: int | None = None      # Raven's `Delta Time (s)`, for a table without `End Time (s)`
 
     def known(self) -> set:
         return {i for i in (self.begin, self.end, self.number, self.label, self.low, self.high, self.score,
-                            self.verdict, self.view, self.offset, self.file, self.channel) if i is not None}
+                            self.verdict, self.view, self.offset, self.file, self.channel, self.delta)
+                if i is not None}
 
 
 def _columns(path, header, header_line, label_col, in_folder, raven):
@@ -363,7 +365,8 @@ def _columns(path, header, header_line, label_col, in_folder, raven):
     skipped.txt). DataError for a table without its time or file columns, or without --label-col's column."""
     bi, ei = _find(header, _BEGIN_COLUMNS), _find(header, _END_COLUMNS)
     si = _find(header, ("Selection",))
-    if bi is None or ei is None:
+    di = _find(header, ("Delta Time (s)",)) if raven and ei is None else None   # end = begin + delta
+    if bi is None or (ei is None and di is None):
         if in_folder and si is None and bi is None and ei is None:
             return None   # not a selection table (a note, a skipped.txt): passed over
         missing = " and ".join(n for n, i in (("'Begin Time (s)'", bi), ("'End Time (s)'", ei)) if i is None)
@@ -390,14 +393,19 @@ def _columns(path, header, header_line, label_col, in_folder, raven):
     return _Columns(header, header_line, bi, ei, si, li, _find(header, _LOW_COLUMNS),
                     _find(header, _HIGH_COLUMNS), _find(header, _SCORE_COLUMNS), _find(header, ("Verdict",)),
                     _find(header, ("View",)), _find(header, ("File Offset (s)", "File Offset")), file_i,
-                    _find(header, _CHANNEL_COLUMNS))
+                    _find(header, _CHANNEL_COLUMNS), di)
 
 
 def _row_times(path, lineno, cols, row):
     """(begin, end) of a row in seconds from its recording's start (its `File Offset (s)` when given)."""
     header = cols.header
     begin = _number(path, lineno, header[cols.begin], row[cols.begin], "begin time")
-    end = _number(path, lineno, header[cols.end], row[cols.end], "end time")
+    if cols.end is None:    # Begin Time and Delta Time (s), no End Time
+        end_col = header[cols.delta]
+        end = begin + _number(path, lineno, end_col, row[cols.delta], "duration")
+    else:
+        end_col = header[cols.end]
+        end = _number(path, lineno, end_col, row[cols.end], "end time")
     if cols.offset is not None and row[cols.offset].strip():
         offset = _number(path, lineno, header[cols.offset], row[cols.offset], "file offset")
         if offset < 0:
@@ -405,11 +413,11 @@ def _row_times(path, lineno, cols, row):
                             f"{offset:g} s; the offset is seconds from the start of the row's file")
         begin, end = offset, offset + (end - begin)
     if begin < 0 or end < 0:
-        col = header[cols.begin] if begin < 0 else header[cols.end]
+        col = header[cols.begin] if begin < 0 else end_col
         raise DataError(f"{path} line {lineno}, column '{col}': negative time "
                         f"{begin if begin < 0 else end:g} s; times are seconds from the recording's start")
     if end <= begin:
-        raise DataError(f"{path} line {lineno}, column '{header[cols.end]}': end {end:g} s is not after begin "
+        raise DataError(f"{path} line {lineno}, column '{end_col}': end {end:g} s is not after begin "
                         f"{begin:g} s; fix the selection (or swap the two)")
     return begin, end
 
