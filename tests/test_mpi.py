@@ -772,6 +772,51 @@ def test_split_gradients_equal_one_process_in_float64(path, dropout):
                                    err_msg=k)
 
 
+def _float64_adam_steps(text, params, batches, world=None):
+    """8 adam steps of DataParallel with the net's arrays (and so its updater state) in float64."""
+    from convnet_cli.backend import CPU
+    from convnet_cli.data.provider import Minibatch
+    from convnet_cli.net import Net
+    from convnet_cli.parallel import SingleWorld
+    from convnet_cli.train.data_parallel import DataParallel
+
+    net = Net.from_text(text, params, (1, 12, 20), CPU, seed=3)
+    for ps in net.params.values():
+        for k in ps:
+            ps[k] = ps[k].astype(np.float64)
+    dp = DataParallel(world or SingleWorld(), net)
+    intr = type("I", (), {"requested": False})()
+    for step, (x, y) in enumerate(batches):
+        xs, ys, rng = dp.share(Minibatch(x, y, []), CPU.rng(100 + step))
+        c = net.forward({0: xs, 1: ys}, train=True, rng=rng, allreduce=dp.allreduce)
+        grads = net.backward(grad_scale=dp.grad_scale)
+        dp.combine(grads, c, x.shape[0], intr)
+        net.update(grads)
+    return {f"{l}/{k}": np.array(v) for l, ps in net.params.items() for k, v in ps.items()}
+
+
+@pytest.mark.parametrize("dropout", [False, True], ids=["no dropout", "dropout"])
+def test_adam_over_two_ranks_equals_one_process_in_float64(dropout):
+    """Adam divides each gradient by its own running size, so in float32 a weight whose gradient is near 0
+    takes a full step of either sign on rounding alone (up to 2% of conv1's largest weight after a few steps
+    of a starter net, with or without dropout). In float64, 8 steps on 2 ranks give one process's weights to
+    1e-9 of each array's largest value: the same computation. (The conv's biases, which feed a batchnorm,
+    have a gradient of 0 up to rounding and are left out: adam turns that rounding into steps.)"""
+    from tests.parallel_fakes import run_worlds
+
+    text = fused_net("batchnorm relu", dropout)
+    params = "DEFAULT: {updater: adam, epsW: 0.001, epsB: 0.001}\n" + ("drop: {keep: 0.7}\n" if dropout else "")
+    rng = np.random.default_rng(0)
+    batches = [(rng.normal(0.5, 1.0, (32, 12, 20, 1)), rng.integers(0, 3, 32).astype(np.int32)) for _ in range(8)]
+    one = _float64_adam_steps(text, params, batches)
+    two = run_worlds(2, lambda w: _float64_adam_steps(text, params, batches, w))
+    assert [e for _, e in two] == [None, None]
+    for k, v in one.items():
+        if k == "conv1/biases":
+            continue
+        np.testing.assert_allclose(two[0][0][k], v, rtol=0, atol=1e-9 * max(float(np.abs(v).max()), 1.0), err_msg=k)
+
+
 @needs_mpi
 def test_two_ranks_reach_one_process_with_a_batchnorm_relu_before_pool_and_dropout(tmp_path):
     """The net of most starter configs (a conv without neuron, batchnorm with neuron: relu, max pooling,
