@@ -77,31 +77,14 @@ def make_chorus_recordings(root: str, n_train: int = 8, n_heldout: int = 3, seed
                            seconds: float = 90.0) -> dict:
     """root/recordings/{train,heldout}/chorusNN.flac and root/annotations/{train,heldout}/*.Table.1.selections.txt;
     returns {'train': (recordings, tables), 'heldout': (...), 'calls': n, 'overlapping': n}."""
-    import soundfile as sf
-
-    from convnet_cli.demo_recordings import raven_table
-    from convnet_cli.fileio import write_text_atomic
+    from convnet_cli.demo_recordings import write_annotated_sets
 
     rng = np.random.default_rng([seed, 17])
-    out, calls, overlapping, k = {}, 0, 0, 0
-    for part, count in (("train", n_train), ("heldout", n_heldout)):
-        rec_dir, ann_dir = os.path.join(root, "recordings", part), os.path.join(root, "annotations", part)
-        os.makedirs(rec_dir, exist_ok=True)
-        os.makedirs(ann_dir, exist_ok=True)
-        for _ in range(count):
-            k += 1
-            x, events = make_recording(rng, seconds)
-            stem = f"chorus{k:02d}"
-            path = os.path.join(rec_dir, stem + ".flac")
-            if not os.path.exists(path):
-                tmp = os.path.join(rec_dir, f".{stem}.tmp.flac")
-                sf.write(tmp, x, SR, subtype="PCM_16")
-                os.replace(tmp, path)
-            write_text_atomic(os.path.join(ann_dir, f"{stem}.Table.1.selections.txt"), raven_table(events, "Species"))
-            calls += len(events)
-            overlapping += len(overlapping_pairs([(b, e, lab) for b, e, lab, _, _ in events]))
-        out[part] = (rec_dir, ann_dir)
-    out.update(calls=calls, overlapping=overlapping)
+    out, every = write_annotated_sets(root, {"train": n_train, "heldout": n_heldout},
+                                      lambda: make_recording(rng, seconds), "chorus", SR, "Species")
+    out.update(calls=sum(len(events) for events in every),
+               overlapping=sum(len(overlapping_pairs([(b, e, lab) for b, e, lab, _, _ in events]))
+                               for events in every))
     return out
 
 

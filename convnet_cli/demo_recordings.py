@@ -121,35 +121,47 @@ def raven_table(events, label_col: str = "Annotation") -> str:
     return "\n".join(lines) + "\n"
 
 
-def make_annotated_recordings(root: str, n_train: int = 7, n_heldout: int = 3, seconds: float = 120.0,
-                              seed: int = 0) -> dict:
-    """root/recordings/{train,heldout}/recNN.flac and root/annotations/{train,heldout}/recNN.Table.1.selections.txt.
-    Returns {'train': (recordings, tables), 'heldout': (...), 'calls': {label: count}}."""
+def write_annotated_sets(root: str, counts: dict, make, prefix: str, sr: int, label_col: str = "Annotation"):
+    """root/recordings/<part>/<prefix>NN.flac and root/annotations/<part>/<prefix>NN.Table.1.selections.txt for
+    each (part, count) of `counts`, numbered on across the parts; `make()` -> (samples, events) per recording.
+    A recording already on disk is kept (tables are rewritten). Returns ({part: (recordings, tables)},
+    [each recording's events, in order])."""
     import soundfile as sf
 
     from convnet_cli.fileio import write_text_atomic
 
-    rng = np.random.default_rng(seed)
-    out, calls = {}, {c: 0 for c in CALL_TYPES}
-    k = 0
-    for part, count in (("train", n_train), ("heldout", n_heldout)):
+    out, every, k = {}, [], 0
+    for part, count in counts.items():
         rec_dir = os.path.join(root, "recordings", part)
         ann_dir = os.path.join(root, "annotations", part)
         os.makedirs(rec_dir, exist_ok=True)
         os.makedirs(ann_dir, exist_ok=True)
         for _ in range(count):
             k += 1
-            x, events = make_recording(rng, seconds)
-            stem = f"rec{k:02d}"
+            x, events = make()
+            stem = f"{prefix}{k:02d}"
             path = os.path.join(rec_dir, stem + ".flac")
             if not os.path.exists(path):
                 tmp = os.path.join(rec_dir, f".{stem}.tmp.flac")
-                sf.write(tmp, x, SR, subtype="PCM_16")
+                sf.write(tmp, x, sr, subtype="PCM_16")
                 os.replace(tmp, path)
-            write_text_atomic(os.path.join(ann_dir, f"{stem}.Table.1.selections.txt"), raven_table(events))
-            for e in events:
-                calls[e[2]] += 1
+            write_text_atomic(os.path.join(ann_dir, f"{stem}.Table.1.selections.txt"), raven_table(events, label_col))
+            every.append(events)
         out[part] = (rec_dir, ann_dir)
+    return out, every
+
+
+def make_annotated_recordings(root: str, n_train: int = 7, n_heldout: int = 3, seconds: float = 120.0,
+                              seed: int = 0) -> dict:
+    """root/recordings/{train,heldout}/recNN.flac and root/annotations/{train,heldout}/recNN.Table.1.selections.txt.
+    Returns {'train': (recordings, tables), 'heldout': (...), 'calls': {label: count}}."""
+    rng = np.random.default_rng(seed)
+    out, every = write_annotated_sets(root, {"train": n_train, "heldout": n_heldout},
+                                      lambda: make_recording(rng, seconds), "rec", SR)
+    calls = {c: 0 for c in CALL_TYPES}
+    for events in every:
+        for e in events:
+            calls[e[2]] += 1
     out["calls"] = calls
     return out
 
