@@ -160,10 +160,35 @@ class MPIWorld:
                 sys.stderr.write("convnet: NCCL is not available to CuPy here; device sums go through host "
                                  "memory and MPI (slower: install a CuPy build with NCCL)\n")
             return
+        # NCCL takes one process per GPU and fails on two ranks of one device (more processes than GPUs on a
+        # node): then every rank sums through host memory, as all of them must agree
+        places = self.allgather(device_place(backend))
+        if len(set(places)) < len(places):
+            if self.is_root:
+                shared = sorted({p for p in places if places.count(p) > 1})
+                host, gpu = shared[0]
+                sys.stderr.write(f"convnet: {places.count(shared[0])} processes share the GPU {gpu} on {host}; "
+                                 f"device sums go through host memory and MPI (start one process per GPU, or "
+                                 f"set CUDA_VISIBLE_DEVICES per process, for NCCL)\n")
+            return
         self.nccl = NcclSum.create(self, nccl, backend.xp, backend.device_id or 0)
 
     def describe(self) -> str:
         return f"{self.size} processes ({self.launcher})"
+
+
+def device_place(backend) -> tuple:
+    """(host name, the GPU's PCI bus id) of a GPU backend: two processes with the same place share a device
+    (CUDA_VISIBLE_DEVICES renumbers devices, the bus id does not). The device number stands in for the bus
+    id where CuPy cannot give it."""
+    import socket
+
+    device_id = backend.device_id or 0
+    try:
+        gpu = str(backend.xp.cuda.Device(device_id).pci_bus_id)
+    except Exception:
+        gpu = f"gpu:{device_id}"
+    return socket.gethostname(), gpu
 
 
 class NcclSum:

@@ -407,6 +407,74 @@ def test_without_nccl_device_sums_go_through_host_memory(monkeypatch, capsys):
     assert world.allreduce(host) is host and host.tolist() == [2, 2]
 
 
+class _BusCupy:
+    """cupy with cupy.cuda.nccl and the PCI bus id of each device: `buses` maps device number -> bus id."""
+
+    buses = {0: "0000:19:00.0", 1: "0000:3B:00.0"}
+
+    class cuda:
+        nccl = _FakeNccl
+
+        class Device:
+            def __init__(self, i):
+                self.pci_bus_id = _BusCupy.buses[i]
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *a):
+                return False
+
+
+class _PartnerComm(_FakeComm):
+    """Rank 0 of 2 whose partner's allgather entry is `partner(own entry)`."""
+
+    def __init__(self, partner):
+        self.partner = partner
+
+    def allgather(self, obj):
+        return [obj, self.partner(obj)]
+
+    def bcast(self, obj, root=0):
+        return obj
+
+
+def _fake_cupy_modules(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", _BusCupy)
+    monkeypatch.setitem(sys.modules, "cupy.cuda", _BusCupy.cuda)
+
+
+def test_two_processes_on_one_gpu_sum_through_host_memory(monkeypatch, capsys):
+    """NCCL refuses two ranks of one device: with more processes than GPUs the sums go through MPI."""
+    from convnet_cli.parallel import MPIWorld
+
+    _fake_cupy_modules(monkeypatch)
+    _FakeNccl.made.clear()
+    world = MPIWorld(_PartnerComm(lambda own: own), _FakeMPI)   # the partner reports the same host and GPU
+    world.attach(type("GPU", (), {"is_gpu": True, "xp": _BusCupy, "device_id": 0})())
+    err = capsys.readouterr().err
+    assert world.nccl is None and _FakeNccl.made == []
+    assert "2 processes share the GPU 0000:19:00.0" in err and "one process per GPU" in err
+    buf = _HostBackedDeviceArray(np.arange(3, dtype=np.float32))
+    world.allreduce(buf)
+    np.testing.assert_array_equal(buf.a, [0, 2, 4])
+
+
+def test_processes_on_their_own_gpus_open_nccl(monkeypatch, capsys):
+    from convnet_cli.parallel import MPIWorld, device_place
+
+    _fake_cupy_modules(monkeypatch)
+    _FakeNccl.made.clear()
+    gpu0 = type("GPU", (), {"is_gpu": True, "xp": _BusCupy, "device_id": 0})()
+    gpu1 = type("GPU", (), {"is_gpu": True, "xp": _BusCupy, "device_id": 1})()
+    assert device_place(gpu0)[1] == "0000:19:00.0" and device_place(gpu0) != device_place(gpu1)
+    # the partner: the same host, the other GPU (a bool from the NCCL availability round stays a bool)
+    world = MPIWorld(_PartnerComm(lambda own: device_place(gpu1) if isinstance(own, tuple) else own), _FakeMPI)
+    world.attach(gpu0)
+    assert world.nccl is not None and _FakeNccl.made == [(2, (1, 2, 3), 0)]
+    assert "share" not in capsys.readouterr().err
+
+
 def test_one_process_never_imports_mpi4py(ws, tmp_path):
     code = ("import sys, runpy; sys.argv = ['convnet'] + sys.argv[1:]\n"
             "try:\n    runpy.run_module('convnet_cli', run_name='__main__')\n"
