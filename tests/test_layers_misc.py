@@ -395,3 +395,18 @@ def test_batchnorm_momentum_error():
 def test_dropout_keep_error(keep):
     with pytest.raises(ConfigError, match=r"layer 'L': keep .* must be in \(0, 1\]"):
         make_layer("dropout", [(3, 4, 4)], hyper={"keep": keep})
+
+
+def test_column_sums_are_the_sums_of_the_columns():
+    """The per-channel sums of batchnorm and the bias gradients of conv and the recurrent layers (one GEMV);
+    the cached ones vector must follow the row count and the dtype."""
+    import numpy as np
+
+    from convnet_cli.layers.base import column_sums
+
+    rng = np.random.default_rng(0)
+    for rows, cols, dtype in [(7, 3, np.float32), (1000, 16, np.float32), (7, 5, np.float64), (1, 4, np.float32)]:
+        a = rng.standard_normal((rows, cols)).astype(dtype)
+        got = column_sums(a, np)
+        assert got.shape == (cols,) and got.dtype == dtype
+        np.testing.assert_allclose(got, a.sum(axis=0, dtype=np.float64), rtol=1e-5 if dtype == np.float32 else 1e-12)

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
+import numpy as np
+
 from convnet_cli.errors import ConfigError
 
 REQUIRED = object()
@@ -273,4 +275,24 @@ def conv_out_size(size: int, filt: int, pad: int, stride: int) -> int:
 def fmt_hw(shape) -> str:
     """'HxW' of a (C, H, W) shape, as error messages print it."""
     return f"{shape[1]}x{shape[2]}"
+
+
+_ONES = {}
+
+
+def column_sums(a2, xp):
+    """The sums of the columns of a 2-D (M, K) array, as one GEMV: ones(M) @ a2 -> (K,).
+
+    On CuPy this is what per-channel sums over an NHWC map (batch-norm statistics, conv bias gradients) must
+    be: `a2.sum(axis=0)` spreads its reduction over only K thread blocks, 16 ms instead of about 0.1 for a
+    (384000, 16) map on an H200. On NumPy the GEMV is also the fast way (BLAS, blocked sums)."""
+    m = a2.shape[0]
+    device = xp.cuda.get_device_id() if xp is not np else None
+    key = (m, a2.dtype.str, device)
+    ones = _ONES.get(key)
+    if ones is None:
+        if len(_ONES) > 32:
+            _ONES.clear()
+        ones = _ONES[key] = xp.ones(m, dtype=a2.dtype)
+    return ones @ a2
 

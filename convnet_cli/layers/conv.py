@@ -74,7 +74,7 @@ Weight layouts (fixed, so a model moves to PyTorch by copying arrays):
 from __future__ import annotations
 
 from convnet_cli.backend import cuda_elementwise, get_array_module
-from convnet_cli.layers.base import Key, Layer, conv_out_size, fmt_hw, register
+from convnet_cli.layers.base import Key, Layer, column_sums, conv_out_size, fmt_hw, register
 from convnet_cli.layers import winograd
 from convnet_cli.layers.cpu_threads import blocks, chunk_bounds, matmul, ordered_sum, parallel_map, parallel_threads
 from convnet_cli.layers.init import INIT_KINDS, init_biases, init_weights
@@ -337,12 +337,12 @@ class ConvLayer(_ConvBase):
             dw = matmul(cols.T, d2)[None]
             dx = matmul(d2, wm[0].T).reshape(x.shape) if want_dx else None
             if shared:
-                db = xp.ones(n * p, dtype=dtype) @ d2
+                db = column_sums(d2, xp)
             return [dx], {"weights": self._from_wmats(dw), "biases": db}
         if _is_cupy(x):
             dw, dx = self._backward_cupy(x, xpad, d2, wm, want_dx)
             if shared:
-                db = d2.sum(axis=0)
+                db = column_sums(d2, get_array_module(x))
             return [dx], {"weights": self._from_wmats(dw), "biases": db}
         if winograd.eligible(geo):
             runs = {"direct": lambda: self._backward_im2col(x, xpad, dout, wm, want_dx, shared, xp),
@@ -741,7 +741,7 @@ class LocalLayer(_ConvBase):
         dy = dout.reshape(n, p, geo.g, geo.fg).transpose(2, 1, 0, 3)  # (g, P, N, Fg), a view
         dw = self._from_wmats(xp.matmul(cols.transpose(0, 1, 3, 2), dy))
         if params["biases"].ndim == 1:
-            db = xp.ones(n * p, dtype=dtype) @ dout.reshape(n * p, geo.f)
+            db = column_sums(dout.reshape(n * p, geo.f), xp)
         else:
             db = (xp.ones(n, dtype=dtype) @ dout.reshape(n, p * geo.f)).reshape(geo.ho, geo.wo, geo.f)
             db = db.transpose(2, 0, 1).copy()
