@@ -43,7 +43,7 @@ import functools
 from typing import ClassVar
 
 from convnet_cli.backend import cuda_elementwise, get_array_module
-from convnet_cli.layers.base import Key, Layer, register
+from convnet_cli.layers.base import Key, Layer, column_sums, register
 from convnet_cli.layers import recurrent_jit
 from convnet_cli.layers.cpu_threads import (background_executor, chunk_bounds, matmul, parallel_map,
                                             parallel_threads)
@@ -219,6 +219,9 @@ _CUDA_SOURCES = {
         dc_prev = dc * af;
         """,
     ),
+    # the rnn cell's backward through its nonlinearity, written into dpre[t]: h is the cell's output
+    "rnn_relu_bwd": ("T dh, T h", "T d", "d = h > (T)0 ? dh : (T)0;"),
+    "rnn_tanh_bwd": ("T dh, T h", "T d", "d = dh * ((T)1 - h * h);"),
     "gru_fwd": (
         "raw T xg, raw T hg, T h_prev, int32 O",
         "T h, raw T act, T hn",
@@ -549,7 +552,10 @@ class _WeightGrads:
     def __init__(self, seq, dpre_x, hs, dpre_h, p, xp):
         self.seq, self.dpre_x, self.hs, self.dpre_h, self.p, self.xp = seq, dpre_x, hs, dpre_h, p, xp
         steps = seq.shape[0]
-        self.bounds = chunk_bounds(steps, max(1, -(-steps // self.BLOCKS)))
+        # on a GPU the blocks would only multiply the launches (each costs the host tens of microseconds):
+        # one block of every step
+        blocks = self.BLOCKS if xp.__name__ == "numpy" else 1
+        self.bounds = chunk_bounds(steps, max(1, -(-steps // blocks)))
         self.parts = [None] * len(self.bounds)
         self.next = len(self.bounds) - 1  # the next block to start, from the last one down
         self.dseq = xp.empty_like(seq)
@@ -562,9 +568,10 @@ class _WeightGrads:
         f = seq.shape[2]
         rows, units = dx.shape[2], hs.shape[2]
         dx2 = dx.reshape(-1, rows)
-        part = {"weight_ih": dx2.T @ seq[t0:t1].reshape(-1, f), "bias_ih": dx2.sum(axis=0)}
+        part = {"weight_ih": dx2.T @ seq[t0:t1].reshape(-1, f), "bias_ih": column_sums(dx2, self.xp)}
         # rnn and lstm add both biases before the cell, so their gradients are one sum
-        part["bias_hh"] = part["bias_ih"] if dh is self.dpre_x else dh[t0:t1].reshape(-1, rows).sum(axis=0)
+        part["bias_hh"] = part["bias_ih"] if dh is self.dpre_x else column_sums(dh[t0:t1].reshape(-1, rows),
+                                                                                self.xp)
         h0 = max(t0, 1)  # step 0 reads the zero state: no recurrent weight gradient
         if h0 < t1:
             part["weight_hh"] = dh[h0:t1].reshape(-1, rows).T @ hs[h0 - 1:t1 - 1].reshape(-1, units)
@@ -624,10 +631,23 @@ class RNNLayer(RecurrentLayer):
         pre = self._project(seq, p["weight_ih"], p["bias_ih"] + p["bias_hh"])
         hs = xp.empty((steps, n, self.props.outputs), dtype=seq.dtype)
         whh_t = p["weight_hh"].T
+        if _is_cupy(seq):  # three launches a step, each result written where it stays
+            rec = xp.empty_like(pre[0])
+            act = xp.maximum if self.props.neuron == "relu" else xp.tanh
+            for t in range(steps):
+                if t:
+                    xp.matmul(hs[t - 1], whh_t, out=rec)
+                    pre[t] += rec
+                if act is xp.maximum:
+                    xp.maximum(pre[t], 0, out=hs[t])
+                else:
+                    xp.tanh(pre[t], out=hs[t])
+            return hs, (seq, hs)
         h = None
         for t in range(steps):
-            a = pre[t] if h is None else pre[t] + h @ whh_t
-            h, _ = self.fn.forward(a, xp)  # relu and tanh keep their output as the cache
+            if h is not None:  # the recurrent GEMM into step t's pre-activations (used up here)
+                pre[t] += h @ whh_t
+            h, _ = self.fn.forward(pre[t], xp)  # relu and tanh keep their output as the cache
             hs[t] = h
         return hs, (seq, hs)
 
@@ -636,6 +656,17 @@ class RNNLayer(RecurrentLayer):
         dpre = xp.empty_like(hs)
         wg = _WeightGrads(seq, dpre, hs, dpre, p, xp)
         whh = p["weight_hh"]
+        if _is_cupy(hs):  # three launches a step (as _run)
+            cell = _cuda_kernel("rnn_relu_bwd" if self.props.neuron == "relu" else "rnn_tanh_bwd")
+            dh = xp.empty_like(hs[0])
+            steps = hs.shape[0]
+            for t in range(steps - 1, -1, -1):
+                if t < steps - 1:
+                    xp.matmul(dpre[t + 1], whh, out=dh)
+                    dh += dhs[t]
+                cell(dh if t < steps - 1 else dhs[t], hs[t], dpre[t])
+                wg.passed(t)
+            return wg.finish()
         dh_next = None
         for t in range(hs.shape[0] - 1, -1, -1):
             dh = dhs[t] if dh_next is None else dhs[t] + dh_next
@@ -764,6 +795,8 @@ class GRULayer(RecurrentLayer):
 
             run_case_chunks(run_cases, n, xp)
             return hs, (seq, hs, hns, xgs, jit)
+        if _is_cupy(seq):
+            return self._run_cupy(seq, xgs, hs, hns, whh_t, bhh, xp)
         h = xp.zeros((n, units), dtype=seq.dtype)
         for t in range(steps):
             hg = xp.broadcast_to(bhh, (n, bhh.shape[0])) if t == 0 else h @ whh_t + bhh
@@ -771,6 +804,24 @@ class GRULayer(RecurrentLayer):
             h, xgs[t], hns[t] = gru_cell_forward(xgs[t], hg, h)
             hs[t] = h
         return hs, (seq, hs, hns, xgs, jit)
+
+    def _run_cupy(self, seq, xgs, hs, hns, whh_t, bhh, xp):
+        """_run on CuPy: three launches a step (the recurrent GEMM into one buffer, its bias, the cell kernel
+        writing h, hn and the gates straight into their arrays), not a dozen with a fresh array each."""
+        steps, n, _ = seq.shape
+        units = self.props.outputs
+        cell = _cuda_kernel("gru_fwd")
+        acts = xp.empty_like(xgs)
+        hg = xp.empty_like(xgs[0])
+        h0 = xp.zeros((n, units), dtype=seq.dtype)
+        for t in range(steps):
+            if t:
+                xp.matmul(hs[t - 1], whh_t, out=hg)
+                hg += bhh
+            else:
+                hg[...] = bhh
+            cell(xgs[t], hg, hs[t - 1] if t else h0, units, hs[t], acts[t], hns[t])
+        return hs, (seq, hs, hns, acts, False)
 
     def _back(self, dhs, cache, p, xp):
         seq, hs, hns, acts, jit = cache
@@ -780,6 +831,19 @@ class GRULayer(RecurrentLayer):
         zeros = xp.zeros_like(hs[0])
         wg = _WeightGrads(seq, dxg, hs, dhg, p, xp)
         steps = hs.shape[0]
+        if _is_cupy(acts):  # four launches a step, every result written in place (as _run_cupy)
+            cell = _cuda_kernel("gru_bwd")
+            dh, direct = xp.empty_like(zeros), xp.empty_like(zeros)
+            for t in range(steps - 1, -1, -1):
+                if t == steps - 1:
+                    dh[...] = dhs[t]
+                else:
+                    xp.matmul(dhg[t + 1], whh, out=dh)
+                    dh += direct
+                    dh += dhs[t]
+                cell(acts[t], hns[t], hs[t - 1] if t else zeros, dh, hs.shape[2], dxg[t], dhg[t], direct)
+                wg.passed(t)
+            return wg.finish()
         if jit:
             def back_cases(worker, rows):
                 r = slice(*rows)

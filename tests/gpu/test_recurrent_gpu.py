@@ -70,8 +70,10 @@ def test_gru_kernel_takes_a_broadcast_bias():
         _same(g, w, 2e-6, "gru step 0")
 
 
-@pytest.mark.parametrize("type_name,props", [("rnn", {"nonlinearity": "relu"}), ("lstm", {}), ("gru", {}),
-                                             ("lstm", {"bidirectional": 1}), ("gru", {"reverse": 1})])
+@pytest.mark.parametrize("type_name,props", [("rnn", {"nonlinearity": "relu"}), ("rnn", {}),
+                                             ("rnn", {"nonlinearity": "relu", "bidirectional": 1}),
+                                             ("lstm", {}), ("gru", {}), ("lstm", {"bidirectional": 1}),
+                                             ("gru", {"reverse": 1}), ("gru", {"bidirectional": 1})])
 def test_layer_on_gpu_matches_cpu(type_name, props):
     shape = (4, 5, 9)
     layer = make_layer(type_name, [shape], outputs=8, **props)
