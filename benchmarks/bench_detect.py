@@ -1,7 +1,7 @@
 """convnet detect on long recordings: speed against real time, the net against PyTorch, and peak memory.
 
     python benchmarks/bench_detect.py [--hours 6] [--threads 2] [--rss-hours 1,24] [--rss-hop S] [--no-rss]
-                                      [--batch 128] [--torch-windows N]
+                                      [--batch 128] [--torch-windows N] [--device cpu|gpu]
 
 1. A --hours long 2 kHz FLAC (coloured noise with an upcall every ~30 s) is synthesised in blocks into a temp
    folder, and a checkpoint of the packaged upcall net (layer_configs/upcall.yaml, upcall-features.yaml: 2-s
@@ -14,7 +14,9 @@
    forward times are summed and the probabilities compared.
 4. Peak RSS of a `convnet detect` process over a 1-hour and a 24-hour file (noise written in blocks): the
    child's VmHWM.
-Threads: BLAS/OpenMP for NumPy and torch.set_num_threads, both --threads.
+Threads: BLAS/OpenMP for NumPy and torch.set_num_threads, both --threads. --device gpu: detect runs with
+`--device gpu` (features computed on the device), and the side-by-side forward passes run on the GPU, ours on
+CuPy and PyTorch's on CUDA (cuDNN), each taking the host windows and giving host probabilities.
 """
 from __future__ import annotations
 
@@ -118,8 +120,9 @@ def torch_upcall(torch, arrays):
     return model.eval()
 
 
-def side_by_side(ckpt_path: str, recording: str, batch: int, max_windows: int | None):
-    """Our forward pass and PyTorch's on the same normalised windows, taking turns per batch."""
+def side_by_side(ckpt_path: str, recording: str, batch: int, max_windows: int | None, device: str = "cpu"):
+    """Our forward pass and PyTorch's on the same normalised windows, taking turns per batch; on the GPU
+    both take host windows and give host probabilities (the copies are in both times)."""
     import numpy as np
     import torch
 
@@ -128,12 +131,17 @@ def side_by_side(ckpt_path: str, recording: str, batch: int, max_windows: int | 
     from convnet_cli.predict.predict import Runner, load_model
 
     torch.set_num_threads(_THREADS)
-    net, ckpt = load_model(ckpt_path, "cpu")
+    net, ckpt = load_model(ckpt_path, device)
+    cuda = device.startswith("gpu")
+    if cuda:
+        torch.backends.cudnn.benchmark = True
     feats = dict(ckpt.state["features"])
     hop = feats.pop("window_hop")
     spec = FeatureSpec.from_dict(feats)
     run = Runner(net, ckpt, net.output_layer(), batch, 1)
     model = torch_upcall(torch, ckpt.arrays)
+    if cuda:
+        model = model.cuda()
     t_ours = t_torch = t_feat = 0.0
     worst, n = 0.0, 0
     t0 = time.perf_counter()
@@ -144,9 +152,9 @@ def side_by_side(ckpt_path: str, recording: str, batch: int, max_windows: int | 
         p = run(x)
         t2 = time.perf_counter()
         xt = torch.from_numpy(np.ascontiguousarray((x - run.mean) / run.std, dtype=np.float32))
-        t3 = time.perf_counter()
+        t3 = time.perf_counter()  # PyTorch's time leaves the normalisation out (ours has it)
         with torch.inference_mode():
-            q = model(xt).numpy()
+            q = model(xt.cuda() if cuda else xt).cpu().numpy()
         t4 = time.perf_counter()
         t_ours += t2 - t1
         t_torch += t4 - t3
@@ -176,6 +184,7 @@ def main(argv=None):
                     help="hop of the memory runs (0: the checkpoint's, 1 s; a longer one keeps the 24-h run short, "
                          "the whole file is decoded either way)")
     ap.add_argument("--torch-windows", type=int, default=0, help="compare at most this many windows (0: all)")
+    ap.add_argument("--device", default="cpu", help="cpu or gpu: where detect and the forward passes run")
     ap.add_argument("--dir", help="work folder (default: a temp folder, removed at the end)")
     args = ap.parse_args(argv)
 
@@ -188,7 +197,7 @@ def main(argv=None):
     work = args.dir or tempfile.mkdtemp(prefix="bench_detect_")
     os.makedirs(work, exist_ok=True)
     try:
-        print(f"bench_detect: {args.threads} thread(s), numpy {np.__version__}, batch {args.batch}, work in {work}")
+        print(f"bench_detect: device {args.device}, {args.threads} thread(s), numpy {np.__version__}, batch {args.batch}, work in {work}")
         rec = os.path.join(work, f"long_{args.hours:g}h.flac")
         t = time.perf_counter()
         if not os.path.exists(rec):
@@ -197,13 +206,15 @@ def main(argv=None):
               f"({time.perf_counter() - t:.0f} s, not counted)")
         ck = make_checkpoint(os.path.join(work, "upcall.npz"), rec)
 
-        s = detect(ck, [rec], os.path.join(work, "out"), overwrite=True, batch=args.batch, progress=False)
+        s = detect(ck, [rec], os.path.join(work, "out"), overwrite=True, batch=args.batch, progress=False,
+                   device=args.device)
         print(f"  detect end to end: {s.audio_s / 3600:.2f} h of audio in {s.seconds:.1f} s = "
               f"{s.realtime:,.0f}x real time ({s.detections} detections)")
 
         import torch
 
-        n, t_feat, t_ours, t_torch, worst = side_by_side(ck, rec, args.batch, args.torch_windows or None)
+        n, t_feat, t_ours, t_torch, worst = side_by_side(ck, rec, args.batch, args.torch_windows or None,
+                                                         args.device)
         audio = n * 1.0  # window_hop 1 s: one window per second of audio
         print(f"  {n} windows (2 s every 1 s), torch {torch.__version__}:")
         print(f"    decode+resample+features   {t_feat:7.1f} s  {audio / t_feat:8,.0f}x real time")

@@ -1,15 +1,19 @@
-"""convnet on CuPy against PyTorch (cuDNN) on the same GPU: every layer of the upcall, whale-birnn-small and
-whale-birnn networks (forward + backward, at the shape it has in its network), and one whole training step
-(forward, backward, update) of each network.
+"""convnet on CuPy against PyTorch (cuDNN) on the same GPU: every layer of the networks (forward + backward,
+at the shape it has in its network), one whole training step (forward, backward, update) of each network,
+and the spectrogram features make-batches and detect compute (clips per second, against convnet on the CPU
+and torchaudio on the GPU).
 
-    python benchmarks/bench_gpu.py [--batch 128] [--steps 20] [--warmup 5] [--nets upcall,whale-birnn-small,whale-birnn]
-                                   [--no-layers] [--tf32]
+    python benchmarks/bench_gpu.py [--batch 128] [--steps 20] [--warmup 5]
+                                   [--nets upcall,whale-birnn-small,whale-birnn,upcall64,cifar18,keywords]
+                                   [--layer-nets upcall,whale-birnn-small,whale-birnn] [--no-layers]
+                                   [--no-features] [--tf32]
 
 The networks are the packaged layer_configs/<net>.yaml with their <net>-params.yaml (upcall: input
 (1, 40, 75), adam; whale-birnn and whale-birnn-small: input (1, 81, 49), rmsprop, clipNorm on the recurrent
 layers), against the same networks written by hand in torch.nn below (NCHW; batch norm, max pools with
 ceil_mode=True, which is cuda-convnet's output rule, bidirectional RNN/GRU over the time axis), with the same
-optimizer and clipping. Both sides: float32, random data of the same shapes, torch.backends.cudnn.benchmark
+optimizer and clipping; and benchmarks/bench_network.py's upcall (there at input (1, 64, 48), here named
+upcall64), cifar18 and keywords with their torch twins, trained by SGD with momentum as there. Both sides: float32, random data of the same shapes, torch.backends.cudnn.benchmark
 = True. TF32 is off on both sides unless --tf32 (then CUPY_TF32=1 for CuPy's GEMMs, and torch's matmul and
 cuDNN TF32 flags on). Each time is the median over --steps steps after --warmup steps, with the device
 synchronized before and after each timed step; the two sides take turns step by step. A training step on
@@ -28,6 +32,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+# benchmarks/bench_network.py's networks: name here -> name there
+BENCH_NETWORK = {"upcall64": "upcall", "cifar18": "cifar18", "keywords": "keywords"}
 NETS = {  # name -> (layer def, params, input (C, H, W))
     "upcall": ("upcall.yaml", "upcall-params.yaml", (1, 40, 75)),
     "whale-birnn-small": ("whale-birnn-small.yaml", "whale-birnn-small-params.yaml", (1, 81, 49)),
@@ -40,9 +46,14 @@ def parse_args(argv=None):
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=20, help="timed steps (the median is reported)")
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--nets", default=",".join(NETS))
+    ap.add_argument("--nets", default=",".join(list(NETS) + list(BENCH_NETWORK)))
+    ap.add_argument("--layer-nets", default=",".join(NETS), help="the networks whose layers are timed one by one")
     ap.add_argument("--no-layers", action="store_true", help="only the whole training steps")
+    ap.add_argument("--no-features", action="store_true", help="skip the features table")
+    ap.add_argument("--clips", type=int, default=2048, help="clips of the features table")
     ap.add_argument("--tf32", action="store_true", help="TF32 GEMMs/convolutions on both sides")
+    ap.add_argument("--profile", default="", help="NET[,NET]: cProfile 20 of our training steps of each (where "
+                                                  "the host's time goes), printed after the tables")
     return ap.parse_args(argv)
 
 
@@ -160,16 +171,59 @@ def torch_train_step(torch, name, model, x, y):
     return step
 
 
+def bench_network_net(name):
+    """(layer def text, params text, input (C, H, W), classes, torch model maker(torch)) of one of
+    bench_network.py's networks."""
+    import bench_network
+
+    layer_def, params, shape, classes, _ = bench_network.networks(None)[BENCH_NETWORK[name]]
+    makers = {"upcall64": bench_network.torch_upcall, "cifar18": lambda t: bench_network.torch_cifar18(t, False),
+              "keywords": bench_network.torch_keywords}
+    return layer_def, params, shape, classes, makers[name]
+
+
+def net_shape(name):
+    """(input (C, H, W), classes) of a network of either table."""
+    if name in NETS:
+        return NETS[name][2], 2
+    _, _, shape, classes, _ = bench_network_net(name)
+    return shape, classes
+
+
+def torch_sgd_step(torch, model, x, y):
+    """bench_network.py's torch step (SGD, momentum 0.9, decay on the weights) on CUDA tensors, the loss read
+    back as our trainer reads its cost."""
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    biases = [p for n, p in model.named_parameters() if not n.endswith("weight")]
+    opt = torch.optim.SGD([{"params": weights, "lr": 0.001, "weight_decay": 0.004},
+                           {"params": biases, "lr": 0.002, "weight_decay": 0.0}], lr=0.001, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
 def our_train_step(np, cupy, backend, name, batch):
     from convnet_cli.demo import config_path
     from convnet_cli.net import Net
 
-    layer_def, params, shape = NETS[name]
-    net = Net.from_files(config_path(layer_def), config_path(params), shape, backend=backend, seed=0)
+    if name in NETS:
+        layer_def, params, shape = NETS[name]
+        net = Net.from_files(config_path(layer_def), config_path(params), shape, backend=backend, seed=0)
+    else:
+        layer_def, params, shape, _, _ = bench_network_net(name)
+        net = Net.from_text(layer_def, params, shape, backend=backend, seed=0)
     c, h, w = shape
+    classes = net_shape(name)[1]
     rng = np.random.default_rng(0)
     x = cupy.asarray(rng.standard_normal((batch, h, w, c)).astype(np.float32))
-    y = cupy.asarray(rng.integers(0, 2, batch).astype(np.int32))
+    y = cupy.asarray(rng.integers(0, classes, batch).astype(np.int32))
     count = [0]
 
     def step():
@@ -349,9 +403,11 @@ def main(argv=None):
         twins = torch_nets(torch)
 
     names = [n.strip() for n in args.nets.split(",") if n.strip()]
-    unknown = [n for n in names if n not in NETS]
+    known = list(NETS) + list(BENCH_NETWORK)
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise SystemExit(f"--nets: unknown network(s) {', '.join(unknown)}; choose from {', '.join(NETS)}")
+        raise SystemExit(f"--nets: unknown network(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    layer_nets = {n.strip() for n in args.layer_nets.split(",") if n.strip()}
 
     steps, layer_table, seen = [], [], set()
     for name in names:
@@ -363,11 +419,15 @@ def main(argv=None):
         theirs, note = None, ""
         if torch is not None:
             try:
-                c, h, w = NETS[name][2]
-                model = twins[name]().cuda().train()
+                (c, h, w), classes = net_shape(name)
                 tx = torch.randn(args.batch, c, h, w, device="cuda")
-                ty = torch.randint(0, 2, (args.batch,), device="cuda")
-                theirs = torch_train_step(torch, name, model, tx, ty)
+                ty = torch.randint(0, classes, (args.batch,), device="cuda")
+                if name in NETS:
+                    model = twins[name]().cuda().train()
+                    theirs = torch_train_step(torch, name, model, tx, ty)
+                else:
+                    model = bench_network_net(name)[4](torch).cuda().train()
+                    theirs = torch_sgd_step(torch, model, tx, ty)
             except Exception as exc:
                 note = f"torch error: {type(exc).__name__}: {exc}"
         try:
@@ -375,7 +435,7 @@ def main(argv=None):
             steps.append((name, ms[0], ms[1], note))
         except Exception as exc:
             steps.append((name, None, None, f"error: {type(exc).__name__}: {exc}"))
-        if not args.no_layers:
+        if not args.no_layers and name in layer_nets:
             layer_table += layer_rows(np, cupy, torch, net, name, args.batch, args, sync, seen)
         del net, ours, theirs
         cupy.get_default_memory_pool().free_all_blocks()
@@ -399,7 +459,91 @@ def main(argv=None):
     if worst is not None:
         print(f"\nslowest whole-step ratio {worst:.2f} (target: within 2x of PyTorch) -> "
               f"{'met' if worst <= 2 else 'NOT met'}")
+    if not args.no_features:
+        features_table(np, cupy, torch, args, sync)
+    for name in [n.strip() for n in args.profile.split(",") if n.strip()]:
+        profile_steps(np, cupy, backend, name, args.batch, sync)
     return 0
+
+
+def profile_steps(np, cupy, backend, name, batch, sync, steps=20):
+    """cProfile over `steps` of our training steps of network `name`: the functions the host spends its time
+    in (a step that waits for the GPU shows the wait where the cost is read back)."""
+    import cProfile
+    import pstats
+
+    step, _ = our_train_step(np, cupy, backend, name, batch)
+    for _ in range(3):
+        step()
+    sync()
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    for _ in range(steps):
+        step()
+    sync()
+    prof.disable()
+    print(f"\nprofile of {steps} training steps of {name}: {1000 * (time.perf_counter() - t0) / steps:.2f} ms a step")
+    pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
+FEATURE_SPECS = {  # name -> feature settings (keywords-features.yaml, and PCEN on the same frames)
+    "logmel 16 kHz 1 s (keywords)": dict(sample_rate=16000, duration=1.0, kind="logmel", n_fft=400, hop=160,
+                                          n_mels=40, fmin=20, fmax=7600),
+    "pcen 16 kHz 1 s": dict(sample_rate=16000, duration=1.0, kind="pcen", n_fft=400, hop=160, n_mels=40,
+                            fmin=20, fmax=7600),
+}
+
+
+def features_table(np, cupy, torch, args, sync):
+    """compute_features over --clips clips, in chunks of 256: convnet on the GPU (signals copied in and
+    features copied out, as make-batches would), convnet on the CPU (this process, NumPy), torchaudio's
+    MelSpectrogram + log on the GPU where it is installed (logmel only; its mel filters are its own, so its
+    numbers are for speed, not values)."""
+    from convnet_cli.ingest.features import FeatureSpec, compute_features
+
+    try:
+        import torchaudio
+    except Exception:
+        torchaudio = None
+    print()
+    print(f"features of {args.clips} clips (make-batches' and detect's front end), clips/s and x real time")
+    header = f"{'':<32}{'GPU clips/s':>13}{'x real time':>13}{'CPU clips/s':>13}{'GPU/CPU':>9}{'torchaudio':>12}"
+    print(header)
+    print("-" * len(header))
+    rng = np.random.default_rng(0)
+    chunk = 256
+    for label, d in FEATURE_SPECS.items():
+        spec = FeatureSpec.from_dict(d, "bench")
+        sig = rng.standard_normal((chunk, spec.num_samples)).astype(np.float32)
+        rounds = max(1, args.clips // chunk)
+
+        def gpu():
+            for _ in range(rounds):
+                cupy.asnumpy(compute_features(cupy.asarray(sig), spec, cupy))
+
+        def cpu():
+            compute_features(sig, spec, np)  # one chunk (the CPU is slow): scaled to --clips below
+
+        ta = None
+        if torch is not None and torchaudio is not None and spec.kind == "logmel":
+            mel = torchaudio.transforms.MelSpectrogram(sample_rate=spec.sample_rate, n_fft=spec.n_fft,
+                                                       hop_length=spec.hop, n_mels=spec.n_mels, f_min=20,
+                                                       f_max=7600, power=2.0).cuda()
+
+            def ta():
+                for _ in range(rounds):
+                    torch.log(mel(torch.from_numpy(sig).cuda()) + 1e-10).cpu().numpy()
+        try:
+            g, c, t = timed_medians([gpu, cpu, ta], 1, 3, sync)
+        except Exception as exc:  # one broken row must not hide the others
+            print(f"{label:<32}error: {type(exc).__name__}: {exc}")
+            continue
+        clips = rounds * chunk
+        gps, cps = clips / (g / 1000), chunk / (c / 1000)
+        tps = clips / (t / 1000) if t else None
+        print(f"{label:<32}{gps:>13,.0f}{gps * spec.duration:>13,.0f}{cps:>13,.0f}{gps / cps:>9.1f}"
+              f"{fmt(tps, 12, 0)}")
 
 
 if __name__ == "__main__":
