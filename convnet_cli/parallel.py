@@ -8,9 +8,10 @@ A world has `rank`, `size`, `local_rank` (the rank among the processes of this n
 `allreduce(buf)` (sum a flat float array over the processes, in place), `bcast`, `gather`, `barrier`,
 `abort`. Host arrays are summed with MPI Allreduce. After `attach(backend)` with a GPU backend, device
 arrays are summed with NCCL through CuPy: rank 0 makes a NCCL unique id, MPI broadcasts it, and every rank
-opens its communicator with it (the design ChainerMN used). The NCCL path has not run on GPUs: there were
-none where it was written; its logic (id broadcast, buffer dtype and stream arguments) is tested on the
-CPU with stand-ins.
+opens its communicator with it (the design ChainerMN used). Ranks that share a GPU sum through host memory
+(NCCL takes one process per device). A one-rank communicator and the shared-GPU path have run on a GPU;
+NCCL between two GPUs has not (the id broadcast, buffer dtype and stream arguments are tested on the CPU
+with stand-ins).
 """
 from __future__ import annotations
 

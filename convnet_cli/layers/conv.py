@@ -54,7 +54,7 @@ benchmarks/bench_layers.py for the end-to-end numbers against PyTorch):
   * The bias gradient as a GEMV (ones @ dout) instead of dout.sum(0): 3.7 vs 12.7 for (827k, 32) (done per
     chunk, where the chunk of dout is in the cache for the other GEMMs anyway).
 
-On CuPy (not measured: no GPU was available where this was written) the columns come from one CUDA kernel
+On CuPy (0.9-2.3x cuDNN's time on an H200, docs/GPU.md) the columns come from one CUDA kernel
 that reads the unpadded input (zeros outside it), the GEMMs are cuBLAS calls on whole-batch chunks of up to
 GPU_CHUNK_BYTES of columns (kept for backward when they fit in one chunk), and col2im gathers: one thread per
 input pixel sums the column entries that came from it, in a fixed order (no atomics, deterministic). The
