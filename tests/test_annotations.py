@@ -227,6 +227,21 @@ def test_repeated_selection_number_with_other_times_keeps_both_and_warns(tmp_pat
     assert warnings[0].startswith(f"{p} lines 3 and 4: Selection 2") and "both kept" in warnings[0]
 
 
+def test_two_views_of_one_selection_with_other_labels_keep_the_first_and_warn(tmp_path):
+    """The views of a selection share its annotation: two labels for one Selection number, file and times is a
+    true conflict, named by its lines (the issue's rule: deduplicate by Selection, begin, end and file)."""
+    p = _table(tmp_path, [[1, "Spectrogram 1", 1, "1.0", "2.0", 50, 250, "NOCA"],
+                          [1, "Waveform 1", 1, "1.0", "2.0", 0, 1000, "WOTH"],
+                          [2, "Spectrogram 1", 1, "3.0", "4.0", 50, 250, "EATO"],
+                          [2, "Waveform 1", 1, "3.0", "4.0", 0, 1000, "EATO"]])
+    warnings = []
+    got = read_tables(p, warn=warnings.append)
+    assert [(s.begin, s.label) for s in got] == [(1.0, "NOCA"), (3.0, "EATO")]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"{p} lines 2 and 3: Selection 1") and "'NOCA' and 'WOTH'" in warnings[0]
+    assert "kept 'NOCA'" in warnings[0]
+
+
 @pytest.mark.parametrize("cell", ["1_0", "inf", "-inf", "+nan", "1e400", " 1", "1 ", "\u0661\u0660", "0x10",
                                   "1.0\x0c", "\uff11", "Infinity"])
 def test_times_are_plain_decimals(tmp_path, cell):

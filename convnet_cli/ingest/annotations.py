@@ -48,6 +48,7 @@ import unicodedata
 from dataclasses import dataclass, replace
 
 from convnet_cli.errors import DataError, did_you_mean
+from convnet_cli.fileio import special_mode
 from convnet_cli.ingest.audio import AUDIO_EXTENSIONS
 
 LABEL_COLUMNS = ("Annotation", "Class", "Label", "Species", "Call Type")
@@ -151,11 +152,9 @@ def _shown(text: str) -> str:
 
 
 def _file_kind(mode):
-    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return kind
-    return "not a regular file"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return special_mode(mode) or "not a regular file"
 
 
 def _read_raw(path):
@@ -463,7 +462,7 @@ def _row_channel(path, lineno, cols, row):
 class _Views:
     """Raven writes each selection once per view under one `Selection` number: `add` keeps the first row of a
     number, file, channel and times, takes a spectrogram view's frequency box into it, and warns when a number
-    comes back with other times (both kept)."""
+    comes back with other times (both kept) or another view of it has another label (the first kept)."""
 
     def __init__(self, path, cols, warn, raven):
         self.path, self.cols, self.warn, self.raven = path, cols, warn, raven
@@ -480,6 +479,12 @@ class _Views:
         key = (number, sel.recording, sel.channel)
         at = self.kept.get(key + (sel.begin, sel.end))
         if at is not None:                     # another view of a selection already read
+            first = self.out[at]
+            if sel.label != first.label:       # the views of one selection share its annotation: a true conflict
+                where = "" if cols.file is None else f" of '{sel.recording}'"
+                self.warn(f"{self.path} lines {first.line} and {lineno}: Selection {number}{where} "
+                          f"({_secs(sel.begin)}-{_secs(sel.end)} s) is labelled {_shown(first.label)} and "
+                          f"{_shown(sel.label)}; kept {_shown(first.label)} (line {first.line}): fix the wrong row")
             view = row[cols.view].strip().lower() if cols.view is not None else ""
             if view.startswith("spectrogram"):   # the spectrogram view's frequency box wins
                 k = self.out[at]
