@@ -8,6 +8,7 @@ import importlib
 import keyword
 import sys
 import traceback
+import warnings
 
 import click
 
@@ -61,6 +62,12 @@ def main(argv=None):
     if debug:
         argv = [a for a in argv if a != "--debug"]
         argv = ["--debug"] + argv
+    else:
+        # NumPy's floating-point warnings (overflow, invalid value) are no message for a user: every number
+        # that reaches a file or decides a step is checked, and a non-finite one is a one-line error naming
+        # where it came from (train's costs, predict's, detect's and export's probabilities)
+        warnings.filterwarnings("ignore", category=RuntimeWarning,
+                                message=r"(overflow|invalid value|divide by zero|underflow) encountered")
     try:
         rv = cli.main(args=argv, prog_name="convnet", standalone_mode=False)
     except ConvnetError as exc:

@@ -330,4 +330,4 @@ def test_fifo_as_annotations_is_refused(survey, tmp_path):
         pytest.fail("make-batches --annotations FIFO blocked")
     r = out[0]
     assert r.exit_code == 2, r.output
-    assert f"{fifo}: is a FIFO, not a file" in r.output and "Traceback" not in r.output
+    assert f"{fifo}: is a FIFO (named pipe), not a file" in r.output and "Traceback" not in r.output

@@ -59,6 +59,49 @@ def test_raven_tables_of_the_user_in_out_dir_are_neither_refused_nor_deleted(one
     assert mine.exists() and same_name.exists()   # --overwrite removed only what the journal names
 
 
+def test_overwrite_keeps_a_file_under_a_fixed_name_that_detect_did_not_write(one):
+    """detect.json lists the fixed-name files its run wrote: a hand-made detections.selections.txt in an
+    OUT_DIR whose runs never wrote the combined table survives --overwrite; one detect wrote goes."""
+    ck, rec, out = one
+    assert _detect(ck, rec, out).exit_code == 0
+    assert json.loads((out / "detect.json").read_text())["outputs"] == ["detections.csv"]
+    mine = out / "detections.selections.txt"
+    mine.write_text("Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\tAnnotation\n")
+    r = _detect(ck, rec, out, "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert mine.read_text().count("\n") == 1
+    mine.unlink()
+    assert _detect(ck, rec, out, "--overwrite", "--combined").exit_code == 0
+    assert "detections.selections.txt" in json.loads((out / "detect.json").read_text())["outputs"]
+    assert _detect(ck, rec, out, "--overwrite").exit_code == 0
+    assert not mine.exists()                      # detect's own combined table, from the run before
+
+
+@pytest.mark.parametrize("name", ["done.jsonl", "detect.json"])
+@pytest.mark.parametrize("flag", ["--resume", "--overwrite"])
+def test_a_fifo_under_detects_names_in_out_dir_is_refused_not_waited_on(one, name, flag):
+    import subprocess
+    import sys
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this system")
+    ck, rec, out = one
+    assert _detect(ck, rec, out).exit_code == 0
+    os.unlink(out / name)
+    os.mkfifo(out / name)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", "convnet_cli", "detect", "-f", str(ck), str(rec), "--out", str(out),
+                        "--quiet", flag], capture_output=True, text=True, timeout=120, env=env)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    if flag == "--overwrite" and name == "detect.json":   # not read on --overwrite: replaced
+        assert r.returncode == 0, r.stderr
+        assert (out / name).is_file()
+        return
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert f"{out / name}: is a FIFO" in lines[0] and "--out" in lines[0]
+
+
 # ---- item 11 / 15: done.jsonl and detect.json are checked -----------------------------------------------
 
 def test_journal_record_naming_a_file_outside_out_dir_is_refused(one, tmp_path):
@@ -150,6 +193,37 @@ def test_detect_refuses_a_net_whose_probabilities_are_not_finite(one, tmp_path):
     line = _one_line_error(_detect(bad, rec, out, "--scores"))
     assert "non-finite" in line and "x.wav" in line
     assert not (out / "scores.csv").exists() and not (out / "done.jsonl").exists()
+
+
+def test_a_fifo_planted_as_detects_lock_is_refused_naming_detect(one):
+    from convnet_cli.detect.detect import LOCK
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this system")
+    ck, rec, out = one
+    out.mkdir()
+    os.mkfifo(out / LOCK)
+    line = _one_line_error(_detect(ck, rec, out))
+    assert f"{out / LOCK}: is a FIFO" in line and "convnet detect did not write this lock file" in line
+
+
+def test_a_refused_overflowing_net_prints_one_line_and_leaves_no_settings(one, tmp_path):
+    """Through the real entry point (where NumPy's floating-point warnings would reach the user): one line,
+    exit 2; and the refused run leaves no detect.json, so the next run needs no --overwrite."""
+    import subprocess
+    import sys
+
+    ck, rec, out = one
+    bad = _overflowing_checkpoint(tmp_path / "inf.npz")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("PYTHONWARNINGS", None)
+    r = subprocess.run([sys.executable, "-m", "convnet_cli", "detect", "-f", str(bad), str(rec), "--out", str(out),
+                        "--quiet"], capture_output=True, text=True, timeout=120, env=env)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "non-finite" in lines[0], r.stderr
+    assert not (out / "detect.json").exists()
+    assert _detect(ck, rec, out).exit_code == 0
 
 
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")

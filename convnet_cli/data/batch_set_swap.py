@@ -64,8 +64,8 @@ def _remove(path):
     os.remove(path)
 
 
-def _not_ours(path, what, why) -> DataError:
-    return DataError(f"{path}: {why}; convnet make-batches did not write this {what}: remove it and run again")
+def _not_ours(path, what, why, writer="convnet make-batches") -> DataError:
+    return DataError(f"{path}: {why}; {writer} did not write this {what}: remove it and run again")
 
 
 class BatchDirLock:
@@ -78,6 +78,7 @@ class BatchDirLock:
                  fix="wait for it to finish, or choose another BATCH_DIR"):
         self.batch_dir = os.fspath(batch_dir)
         self.path = os.path.join(self.batch_dir, name)
+        self.holder = holder
         self.fd = None
         try:
             import fcntl
@@ -111,9 +112,9 @@ class BatchDirLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _NONBLOCK, 0o666)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.EMLINK) and os.path.islink(self.path):
-                raise _not_ours(self.path, "lock file", "is a symbolic link") from None
+                raise _not_ours(self.path, "lock file", "is a symbolic link", self.holder) from None
             if isinstance(exc, IsADirectoryError):
-                raise _not_ours(self.path, "lock file", "is a folder") from None
+                raise _not_ours(self.path, "lock file", "is a folder", self.holder) from None
             raise DataError(f"{self.batch_dir}: cannot create the lock file {os.path.basename(self.path)} "
                             f"({exc.strerror or exc}); "
                             "check that the folder is writable") from None
@@ -125,7 +126,7 @@ class BatchDirLock:
             why = f"has {st.st_nlink} names (a hard link: writing the lock would change the other file)"
         if why:
             os.close(fd)
-            raise _not_ours(self.path, "lock file", why)
+            raise _not_ours(self.path, "lock file", why, self.holder)
         return fd
 
     def release(self):

@@ -46,11 +46,11 @@ import numpy as np
 
 from convnet_cli.data.batch_set_swap import BatchDirLock
 from convnet_cli.data.skipped_list import format_skipped
-from convnet_cli.fileio import make_out_dir, write_text_atomic
+from convnet_cli.fileio import make_out_dir, special_file, write_text_atomic
 from convnet_cli.detect import raven
 from convnet_cli.detect.events import (DEFAULT_SPLIT_DIP, check_class_names, reported_classes,
                                        windows_to_events)
-from convnet_cli.errors import ConfigError, DataError
+from convnet_cli.errors import ConfigError, ConvnetError, DataError
 from convnet_cli.parallel import SingleWorld, on_root, rank_device
 from convnet_cli.progress import AudioProgress
 from convnet_cli.thresholds import parse_thresholds
@@ -61,8 +61,10 @@ SETTINGS = "detect.json"
 SKIPPED = "skipped.txt"
 SCORES_DIR = ".scores"
 LOCK = ".detect.lock"
+# the files a run writes at its end under fixed names (detect.json's `outputs` lists those it wrote)
+FIXED_OUTPUTS = (SKIPPED, raven.DETECTIONS_CSV, raven.SCORES_CSV, raven.COMBINED_NAME)
 # detect's files by their fixed names (the tables are named in the journal)
-OWN_NAMES = (DONE, SETTINGS, SKIPPED, raven.DETECTIONS_CSV, raven.SCORES_CSV, raven.COMBINED_NAME, SCORES_DIR)
+OWN_NAMES = (DONE, SETTINGS) + FIXED_OUTPUTS + (SCORES_DIR,)
 # settings that change what a table holds: a resume must keep them
 _FIXED = ("checkpoint", "checkpoint_mtime", "hop", "duration", "thresholds", "classes", "merge_gap", "split_dip",
           "max_event", "channel", "time_expansion")
@@ -181,8 +183,16 @@ def read_done(out_dir: str, strict: bool = True) -> dict:
     return out
 
 
+def _refuse_special(path: str):
+    """DataError for a FIFO, socket or device under one of detect's names (reading it would wait forever)."""
+    kind = special_file(path)
+    if kind:
+        raise DataError(f"{path}: is {kind}, not a file detect wrote; remove it, or give another --out")
+
+
 def _records(path: str, out_dir: str, strict: bool = True):
     """The valid records of a journal, one at a time (see read_done)."""
+    _refuse_special(path)
     try:
         with open(path, "rb") as f:
             lines = f.read().split(b"\n")
@@ -288,11 +298,30 @@ def earlier_output(out_dir: str) -> list:
     a journal is there."""
     if not is_out_dir(out_dir):
         return []
-    names = {n for n in OWN_NAMES if os.path.lexists(os.path.join(out_dir, n))}
+    own = own_outputs(out_dir)
+    fixed = OWN_NAMES if own is None else (DONE, SETTINGS, SCORES_DIR) + tuple(own)
+    names = {n for n in fixed if os.path.lexists(os.path.join(out_dir, n))}
     names |= {os.path.basename(p) for p in _journal_parts(out_dir)}
     names |= {r["table"] for r in read_done(out_dir, strict=False).values()
               if os.path.lexists(os.path.join(out_dir, r["table"]))}
     return sorted(names)
+
+
+def own_outputs(out_dir: str) -> list | None:
+    """The fixed-name files (detections.csv, the combined table, scores.csv, skipped.txt) that detect.json
+    says detect wrote into out_dir; None where it does not say (a detect.json of an older convnet): then every
+    file under those names counts as detect's."""
+    path = os.path.join(out_dir, SETTINGS)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            outs = json.load(f).get("outputs")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not (isinstance(outs, list) and all(isinstance(n, str) for n in outs)):
+        return None
+    return sorted(n for n in outs if n in FIXED_OUTPUTS)
 
 
 def _foreign_outputs(out_dir: str) -> list:
@@ -321,6 +350,7 @@ def _check_settings(out_dir: str, settings: dict):
             raise ConfigError(f"{path}: missing, so the earlier run's settings are unknown and --resume could mix "
                               f"tables made with other ones; {fix}")
         return
+    _refuse_special(path)
     try:
         with open(path, encoding="utf-8") as f:
             old = json.load(f)
@@ -522,6 +552,10 @@ def detect(checkpoint, inputs, out_dir: str, *, echo=None, world=None, options: 
                settings=settings, options=o)
     try:
         return _detect_into(out_dir, recordings, job, echo=echo, world=world, t0=t0)
+    except ConvnetError:
+        if held:   # rank 0, which prepared OUT_DIR
+            _forget_empty_run(out_dir)
+        raise
     finally:
         for lock in held:
             lock.release()
@@ -706,6 +740,7 @@ def _prepare_out(out_dir, settings, resume, overwrite):
         raise ConfigError(f"{out_dir}: holds {', '.join(foreign)}, which no detect journal there names (no "
                           f"{SETTINGS} or {DONE}); move them away or give another --out")
     earlier = earlier_output(out_dir)
+    known = own_outputs(out_dir)
     if earlier and not (resume or overwrite):
         raise ConfigError(f"{out_dir}: holds an earlier detect's output ({', '.join(earlier[:3])}"
                           f"{', ...' if len(earlier) > 3 else ''}); add --resume to finish it, --overwrite to "
@@ -715,7 +750,27 @@ def _prepare_out(out_dir, settings, resume, overwrite):
     if resume:
         _check_settings(out_dir, settings)
         _fold_journals(out_dir)   # an interrupted MPI run's journals: one done.jsonl for any K
+    # the fixed-name files detect has written here (a resume keeps the earlier run's; an older detect.json
+    # that does not say: those under detect's names), so that --overwrite removes only detect's own
+    if resume and earlier:
+        settings["outputs"] = known if known is not None else sorted(
+            n for n in FIXED_OUTPUTS if os.path.lexists(os.path.join(out_dir, n)))
+    else:
+        settings["outputs"] = []
     write_text_atomic(os.path.join(out_dir, SETTINGS), json.dumps(settings, indent=2) + "\n")
+
+
+def _forget_empty_run(out_dir: str):
+    """After an error before any recording was done: detect.json goes (with the scores folder), so the next
+    run into OUT_DIR needs no --overwrite or --resume for a run that wrote nothing."""
+    if os.path.lexists(os.path.join(out_dir, DONE)) or _journal_parts(out_dir):
+        return
+    for name in (SETTINGS, SCORES_DIR):
+        p = os.path.join(out_dir, name)
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p, ignore_errors=True)
+        elif os.path.lexists(p):
+            os.unlink(p)
 
 
 def _deal(todo, world) -> list:
@@ -783,8 +838,16 @@ def _finish(out_dir, done, this_run, job: _Job, summary):
                  if r.get("scores") and os.path.exists(os.path.join(out_dir, r["scores"]))]
         summary.files["scores"] = raven.write_scores_csv(os.path.join(out_dir, raven.SCORES_CSV), label_names, parts)
     skipped_path = os.path.join(out_dir, SKIPPED)
+    written = {raven.DETECTIONS_CSV} | ({raven.COMBINED_NAME} if combined else set()) | (
+        {raven.SCORES_CSV} if scores else set())
+    outputs = set(job.settings.get("outputs") or ()) | written
     if summary.skipped:
         write_text_atomic(skipped_path, format_skipped(summary.skipped))
         summary.files["skipped"] = skipped_path
-    elif os.path.exists(skipped_path):
-        os.unlink(skipped_path)  # an earlier run's list: every recording of this run was read
+        outputs.add(SKIPPED)
+    else:
+        outputs.discard(SKIPPED)
+        if os.path.exists(skipped_path) and SKIPPED in (job.settings.get("outputs") or ()):
+            os.unlink(skipped_path)  # an earlier run's list: every recording of this run was read
+    job.settings["outputs"] = sorted(outputs)
+    write_text_atomic(os.path.join(out_dir, SETTINGS), json.dumps(job.settings, indent=2) + "\n")

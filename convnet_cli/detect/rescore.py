@@ -173,7 +173,8 @@ def detect_from_scores(src: str, out_dir: str, *, threshold=None, classes=None, 
             os.path.join(out_dir, raven.COMBINED_NAME),
             ((r["path"], float(r.get("duration", 0.0)), ev) for r, ev in per_rec), low_hz, high_hz)
     settings = dict(st, thresholds={c: thresholds[c] for c in wanted}, classes=wanted, merge_gap=merge_gap,
-                    split_dip=split_dip, max_event=max_event, from_scores=os.path.abspath(src))
+                    split_dip=split_dip, max_event=max_event, from_scores=os.path.abspath(src),
+                    outputs=sorted([raven.DETECTIONS_CSV] + ([raven.COMBINED_NAME] if combined else [])))
     write_text_atomic(os.path.join(out_dir, SETTINGS), json.dumps(settings, indent=2) + "\n")
     # the journal last: NEW_DIR is then a detect OUT_DIR that evaluate and review read as any other
     write_text_atomic(os.path.join(out_dir, DONE), "".join(journal))
