@@ -259,8 +259,13 @@ def test_a_softmax_logreg_net_on_multi_label_batches_is_refused_in_one_line():
 
 def test_a_bce_net_with_outputs_unlike_the_classes_is_refused():
     net = Net.from_text(NET, "", SHAPE, seed=0)
-    with pytest.raises(ConfigError, match="has 4 outputs but the data has 3 classes.*outputs: 3"):
+    with pytest.raises(ConfigError, match="has 4 outputs but the data has 3 classes.*outputs: 3") as e:
         net.check_data(["a", "b", "c"], True)
+    assert "--multi-label" not in str(e.value)
+    # single-label batches (one class a case, a background class among them): the fix may be the batches
+    with pytest.raises(ConfigError, match="has 4 outputs but the data has 5 classes.*outputs: 5") as e:
+        net.check_data(["a", "b", "c", "d", "noise"], False)
+    assert "make-batches --multi-label" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_a_softmax_feeding_cost_bce_is_refused_in_one_line_naming_the_layer_and_line():

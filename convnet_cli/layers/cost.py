@@ -42,7 +42,7 @@ def _labels_first(layer):
     return layer.error(f"its first input '{first}' must be the labels (a data layer with dataIdx: 1); {fix}")
 
 
-def _check_outputs(layer, label_names, fits: bool):
+def _check_outputs(layer, label_names, fits: bool, hint: str = ""):
     """The one-line error for a classification cost whose scores are not one per class of the data."""
     if fits or not label_names:
         return
@@ -50,7 +50,7 @@ def _check_outputs(layer, label_names, fits: bool):
     got = layer.num_scores
     raise layer.error(f"its input '{layer.in_names[layer.scores_input]}' has {got} outputs but the data has {k} "
                       f"classes ({', '.join(map(str, label_names[:5]))}{'...' if k > 5 else ''}); set outputs: {k} on "
-                      "the fc layer feeding it")
+                      f"the fc layer feeding it{hint}")
 
 
 # == softmax + log-loss, fused ============================================================================
@@ -306,7 +306,10 @@ class BCECost(CostLayer):
         k = len(label_names)
         self.multi_label_data = bool(multi_label)
         # one logistic unit scores the second of two classes (0/1 labels); otherwise one unit per class
-        _check_outputs(self, label_names, self.num_scores == k or (not multi_label and k == 2 and self.num_scores == 1))
+        hint = "" if multi_label else (", or make the batches with make-batches --multi-label (several classes "
+                                       "at once, no background class)")
+        _check_outputs(self, label_names, self.num_scores == k or (not multi_label and k == 2 and self.num_scores == 1),
+                       hint)
 
     def input_problem(self, inputs):
         src = inputs[self.scores_input]
