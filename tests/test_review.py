@@ -531,6 +531,62 @@ def test_evaluate_review_dir_reports_precision_per_class_and_per_score_bin(detec
     assert r.exit_code == 2 and "Missing argument 'ANNOTATIONS'" in r.output
 
 
+def test_evaluate_review_dir_calibrates_thresholds_from_stratified_verdicts(detected, tmp_path):
+    """SPEC 18: stratified verdicts estimate the precision at every threshold, so `evaluate REVIEW_DIR
+    --calibrate precision=P` writes thresholds.yaml: the lowest reviewed score whose estimate (each verdict
+    weighted by the detections of its bin it stands for) reaches P, never below a score the verdicts do not
+    speak for."""
+    from convnet_cli.review.sample import read_sample
+    from convnet_cli.review.verdicts import VerdictStore
+    from convnet_cli.thresholds import read_thresholds
+
+    def read_thresholds_file(path):
+        return read_thresholds(path, ["tone"])
+
+    rec, det = detected
+    dets = tmp_path / "detections.csv"
+    scores = [0.50 + 0.025 * i for i in range(20)]          # 4 bins of 5 detections
+    dets.write_text("\n".join(["filename,begin_s,end_s,class,score"]
+                              + [f"a.wav,{i:.3f},{i + 0.5:.3f},tone,{s:.4f}" for i, s in enumerate(scores)]) + "\n")
+    out = tmp_path / "rv"
+    r = invoke(["review", str(dets), "--out", str(out), "--recordings", str(rec), "--no-serve", "--quiet",
+                "--select", "stratified", "--per-class", "4"])
+    assert r.exit_code == 0, r.output
+    items, settings = read_sample(str(out))
+    assert settings["bins"]["tone"]["detections"] == [5, 5, 5, 5]
+    s = sorted(items, key=lambda it: it.score)               # one per bin, each standing for 5 detections
+    store = VerdictStore(str(out), items)
+    for it, v in zip(s, ("false", "false", "true", "true")):
+        store.record(it.id, v)
+
+    def calibrated(p, *extra):
+        r = invoke(["evaluate", str(out), "--calibrate", f"precision={p}", *extra])
+        assert r.exit_code == 0, r.output
+        return read_thresholds_file(str(out / "thresholds.yaml"))["tone"], r.output
+
+    # by falling score the estimate is 1, 1, 2/3, 1/2
+    assert calibrated(0.9)[0] == pytest.approx(s[2].score, abs=1e-6)
+    assert calibrated(0.6)[0] == pytest.approx(s[1].score, abs=1e-6)
+    t, output = calibrated(0.4, "--quiet")
+    assert t == pytest.approx(s[0].score, abs=1e-6) and "thresholds: tone" in output
+    # a bin whose verdict is unsure speaks for nothing: no threshold below its top
+    store.record(s[1].id, "unsure")
+    assert calibrated(0.4)[0] == pytest.approx(s[2].score, abs=1e-6)
+    # a sampled item still without a verdict above every other: the verdicts speak for no threshold yet
+    fresh = tmp_path / "rv2"
+    r = invoke(["review", str(dets), "--out", str(fresh), "--recordings", str(rec), "--no-serve", "--quiet",
+                "--select", "stratified", "--per-class", "4"])
+    items2, _ = read_sample(str(fresh))
+    low = min(items2, key=lambda it: it.score)
+    VerdictStore(str(fresh), items2).record(low.id, "true")
+    r = invoke(["evaluate", str(fresh), "--calibrate", "precision=0.9"])
+    assert r.exit_code == 0, r.output
+    assert read_thresholds_file(str(fresh / "thresholds.yaml"))["tone"] == 1.0
+    assert "no reviewed threshold reaches precision 0.9" in r.output
+    r = invoke(["evaluate", str(out), "--calibrate", "f1"])
+    assert r.exit_code == 2 and "ANNOTATIONS" in r.output and "precision=P" in r.output
+
+
 def test_kill_9_while_a_verdict_is_being_saved_leaves_both_files_whole(detected, tmp_path):
     """The server as its own process, killed (SIGKILL) at once, 2 ms and 10 ms after a verdict is sent: both
     files stay parseable and hold every verdict whose reply came back; the one in flight is in both, in the

@@ -31,11 +31,16 @@ def command(detections, annotations, min_overlap, classes, target_precision, lab
     convnet evaluate review/         # a convnet review folder: the reviewed precision per class
     """
     if annotations is None:  # DETECTIONS is a review folder (verdicts.csv): see convnet_cli/commands/review.py
+        rule = None
         if calibrate:
-            raise click.UsageError("--calibrate needs the ANNOTATIONS (the precision-recall curve of every score); "
-                                   "a review folder gives the reviewed precision per score bin")
+            from convnet_cli.detect.evaluate import parse_calibrate
+
+            rule = parse_calibrate(calibrate)
+            if rule[0] == "f1":
+                raise click.UsageError("--calibrate f1 needs the ANNOTATIONS (F1 needs the recall, which verdicts "
+                                       "on detections cannot give); a review folder calibrates to precision=P")
         from convnet_cli.commands.review import evaluate_review_dir
-        return evaluate_review_dir(detections, out_dir, classes, quiet)
+        return evaluate_review_dir(detections, out_dir, classes, quiet, rule, calibrate)
     from convnet_cli.detect.evaluate import (calibrate as calibrate_thresholds, evaluate, format_table, load_pair,
                                              parse_calibrate, plot_pr, write_json)
     from convnet_cli.fileio import make_out_dir

@@ -66,10 +66,13 @@ def command(detections, out_dir, recordings, per_class, select, context, classes
     return 0
 
 
-def evaluate_review_dir(path, out_dir, classes, quiet):
-    """`convnet evaluate REVIEW_DIR` (no ANNOTATIONS): the reviewed precision per class; evaluation.json goes
-    into REVIEW_DIR unless --out is given."""
-    from convnet_cli.review.evaluate import evaluate_review, is_review_dir
+def evaluate_review_dir(path, out_dir, classes, quiet, rule=None, calibrate_text=None):
+    """`convnet evaluate REVIEW_DIR` (no ANNOTATIONS): the reviewed precision per class; evaluation.json (and
+    with `--calibrate precision=P` thresholds.yaml) go into REVIEW_DIR unless --out is given."""
+    import os
+
+    from convnet_cli.review.evaluate import calibrate_review, evaluate_review, is_review_dir
+    from convnet_cli.thresholds import THRESHOLDS_FILE, write_thresholds
 
     if not is_review_dir(path):
         raise click.UsageError("Missing argument 'ANNOTATIONS' (without it, DETECTIONS must be a convnet review "
@@ -77,4 +80,13 @@ def evaluate_review_dir(path, out_dir, classes, quiet):
     ctx = click.get_current_context()
     given = ctx.get_parameter_source("out_dir") not in (click.core.ParameterSource.DEFAULT, None)
     evaluate_review(path, out_dir if given else None, classes=classes, quiet=quiet, echo=click.echo)
+    if rule is not None:
+        chosen, notes, _ = calibrate_review(path, rule[1], classes)
+        out = write_thresholds(os.path.join(out_dir if given else path, THRESHOLDS_FILE), chosen,
+                               f"convnet evaluate --calibrate {calibrate_text}: per class the lowest reviewed score\n"
+                               f"whose estimated precision (from the verdicts in {path}) reaches {rule[1]:g}\n"
+                               + "\n".join(notes))
+        for n in notes:
+            click.echo(f"note: {n}", err=True)
+        click.echo("thresholds: " + ", ".join(f"{c} {t:.4g}" for c, t in chosen.items()) + f" -> {out}")
     return 0

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from convnet_cli.detect.events import pick_classes
 from convnet_cli.errors import DataError
 from convnet_cli.metrics import wilson_interval
@@ -73,6 +75,69 @@ def review_precision(review_dir: str, classes=None) -> dict:
         out["classes"][c] = r
     out["overall"] = _counts([it.id for it in items], verdicts)
     return out
+
+
+def calibrate_review(review_dir: str, target: float, classes=None) -> tuple:
+    """`evaluate REVIEW_DIR --calibrate precision=P`: ({class: threshold}, notes, {class: estimate}) from the
+    verdicts alone. Per class, the precision of the detections scoring at least t is estimated from the true
+    and false verdicts at or above t, each weighted by how many detections it stands for: with `stratified`,
+    its bin's detections over the bin's true and false verdicts; with `random` and `top`, 1 (a random sample
+    of the class, or every detection above the lowest reviewed score). The threshold is the lowest reviewed
+    score whose estimate reaches P. Only thresholds the verdicts speak for are candidates: above the score of
+    any sampled item still without a verdict (the page goes by falling score), and above every score bin that
+    holds detections but no true or false verdict. A class no candidate reaches P with gets 1.0, a class
+    without true or false verdicts keeps 0.5; the notes say which."""
+    from convnet_cli.review.sample import bin_of, read_sample
+    from convnet_cli.review.verdicts import read_verdicts
+    from convnet_cli.thresholds import DEFAULT_THRESHOLD
+
+    items, settings = read_sample(review_dir)
+    verdicts = read_verdicts(review_dir, items)
+    select = settings.get("select")
+    labels = list(dict.fromkeys(it.label for it in items))
+    if classes:
+        labels = pick_classes(classes, labels, f"the review in {review_dir} holds no class", "its classes")
+    chosen, notes, estimates = {}, [], {}
+    for c in labels:
+        mine = [it for it in items if it.label == c]
+        tf = [it for it in mine if verdicts.get(it.id) in ("true", "false")]
+        if not tf:
+            chosen[c] = DEFAULT_THRESHOLD
+            notes.append(f"{c}: no true or false verdict to calibrate on; threshold {DEFAULT_THRESHOLD:g} kept")
+            continue
+        weight = {it.id: 1.0 for it in tf}
+        unmarked = max((it.score for it in mine if it.id not in verdicts), default=-np.inf)
+        floor = -np.inf
+        bins = (settings.get("bins") or {}).get(c)
+        if select == "stratified" and bins:
+            edges, population = bins["edges"], bins["detections"]
+            which = dict(zip((it.id for it in tf), bin_of([it.score for it in tf], edges).tolist()))
+            reviewed = np.bincount(list(which.values()), minlength=len(population))
+            for k, (pop, n) in enumerate(zip(population, reviewed)):
+                if pop and not n:   # no verdict speaks for this bin: no threshold below its top
+                    floor = max(floor, edges[k + 1] if k + 1 < len(edges) - 1 else np.inf)
+            weight = {i: population[k] / reviewed[k] for i, k in which.items()}
+        tf.sort(key=lambda it: -it.score)
+        best, hit, weights, sums = None, 0.0, 0.0, []
+        for it in tf:
+            weights += weight[it.id]
+            hit += weight[it.id] * (verdicts[it.id] == "true")
+            sums.append((it.score, hit / weights))
+        for score, precision in sums:
+            if score <= unmarked or score < floor:
+                break
+            if precision >= target:
+                best = (score, precision)  # falling scores: the last one reaching P is the lowest
+        if best is None:
+            chosen[c] = 1.0
+            top = max((pr for sc, pr in sums if sc > unmarked and sc >= floor), default=None)
+            notes.append(f"{c}: no reviewed threshold reaches precision {target:g}"
+                         + (f" (at most {top:.3f})" if top is not None else " (review more items)") + "; threshold 1.0")
+        else:
+            chosen[c] = float(best[0])
+        estimates[c] = {"threshold": chosen[c], "estimated_precision": None if best is None else float(best[1]),
+                        "true_false_verdicts": len(tf)}
+    return chosen, notes, estimates
 
 
 def _p(v) -> str:
