@@ -350,6 +350,21 @@ def test_no_label_column_but_text_columns_warns_once(tmp_path):
     assert warnings == []
 
 
+def test_a_folder_of_tables_without_a_label_column_warns_once_for_all(tmp_path):
+    folder = tmp_path / "survey"
+    folder.mkdir()
+    for k in range(5):
+        write_raven(str(folder / f"site{k}.Table.1.selections.txt"), SELS, label_col=None,
+                    extra_cols=[("Sp", "WOTH"), ("Notes", "dawn")] if k != 2 else [("Observer", "AB")])
+    warnings = []
+    got = read_tables(str(folder), warn=warnings.append)
+    assert {s.label for s in got} == {"call"} and len(got) == 5 * len(SELS)
+    assert len(warnings) == 1, warnings
+    w = warnings[0]
+    assert w.startswith(f"{folder} (site0.Table.1.selections.txt the first): 5 tables have no label column")
+    assert "'Sp', 'Notes', 'Observer'" in w and "--label-col" in w
+
+
 def test_only_regular_files_are_tables(tmp_path):
     import threading
 

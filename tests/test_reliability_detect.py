@@ -129,16 +129,18 @@ def test_journal_record_naming_a_file_outside_out_dir_is_refused(one, tmp_path):
     assert "root:x" not in (out / "scores.csv").read_text()
 
 
-@pytest.mark.parametrize("record", ['{"path": ["x"]}', '{"path": "/a.wav", "size": "big", "mtime": 1, "name": "a", '
-                                    '"table": "a.selections.txt"}', '[1, 2]',
-                                    '{"path": "/a.wav", "size": 1, "mtime": 1, "name": "a", "table": "../a.txt"}'])
-def test_bad_journal_line_is_one_line_naming_file_and_line(one, record):
+@pytest.mark.parametrize("record,named", [
+    ('{"path": ["x"]}', "'path' is [\"x\"], not text"),
+    ('{"path": "/a.wav", "size": "big", "mtime": 1, "name": "a", "table": "a.selections.txt"}', "'size' is \"big\""),
+    ('[1, 2]', "is not a record"),
+    ('{"path": "/a.wav", "size": 1, "mtime": 1, "name": "a", "table": "../a.txt"}', "'table' '../a.txt'")])
+def test_bad_journal_line_is_one_line_naming_file_and_line(one, record, named):
     ck, rec, out = one
     assert _detect(ck, rec, out).exit_code == 0
     good = (out / "done.jsonl").read_text()
     (out / "done.jsonl").write_text(good + record + "\n")
     line = _one_line_error(_detect(ck, rec, out, "--resume"))
-    assert f"{out / 'done.jsonl'} line 2" in line
+    assert f"{out / 'done.jsonl'} line 2" in line and named in line, line
 
 
 def test_resume_without_or_with_a_corrupt_detect_json_is_refused(one):

@@ -220,16 +220,16 @@ def _bad_record(rec, out_dir: str):
     """Why `rec` is not a journal record detect wrote, or None."""
     if not isinstance(rec, dict):
         return f"{json.dumps(rec)[:40]} is not a record (a JSON object with path, size, mtime, name, table)"
-    for key in _RECORD_REQUIRED:
-        if key not in rec:
-            return f"the record has no '{key}'"
-    for key, kinds in _RECORD_FIELDS.items():
+    for key, kinds in _RECORD_FIELDS.items():   # what is there and wrong first: the cell the user must fix
         if key not in rec:
             continue
         v = rec[key]
         if isinstance(v, bool) or not isinstance(v, kinds) or (isinstance(v, float) and not math.isfinite(v)):
             want = "text" if kinds == (str,) else "a whole number" if kinds == (int,) else "a number"
             return f"'{key}' is {json.dumps(v)[:40]}, not {want}"
+    for key in _RECORD_REQUIRED:
+        if key not in rec:
+            return f"the record has no '{key}'"
     if not _plain_name(rec["table"]) or not rec["table"].endswith(raven.TABLE_SUFFIX):
         return f"'table' {rec['table']!r} is not the name of a table in OUT_DIR (<name>{raven.TABLE_SUFFIX})"
     if "scores" in rec:

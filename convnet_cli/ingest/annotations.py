@@ -254,11 +254,13 @@ def read_tables_and_claims(path: str, label_col: str | None = None, warn=None):
             files.extend(os.path.join(folder, n) for n in sorted(names)
                          if n.lower().endswith(".txt") and not n.startswith("."))
         out, tables = [], 0
+        folder_warn = _FolderWarn(warn)
         for f in sorted(files):
-            sel = _read_one(f, label_col, in_folder=True, claims=claims, warn=warn)
+            sel = _read_one(f, label_col, in_folder=True, claims=claims, warn=folder_warn)
             if sel is not None:
                 tables += 1
                 out.extend(sel)
+        folder_warn.flush(path)
         if tables == 0:
             raise DataError(f"{path}: no Raven selection tables (*.txt with a header row naming 'Selection' and "
                             "'Begin Time (s)') in it or its subfolders; check the --annotations path")
@@ -543,12 +545,42 @@ def _parse(path, rows, label_col, in_folder, raven, claims=None, warn=_stderr_wa
 
 
 def _warn_unlabelled(path, header, text_cols, warn):
-    """The warning for a table without a label column whose text columns may hold the labels."""
+    """The warning for a table without a label column whose text columns may hold the labels (a folder's
+    tables say it once for all of them: _FolderWarn)."""
     names = [header[i] for i in sorted(text_cols) if header[i] and not _NOT_LABELS.search(header[i])]
-    if names:
-        warn(f"{path}: no label column ({', '.join(LABEL_COLUMNS)}): every selection is labelled "
-             f"'{DEFAULT_LABEL}'; its text column(s) {', '.join(repr(n) for n in names)} may hold the labels: "
-             "name one with --label-col")
+    if not names:
+        return
+    if isinstance(warn, _FolderWarn):
+        warn.unlabelled.append((path, names))
+        return
+    warn(_unlabelled_message(path, names))
+
+
+def _unlabelled_message(path, names, tables=1):
+    which = "its" if tables == 1 else "their"
+    head = f"{path}: no label column" if tables == 1 else f"{path}: {tables} tables have no label column"
+    return (f"{head} ({', '.join(LABEL_COLUMNS)}): every selection is labelled '{DEFAULT_LABEL}'; {which} text "
+            f"column(s) {', '.join(repr(n) for n in names)} may hold the labels: name one with --label-col")
+
+
+class _FolderWarn:
+    """The warn of a folder's tables: passes every warning on, and keeps the tables without a label column
+    for one line at the end (36 survey tables, one line)."""
+
+    def __init__(self, warn):
+        self.warn, self.unlabelled = warn, []
+
+    def __call__(self, message):
+        self.warn(message)
+
+    def flush(self, folder):
+        if len(self.unlabelled) == 1:
+            self.warn(_unlabelled_message(*self.unlabelled[0]))
+        elif self.unlabelled:
+            names = list(dict.fromkeys(n for _, ns in self.unlabelled for n in ns))
+            self.warn(_unlabelled_message(f"{folder} ({os.path.basename(self.unlabelled[0][0])} the first)", names,
+                                          len(self.unlabelled)))
+        self.unlabelled = []
 
 
 def _verdict(path, lineno, col_name, text):
