@@ -387,3 +387,38 @@ def test_interrupt_leaves_nothing_behind(tmp_path, tiny_audio_dir, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run(tiny_audio_dir, tmp_path / "b", batch_size=4)
     assert os.listdir(tmp_path / "b") == ["notes.txt"]
+
+
+@pytest.mark.parametrize("normalize", ["pixel", "band", "global"])
+def test_normalize_pools_the_statistics_by_value_band_or_all(tiny_audio_dir, tmp_path, normalize):
+    """features `normalize` (docs/CONFIG.md): batches.meta's data_mean/data_std hold, for every value of a case,
+    the statistics of that value (pixel), of its frequency row over time (band) or of every value (global),
+    taken over the training cases; so the normalised training data have mean 0 and std 1 per value, per row or
+    over all."""
+    from convnet_cli.data.batch_files import BatchSet
+    from convnet_cli.ingest.features import FeatureSpec
+    from convnet_cli.ingest.make_batches import make_batches
+    from tests.conftest import TINY_FEATURES
+
+    out = tmp_path / "b"
+    make_batches(tiny_audio_dir, out, features=FeatureSpec.from_dict(dict(TINY_FEATURES, normalize=normalize), "t"),
+                 batch_size=8, test_fraction=0.34, seed=0, jobs=1, progress=False)
+    bs = BatchSet(str(out))
+    c, h, w = bs.data_shape
+    x = np.concatenate([bs.read_raw(i)[0] for i in bs.train_range])
+    x = x.astype(np.float64).reshape(-1, c * h, w)
+    mean = np.asarray(bs.data_mean, np.float64).reshape(c * h, w)
+    std = np.asarray(bs.data_std, np.float64).reshape(c * h, w)
+    if normalize == "pixel":
+        want_m, want_s = x.mean(axis=0), x.std(axis=0)
+    elif normalize == "band":
+        want_m = np.broadcast_to(x.mean(axis=(0, 2))[:, None], (c * h, w))
+        want_s = np.broadcast_to(x.std(axis=(0, 2))[:, None], (c * h, w))
+    else:
+        want_m, want_s = np.full((c * h, w), x.mean()), np.full((c * h, w), x.std())
+    np.testing.assert_allclose(mean, want_m, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(std, want_s, rtol=1e-4, atol=1e-5)
+    z = (x - mean) / std
+    axes = {"pixel": 0, "band": (0, 2), "global": None}[normalize]
+    np.testing.assert_allclose(z.mean(axis=axes), 0, atol=1e-4)
+    np.testing.assert_allclose(z.std(axis=axes), 1, atol=1e-4)
