@@ -8,7 +8,6 @@ import os
 import sys
 from collections import Counter
 
-import click
 import numpy as np
 
 from convnet_cli.data.batch_files import META, BatchSet
@@ -16,6 +15,7 @@ from convnet_cli.data.batch_labels import load_without_data, read_batch_labels
 from convnet_cli.data.batch_set_swap import pending_swap
 from convnet_cli.data.skipped_list import iter_skipped
 from convnet_cli.errors import DataError
+from convnet_cli.progress import Progress
 
 SKIPPED_TXT = "skipped.txt"
 _EXAMPLES = 3   # skipped files named in the summary
@@ -101,10 +101,8 @@ def describe_batch_folder(batch_dir: str, progress: bool = False) -> dict:
     targets = {"train": [], "test": [], "all": []}   # multi-label: each split's (n, k) targets
     numbers = bs.batch_numbers
     show_bar = progress and len(numbers) >= _BAR_FROM and sys.stderr.isatty()
-    bar = click.progressbar(numbers, label="reading labels", file=sys.stderr, show_pos=True) if show_bar else None
-    it = bar.__enter__() if bar is not None else numbers
-    try:
-        for i in it:
+    with Progress("reading labels", len(numbers), "batches", enabled=show_bar) as bar:
+        for i in numbers:
             path = bs.batch_file(i)
             bl = read_batch_labels(path)
             n, y = _cases_and_labels(bl, bs.num_vis, k, path)
@@ -124,9 +122,7 @@ def describe_batch_folder(batch_dir: str, progress: bool = False) -> dict:
                     totals[key] += counts["per_class"]
                     unlabelled[key] += counts["unlabelled"]
                     cases[key] += n
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
+            bar.add()
     meta = bs.meta
     stored = meta.get("dtype")
     dtype = ", ".join(dtypes) if dtypes else (str(stored) if stored else None)
