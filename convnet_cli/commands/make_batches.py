@@ -10,7 +10,7 @@ from convnet_cli.commands.audio_flags import reading_flags
 from convnet_cli.errors import ConfigError
 from convnet_cli.ingest.features import KINDS, WINDOWS, FeatureSpec
 from convnet_cli.data.writer import DTYPES
-from convnet_cli.ingest.make_batches import make_batches
+from convnet_cli.ingest.make_batches import ClipOptions, make_batches
 from convnet_cli.ingest.noise import noise_options
 from convnet_cli.ingest.recordings import make_batches_from_annotations
 from convnet_cli.ingest.recordings import summary_line as windows_summary
@@ -152,11 +152,11 @@ def _make(world, audio_dir, batch_dir, labels_csv, file_col, label_col, no_label
         raise ConfigError(f"{given[0]} applies to long recordings with --annotations TABLES; "
                           "give --annotations too, or drop it")
     make = make_batches if world.size == 1 else functools.partial(make_batches_sharded, world)
-    s = make(audio_dir, batch_dir, labels_csv=labels_csv, file_col=file_col, label_col=label_col,
-             no_labels=no_labels, features=spec, batch_size=batch_size, test_fraction=test_fraction,
-             split_by=split_by, seed=seed, jobs=jobs, dtype=dtype, overwrite=overwrite,
-             progress=not quiet, label_names=names, noise=noise, multi_label=multi_label,
-             channel=channel, time_expansion=time_expansion)
+    s = make(audio_dir, batch_dir, options=ClipOptions(
+        labels_csv=labels_csv, file_col=file_col, label_col=label_col, no_labels=no_labels, features=spec,
+        batch_size=batch_size, test_fraction=test_fraction, split_by=split_by, seed=seed, jobs=jobs, dtype=dtype,
+        overwrite=overwrite, progress=not quiet, label_names=names, noise=noise, multi_label=multi_label,
+        channel=channel, time_expansion=time_expansion))
     return _noted(s, noise)
 
 

@@ -312,45 +312,84 @@ def check_clips_fit(batch_dir, plan, num_vis, dtype, noise):
                    "another BATCH_DIR")
 
 
-def make_batches(audio_dir, batch_dir, *, labels_csv=None, file_col=None, label_col=None, no_labels=False,
-                 features: FeatureSpec = None, batch_size=1000, test_fraction=0.2, split_by=None, seed=0,
-                 jobs=None, dtype="float32", overwrite=False, progress=True, label_names=None, noise=None,
-                 multi_label=False, channel=CHANNEL_MIX, time_expansion=1.0) -> dict:
+@dataclass(frozen=True)
+class ClipOptions:
+    """make-batches' settings for a folder of clips (the flags of `convnet make-batches` without
+    --annotations), for make_batches and make_batches_sharded alike.
+
+    noise: ingest/noise.py's NoiseOptions (--noise-dir, --copies, ...): noisy copies of the training clips.
+    multi_label: every clip a set of classes (sources.py's collect_dataset), batch files with `targets`.
+    channel: --channel ('mix', 'all' or N; see channel_dataset); time_expansion: --time-expansion's factor."""
+
+    labels_csv: str | None = None
+    file_col: str | None = None
+    label_col: str | None = None
+    no_labels: bool = False
+    features: FeatureSpec | None = None
+    batch_size: int = 1000
+    test_fraction: float = 0.2
+    split_by: str | None = None
+    seed: int = 0
+    jobs: int | None = None
+    dtype: str = "float32"
+    overwrite: bool = False
+    progress: bool = True
+    label_names: list | None = None
+    noise: object = None
+    multi_label: bool = False
+    channel: object = CHANNEL_MIX
+    time_expansion: float = 1.0
+
+    @classmethod
+    def of(cls, options, kw) -> "ClipOptions":
+        """`options` with the keywords `kw` over it (TypeError naming an unknown one, as a signature would)."""
+        unknown = [k for k in kw if k not in {f.name for f in dataclasses.fields(cls)}]
+        if unknown:
+            raise TypeError(f"make_batches: unknown option {unknown[0]!r}")
+        return dataclasses.replace(options, **kw) if options is not None else cls(**kw)
+
+    def checked(self, processes_per_node: int = 1) -> tuple:
+        """(features, channel, time expansion, jobs) once the settings are checked: the one-line errors of
+        a bad --batch-size, --test-fraction, --dtype, --jobs, --seed, --channel or --time-expansion; jobs
+        default to the usable cores, shared by the processes of a node."""
+        spec = new_set_features(self.features)
+        check_set_options(self.batch_size, self.test_fraction, self.dtype, self.jobs, self.seed)
+        jobs = self.jobs
+        if jobs is None:
+            from convnet_cli.backend import default_threads
+
+            jobs = max(1, default_threads() // max(1, processes_per_node))
+        return spec, parse_channel(self.channel), check_time_expansion(self.time_expansion), jobs
+
+
+def make_batches(audio_dir, batch_dir, *, options: ClipOptions | None = None, **kw) -> dict:
     """Write BATCH_DIR/data_batch_1..K, batches.meta and skipped.txt from the audio of AUDIO_DIR.
 
+    options: a ClipOptions, or its fields as keywords (labels_csv=, features=, batch_size=, ...).
     Returns a summary dict: files, read, skipped, classes, batches, train_range, test_range, train_cases,
     test_cases, shape, batch_dir, seconds, timings {decode, resample, features, imports, write} (seconds;
     decode, resample, features and imports are summed over worker processes).
 
-    noise: ingest/noise.py's NoiseOptions (--noise-dir, --copies, ...): noisy copies of the training clips.
-    multi_label: every clip a set of classes (sources.py's collect_dataset), batch files with `targets`.
-    channel: --channel ('mix', 'all' or N; see channel_dataset); time_expansion: --time-expansion's factor.
-
     Long recordings with annotation tables take convnet_cli/ingest/recordings.py instead.
     """
     t_start = time.perf_counter()
-    spec = new_set_features(features)
-    check_set_options(batch_size, test_fraction, dtype, jobs, seed)
-    channel, time_expansion = parse_channel(channel), check_time_expansion(time_expansion)
+    o = ClipOptions.of(options, kw)
+    spec, channel, time_expansion, jobs = o.checked()
     batch_dir = os.fspath(batch_dir)
-    if jobs is None:
-        from convnet_cli.backend import default_threads
-
-        jobs = default_threads()
-    refuse_existing(batch_dir, overwrite)
-    ds = collect_dataset(audio_dir, labels_csv, file_col, label_col, no_labels, label_names, multi_label)
+    refuse_existing(batch_dir, o.overwrite)
+    ds = collect_dataset(audio_dir, o.labels_csv, o.file_col, o.label_col, o.no_labels, o.label_names, o.multi_label)
     ds = channel_dataset(ds, channel)
-    groups = split_keys(ds, split_by)
-    plan = plan_batches(ds.targets.labels, int(batch_size), float(test_fraction), int(seed), groups)
+    groups = split_keys(ds, o.split_by)
+    plan = plan_batches(ds.targets.labels, int(o.batch_size), float(o.test_fraction), int(o.seed), groups)
     clips = len(ds)
-    check_clips_fit(batch_dir, plan, int(np.prod(spec.shape)), dtype, noise)
-    if noise is not None:
-        ds, plan = with_copies(ds, plan, noise, int(batch_size), int(seed))
+    check_clips_fit(batch_dir, plan, int(np.prod(spec.shape)), o.dtype, o.noise)
+    if o.noise is not None:
+        ds, plan = with_copies(ds, plan, o.noise, int(o.batch_size), int(o.seed))
 
-    with writing_set(batch_dir, overwrite) as staging:
-        writer = SetWriter(staging, int(np.prod(spec.shape)), dtype)
-        skipped, timings = write_batches(ds, plan, spec, writer, jobs, progress, noise, time_expansion)
-        files = finish_clips(ds, spec, writer, skipped, noise)
+    with writing_set(batch_dir, o.overwrite) as staging:
+        writer = SetWriter(staging, int(np.prod(spec.shape)), o.dtype)
+        skipped, timings = write_batches(ds, plan, spec, writer, jobs, o.progress, o.noise, time_expansion)
+        files = finish_clips(ds, spec, writer, skipped, o.noise)
         install_set(staging, batch_dir, files)
     summary = clip_summary(ds, spec, writer, skipped, timings)
     summary.update(batch_dir=batch_dir, files=len(ds.extra.get("files", ())) or clips, classes=len(ds.label_names),

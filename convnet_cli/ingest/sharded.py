@@ -20,49 +20,40 @@ from contextlib import closing
 import numpy as np
 
 from convnet_cli.data.batch_set_swap import install_set
-from convnet_cli.data.writer import SetWriter, check_set_options, refuse_existing, writing_set
-from convnet_cli.ingest.features import FeatureSpec
-from convnet_cli.ingest.audio import check_time_expansion, parse_channel
-from convnet_cli.ingest.make_batches import (CHUNK, batch_columns, case_targets, channel_dataset, check_clips_fit,
-                                             chunk_of, chunk_skipped, clip_summary, finish_clips, new_set_features,
+from convnet_cli.data.writer import SetWriter, refuse_existing, writing_set
+from convnet_cli.ingest.make_batches import (CHUNK, ClipOptions, batch_columns, case_targets, channel_dataset,
+                                             check_clips_fit, chunk_of, chunk_skipped, clip_summary, finish_clips,
                                              plan_batches, run_chunks, split_keys, with_copies)
 from convnet_cli.ingest.sources import collect_dataset
 from convnet_cli.parallel import on_root
 from convnet_cli.progress import Progress
 
 
-def make_batches_sharded(world, audio_dir, batch_dir, *, labels_csv=None, file_col=None, label_col=None,
-                         no_labels=False, features: FeatureSpec = None, batch_size=1000, test_fraction=0.2,
-                         split_by=None, seed=0, jobs=None, dtype="float32", overwrite=False, progress=True,
-                         label_names=None, noise=None, multi_label=False, channel="mix", time_expansion=1.0) -> dict:
-    """make_batches (ingest/make_batches.py) split over the ranks of `world`; every rank returns the summary."""
+def make_batches_sharded(world, audio_dir, batch_dir, *, options: ClipOptions | None = None, **kw) -> dict:
+    """make_batches (ingest/make_batches.py) split over the ranks of `world`; every rank returns the summary.
+    options: a ClipOptions, or its fields as keywords."""
     t_start = time.perf_counter()
-    spec = new_set_features(features)
-    check_set_options(batch_size, test_fraction, dtype, jobs, seed)
-    channel, time_expansion = parse_channel(channel), check_time_expansion(time_expansion)
+    o = ClipOptions.of(options, kw)
+    spec, channel, time_expansion, jobs = o.checked(getattr(world, "local_size", 1))
     batch_dir = os.fspath(batch_dir)
-    if jobs is None:
-        from convnet_cli.backend import default_threads
-
-        jobs = max(1, default_threads() // max(1, getattr(world, "local_size", 1)))
 
     def listing():  # the checks and the listing once, on rank 0; the others get the result
-        refuse_existing(batch_dir, overwrite)
-        return channel_dataset(collect_dataset(audio_dir, labels_csv, file_col, label_col, no_labels, label_names,
-                                               multi_label), channel)
+        refuse_existing(batch_dir, o.overwrite)
+        return channel_dataset(collect_dataset(audio_dir, o.labels_csv, o.file_col, o.label_col, o.no_labels,
+                                               o.label_names, o.multi_label), channel)
 
     ds = on_root(world, listing)
-    groups = split_keys(ds, split_by)
-    plan = plan_batches(ds.targets.labels, int(batch_size), float(test_fraction), int(seed), groups)
+    groups = split_keys(ds, o.split_by)
+    plan = plan_batches(ds.targets.labels, int(o.batch_size), float(o.test_fraction), int(o.seed), groups)
     clips = len(ds)
-    on_root(world, lambda: check_clips_fit(batch_dir, plan, int(np.prod(spec.shape)), dtype, noise))
-    if noise is not None:
-        ds, plan = with_copies(ds, plan, noise, int(batch_size), int(seed))
+    on_root(world, lambda: check_clips_fit(batch_dir, plan, int(np.prod(spec.shape)), o.dtype, o.noise))
+    if o.noise is not None:
+        ds, plan = with_copies(ds, plan, o.noise, int(o.batch_size), int(o.seed))
     with contextlib.ExitStack() as rank0:
         # rank 0 holds the set's staging folder and the folder's lock; every rank gets the staging folder
-        staging = on_root(world, lambda: rank0.enter_context(writing_set(batch_dir, overwrite)))
+        staging = on_root(world, lambda: rank0.enter_context(writing_set(batch_dir, o.overwrite)))
         try:
-            mine = _decode_share(world, ds, plan, spec, staging, jobs, dtype, progress, noise, time_expansion)
+            mine = _decode_share(world, ds, plan, spec, staging, jobs, o.dtype, o.progress, o.noise, time_expansion)
         except Exception as exc:  # noqa: BLE001 - rank 0 raises the first rank's error for all
             mine = exc
         results = world.gather(mine)
@@ -71,8 +62,8 @@ def make_batches_sharded(world, audio_dir, batch_dir, *, labels_csv=None, file_c
             errors = [r for r in results if isinstance(r, Exception)]
             if errors:
                 raise errors[0]
-            writer, skipped, timings = _assemble(ds, plan, spec, staging, dtype, results)
-            files = finish_clips(ds, spec, writer, skipped, noise)
+            writer, skipped, timings = _assemble(ds, plan, spec, staging, o.dtype, results)
+            files = finish_clips(ds, spec, writer, skipped, o.noise)
             install_set(staging, batch_dir, files)
             summary = clip_summary(ds, spec, writer, skipped, timings)
             summary.update(batch_dir=batch_dir, files=clips, classes=len(ds.label_names),
