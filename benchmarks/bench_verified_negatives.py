@@ -3,8 +3,8 @@
 detect -> review -> make-batches with the verdicts -> train -> detect, on `convnet demo --recordings`'
 synthetic recordings (2 kHz, upcalls and gunshots among ships, tones, down-sweeps and clicks):
 
-1. train on 7 annotated recordings (the demo's), detect on 4 new recordings ("review set") and on the 3
-   held-out ones (the test set);
+1. train on 7 annotated recordings (the demo's), detect on 4 new recordings ("review set") and on 4 more
+   held out (the test set);
 2. `convnet review` the review set's detections (every one: --per-class 1000, --no-serve); the verdicts are
    filled in from the review set's ground truth, as a careful reviewer would (true when a detection overlaps a
    call of its class by half the shorter of the two, else false), and `convnet review` is run again to write
