@@ -193,20 +193,9 @@ def net_shape(name):
 def torch_sgd_step(torch, model, x, y):
     """bench_network.py's torch step (SGD, momentum 0.9, decay on the weights) on CUDA tensors, the loss read
     back as our trainer reads its cost."""
-    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
-    biases = [p for n, p in model.named_parameters() if not n.endswith("weight")]
-    opt = torch.optim.SGD([{"params": weights, "lr": 0.001, "weight_decay": 0.004},
-                           {"params": biases, "lr": 0.002, "weight_decay": 0.0}], lr=0.001, momentum=0.9)
-    loss_fn = torch.nn.CrossEntropyLoss()
+    import bench_network
 
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    return step
+    return bench_network.torch_sgd_step(torch, model, x, y, read_back=True)
 
 
 def our_train_step(np, cupy, backend, name, batch):

@@ -179,6 +179,12 @@ def torch_step(torch, model, shape, classes, batch):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, c, h, w, generator=g)
     y = torch.randint(0, classes, (batch,), generator=g)
+    return torch_sgd_step(torch, model, x, y)
+
+
+def torch_sgd_step(torch, model, x, y, read_back: bool = False):
+    """The torch side's SGD step (momentum 0.9, decay on the weights, as PARAMS) on x, y; read_back: the loss
+    comes to the host each step, as our trainer reads its cost (bench_gpu.py: a GPU sync)."""
     weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
     biases = [p for n, p in model.named_parameters() if not n.endswith("weight")]
     opt = torch.optim.SGD([{"params": weights, "lr": 0.001, "weight_decay": 0.004},
@@ -190,7 +196,7 @@ def torch_step(torch, model, shape, classes, batch):
         loss = loss_fn(model(x), y)
         loss.backward()
         opt.step()
-        return loss
+        return loss.item() if read_back else loss
 
     return step
 

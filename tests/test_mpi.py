@@ -889,18 +889,25 @@ def test_adam_over_two_ranks_equals_one_process_in_float64(dropout):
 def test_two_ranks_reach_one_process_with_a_batchnorm_relu_before_pool_and_dropout(tmp_path):
     """The net of most starter configs (a conv without neuron, batchnorm with neuron: relu, max pooling,
     dropout), SGD, 8 steps of 32 cases: 2 ranks give one process's costs and weights."""
+    two_ranks_against_one(tmp_path, dropout=True)
+
+
+def two_ranks_against_one(tmp_path, dropout: bool, *extra, timeout=120):
+    """`convnet train` of the starter net (batchnorm relu, max pool, dropout or not), SGD, 8 steps of 32, in one
+    process and under `mpiexec -n 2`: the same costs (1e-4) and weights (1e-4 of each array's largest). The
+    2-rank run's CompletedProcess. Also tests/gpu (extra: --device gpu)."""
     write_batches(tmp_path / "batches", n_batches=5, per_batch=64, shape=(1, 12, 20))
-    (tmp_path / "layers.yaml").write_text(fused_net("batchnorm relu", True))
-    (tmp_path / "params.yaml").write_text(SGD + "drop: {keep: 0.7}\n")
+    (tmp_path / "layers.yaml").write_text(fused_net("batchnorm relu", dropout))
+    (tmp_path / "params.yaml").write_text(SGD + ("drop: {keep: 0.7}\n" if dropout else ""))
 
     def args(save):
-        a = train_args(tmp_path, tmp_path / save, "--epochs", "1", "--quiet")
+        a = train_args(tmp_path, tmp_path / save, "--epochs", "1", "--quiet", *extra)
         a[a.index("--mini") + 1] = "32"
         return a
 
-    one = convnet(args("one"))
+    one = convnet(args("one"), timeout=timeout)
     assert one.returncode == 0, one.stderr
-    two = convnet(args("two"), ranks=2)
+    two = convnet(args("two"), ranks=2, timeout=timeout)
     assert two.returncode == 0, two.stderr + two.stdout
     run1, run2 = only_run(tmp_path / "one"), only_run(tmp_path / "two")
     log1, log2 = ([r["cost"] for r in map(json.loads, open(os.path.join(run, "train_log.jsonl")))
@@ -910,6 +917,7 @@ def test_two_ranks_reach_one_process_with_a_batchnorm_relu_before_pool_and_dropo
     for k in a:   # conv1's biases feed the batchnorm: a gradient of 0 up to rounding, compared absolutely
         atol = 1e-6 if k.startswith("conv1/biases") else 1e-4 * (float(np.abs(a[k]).max()) or 1.0)
         np.testing.assert_allclose(b[k], a[k], rtol=0, atol=atol, err_msg=k)
+    return two
 
 
 # -- ranks that see different batch folders (issue 23) -------------------------------------------------------

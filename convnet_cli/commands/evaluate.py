@@ -44,7 +44,7 @@ def command(detections, annotations, min_overlap, classes, target_precision, lab
     from convnet_cli.detect.evaluate import (calibrate as calibrate_thresholds, evaluate, format_table, load_pair,
                                              parse_calibrate, plot_pr, write_json)
     from convnet_cli.fileio import make_out_dir
-    from convnet_cli.thresholds import THRESHOLDS_FILE, write_thresholds
+    from convnet_cli.thresholds import THRESHOLDS_FILE
 
     rule = parse_calibrate(calibrate) if calibrate else None
     make_out_dir(out_dir, "--out")   # before the work: a read-only --out is one line, not a lost evaluation
@@ -61,13 +61,11 @@ def command(detections, annotations, min_overlap, classes, target_precision, lab
         chosen, cal_notes = calibrate_thresholds(ev.curves, wanted, rule)
         how = (f"precision >= {rule[1]:g}: the lowest score threshold reaching it" if rule[0] == "precision"
                else "the threshold of the highest F1")
-        out = write_thresholds(os.path.join(out_dir, THRESHOLDS_FILE), chosen,
-                               f"convnet evaluate --calibrate {calibrate}: per class {how},\n"
-                               f"over {detections} against {annotations} (min overlap {min_overlap:g})\n"
-                               + "\n".join(cal_notes))
-        for n in cal_notes:
-            click.echo(f"note: {n}", err=True)
-        click.echo("thresholds: " + ", ".join(f"{c} {t:.4g}" for c, t in chosen.items()) + f" -> {out}")
+        from convnet_cli.commands.review import write_calibrated
+
+        write_calibrated(os.path.join(out_dir, THRESHOLDS_FILE), chosen, cal_notes,
+                         f"convnet evaluate --calibrate {calibrate}: per class {how},\n"
+                         f"over {detections} against {annotations} (min overlap {min_overlap:g})")
     try:
         png = plot_pr(ev.curves, os.path.join(out_dir, "pr_curve.png"), target_precision)
         if not quiet:

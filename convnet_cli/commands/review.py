@@ -66,13 +66,24 @@ def command(detections, out_dir, recordings, per_class, select, context, classes
     return 0
 
 
+def write_calibrated(path, chosen: dict, notes, how: str):
+    """thresholds.yaml (its comment: how the thresholds were chosen, and the notes), the notes on stderr, and
+    one line naming each class (evaluate --calibrate, with ANNOTATIONS or a review folder)'s threshold and the file."""
+    from convnet_cli.thresholds import write_thresholds
+
+    out = write_thresholds(path, chosen, how + "\n" + "\n".join(notes))
+    for n in notes:
+        click.echo(f"note: {n}", err=True)
+    click.echo("thresholds: " + ", ".join(f"{c} {t:.4g}" for c, t in chosen.items()) + f" -> {out}")
+
+
 def evaluate_review_dir(path, out_dir, classes, quiet, rule=None, calibrate_text=None):
     """`convnet evaluate REVIEW_DIR` (no ANNOTATIONS): the reviewed precision per class; evaluation.json (and
     with `--calibrate precision=P` thresholds.yaml) go into REVIEW_DIR unless --out is given."""
     import os
 
     from convnet_cli.review.evaluate import calibrate_review, evaluate_review, is_review_dir
-    from convnet_cli.thresholds import THRESHOLDS_FILE, write_thresholds
+    from convnet_cli.thresholds import THRESHOLDS_FILE
 
     if not is_review_dir(path):
         raise click.UsageError("Missing argument 'ANNOTATIONS' (without it, DETECTIONS must be a convnet review "
@@ -82,11 +93,7 @@ def evaluate_review_dir(path, out_dir, classes, quiet, rule=None, calibrate_text
     evaluate_review(path, out_dir if given else None, classes=classes, quiet=quiet, echo=click.echo)
     if rule is not None:
         chosen, notes, _ = calibrate_review(path, rule[1], classes)
-        out = write_thresholds(os.path.join(out_dir if given else path, THRESHOLDS_FILE), chosen,
-                               f"convnet evaluate --calibrate {calibrate_text}: per class the lowest reviewed score\n"
-                               f"whose estimated precision (from the verdicts in {path}) reaches {rule[1]:g}\n"
-                               + "\n".join(notes))
-        for n in notes:
-            click.echo(f"note: {n}", err=True)
-        click.echo("thresholds: " + ", ".join(f"{c} {t:.4g}" for c, t in chosen.items()) + f" -> {out}")
+        write_calibrated(os.path.join(out_dir if given else path, THRESHOLDS_FILE), chosen, notes,
+                         f"convnet evaluate --calibrate {calibrate_text}: per class the lowest reviewed score\n"
+                         f"whose estimated precision (from the verdicts in {path}) reaches {rule[1]:g}")
     return 0

@@ -312,20 +312,16 @@ def check_clips_fit(batch_dir, plan, num_vis, dtype, noise):
                    "another BATCH_DIR")
 
 
-@dataclass(frozen=True)
-class ClipOptions:
-    """make-batches' settings for a folder of clips (the flags of `convnet make-batches` without
-    --annotations), for make_batches and make_batches_sharded alike.
+@dataclass
+class SetOptions:
+    """What every make-batches set takes, of clips (ClipOptions) or of annotated recordings
+    (recordings.AnnotationOptions): the classes, the channels and time expansion, the batches and the split."""
 
-    noise: ingest/noise.py's NoiseOptions (--noise-dir, --copies, ...): noisy copies of the training clips.
-    multi_label: every clip a set of classes (sources.py's collect_dataset), batch files with `targets`.
-    channel: --channel ('mix', 'all' or N; see channel_dataset); time_expansion: --time-expansion's factor."""
-
-    labels_csv: str | None = None
-    file_col: str | None = None
     label_col: str | None = None
-    no_labels: bool = False
-    features: FeatureSpec | None = None
+    label_names: list | None = None
+    multi_label: bool = False             # every case a set of classes (SPEC 17)
+    channel: object = CHANNEL_MIX         # --channel: 'mix', 'all' or N (1-based)
+    time_expansion: float = 1.0           # --time-expansion: the true rate is the header's times this
     batch_size: int = 1000
     test_fraction: float = 0.2
     split_by: str | None = None
@@ -334,32 +330,47 @@ class ClipOptions:
     dtype: str = "float32"
     overwrite: bool = False
     progress: bool = True
-    label_names: list | None = None
-    noise: object = None
-    multi_label: bool = False
-    channel: object = CHANNEL_MIX
-    time_expansion: float = 1.0
 
     @classmethod
-    def of(cls, options, kw) -> "ClipOptions":
+    def of(cls, options, kw):
         """`options` with the keywords `kw` over it (TypeError naming an unknown one, as a signature would)."""
         unknown = [k for k in kw if k not in {f.name for f in dataclasses.fields(cls)}]
         if unknown:
-            raise TypeError(f"make_batches: unknown option {unknown[0]!r}")
+            raise TypeError(f"{cls.__name__}: unknown option {unknown[0]!r}")
         return dataclasses.replace(options, **kw) if options is not None else cls(**kw)
 
-    def checked(self, processes_per_node: int = 1) -> tuple:
-        """(features, channel, time expansion, jobs) once the settings are checked: the one-line errors of
-        a bad --batch-size, --test-fraction, --dtype, --jobs, --seed, --channel or --time-expansion; jobs
-        default to the usable cores, shared by the processes of a node."""
-        spec = new_set_features(self.features)
+    def checked_set(self) -> tuple:
+        """(channel, time expansion) once the settings every set takes are checked: the one-line errors of a
+        bad --batch-size, --test-fraction, --dtype, --jobs, --seed, --channel or --time-expansion."""
         check_set_options(self.batch_size, self.test_fraction, self.dtype, self.jobs, self.seed)
+        return parse_channel(self.channel), check_time_expansion(self.time_expansion)
+
+
+@dataclass
+class ClipOptions(SetOptions):
+    """make-batches' settings for a folder of clips (the flags of `convnet make-batches` without
+    --annotations), for make_batches and make_batches_sharded alike.
+
+    noise: ingest/noise.py's NoiseOptions (--noise-dir, --copies, ...): noisy copies of the training clips.
+    multi_label: every clip a set of classes (sources.py's collect_dataset), batch files with `targets`."""
+
+    labels_csv: str | None = None
+    file_col: str | None = None
+    no_labels: bool = False
+    features: FeatureSpec | None = None
+    noise: object = None
+
+    def checked(self, processes_per_node: int = 1) -> tuple:
+        """(features, channel, time expansion, jobs) once the settings are checked; jobs default to the
+        usable cores, shared by the processes of a node."""
+        spec = new_set_features(self.features)
+        channel, time_expansion = self.checked_set()
         jobs = self.jobs
         if jobs is None:
             from convnet_cli.backend import default_threads
 
             jobs = max(1, default_threads() // max(1, processes_per_node))
-        return spec, parse_channel(self.channel), check_time_expansion(self.time_expansion), jobs
+        return spec, channel, time_expansion, jobs
 
 
 def make_batches(audio_dir, batch_dir, *, options: ClipOptions | None = None, **kw) -> dict:

@@ -23,20 +23,19 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from convnet_cli.data.batch_set_swap import install_set
 from convnet_cli.data.targets import ABSENT, PRESENT, UNKNOWN, ClassTargets, MultiLabelTargets
-from convnet_cli.data.writer import (NothingReadError, SetWriter, batch_count, check_fits, check_set_options, deal,
-                                     refuse_existing, writing_set)
+from convnet_cli.data.writer import (NothingReadError, SetWriter, batch_count, check_fits, deal, refuse_existing,
+                                     writing_set)
 from convnet_cli.errors import ConfigError, DataError, did_you_mean
 from convnet_cli.ingest.annotations import assign_to_recordings, clip_to_duration, read_tables_and_claims
-from convnet_cli.ingest.audio import (CHANNEL_ALL, CHANNEL_MIX, AudioError, channel_streams, check_time_expansion,
-                                     parse_channel, stream_name)
+from convnet_cli.ingest.audio import CHANNEL_ALL, CHANNEL_MIX, AudioError, channel_streams, stream_name
 from convnet_cli.ingest.features import FeatureSpec
-from convnet_cli.ingest.make_batches import new_set_features, split_groups
+from convnet_cli.ingest.make_batches import SetOptions, new_set_features, split_groups
 from convnet_cli.ingest.noise import copy_name, window_copies
 from convnet_cli.ingest.sources import find_audio
 from convnet_cli.ingest.windows import (WindowSpec, class_overlap, covers_enough, iter_selected_window_features,
@@ -578,32 +577,17 @@ def _check_classes(plan, recs, background, label_names):
 
 
 @dataclass
-class AnnotationOptions:
+class AnnotationOptions(SetOptions):
     """The options of make-batches --annotations (docs/CONFIG.md) besides the features, the noisy copies and
-    the MPI world: the windows and their labels, then what every batch set takes."""
+    the MPI world: the windows and their labels, then what every batch set takes (SetOptions)."""
 
     window_hop: float | None = None      # seconds between windows (default: half a window)
     min_overlap: float = 0.5
     background: str = "background"       # the label of windows without a call (single-label)
     background_ratio: float | None = None
-    label_col: str | None = None
-    label_names: list | None = None
-    multi_label: bool = False             # every window a set of classes (SPEC 17)
-    channel: object = CHANNEL_MIX         # --channel: 'mix', 'all' or N (1-based)
-    time_expansion: float = 1.0           # --time-expansion: the true rate is the header's times this
-    batch_size: int = 1000
-    test_fraction: float = 0.2
-    split_by: str | None = None
-    seed: int = 0
-    jobs: int | None = None
-    dtype: str = "float32"
-    overwrite: bool = False
-    progress: bool = True
 
     def check(self, spec):
-        check_set_options(self.batch_size, self.test_fraction, self.dtype, self.jobs, self.seed)
-        self.channel = parse_channel(self.channel)
-        self.time_expansion = check_time_expansion(self.time_expansion)
+        self.channel, self.time_expansion = self.checked_set()
         _check(self.window_hop, float(self.min_overlap), self.background, self.background_ratio, spec)
 
 
@@ -620,10 +604,7 @@ def make_batches_from_annotations(recordings_dir, batch_dir, tables, *, features
     tasks are dealt to the processes (their spill files go to the staging folder, which BATCH_DIR's file
     system shares), rank 0 assembles and writes the batches; the others return None.
     """
-    unknown = [k for k in options if k not in {f.name for f in fields(AnnotationOptions)}]
-    if unknown:
-        raise TypeError(f"make_batches_from_annotations: unknown option {unknown[0]!r}")
-    o = AnnotationOptions(**options)
+    o = AnnotationOptions.of(None, options)
     world = world or SingleWorld()
     t_start = time.perf_counter()
     spec = new_set_features(features)

@@ -4,9 +4,6 @@ on device arrays, a real NCCL communicator of one rank made as MPIWorld.attach m
 `mpiexec -n 2 convnet train --device gpu` against one GPU process (skipped without mpi4py and mpiexec)."""
 from __future__ import annotations
 
-import json
-import os
-
 import numpy as np
 import pytest
 
@@ -16,8 +13,7 @@ from convnet_cli.parallel import NcclSum, shares
 from tests.gpu.device import CUPY as cupy
 from tests.helpers import make_layer
 from tests.parallel_fakes import run_ranks
-from tests.test_mpi import (SGD, check_combine, convnet, fused_net, needs_mpi, only_run, train_args, weights,
-                            write_batches)
+from tests.test_mpi import check_combine, needs_mpi, two_ranks_against_one
 
 
 def test_batchnorm_split_on_the_gpu_matches_one_cpu_process():
@@ -71,26 +67,6 @@ def test_two_ranks_on_the_gpu_reach_one_gpu_process(tmp_path, dropout):
     relu, max pooling and (parametrized) dropout, SGD, 8 steps of 32 cases. On a machine with one GPU both
     ranks share it, so the sums go through host memory and MPI (NCCL takes one process per GPU): the run says
     so and still gives one process's costs and weights."""
-    write_batches(tmp_path / "batches", n_batches=5, per_batch=64, shape=(1, 12, 20))
-    (tmp_path / "layers.yaml").write_text(fused_net("batchnorm relu", dropout))
-    (tmp_path / "params.yaml").write_text(SGD + ("drop: {keep: 0.7}\n" if dropout else ""))
-
-    def args(save):
-        a = train_args(tmp_path, tmp_path / save, "--epochs", "1", "--quiet", "--device", "gpu")
-        a[a.index("--mini") + 1] = "32"
-        return a
-
-    one = convnet(args("one"), timeout=300)
-    assert one.returncode == 0, one.stderr
-    two = convnet(args("two"), ranks=2, timeout=300)
-    assert two.returncode == 0, two.stderr + two.stdout
+    two = two_ranks_against_one(tmp_path, dropout, "--device", "gpu", timeout=300)
     if cupy.cuda.runtime.getDeviceCount() == 1:
         assert "share the GPU" in two.stderr, two.stderr
-    run1, run2 = only_run(tmp_path / "one"), only_run(tmp_path / "two")
-    log1, log2 = ([r["cost"] for r in map(json.loads, open(os.path.join(run, "train_log.jsonl")))
-                   if r["type"] in ("train", "test")] for run in (run1, run2))
-    assert log2 == pytest.approx(log1, rel=1e-4)
-    a, b = weights(run1, 1), weights(run2, 1)
-    for k in a:   # conv1's biases feed the batchnorm: a gradient of 0 up to rounding, compared absolutely
-        atol = 1e-6 if k.startswith("conv1/biases") else 1e-4 * (float(np.abs(a[k]).max()) or 1.0)
-        np.testing.assert_allclose(b[k], a[k], rtol=0, atol=atol, err_msg=k)
