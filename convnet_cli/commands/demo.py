@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import os
-import time
 
 import click
-
-from convnet_cli.demo import config_path, make_upcall_dataset, train_demo
 
 
 @click.command("demo")
@@ -40,51 +37,7 @@ def command(root, batch_dir, clips, epochs, device, seed, quiet, recordings, cho
 
         return recordings_demo(root, batch_dir or os.path.join("data_batches", "calls"), epochs or 15, device, seed,
                                quiet)
-    batch_dir = batch_dir or os.path.join("data_batches", "upcall")
-    epochs = epochs or 20
-    from convnet_cli.ingest.features import FeatureSpec
-    from convnet_cli.ingest.make_batches import make_batches
-    from convnet_cli.metrics import format_report
-    from convnet_cli.predict.predict import predict_batches, write_csv, write_report
-    from convnet_cli.train.checkpoint import resolve_checkpoint
+    from convnet_cli.demo import main as upcall_demo
 
-    def say(msg):
-        if not quiet:
-            click.echo(msg, err=True)
-
-    t0 = time.time()
-    audio = os.path.join(root, "audio")
-    say(f"1/4 synthetic upcalls: {clips} clips per class -> {audio}")
-    make_upcall_dataset(audio, per_class=clips, seed=seed)
-
-    import yaml
-
-    with open(config_path("upcall-features.yaml"), encoding="utf-8") as f:
-        features = FeatureSpec.from_dict(yaml.safe_load(f), "upcall-features.yaml")
-    say(f"2/4 make-batches -> {batch_dir}")
-    make_batches(audio, batch_dir, features=features, batch_size=100, test_fraction=0.2, seed=seed,
-                 overwrite=True, progress=not quiet)
-
-    runs = os.path.join(root, "runs")
-    say(f"3/4 train -> {runs}")
-    rc, run_dir = train_demo(batch_dir, runs, "upcall.yaml", epochs=epochs, device=device, seed=seed, quiet=quiet)
-    if rc:
-        return rc
-
-    say("4/4 predict the test batches with the best checkpoint")
-    ckpt = resolve_checkpoint(run_dir)
-    preds = predict_batches(ckpt, batch_dir, device=device)
-    csv_path = write_csv(preds, os.path.join(root, "predictions.csv"))
-    report, report_path = write_report(preds, root, topk=1)
-    click.echo(format_report(report))
-    click.echo("")
-    click.echo(f"audio:        {audio}")
-    click.echo(f"batches:      {batch_dir}")
-    click.echo(f"run:          {run_dir}")
-    click.echo(f"checkpoint:   {ckpt}")
-    click.echo(f"predictions:  {csv_path}")
-    click.echo(f"report:       {report_path}")
-    click.echo(f"test AUC {report.get('roc_auc', float('nan')):.4f}, accuracy {report['accuracy']:.4f}, "
-               f"{time.time() - t0:.0f} s in all")
-    click.echo(f"next: convnet show -f {run_dir} --cost --filters conv1")
-    return 0
+    return upcall_demo(root, batch_dir or os.path.join("data_batches", "upcall"), clips, epochs or 20, device, seed,
+                       quiet)
