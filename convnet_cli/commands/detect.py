@@ -73,7 +73,7 @@ def command(checkpoint, recordings, out_dir, hop, threshold, from_scores, classe
     world = get_world()
     share_node_cores(world)
     with collective_errors(world):  # under mpiexec: the recordings split over the processes; rank 0 reports
-        options = DetectOptions(hop=hop, threshold=threshold, classes=classes, merge_gap=merge_gap,
+        options = DetectOptions(window_hop=hop, threshold=threshold, classes=classes, merge_gap=merge_gap,
                                 split_dip=split_dip, max_event=max_event, scores=scores, combined=combined,
                                 resume=resume, overwrite=overwrite, batch=batch, device=device, progress=not quiet,
                                 channel=channel, time_expansion=time_expansion)

@@ -461,7 +461,7 @@ class DetectOptions:
     """detect's settings besides the checkpoint, the recordings, OUT_DIR and the MPI world (docs/COMMANDS.md,
     detect): the windows, the events, what is written and how the work runs."""
 
-    hop: float | None = None             # --window-hop (default: the training window_hop, else half a window)
+    window_hop: float | None = None      # --window-hop (default: the training window_hop, else half a window)
     threshold: object = None             # --threshold: T, 'CLASS=T,...' or a thresholds.yaml
     classes: object = None               # --classes (default: all but a background class)
     merge_gap: float = 0.0
@@ -499,7 +499,7 @@ def detect(checkpoint, inputs, out_dir: str, *, echo=None, world=None, options: 
            **kw) -> DetectSummary:
     """Run the net over every recording of `inputs` and write OUT_DIR (see the module doc).
 
-    options: a DetectOptions, or its fields as keywords (hop=, threshold=, ..., channel=, time_expansion=).
+    options: a DetectOptions, or its fields as keywords (window_hop=, threshold=, ..., channel=, time_expansion=).
     KeyboardInterrupt: the files covering the recordings finished so far are written, then it is raised
     again (the CLI exits 130). world: under MPI, the recordings are split over its processes (module doc);
     the summary of rank 0 covers all of them."""
@@ -515,7 +515,7 @@ def detect(checkpoint, inputs, out_dir: str, *, echo=None, world=None, options: 
     t0 = time.perf_counter()
     recordings = on_root(world, lambda: collect_recordings(inputs))
     net, ckpt = load_model(checkpoint, rank_device(o.device, world))
-    spec, hop = _spec_and_hop(ckpt, o.hop)
+    spec, hop = _spec_and_hop(ckpt, o.window_hop)
     if o.max_event is not None and o.max_event < spec.duration:
         raise ConfigError(f"--max-event {o.max_event:g}: shorter than the checkpoint's {spec.duration:g}-s window "
                           f"(the shortest event); give at least {spec.duration:g} s, or leave it out")
@@ -548,8 +548,8 @@ def detect(checkpoint, inputs, out_dir: str, *, echo=None, world=None, options: 
         held.append(lock)
 
     on_root(world, prepare)
-    job = _Job(run=run, net=net, spec=spec, hop=hop, label_names=label_names, wanted=wanted, thresholds=thresholds,
-               settings=settings, options=o)
+    job = _Job(run=run, net=net, spec=spec, window_hop=hop, label_names=label_names, wanted=wanted,
+               thresholds=thresholds, settings=settings, options=o)
     try:
         return _detect_into(out_dir, recordings, job, echo=echo, world=world, t0=t0)
     except ConvnetError:
@@ -568,7 +568,7 @@ class _Job:
     run: object              # predict's Runner
     net: object
     spec: object             # the checkpoint's FeatureSpec
-    hop: float
+    window_hop: float        # seconds between windows
     label_names: list
     wanted: list             # the classes reported
     thresholds: dict
@@ -643,7 +643,7 @@ def _recording_events(rec, job, bar, echo):
     all_starts, all_probs, events = [], [], []
     for ch in rec.streams:
         name = rec.name if ch is None else stream_name(rec.name, ch)
-        starts, probs, covered = window_probabilities(job.run, rec.path, spec, job.hop, o.batch, job.net.xp, bar.add,
+        starts, probs, covered = window_probabilities(job.run, rec.path, spec, job.window_hop, o.batch, job.net.xp, bar.add,
                                                       name=name, channel=ch, time_expansion=o.time_expansion)
         bar.add(max(0.0, rec.duration - covered))
         if len(starts) == 0:
