@@ -108,3 +108,13 @@ class AudioProgress(Progress):
         el = time.perf_counter() - self.t0
         rate = f"{self.done / el:,.0f}x real time" if el > 0 and self.done > 0 else "x real time"
         return f"{self.done / scale:.2f}/{self.total / scale:.2f} {unit} of audio, {rate}"
+
+
+def audio_span(seconds: float) -> str:
+    """An amount of audio as people say it: '10.0 s', '12.5 min', '6.00 h'."""
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"

@@ -341,3 +341,10 @@ def test_progress_label_counts_audio_and_real_time_rate():
     rate = float(label.split(", ")[1].split("x")[0].replace(",", ""))
     assert 100 < rate <= 900   # 1800 s of audio in a little over 2 s
     assert AudioProgress("detect", 600.0, enabled=False)._text().startswith("0.00/10.00 min of audio")
+
+
+def test_amounts_of_audio_are_said_in_seconds_minutes_or_hours():
+    from convnet_cli.progress import audio_span
+
+    assert [audio_span(s) for s in (0, 10, 59.94, 60, 750, 3599, 3600, 6 * 3600)] == \
+        ["0.0 s", "10.0 s", "59.9 s", "1.0 min", "12.5 min", "60.0 min", "1.00 h", "6.00 h"]

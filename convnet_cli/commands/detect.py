@@ -82,9 +82,11 @@ def command(checkpoint, recordings, out_dir, hop, threshold, from_scores, classe
         return 0
     for name, reason in s.skipped:
         click.echo(f"skipped {name}: {reason}", err=True)
-    hours = s.audio_s / 3600
+    from convnet_cli.progress import audio_span
+
     rate = f", {s.realtime:,.0f}x real time" if s.audio_s and s.seconds else ""
-    click.echo(f"{s.done} recording(s), {hours:.2f} h of audio: {s.detections} detection(s) in {s.seconds:.1f} s"
+    click.echo(f"{s.done} recording(s), {audio_span(s.audio_s)} of audio: {s.detections} detection(s) in "
+               f"{s.seconds:.1f} s"
                f"{rate}" + (f"; {s.resumed} already done" if s.resumed else "")
                + (f"; {len(s.skipped)} skipped (see {os.path.join(out_dir, 'skipped.txt')})" if s.skipped else ""))
     click.echo(f"tables: {out_dir}{os.sep}*.selections.txt; all detections: {s.files.get('detections')}")

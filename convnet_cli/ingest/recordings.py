@@ -42,7 +42,7 @@ from convnet_cli.ingest.windows import (WindowSpec, class_overlap, covers_enough
                                         label_windows, recording_header, window_count, window_overlaps, window_starts)
 from convnet_cli.ingest.workers import ordered_map
 from convnet_cli.parallel import SingleWorld, on_root
-from convnet_cli.progress import AudioProgress
+from convnet_cli.progress import AudioProgress, audio_span
 
 TASK_S = 600.0          # audio per extraction task: parallelism within a long recording, progress that moves
 SKIPPED = "skipped.txt"
@@ -917,7 +917,8 @@ def summary_line(s: dict) -> str:
                 f"{', %d background not drawn' % s['background_dropped'] if s['background_dropped'] else ''}")
     if s.get("hard_negatives"):
         held += f", {s['hard_negatives']} verified negatives"
-    line = (f"make-batches: {s['read']} recordings read ({s['audio_s'] / 3600:.2f} h of audio), {s['skipped']} "
+    line = (f"make-batches: {s['read']} recording{'' if s['read'] == 1 else 's'} read ({audio_span(s['audio_s'])} of "
+            f"audio), {s['skipped']} "
             f"skipped, {s['windows']} windows ({held}), "
             f"{s['batches']} batches (train {rng(s['train_range'], s['train_cases'])}, "
             f"test {rng(s['test_range'], s['test_cases'])}), case shape {shape}, "
