@@ -567,3 +567,24 @@ def test_a_fifo_algo_cache_neither_hangs_nor_is_replaced(tmp_path):
     import stat
 
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)   # the user's FIFO is left as it was
+
+
+def test_a_save_path_given_for_a_run_names_its_runs(tmp_path):
+    """`-f RUNS` (the --save-path) instead of `-f RUNS/ConvNet__...`: one line naming the newest run to give."""
+    import numpy as np
+
+    from convnet_cli.errors import DataError
+    from convnet_cli.train.checkpoint import resolve_checkpoint, save_checkpoint
+
+    runs = tmp_path / "runs"
+    for name in ("ConvNet__2026-01-01_10.00.00", "ConvNet__2026-01-02_10.00.00"):
+        (runs / name).mkdir(parents=True)
+        save_checkpoint(str(runs / name / "1.4.npz"), {"w": np.zeros(2, np.float32)}, {"epoch": 1})
+    (runs / "notes").mkdir()
+    with pytest.raises(DataError) as e:
+        resolve_checkpoint(str(runs))
+    msg = str(e.value)
+    assert "holds run directories" in msg and msg.endswith(
+        f"give the run: {runs / 'ConvNet__2026-01-02_10.00.00'} (or one of its 2 runs)")
+    with pytest.raises(DataError, match="no checkpoint in this folder"):
+        resolve_checkpoint(str(runs / "notes"))

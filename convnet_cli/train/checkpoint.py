@@ -268,11 +268,26 @@ def resolve_checkpoint(path: str, prefer_best: bool = True) -> str:
             return newest
         if os.path.exists(best):
             return best
+        runs = _run_dirs(path)
+        if runs:   # a --save-path: the run directories are one level down
+            more = f" (or one of its {len(runs)} runs)" if len(runs) > 1 else ""
+            raise DataError(f"{path}: holds run directories, not checkpoints; give the run: "
+                            f"{os.path.join(path, runs[-1])}{more}")
         raise DataError(f"{path}: no checkpoint in this folder (expected <epoch>.<batch>.npz or best.npz); "
                         f"give a run directory made by 'convnet train'")
     if not os.path.exists(path):
         raise DataError(f"{path}: no such checkpoint or run directory")
     return path
+
+
+def _run_dirs(folder: str) -> list:
+    """The names of the run directories (folders holding a checkpoint) in `folder`, newest name last."""
+    try:
+        names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+    except OSError:
+        return []
+    return [n for n in names if os.path.isdir(os.path.join(folder, n))
+            and (newest_checkpoint(os.path.join(folder, n)) or os.path.exists(os.path.join(folder, n, "best.npz")))]
 
 
 def prune_checkpoints(run_dir: str, keep: int | None, written: str | None = None):
