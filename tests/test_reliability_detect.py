@@ -402,6 +402,21 @@ def test_out_dir_whose_detections_csv_is_missing_is_read_from_its_tables(tmp_pat
     assert (t["tp"], t["fp"], t["fn"]) == (4, 0, 0)
 
 
+def test_annotations_past_the_end_of_the_audio_detect_read_are_left_out_with_a_note(one, tmp_path):
+    """A table of a whole recording against detect's run on a snippet of it (the first 30 s of a longer
+    segment): what begins after the audio's end could not be detected, so it is not a miss."""
+    ck, rec, out = one
+    assert _detect(ck, rec, out).exit_code == 0
+    ann = tmp_path / "ann.csv"
+    ann.write_text("filename,start,end,label\n" + "".join(f"x.wav,{b},{e},tone\n" for b, e in TONES)
+                   + "x.wav,29.5,31.0,tone\nx.wav,45.0,47.0,tone\nx.wav,280.0,281.0,tone\n")
+    r = _evaluate(tmp_path, out, ann)
+    assert r.exit_code == 0, r.output
+    t = json.load(open(tmp_path / "ev" / "evaluation.json"))["classes"]["tone"]
+    assert (t["tp"], t["fp"], t["fn"]) == (2, 0, 1)       # the call across the end stays: it could be heard
+    assert "2 annotation(s) begin after the end of their recording" in r.output and "x.wav' is 30.0 s" in r.output
+
+
 def test_a_detect_out_dir_as_the_annotations_counts_each_once(tmp_path):
     ck = tone_checkpoint(tmp_path / "best.npz")
     (tmp_path / "rec").mkdir()

@@ -300,19 +300,20 @@ def _read_detections_csv(path: str):
 
 
 def _read_out_dir(folder, events: bool = True):
-    """A detect OUT_DIR through its journal -> ({recording name: [Interval]} (empty unless `events`), names
-    of the recordings finished). A record whose table is gone (removed by hand) does not count as finished."""
+    """A detect OUT_DIR through its journal -> ({recording name: [Interval]} (empty unless `events`),
+    {name of a recording finished: its duration in seconds as detect read it, or None}). A record whose table
+    is gone (removed by hand) does not count as finished."""
     from convnet_cli.detect.detect import read_done
     from convnet_cli.detect.raven import read_own_table
 
     settings = _detect_settings(folder) or {}
     by_channel = settings.get("channel", "mix") != "mix"   # a --channel N or all run: its events' channels count
-    out, names = {}, []
+    out, names = {}, {}
     for rec in sorted(read_done(folder).values(), key=lambda r: r["name"]):
         table = os.path.join(folder, rec["table"])
         if not os.path.exists(table):
             continue
-        names.append(rec["name"])
+        names[rec["name"]] = float(rec["duration"]) if rec.get("duration") else None
         if events:
             out[rec["name"]] = [Interval(b, e, c, sc, ch if by_channel else None)
                                 for b, e, c, sc, ch in read_own_table(table, channels=True)]
@@ -330,8 +331,8 @@ def _detect_settings(folder):
 
 
 def load_detections(path: str):
-    """DETECTIONS -> ({recording: [Interval]}, recordings processed or None when unknown, the classes
-    detect reported or None)."""
+    """DETECTIONS -> ({recording: [Interval]}, {recording processed: its duration or None} or None when
+    unknown, the classes detect reported or None)."""
     from convnet_cli.detect.detect import is_out_dir
     from convnet_cli.detect.raven import COMBINED_NAME, DETECTIONS_CSV
     from convnet_cli.ingest.annotations import read_tables
@@ -400,8 +401,20 @@ def load_pair(detections_path: str, annotations_path: str, label_col=None, class
     notes = []
     anns = defaultdict(list)
     unpaired = [a for a in anns_raw if a not in pairs]
+    past_end, example = 0, None
     for a, d in pairs.items():
-        anns[d].extend(anns_raw[a])
+        # a table that covers more than the audio detect read (a snippet of a long recording): what begins
+        # after the recording's end cannot be detected, and is left out
+        end = processed.get(d) if processed is not None else None
+        keep = anns_raw[a] if end is None else [i for i in anns_raw[a] if i.begin < end]
+        if len(keep) < len(anns_raw[a]):
+            past_end += len(anns_raw[a]) - len(keep)
+            example = example or (d, end, max(i.end for i in anns_raw[a]))
+        anns[d].extend(keep)
+    if past_end:
+        d, end, last = example
+        notes.append(f"{past_end} annotation(s) begin after the end of their recording as detect read it and are "
+                     f"left out (e.g. '{d}' is {end:.1f} s, its annotations run to {last:.1f} s)")
     if unpaired:
         n = sum(len(anns_raw[a]) for a in unpaired)
         if processed is not None:
