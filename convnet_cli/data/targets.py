@@ -4,8 +4,10 @@ A batch file stores cuda-convnet's `labels` (one int per case: the class, -1 for
 case, so that single-label readers keep working; a multi-label batch file adds `targets`, a uint8 array
 (classes, cases) with 1 = present, 0 = absent, 255 = unknown (left out of the cost and the metrics).
 
-Everything past the batch files (the provider, the costs, the metrics, best-by) takes a `Targets` and asks
-it, rather than assuming one int per case:
+The batch files, the provider (its order, its draws, what it hands the net), `--balance`, the writer,
+predict and show take a `Targets` and ask it, rather than assuming one int per case. The net's labels input,
+and with it the costs and best-by, gets `array()`: class indices, or the (n, K) targets on multi-label
+batches (the costs tell them apart by their shape, best-by by the set's `multi_label`).
 
     t = read_targets(batch_dict, num_classes, multi_label, path)  # from a batch file (restricted_load)
     t.take(order)                    # the cases in another order (a shuffle, a balanced draw)
