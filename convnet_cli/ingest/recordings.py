@@ -920,7 +920,7 @@ def summary_line(s: dict) -> str:
     line = (f"make-batches: {s['read']} recording{'' if s['read'] == 1 else 's'} read ({audio_span(s['audio_s'])} of "
             f"audio), {s['skipped']} "
             f"skipped, {s['windows']} windows ({held}), "
-            f"{s['batches']} batches (train {rng(s['train_range'], s['train_cases'])}, "
+            f"{s['batches']} batch{'' if s['batches'] == 1 else 'es'} (train {rng(s['train_range'], s['train_cases'])}, "
             f"test {rng(s['test_range'], s['test_cases'])}), case shape {shape}, "
             f"{s['seconds']:.1f} s ({rate:.0f}x real time) -> {s['batch_dir']}")
     if s["skipped"]:
