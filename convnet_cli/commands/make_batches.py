@@ -175,8 +175,9 @@ def _range(r, cases):
 
 def summary_line(s: dict) -> str:
     shape = "x".join(str(v) for v in s["shape"])
+    batches = "batch" if s["batches"] == 1 else "batches"
     line = (f"make-batches: {s['read']} files read, {s['skipped']} skipped, {s['classes']} classes, "
-            f"{s['batches']} batch{'' if s['batches'] == 1 else 'es'} (train {_range(s['train_range'], s['train_cases'])}, "
+            f"{s['batches']} {batches} (train {_range(s['train_range'], s['train_cases'])}, "
             f"test {_range(s['test_range'], s['test_cases'])}), case shape {shape}, "
             f"{s['seconds']:.1f} s -> {s['batch_dir']}")
     if s["skipped"]:

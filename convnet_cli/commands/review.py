@@ -67,8 +67,9 @@ def command(detections, out_dir, recordings, per_class, select, context, classes
 
 
 def write_calibrated(path, chosen: dict, notes, how: str):
-    """thresholds.yaml (its comment: how the thresholds were chosen, and the notes), the notes on stderr, and
-    one line naming each class (evaluate --calibrate, with ANNOTATIONS or a review folder)'s threshold and the file."""
+    """What `evaluate --calibrate` ends with, from ANNOTATIONS or a review folder: thresholds.yaml (commented
+    with how the thresholds were chosen, and the notes), the notes on stderr, and one line naming each class's
+    threshold and the file."""
     from convnet_cli.thresholds import write_thresholds
 
     out = write_thresholds(path, chosen, how + "\n" + "\n".join(notes))
@@ -92,7 +93,7 @@ def evaluate_review_dir(path, out_dir, classes, quiet, rule=None, calibrate_text
     given = ctx.get_parameter_source("out_dir") not in (click.core.ParameterSource.DEFAULT, None)
     evaluate_review(path, out_dir if given else None, classes=classes, quiet=quiet, echo=click.echo)
     if rule is not None:
-        chosen, notes, _ = calibrate_review(path, rule[1], classes)
+        chosen, notes = calibrate_review(path, rule[1], classes)
         write_calibrated(os.path.join(out_dir if given else path, THRESHOLDS_FILE), chosen, notes,
                          f"convnet evaluate --calibrate {calibrate_text}: per class the lowest reviewed score\n"
                          f"whose estimated precision (from the verdicts in {path}) reaches {rule[1]:g}")

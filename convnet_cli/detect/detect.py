@@ -643,8 +643,9 @@ def _recording_events(rec, job, bar, echo):
     all_starts, all_probs, events = [], [], []
     for ch in rec.streams:
         name = rec.name if ch is None else stream_name(rec.name, ch)
-        starts, probs, covered = window_probabilities(job.run, rec.path, spec, job.window_hop, o.batch, job.net.xp, bar.add,
-                                                      name=name, channel=ch, time_expansion=o.time_expansion)
+        starts, probs, covered = window_probabilities(job.run, rec.path, spec, job.window_hop, o.batch, job.net.xp,
+                                                      bar.add, name=name, channel=ch,
+                                                      time_expansion=o.time_expansion)
         bar.add(max(0.0, rec.duration - covered))
         if len(starts) == 0:
             probs = np.zeros((0, len(job.label_names)), np.float32)
@@ -765,12 +766,7 @@ def _forget_empty_run(out_dir: str):
     run into OUT_DIR needs no --overwrite or --resume for a run that wrote nothing."""
     if os.path.lexists(os.path.join(out_dir, DONE)) or _journal_parts(out_dir):
         return
-    for name in (SETTINGS, SCORES_DIR):
-        p = os.path.join(out_dir, name)
-        if os.path.isdir(p) and not os.path.islink(p):
-            shutil.rmtree(p, ignore_errors=True)
-        elif os.path.lexists(p):
-            os.unlink(p)
+    _clear(out_dir, [n for n in (SETTINGS, SCORES_DIR) if os.path.lexists(os.path.join(out_dir, n))])
 
 
 def _deal(todo, world) -> list:

@@ -917,10 +917,11 @@ def summary_line(s: dict) -> str:
                 f"{', %d background not drawn' % s['background_dropped'] if s['background_dropped'] else ''}")
     if s.get("hard_negatives"):
         held += f", {s['hard_negatives']} verified negatives"
-    line = (f"make-batches: {s['read']} recording{'' if s['read'] == 1 else 's'} read ({audio_span(s['audio_s'])} of "
-            f"audio), {s['skipped']} "
+    recordings = "recording" if s["read"] == 1 else "recordings"
+    batches = "batch" if s["batches"] == 1 else "batches"
+    line = (f"make-batches: {s['read']} {recordings} read ({audio_span(s['audio_s'])} of audio), {s['skipped']} "
             f"skipped, {s['windows']} windows ({held}), "
-            f"{s['batches']} batch{'' if s['batches'] == 1 else 'es'} (train {rng(s['train_range'], s['train_cases'])}, "
+            f"{s['batches']} {batches} (train {rng(s['train_range'], s['train_cases'])}, "
             f"test {rng(s['test_range'], s['test_cases'])}), case shape {shape}, "
             f"{s['seconds']:.1f} s ({rate:.0f}x real time) -> {s['batch_dir']}")
     if s["skipped"]:

@@ -633,12 +633,12 @@ class RNNLayer(RecurrentLayer):
         whh_t = p["weight_hh"].T
         if _is_cupy(seq):  # three launches a step, each result written where it stays
             rec = xp.empty_like(pre[0])
-            act = xp.maximum if self.props.neuron == "relu" else xp.tanh
+            relu = self.props.neuron == "relu"
             for t in range(steps):
                 if t:
                     xp.matmul(hs[t - 1], whh_t, out=rec)
                     pre[t] += rec
-                if act is xp.maximum:
+                if relu:
                     xp.maximum(pre[t], 0, out=hs[t])
                 else:
                     xp.tanh(pre[t], out=hs[t])

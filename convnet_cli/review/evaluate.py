@@ -78,7 +78,7 @@ def review_precision(review_dir: str, classes=None) -> dict:
 
 
 def calibrate_review(review_dir: str, target: float, classes=None) -> tuple:
-    """`evaluate REVIEW_DIR --calibrate precision=P`: ({class: threshold}, notes, {class: estimate}) from the
+    """`evaluate REVIEW_DIR --calibrate precision=P`: ({class: threshold}, notes) from the
     verdicts alone. Per class, the precision of the detections scoring at least t is estimated from the true
     and false verdicts at or above t, each weighted by how many detections it stands for: with `stratified`,
     its bin's detections over the bin's true and false verdicts; with `random` and `top`, 1 (a random sample
@@ -97,7 +97,7 @@ def calibrate_review(review_dir: str, target: float, classes=None) -> tuple:
     labels = list(dict.fromkeys(it.label for it in items))
     if classes:
         labels = pick_classes(classes, labels, f"the review in {review_dir} holds no class", "its classes")
-    chosen, notes, estimates = {}, [], {}
+    chosen, notes = {}, []
     for c in labels:
         mine = [it for it in items if it.label == c]
         tf = [it for it in mine if verdicts.get(it.id) in ("true", "false")]
@@ -118,26 +118,24 @@ def calibrate_review(review_dir: str, target: float, classes=None) -> tuple:
                     floor = max(floor, edges[k + 1] if k + 1 < len(edges) - 1 else np.inf)
             weight = {i: population[k] / reviewed[k] for i, k in which.items()}
         tf.sort(key=lambda it: -it.score)
-        best, hit, weights, sums = None, 0.0, 0.0, []
+        best = top = None
+        hit = total = 0.0
         for it in tf:
-            weights += weight[it.id]
+            if it.score <= unmarked or it.score < floor:
+                break   # from here down the verdicts do not speak for every detection
+            total += weight[it.id]
             hit += weight[it.id] * (verdicts[it.id] == "true")
-            sums.append((it.score, hit / weights))
-        for score, precision in sums:
-            if score <= unmarked or score < floor:
-                break
+            precision = hit / total
+            top = precision if top is None else max(top, precision)
             if precision >= target:
-                best = (score, precision)  # falling scores: the last one reaching P is the lowest
+                best = it.score   # falling scores: the last one reaching P is the lowest
         if best is None:
             chosen[c] = 1.0
-            top = max((pr for sc, pr in sums if sc > unmarked and sc >= floor), default=None)
             notes.append(f"{c}: no reviewed threshold reaches precision {target:g}"
                          + (f" (at most {top:.3f})" if top is not None else " (review more items)") + "; threshold 1.0")
         else:
-            chosen[c] = float(best[0])
-        estimates[c] = {"threshold": chosen[c], "estimated_precision": None if best is None else float(best[1]),
-                        "true_false_verdicts": len(tf)}
-    return chosen, notes, estimates
+            chosen[c] = float(best)
+    return chosen, notes
 
 
 def _p(v) -> str:
