@@ -244,13 +244,19 @@ def predicted_sets(probs, thresholds) -> np.ndarray:
     return probs >= np.asarray(thresholds, dtype=np.float64).reshape(1, -1)
 
 
+def class_sets(present, names) -> list:
+    """The ';'-joined names of the classes of each row of present (n, K) bool ('' for none)."""
+    return [";".join(names[c] for c in np.flatnonzero(row)) for row in np.asarray(present, dtype=bool)]
+
+
 def _cardinality(sets) -> dict:
     """How many cases hold 0, 1 and 2 or more classes; sets: (n, K) bool."""
     per = np.asarray(sets, dtype=bool).sum(axis=1)
     return {"0": int((per == 0).sum()), "1": int((per == 1).sum()), "2+": int((per >= 2).sum())}
 
 
-def _prf(tp: int, fp: int, fn: int) -> tuple:
+def prf(tp: int, fp: int, fn: int) -> tuple:
+    """(precision, recall, F1) of tp, fp, fn counts; 0.0 where a ratio has nothing to count."""
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
@@ -285,7 +291,7 @@ def multilabel_report(probs, present, known, label_names, thresholds) -> dict:
         y, p, s = present[m, c], pred[m, c], probs[m, c]
         tp, fp, fn = int((p & y).sum()), int((p & ~y).sum()), int((~p & y).sum())
         tps, fps, fns = tps + tp, fps + fp, fns + fn
-        precision, recall, f1 = _prf(tp, fp, fn)
+        precision, recall, f1 = prf(tp, fp, fn)
         try:
             auc = roc_auc(s, y.astype(np.int64))
         except ValueError:
@@ -293,7 +299,7 @@ def multilabel_report(probs, present, known, label_names, thresholds) -> dict:
         per_class[names[c]] = {"average_precision": aps[c], "roc_auc": auc, "threshold": float(thr[c]),
                                "precision": precision, "recall": recall, "f1": f1, "support": int(y.sum()),
                                "negatives": int((~y).sum()), "unknown": int((~m).sum())}
-    precision, recall, f1 = _prf(tps, fps, fns)
+    precision, recall, f1 = prf(tps, fps, fns)
     full = known.all(axis=1)
     return {
         "multi_label": True,
@@ -358,3 +364,62 @@ def wilson_interval(successes: int, n: int, z: float = Z_95):
     center = (p + zz / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + zz / (4 * n * n)) / denom
     return max(0.0, center - half), min(1.0, center + half)
+
+
+# ---- the test's ranking metrics, collected minibatch by minibatch (train's test records, --best-by) --------
+
+class RocScores:
+    """The ROC AUC of the second class's score over the test cases of two classes: add(scores (n, K),
+    labels (n,) int, -1 unknown) per minibatch, then metrics() -> {'auc': AUC or None}. `parts` holds what
+    was added, for a data-parallel run to gather over its processes."""
+
+    def __init__(self):
+        self.parts = []
+
+    def add(self, scores, labels) -> None:
+        p = np.asarray(scores, dtype=np.float64)
+        p = p.reshape(p.shape[0], -1)
+        self.parts.append((p[:, 1] if p.shape[1] >= 2 else p[:, 0],
+                           np.asarray(labels).reshape(-1).astype(np.int64)))
+
+    def auc(self):
+        """None when the cases seen hold one class only."""
+        if not self.parts:
+            return None
+        s = np.concatenate([p[0] for p in self.parts])
+        y = np.concatenate([p[1] for p in self.parts])
+        keep = y >= 0
+        y, s = y[keep], s[keep]
+        if y.size == 0 or np.unique(y).size < 2:
+            return None
+        return float(roc_auc(s, y))
+
+    def metrics(self) -> dict:
+        return {"auc": self.auc()}
+
+
+class ClassAPScores(RocScores):
+    """Each class's average precision over the test cases whose entry for it is known, and their mean:
+    add(scores (n, K), targets (n, K) 1 present / 0 absent / -1 unknown), then metrics() -> {'map': mean AP,
+    'ap': {class: AP or None}}."""
+
+    def __init__(self, label_names):
+        super().__init__()
+        self.label_names = [str(n) for n in label_names]
+
+    def add(self, scores, targets) -> None:
+        p = np.asarray(scores, dtype=np.float64)
+        p = p.reshape(p.shape[0], -1)
+        self.parts.append((p, np.asarray(targets, dtype=np.float64).reshape(p.shape[0], -1)))
+
+    def per_class_ap(self) -> list:
+        """[AP or None] per class (None: no positive among the known test entries)."""
+        if not self.parts:
+            return [None] * len(self.label_names)
+        s = np.concatenate([p[0] for p in self.parts])
+        t = np.concatenate([p[1] for p in self.parts])
+        return per_class_average_precision(s, t > 0.5, t >= 0)
+
+    def metrics(self) -> dict:
+        aps = self.per_class_ap()
+        return {"map": mean_average_precision(aps), "ap": dict(zip(self.label_names, aps))}

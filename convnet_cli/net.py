@@ -158,10 +158,11 @@ class Net:
                               "layer to predict with")
         return cost.in_names[cost.scores_input]
 
-    def check_data(self, label_names, multi_label: bool = False):
-        """ConfigError when a cost of the net cannot train on batches with these classes (one line, the fix)."""
+    def check_data(self, label_names, kind=False):
+        """ConfigError when a cost of the net cannot train on batches with these classes and this kind of
+        target (data/targets.py; a bool: multi-label) (one line, the fix)."""
         for l in self.cost_layers:
-            l.check_data(list(label_names), bool(multi_label))
+            l.check_data(list(label_names), kind)
 
     # -- compute ---------------------------------------------------------------------------------------
     def forward(self, data: dict, train: bool = False, rng=None, check_finite: bool = False,

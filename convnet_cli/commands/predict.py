@@ -79,8 +79,6 @@ def command(checkpoint, audio, data_path, test_range, out, report, multiview, vi
     if not quiet:
         click.echo(f"wrote {len(preds.filenames)} predictions to {path}")
     if report:
-        from convnet_cli.metrics import format_multilabel_report, format_report
-
         rep, rpath = write_report(preds, os.path.dirname(os.path.abspath(out)), topk=topk, thresholds=thresholds)
-        click.echo(format_multilabel_report(rep) if preds.multi_label else format_report(rep))
+        click.echo(preds.truth.format_report(rep))
         click.echo(f"wrote {rpath}")

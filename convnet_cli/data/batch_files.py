@@ -31,7 +31,7 @@ import re
 import numpy as np
 
 from convnet_cli.data.batch_set_swap import pending_swap
-from convnet_cli.data.targets import ClassTargets, Targets, read_targets
+from convnet_cli.data.targets import ClassTargets, Targets, kind_of, read_targets
 from convnet_cli.errors import DataError
 from convnet_cli.fileio import open_error, special_file
 
@@ -287,8 +287,10 @@ class BatchSet:
         sizes = meta.get("batch_cases")
         self._sizes = [int(v) for v in sizes] if isinstance(sizes, (list, tuple)) else None
         self.num_cases_per_batch = int(meta.get("num_cases_per_batch") or 0)
-        # every case a set of classes (data/targets.py): batch files hold `targets` besides `labels`
-        self.multi_label = bool(meta.get("multi_label", False))
+        # what each case is trained towards (data/targets.py): one class, or a set of classes (batch files
+        # hold `targets` besides `labels`)
+        self.targets_kind = kind_of(meta)
+        self.multi_label = self.targets_kind.multi_label
         # windows of long recordings: {"duration": s, "hop": s} (ingest/windows.py WindowSpec), else None
         window = meta.get("window")
         self.window = dict(str_keys(window)) if isinstance(window, dict) else None

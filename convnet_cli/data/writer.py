@@ -34,6 +34,7 @@ from convnet_cli.data.batch_files import META, encode_batch
 from convnet_cli.data.batch_set_swap import (STAGING_PREFIX, BatchDirLock, committed, finish_interrupted,
                                              recover)
 from convnet_cli.data.skipped_list import format_skipped
+from convnet_cli.data.targets import ClassTargets
 from convnet_cli.errors import ConfigError, DataError
 from convnet_cli.fileio import write_pickle_atomic, write_text_atomic
 
@@ -256,8 +257,9 @@ class SetWriter:
     in the order given: training batches first), with the training range's statistics taken as they go,
     then skipped.txt and batches.meta (`finish`)."""
 
-    def __init__(self, staging: str, num_vis: int, dtype: str = "float32"):
+    def __init__(self, staging: str, num_vis: int, dtype: str = "float32", kind=ClassTargets):
         self.staging = staging
+        self.kind = kind                   # the kind of target (data/targets.py): batches.meta says which
         self.num_vis = int(num_vis)
         self.dtype = dtype
         self.files, self.sizes = [], []    # batch file names and their cases, batch 1 first
@@ -319,7 +321,8 @@ class SetWriter:
 
     def finish(self, label_names, spec, skipped, source: str, extra: dict | None = None) -> list:
         """Write skipped.txt (`skipped`: [(name, reason)]) and batches.meta (the keys of data/batch_files.py,
-        the statistics by `spec.normalization`, and `extra`: what the source adds) into staging; returns the
+        the statistics by `spec.normalization`, the kind of target's entries, and `extra`: what the source
+        adds) into staging; returns the
         names of every file of the set, batches.meta last. DataError (naming `source`) when the statistics
         overflowed; the callers check first that some training case was read."""
         if self.moments.count == 0:
@@ -343,6 +346,7 @@ class SetWriter:
             "batch_cases": list(self.sizes),
             "dtype": self.dtype,
         }
+        meta.update(self.kind.meta_entries())
         meta.update(extra or {})
         if isinstance(meta.get("window"), dict):   # SPEC 11: `features` also holds window_hop, as it always has
             meta["features"]["window_hop"] = float(meta["window"]["hop"])

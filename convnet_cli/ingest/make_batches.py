@@ -398,7 +398,7 @@ def make_batches(audio_dir, batch_dir, *, options: ClipOptions | None = None, **
         ds, plan = with_copies(ds, plan, o.noise, int(o.batch_size), int(o.seed))
 
     with writing_set(batch_dir, o.overwrite) as staging:
-        writer = SetWriter(staging, int(np.prod(spec.shape)), o.dtype)
+        writer = SetWriter(staging, int(np.prod(spec.shape)), o.dtype, type(ds.targets))
         skipped, timings = write_batches(ds, plan, spec, writer, jobs, o.progress, o.noise, time_expansion)
         files = finish_clips(ds, spec, writer, skipped, o.noise)
         install_set(staging, batch_dir, files)
@@ -484,8 +484,6 @@ def finish_clips(ds, spec, writer: SetWriter, skipped, noise=None) -> list:
         raise DataError(f"{ds.audio_dir}: none of the clips planned for the training range could be read "
                         f"({len(skipped)} skipped); see the reasons with --jobs 1, or use --test-fraction 0")
     extra = {"copies": noise.meta()} if noise is not None else {}
-    if ds.targets.multi_label:
-        extra["multi_label"] = True
     return writer.finish(ds.label_names, spec, skipped, ds.audio_dir, extra)
 
 

@@ -783,7 +783,7 @@ def _write_set(recs, plan, spill, train_b, test_b, spec, window, staging, o, ski
                                                                  spill.rows, ok)
     t1 = time.perf_counter()
     num_vis = int(np.prod(spec.shape))
-    writer = SetWriter(staging, num_vis, o.dtype)
+    writer = SetWriter(staging, num_vis, o.dtype, type(plan.targets))
     targets = plan.targets
     for idx, is_train in [(b, True) for b in train_b] + [(b, False) for b in test_b]:
         idx = idx[ok[idx]]
@@ -819,7 +819,6 @@ def _write_set(recs, plan, spill, train_b, test_b, spec, window, staging, o, ski
                          "background_dropped": int(plan.background_dropped),
                          "hard_negatives": int(plan.hard_negatives), "not_reviewed": int(plan.not_reviewed)}}
     if plan.multi is not None:
-        extra["multi_label"] = True
         extra["windows"]["unknown"] = int((kept.multi.matrix == UNKNOWN).sum())
     if noise is not None:  # as ingest/make_batches.py records them
         extra["copies"] = noise.meta()

@@ -118,7 +118,7 @@ def _assemble(ds, plan, spec, staging, dtype, results) -> tuple:
     for r in results:
         by_batch.update(r["batches"])
         timings += r["timings"]
-    writer = SetWriter(staging, int(np.prod(spec.shape)), dtype)
+    writer = SetWriter(staging, int(np.prod(spec.shape)), dtype, type(ds.targets))
     # rows of the labels CSV refused before decoding (names outside AUDIO_DIR), as one process lists them
     skipped = list(ds.extra.get("skipped", []))
     for b in range(len(plan.batches)):

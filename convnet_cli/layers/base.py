@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from convnet_cli.data.targets import ClassTargets, kind_of
 from convnet_cli.errors import ConfigError
 
 REQUIRED = object()
@@ -210,8 +211,9 @@ class CostLayer(Layer):
     Its role, which the trainer, predict, best-by, show and export read from the class (never from its type
     name): `scores_input`, the index of the input that holds the class scores (the net's output for
     predict, detect and export; None for a cost without class scores, such as a sum of squares),
-    `needs_labels`, `reports_error` (its metrics hold a classification error), `multi_label` (it trains on
-    multi-label targets, see data/targets.py), `fuses_neuron_name`, and `check_data`, which refuses data it cannot train on."""
+    `needs_labels`, `reports_error` (its metrics hold a classification error), `trains_on` (the kinds of
+    target it can train towards, data/targets.py), `fuses_neuron_name`, and `check_data`, which refuses data
+    it cannot train on."""
 
     is_cost = True
     hyper_defaults = {"coeff": 1.0}
@@ -220,7 +222,7 @@ class CostLayer(Layer):
     scores_input: ClassVar[int | None] = None
     needs_labels: ClassVar[bool] = True
     reports_error: ClassVar[bool] = False
-    multi_label: ClassVar[bool] = False
+    trains_on: ClassVar[tuple] = (ClassTargets,)
     # The name of a neuron (`logistic`) this cost can take over when the layer feeding its scores applies it
     # and feeds nothing else: the net then also passes that neuron's input (the logits) to
     # forward_logits(labels, logits, outputs, ctx) and takes backward_logits(coeff, cache, ctx) as the
@@ -237,13 +239,13 @@ class CostLayer(Layer):
         """Class scores per case (the C of the scores input's (C, 1, 1) shape)."""
         return int(self.in_shapes[self.scores_input][0])
 
-    def check_data(self, label_names, multi_label: bool, source: str = "") -> None:
+    def check_data(self, label_names, kind, source: str = "") -> None:
         """ConfigError (one line naming the layer, with the fix) when this cost cannot train on batches with
-        these classes (`multi_label`: batches.meta says each case has a set of classes)."""
-        if multi_label and not self.multi_label and self.needs_labels:
-            raise self.error(f"the batches are multi-label (several classes per case), which a {self.type} cost "
-                             f"cannot train on; end the net in an fc layer with neuron: logistic and one output "
-                             f"per class ({len(label_names)}), and a cost.bce layer")
+        these classes and this kind of target (data/targets.py: a Targets class, or a bool for multi-label)."""
+        kind = kind_of(kind)
+        if self.needs_labels and kind not in self.trains_on:
+            raise self.error(f"the batches are {kind.name} ({kind.describe}), which a {self.type} cost cannot "
+                             f"train on; {kind.cost_fix(label_names)}")
 
     def infer_shape(self):
         return (1, 1, 1)

@@ -3,6 +3,7 @@ gradient by the layer's `coeff` (params file). Labels are int class indices (N,)
 targets (N, K).
 """
 from convnet_cli.backend import cuda_elementwise
+from convnet_cli.data.targets import ClassTargets, MultiLabelTargets, kind_of
 from convnet_cli.layers.base import CostLayer, Key, register
 from convnet_cli.layers.softmax import SoftmaxLayer, log_softmax
 
@@ -191,8 +192,8 @@ class LogregCost(CostLayer):
         return self.hyper.topk if getattr(self, "hyper", None) is not None and self.hyper.topk is not None \
             else self.props.topk
 
-    def check_data(self, label_names, multi_label, source=""):
-        super().check_data(label_names, multi_label, source)
+    def check_data(self, label_names, kind, source=""):
+        super().check_data(label_names, kind, source)
         _check_outputs(self, label_names, self.num_scores == len(label_names))
 
     def infer_shape(self):
@@ -297,14 +298,15 @@ class BCECost(CostLayer):
                                                         "per class in label order")}
     scores_input = 1
     reports_error = True
-    multi_label = True
+    trains_on = (ClassTargets, MultiLabelTargets)
     fuses_neuron_name = "logistic"
     # set by check_data: the batches carry multi-label targets (the error is then per class decision)
     multi_label_data = False
 
-    def check_data(self, label_names, multi_label, source=""):
+    def check_data(self, label_names, kind, source=""):
         k = len(label_names)
-        self.multi_label_data = bool(multi_label)
+        multi_label = kind_of(kind).multi_label
+        self.multi_label_data = multi_label
         # one logistic unit scores the second of two classes (0/1 labels); otherwise one unit per class
         hint = "" if multi_label else (", or make the batches with make-batches --multi-label (several classes "
                                        "at once, no background class)")

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from convnet_cli.backend import get_backend, to_host
+from convnet_cli.data.targets import ClassTargets, MultiLabelTargets, Targets
 from convnet_cli.errors import ConfigError, DataError
 from convnet_cli.fileio import atomic_write, write_text_atomic
 from convnet_cli.ingest.audio import AUDIO_EXTENSIONS, AUDIO_KINDS
 from convnet_cli.net import Net
-from convnet_cli.thresholds import DEFAULT_THRESHOLD
 from convnet_cli.train.checkpoint import load_checkpoint
 
 
@@ -36,10 +36,18 @@ class Predictions:
     targets: np.ndarray | None = None
 
     @property
+    def truth(self) -> Targets:
+        """The cases' true targets as a data/targets.py Targets of the network's kind (on audio a multi-label
+        network's are all unknown): it writes the CSV's columns and the report."""
+        if not self.multi_label:
+            return ClassTargets(self.labels)
+        if self.targets is None:
+            return MultiLabelTargets.unknown(len(self.filenames), len(self.label_names))
+        return MultiLabelTargets(self.targets, self.labels)
+
+    @property
     def labels_known(self) -> bool:
-        if self.multi_label:
-            return self.targets is not None and len(self.targets) > 0
-        return len(self.labels) > 0 and bool((self.labels >= 0).all())
+        return self.truth.all_known()
 
 
 def checkpoint_multi_label(state: dict) -> bool:
@@ -281,11 +289,6 @@ def check_probabilities(probs, case_name, not_written: str):
                         f"features far outside the training range) or the checkpoint; {not_written}")
 
 
-def class_sets(present, names) -> list:
-    """The ';'-joined names of the classes of each row of present (n, K) bool ('' for none)."""
-    return [";".join(names[c] for c in np.flatnonzero(row)) for row in np.asarray(present, dtype=bool)]
-
-
 def write_csv(preds: Predictions, path: str, thresholds=None) -> str:
     """filename,predicted,<label 1>,...,<label K>[,true] with probabilities to 6 decimals; atomic.
 
@@ -295,43 +298,18 @@ def write_csv(preds: Predictions, path: str, thresholds=None) -> str:
     nan."""
     check_probabilities(preds.probs, lambda i: preds.filenames[i], f"{path} was not written")
     prepare_out(path, "--out")
-    with_true = preds.labels_known
-    names = preds.label_names
-    if preds.multi_label:
-        return _write_multilabel_csv(preds, path, thresholds, with_true)
+    names = list(preds.label_names)
+    truth = preds.truth
+    predicted = truth.predicted_column(preds.probs, names, thresholds)
+    true = truth.true_column(names) if truth.all_known() else None
 
     def write(fb):
         f = io.TextIOWrapper(fb, encoding="utf-8", newline="")
         w = csv.writer(f)
-        w.writerow(["filename", "predicted"] + list(names) + (["true"] if with_true else []))
-        pred = preds.probs.argmax(axis=1) if len(preds.probs) else []
+        w.writerow(["filename", "predicted"] + names + (["true"] if true is not None else []))
         for i, fn in enumerate(preds.filenames):
-            row = [fn, names[pred[i]]] + [f"{p:.6f}" for p in preds.probs[i]]
-            if with_true:
-                row.append(names[preds.labels[i]])
-            w.writerow(row)
-        f.flush()
-        f.detach()
-
-    atomic_write(path, write)
-    return path
-
-
-def _write_multilabel_csv(preds: Predictions, path: str, thresholds, with_true: bool) -> str:
-    from convnet_cli.data.targets import PRESENT
-    from convnet_cli.metrics import predicted_sets
-
-    names = preds.label_names
-    thr = [DEFAULT_THRESHOLD] * len(names) if thresholds is None else list(thresholds)
-    predicted = class_sets(predicted_sets(preds.probs.reshape(-1, len(names)), thr), names)
-    true = class_sets(preds.targets == PRESENT, names) if with_true else None
-
-    def write(fb):
-        f = io.TextIOWrapper(fb, encoding="utf-8", newline="")
-        w = csv.writer(f)
-        w.writerow(["filename", "predicted"] + list(names) + (["true"] if with_true else []))
-        for i, fn in enumerate(preds.filenames):
-            w.writerow([fn, predicted[i]] + [f"{p:.6f}" for p in preds.probs[i]] + ([true[i]] if with_true else []))
+            w.writerow([fn, predicted[i]] + [f"{p:.6f}" for p in preds.probs[i]] + ([true[i]] if true is not None
+                                                                                      else []))
         f.flush()
         f.detach()
 
@@ -352,26 +330,15 @@ def prepare_out(path: str, flag: str):
 
 
 def write_report(preds: Predictions, folder: str, topk: int = 5, thresholds=None) -> tuple:
-    """(report dict, path of report.json). Needs known labels. Multi-label: metrics.py multilabel_report at
-    `thresholds` (K values, default 0.5 each), unknown targets left out."""
-    from convnet_cli.metrics import classification_report, multilabel_report
-
-    if preds.multi_label:
-        if not preds.labels_known:
-            raise DataError("--report needs the true classes, and these cases have none: for a multi-label "
-                            "network predict batches made with make-batches --multi-label (--data-path)")
-        from convnet_cli.data.targets import PRESENT, UNKNOWN
-
-        thr = [DEFAULT_THRESHOLD] * len(preds.label_names) if thresholds is None else list(thresholds)
-        report = multilabel_report(preds.probs, preds.targets == PRESENT, preds.targets != UNKNOWN,
-                                   preds.label_names, thr)
-        path = os.path.join(folder, "report.json")
-        write_text_atomic(path, json.dumps(report, indent=2))
-        return report, path
-    if not preds.labels_known:
-        raise DataError("--report needs the true labels, and these cases have none (unlabeled batches or "
-                        "audio outside class-named folders)")
-    report = classification_report(preds.probs, preds.labels, preds.label_names, topk=topk)
+    """(report dict, path of report.json): the truth's report (data/targets.py; metrics.py). Needs known
+    targets. Multi-label: at `thresholds` (K values, default 0.5 each), unknown targets left out."""
+    truth = preds.truth
+    if not truth.all_known():
+        raise DataError("--report needs the true classes, and these cases have none: for a multi-label network "
+                        "predict batches made with make-batches --multi-label (--data-path)" if truth.multi_label
+                        else "--report needs the true labels, and these cases have none (unlabeled batches or "
+                             "audio outside class-named folders)")
+    report = truth.report(preds.probs, preds.label_names, topk=topk, thresholds=thresholds)
     path = os.path.join(folder, "report.json")
     write_text_atomic(path, json.dumps(report, indent=2))
     return report, path

@@ -11,48 +11,36 @@ the classes that have a positive among them.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from convnet_cli.backend import to_host
+from convnet_cli.data.targets import kind_of
 from convnet_cli.errors import ConfigError
-from convnet_cli.metrics import mean_average_precision, per_class_average_precision, roc_auc
 
 BEST_BY = ("cost", "error", "auc", "map")
 HIGHER_IS_BETTER = ("auc", "map")
 
 
-def default_best_by(multi_label: bool) -> str:
-    """--best-by when none is given: map on multi-label batches, cost otherwise."""
-    return "map" if multi_label else "cost"
+def default_best_by(kind) -> str:
+    """--best-by when none is given: the kind of target's (data/targets.py; map on multi-label batches, cost
+    otherwise). kind: a Targets class, or anything data/targets.py kind_of takes (a bool: multi-label)."""
+    return kind_of(kind).default_best_by
 
 
-def check_best_by(best_by: str, label_names, layers, multi_label: bool = False) -> None:
-    """ConfigError when `best_by` is unknown or cannot be computed for this data and net."""
+def check_best_by(best_by: str, label_names, layers, kind=False) -> None:
+    """ConfigError when `best_by` is unknown or cannot be computed for this data (its kind of target, which
+    says what it can rank by) and net (a cost whose scores rank the cases, or that reports an error)."""
     if best_by not in BEST_BY:
         raise ConfigError(f"--best-by {best_by!r}: expected one of {', '.join(BEST_BY)}")
+    problem = kind_of(kind).best_by_problem(best_by, list(label_names))
+    if problem:
+        raise ConfigError(problem)
     cost = first_cost(layers)
-    if best_by == "map":
-        if not multi_label:
-            raise ConfigError("--best-by map: the mean average precision over classes is for multi-label batches "
-                              "(make-batches --multi-label); on these single-label batches use --best-by cost, "
-                              "error or auc")
-        if cost is None or not cost.is_classifier:
-            raise ConfigError("--best-by map: the net needs a cost.bce layer whose scores rank the cases; use "
-                              "--best-by cost")
-    if best_by == "auc" and multi_label:
-        raise ConfigError("--best-by auc: the batches are multi-label; rank by the mean of the classes' average "
-                          "precision with --best-by map (the default), or use cost or error")
     if best_by == "error" and (cost is None or not cost.reports_error):
         raise ConfigError("--best-by error: the net has no classification cost (cost.logreg or cost.bce) "
                           "that reports an error rate; use --best-by cost")
-    if best_by == "auc":
-        if len(label_names) != 2:
-            raise ConfigError(f"--best-by auc: ROC AUC needs two classes, the data has {len(label_names)} "
-                              f"({', '.join(map(str, label_names[:4]))}{'…' if len(label_names) > 4 else ''}); "
-                              "use --best-by cost or error")
-        if cost is None or not cost.is_classifier:
-            raise ConfigError("--best-by auc: the net needs a cost.logreg or cost.bce layer whose scores "
-                              "rank the cases; use --best-by cost")
+    if best_by in HIGHER_IS_BETTER and (cost is None or not cost.is_classifier):
+        what = "cost.bce layer" if best_by == "map" else "cost.logreg or cost.bce layer"
+        raise ConfigError(f"--best-by {best_by}: the net needs a {what} whose scores rank the cases; use "
+                          "--best-by cost")
 
 
 def first_cost(layers):
@@ -60,79 +48,41 @@ def first_cost(layers):
 
 
 class Scores:
-    """Collects the positive class's score and the label of every test case, for the ROC AUC."""
+    """The test's ranking metrics: hands the classification cost's scores of every test minibatch, with its
+    labels input, to the kind of target's collector (metrics.py RocScores, ClassAPScores)."""
 
-    def __init__(self, net):
+    def __init__(self, net, collector):
         self.net = net
         self.cost = first_cost(net.layers)
-        self.scores, self.labels = [], []
+        self.collector = collector
 
     @classmethod
-    def for_net(cls, net, label_names, multi_label: bool = False):
-        """A collector when the data has two classes and the net a classification cost (the ROC AUC), or on
-        multi-label batches (MultiLabelScores: per-class AP), else None."""
+    def for_net(cls, net, label_names, kind=False):
+        """A Scores when the net has a classification cost and the kind of target (data/targets.py) has
+        ranking metrics for these classes (the ROC AUC of two classes, the classes' AP), else None."""
         cost = first_cost(net.layers)
         if cost is None or not cost.is_classifier:
             return None
-        if multi_label:
-            return MultiLabelScores(net, label_names)
-        if len(label_names) != 2:
-            return None
-        return cls(net)
-
-    def metrics(self) -> dict:
-        """What the test record gains: {'auc': ROC AUC or None}."""
-        return {"auc": self.auc()}
+        collector = kind_of(kind).test_scores(list(label_names))
+        return None if collector is None else cls(net, collector)
 
     def add(self, labels) -> None:
         out = self.net.outputs.get(self.cost.in_names[self.cost.scores_input])
-        if out is None:
-            return
-        p = np.asarray(to_host(out), dtype=np.float64)
-        p = p.reshape(p.shape[0], -1)
-        self.scores.append(p[:, 1] if p.shape[1] >= 2 else p[:, 0])
-        self.labels.append(np.asarray(to_host(labels)).reshape(-1).astype(np.int64))
+        if out is not None:
+            self.collector.add(to_host(out), to_host(labels))
 
-    def auc(self):
-        """The ROC AUC over the cases seen, or None when the test range holds only one class."""
-        if not self.scores:
-            return None
-        y = np.concatenate(self.labels)
-        s = np.concatenate(self.scores)
-        keep = y >= 0
-        y, s = y[keep], s[keep]
-        if y.size == 0 or np.unique(y).size < 2:
-            return None
-        return float(roc_auc(s, y))
+    @property
+    def parts(self) -> list:
+        """What was collected, for a data-parallel run to gather (train/data_parallel.py)."""
+        return self.collector.parts
 
-
-class MultiLabelScores(Scores):
-    """Collects every test case's K scores and its targets ((n, K): 1 present, 0 absent, -1 unknown), for
-    the classes' average precision (known entries only) and their mean."""
-
-    def __init__(self, net, label_names):
-        super().__init__(net)
-        self.label_names = [str(n) for n in label_names]
-
-    def add(self, labels) -> None:
-        out = self.net.outputs.get(self.cost.in_names[self.cost.scores_input])
-        if out is None:
-            return
-        p = np.asarray(to_host(out), dtype=np.float64)
-        self.scores.append(p.reshape(p.shape[0], -1))
-        self.labels.append(np.asarray(to_host(labels), dtype=np.float64).reshape(p.shape[0], -1))
-
-    def per_class_ap(self) -> list:
-        """[AP or None] per class (None: no positive among the known test entries)."""
-        if not self.scores:
-            return [None] * len(self.label_names)
-        s, t = np.concatenate(self.scores), np.concatenate(self.labels)
-        return per_class_average_precision(s, t > 0.5, t >= 0)
+    @parts.setter
+    def parts(self, value) -> None:
+        self.collector.parts = value
 
     def metrics(self) -> dict:
-        """What the test record gains: {'map': mean AP, 'ap': {class: AP or None}}."""
-        aps = self.per_class_ap()
-        return {"map": mean_average_precision(aps), "ap": dict(zip(self.label_names, aps))}
+        """What the test record gains: {'auc': ...} or {'map': ..., 'ap': {class: AP}}."""
+        return self.collector.metrics()
 
 
 def metric(record: dict, best_by: str):

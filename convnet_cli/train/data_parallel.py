@@ -197,13 +197,11 @@ class DataParallel:
         return totals, int(round(buf[-1]))
 
     def gather_scores(self, scores):
-        """The test's per-case scores (train/best.py's Scores, for the ROC AUC) of every process, on every
+        """The test's per-case scores (train/best.py's Scores: the ROC AUC, the classes' AP) of every process, on every
         process: each holds those of its own shares."""
         if self.size == 1:
             return scores
-        parts = self.world.allgather((scores.scores, scores.labels))
-        scores.scores = [s for p in parts for s in p[0]]
-        scores.labels = [y for p in parts for y in p[1]]
+        scores.parts = [part for parts in self.world.allgather(scores.parts) for part in parts]
         return scores
 
     def first_nonfinite(self) -> str | None:

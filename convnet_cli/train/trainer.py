@@ -20,6 +20,7 @@ import numpy as np
 
 from convnet_cli.backend import get_backend
 from convnet_cli.config.yamlio import display_name, read_text
+from convnet_cli.data.targets import kind_of
 from convnet_cli.errors import ConfigError, NonFiniteError
 from convnet_cli.fileio import copy_atomic, write_text_atomic
 from convnet_cli.net import Net
@@ -259,7 +260,7 @@ class Trainer:
         """(totals, cases) over the test range, in test mode: totals {cost layer: {metric: sum over cases}}
         (see _accumulate; _record turns them into means), cases the number of test cases."""
         totals, cases = {}, 0
-        scores = best_by.Scores.for_net(self.net, self.state.label_names, bool(self.state.multi_label))
+        scores = best_by.Scores.for_net(self.net, self.state.label_names, kind_of(self.state))
         for _, minibatches in self.test_provider.iter_epoch(0):
             for mb in minibatches:
                 x, labels, n = self.dp.test_share(mb)
@@ -441,8 +442,8 @@ def start(o: TrainOptions, echo=None) -> int:
                         o.layer_params, check=functools.partial(_check_classes, batchset=batchset,
                                                                  source=display_name(o.layer_def)))
     if o.best_by is None:
-        o.best_by = best_by.default_best_by(batchset.multi_label)
-    best_by.check_best_by(o.best_by, batchset.label_names, net.layers, batchset.multi_label)
+        o.best_by = best_by.default_best_by(batchset.targets_kind)
+    best_by.check_best_by(o.best_by, batchset.label_names, net.layers, batchset.targets_kind)
     copied = init_from(net, o.init_from) if o.init_from else None
     state = _initial_state(o, batchset, layer_def_text, params_text)
     # under MPI: one run directory, made by rank 0
@@ -516,8 +517,8 @@ def resume(path: str, explicit: dict, echo=None) -> int:
         params_name = on_root(world, lambda: keep_params_version(run_dir, _base_params_name(state), params_text,
                                                                  o.layer_params, state))
     if o.best_by is None:
-        o.best_by = best_by.default_best_by(batchset.multi_label)
-    best_by.check_best_by(o.best_by, batchset.label_names, net.layers, batchset.multi_label)
+        o.best_by = best_by.default_best_by(batchset.targets_kind)
+    best_by.check_best_by(o.best_by, batchset.label_names, net.layers, batchset.targets_kind)
     # best.npz may hold a better test than the resumed checkpoint knows of (a resume from an earlier
     # checkpoint file): only a test that beats it replaces it
     state.best = best_by.best_of_run(state.best, on_root(world, lambda: read_state(os.path.join(run_dir, "best.npz"))),
@@ -578,10 +579,9 @@ def _run(o, run_dir, net, batchset, state, echo) -> int:
 def _check_classes(layers, batchset, source):
     """ConfigError when a cost of the net cannot train on the classes of the data (layers/base.py's
     CostLayer.check_data: the scores must be one per class; a single-label cost refuses multi-label data)."""
-    multi = bool(batchset.meta.get("multi_label"))
     for l in layers:
         if l.is_cost:
-            l.check_data(list(batchset.label_names), multi, source)
+            l.check_data(list(batchset.label_names), batchset.targets_kind, source)
 
 
 def _initial_state(o, batchset, layer_def_text, params_text) -> RunState:
