@@ -79,6 +79,11 @@ class Targets:
         return {"multi_label": True} if cls.multi_label else {}
 
     @classmethod
+    def named_by(cls, entries: dict) -> bool:
+        """Whether a batches.meta or checkpoint state's entries name this kind (meta_entries's)."""
+        return all(entries.get(k) == v for k, v in cls.meta_entries().items())
+
+    @classmethod
     def cost_fix(cls, label_names) -> str:
         """How to end a net so that it trains on this kind (for a cost that cannot)."""
         raise NotImplementedError
@@ -317,24 +322,26 @@ class MultiLabelTargets(Targets):
                                  np.concatenate([p.labels for p in parts]))
 
 
+# The kinds, the default first: kind_of takes the last whose entries a batches.meta holds
 KINDS = (ClassTargets, MultiLabelTargets)
 
 
 def kind_of(source) -> type:
     """The kind of target (a Targets subclass) that `source` names: a Targets subclass or instance itself, a
-    batches.meta or checkpoint-state dict (its `multi_label` entry), an object with `multi_label` (a
+    batches.meta or checkpoint-state dict (the kinds' meta_entries), an object with `multi_label` (a
     BatchSet, a RunState), or a bool (True: multi-label)."""
     if isinstance(source, type) and issubclass(source, Targets):
         return source
     if isinstance(source, Targets):
         return type(source)
     if isinstance(source, dict):
-        flag = source.get("multi_label", False)
+        entries = source
     elif isinstance(source, (bool, np.bool_, int)) or source is None:
-        flag = source
+        entries = {"multi_label": bool(source)}
     else:
-        flag = getattr(source, "multi_label", False)
-    return MultiLabelTargets if bool(flag) else ClassTargets
+        entries = {"multi_label": bool(getattr(source, "multi_label", False))}
+    entries = {k: (bool(v) if k == "multi_label" else v) for k, v in entries.items()}
+    return next(k for k in reversed(KINDS) if k.named_by(entries))
 
 
 def read_targets(d: dict, n: int, num_classes: int, multi_label, path: str) -> Targets:
