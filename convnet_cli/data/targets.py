@@ -43,6 +43,7 @@ class Targets:
     multi_label: ClassVar[bool] = False   # the batches.meta / checkpoint flag that names the kind
     name: ClassVar[str] = ""              # how messages name the kind ("single-label", "multi-label")
     describe: ClassVar[str] = ""          # what it means, in a message ("one class per case")
+    made_with: ClassVar[str] = ""         # how it is made ("make-batches --multi-label")
     default_best_by: ClassVar[str] = "cost"
     labels: np.ndarray   # (n,) int64: cuda-convnet's label per case (-1: none or unknown)
 
@@ -137,6 +138,7 @@ class ClassTargets(Targets):
     multi_label = False
     name = "single-label"
     describe = "one class per case"
+    made_with = "make-batches without --multi-label"
     default_best_by = "cost"
 
     def __init__(self, labels):
@@ -219,6 +221,7 @@ class MultiLabelTargets(Targets):
     multi_label = True
     name = "multi-label"
     describe = "several classes per case"
+    made_with = "make-batches --multi-label"
     default_best_by = "map"
 
     def __init__(self, matrix, primary=None):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from convnet_cli.backend import get_backend, to_host
-from convnet_cli.data.targets import ClassTargets, MultiLabelTargets, Targets
+from convnet_cli.data.targets import ClassTargets, MultiLabelTargets, Targets, kind_of
 from convnet_cli.errors import ConfigError, DataError
 from convnet_cli.fileio import atomic_write, write_text_atomic
 from convnet_cli.ingest.audio import AUDIO_EXTENSIONS, AUDIO_KINDS
@@ -50,21 +50,26 @@ class Predictions:
         return self.truth.all_known()
 
 
-def checkpoint_multi_label(state: dict) -> bool:
-    """Whether a checkpoint's network is multi-label (one logistic unit per class, each case a set of classes;
-    SPEC 17): its state's `multi_label` when it records one, else what the batches.meta of the folder it was
-    trained on says, when that folder is still there; else False (single-label)."""
+def checkpoint_kind(state: dict) -> type:
+    """The kind of target (data/targets.py) a checkpoint's network was trained towards: what its state
+    records (`multi_label`, SPEC 17), else what the batches.meta of the folder it was trained on says, when
+    that folder is still there; else one class per case."""
     if "multi_label" in state:
-        return bool(state["multi_label"])
+        return kind_of(state)
     path = state.get("data_path") or (state.get("options") or {}).get("data_path")
     if not path or not os.path.isfile(os.path.join(str(path), "batches.meta")):
-        return False
+        return ClassTargets
     from convnet_cli.data.batch_files import BatchSet
 
     try:
-        return BatchSet(str(path)).multi_label
+        return BatchSet(str(path)).targets_kind
     except DataError:
-        return False
+        return ClassTargets
+
+
+def checkpoint_multi_label(state: dict) -> bool:
+    """Whether a checkpoint's network is multi-label (one logistic unit per class): checkpoint_kind's."""
+    return checkpoint_kind(state).multi_label
 
 
 def target_matrix(targets, k: int) -> np.ndarray:
@@ -156,15 +161,12 @@ def predict_batches(checkpoint, data_path: str | None = None, batches=None, laye
     if list(bs.data_shape) != list(st["data_shape"]):
         raise DataError(f"{data_path}: cases have shape {list(bs.data_shape)} but the network was trained on "
                         f"{list(st['data_shape'])}; make the batches with the features of the training run")
-    multi = checkpoint_multi_label(st)
-    if bs.multi_label and not multi:
-        raise DataError(f"{data_path}: the batches are multi-label (batches.meta multi_label), but the network "
-                        f"{ckpt.path} is single-label (one class per case); predict them with a network trained "
-                        f"on multi-label batches (logistic outputs and cost.bce)")
-    if multi and not bs.multi_label:
-        raise DataError(f"{data_path}: the batches are single-label (one class per case), but the network "
-                        f"{ckpt.path} is multi-label (a set of classes per case); make the batches with "
-                        f"make-batches --multi-label, or predict them with a single-label network")
+    kind = checkpoint_kind(st)
+    multi = kind.multi_label
+    if bs.targets_kind is not kind:
+        raise DataError(f"{data_path}: the batches are {bs.targets_kind.name} ({bs.targets_kind.describe}), but the "
+                        f"network {ckpt.path} is {kind.name} ({kind.describe}); make the batches with {kind.made_with}, "
+                        f"or predict them with a network trained on {bs.targets_kind.name} batches")
     if multi and list(bs.label_names) != list(st["label_names"]):
         raise DataError(f"{data_path}: the batches' classes ({', '.join(bs.label_names)}) are not the network's "
                         f"({', '.join(st['label_names'])}); make the batches with --label-names "

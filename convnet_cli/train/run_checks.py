@@ -10,6 +10,7 @@ import re
 
 import numpy as np
 
+from convnet_cli.data.targets import kind_of
 from convnet_cli.errors import ConfigError, DataError
 from convnet_cli.fileio import write_text_atomic
 
@@ -82,13 +83,10 @@ def check_batches_fit(state, batchset, ckpt_path: str):
     saved_shape = [int(v) for v in state.data_shape or []]
     if saved_shape and saved_shape != list(batchset.data_shape):
         raise DataError(f"{where}: data shape {list(batchset.data_shape)}, the run was trained on {saved_shape}; {fix}")
-    multi = bool(getattr(batchset, "multi_label", False))
-    if bool(getattr(state, "multi_label", False)) != multi:
-        made = "multi-label" if state.multi_label else "single-label"
-        flag = "with" if state.multi_label else "without"
-        raise DataError(f"{where}: the run trained on {made} batches and these are "
-                        f"{'multi-label' if multi else 'single-label'}; resume with the run's own --data-path, or "
-                        f"make the batches again {flag} --multi-label")
+    run_kind, data_kind = kind_of(state), kind_of(batchset)
+    if run_kind is not data_kind:
+        raise DataError(f"{where}: the run trained on {run_kind.name} batches and these are {data_kind.name}; "
+                        f"resume with the run's own --data-path, or make the batches again with {run_kind.made_with}")
     saved_names = [str(n) for n in state.label_names or []]
     if saved_names and saved_names != list(batchset.label_names):
         raise DataError(f"{where}: label names {_short(batchset.label_names)}, the run's are {_short(saved_names)} "
