@@ -185,6 +185,8 @@ def test_annotations_copies_training_windows_only(tmp_path):
     for n in test:
         assert in_range(meta1, noisy[n][0], "test_range") and np.array_equal(noisy[n][2], clean[n][2])
     assert meta1["copies"]["copies"] == 1 and meta1["copies"]["noise_snr"] == [0.0, 0.0] and "copies" not in meta0
+    # the summary counts the windows and their copies apart, as it does for clips
+    assert f" {len(clean)} windows (" in r.output and f"augmented: {len(train)} copies written" in r.output, r.output
 
 
 def _one_line(r, *words):

@@ -2,13 +2,19 @@
 (clips of a folder, windows of long recordings, either split over MPI processes) hands them to it.
 
     with writing_set(batch_dir, overwrite) as staging:      # BATCH_DIR locked, an interrupted install finished
-        w = SetWriter(staging, num_vis, dtype)
-        for cols, targets, names, is_train in batches:      # (num_vis, n) float32, data/targets.py Targets
-            w.write(cols, targets, names, is_train)
+        w = SetWriter(staging, num_vis, dtype, kind)        # kind: data/targets.py's class of the targets
+        w.write_all(source_batches)                          # a source yields Batch(cols (num_vis, n) float32,
+                                                             #   Targets, names, is_train, copies)
         files = w.finish(label_names, spec, skipped, source)  # skipped.txt and batches.meta
         install_set(staging, batch_dir, files)               # the set replaces the old one at once
 
-The class deal (`deal`: every class into every batch, round robin), the training range's statistics
+A source (ingest/make_batches.py's clip_batches, ingest/recordings.py's window_batches) plans its cases and
+yields them a batch at a time, in the order of the set (the training range first); the writer numbers the
+files, takes the training range's statistics and builds the one batches.meta.
+
+The class deal (`deal`: every class into every batch, round robin), the noisy copies' place in the plan
+(`plan_copies`: the copies are cases n, n+1, ... of the set, dealt with the training cases anew), the
+training range's statistics
 (`Moments`: per value of a case, merged with Chan's update in float64; `features.normalize` then reduces them
 to one mean/std per frequency row or one for all), the options every set takes (`check_set_options`) and the
 estimate of the set's size against the free disk (`check_fits`) live here too, so that a source of cases only
@@ -27,6 +33,7 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -63,6 +70,26 @@ def deal(idx, strata, k: int, rng) -> list:
     lab = np.asarray(strata)[idx]
     order = np.concatenate([rng.permutation(idx[lab == c]) for c in np.unique(lab)])
     return [rng.permutation(order[b::k]) for b in range(k)]
+
+
+@dataclass
+class CopyPlan:
+    """The noisy copies of a set's training cases (ingest/noise.py) as cases n, n+1, ... after its n cases."""
+
+    source: np.ndarray         # int64 (n + m,): the case each case is (its own index) or copies
+    copy_no: np.ndarray        # int64 (n + m,): 0 for the cases themselves, 1..copies for a copy
+    train_batches: list        # the training cases and their copies, dealt anew into batches
+
+
+def plan_copies(n: int, train, pairs, strata, batch_size: int, rng) -> CopyPlan:
+    """The plan of `pairs` [(case, copy number)] (the copies of training cases, in the order the source makes
+    them) added to a set of n cases: the training cases `train` and the copies dealt by class (`strata` of the
+    n cases) into ceil(cases / batch_size) batches with `rng`; the test batches stay as they were."""
+    pairs = list(pairs)
+    src = np.concatenate([np.arange(n, dtype=np.int64), np.asarray([c for c, _ in pairs], dtype=np.int64)])
+    copy_no = np.concatenate([np.zeros(n, np.int64), np.asarray([k for _, k in pairs], dtype=np.int64)])
+    cases = np.concatenate([np.asarray(train, dtype=np.int64), np.arange(n, n + len(pairs), dtype=np.int64)])
+    return CopyPlan(src, copy_no, deal(cases, np.asarray(strata)[src], batch_count(cases.size, batch_size), rng))
 
 
 # ---- the training range's statistics --------------------------------------------------------------------
@@ -252,6 +279,17 @@ def writing_set(batch_dir, overwrite):
 
 # ---- the batch files and the meta --------------------------------------------------------------------
 
+@dataclass
+class Batch:
+    """One batch file's cases, as a source hands them to the writer."""
+
+    cols: np.ndarray          # (num_vis, n) float32: a case per column
+    targets: object           # data/targets.py Targets of the n cases
+    names: list               # the cases' names (clip paths, recording@start)
+    is_train: bool            # of the training range (its statistics are taken)
+    copies: int = 0           # how many of the cases are noisy copies
+
+
 class SetWriter:
     """The batch files of one set, written one after the other into `staging` (numbered data_batch_1, 2, ...
     in the order given: training batches first), with the training range's statistics taken as they go,
@@ -267,6 +305,12 @@ class SetWriter:
         self.copies = 0                    # noisy copies written (ingest/noise.py), counted in sizes
         self.moments = Moments(num_vis)    # the training batches' statistics, as a reader will see them
         self.t_write = 0.0
+
+    def write_all(self, batches) -> "SetWriter":
+        """Write every Batch a source yields, in order (the training range first)."""
+        for b in batches:
+            self.write(b.cols, b.targets, b.names, b.is_train, b.copies)
+        return self
 
     def write(self, cols, targets, names, is_train: bool, copies: int = 0) -> str:
         """One batch file of the cases in `cols` (num_vis, n) float32 with their Targets and names."""

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from convnet_cli.data.batch_set_swap import install_set
-from convnet_cli.data.writer import (NothingReadError, SetWriter, batch_count, check_fits, check_set_options, deal,
-                                     refuse_existing, writing_set)
+from convnet_cli.data.writer import (Batch, NothingReadError, SetWriter, check_fits, check_set_options,
+                                     deal, plan_copies, refuse_existing, writing_set)
 from convnet_cli.errors import ConfigError, DataError
 from convnet_cli.ingest.audio import (CHANNEL_ALL, CHANNEL_MIX, AudioError, channel_streams, check_time_expansion,
                                      fit_length, parse_channel, read_audio, resample, stream_name)
@@ -277,28 +277,21 @@ def plan_batches(labels, batch_size: int, test_fraction: float, seed: int, group
 
 
 def with_copies(ds, plan: Plan, noise, batch_size: int, seed: int):
-    """(dataset, plan) with `noise.copies` copies of every training clip added (ingest/noise.py): a copy's
-    path entry is (path, case, copy) and its name the clip's marked with the copy; the training clips and
-    their copies are dealt anew into ceil(n / batch_size) batches, the test batches stay as planned."""
+    """(dataset, plan) with `noise.copies` copies of every training clip added (ingest/noise.py), placed by
+    data/writer.py's plan_copies: a copy's path entry is (path, case, copy) and its name the clip's marked
+    with the copy; the training clips and their copies are dealt anew into ceil(n / batch_size) batches, the
+    test batches stay as planned."""
     n = len(ds)
     train_idx = np.sort(np.concatenate(plan.batches[:plan.num_train])) if plan.num_train else np.zeros(0, np.int64)
-    paths, names, source = list(ds.paths), list(ds.names), []
-    chans = None if ds.channels is None else list(ds.channels)
-    for copy in range(1, noise.copies + 1):
-        for i in train_idx.tolist():
-            paths.append((ds.paths[i], i, copy))
-            names.append(copy_name(ds.names[i], copy))
-            source.append(i)
-            if chans is not None:
-                chans.append(ds.channels[i])
-    source = np.asarray(source, dtype=np.int64)
-    labels = np.concatenate([ds.labels, ds.labels[source]])
-    multi = None if ds.multi is None else ds.multi.concat([ds.multi, ds.multi.take(source)])
-    big = dataclasses.replace(ds, paths=paths, names=names, labels=labels, multi=multi, channels=chans)
-    all_train = np.concatenate([train_idx, np.arange(n, n + len(source), dtype=np.int64)])
-    train_batches = deal(all_train, big.targets.labels, batch_count(all_train.size, batch_size),
-                         np.random.default_rng([int(seed), 1]))
-    return big, Plan(train_batches + list(plan.batches[plan.num_train:]), len(train_batches))
+    pairs = [(i, copy) for copy in range(1, noise.copies + 1) for i in train_idx.tolist()]
+    cp = plan_copies(n, train_idx, pairs, ds.targets.labels, batch_size, np.random.default_rng([int(seed), 1]))
+    added = cp.source[n:].tolist()
+    paths = list(ds.paths) + [(ds.paths[i], i, int(k)) for i, k in zip(added, cp.copy_no[n:].tolist())]
+    names = list(ds.names) + [copy_name(ds.names[i], int(k)) for i, k in zip(added, cp.copy_no[n:].tolist())]
+    chans = None if ds.channels is None else list(ds.channels) + [ds.channels[i] for i in added]
+    multi = None if ds.multi is None else ds.multi.take(cp.source)
+    big = dataclasses.replace(ds, paths=paths, names=names, labels=ds.labels[cp.source], multi=multi, channels=chans)
+    return big, Plan(cp.train_batches + list(plan.batches[plan.num_train:]), len(cp.train_batches))
 
 
 # ---- will it fit: the set's size against the free space of BATCH_DIR's file system ---------------
@@ -399,10 +392,11 @@ def make_batches(audio_dir, batch_dir, *, options: ClipOptions | None = None, **
 
     with writing_set(batch_dir, o.overwrite) as staging:
         writer = SetWriter(staging, int(np.prod(spec.shape)), o.dtype, type(ds.targets))
-        skipped, timings = write_batches(ds, plan, spec, writer, jobs, o.progress, o.noise, time_expansion)
-        files = finish_clips(ds, spec, writer, skipped, o.noise)
+        source = ClipSource(ds, plan, spec, jobs, o.progress, o.noise, time_expansion)
+        writer.write_all(source)
+        files = finish_clips(ds, spec, writer, source.skipped, o.noise)
         install_set(staging, batch_dir, files)
-    summary = clip_summary(ds, spec, writer, skipped, timings)
+    summary = clip_summary(ds, spec, writer, source.skipped, source.timings)
     summary.update(batch_dir=batch_dir, files=len(ds.extra.get("files", ())) or clips, classes=len(ds.label_names),
                    label_names=list(ds.label_names), seconds=time.perf_counter() - t_start)
     return summary
@@ -420,37 +414,45 @@ def case_targets(ds, index):
     return ds.targets.take(np.asarray(index, dtype=np.int64))
 
 
-def write_batches(ds, plan, spec, writer: SetWriter, jobs, progress, noise=None, time_expansion=1.0) -> tuple:
-    """Compute the features of the planned batches in chunks (in `jobs` processes) and hand each batch to the
-    writer as soon as all its chunks are in; clips that cannot be read are skipped (a batch file may come out
-    smaller, or not at all). Returns (skipped [(name, reason)], timings (4,): decode, resample, features,
-    imports summed over the workers)."""
-    num_vis = int(np.prod(spec.shape))
-    chunks = []           # ((planned batch index, dataset indices), paths, channels)
-    for b, idx in enumerate(plan.batches):
-        for a in range(0, len(idx), CHUNK):
-            part = idx[a:a + CHUNK]
-            chunks.append(chunk_of(ds, (b, part), part))
-    remaining = [len(idx) for idx in plan.batches]
-    # rows of the labels CSV refused before decoding (names outside AUDIO_DIR) are listed first
-    skipped = list(ds.extra.get("skipped", []))
-    timings = np.zeros(4)
-    parts = []
-    with Progress("make-batches", len(ds), "clips", enabled=progress) as bar, \
-            closing(run_chunks(chunks, spec, jobs, noise=noise, time_expansion=time_expansion)) as results:
-        for (b, part), chunk, (arr, ok, bad, times) in results:
-            timings += times
-            skipped.extend(chunk_skipped(ds, part, bad))
-            if arr is not None:
-                parts.append((arr, [part[j] for j in ok]))
-            remaining[b] -= len(chunk)
-            bar.add(len(chunk))
-            if remaining[b] or not parts:
-                continue
-            cols, index = batch_columns(parts, num_vis)        # empties parts
-            writer.write(cols, case_targets(ds, index), [ds.names[i] for i in index], b < plan.num_train,
-                         copies=sum(1 for i in index if not isinstance(ds.paths[i], str)))
-    return skipped, timings
+class ClipSource:
+    """The planned batches of a dataset's clips, as a source for data/writer.py's SetWriter: iterating
+    computes the features in chunks (in `jobs` processes) and yields each batch (a writer Batch) as soon as
+    all its chunks are in. Clips that cannot be read are skipped (a batch may come out smaller, or not at
+    all): `skipped` [(name, reason)] and `timings` (4,: decode, resample, features, imports summed over the
+    workers) are complete once the iteration is."""
+
+    def __init__(self, ds, plan, spec, jobs, progress, noise=None, time_expansion=1.0):
+        self.ds, self.plan, self.spec, self.jobs, self.progress = ds, plan, spec, jobs, progress
+        self.noise, self.time_expansion = noise, time_expansion
+        # rows of the labels CSV refused before decoding (names outside AUDIO_DIR) are listed first
+        self.skipped = list(ds.extra.get("skipped", []))
+        self.timings = np.zeros(4)
+
+    def __iter__(self):
+        ds, plan = self.ds, self.plan
+        num_vis = int(np.prod(self.spec.shape))
+        chunks = []           # ((planned batch index, dataset indices), paths, channels)
+        for b, idx in enumerate(plan.batches):
+            for a in range(0, len(idx), CHUNK):
+                part = idx[a:a + CHUNK]
+                chunks.append(chunk_of(ds, (b, part), part))
+        remaining = [len(idx) for idx in plan.batches]
+        parts = []
+        with Progress("make-batches", len(ds), "clips", enabled=self.progress) as bar, \
+                closing(run_chunks(chunks, self.spec, self.jobs, noise=self.noise,
+                                   time_expansion=self.time_expansion)) as results:
+            for (b, part), chunk, (arr, ok, bad, times) in results:
+                self.timings += times
+                self.skipped.extend(chunk_skipped(ds, part, bad))
+                if arr is not None:
+                    parts.append((arr, [part[j] for j in ok]))
+                remaining[b] -= len(chunk)
+                bar.add(len(chunk))
+                if remaining[b] or not parts:
+                    continue
+                cols, index = batch_columns(parts, num_vis)        # empties parts
+                yield Batch(cols, case_targets(ds, index), [ds.names[i] for i in index], b < plan.num_train,
+                            copies=sum(1 for i in index if not isinstance(ds.paths[i], str)))
 
 
 def chunk_of(ds, key, part) -> tuple:

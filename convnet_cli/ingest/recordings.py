@@ -29,8 +29,8 @@ import numpy as np
 
 from convnet_cli.data.batch_set_swap import install_set
 from convnet_cli.data.targets import ABSENT, PRESENT, UNKNOWN, ClassTargets, MultiLabelTargets
-from convnet_cli.data.writer import (NothingReadError, SetWriter, batch_count, check_fits, deal, refuse_existing,
-                                     writing_set)
+from convnet_cli.data.writer import (Batch, NothingReadError, SetWriter, batch_count, check_fits, deal, plan_copies,
+                                     refuse_existing, writing_set)
 from convnet_cli.errors import ConfigError, DataError, did_you_mean
 from convnet_cli.ingest.annotations import assign_to_recordings, clip_to_duration, read_tables_and_claims
 from convnet_cli.ingest.audio import CHANNEL_ALL, CHANNEL_MIX, AudioError, channel_streams, stream_name
@@ -775,34 +775,15 @@ def _write_set(recs, plan, spill, train_b, test_b, spec, window, staging, o, ski
         first = "; ".join(f"{n}: {r}" for n, r in skipped[:3])
         raise NothingReadError(f"{recordings_dir}: none of the recordings could be read ({first}"
                                f"{' …' if len(skipped) > 3 else ''}); nothing was written")
-    src = copy_no = None
-    task_of, row_of = spill.task_of, spill.row_of
+    copies = None
     if noise is not None:
-        train_b, src, copy_no, task_of, row_of, ok = _add_copies(recs, plan, train_b, spec, window.hop, staging, noise,
-                                                                 int(o.batch_size), int(o.seed), task_of, row_of,
-                                                                 spill.rows, ok)
+        copies, ok = _add_copies(recs, plan, train_b, spec, window.hop, staging, noise, int(o.batch_size), int(o.seed),
+                                 spill, ok)
+        train_b = copies.train_batches
     t1 = time.perf_counter()
     num_vis = int(np.prod(spec.shape))
     writer = SetWriter(staging, num_vis, o.dtype, type(plan.targets))
-    targets = plan.targets
-    for idx, is_train in [(b, True) for b in train_b] + [(b, False) for b in test_b]:
-        idx = idx[ok[idx]]
-        if idx.size == 0:
-            continue
-        cols = np.empty((num_vis, idx.size), dtype=np.float32)
-        tids = task_of[idx]
-        for tid in np.unique(tids):
-            at = np.flatnonzero(tids == tid)
-            mm = np.memmap(os.path.join(staging, f"windows_{tid}.f32"), dtype=np.float32, mode="r",
-                           shape=(spill.rows[int(tid)], num_vis))
-            cols[:, at] = mm[row_of[idx[at]]].T
-            del mm
-        source = idx if src is None else src[idx]
-        names = [_window_name(recs, plan, window.hop, i, 0 if copy_no is None else copy_no[j])
-                 for i, j in zip(source, idx)]
-        writer.write(cols, targets.take(source), names, is_train,
-                     copies=0 if copy_no is None else int((copy_no[idx] > 0).sum()))
-        del cols
+    writer.write_all(_window_batches(recs, plan, spill, ok, copies, train_b, test_b, window, staging, num_vis))
     for tid in spill.rows:
         try:
             os.remove(os.path.join(staging, f"windows_{tid}.f32"))
@@ -826,13 +807,36 @@ def _write_set(recs, plan, spill, train_b, test_b, spec, window, staging, o, ski
     audio_s = sum(r.duration for i, r in enumerate(recs) if i not in spill.bad)
     return {
         "read": len(recs) - len(spill.bad), "skipped": len(skipped), "batches": len(writer.files),
-        "windows": int(sum(writer.sizes)), "counts": counts, "train_range": writer.train_range,
+        "windows": int(sum(writer.sizes)) - writer.copies, "copies": writer.copies, "counts": counts, "train_range": writer.train_range,
         "test_range": writer.test_range, "train_cases": writer.train_cases, "test_cases": writer.test_cases,
         "shape": tuple(spec.shape), "audio_s": float(audio_s), "hard_negatives": int(plan.hard_negatives),
         "not_reviewed": int(plan.not_reviewed),
         "timings": {"extract": spill.seconds, "write": time.perf_counter() - t1},
         "_files": files,
     }
+
+
+def _window_batches(recs, plan, spill, ok, copies, train_b, test_b, window, staging, num_vis):
+    """The batches of the windows (and their noisy copies, `copies`: a CopyPlan or None) as a source for
+    data/writer.py's SetWriter: each batch's rows read back from the spill files, training batches first; the
+    windows of recordings that could not be read (not `ok`) are left out."""
+    targets = plan.targets
+    for idx, is_train in [(b, True) for b in train_b] + [(b, False) for b in test_b]:
+        idx = idx[ok[idx]]
+        if idx.size == 0:
+            continue
+        cols = np.empty((num_vis, idx.size), dtype=np.float32)
+        tids = spill.task_of[idx]
+        for tid in np.unique(tids):
+            at = np.flatnonzero(tids == tid)
+            mm = np.memmap(os.path.join(staging, f"windows_{tid}.f32"), dtype=np.float32, mode="r",
+                           shape=(spill.rows[int(tid)], num_vis))
+            cols[:, at] = mm[spill.row_of[idx[at]]].T
+            del mm
+        source = idx if copies is None else copies.source[idx]
+        copy_no = np.zeros(idx.size, np.int64) if copies is None else copies.copy_no[idx]
+        names = [_window_name(recs, plan, window.hop, i, k) for i, k in zip(source, copy_no)]
+        yield Batch(cols, targets.take(source), names, is_train, copies=int((copy_no > 0).sum()))
 
 
 def _class_counts(plan) -> np.ndarray:
@@ -873,26 +877,20 @@ def _shared_tasks(world, tasks, recs, spec, hop_s, staging, jobs, on_progress):
             yield tasks[tid], n, reason
 
 
-def _add_copies(recs, plan, train_b, spec, hop_s, staging, noise, batch_size, seed, task_of, row_of, rows, ok):
+def _add_copies(recs, plan, train_b, spec, hop_s, staging, noise, batch_size, seed, spill, ok):
     """The noisy copies of the training windows (ingest/noise.py), as an extra extraction 'task' whose rows
-    the batches take like any other: returns (train batches dealt anew with the copies, case source (the
-    window each case copies), copy number per case (0: the window itself), task_of, row_of, ok) extended
-    past the plan's n windows."""
+    the batches take like any other, placed by data/writer.py's plan_copies: returns (CopyPlan, ok) with
+    `spill` (its task_of, row_of and rows) and ok extended past the plan's n windows."""
     n = plan.labels.size
     train = np.sort(np.concatenate(train_b)) if train_b else np.zeros(0, np.int64)
     train = train[ok[train]]
-    tid = max(rows, default=-1) + 1
+    tid = max(spill.rows, default=-1) + 1
     order, _bad = window_copies(recs, plan, train, spec, hop_s, noise, os.path.join(staging, f"windows_{tid}.f32"))
-    rows[tid] = len(order)
-    src = np.concatenate([np.arange(n), np.asarray([c for c, _ in order], dtype=np.int64)])
-    copy_no = np.concatenate([np.zeros(n, np.int64), np.asarray([k for _, k in order], dtype=np.int64)])
-    task_of = np.concatenate([task_of, np.full(len(order), tid, dtype=np.int64)])
-    row_of = np.concatenate([row_of, np.arange(len(order), dtype=np.int64)])
+    spill.rows[tid] = len(order)
+    spill.task_of = np.concatenate([spill.task_of, np.full(len(order), tid, dtype=np.int64)])
+    spill.row_of = np.concatenate([spill.row_of, np.arange(len(order), dtype=np.int64)])
     ok = np.concatenate([ok, np.ones(len(order), dtype=bool)])
-    rng = np.random.default_rng([seed, 14])
-    cases = np.concatenate([train, np.arange(n, n + len(order), dtype=np.int64)])
-    train_b = deal(cases, plan.labels[src], batch_count(cases.size, batch_size), rng)
-    return train_b, src, copy_no, task_of, row_of, ok
+    return plan_copies(n, train, order, plan.labels, batch_size, np.random.default_rng([seed, 14])), ok
 
 
 def _window_name(recs, plan, hop_s, i, copy):
