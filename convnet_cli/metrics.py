@@ -255,10 +255,14 @@ def _cardinality(sets) -> dict:
     return {"0": int((per == 0).sum()), "1": int((per == 1).sum()), "2+": int((per >= 2).sum())}
 
 
-def prf(tp: int, fp: int, fn: int) -> tuple:
-    """(precision, recall, F1) of tp, fp, fn counts; 0.0 where a ratio has nothing to count."""
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
+def prf(tp: int, fp: int, fn: int, undefined=0.0) -> tuple:
+    """(precision, recall, F1) of tp, fp, fn counts. A ratio with nothing to count (no detection, no
+    positive) is `undefined`: 0.0 for predict's report, None for evaluate (no detection is not a precision
+    of 0); F1 is then `undefined` too, and 0.0 where precision and recall are both 0."""
+    precision = tp / (tp + fp) if tp + fp else undefined
+    recall = tp / (tp + fn) if tp + fn else undefined
+    if precision is None or recall is None:
+        return precision, recall, None
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return precision, recall, f1
 

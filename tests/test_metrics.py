@@ -149,3 +149,13 @@ def test_classification_report_binary_has_auc():
     one_class = classification_report(probs[:2], y[:2], ["no", "yes"])
     assert one_class["roc_auc"] is None
     assert "n/a" in format_report(one_class)
+
+
+def test_prf_with_nothing_to_count():
+    from convnet_cli.metrics import prf
+
+    assert prf(3, 1, 2) == (0.75, 0.6, 2 * 0.75 * 0.6 / 1.35)
+    assert prf(0, 0, 0) == (0.0, 0.0, 0.0)                     # predict's report: 0 where undefined
+    assert prf(0, 0, 4, undefined=None) == (None, 0.0, None)   # evaluate: no detection has no precision
+    assert prf(0, 3, 0, undefined=None) == (0.0, None, None)
+    assert prf(0, 2, 5, undefined=None) == (0.0, 0.0, 0.0)

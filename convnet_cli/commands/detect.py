@@ -5,7 +5,7 @@ import os
 
 import click
 
-from convnet_cli.commands.audio_flags import reading_flags
+from convnet_cli.commands.audio_flags import options_of, reading_flags
 from convnet_cli.detect.events import DEFAULT_SPLIT_DIP
 from convnet_cli.parallel import collective_errors, get_world, share_node_cores
 
@@ -16,7 +16,7 @@ from convnet_cli.parallel import collective_errors, get_world, share_node_cores
 @click.argument("recordings", nargs=-1, type=click.Path())
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder for the selection tables, detections.csv and done.jsonl.")
-@click.option("--window-hop", "--hop", "hop", type=float,
+@click.option("--window-hop", "--hop", "window_hop", type=float,
               help="Seconds between window starts, at least 0.001 (--hop: the same).  [default: the training "
                    "window_hop, else half the window]")
 @click.option("--threshold", help="Probability an event needs: T for every class, CLASS=T,..., or a thresholds.yaml "
@@ -49,8 +49,7 @@ from convnet_cli.parallel import collective_errors, get_world, share_node_cores
                "The recordings were stored slowed down F times (time-expanded bat recordings): the true rate is the "
                "header's times F, and every time and frequency written is real time.")
 @click.option("--quiet", is_flag=True, help="No progress bar; print only errors and the summary line.")
-def command(checkpoint, recordings, out_dir, hop, threshold, from_scores, classes, merge_gap, split_dip, max_event,
-            scores, combined, resume, overwrite, batch, device, channel, time_expansion, quiet):
+def command(checkpoint, recordings, out_dir, from_scores, quiet, **flags):
     """Detect events in recordings of any length with a trained network.
 
     \b
@@ -59,12 +58,12 @@ def command(checkpoint, recordings, out_dir, hop, threshold, from_scores, classe
     convnet detect --from-scores detections/ --threshold eval/thresholds.yaml --out detections-calibrated/
     """
     if from_scores is not None:
-        return _from_scores(from_scores, checkpoint, recordings, out_dir, hop, threshold, classes, merge_gap,
-                            split_dip, max_event, scores, combined, resume, overwrite, channel, time_expansion)
+        return _from_scores(from_scores, checkpoint, recordings, out_dir, **flags)
     if checkpoint is None or not recordings:
         raise click.UsageError("give -f RUN and RECORDINGS (or --from-scores OUT_DIR to re-threshold an earlier run)")
-    merge_gap = 0.0 if merge_gap is None else merge_gap
-    split_dip = DEFAULT_SPLIT_DIP if split_dip is None else split_dip
+    for name, default in (("merge_gap", 0.0), ("split_dip", DEFAULT_SPLIT_DIP)):
+        if flags[name] is None:
+            flags[name] = default
     from convnet_cli.detect.detect import DetectOptions, detect
 
     def echo(msg):
@@ -73,10 +72,7 @@ def command(checkpoint, recordings, out_dir, hop, threshold, from_scores, classe
     world = get_world()
     share_node_cores(world)
     with collective_errors(world):  # under mpiexec: the recordings split over the processes; rank 0 reports
-        options = DetectOptions(window_hop=hop, threshold=threshold, classes=classes, merge_gap=merge_gap,
-                                split_dip=split_dip, max_event=max_event, scores=scores, combined=combined,
-                                resume=resume, overwrite=overwrite, batch=batch, device=device, progress=not quiet,
-                                channel=channel, time_expansion=time_expansion)
+        options = options_of(DetectOptions, flags, progress=not quiet)   # a flag is a DetectOptions field
         s = detect(checkpoint, list(recordings), out_dir, options=options, echo=echo, world=world)
     if not world.is_root:
         return 0
@@ -100,12 +96,14 @@ def command(checkpoint, recordings, out_dir, hop, threshold, from_scores, classe
     return 0
 
 
-def _from_scores(src, checkpoint, recordings, out_dir, hop, threshold, classes, merge_gap, split_dip, max_event,
-                 scores, combined, resume, overwrite, channel="mix", time_expansion=1.0):
-    """detect --from-scores: detect/rescore.py."""
+def _from_scores(src, checkpoint, recordings, out_dir, window_hop=None, threshold=None, classes=None, merge_gap=None,
+                 split_dip=None, max_event=None, scores=False, combined=False, resume=False, overwrite=False,
+                 channel="mix", time_expansion=1.0, **unused):
+    """detect --from-scores: detect/rescore.py. `unused`: the flags of running the net (--batch, --device),
+    which do not apply here."""
     from convnet_cli.detect.rescore import detect_from_scores
 
-    given = [flag for flag, v in (("-f", checkpoint), ("RECORDINGS", recordings), ("--window-hop", hop),
+    given = [flag for flag, v in (("-f", checkpoint), ("RECORDINGS", recordings), ("--window-hop", window_hop),
                                   ("--scores", scores), ("--resume", resume), ("--channel", channel != "mix"),
                                   ("--time-expansion", time_expansion != 1.0)) if v]
     if given:

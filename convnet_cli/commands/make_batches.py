@@ -1,18 +1,19 @@
 """`convnet make-batches AUDIO_DIR BATCH_DIR`: audio folders (or a folder + CSV) -> cuda-convnet batch files."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
 import click
 
-from convnet_cli.commands.audio_flags import reading_flags
+from convnet_cli.commands.audio_flags import options_of, reading_flags
 from convnet_cli.errors import ConfigError
 from convnet_cli.ingest.features import KINDS, WINDOWS, FeatureSpec
 from convnet_cli.data.writer import DTYPES
 from convnet_cli.ingest.make_batches import ClipOptions, make_batches
 from convnet_cli.ingest.noise import noise_options
-from convnet_cli.ingest.recordings import make_batches_from_annotations
+from convnet_cli.ingest.recordings import AnnotationOptions, make_batches_from_annotations
 from convnet_cli.ingest.recordings import summary_line as windows_summary
 from convnet_cli.ingest.sharded import make_batches_sharded
 from convnet_cli.parallel import collective_errors, get_world, share_node_cores
@@ -112,51 +113,49 @@ def command(**opts):
             click.echo(f"make-batches: training range augmented: {written}({s['noise']})")
 
 
-def _make(world, audio_dir, batch_dir, labels_csv, file_col, label_col, no_labels, label_names, features_file,
-          sample_rate, duration, kind, n_fft, hop, window, n_mels, fmin, fmax, n_mfcc, batch_size, test_fraction,
-          split_by, seed, jobs, dtype, overwrite, quiet, annotations, window_hop, min_overlap, background,
-          background_ratio, noise_dir, noise_snr, copies, gain, multi_label, normalize, channel, time_expansion):
-    """The summary of the batch set made (None on a rank that made none)."""
-    fmax = _fmax(fmax)
-    spec = FeatureSpec.from_file(features_file, dict(
-        sample_rate=sample_rate, duration=duration, kind=kind, n_fft=n_fft, hop=hop, window=window,
-        n_mels=n_mels, fmin=fmin, fmax=fmax, n_mfcc=n_mfcc, normalize=normalize))
-    if test_fraction is None:
-        test_fraction = 0.0 if no_labels else 0.2
-    names = [n.strip() for n in label_names.split(",")] if label_names else None
-    noise = noise_options(noise_dir, noise_snr, copies, gain, seed)
-    if noise is not None and no_labels:
+# the flags that are keys of the features YAML (FeatureSpec), given on the command line over the file's
+FEATURE_FLAGS = ("sample_rate", "duration", "kind", "n_fft", "hop", "window", "n_mels", "fmin", "fmax", "n_mfcc",
+                 "normalize")
+
+
+def _make(world, audio_dir, batch_dir, features_file, quiet, **flags):
+    """The summary of the batch set made (None on a rank that made none). Every other flag is a field of the
+    pipeline's options (ingest/make_batches.py ClipOptions, ingest/recordings.py AnnotationOptions) or a
+    features key, and goes there by its name."""
+    f = flags
+    spec = FeatureSpec.from_file(features_file, {k: _fmax(f[k]) if k == "fmax" else f[k] for k in FEATURE_FLAGS})
+    set_values = dict(
+        test_fraction=(0.0 if f["no_labels"] else 0.2) if f["test_fraction"] is None else f["test_fraction"],
+        label_names=[n.strip() for n in f["label_names"].split(",")] if f["label_names"] else None,
+        progress=not quiet)
+    noise = noise_options(f["noise_dir"], f["noise_snr"], f["copies"], f["gain"], f["seed"])
+    if noise is not None and f["no_labels"]:
         raise ConfigError("--noise-dir/--gain copies augment a training range; an unlabeled set (--no-labels) "
                           "has none: drop them")
-    if multi_label and background is not None:
+    if f["multi_label"] and f["background"] is not None:
         raise ConfigError("--background names the class of windows without annotations; a --multi-label set has "
                           "none (a window without a class is all absent): drop --background")
-    if annotations is not None:
-        for flag, given in (("--labels", labels_csv), ("--file-col", file_col), ("--no-labels", no_labels)):
+    if f["annotations"] is not None:
+        for flag, given in (("--labels", f["labels_csv"]), ("--file-col", f["file_col"]),
+                            ("--no-labels", f["no_labels"])):
             if given:
                 raise ConfigError(f"{flag} does not apply with --annotations (the tables give the labels); drop it")
-        s = make_batches_from_annotations(
-            audio_dir, batch_dir, annotations, features=spec, label_col=label_col, label_names=names,
-            batch_size=batch_size, test_fraction=test_fraction, split_by=split_by, seed=seed, jobs=jobs,
-            dtype=dtype, overwrite=overwrite, progress=not quiet, window_hop=window_hop,
-            min_overlap=0.5 if min_overlap is None else min_overlap,
-            background="background" if background is None else background,
-            background_ratio=background_ratio, multi_label=multi_label, warn=lambda line: click.echo(line, err=True),
-            noise=noise, world=world, channel=channel, time_expansion=time_expansion)
+        options = options_of(AnnotationOptions, f, **set_values,
+                             min_overlap=0.5 if f["min_overlap"] is None else f["min_overlap"],
+                             background="background" if f["background"] is None else f["background"])
+        s = make_batches_from_annotations(audio_dir, batch_dir, f["annotations"], features=spec,
+                                          warn=lambda line: click.echo(line, err=True), noise=noise, world=world,
+                                          **dataclasses.asdict(options))
         world.barrier()  # the other ranks wait for rank 0's batch files
         return _noted(s, noise)
-    given = [flag for flag, v in (("--window-hop", window_hop), ("--min-overlap", min_overlap),
-                                  ("--background", background), ("--background-ratio", background_ratio))
+    given = [flag for flag, v in (("--window-hop", f["window_hop"]), ("--min-overlap", f["min_overlap"]),
+                                  ("--background", f["background"]), ("--background-ratio", f["background_ratio"]))
              if v is not None]
     if given:
         raise ConfigError(f"{given[0]} applies to long recordings with --annotations TABLES; "
                           "give --annotations too, or drop it")
     make = make_batches if world.size == 1 else functools.partial(make_batches_sharded, world)
-    s = make(audio_dir, batch_dir, options=ClipOptions(
-        labels_csv=labels_csv, file_col=file_col, label_col=label_col, no_labels=no_labels, features=spec,
-        batch_size=batch_size, test_fraction=test_fraction, split_by=split_by, seed=seed, jobs=jobs, dtype=dtype,
-        overwrite=overwrite, progress=not quiet, label_names=names, noise=noise, multi_label=multi_label,
-        channel=channel, time_expansion=time_expansion))
+    s = make(audio_dir, batch_dir, options=options_of(ClipOptions, f, **set_values, features=spec, noise=noise))
     return _noted(s, noise)
 
 

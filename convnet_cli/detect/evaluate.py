@@ -95,10 +95,6 @@ def match(detections, annotations, min_overlap: float):
     return out, int(free.sum())
 
 
-def _ratio(a, b):
-    return float(a) / float(b) if b else None
-
-
 def pr_curve(scored, n_annotations: int):
     """scored: [(score, is_tp)] -> (thresholds, precision, recall) at each distinct score, falling
     (convnet_cli/metrics.py's pr_curve, with the annotations as the positives)."""
@@ -110,9 +106,7 @@ def summarize(scored, n_fn: int, target_precision: float) -> dict:
     tp = sum(1 for _, t in scored if t)
     fp = len(scored) - tp
     n_ann = tp + n_fn
-    precision, recall = _ratio(tp, tp + fp), _ratio(tp, n_ann)
-    f1 = (2 * precision * recall / (precision + recall) if precision is not None and recall is not None
-          and precision + recall > 0 else (0.0 if precision is not None and recall is not None else None))
+    precision, recall, f1 = metrics.prf(tp, fp, int(n_fn), undefined=None)
     thr, prec, rec = pr_curve(scored, n_ann)
     ap = None
     at, at_recall = None, None
