@@ -120,8 +120,15 @@ def single_label_twin(layer_def_text: str) -> str:
     output, for the background class): the same convolutions trained on single-label windows."""
     import yaml
 
+    from convnet_cli.data.targets import MultiLabelTargets
+    from convnet_cli.layers.registry import layer_class
+
+    def multi_label_cost(definition):   # the cost that trains on sets of classes, asked of its class
+        cls = layer_class(str(definition.get("type")))
+        return cls is not None and MultiLabelTargets in getattr(cls, "trains_on", ())
+
     layers = yaml.safe_load(layer_def_text)
-    cost = next(n for n, l in layers.items() if l["type"] == "cost.bce")
+    cost = next(n for n, l in layers.items() if multi_label_cost(l))
     labels, fc = layers[cost]["inputs"]
     layers[fc].pop("neuron", None)
     layers[fc]["outputs"] = int(layers[fc]["outputs"]) + 1
