@@ -99,6 +99,9 @@ def main(argv=None):
         return
     if not os.path.exists("/proc/self/clear_refs"):
         raise SystemExit("bench_memory.py reads /proc/self (Linux): not available here")
+    from flops import machine_line
+
+    print(machine_line())
     print(f"peak resident memory of training, float32, batch {args.batch}, {args.threads} thread(s), "
           f"{args.steps} steps, each side in a fresh process; MB")
     header = (f"{'network':<12}{'ours model+data':>16}{'torch model+data':>17}{'ours step peak':>15}"

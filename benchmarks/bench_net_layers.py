@@ -104,6 +104,9 @@ def main(argv=None):
         ro, rt = rate(fl, a), rate(fl, b)
         print(f"{label:<34}{a:>9.1f}{b:>10.1f}{a / b:>7.2f}{fl / 1e9:>7.2f}{ro:>11.1f}{100 * ro / peak:>6.0f}%"
               f"{rt:>12.1f}{100 * rt / peak:>6.0f}%" + (f"  {sorted(set(algos.values()))}" if algos else ""))
+    from flops import machine_line
+
+    print(machine_line())
     print(f"SGEMM peak {peak:.0f} GFLOP/s on {args.threads} thread(s)")
 
 

@@ -267,6 +267,9 @@ def main(argv=None):
     print(f"one training step (forward + backward + update), float32, batch {args.batch}, "
           f"{args.threads} thread(s); numpy {np.__version__}, torch {torch.__version__}; "
           f"median of {args.steps} steps after {args.warmup}")
+    from flops import machine_line
+
+    print(machine_line())
     print(f"SGEMM peak (numpy.matmul 2048^3 float32, the fastest run; measured now and again after each network, "
           f"the highest so far counts): {peak:.0f} GFLOP/s now; GF/s below = the direct conv/fc FLOPs of the step "
           f"over its time, and % of that peak")

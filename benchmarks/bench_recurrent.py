@@ -64,6 +64,10 @@ def main(argv=None):
                 t.append(time.perf_counter() - t0)
         return [statistics.median(t) for t in times]
 
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from flops import machine_line
+
+    print(machine_line())
     print(f"forward + backward, float32, batch {args.batch}, {args.features} features -> {args.hidden} hidden, "
           f"{args.threads} thread(s); numpy {np.__version__}, torch {torch.__version__}; median of {args.repeats}")
     if not jit:

@@ -4,6 +4,13 @@
                            BLAS reaches on these cores with everything in its favour
     layer_flops(layer, n, input_grad)  -> (forward, backward) FLOPs of one conv / local / fc layer
     step_flops(net, n)  -> FLOPs of one training step (forward + backward) of a Net
+    machine_line()      -> the CPU (model, AVX2 or AVX-512) and the kernels NumPy's BLAS runs, for the tables
+
+The kernels matter: OpenBLAS picks them when it loads, from the CPU or from OPENBLAS_CORETYPE. Some machines
+of this workplace set OPENBLAS_CORETYPE=Haswell (the AVX2 kernels) for older OpenBLAS builds; a current numpy
+on such a CPU picks its AVX-512 kernels itself, about twice the SGEMM rate. To measure what a user of a
+current numpy gets there, run the benchmark with `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`; the line
+says which kernels ran.
 
 FLOPs are those of the direct computation (2 per multiply-add of the convolution or matrix product), also
 where a layer computes fewer (Winograd): "effective" GFLOP/s = direct FLOPs / time, so that convnet and
@@ -30,6 +37,38 @@ def sgemm_peak(size: int = 2048, repeat: int = 7) -> float:
         np.matmul(a, b, out=c)
         times.append(time.perf_counter() - t)
     return 2 * size ** 3 / min(times) / 1e9  # a peak: the fastest run (the others met a busier machine)
+
+
+def machine_line() -> str:
+    """'CPU: <model> (AVX-512|AVX2|...); BLAS: <library> <version>, <kernels> kernels[, OPENBLAS_CORETYPE=..]'."""
+    import os
+
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == "unknown CPU":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    blas = "BLAS: unknown (threadpoolctl not installed)"
+    try:
+        import numpy  # noqa: F401  (loads its BLAS)
+        import threadpoolctl
+
+        libs = [i for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
+        if libs:
+            i = libs[0]
+            blas = f"BLAS: {i.get('internal_api')} {i.get('version')}, {i.get('architecture')} kernels"
+    except ImportError:
+        pass
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    return f"CPU: {model} ({isa}); {blas}" + (f" (OPENBLAS_CORETYPE={forced})" if forced else "")
 
 
 def layer_flops(layer, n: int, input_grad: bool = True) -> tuple:
