@@ -201,6 +201,43 @@ def test_recurrent_weight_gradients_beside_the_loop_give_the_same_bits(monkeypat
     _same_bits_at_1_and_3_threads(monkeypatch, lambda: _run_layer(layer, x, params, dout))
 
 
+@pytest.mark.parametrize("type_name", ["lstm", "gru", "rnn"])
+def test_recurrent_weight_gradients_in_blocks_beside_the_loop_give_the_same_bits(monkeypatch, type_name):
+    """Blocks of steps on a pool thread beside the loop (a long sequence: here forced by a small
+    MIN_BLOCK_ROWS), at 1 and 3 threads; and they give the one-block gradients to float32 rounding."""
+    from convnet_cli.layers import recurrent
+
+    layer = make_layer(type_name, [(5, 2, 19)], outputs=6)
+    params = {k: v.astype(np.float32) for k, v in layer.init_params(np.random.default_rng(0)).items()}
+    x = nhwc((5, 2, 19), n=4, dtype=np.float32)
+    c, h, w = layer.out_shape
+    dout = np.random.default_rng(2).standard_normal((4, h, w, c)).astype(np.float32)
+    whole = _run_layer(layer, x, params, dout)
+    monkeypatch.setattr(recurrent._WeightGrads, "MIN_BLOCK_ROWS", 1)
+    _same_bits_at_1_and_3_threads(monkeypatch, lambda: _run_layer(layer, x, params, dout))
+    for a, b in zip(whole, _run_layer(layer, x, params, dout)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("type_name", ["lstm", "rnn"])
+def test_a_short_sequence_takes_its_weight_gradients_in_split_gemms_with_the_same_bits(monkeypatch, type_name):
+    """Few steps and cases (neon's whale BiRNN: 10 steps of 16): one block after the loop, its GEMMs cut
+    over the threads by their shapes (forced to cut here by SPLIT_FLOPS 0): the same bits on any thread count."""
+    from convnet_cli.layers import cpu_threads, recurrent
+
+    layer = make_layer(type_name, [(130, 1, 6)], outputs=4, bidirectional=1)
+    params = {k: v.astype(np.float32) for k, v in layer.init_params(np.random.default_rng(0)).items()}
+    x = nhwc((130, 1, 6), n=3, dtype=np.float32)
+    c, h, w = layer.out_shape
+    dout = np.random.default_rng(2).standard_normal((3, h, w, c)).astype(np.float32)
+    monkeypatch.setattr(cpu_threads, "SPLIT_FLOPS", 0)
+    seen = []
+    real = recurrent._WeightGrads._block
+    monkeypatch.setattr(recurrent._WeightGrads, "_block", lambda self, k: (seen.append(self.whole), real(self, k)))
+    _same_bits_at_1_and_3_threads(monkeypatch, lambda: _run_layer(layer, x, params, dout))
+    assert seen and all(seen)
+
+
 @pytest.mark.parametrize("type_name", ["lstm", "gru"])
 def test_recurrent_jit_case_chunks_give_the_same_bits(monkeypatch, type_name):
     """The numba cells (the `jit` extra) run each chunk of cases' whole step loop on its own pool thread

@@ -548,18 +548,25 @@ class _WeightGrads:
     blocks depend on T alone, so the result is the same on any thread count."""
 
     BLOCKS = 8
+    # Blocks of fewer (steps x cases) rows than this make thin GEMMs (a short sequence, a small minibatch:
+    # neon's whale BiRNN, 10 steps of 16 cases, 19456 features a step) that one core runs at a fraction of
+    # its rate; such a layer takes its weight gradients in one block after the loop, each GEMM split over
+    # the threads by its shape (cpu_threads.matmul). Measured there: rnn1's backward 107 -> 36 ms.
+    MIN_BLOCK_ROWS = 256
 
     def __init__(self, seq, dpre_x, hs, dpre_h, p, xp):
         self.seq, self.dpre_x, self.hs, self.dpre_h, self.p, self.xp = seq, dpre_x, hs, dpre_h, p, xp
         steps = seq.shape[0]
         # on a GPU the blocks would only multiply the launches (each costs the host tens of microseconds):
         # one block of every step
-        blocks = self.BLOCKS if xp.__name__ == "numpy" else 1
+        on_cpu = xp.__name__ == "numpy"
+        blocks = self.BLOCKS if on_cpu and steps * seq.shape[1] >= self.BLOCKS * self.MIN_BLOCK_ROWS else 1
+        self.whole = on_cpu and blocks == 1   # one block, its GEMMs threaded, on the calling thread
         self.bounds = chunk_bounds(steps, max(1, -(-steps // blocks)))
         self.parts = [None] * len(self.bounds)
         self.next = len(self.bounds) - 1  # the next block to start, from the last one down
         self.dseq = xp.empty_like(seq)
-        self.pool = background_executor() if parallel_threads(xp, 2) > 1 else None
+        self.pool = background_executor() if not self.whole and parallel_threads(xp, 2) > 1 else None
         self.futures = []
 
     def _block(self, k):
@@ -568,14 +575,15 @@ class _WeightGrads:
         f = seq.shape[2]
         rows, units = dx.shape[2], hs.shape[2]
         dx2 = dx.reshape(-1, rows)
-        part = {"weight_ih": dx2.T @ seq[t0:t1].reshape(-1, f), "bias_ih": column_sums(dx2, self.xp)}
+        mm = matmul if self.whole else (lambda a, b, out=None: self.xp.matmul(a, b, out=out))
+        part = {"weight_ih": mm(dx2.T, seq[t0:t1].reshape(-1, f)), "bias_ih": column_sums(dx2, self.xp)}
         # rnn and lstm add both biases before the cell, so their gradients are one sum
         part["bias_hh"] = part["bias_ih"] if dh is self.dpre_x else column_sums(dh[t0:t1].reshape(-1, rows),
                                                                                 self.xp)
         h0 = max(t0, 1)  # step 0 reads the zero state: no recurrent weight gradient
         if h0 < t1:
-            part["weight_hh"] = dh[h0:t1].reshape(-1, rows).T @ hs[h0 - 1:t1 - 1].reshape(-1, units)
-        self.xp.matmul(dx2, p["weight_ih"], out=self.dseq[t0:t1].reshape(-1, f))
+            part["weight_hh"] = mm(dh[h0:t1].reshape(-1, rows).T, hs[h0 - 1:t1 - 1].reshape(-1, units))
+        mm(dx2, p["weight_ih"], out=self.dseq[t0:t1].reshape(-1, f))
         self.parts[k] = part
 
     def passed(self, t: int):
@@ -587,9 +595,13 @@ class _WeightGrads:
             self.next -= 1
 
     def finish_all(self):
-        """All blocks at once, spread over the pool's threads (after a step loop that took the cores itself)."""
-        parallel_map(lambda worker, k: self._block(k), range(len(self.bounds)),
-                     parallel_threads(self.xp, len(self.bounds)))
+        """All blocks at once, spread over the pool's threads (after a step loop that took the cores itself);
+        one whole block on this thread, its GEMMs threaded."""
+        if self.whole:
+            self._block(0)
+        else:
+            parallel_map(lambda worker, k: self._block(k), range(len(self.bounds)),
+                         parallel_threads(self.xp, len(self.bounds)))
         self.next = -1
         return self.finish()
 
