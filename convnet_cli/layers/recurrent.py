@@ -551,8 +551,10 @@ class _WeightGrads:
     # Blocks of fewer (steps x cases) rows than this make thin GEMMs (a short sequence, a small minibatch:
     # neon's whale BiRNN, 10 steps of 16 cases, 19456 features a step) that one core runs at a fraction of
     # its rate; such a layer takes its weight gradients in one block after the loop, each GEMM split over
-    # the threads by its shape (cpu_threads.matmul). Measured there: rnn1's backward 107 -> 36 ms.
-    MIN_BLOCK_ROWS = 256
+    # the threads by its shape (cpu_threads.matmul). Measured there: rnn1's backward 107 -> 36 ms, the
+    # step 364 -> 280 ms; whale-birnn-small (10 steps of 128: blocks of 160 rows) measured the same either
+    # way and keeps its blocks.
+    MIN_BLOCK_ROWS = 64
 
     def __init__(self, seq, dpre_x, hs, dpre_h, p, xp):
         self.seq, self.dpre_x, self.hs, self.dpre_h, self.p, self.xp = seq, dpre_x, hs, dpre_h, p, xp
