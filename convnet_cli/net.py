@@ -158,9 +158,12 @@ class Net:
                               "layer to predict with")
         return cost.in_names[cost.scores_input]
 
-    def check_data(self, label_names, kind=False):
+    def check_data(self, label_names, kind=False, *, multi_label=None):
         """ConfigError when a cost of the net cannot train on batches with these classes and this kind of
-        target (data/targets.py; a bool: multi-label) (one line, the fix)."""
+        target (data/targets.py; a bool: multi-label; `multi_label=`, the older keyword, says the same)
+        (one line, the fix)."""
+        if multi_label is not None:
+            kind = multi_label
         for l in self.cost_layers:
             l.check_data(list(label_names), kind)
 
