@@ -807,8 +807,9 @@ def _write_set(recs, plan, spill, train_b, test_b, spec, window, staging, o, ski
     audio_s = sum(r.duration for i, r in enumerate(recs) if i not in spill.bad)
     return {
         "read": len(recs) - len(spill.bad), "skipped": len(skipped), "batches": len(writer.files),
-        "windows": int(sum(writer.sizes)) - writer.copies, "copies": writer.copies, "counts": counts, "train_range": writer.train_range,
-        "test_range": writer.test_range, "train_cases": writer.train_cases, "test_cases": writer.test_cases,
+        "windows": int(sum(writer.sizes)) - writer.copies, "copies": writer.copies, "counts": counts,
+        "train_range": writer.train_range, "test_range": writer.test_range, "train_cases": writer.train_cases,
+        "test_cases": writer.test_cases,
         "shape": tuple(spec.shape), "audio_s": float(audio_s), "hard_negatives": int(plan.hard_negatives),
         "not_reviewed": int(plan.not_reviewed),
         "timings": {"extract": spill.seconds, "write": time.perf_counter() - t1},

@@ -164,9 +164,10 @@ def predict_batches(checkpoint, data_path: str | None = None, batches=None, laye
     kind = checkpoint_kind(st)
     multi = kind.multi_label
     if bs.targets_kind is not kind:
-        raise DataError(f"{data_path}: the batches are {bs.targets_kind.name} ({bs.targets_kind.describe}), but the "
-                        f"network {ckpt.path} is {kind.name} ({kind.describe}); make the batches with {kind.made_with}, "
-                        f"or predict them with a network trained on {bs.targets_kind.name} batches")
+        data_kind = bs.targets_kind
+        raise DataError(f"{data_path}: the batches are {data_kind.name} ({data_kind.describe}), but the network "
+                        f"{ckpt.path} is {kind.name} ({kind.describe}); make the batches with {kind.made_with}, "
+                        f"or predict them with a network trained on {data_kind.name} batches")
     if multi and list(bs.label_names) != list(st["label_names"]):
         raise DataError(f"{data_path}: the batches' classes ({', '.join(bs.label_names)}) are not the network's "
                         f"({', '.join(st['label_names'])}); make the batches with --label-names "
