@@ -160,9 +160,16 @@ def net_to_onnx(net, state: dict, out_layer: str | None = None, source: str = "c
     y = outs[out_layer]
     if h * w > 1:  # predict flattens the NHWC output: (H, W, C) order
         y = g.transpose(y, (0, 2, 3, 1), "probs/nhwc")
+    k = c * h * w
+    cost = net.classifier
+    labels = list(state.get("label_names") or [])
+    if cost is not None and out_layer == cost.in_names[cost.scores_input]:
+        # one probability per class, as predict gives them (layers/base.py class_probabilities)
+        classes = cost.class_probabilities_onnx(g, y, len(labels))
+        if classes != y:
+            y, k = classes, len(labels)
     g.op("Flatten", [y], "probs", out_name=OUTPUT_NAME, axis=1)
 
-    k = c * h * w
     graph = helper.make_graph(
         g.nodes, "convnet",
         [helper.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, ["N", *shape])],
@@ -176,7 +183,6 @@ def net_to_onnx(net, state: dict, out_layer: str | None = None, source: str = "c
     # the IR version of opset 17 (onnx 1.12), so that runtimes older than the onnx package can load it
     model.ir_version = 8
     epoch, batch = checkpoint_epoch(state)
-    labels = list(state.get("label_names") or [])
     meta = {
         "label_names": json.dumps(labels),
         "features": json.dumps(state.get("features")),

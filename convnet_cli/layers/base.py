@@ -239,6 +239,15 @@ class CostLayer(Layer):
         """Class scores per case (the C of the scores input's (C, 1, 1) shape)."""
         return int(self.in_shapes[self.scores_input][0])
 
+    def class_probabilities(self, scores, num_classes: int, xp):
+        """The (n, num_classes) class probabilities that predict, detect and export give for this cost's
+        scores input, `scores` (n, num_scores): the scores themselves unless the cost reads them otherwise."""
+        return scores
+
+    def class_probabilities_onnx(self, g, y: str, num_classes: int) -> str:
+        """class_probabilities in an ONNX graph (export/onnx.py's builder `g`, the scores tensor `y`)."""
+        return y
+
     def check_data(self, label_names, kind, source: str = "") -> None:
         """ConfigError (one line naming the layer, with the fix) when this cost cannot train on batches with
         these classes and this kind of target (data/targets.py: a Targets class, or a bool for multi-label)."""

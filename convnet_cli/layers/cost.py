@@ -313,6 +313,19 @@ class BCECost(CostLayer):
         _check_outputs(self, label_names, self.num_scores == k or (not multi_label and k == 2 and self.num_scores == 1),
                        hint)
 
+    def class_probabilities(self, scores, num_classes, xp):
+        """One logistic unit scoring the second of two classes (0/1 labels): (1 - p, p), one column per class,
+        as the CSV, the report, detect and the ONNX model give every other net's classes."""
+        if scores.shape[1] == 1 and num_classes == 2:
+            return xp.concatenate([1 - scores, scores], axis=1)
+        return scores
+
+    def class_probabilities_onnx(self, g, y, num_classes):
+        if self.num_scores == 1 and num_classes == 2:
+            one = g.const("one", [[1.0]])
+            return g.op("Concat", [g.op("Sub", [one, y], "probs/absent"), y], "probs/classes", axis=1)
+        return y
+
     def input_problem(self, inputs):
         src = inputs[self.scores_input]
         if isinstance(src, SoftmaxLayer):

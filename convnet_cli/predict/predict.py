@@ -94,10 +94,18 @@ class Runner:
     def __init__(self, net, ckpt, layer, batch, views):
         shape = tuple(ckpt.state["data_shape"])
         self.net, self.layer, self.batch, self.views = net, layer, max(1, int(batch)), max(1, int(views))
+        # the classifier's scores as one probability per class (layers/base.py class_probabilities: one
+        # logistic unit of two classes gives both); another layer named by --layer is given as it is
+        cost = net.classifier
+        self.cost = cost if cost is not None and layer == cost.in_names[cost.scores_input] else None
+        self.num_classes = len(ckpt.state.get("label_names") or [])
         self.mean = ckpt.data_mean.reshape(shape)
         std = ckpt.data_std.reshape(shape)
         self.std = np.maximum(std, 1e-6)
         self.shape = shape
+
+    def _classes(self, p, xp):
+        return p if self.cost is None else self.cost.class_probabilities(p, self.num_classes, xp)
 
     def shifts(self):
         """Time offsets of the views: 0 and symmetric shifts up to 10% of the frames."""
@@ -123,7 +131,7 @@ class Runner:
                                  keep_cache=False, keep=(self.layer,))
                 p = to_host(self.net.outputs[self.layer]).reshape(chunk.shape[0], -1).astype(np.float32)
                 acc = p if acc is None else acc + p
-            out.append(acc / len(self.shifts()))
+            out.append(self._classes(acc / len(self.shifts()), np))
         k = len(out[0][0]) if out else 0
         return np.concatenate(out) if out else np.zeros((0, k), np.float32)
 
@@ -141,7 +149,7 @@ class Runner:
                 self.net.forward({0: x}, train=False, keep_cache=False, keep=(self.layer,))
                 p = self.net.outputs[self.layer].reshape(chunk.shape[0], -1).astype(xp.float32)
                 acc = p if acc is None else acc + p
-            out.append(to_host(acc / len(self.shifts())))
+            out.append(to_host(self._classes(acc / len(self.shifts()), xp)))
         k = len(out[0][0]) if out else 0
         return np.concatenate(out) if out else np.zeros((0, k), np.float32)
 
