@@ -32,7 +32,8 @@ from convnet_cli.data.targets import ABSENT, PRESENT, UNKNOWN, ClassTargets, Mul
 from convnet_cli.data.writer import (Batch, NothingReadError, SetWriter, batch_count, check_fits, deal, plan_copies,
                                      refuse_existing, writing_set)
 from convnet_cli.errors import ConfigError, DataError, did_you_mean
-from convnet_cli.ingest.annotations import assign_to_recordings, clip_to_duration, read_tables_and_claims
+from convnet_cli.ingest.annotations import (DEFAULT_LABEL, LABEL_COLUMNS, assign_to_recordings, clip_to_duration,
+                                           read_tables_and_claims)
 from convnet_cli.ingest.audio import CHANNEL_ALL, CHANNEL_MIX, AudioError, channel_streams, stream_name
 from convnet_cli.ingest.features import FeatureSpec
 from convnet_cli.ingest.make_batches import SetOptions, new_set_features, split_groups
@@ -566,6 +567,12 @@ def _check_classes(plan, recs, background, label_names):
     only = present[0]
     anyway = ("; to batch it anyway (a test set for another set's classes) give --label-names")
     if only != background:
+        if only == DEFAULT_LABEL:   # also the label of every selection of a table without a label column
+            raise ConfigError(f"every window is annotated '{only}', none is left as background: a set of one "
+                              f"class; where the tables have no label column ({', '.join(LABEL_COLUMNS)}) every "
+                              f"selection is '{DEFAULT_LABEL}': name theirs with --label-col (BirdNET's tables: "
+                              f"--label-col 'Common Name' or 'Species Code'), else add recordings or stretches "
+                              f"without calls{anyway}")
         raise ConfigError(f"every window is annotated '{only}', none is left as background: a set of one class, "
                           f"which nothing can learn from; add recordings or stretches without calls{anyway}")
     if any(s.label == background for r in recs for s in r.selections):
