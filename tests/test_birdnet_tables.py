@@ -52,3 +52,24 @@ def test_with_label_col_the_species_codes_are_the_classes(tmp_path):
     meta = BatchSet(str(tmp_path / "b")).meta
     assert meta["label_names"] == ["background", "norcar", "woothr"]
     assert meta["windows"]["counts"]["woothr"] > 0 and meta["windows"]["counts"]["norcar"] > 0
+
+
+def test_evaluate_scores_birdnets_tables_by_their_species_column_and_confidence(tmp_path):
+    _survey(tmp_path)
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    rows = ["Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\tLow Freq (Hz)\tHigh Freq (Hz)\tSpecies"]
+    for i, (b, e, _, code, _) in enumerate(CALLS[:2], 1):   # the third BirdNET detection is a false positive
+        rows.append("\t".join([str(i), "Spectrogram 1", "1", f"{b:.1f}", f"{e:.1f}", "150", "3000", code]))
+    (ann / "dawn.Table.1.selections.txt").write_text("\n".join(rows) + "\n")
+    r = invoke(["evaluate", str(tmp_path / "tables"), str(ann), "--detections-label-col", "Species Code",
+                "--target-precision", "0.6", "--out", str(tmp_path / "ev")])
+    assert r.exit_code == 0, r.output
+    import json
+
+    ev = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert ev["classes"]["woothr"]["tp"] == 1 and ev["classes"]["woothr"]["fp"] == 1
+    assert ev["classes"]["norcar"]["tp"] == 1 and ev["overall"]["fn"] == 0
+    assert ev["overall"]["threshold_at_precision"] == 0.91      # the Confidence column is the score
+    r = invoke(["evaluate", str(tmp_path / "tables"), str(ann), "--out", str(tmp_path / "ev2")])
+    assert r.exit_code == 0 and "name one with --detections-label-col" in r.output, r.output

@@ -16,13 +16,18 @@ import click
               help="Report the lowest score threshold reaching this precision, and the recall there.")
 @click.option("--label-col", help="Annotation column holding the class.  [default: Annotation, Class, Label, "
                                   "Species or Call Type]")
+@click.option("--detections-label-col", metavar="NAME",
+              help="With Raven tables of another detector as DETECTIONS: their column holding the class "
+                   "(BirdNET-Analyzer's: 'Species Code' or 'Common Name'; its Confidence is the score).  "
+                   "[default: Annotation, Class, Label, Species or Call Type]")
 @click.option("--out", "out_dir", default=".", show_default=True, type=click.Path(file_okay=False),
               help="Folder for evaluation.json and pr_curve.png.")
 @click.option("--calibrate", metavar="precision=P|f1",
               help="Also write DIR/thresholds.yaml: per class the lowest score threshold reaching precision P, or "
                    "the F1-best one (detect and predict take it: --threshold DIR/thresholds.yaml).")
 @click.option("--quiet", is_flag=True, help="Print only the table.")
-def command(detections, annotations, min_overlap, classes, target_precision, label_col, out_dir, calibrate, quiet):
+def command(detections, annotations, min_overlap, classes, target_precision, label_col, detections_label_col, out_dir,
+            calibrate, quiet):
     """Score detections (a detect OUT_DIR, its detections.csv, or Raven tables) against annotations
     (Raven tables, a folder of them, or a CSV filename,start,end,label).
 
@@ -48,7 +53,8 @@ def command(detections, annotations, min_overlap, classes, target_precision, lab
 
     rule = parse_calibrate(calibrate) if calibrate else None
     make_out_dir(out_dir, "--out")   # before the work: a read-only --out is one line, not a lost evaluation
-    dets, anns, wanted, notes = load_pair(detections, annotations, label_col=label_col, classes=classes)
+    dets, anns, wanted, notes = load_pair(detections, annotations, label_col=label_col, classes=classes,
+                                          detections_label_col=detections_label_col)
     ev = evaluate(dets, anns, wanted, min_overlap, target_precision, notes)
     if not quiet:
         for n in ev.notes:

@@ -39,6 +39,7 @@ from convnet_cli import metrics
 from convnet_cli.detect.events import pick_classes
 from convnet_cli.errors import ConfigError, DataError
 
+DETECTIONS_LABEL_FLAG = "--detections-label-col"
 RESULT_KEYS = ("tp", "fp", "fn", "precision", "recall", "f1", "average_precision", "threshold_at_precision",
                "recall_at_threshold")
 
@@ -324,9 +325,10 @@ def _detect_settings(folder):
     return settings if isinstance(settings, dict) else None
 
 
-def load_detections(path: str):
+def load_detections(path: str, label_col: str | None = None):
     """DETECTIONS -> ({recording: [Interval]}, {recording processed: its duration or None} or None when
-    unknown, the classes detect reported or None)."""
+    unknown, the classes detect reported or None). label_col: the class column of Raven tables of another
+    detector (--detections-label-col; BirdNET-Analyzer's: 'Species Code' or 'Common Name')."""
     from convnet_cli.detect.detect import is_out_dir
     from convnet_cli.detect.raven import COMBINED_NAME, DETECTIONS_CSV
     from convnet_cli.ingest.annotations import read_tables
@@ -357,7 +359,7 @@ def load_detections(path: str):
             raise DataError(f"{path}: no detections here (no detections.csv and no Raven tables *.txt)")
         sel = []
         for t in (singles or tables):
-            sel += read_tables(t)
+            sel += read_tables(t, label_col, label_flag=DETECTIONS_LABEL_FLAG)
         return _tables_channels(_group(check_scores(sel)), settings), None, classes
     done = None
     if os.path.basename(path) == DETECTIONS_CSV and is_out_dir(folder):
@@ -365,7 +367,8 @@ def load_detections(path: str):
     got = _read_detections_csv(path) if path.lower().endswith(".csv") else None
     if got is not None:
         return got, done, classes
-    return _tables_channels(_group(check_scores(read_tables(path))), settings), done, classes
+    return _tables_channels(_group(check_scores(read_tables(path, label_col, label_flag=DETECTIONS_LABEL_FLAG))),
+                            settings), done, classes
 
 
 def _tables_channels(dets, settings):
@@ -377,13 +380,14 @@ def _tables_channels(dets, settings):
     return {r: [replace(i, channel=None) for i in v] for r, v in dets.items()}
 
 
-def load_pair(detections_path: str, annotations_path: str, label_col=None, classes=None):
-    """Both sides keyed by the detection side's recording names, the classes to score, and notes."""
+def load_pair(detections_path: str, annotations_path: str, label_col=None, classes=None, detections_label_col=None):
+    """Both sides keyed by the detection side's recording names, the classes to score, and notes. label_col:
+    the annotations' class column; detections_label_col: the detection tables' (load_detections)."""
     from convnet_cli.detect.detect import is_out_dir
     from convnet_cli.detect.events import is_background
     from convnet_cli.ingest.annotations import read_tables
 
-    dets, processed, detect_classes = load_detections(detections_path)
+    dets, processed, detect_classes = load_detections(detections_path, detections_label_col)
     if is_out_dir(annotations_path):   # another detect's output as the reference: its tables, once each
         anns_raw = {r: [Interval(i.begin, i.end, i.label, None, i.channel) for i in v]
                     for r, v in _read_out_dir(annotations_path)[0].items()}

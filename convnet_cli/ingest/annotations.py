@@ -229,18 +229,19 @@ def _long_line(path, lineno):
                     "(check the --annotations path)")
 
 
-def read_tables(path: str, label_col: str | None = None, warn=None) -> list[Selection]:
+def read_tables(path: str, label_col: str | None = None, warn=None, label_flag: str = "--label-col") -> list[Selection]:
     """Selections of a Raven table, a folder of them (recursively, *.txt), or a CSV table. See the module doc.
 
     In a folder, `.txt` files whose header has neither a `Selection` nor a time column (notes, a
     skipped.txt) are not tables and are passed over; hidden files and folders are never read.
     warn(line): what is read but may be wrong (a line read as Windows-1252, a repeated Selection number);
-    default: printed to stderr.
+    default: printed to stderr. label_flag: the flag that names `label_col`, for the warning on a table
+    without a label column (evaluate reads other detectors' tables with --detections-label-col).
     """
-    return read_tables_and_claims(path, label_col, warn)[0]
+    return read_tables_and_claims(path, label_col, warn, label_flag)[0]
 
 
-def read_tables_and_claims(path: str, label_col: str | None = None, warn=None):
+def read_tables_and_claims(path: str, label_col: str | None = None, warn=None, label_flag: str = "--label-col"):
     """(selections, claims): as read_tables, plus one `Selection` placeholder (begin = end = 0, label '') per
     Raven table matched to its recording by file name, so a table without any selection still says "this
     recording was annotated and holds no call" (all its windows are background)."""
@@ -254,9 +255,9 @@ def read_tables_and_claims(path: str, label_col: str | None = None, warn=None):
             files.extend(os.path.join(folder, n) for n in sorted(names)
                          if n.lower().endswith(".txt") and not n.startswith("."))
         out, tables = [], 0
-        folder_warn = _FolderWarn(warn)
+        folder_warn = _FolderWarn(warn, label_flag)
         for f in sorted(files):
-            sel = _read_one(f, label_col, in_folder=True, claims=claims, warn=folder_warn)
+            sel = _read_one(f, label_col, in_folder=True, claims=claims, warn=folder_warn, label_flag=label_flag)
             if sel is not None:
                 tables += 1
                 out.extend(sel)
@@ -267,10 +268,10 @@ def read_tables_and_claims(path: str, label_col: str | None = None, warn=None):
         return out, claims
     if not os.path.lexists(path):
         raise DataError(f"{path}: annotation table not found; check the --annotations path")
-    return _read_one(path, label_col, in_folder=False, claims=claims, warn=warn), claims
+    return _read_one(path, label_col, in_folder=False, claims=claims, warn=warn, label_flag=label_flag), claims
 
 
-def _read_one(path, label_col, in_folder, claims=None, warn=_stderr_warn):
+def _read_one(path, label_col, in_folder, claims=None, warn=_stderr_warn, label_flag="--label-col"):
     lines = _read_lines(path, warn)
     first = next((i for i, ln in enumerate(lines) if ln.strip()), None)
     if first is None:
@@ -280,9 +281,10 @@ def _read_one(path, label_col, in_folder, claims=None, warn=_stderr_warn):
                         "End Time (s), …; CSV: filename,start,end,label) and one row per selection")
     head = lines[first]
     if path.lower().endswith(".csv") or ("\t" not in head and "," in head):
-        return _parse(path, _csv_rows(path, lines, first), label_col, in_folder, raven=False, warn=warn)
+        return _parse(path, _csv_rows(path, lines, first), label_col, in_folder, raven=False, warn=warn,
+                      label_flag=label_flag)
     rows = [(first + 1 + k, ln.split("\t")) for k, ln in enumerate(lines[first:])]
-    return _parse(path, rows, label_col, in_folder, raven=True, claims=claims, warn=warn)
+    return _parse(path, rows, label_col, in_folder, raven=True, claims=claims, warn=warn, label_flag=label_flag)
 
 
 def _csv_rows(path, lines, first):
@@ -505,7 +507,7 @@ class _Views:
         self.out.append(sel)
 
 
-def _parse(path, rows, label_col, in_folder, raven, claims=None, warn=_stderr_warn):
+def _parse(path, rows, label_col, in_folder, raven, claims=None, warn=_stderr_warn, label_flag="--label-col"):
     """The selections of a table's rows [(line, cells)], the first the header (see the module doc); None for
     a .txt in a folder that is not a selection table. claims: where a Raven table matched to its recording by
     its file name (and not a review's) says so (read_tables_and_claims)."""
@@ -536,7 +538,7 @@ def _parse(path, rows, label_col, in_folder, raven, claims=None, warn=_stderr_wa
                         _optional(path, lineno, header, cols.score, row), path, lineno, verdict,
                         _row_channel(path, lineno, cols, row))
         views.add(sel, row, lineno)
-    _warn_unlabelled(path, header, text_cols, warn)
+    _warn_unlabelled(path, header, text_cols, warn, label_flag)
     if not views.out and cols.file is not None and raven and claims is not None and cols.verdict is None:
         # a table with a Begin File column but no selection names no file: it is its file name's recording's
         # table, annotated and holding no call (Raven writes the column into empty tables too)
@@ -544,7 +546,7 @@ def _parse(path, rows, label_col, in_folder, raven, claims=None, warn=_stderr_wa
     return views.out
 
 
-def _warn_unlabelled(path, header, text_cols, warn):
+def _warn_unlabelled(path, header, text_cols, warn, label_flag="--label-col"):
     """The warning for a table without a label column whose text columns may hold the labels (a folder's
     tables say it once for all of them: _FolderWarn)."""
     names = [header[i] for i in sorted(text_cols) if header[i] and not _NOT_LABELS.search(header[i])]
@@ -553,33 +555,33 @@ def _warn_unlabelled(path, header, text_cols, warn):
     if isinstance(warn, _FolderWarn):
         warn.unlabelled.append((path, names))
         return
-    warn(_unlabelled_message(path, names))
+    warn(_unlabelled_message(path, names, flag=label_flag))
 
 
-def _unlabelled_message(path, names, tables=1):
+def _unlabelled_message(path, names, tables=1, flag="--label-col"):
     which = "its" if tables == 1 else "their"
     head = f"{path}: no label column" if tables == 1 else f"{path}: {tables} tables have no label column"
     return (f"{head} ({', '.join(LABEL_COLUMNS)}): every selection is labelled '{DEFAULT_LABEL}'; {which} text "
-            f"column(s) {', '.join(repr(n) for n in names)} may hold the labels: name one with --label-col")
+            f"column(s) {', '.join(repr(n) for n in names)} may hold the labels: name one with {flag}")
 
 
 class _FolderWarn:
     """The warn of a folder's tables: passes every warning on, and keeps the tables without a label column
     for one line at the end (36 survey tables, one line)."""
 
-    def __init__(self, warn):
-        self.warn, self.unlabelled = warn, []
+    def __init__(self, warn, flag="--label-col"):
+        self.warn, self.unlabelled, self.flag = warn, [], flag
 
     def __call__(self, message):
         self.warn(message)
 
     def flush(self, folder):
         if len(self.unlabelled) == 1:
-            self.warn(_unlabelled_message(*self.unlabelled[0]))
+            self.warn(_unlabelled_message(*self.unlabelled[0], flag=self.flag))
         elif self.unlabelled:
             names = list(dict.fromkeys(n for _, ns in self.unlabelled for n in ns))
             self.warn(_unlabelled_message(f"{folder} ({os.path.basename(self.unlabelled[0][0])} the first)", names,
-                                          len(self.unlabelled)))
+                                          len(self.unlabelled), flag=self.flag))
         self.unlabelled = []
 
 
