@@ -372,13 +372,16 @@ def wilson_interval(successes: int, n: int, z: float = Z_95):
 
 # ---- the test's ranking metrics, collected minibatch by minibatch (train's test records, --best-by) --------
 
-class RocScores:
-    """The ROC AUC of the second class's score over the test cases of two classes: add(scores (n, K),
-    labels (n,) int, -1 unknown) per minibatch, then metrics() -> {'auc': AUC or None}. `parts` holds what
-    was added, for a data-parallel run to gather over its processes."""
+class _Collected:
+    """What the test's minibatches added (`parts`), for a data-parallel run to gather over its processes."""
 
     def __init__(self):
         self.parts = []
+
+
+class RocScores(_Collected):
+    """The ROC AUC of the second class's score over the test cases of two classes: add(scores (n, K),
+    labels (n,) int, -1 unknown) per minibatch, then metrics() -> {'auc': AUC or None}."""
 
     def add(self, scores, labels) -> None:
         p = np.asarray(scores, dtype=np.float64)
@@ -402,7 +405,7 @@ class RocScores:
         return {"auc": self.auc()}
 
 
-class ClassAPScores(RocScores):
+class ClassAPScores(_Collected):
     """Each class's average precision over the test cases whose entry for it is known, and their mean:
     add(scores (n, K), targets (n, K) 1 present / 0 absent / -1 unknown), then metrics() -> {'map': mean AP,
     'ap': {class: AP or None}}."""

@@ -145,6 +145,12 @@ class Net:
         """The first cost layer on class scores (layers/base.py CostLayer.is_classifier), or None."""
         return next((l for l in self.cost_layers if l.is_classifier), None)
 
+    def scores_cost(self, layer: str):
+        """The classifier cost when `layer` is its scores input (its class_probabilities then give one
+        probability per class: predict, detect, export), else None."""
+        cost = self.classifier
+        return cost if cost is not None and layer == cost.in_names[cost.scores_input] else None
+
     def output_layer(self, layer: str | None = None) -> str:
         """The layer whose output is the class scores: `layer` when given, else the scores input of the
         classifier cost (what predict, detect, export and the test AUC read)."""

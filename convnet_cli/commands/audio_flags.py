@@ -10,10 +10,10 @@ import click
 
 def options_of(cls, flags: dict, **values):
     """An instance of the dataclass `cls` (DetectOptions, ClipOptions, ...) from a command's `flags` (click's
-    keyword arguments): every field named like a flag takes its value; `values` set the others (or
-    override)."""
+    keyword arguments): every field named like a flag takes its value, a flag not given (None) keeps the
+    field's default; `values` set the others (or override)."""
     names = {f.name for f in dataclasses.fields(cls)}
-    kw = {k: v for k, v in flags.items() if k in names}
+    kw = {k: v for k, v in flags.items() if k in names and v is not None}
     kw.update(values)
     return cls(**kw)
 

@@ -61,9 +61,6 @@ def command(checkpoint, recordings, out_dir, from_scores, quiet, **flags):
         return _from_scores(from_scores, checkpoint, recordings, out_dir, **flags)
     if checkpoint is None or not recordings:
         raise click.UsageError("give -f RUN and RECORDINGS (or --from-scores OUT_DIR to re-threshold an earlier run)")
-    for name, default in (("merge_gap", 0.0), ("split_dip", DEFAULT_SPLIT_DIP)):
-        if flags[name] is None:
-            flags[name] = default
     from convnet_cli.detect.detect import DetectOptions, detect
 
     def echo(msg):

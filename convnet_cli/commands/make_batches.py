@@ -1,7 +1,6 @@
 """`convnet make-batches AUDIO_DIR BATCH_DIR`: audio folders (or a folder + CSV) -> cuda-convnet batch files."""
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 
@@ -140,12 +139,10 @@ def _make(world, audio_dir, batch_dir, features_file, quiet, **flags):
                             ("--no-labels", f["no_labels"])):
             if given:
                 raise ConfigError(f"{flag} does not apply with --annotations (the tables give the labels); drop it")
-        options = options_of(AnnotationOptions, f, **set_values,
-                             min_overlap=0.5 if f["min_overlap"] is None else f["min_overlap"],
-                             background="background" if f["background"] is None else f["background"])
+        options = options_of(AnnotationOptions, f, **set_values)
         s = make_batches_from_annotations(audio_dir, batch_dir, f["annotations"], features=spec,
                                           warn=lambda line: click.echo(line, err=True), noise=noise, world=world,
-                                          **dataclasses.asdict(options))
+                                          options=options)
         world.barrier()  # the other ranks wait for rank 0's batch files
         return _noted(s, noise)
     given = [flag for flag, v in (("--window-hop", f["window_hop"]), ("--min-overlap", f["min_overlap"]),

@@ -45,6 +45,7 @@ class Targets:
     describe: ClassVar[str] = ""          # what it means, in a message ("one class per case")
     made_with: ClassVar[str] = ""         # how it is made ("make-batches --multi-label")
     default_best_by: ClassVar[str] = "cost"
+    no_truth: ClassVar[str] = ""          # predict --report's one-line error when all_known() is False
     labels: np.ndarray   # (n,) int64: cuda-convnet's label per case (-1: none or unknown)
 
     def __len__(self) -> int:
@@ -140,6 +141,8 @@ class ClassTargets(Targets):
     describe = "one class per case"
     made_with = "make-batches without --multi-label"
     default_best_by = "cost"
+    no_truth = ("--report needs the true labels, and these cases have none (unlabeled batches or audio outside "
+                "class-named folders)")
 
     def __init__(self, labels):
         self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
@@ -223,6 +226,8 @@ class MultiLabelTargets(Targets):
     describe = "several classes per case"
     made_with = "make-batches --multi-label"
     default_best_by = "map"
+    no_truth = ("--report needs the true classes, and these cases have none: for a multi-label network predict "
+                "batches made with make-batches --multi-label (--data-path)")
 
     def __init__(self, matrix, primary=None):
         m = np.asarray(matrix)
@@ -301,19 +306,23 @@ class MultiLabelTargets(Targets):
     def test_scores(cls, label_names):
         return metrics.ClassAPScores(label_names)
 
+    @staticmethod
+    def _thresholds(thresholds, k: int) -> list:
+        """The K class thresholds: those given, else DEFAULT_THRESHOLD each."""
+        return [DEFAULT_THRESHOLD] * k if thresholds is None else list(thresholds)
+
     @classmethod
     def predicted_column(cls, probs, label_names, thresholds=None):
         k = len(label_names)
-        thr = [DEFAULT_THRESHOLD] * k if thresholds is None else list(thresholds)
-        return metrics.class_sets(metrics.predicted_sets(np.asarray(probs).reshape(-1, k), thr), label_names)
+        sets = metrics.predicted_sets(np.asarray(probs).reshape(-1, k), cls._thresholds(thresholds, k))
+        return metrics.class_sets(sets, label_names)
 
     def true_column(self, label_names):
         return metrics.class_sets(self.matrix == PRESENT, label_names)
 
     def report(self, probs, label_names, topk=5, thresholds=None):
-        k = len(label_names)
-        thr = [DEFAULT_THRESHOLD] * k if thresholds is None else list(thresholds)
-        return metrics.multilabel_report(probs, self.matrix == PRESENT, self.matrix != UNKNOWN, label_names, thr)
+        return metrics.multilabel_report(probs, self.matrix == PRESENT, self.matrix != UNKNOWN, label_names,
+                                         self._thresholds(thresholds, len(label_names)))
 
     @staticmethod
     def format_report(report):

@@ -8,7 +8,7 @@
         files = w.finish(label_names, spec, skipped, source)  # skipped.txt and batches.meta
         install_set(staging, batch_dir, files)               # the set replaces the old one at once
 
-A source (ingest/make_batches.py's clip_batches, ingest/recordings.py's window_batches) plans its cases and
+A source (ingest/make_batches.py's ClipSource, ingest/recordings.py's _window_batches) plans its cases and
 yields them a batch at a time, in the order of the set (the training range first); the writer numbers the
 files, takes the training range's statistics and builds the one batches.meta.
 
@@ -366,9 +366,8 @@ class SetWriter:
     def finish(self, label_names, spec, skipped, source: str, extra: dict | None = None) -> list:
         """Write skipped.txt (`skipped`: [(name, reason)]) and batches.meta (the keys of data/batch_files.py,
         the statistics by `spec.normalization`, the kind of target's entries, and `extra`: what the source
-        adds) into staging; returns the
-        names of every file of the set, batches.meta last. DataError (naming `source`) when the statistics
-        overflowed; the callers check first that some training case was read."""
+        adds) into staging; returns the names of every file of the set, batches.meta last. DataError (naming
+        `source`) when the statistics overflowed; the callers check first that some training case was read."""
         if self.moments.count == 0:
             raise DataError(f"{source}: no case of the training range could be read; nothing was written")
         mean, std = self.moments.result(spec.normalization, spec.shape)

@@ -161,9 +161,9 @@ def net_to_onnx(net, state: dict, out_layer: str | None = None, source: str = "c
     if h * w > 1:  # predict flattens the NHWC output: (H, W, C) order
         y = g.transpose(y, (0, 2, 3, 1), "probs/nhwc")
     k = c * h * w
-    cost = net.classifier
+    cost = net.scores_cost(out_layer)
     labels = list(state.get("label_names") or [])
-    if cost is not None and out_layer == cost.in_names[cost.scores_input]:
+    if cost is not None:
         # one probability per class, as predict gives them (layers/base.py class_probabilities)
         classes = cost.class_probabilities_onnx(g, y, len(labels))
         if classes != y:

@@ -285,10 +285,9 @@ def with_copies(ds, plan: Plan, noise, batch_size: int, seed: int):
     train_idx = np.sort(np.concatenate(plan.batches[:plan.num_train])) if plan.num_train else np.zeros(0, np.int64)
     pairs = [(i, copy) for copy in range(1, noise.copies + 1) for i in train_idx.tolist()]
     cp = plan_copies(n, train_idx, pairs, ds.targets.labels, batch_size, np.random.default_rng([int(seed), 1]))
-    added = cp.source[n:].tolist()
-    paths = list(ds.paths) + [(ds.paths[i], i, int(k)) for i, k in zip(added, cp.copy_no[n:].tolist())]
-    names = list(ds.names) + [copy_name(ds.names[i], int(k)) for i, k in zip(added, cp.copy_no[n:].tolist())]
-    chans = None if ds.channels is None else list(ds.channels) + [ds.channels[i] for i in added]
+    paths = list(ds.paths) + [(ds.paths[i], i, k) for i, k in pairs]       # the copies are cases n, n+1, ...
+    names = list(ds.names) + [copy_name(ds.names[i], k) for i, k in pairs]
+    chans = None if ds.channels is None else list(ds.channels) + [ds.channels[i] for i, _ in pairs]
     multi = None if ds.multi is None else ds.multi.take(cp.source)
     big = dataclasses.replace(ds, paths=paths, names=names, labels=ds.labels[cp.source], multi=multi, channels=chans)
     return big, Plan(cp.train_batches + list(plan.batches[plan.num_train:]), len(cp.train_batches))
@@ -393,7 +392,7 @@ def make_batches(audio_dir, batch_dir, *, options: ClipOptions | None = None, **
     with writing_set(batch_dir, o.overwrite) as staging:
         writer = SetWriter(staging, int(np.prod(spec.shape)), o.dtype, type(ds.targets))
         source = ClipSource(ds, plan, spec, jobs, o.progress, o.noise, time_expansion)
-        writer.write_all(source)
+        writer.write_all(batch for _, batch in source)
         files = finish_clips(ds, spec, writer, source.skipped, o.noise)
         install_set(staging, batch_dir, files)
     summary = clip_summary(ds, spec, writer, source.skipped, source.timings)
@@ -416,34 +415,42 @@ def case_targets(ds, index):
 
 class ClipSource:
     """The planned batches of a dataset's clips, as a source for data/writer.py's SetWriter: iterating
-    computes the features in chunks (in `jobs` processes) and yields each batch (a writer Batch) as soon as
-    all its chunks are in. Clips that cannot be read are skipped (a batch may come out smaller, or not at
-    all): `skipped` [(name, reason)] and `timings` (4,: decode, resample, features, imports summed over the
-    workers) are complete once the iteration is."""
+    computes the features in chunks (in `jobs` processes) and yields (planned batch index, a writer Batch)
+    for each batch as soon as all its chunks are in. `only`: the planned batches to make (an MPI rank's
+    share, ingest/sharded.py), default all. Clips that cannot be read are skipped (a batch may come out
+    smaller, or not at all): `skipped_in` {batch: [(name, reason)]}, `skipped` (all of them, the labels CSV's
+    refused rows first) and `timings` (4,: decode, resample, features, imports summed over the workers) are
+    complete once the iteration is."""
 
-    def __init__(self, ds, plan, spec, jobs, progress, noise=None, time_expansion=1.0):
+    def __init__(self, ds, plan, spec, jobs, progress, noise=None, time_expansion=1.0, only=None):
         self.ds, self.plan, self.spec, self.jobs, self.progress = ds, plan, spec, jobs, progress
         self.noise, self.time_expansion = noise, time_expansion
-        # rows of the labels CSV refused before decoding (names outside AUDIO_DIR) are listed first
-        self.skipped = list(ds.extra.get("skipped", []))
+        self.only = list(range(len(plan.batches))) if only is None else list(only)
+        self.skipped_in = {b: [] for b in self.only}
         self.timings = np.zeros(4)
+
+    @property
+    def skipped(self) -> list:
+        # rows of the labels CSV refused before decoding (names outside AUDIO_DIR) are listed first
+        return list(self.ds.extra.get("skipped", [])) + [x for b in self.only for x in self.skipped_in[b]]
 
     def __iter__(self):
         ds, plan = self.ds, self.plan
         num_vis = int(np.prod(self.spec.shape))
         chunks = []           # ((planned batch index, dataset indices), paths, channels)
-        for b, idx in enumerate(plan.batches):
+        for b in self.only:
+            idx = plan.batches[b]
             for a in range(0, len(idx), CHUNK):
                 part = idx[a:a + CHUNK]
                 chunks.append(chunk_of(ds, (b, part), part))
-        remaining = [len(idx) for idx in plan.batches]
-        parts = []
-        with Progress("make-batches", len(ds), "clips", enabled=self.progress) as bar, \
+        remaining = {b: len(plan.batches[b]) for b in self.only}
+        parts = []            # the chunks read of the batch being assembled (chunks come in order)
+        with Progress("make-batches", sum(remaining.values()), "clips", enabled=self.progress) as bar, \
                 closing(run_chunks(chunks, self.spec, self.jobs, noise=self.noise,
                                    time_expansion=self.time_expansion)) as results:
             for (b, part), chunk, (arr, ok, bad, times) in results:
                 self.timings += times
-                self.skipped.extend(chunk_skipped(ds, part, bad))
+                self.skipped_in[b].extend(chunk_skipped(ds, part, bad))
                 if arr is not None:
                     parts.append((arr, [part[j] for j in ok]))
                 remaining[b] -= len(chunk)
@@ -451,8 +458,8 @@ class ClipSource:
                 if remaining[b] or not parts:
                     continue
                 cols, index = batch_columns(parts, num_vis)        # empties parts
-                yield Batch(cols, case_targets(ds, index), [ds.names[i] for i in index], b < plan.num_train,
-                            copies=sum(1 for i in index if not isinstance(ds.paths[i], str)))
+                yield b, Batch(cols, case_targets(ds, index), [ds.names[i] for i in index], b < plan.num_train,
+                               copies=sum(1 for i in index if not isinstance(ds.paths[i], str)))
 
 
 def chunk_of(ds, key, part) -> tuple:

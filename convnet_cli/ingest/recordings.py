@@ -599,19 +599,19 @@ class AnnotationOptions(SetOptions):
 
 
 def make_batches_from_annotations(recordings_dir, batch_dir, tables, *, features: FeatureSpec = None, warn=None,
-                                  noise=None, world=None, **options) -> dict:
+                                  noise=None, world=None, options: AnnotationOptions | None = None, **kw) -> dict:
     """Write BATCH_DIR/data_batch_1..K, batches.meta and skipped.txt from RECORDINGS and TABLES (docs/CONFIG.md).
 
-    options: the fields of AnnotationOptions (window_hop, min_overlap, background, ..., multi_label, seed,
-    jobs, ...). noise: ingest/noise.py's NoiseOptions, for noisy copies of the training windows (see
-    _add_copies). Returns a summary dict (recordings, read, skipped, windows, counts, classes, batches,
+    options: an AnnotationOptions, or its fields as keywords (window_hop, min_overlap, background, ...,
+    multi_label, seed, jobs, ...). noise: ingest/noise.py's NoiseOptions, for noisy copies of the training
+    windows (see _add_copies). Returns a summary dict (recordings, read, skipped, windows, counts, classes, batches,
     ranges, cases, shape, audio_s, seconds, batch_dir).
 
     world: convnet_cli/parallel.py's, under `mpiexec -n K`: every process makes the same plan, the extraction
     tasks are dealt to the processes (their spill files go to the staging folder, which BATCH_DIR's file
     system shares), rank 0 assembles and writes the batches; the others return None.
     """
-    o = AnnotationOptions.of(None, options)
+    o = AnnotationOptions.of(options, kw)
     world = world or SingleWorld()
     t_start = time.perf_counter()
     spec = new_set_features(features)

@@ -15,18 +15,15 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from contextlib import closing
 
 import numpy as np
 
 from convnet_cli.data.batch_set_swap import install_set
 from convnet_cli.data.writer import SetWriter, refuse_existing, writing_set
-from convnet_cli.ingest.make_batches import (CHUNK, ClipOptions, batch_columns, case_targets, channel_dataset,
-                                             check_clips_fit, chunk_of, chunk_skipped, clip_summary, finish_clips,
-                                             plan_batches, run_chunks, split_keys, with_copies)
+from convnet_cli.ingest.make_batches import (ClipOptions, ClipSource, channel_dataset, check_clips_fit, clip_summary,
+                                             finish_clips, plan_batches, split_keys, with_copies)
 from convnet_cli.ingest.sources import collect_dataset
 from convnet_cli.parallel import on_root
-from convnet_cli.progress import Progress
 
 
 def make_batches_sharded(world, audio_dir, batch_dir, *, options: ClipOptions | None = None, **kw) -> dict:
@@ -75,39 +72,22 @@ def make_batches_sharded(world, audio_dir, batch_dir, *, options: ClipOptions | 
 
 
 def _decode_share(world, ds, plan, spec, staging, jobs, dtype, progress, noise=None, time_expansion=1.0) -> dict:
-    """Decode and write the planned batches b with b mod K == rank as staging/part_<b>.
+    """Decode and write the planned batches b with b mod K == rank as staging/part_<b> (make_batches.py's
+    ClipSource over this rank's share).
 
     Returns {"batches": {b: (cases, skipped [(name, reason)], train stats or None, noisy copies)},
     "timings": (4,)}."""
-    num_vis = int(np.prod(spec.shape))
     mine = [b for b in range(len(plan.batches)) if b % world.size == world.rank]
-    chunks = []
-    for b in mine:
-        idx = plan.batches[b]
-        for a in range(0, len(idx), CHUNK):
-            part = idx[a:a + CHUNK]
-            chunks.append(chunk_of(ds, (b, part), part))
-    remaining = {b: len(plan.batches[b]) for b in mine}
-    out = {b: [0, [], None, 0] for b in mine}
-    parts = {b: [] for b in mine}
-    timings = np.zeros(4)
-    with Progress("make-batches", sum(remaining.values()), "clips", enabled=progress and world.is_root) as bar, \
-            closing(run_chunks(chunks, spec, jobs, noise=noise, time_expansion=time_expansion)) as results:
-        for (b, part), chunk, (arr, ok, bad, times) in results:
-            timings += times
-            out[b][1].extend(chunk_skipped(ds, part, bad))
-            if arr is not None:
-                parts[b].append((arr, [part[j] for j in ok]))
-            remaining[b] -= len(chunk)
-            bar.add(len(chunk))
-            if remaining[b] or not parts[b]:
-                continue
-            cols, index = batch_columns(parts[b], num_vis)
-            out[b][2] = SetWriter.write_part(staging, f"part_{b}", cols, case_targets(ds, index),
-                                             [ds.names[i] for i in index], dtype, b < plan.num_train)
-            out[b][0] = len(index)
-            out[b][3] = sum(1 for i in index if not isinstance(ds.paths[i], str))
-    return {"batches": {b: tuple(v) for b, v in out.items()}, "timings": timings}
+    source = ClipSource(ds, plan, spec, jobs, progress and world.is_root, noise, time_expansion, only=mine)
+    written = {}
+    for b, batch in source:
+        written[b] = (len(batch.names), SetWriter.write_part(staging, f"part_{b}", batch.cols, batch.targets,
+                                                             batch.names, dtype, batch.is_train), batch.copies)
+    out = {}
+    for b in mine:   # a batch none of whose clips could be read: no part, its skipped clips only
+        cases, stats, copies = written.get(b, (0, None, 0))
+        out[b] = (cases, source.skipped_in[b], stats, copies)
+    return {"batches": out, "timings": source.timings}
 
 
 def _assemble(ds, plan, spec, staging, dtype, results) -> tuple:

@@ -577,7 +577,7 @@ class _WeightGrads:
         f = seq.shape[2]
         rows, units = dx.shape[2], hs.shape[2]
         dx2 = dx.reshape(-1, rows)
-        mm = matmul if self.whole else (lambda a, b, out=None: self.xp.matmul(a, b, out=out))
+        mm = matmul if self.whole else self.xp.matmul   # blocks: one GEMM each, as before (their bits)
         part = {"weight_ih": mm(dx2.T, seq[t0:t1].reshape(-1, f)), "bias_ih": column_sums(dx2, self.xp)}
         # rnn and lstm add both biases before the cell, so their gradients are one sum
         part["bias_hh"] = part["bias_ih"] if dh is self.dpre_x else column_sums(dh[t0:t1].reshape(-1, rows),

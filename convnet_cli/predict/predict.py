@@ -96,8 +96,7 @@ class Runner:
         self.net, self.layer, self.batch, self.views = net, layer, max(1, int(batch)), max(1, int(views))
         # the classifier's scores as one probability per class (layers/base.py class_probabilities: one
         # logistic unit of two classes gives both); another layer named by --layer is given as it is
-        cost = net.classifier
-        self.cost = cost if cost is not None and layer == cost.in_names[cost.scores_input] else None
+        self.cost = net.scores_cost(layer)
         self.num_classes = len(ckpt.state.get("label_names") or [])
         self.mean = ckpt.data_mean.reshape(shape)
         std = ckpt.data_std.reshape(shape)
@@ -345,10 +344,7 @@ def write_report(preds: Predictions, folder: str, topk: int = 5, thresholds=None
     targets. Multi-label: at `thresholds` (K values, default 0.5 each), unknown targets left out."""
     truth = preds.truth
     if not truth.all_known():
-        raise DataError("--report needs the true classes, and these cases have none: for a multi-label network "
-                        "predict batches made with make-batches --multi-label (--data-path)" if truth.multi_label
-                        else "--report needs the true labels, and these cases have none (unlabeled batches or "
-                             "audio outside class-named folders)")
+        raise DataError(truth.no_truth)
     report = truth.report(preds.probs, preds.label_names, topk=topk, thresholds=thresholds)
     path = os.path.join(folder, "report.json")
     write_text_atomic(path, json.dumps(report, indent=2))
